@@ -1,0 +1,1 @@
+//! Port and address allocation: which external endpoint a new mapping gets.

@@ -1,0 +1,122 @@
+//! The NAT behaviours of RFC 4787, 5382 and 5508, each as a setting.
+
+use serde::{Deserialize, Serialize};
+
+/// How a mapping is keyed (RFC 4787 section 4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MappingBehavior {
+    /// One external endpoint per internal endpoint, whatever the destination (RFC 4787 REQ-1).
+    EndpointIndependent,
+    /// A new external endpoint per destination address.
+    AddressDependent,
+    /// A new external endpoint per destination address and port ("symmetric").
+    AddressAndPortDependent,
+}
+
+/// Which inbound packets a mapping lets through (RFC 4787 section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FilteringBehavior {
+    /// Any remote endpoint may reach a mapped endpoint ("full cone").
+    EndpointIndependent,
+    /// Only remote addresses the internal endpoint has sent to ("restricted cone").
+    AddressDependent,
+    /// Only remote address-and-port pairs the internal endpoint has sent to.
+    AddressAndPortDependent,
+}
+
+/// How an external address is chosen for a subscriber (RFC 4787 section 4.1, REQ-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// Every mapping of one internal address uses the same external address; fail if it has no
+    /// free port.
+    Paired,
+    /// Like paired, but fall back to another address when the paired one has no free port.
+    SoftPaired,
+    /// Any address of the pool, mapping by mapping.
+    Arbitrary,
+}
+
+/// How an external port (or ICMP identifier) is chosen (RFC 4787 section 4.2, RFC 6056).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortAssignment {
+    /// Keep the internal port when free; pick at random only on collision (RFC 7857 section 3).
+    Preserve,
+    /// Always a random port (RFC 6056 algorithm 1): hardest to guess.
+    Random,
+    /// The next free port after the last one given out: easy to predict, for labs.
+    Sequential,
+}
+
+/// Which packets refresh a mapping's timer (RFC 4787 section 4.3, REQ-6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refresh {
+    /// Outbound packets only.
+    Outbound,
+    /// Inbound packets only (violates REQ-6's MUST: lab only).
+    Inbound,
+    /// Both directions.
+    Both,
+}
+
+impl Refresh {
+    /// Whether a packet going in `dir` refreshes.
+    pub const fn refreshes(self, dir: crate::endpoint::Direction) -> bool {
+        use crate::endpoint::Direction;
+        matches!(
+            (self, dir),
+            (Refresh::Both, _)
+                | (Refresh::Outbound, Direction::Outbound)
+                | (Refresh::Inbound, Direction::Inbound)
+        )
+    }
+}
+
+/// Whether and how one subscriber reaches another through its external endpoint (RFC 4787 REQ-9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hairpinning {
+    /// Packets to the external pool from inside are dropped (lab only).
+    Off,
+    /// Hairpinned packets keep the sender's internal source (violates REQ-9a: lab only).
+    InternalSource,
+    /// Hairpinned packets carry the sender's external endpoint as source (REQ-9a).
+    ExternalSource,
+}
+
+/// What happens to an unsolicited inbound SYN after its hold time (RFC 5382 REQ-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnsolicitedSyn {
+    /// Answer with ICMP port unreachable when the hold time passes unclaimed.
+    IcmpPortUnreachable,
+    /// Drop silently when the hold time passes unclaimed.
+    Drop,
+}
+
+/// The ICMP answer sent when no mapping can be made (RFC 5508 REQ-8, RFC 6888 REQ-11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MappingFailureReply {
+    /// Drop without an answer.
+    None,
+    /// Destination unreachable, code 1 host unreachable (RFC 6888 REQ-11's choice).
+    HostUnreachable,
+    /// Destination unreachable, code 13 communication administratively prohibited.
+    AdminProhibited,
+}
+
+impl MappingFailureReply {
+    /// The ICMP destination-unreachable code, if an answer is sent.
+    pub const fn icmp_code(self) -> Option<u8> {
+        match self {
+            MappingFailureReply::None => None,
+            MappingFailureReply::HostUnreachable => Some(1),
+            MappingFailureReply::AdminProhibited => Some(13),
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! Engine configuration: plain data in, validated immutable config out.
+//!
+//! [`BehaviorSpec`] is what a config file says (a preset plus single overrides, all optional);
+//! [`Config`] is the whole engine's input; [`Config::validate`] turns it into a [`ValidConfig`],
+//! the only thing [`Engine::new`](crate::Engine::new) accepts, so an invalid config never reaches
+//! the core. A value an RFC forbids is rejected unless `lab` is set, because a NAT lab has to be
+//! able to reproduce broken NATs on purpose.
+
+mod behavior;
+mod preset;
+mod timers;
+
+pub use behavior::*;
+pub use preset::Preset;
+pub use timers::Timers;
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// Every behaviour setting of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Behavior {
+    /// Mapping behaviour.
+    pub mapping: MappingBehavior,
+    /// Filtering behaviour.
+    pub filtering: FilteringBehavior,
+    /// Address pooling.
+    pub pooling: Pooling,
+    /// Port assignment.
+    pub port_assignment: PortAssignment,
+    /// Keep the parity of the internal port (RFC 4787 REQ-4).
+    pub port_parity: bool,
+    /// Keep ports 0-1023 below 1024 and the rest above (RFC 4787 REQ-3a).
+    pub port_range_preservation: bool,
+    /// Which direction refreshes timers.
+    pub refresh: Refresh,
+    /// Hairpinning.
+    pub hairpinning: Hairpinning,
+    /// Idle timers.
+    pub timers: Timers,
+    /// What to do with an unsolicited inbound SYN once its hold time passes.
+    pub unsolicited_syn: UnsolicitedSyn,
+    /// The answer when no mapping can be made.
+    pub mapping_failure_reply: MappingFailureReply,
+    /// Decrement TTL and answer expiry with ICMP time exceeded (RFC 5508 REQ-10). A driver whose
+    /// kernel already routes (and so decrements) may switch this off.
+    pub decrement_ttl: bool,
+    /// MTU of the outside link: larger DF packets get ICMP fragmentation needed (RFC 4787 REQ-13).
+    pub outside_mtu: u16,
+    /// MTU of the inside link, for inbound packets.
+    pub inside_mtu: u16,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Preset::Rfc6888Cgn.behavior()
+    }
+}
+
+/// A behaviour as a config file states it: a preset (default RFC 6888 CGN) plus any single setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[allow(missing_docs)] // each field overrides the `Behavior` field of the same name
+pub struct BehaviorSpec {
+    pub preset: Option<Preset>,
+    pub mapping: Option<MappingBehavior>,
+    pub filtering: Option<FilteringBehavior>,
+    pub pooling: Option<Pooling>,
+    pub port_assignment: Option<PortAssignment>,
+    pub port_parity: Option<bool>,
+    pub port_range_preservation: Option<bool>,
+    pub refresh: Option<Refresh>,
+    pub hairpinning: Option<Hairpinning>,
+    pub timers: Option<TimersSpec>,
+    pub unsolicited_syn: Option<UnsolicitedSyn>,
+    pub mapping_failure_reply: Option<MappingFailureReply>,
+    pub decrement_ttl: Option<bool>,
+    pub outside_mtu: Option<u16>,
+    pub inside_mtu: Option<u16>,
+}
+
+/// Timer overrides, in seconds; a missing one keeps the preset's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[allow(missing_docs)] // each field overrides the `Timers` field of the same name
+pub struct TimersSpec {
+    pub udp: Option<u32>,
+    pub tcp_established: Option<u32>,
+    pub tcp_transitory_open: Option<u32>,
+    pub tcp_transitory_close: Option<u32>,
+    pub tcp_rst_linger: Option<u32>,
+    pub tcp_incoming_syn: Option<u32>,
+    pub icmp_query: Option<u32>,
+    pub fragment: Option<u32>,
+    pub port_hold_down: Option<u32>,
+}
+
+impl BehaviorSpec {
+    /// The preset with the overrides applied.
+    pub fn resolve(&self) -> Behavior {
+        let mut b = self.preset.unwrap_or(Preset::Rfc6888Cgn).behavior();
+        macro_rules! apply {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { b.$f = v; } )* };
+        }
+        apply!(
+            mapping,
+            filtering,
+            pooling,
+            port_assignment,
+            port_parity,
+            port_range_preservation,
+            refresh,
+            hairpinning,
+            unsolicited_syn,
+            mapping_failure_reply,
+            decrement_ttl,
+            outside_mtu,
+            inside_mtu
+        );
+        if let Some(t) = self.timers {
+            let tm = &mut b.timers;
+            macro_rules! apply_t {
+                ($($f:ident),*) => { $( if let Some(v) = t.$f { tm.$f = v; } )* };
+            }
+            apply_t!(
+                udp,
+                tcp_established,
+                tcp_transitory_open,
+                tcp_transitory_close,
+                tcp_rst_linger,
+                tcp_incoming_syn,
+                icmp_query,
+                fragment,
+                port_hold_down
+            );
+        }
+        b
+    }
+}
+
+/// Bounds on the engine's state. Tables are allocated once, at these sizes, so the packet path
+/// never allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Most sessions at once (each is one internal, external, remote triple).
+    pub max_sessions: u32,
+    /// Most mappings at once.
+    pub max_mappings: u32,
+    /// Most unsolicited SYNs held at once (RFC 5382 REQ-4).
+    pub max_held_syns: u32,
+    /// Most datagrams with fragment state at once.
+    pub max_fragment_datagrams: u32,
+    /// Most early fragments held at once, over all sources.
+    pub max_held_fragments: u32,
+    /// Most early fragments held for one source address (so one sender cannot take them all).
+    pub max_held_fragments_per_source: u32,
+    /// Most events queued for the driver before new ones are counted as lost.
+    pub event_queue: u32,
+    /// Largest number of ports held in hold-down at once (RFC 6888 REQ-8's cap); past it the
+    /// oldest is released early.
+    pub max_ports_in_hold_down: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 1 << 20,
+            max_mappings: 1 << 20,
+            max_held_syns: 4096,
+            max_fragment_datagrams: 4096,
+            max_held_fragments: 1024,
+            max_held_fragments_per_source: 64,
+            event_queue: 65536,
+            max_ports_in_hold_down: 1 << 20,
+        }
+    }
+}
+
+/// Everything the engine needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// External addresses handed out to mappings: any number, not necessarily contiguous
+    /// (RFC 6888 REQ-3).
+    pub pool: Vec<Ipv4Addr>,
+    /// The gateway's own inside address: the source of ICMP errors it sends to subscribers.
+    pub inside_address: Ipv4Addr,
+    /// Behaviours.
+    pub behavior: Behavior,
+    /// State bounds.
+    pub limits: Limits,
+    /// Allow values the RFCs forbid (short timers, no hairpinning, dependent mapping...).
+    pub lab: bool,
+}
+
+/// A config that passed [`Config::validate`]; it cannot be built any other way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidConfig(Config);
+
+impl ValidConfig {
+    /// The validated config.
+    pub fn get(&self) -> &Config {
+        &self.0
+    }
+}
+
+/// Why a config was refused. The message names the setting and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The pool is empty.
+    #[error("pool: at least one external address is needed")]
+    EmptyPool,
+    /// An address that cannot be a unicast source.
+    #[error("pool: {0} is not a usable unicast address")]
+    BadPoolAddress(Ipv4Addr),
+    /// The same address twice.
+    #[error("pool: {0} is listed twice")]
+    DuplicatePoolAddress(Ipv4Addr),
+    /// The inside address is also in the pool.
+    #[error("inside-address: {0} is also in the pool")]
+    InsideAddressInPool(Ipv4Addr),
+    /// A setting an RFC forbids, without `lab = true`.
+    #[error("{setting}: {why} ({rfc}); set lab = true to allow it anyway")]
+    ForbiddenWithoutLab {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong.
+        why: String,
+        /// The requirement.
+        rfc: &'static str,
+    },
+    /// A value that makes no sense even in a lab.
+    #[error("{setting}: {why}")]
+    OutOfRange {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// A config with the RFC 6888 defaults for the given pool and inside address.
+    pub fn new(pool: Vec<Ipv4Addr>, inside_address: Ipv4Addr) -> Self {
+        Config {
+            pool,
+            inside_address,
+            behavior: Behavior::default(),
+            limits: Limits::default(),
+            lab: false,
+        }
+    }
+
+    /// Checks every rule; returns the first violation.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        if self.pool.is_empty() {
+            return Err(ConfigError::EmptyPool);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.pool {
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+                return Err(ConfigError::BadPoolAddress(*a));
+            }
+            if !seen.insert(*a) {
+                return Err(ConfigError::DuplicatePoolAddress(*a));
+            }
+        }
+        if seen.contains(&self.inside_address) {
+            return Err(ConfigError::InsideAddressInPool(self.inside_address));
+        }
+        self.check_behavior()?;
+        self.check_limits()?;
+        Ok(ValidConfig(self))
+    }
+
+    fn check_behavior(&self) -> Result<(), ConfigError> {
+        let b = &self.behavior;
+        let forbid = |setting, why: &str, rfc| {
+            if self.lab {
+                Ok(())
+            } else {
+                Err(ConfigError::ForbiddenWithoutLab {
+                    setting,
+                    why: why.to_string(),
+                    rfc,
+                })
+            }
+        };
+        if b.mapping != MappingBehavior::EndpointIndependent {
+            forbid(
+                "mapping",
+                "mapping must be endpoint-independent",
+                "RFC 4787 REQ-1, RFC 5382 REQ-1",
+            )?;
+        }
+        if b.refresh == Refresh::Inbound {
+            forbid(
+                "refresh",
+                "outbound packets must refresh mappings",
+                "RFC 4787 REQ-6",
+            )?;
+        }
+        match b.hairpinning {
+            Hairpinning::Off => forbid(
+                "hairpinning",
+                "hairpinning must be supported",
+                "RFC 4787 REQ-9",
+            )?,
+            Hairpinning::InternalSource => forbid(
+                "hairpinning",
+                "hairpinned packets must carry the external source",
+                "RFC 4787 REQ-9a",
+            )?,
+            Hairpinning::ExternalSource => {}
+        }
+        for (name, get, min, rfc) in timers::MINIMUMS {
+            let v = get(&b.timers);
+            if v < *min {
+                forbid(name, &format!("{v} s is below the minimum of {min} s"), rfc)?;
+            }
+        }
+        for (name, get, _, _) in timers::MINIMUMS {
+            let v = get(&b.timers);
+            if *name != "port-hold-down" && v == 0 {
+                return Err(ConfigError::OutOfRange {
+                    setting: name,
+                    why: "must be at least 1 s".into(),
+                });
+            }
+            if v > 30 * 24 * 3600 {
+                return Err(ConfigError::OutOfRange {
+                    setting: name,
+                    why: format!("{v} s is more than 30 days"),
+                });
+            }
+        }
+        for (setting, mtu) in [("outside-mtu", b.outside_mtu), ("inside-mtu", b.inside_mtu)] {
+            if mtu < 576 {
+                // RFC 791: every host must accept 576-byte datagrams; an ICMP error of that size
+                // must always fit.
+                return Err(ConfigError::OutOfRange {
+                    setting,
+                    why: format!("{mtu} is below 576"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("max-sessions", l.max_sessions),
+            ("max-mappings", l.max_mappings),
+            ("max-held-syns", l.max_held_syns),
+            ("max-fragment-datagrams", l.max_fragment_datagrams),
+            (
+                "max-held-fragments-per-source",
+                l.max_held_fragments_per_source,
+            ),
+            ("event-queue", l.event_queue),
+        ];
+        for (setting, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::OutOfRange {
+                    setting,
+                    why: "must be at least 1".into(),
+                });
+            }
+        }
+        // Session and mapping ids are u32 slot numbers with the top values reserved.
+        for (setting, v) in [
+            ("max-sessions", l.max_sessions),
+            ("max-mappings", l.max_mappings),
+        ] {
+            if v > 1 << 30 {
+                return Err(ConfigError::OutOfRange {
+                    setting,
+                    why: format!("{v} is more than 2^30"),
+                });
+            }
+        }
+        if l.max_mappings > l.max_sessions {
+            return Err(ConfigError::OutOfRange {
+                setting: "max-mappings",
+                why: "every mapping has a session, so it cannot exceed max-sessions".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::new(
+            vec![Ipv4Addr::new(198, 51, 100, 1)],
+            Ipv4Addr::new(100, 64, 0, 1),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid_and_rfc6888() {
+        let v = cfg().validate().expect("defaults validate");
+        let b = v.get().behavior;
+        assert_eq!(b.mapping, MappingBehavior::EndpointIndependent);
+        assert_eq!(b.filtering, FilteringBehavior::EndpointIndependent);
+        assert_eq!(b.pooling, Pooling::Paired);
+        assert_eq!(b.hairpinning, Hairpinning::ExternalSource);
+        assert_eq!(b.timers.udp, 300);
+        assert_eq!(b.timers.tcp_established, 7440);
+        assert_eq!(b.timers.port_hold_down, 120);
+    }
+
+    #[test]
+    fn rfc4787_req5_udp_timer_below_2_min_needs_lab() {
+        let mut c = cfg();
+        c.behavior.timers.udp = 119;
+        let err = c.clone().validate().expect_err("119 s refused");
+        assert!(err.to_string().contains("RFC 4787 REQ-5"), "{err}");
+        c.lab = true;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn rfc4787_req1_dependent_mapping_needs_lab() {
+        for p in [Preset::Symmetric, Preset::LinuxMasquerade] {
+            let mut c = cfg();
+            c.behavior = p.behavior();
+            assert!(matches!(
+                c.clone().validate(),
+                Err(ConfigError::ForbiddenWithoutLab { .. })
+            ));
+            c.lab = true;
+            assert!(c.validate().is_ok(), "{p:?} valid in lab");
+        }
+    }
+
+    #[test]
+    fn rfc_presets_are_valid_without_lab() {
+        for p in [
+            Preset::Rfc6888Cgn,
+            Preset::FullCone,
+            Preset::RestrictedCone,
+            Preset::PortRestrictedCone,
+        ] {
+            let mut c = cfg();
+            c.behavior = p.behavior();
+            assert!(c.validate().is_ok(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn preset_plus_overrides() {
+        let spec = BehaviorSpec {
+            preset: Some(Preset::FullCone),
+            filtering: Some(FilteringBehavior::AddressDependent),
+            timers: Some(TimersSpec {
+                udp: Some(600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let b = spec.resolve();
+        assert_eq!(b.filtering, FilteringBehavior::AddressDependent);
+        assert_eq!(b.port_assignment, PortAssignment::Preserve);
+        assert_eq!(b.timers.udp, 600);
+        assert_eq!(b.timers.icmp_query, 60);
+    }
+
+    #[test]
+    fn bad_pools_and_limits_are_refused() {
+        let mut c = cfg();
+        c.pool.clear();
+        assert_eq!(c.validate(), Err(ConfigError::EmptyPool));
+        let mut c = cfg();
+        c.pool.push(c.pool[0]);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DuplicatePoolAddress(_))
+        ));
+        let mut c = cfg();
+        c.pool.push(Ipv4Addr::new(224, 0, 0, 1));
+        assert!(matches!(c.validate(), Err(ConfigError::BadPoolAddress(_))));
+        let mut c = cfg();
+        c.inside_address = c.pool[0];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InsideAddressInPool(_))
+        ));
+        let mut c = cfg();
+        c.limits.max_sessions = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                setting: "max-sessions",
+                ..
+            })
+        ));
+        let mut c = cfg();
+        c.behavior.outside_mtu = 100;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                setting: "outside-mtu",
+                ..
+            })
+        ));
+        let mut c = cfg();
+        c.lab = true;
+        c.behavior.timers.udp = 0;
+        assert!(c.validate().is_err(), "zero timer refused even in lab");
+    }
+}

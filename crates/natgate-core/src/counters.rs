@@ -1,0 +1,187 @@
+//! Counters: every dropped packet is counted under exactly one named reason.
+
+use crate::endpoint::Direction;
+
+macro_rules! drop_reasons {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )*) => {
+        /// Why a packet was dropped. Each reason is one counter, named by [`DropReason::name`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// The number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The snake_case name used in metrics and `ctl drops`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Not an IPv4 packet (version field is not 4).
+    NotIpv4 => "not_ipv4",
+    /// IPv4 header shorter than its IHL, IHL below 5, or total length inconsistent with the buffer.
+    Ipv4Malformed => "ipv4_malformed",
+    /// IPv4 header checksum is wrong.
+    Ipv4BadChecksum => "ipv4_bad_checksum",
+    /// The transport header is cut short, or a TCP data offset points past the packet.
+    L4Truncated => "l4_truncated",
+    /// TCP or UDP port 0, which no valid flow uses.
+    ZeroPort => "zero_port",
+    /// An ICMP message whose checksum is wrong (RFC 5508 REQ-3).
+    IcmpBadChecksum => "icmp_bad_checksum",
+    /// An ICMP error whose embedded packet is malformed or has a bad IP header checksum.
+    IcmpErrorBadInner => "icmp_error_bad_inner",
+    /// An IP protocol the engine does not translate.
+    UnsupportedProtocol => "unsupported_protocol",
+    /// An ICMP type the engine does not translate (redirects, router advertisements, ...).
+    UnsupportedIcmp => "unsupported_icmp",
+    /// Inbound to an address that is not in the external pool.
+    NotPoolAddress => "not_pool_address",
+    /// Inbound to an external endpoint that has no mapping.
+    NoMapping => "no_mapping",
+    /// Inbound to a mapped endpoint, refused by the filtering behaviour.
+    Filtered => "filtered",
+    /// An outbound TCP segment other than a SYN, with no session to belong to.
+    TcpNoSession => "tcp_no_session",
+    /// An ICMP error that matches no session, in either direction.
+    IcmpErrorNoSession => "icmp_error_no_session",
+    /// No external endpoint could be allocated (pool exhausted or allocator limit).
+    MappingFailed => "mapping_failed",
+    /// The session table is full; no live session is evicted to make room (RFC 6888 REQ-11).
+    SessionTableFull => "session_table_full",
+    /// Hairpinning is switched off and the packet was addressed to the external pool.
+    HairpinDisabled => "hairpin_disabled",
+    /// TTL would reach zero; answered with ICMP time exceeded (RFC 5508 REQ-10).
+    TtlExceeded => "ttl_exceeded",
+    /// DF set and larger than the MTU of the way out; answered with fragmentation needed.
+    TooBig => "too_big",
+    /// An unsolicited inbound SYN was held, and no outbound SYN claimed it in time.
+    SynHoldExpired => "syn_hold_expired",
+    /// No room to hold another unsolicited SYN.
+    SynHoldFull => "syn_hold_full",
+    /// A non-first fragment arrived and could not be held (limits, size).
+    FragmentLimit => "fragment_limit",
+    /// A held fragment's datagram never got its first fragment in time.
+    FragmentExpired => "fragment_expired",
+}
+
+/// Plain-value counters of one engine, readable at any time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    drops: [u64; DropReason::COUNT],
+    /// Packets forwarded, by direction `[outbound, inbound]`.
+    pub forwarded_packets: [u64; 2],
+    /// Bytes forwarded (IP total length), by direction `[outbound, inbound]`.
+    pub forwarded_bytes: [u64; 2],
+    /// Packets forwarded back inside by hairpinning (also counted as outbound).
+    pub hairpinned_packets: u64,
+    /// ICMP errors the engine generated.
+    pub icmp_generated: u64,
+    /// Packets held (early fragments, unsolicited SYNs).
+    pub held_packets: u64,
+    /// Sessions created.
+    pub sessions_created: u64,
+    /// Sessions deleted.
+    pub sessions_deleted: u64,
+    /// Mappings created.
+    pub mappings_created: u64,
+    /// Mappings deleted.
+    pub mappings_deleted: u64,
+    /// Events lost because the event queue was full.
+    pub events_lost: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            drops: [0; DropReason::COUNT],
+            forwarded_packets: [0; 2],
+            forwarded_bytes: [0; 2],
+            hairpinned_packets: 0,
+            icmp_generated: 0,
+            held_packets: 0,
+            sessions_created: 0,
+            sessions_deleted: 0,
+            mappings_created: 0,
+            mappings_deleted: 0,
+            events_lost: 0,
+        }
+    }
+}
+
+impl Counters {
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    /// Counts one forwarded packet of `bytes` bytes.
+    #[inline]
+    pub fn count_forward(&mut self, dir: Direction, bytes: usize) {
+        let i = match dir {
+            Direction::Outbound => 0,
+            Direction::Inbound => 1,
+        };
+        self.forwarded_packets[i] += 1;
+        self.forwarded_bytes[i] += bytes as u64;
+    }
+
+    /// Packets dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Every reason with its count, in counter order.
+    pub fn drops_by_reason(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.drops[*r as usize]))
+    }
+
+    /// All dropped packets.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert!(names.iter().all(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        }));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        let mut c = Counters::default();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                c.count_drop(*r);
+            }
+        }
+        for (i, (_, n)) in c.drops_by_reason().enumerate() {
+            assert_eq!(n, i as u64 + 1);
+        }
+    }
+}

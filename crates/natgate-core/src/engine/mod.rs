@@ -1,0 +1,1 @@
+//! The translation engine: ties wire format, tables and policy together.

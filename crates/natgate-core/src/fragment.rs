@@ -1,0 +1,1 @@
+//! Fragment state: the first fragment decides, later ones follow.

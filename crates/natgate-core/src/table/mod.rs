@@ -1,0 +1,1 @@
+//! Session and mapping tables.

@@ -1,0 +1,1 @@
+//! TCP connection tracking for timer selection.

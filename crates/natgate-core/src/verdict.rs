@@ -1,0 +1,41 @@
+//! What the engine tells the driver to do with a packet.
+
+use crate::counters::DropReason;
+use crate::endpoint::Side;
+
+/// The outcome of [`Engine::process`](crate::Engine::process) for one packet.
+///
+/// The engine works in place: on `Forward` the packet's bytes were rewritten in the caller's
+/// buffer (its length does not change); on `Reply` the buffer now holds a packet the engine built
+/// (an ICMP error) and the original is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the translated packet out on `Side`.
+    Forward(Side),
+    /// The packet was dropped for `reason`, and the first `len` bytes of the buffer now hold an
+    /// answer (ICMP error) to send out on `side`.
+    Reply {
+        /// Where the answer goes.
+        side: Side,
+        /// Length of the answer at the start of the buffer.
+        len: usize,
+        /// Why the original packet was dropped (counted under this reason).
+        reason: DropReason,
+    },
+    /// The packet was dropped and counted under this reason.
+    Drop(DropReason),
+    /// The engine kept a copy (an early fragment, or an unsolicited SYN held per RFC 5382 REQ-4).
+    /// It, or an answer to it, may leave later through
+    /// [`Engine::poll_transmit`](crate::Engine::poll_transmit).
+    Held,
+}
+
+impl Verdict {
+    /// The drop reason, if the packet was dropped (with or without an answer).
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match *self {
+            Verdict::Drop(r) | Verdict::Reply { reason: r, .. } => Some(r),
+            Verdict::Forward(_) | Verdict::Held => None,
+        }
+    }
+}
