@@ -1,1 +1,572 @@
-//! The translation engine: ties wire format, tables and policy together.
+//! The translation engine: wire format, tables and policy tied together behind a sans-IO API.
+//!
+//! Call pattern (after quinn-proto):
+//! - [`Engine::process`] or [`Engine::process_batch`] for every packet that arrives, with `now`;
+//! - [`Engine::handle_timeout`] whenever `now` reaches [`Engine::next_timeout`] (and after any
+//!   call that may have changed it: every `process` may start a timer);
+//! - [`Engine::poll_transmit`] until it returns `None`, after `process` or `handle_timeout`
+//!   returned or released held packets;
+//! - [`Engine::poll_event`] at leisure, to feed translation logs.
+
+mod icmp_error;
+mod packet;
+mod queues;
+mod translate;
+
+use crate::alloc::{AllocSettings, DynamicAllocator, PortAllocator};
+use crate::config::{Behavior, FilteringBehavior, ValidConfig};
+use crate::counters::{Counters, DropReason};
+use crate::endpoint::{Direction, Endpoint, Protocol, Side};
+use crate::event::Event;
+use crate::fragment::{FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation};
+use crate::rng::Rng;
+use crate::table::{AddressFilter, FlowKey, MappingTable, Session, SessionId, SessionTable};
+use crate::tcp_state::{TcpPhase, TcpState};
+use crate::time::Instant;
+use crate::verdict::Verdict;
+use core::time::Duration;
+use packet::{Fragment, Kind, Parsed, Which};
+use queues::{EventQueue, SynHold, TransmitQueue};
+use std::net::Ipv4Addr;
+
+pub use queues::TRANSMIT_SLOT;
+
+/// How many packets [`Engine::process_batch`] looks up together. Large enough to hide memory
+/// latency behind prefetches, small enough that the batch's state stays in L1.
+pub const BATCH: usize = 32;
+
+/// One packet of a batch: a buffer and the length of the datagram at its start. The buffer may
+/// be longer than the datagram; the extra room lets the engine answer with an ICMP error in place.
+#[derive(Debug)]
+pub struct PacketBuf<'a> {
+    /// The bytes; the datagram is at the start.
+    pub buf: &'a mut [u8],
+    /// Length of the datagram.
+    pub len: usize,
+}
+
+/// A packet the engine built outside `process` (see [`Engine::poll_transmit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub side: Side,
+    /// Its length at the start of the caller's buffer.
+    pub len: usize,
+}
+
+/// A session as shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Protocol.
+    pub proto: Protocol,
+    /// The subscriber's endpoint.
+    pub internal: Endpoint,
+    /// The external endpoint.
+    pub external: Endpoint,
+    /// The remote endpoint.
+    pub remote: Endpoint,
+    /// TCP phase (None for UDP and ICMP).
+    pub tcp: Option<TcpPhase>,
+    /// When the session was last refreshed.
+    pub last_seen: Instant,
+    /// When it expires if nothing refreshes it.
+    pub expires: Instant,
+}
+
+/// A mapping as shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappingInfo {
+    /// Protocol.
+    pub proto: Protocol,
+    /// The subscriber's endpoint.
+    pub internal: Endpoint,
+    /// The endpoint it appears as outside.
+    pub external: Endpoint,
+    /// Live sessions using it.
+    pub sessions: u32,
+}
+
+/// The NAPT44 engine. One engine is one shard: it owns its tables and is driven by one thread.
+pub struct Engine<A: PortAllocator = DynamicAllocator> {
+    behavior: Behavior,
+    inside_address: Ipv4Addr,
+    sessions: SessionTable,
+    mappings: MappingTable,
+    /// Present only under address-dependent filtering, the one mode that needs it.
+    address_filter: Option<AddressFilter>,
+    alloc: A,
+    rng: Rng,
+    fragments: FragmentTracker,
+    held_syns: SynHold,
+    transmit: TransmitQueue,
+    events: EventQueue,
+    counters: Counters,
+}
+
+impl Engine<DynamicAllocator> {
+    /// An engine with the dynamic allocator over the config's pool. `seed` drives every random
+    /// choice (ports, hash keys): use a fresh OS-random seed in production, a constant in tests.
+    pub fn new(config: ValidConfig, seed: u64) -> Self {
+        let cfg = config.get();
+        let alloc = DynamicAllocator::new(&cfg.pool, AllocSettings::from_config(cfg));
+        Engine::with_allocator(config, alloc, seed)
+    }
+}
+
+impl<A: PortAllocator> Engine<A> {
+    /// An engine with a given port allocator (port blocks, deterministic NAT, per-core shares).
+    pub fn with_allocator(config: ValidConfig, alloc: A, seed: u64) -> Self {
+        let cfg = config.get();
+        let mut rng = Rng::new(seed);
+        let limits = cfg.limits;
+        let behavior = cfg.behavior;
+        let max_sessions = limits.max_sessions as usize;
+        Engine {
+            behavior,
+            inside_address: cfg.inside_address,
+            sessions: SessionTable::new(max_sessions, rng.next_u64()),
+            mappings: MappingTable::new(limits.max_mappings as usize, rng.next_u64()),
+            address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
+                .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
+            alloc,
+            fragments: FragmentTracker::new(FragmentLimits {
+                max_datagrams: limits.max_fragment_datagrams as usize,
+                max_held: limits.max_held_fragments as usize,
+                max_held_per_source: limits.max_held_fragments_per_source as usize,
+                max_fragment_len: TRANSMIT_SLOT,
+                timeout: Duration::from_secs(u64::from(behavior.timers.fragment)),
+            }),
+            held_syns: SynHold::new(limits.max_held_syns as usize),
+            transmit: TransmitQueue::new(
+                limits.max_held_fragments as usize + limits.max_held_syns.min(1024) as usize,
+            ),
+            events: EventQueue::new(limits.event_queue as usize),
+            counters: Counters::default(),
+            rng,
+        }
+    }
+
+    /// Translates one packet in place. `buf[..len]` holds an IPv4 datagram that arrived on
+    /// `side`; room after it lets the engine answer in place. See [`Verdict`].
+    pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
+        let len = len.min(buf.len());
+        let verdict = match packet::parse(&buf[..len], side) {
+            Ok(p) => self.process_parsed(now, side, buf, p, None),
+            Err(reason) => Verdict::Drop(reason),
+        };
+        self.account(side, len, verdict);
+        verdict
+    }
+
+    /// Translates packets that arrived on one side, `verdicts[i]` for `packets[i]`. Look-ups of
+    /// established flows are batched with prefetching, which is where the speed comes from.
+    /// `verdicts` must be at least as long as `packets`; extra packets are not processed.
+    pub fn process_batch(&mut self, now: Instant, side: Side, packets: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+        let n = packets.len().min(verdicts.len());
+        for (packets, verdicts) in packets[..n].chunks_mut(BATCH).zip(verdicts[..n].chunks_mut(BATCH)) {
+            self.process_chunk(now, side, packets, verdicts);
+        }
+    }
+
+    fn process_chunk(&mut self, now: Instant, side: Side, packets: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+        let mut parsed: [Option<Result<Parsed, DropReason>>; BATCH] = [None; BATCH];
+        let placeholder = FlowKey { proto: Protocol::Udp, local: Endpoint::UNSPECIFIED, remote: Endpoint::UNSPECIFIED };
+        let mut keys = [placeholder; BATCH];
+        let mut which = [0u8; BATCH];
+        let mut found = [None; BATCH];
+        let mut n = 0;
+        for (i, pkt) in packets.iter().enumerate() {
+            let len = pkt.len.min(pkt.buf.len());
+            let p = packet::parse(&pkt.buf[..len], side);
+            if let Ok(p) = &p {
+                if let Some(key) = self.fast_key(side, p) {
+                    keys[n] = key;
+                    which[n] = i as u8;
+                    n += 1;
+                }
+            }
+            parsed[i] = Some(p);
+        }
+        self.sessions.find_batch(side == Side::Outside, &keys[..n], &mut found[..n]);
+        let mut hints: [Option<Option<SessionId>>; BATCH] = [None; BATCH];
+        for j in 0..n {
+            hints[usize::from(which[j])] = Some(found[j]);
+        }
+        for (i, pkt) in packets.iter_mut().enumerate() {
+            let len = pkt.len.min(pkt.buf.len());
+            let verdict = match parsed[i] {
+                Some(Ok(p)) => self.process_parsed(now, side, pkt.buf, p, hints[i]),
+                Some(Err(reason)) => Verdict::Drop(reason),
+                None => Verdict::Drop(DropReason::Ipv4Malformed),
+            };
+            self.account(side, len, verdict);
+            verdicts[i] = verdict;
+        }
+    }
+
+    /// The session key of a packet that may take the fast path: a whole TCP, UDP or ICMP query
+    /// datagram that is not hairpinned.
+    fn fast_key(&self, side: Side, p: &Parsed) -> Option<FlowKey> {
+        if p.kind != Kind::Flow || p.frag != Fragment::None {
+            return None;
+        }
+        match side {
+            Side::Inside if !self.alloc.owns(p.dst.addr) => {
+                Some(FlowKey { proto: p.proto, local: p.src, remote: p.dst })
+            }
+            Side::Outside => Some(FlowKey { proto: p.proto, local: p.dst, remote: p.src }),
+            Side::Inside => None,
+        }
+    }
+
+    fn account(&mut self, side: Side, len: usize, verdict: Verdict) {
+        match verdict {
+            Verdict::Forward(_) => self.counters.count_forward(side.arrival_direction(), len),
+            Verdict::Drop(reason) => self.counters.count_drop(reason),
+            Verdict::Reply { reason, .. } => {
+                self.counters.count_drop(reason);
+                self.counters.icmp_generated += 1;
+            }
+            Verdict::Held => self.counters.held_packets += 1,
+        }
+    }
+
+    /// Everything after parsing. `hint` is a session look-up already done by the batch path.
+    fn process_parsed(&mut self, now: Instant, side: Side, buf: &mut [u8], mut p: Parsed, hint: Option<Option<SessionId>>) -> Verdict {
+        if side == Side::Outside && !self.alloc.owns(p.dst.addr) {
+            return Verdict::Drop(DropReason::NotPoolAddress);
+        }
+        // RFC 5508 REQ-10 / RFC 1812 5.3.1: a packet whose TTL would reach zero is answered
+        // with time exceeded, before any state is made for it.
+        if self.behavior.decrement_ttl && p.ttl <= 1 {
+            return self.reply_error(buf, &p, side, ICMP_TIME_EXCEEDED, 0, 0, DropReason::TtlExceeded);
+        }
+        let hairpin = side == Side::Inside && self.alloc.owns(p.dst.addr);
+        let exit = if side == Side::Outside || hairpin { Side::Inside } else { Side::Outside };
+        let mtu = match exit {
+            Side::Outside => self.behavior.outside_mtu,
+            Side::Inside => self.behavior.inside_mtu,
+        };
+        // RFC 4787 REQ-13: DF=1 and too big gets fragmentation needed with the next-hop MTU.
+        // (DF=0 packets are fragmented by the driver's way out, e.g. the kernel behind a TUN.)
+        if p.df && p.len > usize::from(mtu) {
+            return self.reply_error(buf, &p, side, ICMP_DEST_UNREACHABLE, 4, u32::from(mtu), DropReason::TooBig);
+        }
+        let frag_key = FragmentKey { side, src: p.src.addr, dst: p.dst.addr, proto: p.ip_proto(), ident: p.ident };
+        if p.frag == Fragment::Later {
+            return self.later_fragment(now, buf, &p, frag_key);
+        }
+        let verdict = match (p.kind, side) {
+            (Kind::IcmpError, Side::Inside) => self.icmp_error_outbound(buf, &mut p),
+            (Kind::IcmpError, Side::Outside) => self.icmp_error_inbound(buf, &mut p),
+            (Kind::Flow, Side::Inside) => self.outbound(now, buf, &mut p, hint, hairpin),
+            (Kind::Flow, Side::Outside) => self.inbound(now, buf, &mut p, hint),
+        };
+        if p.frag == Fragment::First {
+            if let Verdict::Forward(out_side) = verdict {
+                let tr = FragmentTranslation { new_src: p.src.addr, new_dst: p.dst.addr, out_side };
+                self.fragments.record_first(frag_key, tr, now);
+                self.release_held_fragments(&frag_key, tr);
+            }
+        }
+        verdict
+    }
+
+    /// A non-first fragment follows its first fragment's translation, or waits for it.
+    fn later_fragment(&mut self, now: Instant, buf: &mut [u8], p: &Parsed, key: FragmentKey) -> Verdict {
+        if let Some(tr) = self.fragments.lookup(&key, now) {
+            packet::rewrite_addr(buf, Which::Src, tr.new_src);
+            packet::rewrite_addr(buf, Which::Dst, tr.new_dst);
+            if self.behavior.decrement_ttl {
+                packet::decrement_ttl(buf);
+            }
+            return Verdict::Forward(tr.out_side);
+        }
+        match self.fragments.hold(key, &buf[..p.len], now) {
+            Ok(()) => Verdict::Held,
+            Err(_) => Verdict::Drop(DropReason::FragmentLimit),
+        }
+    }
+
+    fn release_held_fragments(&mut self, key: &FragmentKey, tr: FragmentTranslation) {
+        let decrement = self.behavior.decrement_ttl;
+        let transmit = &mut self.transmit;
+        let counters = &mut self.counters;
+        self.fragments.release_held(key, |frag| {
+            if frag.len() < 20 || (decrement && frag[8] <= 1) {
+                counters.count_drop(DropReason::TtlExceeded);
+                return;
+            }
+            packet::rewrite_addr(frag, Which::Src, tr.new_src);
+            packet::rewrite_addr(frag, Which::Dst, tr.new_dst);
+            if decrement {
+                packet::decrement_ttl(frag);
+            }
+            if !transmit.push(tr.out_side, frag) {
+                counters.count_drop(DropReason::FragmentLimit);
+            }
+        });
+    }
+
+    /// Answers the packet in `buf` with an ICMP error built in place, or drops it when RFC 1812
+    /// 4.3.2.7 forbids an answer (to ICMP errors, later fragments, non-unicast sources).
+    #[allow(clippy::too_many_arguments)]
+    fn reply_error(&mut self, buf: &mut [u8], p: &Parsed, side: Side, msg_type: u8, code: u8, rest: u32, reason: DropReason) -> Verdict {
+        let src = p.src.addr;
+        if p.kind == Kind::IcmpError
+            || p.frag == Fragment::Later
+            || src.is_unspecified()
+            || src.is_broadcast()
+            || src.is_multicast()
+            || src.is_loopback()
+        {
+            return Verdict::Drop(reason);
+        }
+        let from = match side {
+            Side::Inside => self.inside_address,
+            Side::Outside => p.dst.addr,
+        };
+        let len = crate::wire::icmp::write_error_in_place(buf, p.len, from, src, msg_type, code, rest);
+        if len == 0 {
+            return Verdict::Drop(reason);
+        }
+        Verdict::Reply { side, len, reason }
+    }
+
+    /// Runs timers: expires sessions (and with their last session, mappings), fragment state and
+    /// held SYNs. Call when `now` reaches [`Engine::next_timeout`]; calling more often is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now_s = now.as_secs();
+        let behavior = self.behavior;
+        let mut gone = Gone {
+            mappings: &mut self.mappings,
+            address_filter: &mut self.address_filter,
+            alloc: &mut self.alloc,
+            events: &mut self.events,
+            counters: &mut self.counters,
+            now,
+        };
+        self.sessions.expire(now_s, |s| session_due(&behavior, s, now_s), |_, s| gone.session(&s));
+        let lost = self.fragments.expire(now);
+        for _ in 0..lost {
+            self.counters.count_drop(DropReason::FragmentExpired);
+        }
+        let hold = Duration::from_secs(u64::from(behavior.timers.tcp_incoming_syn));
+        let answer = behavior.unsolicited_syn == crate::config::UnsolicitedSyn::IcmpPortUnreachable;
+        let transmit = &mut self.transmit;
+        let counters = &mut self.counters;
+        self.held_syns.expire(now, hold, |h| {
+            counters.count_drop(DropReason::SynHoldExpired);
+            if !answer {
+                return;
+            }
+            // RFC 5382 REQ-4: answer with port unreachable, from the endpoint it was sent to.
+            if let Some((slot, out)) = transmit.slot_mut() {
+                out[..h.len].copy_from_slice(&h.bytes[..h.len]);
+                let len = crate::wire::icmp::write_error_in_place(
+                    out,
+                    h.len,
+                    h.external.addr,
+                    h.remote.addr,
+                    ICMP_DEST_UNREACHABLE,
+                    3,
+                    0,
+                );
+                if len > 0 {
+                    transmit.commit(slot, Side::Outside, len);
+                    counters.icmp_generated += 1;
+                }
+            }
+        });
+    }
+
+    /// The next time [`Engine::handle_timeout`] has work to do, if any.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let hold = Duration::from_secs(u64::from(self.behavior.timers.tcp_incoming_syn));
+        [
+            self.sessions.next_due().map(|s| Instant::from_secs(u64::from(s))),
+            self.fragments.next_expiry(),
+            self.held_syns.next_expiry(hold),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Copies the next packet the engine built on its own (an ICMP error for an expired held
+    /// SYN, a released early fragment) into `buf`. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        self.transmit.pop(buf).map(|(side, len)| Transmit { side, len })
+    }
+
+    /// The next translation event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The behaviour in force.
+    pub fn behavior(&self) -> &Behavior {
+        &self.behavior
+    }
+
+    /// The port allocator (for utilisation reports).
+    pub fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Live mappings.
+    pub fn mapping_count(&self) -> usize {
+        self.mappings.len()
+    }
+
+    /// Unsolicited SYNs being held.
+    pub fn held_syn_count(&self) -> usize {
+        self.held_syns.len()
+    }
+
+    /// Every live session, in table order.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
+        let b = self.behavior;
+        self.sessions.iter().map(move |(_, s)| SessionInfo {
+            proto: s.proto,
+            internal: s.internal,
+            external: s.external,
+            remote: s.remote,
+            tcp: (s.proto == Protocol::Tcp).then(|| TcpState::from_byte(s.tcp).phase()),
+            last_seen: Instant::from_secs(u64::from(s.last_seen)),
+            expires: Instant::from_secs(u64::from(s.last_seen) + u64::from(idle_timeout(&b, s))),
+        })
+    }
+
+    /// Every live mapping, in table order.
+    pub fn mappings(&self) -> impl Iterator<Item = MappingInfo> + '_ {
+        self.mappings.iter().map(|(_, m)| MappingInfo {
+            proto: m.proto,
+            internal: m.internal,
+            external: m.external,
+            sessions: m.sessions,
+        })
+    }
+
+    /// Bytes held by the session and mapping tables and their indexes.
+    pub fn table_memory_bytes(&self) -> usize {
+        self.sessions.memory_bytes()
+            + self.mappings.memory_bytes()
+            + self.address_filter.as_ref().map_or(0, |f| f.memory_bytes())
+    }
+
+    /// Deletes every session and mapping (ports enter hold-down as usual), emitting the events.
+    pub fn flush(&mut self, now: Instant) {
+        let ids: Vec<SessionId> = self.sessions.iter().map(|(id, _)| id).collect();
+        let mut gone = Gone {
+            mappings: &mut self.mappings,
+            address_filter: &mut self.address_filter,
+            alloc: &mut self.alloc,
+            events: &mut self.events,
+            counters: &mut self.counters,
+            now,
+        };
+        for id in ids {
+            if let Some(s) = self.sessions.remove(id) {
+                gone.session(&s);
+            }
+        }
+        self.held_syns.clear();
+        self.fragments.clear();
+    }
+
+    fn emit(&mut self, e: Event) {
+        if !self.events.push(e) {
+            self.counters.events_lost += 1;
+        }
+    }
+}
+
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// A session's idle timeout in seconds, by protocol and TCP phase.
+fn idle_timeout(b: &Behavior, s: &Session) -> u32 {
+    match s.proto {
+        Protocol::Udp => b.timers.udp,
+        Protocol::Icmp => b.timers.icmp_query,
+        Protocol::Tcp => TcpState::from_byte(s.tcp).timeout(&b.timers),
+    }
+}
+
+/// When the timer wheel should look at a session again. A session expires one second after its
+/// timeout has fully passed since `last_seen` (which is rounded down to the second), so it never
+/// lives shorter than the configured timer. TCP sessions are re-checked at least every
+/// shortest-TCP-timer seconds, because a FIN or RST shortens their timeout without touching the
+/// wheel (the packet path never reschedules).
+fn session_due(b: &Behavior, s: &Session, now_s: u32) -> u32 {
+    let due = s.last_seen.saturating_add(idle_timeout(b, s)).saturating_add(1);
+    if s.proto == Protocol::Tcp && due > now_s {
+        let t = &b.timers;
+        let recheck = t.tcp_transitory_close.min(t.tcp_rst_linger).max(1);
+        due.min(now_s.saturating_add(recheck))
+    } else {
+        due
+    }
+}
+
+/// What has to happen when a session goes: the mapping loses a user (and goes with its last),
+/// the address filter forgets the remote, the port enters hold-down, events are queued. Borrows
+/// only the parts of the engine it touches, so it can run inside the session table's expiry.
+struct Gone<'a, A: PortAllocator> {
+    mappings: &'a mut MappingTable,
+    address_filter: &'a mut Option<AddressFilter>,
+    alloc: &'a mut A,
+    events: &'a mut EventQueue,
+    counters: &'a mut Counters,
+    now: Instant,
+}
+
+impl<A: PortAllocator> Gone<'_, A> {
+    fn session(&mut self, s: &Session) {
+        self.counters.sessions_deleted += 1;
+        self.event(Event::SessionDeleted {
+            at: self.now,
+            proto: s.proto,
+            internal: s.internal,
+            external: s.external,
+            remote: s.remote,
+        });
+        if let Some(f) = self.address_filter.as_mut() {
+            f.remove(s.proto, s.external, s.remote.addr);
+        }
+        let m = self.mappings.get_mut(s.mapping);
+        m.sessions = m.sessions.saturating_sub(1);
+        if m.sessions == 0 {
+            if let Some(m) = self.mappings.remove(s.mapping) {
+                self.alloc.release(m.proto, m.internal, m.external, self.now);
+                self.counters.mappings_deleted += 1;
+                self.event(Event::MappingDeleted {
+                    at: self.now,
+                    proto: m.proto,
+                    internal: m.internal,
+                    external: m.external,
+                });
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        if !self.events.push(e) {
+            self.counters.events_lost += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

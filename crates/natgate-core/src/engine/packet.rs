@@ -1,0 +1,259 @@
+//! The engine's view of one packet: parsed once into a small summary, then rewritten in place
+//! with incremental checksum updates (RFC 1624), never recomputed from scratch.
+
+use crate::counters::DropReason;
+use crate::endpoint::{Endpoint, Protocol, Side};
+use crate::wire::checksum::{self, Delta};
+use crate::wire::icmp::{self, IcmpKind};
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::WireError;
+use std::net::Ipv4Addr;
+
+/// Offsets of IPv4 header fields the engine rewrites.
+const IP_TTL: usize = 8;
+const IP_CHECKSUM: usize = 10;
+const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
+
+/// Where a packet sits in its datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fragment {
+    /// A whole datagram.
+    None,
+    /// Offset 0 with more fragments to come: carries the transport header.
+    First,
+    /// Any later fragment: no transport header.
+    Later,
+}
+
+/// What the transport part of the packet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// TCP or UDP, or an ICMP query (echo, timestamp) whose identifier plays the port.
+    Flow,
+    /// An ICMP error; its embedded packet is handled by `icmp_error`.
+    IcmpError,
+}
+
+/// Everything the policy code needs from a packet, read once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parsed {
+    /// IPv4 total length (the packet's real length; buffers may be longer).
+    pub len: usize,
+    /// Offset of the transport header.
+    pub l4: usize,
+    /// The transport protocol.
+    pub proto: Protocol,
+    /// Flow or ICMP error.
+    pub kind: Kind,
+    /// Source endpoint. For ICMP queries arriving inside the identifier is the source "port";
+    /// arriving outside it is the destination "port" (the identifier always names the inside).
+    pub src: Endpoint,
+    /// Destination endpoint.
+    pub dst: Endpoint,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    /// Fragment position.
+    pub frag: Fragment,
+    /// Don't-fragment bit.
+    pub df: bool,
+    /// Time to live on arrival.
+    pub ttl: u8,
+    /// IPv4 identification (fragment state key).
+    pub ident: u16,
+}
+
+impl Parsed {
+    /// The raw IP protocol number.
+    pub fn ip_proto(&self) -> u8 {
+        self.proto.ip_number()
+    }
+}
+
+/// Parses the IPv4 header and as much of the transport header as the engine needs. Checks the
+/// IPv4 header checksum (RFC 1812 5.2.2) and, for whole ICMP messages, the ICMP checksum
+/// (RFC 5508 REQ-3); transport checksums are left to the end hosts.
+pub(crate) fn parse(buf: &[u8], side: Side) -> Result<Parsed, DropReason> {
+    let ip = Ipv4Packet::new_checked(buf).map_err(|e| match e {
+        WireError::BadVersion => DropReason::NotIpv4,
+        _ => DropReason::Ipv4Malformed,
+    })?;
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4BadChecksum);
+    }
+    let proto = Protocol::from_ip_number(ip.protocol()).ok_or(DropReason::UnsupportedProtocol)?;
+    let frag = if ip.frag_offset() != 0 {
+        Fragment::Later
+    } else if ip.more_frags() {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+    let l4 = ip.header_len();
+    let len = usize::from(ip.total_len());
+    let mut p = Parsed {
+        len,
+        l4,
+        proto,
+        kind: Kind::Flow,
+        src: Endpoint::new(ip.src_addr(), 0),
+        dst: Endpoint::new(ip.dst_addr(), 0),
+        tcp_flags: 0,
+        frag,
+        df: ip.dont_frag(),
+        ttl: ip.ttl(),
+        ident: ip.ident(),
+    };
+    if frag == Fragment::Later {
+        return Ok(p);
+    }
+    let l4b = ip.payload();
+    match proto {
+        Protocol::Tcp | Protocol::Udp => {
+            // The first fragment must hold the whole TCP header; RFC 1858 forbids tiny
+            // fragments that split it, and we only need the ports and flags.
+            let need = if proto == Protocol::Tcp { 14 } else { 8 };
+            if l4b.len() < need {
+                return Err(DropReason::L4Truncated);
+            }
+            p.src.port = u16::from_be_bytes([l4b[0], l4b[1]]);
+            p.dst.port = u16::from_be_bytes([l4b[2], l4b[3]]);
+            if p.src.port == 0 || p.dst.port == 0 {
+                return Err(DropReason::ZeroPort);
+            }
+            if proto == Protocol::Tcp {
+                if l4b.len() < 20 {
+                    return Err(DropReason::L4Truncated);
+                }
+                p.tcp_flags = l4b[13];
+            }
+        }
+        Protocol::Icmp => {
+            if l4b.len() < 8 {
+                return Err(DropReason::L4Truncated);
+            }
+            // A fragmented ICMP message cannot be checked until reassembly, which a NAT does
+            // not do; only whole messages are verified.
+            if frag == Fragment::None && checksum::checksum(l4b) != 0 {
+                return Err(DropReason::IcmpBadChecksum);
+            }
+            match icmp::classify(l4b[0]) {
+                IcmpKind::QueryRequest | IcmpKind::QueryReply => {
+                    let id = u16::from_be_bytes([l4b[4], l4b[5]]);
+                    match side {
+                        Side::Inside => p.src.port = id,
+                        Side::Outside => p.dst.port = id,
+                    }
+                }
+                IcmpKind::Error => {
+                    if frag != Fragment::None {
+                        return Err(DropReason::IcmpErrorBadInner);
+                    }
+                    p.kind = Kind::IcmpError;
+                }
+                IcmpKind::Other => return Err(DropReason::UnsupportedIcmp),
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Which endpoint of a packet a rewrite changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    /// The source.
+    Src,
+    /// The destination.
+    Dst,
+}
+
+/// Rewrites the source or destination endpoint of a parsed packet in place, updating the IPv4
+/// header checksum and the transport checksum incrementally. For ICMP queries the "port" is the
+/// identifier, wherever `which` points. Later fragments have no transport header: only the
+/// address changes (the first fragment's transport checksum already accounts for it).
+pub(crate) fn rewrite(buf: &mut [u8], p: &mut Parsed, which: Which, new: Endpoint) {
+    let (addr_off, old) = match which {
+        Which::Src => (IP_SRC, p.src),
+        Which::Dst => (IP_DST, p.dst),
+    };
+    let mut l4_delta = Delta::default();
+    if old.addr != new.addr {
+        buf[addr_off..addr_off + 4].copy_from_slice(&new.addr.octets());
+        let ip_check = read16(buf, IP_CHECKSUM);
+        write16(buf, IP_CHECKSUM, checksum::update32(ip_check, u32::from(old.addr), u32::from(new.addr)));
+        if p.proto != Protocol::Icmp {
+            // TCP and UDP checksums cover a pseudo-header with both addresses.
+            l4_delta.add_addr(old.addr, new.addr);
+        }
+    }
+    if p.frag != Fragment::Later {
+        let l4 = p.l4;
+        if old.port != new.port {
+            let port_off = match (p.proto, which) {
+                (Protocol::Icmp, _) => l4 + 4,
+                (_, Which::Src) => l4,
+                (_, Which::Dst) => l4 + 2,
+            };
+            write16(buf, port_off, new.port);
+            l4_delta.add16(old.port, new.port);
+        }
+        let check_off = match p.proto {
+            Protocol::Tcp => l4 + 16,
+            Protocol::Udp => l4 + 6,
+            Protocol::Icmp => l4 + 2,
+        };
+        let check = read16(buf, check_off);
+        let updated = match p.proto {
+            Protocol::Udp => checksum::apply_udp(l4_delta, check),
+            _ => l4_delta.apply(check),
+        };
+        write16(buf, check_off, updated);
+    }
+    match which {
+        Which::Src => p.src = new,
+        Which::Dst => p.dst = new,
+    }
+}
+
+/// Rewrites only an address (outer header of an ICMP error, later fragments).
+pub(crate) fn rewrite_addr(buf: &mut [u8], which: Which, new: Ipv4Addr) {
+    let off = match which {
+        Which::Src => IP_SRC,
+        Which::Dst => IP_DST,
+    };
+    let old = read_addr(buf, off);
+    if old == new {
+        return;
+    }
+    buf[off..off + 4].copy_from_slice(&new.octets());
+    let check = read16(buf, IP_CHECKSUM);
+    write16(buf, IP_CHECKSUM, checksum::update32(check, u32::from(old), u32::from(new)));
+}
+
+/// Decrements the TTL by one, updating the header checksum (the TTL shares a 16-bit word with
+/// the protocol number). The caller has checked that the TTL is above 1.
+pub(crate) fn decrement_ttl(buf: &mut [u8]) {
+    let old = read16(buf, IP_TTL);
+    let new = old.wrapping_sub(0x0100);
+    write16(buf, IP_TTL, new);
+    let check = read16(buf, IP_CHECKSUM);
+    write16(buf, IP_CHECKSUM, checksum::update16(check, old, new));
+}
+
+/// Reads a big-endian u16; `off + 2 <= buf.len()` is the caller's invariant (parsed offsets).
+#[inline]
+pub(crate) fn read16(buf: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([buf[off], buf[off + 1]])
+}
+
+/// Writes a big-endian u16.
+#[inline]
+pub(crate) fn write16(buf: &mut [u8], off: usize, v: u16) {
+    buf[off..off + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Reads an IPv4 address.
+#[inline]
+pub(crate) fn read_addr(buf: &[u8], off: usize) -> Ipv4Addr {
+    Ipv4Addr::new(buf[off], buf[off + 1], buf[off + 2], buf[off + 3])
+}

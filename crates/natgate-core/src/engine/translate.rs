@@ -1,0 +1,307 @@
+//! The NAT policy for flows (TCP, UDP, ICMP queries): which session a packet belongs to, when a
+//! mapping and a session are made, what filtering lets in, and hairpinning.
+
+use super::packet::{self, Parsed, Which};
+use super::{Engine, session_due, ICMP_DEST_UNREACHABLE};
+use crate::alloc::{AllocRequest, PortAllocator};
+use crate::config::{FilteringBehavior, Hairpinning, MappingBehavior};
+use crate::counters::DropReason;
+use crate::endpoint::{Direction, Endpoint, Protocol, Side};
+use crate::event::Event;
+use crate::table::{FlowKey, Mapping, MappingId, Session, SessionId};
+use crate::tcp_state::TcpState;
+use crate::time::Instant;
+use crate::verdict::Verdict;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+impl<A: PortAllocator> Engine<A> {
+    /// A flow packet from the inside: find or make its session, translate the source, and
+    /// either send it out or, when addressed to the pool, hairpin it back in.
+    pub(super) fn outbound(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+        hint: Option<Option<SessionId>>,
+        hairpin: bool,
+    ) -> Verdict {
+        if hairpin {
+            if self.behavior.hairpinning == Hairpinning::Off {
+                return Verdict::Drop(DropReason::HairpinDisabled);
+            }
+            // An ICMP query to a pool address is addressed to the NAT itself, not to a mapping
+            // (identifiers belong to the inside); there is no subscriber to hairpin it to.
+            if p.proto == Protocol::Icmp {
+                return Verdict::Drop(DropReason::NoMapping);
+            }
+        }
+        let key = FlowKey { proto: p.proto, local: p.src, remote: p.dst };
+        let found = match hint {
+            Some(h) => h,
+            None => self.sessions.find_out(&key),
+        };
+        let sid = match found {
+            Some(sid) => {
+                self.touch(sid, now, Direction::Outbound, p.tcp_flags);
+                sid
+            }
+            None => match self.new_outbound_session(now, p) {
+                Ok(sid) => sid,
+                Err(reason) => return self.mapping_failed(now, buf, p, reason),
+            },
+        };
+        let internal = p.src;
+        let external = self.sessions.get(sid).external;
+        packet::rewrite(buf, p, Which::Src, external);
+        if hairpin {
+            return self.hairpin(now, buf, p, internal);
+        }
+        self.finish(buf, Side::Outside)
+    }
+
+    /// A flow packet from the outside: its session, or a new one if filtering allows.
+    pub(super) fn inbound(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+        hint: Option<Option<SessionId>>,
+    ) -> Verdict {
+        let key = FlowKey { proto: p.proto, local: p.dst, remote: p.src };
+        let found = match hint {
+            Some(h) => h,
+            None => self.sessions.find_in(&key),
+        };
+        let sid = match found {
+            Some(sid) => {
+                self.touch(sid, now, Direction::Inbound, p.tcp_flags);
+                sid
+            }
+            None => match self.new_inbound_session(now, p) {
+                Ok(sid) => sid,
+                Err(Refused::Drop(reason)) => return Verdict::Drop(reason),
+                Err(Refused::UnsolicitedSyn) => return self.hold_syn(now, buf, p),
+            },
+        };
+        let internal = self.sessions.get(sid).internal;
+        packet::rewrite(buf, p, Which::Dst, internal);
+        self.finish(buf, Side::Inside)
+    }
+
+    /// The second half of a hairpinned packet (RFC 4787 REQ-9, RFC 5382 REQ-8): its source is
+    /// already the sender's external endpoint; now it is an inbound packet to the destination's
+    /// external endpoint, under the same filtering as any other.
+    fn hairpin(&mut self, now: Instant, buf: &mut [u8], p: &mut Parsed, sender_internal: Endpoint) -> Verdict {
+        let key = FlowKey { proto: p.proto, local: p.dst, remote: p.src };
+        let sid = match self.sessions.find_in(&key) {
+            Some(sid) => {
+                self.touch(sid, now, Direction::Inbound, p.tcp_flags);
+                sid
+            }
+            None => match self.new_inbound_session(now, p) {
+                Ok(sid) => sid,
+                Err(Refused::Drop(reason)) => return Verdict::Drop(reason),
+                // Holding is for SYNs from the Internet; a subscriber's SYN is refused at once.
+                Err(Refused::UnsolicitedSyn) => return Verdict::Drop(DropReason::Filtered),
+            },
+        };
+        let target = self.sessions.get(sid).internal;
+        packet::rewrite(buf, p, Which::Dst, target);
+        if self.behavior.hairpinning == Hairpinning::InternalSource {
+            packet::rewrite(buf, p, Which::Src, sender_internal);
+        }
+        self.counters.hairpinned_packets += 1;
+        self.finish(buf, Side::Inside)
+    }
+
+    /// Decrements the TTL (already checked to be above 1) and sends the packet on its way.
+    pub(super) fn finish(&mut self, buf: &mut [u8], out: Side) -> Verdict {
+        if self.behavior.decrement_ttl {
+            packet::decrement_ttl(buf);
+        }
+        Verdict::Forward(out)
+    }
+
+    /// A packet of an existing session: refresh per the refresh behaviour (RFC 4787 REQ-6) and
+    /// track TCP. This is all the state the fast path writes.
+    #[inline]
+    fn touch(&mut self, sid: SessionId, now: Instant, dir: Direction, tcp_flags: u8) {
+        let refresh = self.behavior.refresh.refreshes(dir);
+        let s = self.sessions.get_mut(sid);
+        if refresh {
+            s.last_seen = now.as_secs();
+        }
+        if s.proto == Protocol::Tcp {
+            let mut st = TcpState::from_byte(s.tcp);
+            st.on_segment(dir, tcp_flags);
+            s.tcp = st.to_byte();
+        }
+    }
+
+    /// The mapping key's remote part under the mapping behaviour (RFC 4787 section 4.1).
+    fn remote_key(&self, remote: Endpoint) -> Endpoint {
+        match self.behavior.mapping {
+            MappingBehavior::EndpointIndependent => Endpoint::UNSPECIFIED,
+            MappingBehavior::AddressDependent => Endpoint::new(remote.addr, 0),
+            MappingBehavior::AddressAndPortDependent => remote,
+        }
+    }
+
+    /// First packet of an outbound flow: reuse or make the mapping, then make the session.
+    fn new_outbound_session(&mut self, now: Instant, p: &Parsed) -> Result<SessionId, DropReason> {
+        // RFC 5382: only a SYN opens a TCP mapping; anything else without a session is stray.
+        if p.proto == Protocol::Tcp && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_RST != 0) {
+            return Err(DropReason::TcpNoSession);
+        }
+        let remote_key = self.remote_key(p.dst);
+        let (mid, fresh) = match self.mappings.find_by_internal(p.proto, p.src, remote_key) {
+            Some(mid) => (mid, false),
+            None => (self.new_mapping(now, p.proto, p.src, remote_key)?, true),
+        };
+        match self.new_session(now, mid, p.dst, Direction::Outbound, p.tcp_flags) {
+            Ok(sid) => {
+                if p.proto == Protocol::Tcp {
+                    // RFC 5382 REQ-4: an outbound SYN claims a held inbound SYN for the same
+                    // pair (simultaneous open), which is then dropped silently.
+                    let external = self.sessions.get(sid).external;
+                    self.held_syns.claim(external, p.dst);
+                }
+                Ok(sid)
+            }
+            Err(reason) => {
+                if fresh {
+                    self.delete_unused_mapping(now, mid);
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    fn new_mapping(&mut self, now: Instant, proto: Protocol, internal: Endpoint, remote_key: Endpoint) -> Result<MappingId, DropReason> {
+        let req = AllocRequest { proto, internal, now };
+        let external = self.alloc.allocate(&req, &mut self.rng).map_err(|_| DropReason::MappingFailed)?;
+        let mapping = Mapping { internal, external, remote_key, proto, sessions: 0 };
+        match self.mappings.insert(mapping) {
+            Ok(mid) => {
+                self.counters.mappings_created += 1;
+                self.emit(Event::MappingCreated { at: now, proto, internal, external });
+                Ok(mid)
+            }
+            Err(_) => {
+                self.alloc.release(proto, internal, external, now);
+                Err(DropReason::MappingFailed)
+            }
+        }
+    }
+
+    /// Removes a mapping made for a session that could not be made after all.
+    fn delete_unused_mapping(&mut self, now: Instant, mid: MappingId) {
+        if let Some(m) = self.mappings.remove(mid) {
+            self.alloc.release(m.proto, m.internal, m.external, now);
+            self.counters.mappings_created -= 1;
+            self.emit(Event::MappingDeleted { at: now, proto: m.proto, internal: m.internal, external: m.external });
+        }
+    }
+
+    /// A session through mapping `mid` with `remote`, opened by a packet going `dir`.
+    fn new_session(&mut self, now: Instant, mid: MappingId, remote: Endpoint, dir: Direction, tcp_flags: u8) -> Result<SessionId, DropReason> {
+        let m = *self.mappings.get(mid);
+        let mut tcp = TcpState::default();
+        if m.proto == Protocol::Tcp {
+            tcp.on_segment(dir, tcp_flags);
+        }
+        let s = Session {
+            internal: m.internal,
+            external: m.external,
+            remote,
+            proto: m.proto,
+            tcp: tcp.to_byte(),
+            flags: 0,
+            last_seen: now.as_secs(),
+            mapping: mid,
+        };
+        let due = session_due(&self.behavior, &s, now.as_secs());
+        let sid = self.sessions.insert(s, due).map_err(|_| DropReason::SessionTableFull)?;
+        if let Some(f) = self.address_filter.as_mut() {
+            if f.add(m.proto, m.external, remote.addr).is_err() {
+                self.sessions.remove(sid);
+                return Err(DropReason::SessionTableFull);
+            }
+        }
+        self.mappings.get_mut(mid).sessions += 1;
+        self.counters.sessions_created += 1;
+        self.emit(Event::SessionCreated {
+            at: now,
+            proto: m.proto,
+            internal: m.internal,
+            external: m.external,
+            remote,
+        });
+        Ok(sid)
+    }
+
+    /// An inbound packet with no session: the filtering behaviour decides (RFC 4787 section 5).
+    fn new_inbound_session(&mut self, now: Instant, p: &Parsed) -> Result<SessionId, Refused> {
+        let syn = p.proto == Protocol::Tcp && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+        let mid = self.mappings.find_by_external(p.proto, p.dst);
+        let allowed = mid.is_some_and(|mid| self.filter_allows(mid, p.src));
+        let Some(mid) = mid.filter(|_| allowed) else {
+            if syn {
+                return Err(Refused::UnsolicitedSyn);
+            }
+            let reason = if mid.is_none() { DropReason::NoMapping } else { DropReason::Filtered };
+            return Err(Refused::Drop(reason));
+        };
+        if p.proto == Protocol::Tcp && !syn {
+            return Err(Refused::Drop(DropReason::TcpNoSession));
+        }
+        self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags).map_err(Refused::Drop)
+    }
+
+    /// Whether the filtering behaviour lets `remote` open a session through `mid`. Under
+    /// address-and-port-dependent filtering only an existing session does, and the caller has
+    /// already looked for one.
+    fn filter_allows(&self, mid: MappingId, remote: Endpoint) -> bool {
+        match self.behavior.filtering {
+            FilteringBehavior::EndpointIndependent => true,
+            FilteringBehavior::AddressDependent => {
+                let m = self.mappings.get(mid);
+                self.address_filter.as_ref().is_some_and(|f| f.contains(m.proto, m.external, remote.addr))
+            }
+            FilteringBehavior::AddressAndPortDependent => false,
+        }
+    }
+
+    /// RFC 5382 REQ-4: hold an unsolicited SYN; an outbound SYN for the same pair may claim it.
+    fn hold_syn(&mut self, now: Instant, buf: &[u8], p: &Parsed) -> Verdict {
+        if self.held_syns.hold(p.dst, p.src, &buf[..p.len], now) {
+            Verdict::Held
+        } else {
+            Verdict::Drop(DropReason::SynHoldFull)
+        }
+    }
+
+    /// No mapping or session could be made: tell management, answer the sender if configured
+    /// (RFC 5508 REQ-8, RFC 6888 REQ-11), and never evict anything to make room.
+    fn mapping_failed(&mut self, now: Instant, buf: &mut [u8], p: &Parsed, reason: DropReason) -> Verdict {
+        if reason == DropReason::TcpNoSession {
+            return Verdict::Drop(reason);
+        }
+        self.emit(Event::MappingFailed { at: now, proto: p.proto, internal: p.src, remote: p.dst });
+        match self.behavior.mapping_failure_reply.icmp_code() {
+            Some(code) => self.reply_error(buf, p, Side::Inside, ICMP_DEST_UNREACHABLE, code, 0, reason),
+            None => Verdict::Drop(reason),
+        }
+    }
+}
+
+/// Why an inbound packet opened no session.
+enum Refused {
+    /// Dropped for this reason.
+    Drop(DropReason),
+    /// An unsolicited SYN, to be held (RFC 5382 REQ-4).
+    UnsolicitedSyn,
+}
