@@ -9,5 +9,7 @@
 pub mod ethtool;
 pub mod netlink;
 pub mod netns;
+pub mod probe;
 pub mod sysctl;
+pub mod topology;
 pub mod tun;
