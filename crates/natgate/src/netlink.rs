@@ -358,7 +358,9 @@ impl Netlink {
     /// dev DEV`): the namespace answers ARP for `addr` on `dev`.
     ///
     /// The kernel only answers if forwarding is on and the route to `addr`
-    /// leaves by a different interface than `dev`.
+    /// leaves by a different interface than `dev`. Answers to broadcast ARP
+    /// are delayed by up to `net/ipv4/neigh/DEV/proxy_delay` (default 0.8 s);
+    /// set it to 0 for prompt answers.
     pub fn add_proxy_neigh_v4(&mut self, dev: &str, addr: Ipv4Addr) -> Result<(), NetlinkError> {
         let msg = self.proxy_msg(dev, addr)?;
         self.request(
