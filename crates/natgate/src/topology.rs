@@ -234,7 +234,28 @@ impl Topology {
         ]
     }
 
-    /// A netlink socket in `ns` (one of this topology's namespaces).
+    /// Deletes every namespace now, reporting the first error that `Drop`
+    /// would swallow (all deletions are attempted).
+    pub fn teardown(self) -> Result<(), TopologyError> {
+        let mut first = Ok(());
+        for ns in [
+            self.sub1,
+            self.sub2,
+            self.gateway,
+            self.upstream,
+            self.wan1,
+            self.wan2,
+            self.switch,
+        ] {
+            if let (Err(e), true) = (ns.delete(), first.is_ok()) {
+                first = Err(e.into());
+            }
+        }
+        first
+    }
+
+    /// A netlink socket in `ns` (one of this topology's namespaces). Drop it
+    /// before the topology: an open socket keeps its namespace alive.
     pub fn netlink(&self, ns: &Netns) -> Result<Netlink, TopologyError> {
         Ok(Netlink::open_in(ns)?)
     }

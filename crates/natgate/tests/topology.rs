@@ -163,7 +163,7 @@ fn gateway_forwarding_on_request() {
     let r = ip_in(t.upstream.name(), &["route", "get", "203.0.113.20"]);
     assert!(!r.contains("mtu"), "{r}");
     let suffix = t.suffix.clone();
-    drop(t);
+    t.teardown().unwrap();
     assert_gone(&suffix);
 }
 
