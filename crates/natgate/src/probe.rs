@@ -1,5 +1,5 @@
-//! Reachability probes for lab tests: ICMP echo, one UDP datagram, one TCP
-//! connection, each between namespaces, each bounded by a timeout.
+//! Reachability probes for lab tests: ICMP echo, one UDP datagram, a UDP
+//! echo, one TCP connection, each between namespaces, each bounded by a timeout.
 //!
 //! The UDP and TCP probes return the source address the receiver saw, which
 //! is what a NAT test wants to look at.
@@ -166,23 +166,67 @@ pub fn udp_probe(
         })?
         .map_err(io_err("sending the UDP datagram"))?;
     let deadline = Instant::now() + timeout;
+    recv_matching(&rx, payload, deadline, |_| true)?.ok_or(ProbeError::Timeout(timeout))
+}
+
+/// A UDP round trip: a server bound to `dst` in `dst_ns` echoes one datagram
+/// sent from an ephemeral port in `src_ns` back to wherever it came from; the
+/// sender waits for the echo from `dst`. Returns the source address the
+/// server saw. Both directions must work, as through a NAT.
+pub fn udp_echo(
+    src_ns: &Netns,
+    dst_ns: &Netns,
+    dst: SocketAddrV4,
+    timeout: Duration,
+) -> Result<SocketAddr, ProbeError> {
+    let server = dst_ns
+        .run_in(|| UdpSocket::bind(dst))?
+        .map_err(io_err("binding the UDP server"))?;
+    let client = src_ns
+        .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
+        .map_err(io_err("binding the UDP client"))?;
+    let payload = b"natgate-probe-echo";
+    client
+        .send_to(payload, dst)
+        .map_err(io_err("sending the UDP datagram"))?;
+    let deadline = Instant::now() + timeout;
+    let seen =
+        recv_matching(&server, payload, deadline, |_| true)?.ok_or(ProbeError::Timeout(timeout))?;
+    server
+        .send_to(payload, seen)
+        .map_err(io_err("echoing the UDP datagram"))?;
+    recv_matching(&client, payload, deadline, |from| {
+        from == SocketAddr::V4(dst)
+    })?
+    .ok_or(ProbeError::Timeout(timeout))?;
+    Ok(seen)
+}
+
+/// Receives until a datagram equal to `payload` from a source `accept`s
+/// arrives (its source), or `deadline` passes (`None`).
+fn recv_matching(
+    sock: &UdpSocket,
+    payload: &[u8],
+    deadline: Instant,
+    accept: impl Fn(SocketAddr) -> bool,
+) -> Result<Option<SocketAddr>, ProbeError> {
     let mut buf = [0u8; 2048];
     for _ in 0..MAX_READS {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        rx.set_read_timeout(Some(left))
+        sock.set_read_timeout(Some(left))
             .map_err(io_err("SO_RCVTIMEO"))?;
-        match rx.recv_from(&mut buf) {
-            Ok((n, from)) if &buf[..n] == payload => return Ok(from),
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if &buf[..n] == payload && accept(from) => return Ok(Some(from)),
             Ok(_) => {}
             Err(e) if is_timeout(&e) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("receiving the UDP datagram")(e)),
+            Err(e) => return Err(io_err("receiving a UDP datagram")(e)),
         }
     }
-    Err(ProbeError::Timeout(timeout))
+    Ok(None)
 }
 
 /// Listens on `dst` in `dst_ns`, connects to it from `src_ns`, exchanges a

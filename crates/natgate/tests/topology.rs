@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use natgate::ethtool;
-use natgate::probe::{ping, tcp_probe, udp_probe};
+use natgate::probe::{ping, tcp_probe, udp_echo, udp_probe};
 use natgate::topology::{Topology, TopologyOptions, addr, leftover_namespaces};
 
 const T: Duration = Duration::from_secs(3);
@@ -107,6 +107,14 @@ fn reachability_without_nat() {
     ping(&t.gateway, addr::WAN1, T).unwrap();
     ping(&t.gateway, addr::WAN1_ALT, T).unwrap();
     ping(&t.gateway, addr::WAN2, T).unwrap();
+    let seen = udp_echo(
+        &t.gateway,
+        &t.wan1,
+        SocketAddrV4::new(addr::WAN1_ALT, 4005),
+        T,
+    )
+    .unwrap();
+    assert_eq!(seen.ip(), addr::GW_WAN);
     let peer = tcp_probe(
         &t.wan2,
         &t.gateway,
