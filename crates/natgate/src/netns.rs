@@ -22,6 +22,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::thread;
 
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
@@ -280,6 +281,10 @@ fn enter(fd: BorrowedFd<'_>) -> Result<(), NetnsError> {
 /// Makes `/run/netns` exist and be a shared mount, as iproute2 does, so that
 /// mounts under it propagate to other mount namespaces (e.g. `ip netns exec`).
 fn prepare_run_dir() -> Result<(), NetnsError> {
+    // Serialise within the process so parallel creates don't both bind
+    // /run/netns onto itself.
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     fs::create_dir_all(NETNS_RUN_DIR).map_err(sys("creating /run/netns"))?;
     let shared = MountPropagationFlags::SHARED | MountPropagationFlags::REC;
     // Bounded: at most one bind-onto-itself, then one retry.
