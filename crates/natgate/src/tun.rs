@@ -3,7 +3,8 @@
 //!
 //! The device is created in the network namespace of the thread that opens
 //! it, so open it inside [`crate::netns::Netns::run_in`]; the fds can then be
-//! used from any thread. It goes away when its last queue is closed. Bring it
+//! used from any thread. It goes away when its last queue is closed (by
+//! every process: a child forked meanwhile holds a copy until it execs). Bring it
 //! up and give it addresses and routes with [`crate::netlink::Netlink`].
 //!
 //! With more than one queue the device is `IFF_MULTI_QUEUE`: the kernel

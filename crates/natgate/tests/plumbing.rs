@@ -363,7 +363,13 @@ fn proxy_arp_into_tun_and_back() {
     assert_eq!(&rbuf[..n], b"from-pool");
     assert_eq!(from, std::net::SocketAddr::V4(pool_ep));
 
-    // The device goes with its last queue.
+    // The device goes with its last queue. Not always at once: a test
+    // running `ip` in parallel forks, and the child holds a copy of the fd
+    // until its exec closes it (O_CLOEXEC), so wait a little, bounded.
     drop(tun);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while g.link_exists("ngtun0").unwrap() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(!g.link_exists("ngtun0").unwrap());
 }
