@@ -131,6 +131,16 @@ fn netlink_link_address_route_ops() {
         Err(NetlinkError::InvalidName(_))
     ));
 
+    // A fresh veth offloads; the legacy ethtool ioctls turn that off.
+    let before = natgate::ethtool::offloads(&ns, "va").unwrap();
+    assert!(before.tx_checksum && before.tso && before.gso, "{before:?}");
+    natgate::ethtool::disable_offloads(&ns, "va").unwrap();
+    let after = natgate::ethtool::offloads(&ns, "va").unwrap();
+    assert!(
+        !after.tx_checksum && !after.tso && !after.gso && !after.gro,
+        "{after:?}"
+    );
+
     nl.set_mtu("va", 1400).unwrap();
     nl.set_up("va").unwrap();
     nl.set_up("vb").unwrap();
