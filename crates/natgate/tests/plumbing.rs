@@ -207,6 +207,13 @@ fn netlink_link_address_route_ops() {
         .unwrap();
     assert!(!ip_in(&ns, &["neigh", "show", "proxy"]).contains("198.51.100.3"));
 
+    // move_to_netns: one end of a veth into another namespace.
+    let other = Netns::create(&ns_name("nl2")).unwrap();
+    nl.add_veth("vm", "vn", None).unwrap();
+    nl.move_to_netns("vn", other.fd()).unwrap();
+    assert!(!nl.link_exists("vn").unwrap());
+    assert!(Netlink::open_in(&other).unwrap().link_exists("vn").unwrap());
+
     nl.del_link("va").unwrap();
     assert!(!nl.link_exists("va").unwrap());
     assert!(
@@ -225,6 +232,9 @@ fn sysctl_is_per_namespace() {
     sysctl::set_ip_forward(&a, true).unwrap();
     assert_eq!(sysctl::get(&a, "net/ipv4/ip_forward").unwrap(), "1");
     assert_eq!(sysctl::get(&b, "net/ipv4/ip_forward").unwrap(), "0");
+    sysctl::set_proxy_arp(&b, "lo", true).unwrap();
+    assert_eq!(sysctl::get(&b, "net/ipv4/conf/lo/proxy_arp").unwrap(), "1");
+    assert_eq!(sysctl::get(&a, "net/ipv4/conf/lo/proxy_arp").unwrap(), "0");
     assert!(matches!(
         sysctl::set(&a, "kernel/hostname", "x"),
         Err(sysctl::SysctlError::InvalidKey(_))
