@@ -83,8 +83,9 @@ struct Address {
     addr: Ipv4Addr,
     /// Port state, indexed by [`Protocol::index`].
     ports: [PortSet; 3],
-    /// Sequential assignment: where the next search starts, per protocol.
-    next: [u16; 3],
+    /// Sequential assignment: where the next search starts, per protocol and per port range (low
+    /// 1-1023, high 1024-65535; ICMP uses the first), so one range does not reset the other.
+    next: [[u16; 2]; 3],
     /// Internal addresses with at least one live mapping here.
     subscribers: u32,
 }
@@ -183,7 +184,7 @@ impl DynamicAllocator {
             .map(|addr| Address {
                 addr,
                 ports: [PortSet::new(), PortSet::new(), PortSet::new()],
-                next: [0; 3],
+                next: [[0; 2]; 3],
                 subscribers: 0,
             })
             .collect();
@@ -246,8 +247,9 @@ impl DynamicAllocator {
                 ports.find_free(random_in(rng, lo, hi), lo, hi, parity)?
             }
             PortAssignment::Sequential => {
-                let port = ports.find_free(a.next[p], lo, hi, parity)?;
-                a.next[p] = port.wrapping_add(1);
+                let next = &mut a.next[p][usize::from(lo >= 1024)];
+                let port = ports.find_free(*next, lo, hi, parity)?;
+                *next = port.wrapping_add(1);
                 port
             }
         };
@@ -411,5 +413,810 @@ impl PortAllocator for DynamicAllocator {
                 subscribers: a.subscribers,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::{
+        Just, Strategy, any, prop_assert, prop_assert_eq, prop_assert_ne, prop_oneof, proptest,
+    };
+    use std::collections::HashSet;
+
+    const X1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const X2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+    const X3: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+    const X4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 4);
+
+    fn settings(pooling: Pooling, port_assignment: PortAssignment) -> AllocSettings {
+        AllocSettings {
+            pooling,
+            port_assignment,
+            port_parity: false,
+            port_range_preservation: true,
+            hold_down: Duration::from_secs(120),
+            max_held_down: 1 << 20,
+        }
+    }
+
+    fn subscriber(n: u32) -> Ipv4Addr {
+        Ipv4Addr::from_bits(0x6440_0000 + n)
+    }
+
+    fn req(proto: Protocol, internal: Ipv4Addr, port: u16, now: Instant) -> AllocRequest {
+        AllocRequest {
+            proto,
+            internal: Endpoint::new(internal, port),
+            now,
+        }
+    }
+
+    fn udp(internal: Ipv4Addr, port: u16) -> AllocRequest {
+        req(Protocol::Udp, internal, port, Instant::ZERO)
+    }
+
+    fn usage_of(a: &DynamicAllocator, addr: Ipv4Addr) -> AddressUsage {
+        a.usage()
+            .into_iter()
+            .find(|u| u.addr == addr)
+            .expect("address in pool")
+    }
+
+    #[test]
+    fn rfc4787_req2_paired_pooling_same_address() {
+        let mut a = DynamicAllocator::new(
+            &[X1, X2, X3, X4],
+            settings(Pooling::Paired, PortAssignment::Random),
+        );
+        let mut rng = Rng::new(1);
+        for s in 0..50 {
+            let first = a.allocate(&udp(subscriber(s), 1000), &mut rng).expect("ok");
+            for (i, proto) in Protocol::ALL.iter().cycle().take(30).enumerate() {
+                let r = req(*proto, subscriber(s), 2000 + i as u16, Instant::ZERO);
+                let e = a.allocate(&r, &mut rng).expect("ok");
+                assert_eq!(e.addr, first.addr, "subscriber {s} stays on one address");
+            }
+        }
+    }
+
+    #[test]
+    fn rfc4787_req2_pairing_sticks_while_a_mapping_lives() {
+        let mut a = DynamicAllocator::new(
+            &[X1, X2, X3, X4],
+            settings(Pooling::Paired, PortAssignment::Random),
+        );
+        let mut rng = Rng::new(2);
+        let s = subscriber(1);
+        let e1 = a.allocate(&udp(s, 1000), &mut rng).expect("ok");
+        let e2 = a.allocate(&udp(s, 1001), &mut rng).expect("ok");
+        a.release(Protocol::Udp, Endpoint::new(s, 1000), e1, Instant::ZERO);
+        // Other subscribers arrive and load the other addresses; s keeps its address.
+        for n in 2..20 {
+            a.allocate(&udp(subscriber(n), 1000), &mut rng).expect("ok");
+        }
+        let e3 = a.allocate(&udp(s, 1002), &mut rng).expect("ok");
+        assert_eq!(e3.addr, e2.addr);
+        assert_eq!(
+            usage_of(&a, e2.addr).subscribers,
+            5,
+            "19 subscribers on 4 addresses"
+        );
+    }
+
+    #[test]
+    fn rfc6888_req2_new_subscribers_spread_evenly() {
+        for pooling in [Pooling::Paired, Pooling::SoftPaired] {
+            let mut a =
+                DynamicAllocator::new(&[X1, X2, X3, X4], settings(pooling, PortAssignment::Random));
+            let mut rng = Rng::new(3);
+            for n in 0..400 {
+                a.allocate(&udp(subscriber(n), 5000), &mut rng).expect("ok");
+            }
+            for u in a.usage() {
+                assert_eq!(u.subscribers, 100, "{pooling:?} {u:?}");
+                assert_eq!(u.in_use, [0, 0, 100]);
+            }
+        }
+    }
+
+    #[test]
+    fn rfc6888_req2_ties_are_broken_at_random() {
+        let mut firsts = HashSet::new();
+        for seed in 0..64 {
+            let mut a = DynamicAllocator::new(
+                &[X1, X2, X3, X4],
+                settings(Pooling::Paired, PortAssignment::Random),
+            );
+            let e = a.allocate(&udp(subscriber(0), 5000), &mut Rng::new(seed));
+            firsts.insert(e.expect("ok").addr);
+        }
+        assert_eq!(
+            firsts.len(),
+            4,
+            "the first subscriber may land on any address"
+        );
+    }
+
+    #[test]
+    fn rfc4787_req3a_range_preservation() {
+        let mut a = DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Random));
+        let mut rng = Rng::new(4);
+        for i in 0..1000u16 {
+            let low = a
+                .allocate(&udp(subscriber(0), i % 1024), &mut rng)
+                .expect("ok");
+            assert!((1..=1023).contains(&low.port), "{low}");
+            let high = a
+                .allocate(&udp(subscriber(0), 1024 + i), &mut rng)
+                .expect("ok");
+            assert!(high.port >= 1024, "{high}");
+        }
+        // Preserve keeps a free low port, and never port 0.
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Preserve));
+        assert_eq!(
+            a.allocate(&udp(subscriber(0), 53), &mut rng)
+                .expect("ok")
+                .port,
+            53
+        );
+        let zero = a.allocate(&udp(subscriber(0), 0), &mut rng).expect("ok");
+        assert!((1..=1023).contains(&zero.port), "{zero}");
+    }
+
+    #[test]
+    fn rfc4787_req3a_off_gives_every_port_1024_up() {
+        let mut s = settings(Pooling::Paired, PortAssignment::Preserve);
+        s.port_range_preservation = false;
+        let mut a = DynamicAllocator::new(&[X1], s);
+        let mut rng = Rng::new(5);
+        for p in [0u16, 1, 53, 80, 1023] {
+            let e = a.allocate(&udp(subscriber(0), p), &mut rng).expect("ok");
+            assert!(e.port >= 1024, "{p} -> {e}");
+        }
+        assert_eq!(
+            a.allocate(&udp(subscriber(0), 1024), &mut rng)
+                .expect("ok")
+                .port,
+            1024
+        );
+    }
+
+    #[test]
+    fn rfc4787_req4_parity_preserved() {
+        for assignment in [
+            PortAssignment::Random,
+            PortAssignment::Sequential,
+            PortAssignment::Preserve,
+        ] {
+            let mut s = settings(Pooling::Arbitrary, assignment);
+            s.port_parity = true;
+            let mut a = DynamicAllocator::new(&[X1, X2], s);
+            let mut rng = Rng::new(6);
+            for i in 0..3000u16 {
+                // Internal ports repeat, so Preserve collides and has to pick at random; one in
+                // four is a low port (511 even and 512 odd low ports per address).
+                let internal = if i % 4 == 0 { i % 300 } else { 1024 + i % 700 };
+                for proto in [Protocol::Tcp, Protocol::Udp] {
+                    let r = req(proto, subscriber(u32::from(i)), internal, Instant::ZERO);
+                    let e = a.allocate(&r, &mut rng).expect("ok");
+                    assert_eq!(e.port % 2, internal % 2, "{assignment:?} {internal} -> {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rfc4787_req3_no_port_overloading_per_protocol() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Preserve));
+        let mut rng = Rng::new(7);
+        let mut seen = [HashSet::new(), HashSet::new(), HashSet::new()];
+        for i in 0..5000u16 {
+            for proto in Protocol::ALL {
+                let r = req(
+                    proto,
+                    subscriber(u32::from(i % 7)),
+                    4000 + i % 100,
+                    Instant::ZERO,
+                );
+                let e = a.allocate(&r, &mut rng).expect("ok");
+                assert!(
+                    seen[proto.index()].insert(e),
+                    "{proto} {e} handed out twice"
+                );
+            }
+        }
+        // Protocols have separate port spaces: the same number serves TCP and UDP.
+        let t = a.allocate(
+            &req(Protocol::Tcp, subscriber(9), 7777, Instant::ZERO),
+            &mut rng,
+        );
+        let u = a.allocate(
+            &req(Protocol::Udp, subscriber(9), 7777, Instant::ZERO),
+            &mut rng,
+        );
+        assert_eq!((t.expect("ok").port, u.expect("ok").port), (7777, 7777));
+    }
+
+    /// Fills every TCP port 1024-65535 of one address for one subscriber.
+    fn fill_high_ports(a: &mut DynamicAllocator, rng: &mut Rng) -> Vec<Endpoint> {
+        (0..64512u32)
+            .map(|i| {
+                let r = req(
+                    Protocol::Tcp,
+                    subscriber(0),
+                    1024 + (i % 64512) as u16,
+                    Instant::ZERO,
+                );
+                a.allocate(&r, rng).expect("port free")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rfc6888_req8_port_held_down_120s() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Arbitrary, PortAssignment::Random));
+        let mut rng = Rng::new(8);
+        let all = fill_high_ports(&mut a, &mut rng);
+        let distinct: HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), 64512, "every high port, once");
+        let victim = all[1234];
+        let released = Instant::from_secs(10);
+        a.release(
+            Protocol::Tcp,
+            Endpoint::new(subscriber(0), 4242),
+            victim,
+            released,
+        );
+        assert_eq!(usage_of(&a, X1).held_down, [0, 1, 0]);
+        let at = |ms| {
+            req(
+                Protocol::Tcp,
+                subscriber(1),
+                5000,
+                released + Duration::from_millis(ms),
+            )
+        };
+        assert_eq!(a.allocate(&at(0), &mut rng), Err(AllocError::Exhausted));
+        assert_eq!(
+            a.allocate(&at(119_999), &mut rng),
+            Err(AllocError::Exhausted)
+        );
+        assert_eq!(a.allocate(&at(120_000), &mut rng), Ok(victim));
+        assert_eq!(usage_of(&a, X1).held_down, [0, 0, 0]);
+    }
+
+    #[test]
+    fn rfc6888_req8_preserved_port_not_reused_during_hold_down() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Preserve));
+        let mut rng = Rng::new(9);
+        let e = a.allocate(&udp(subscriber(0), 5000), &mut rng).expect("ok");
+        assert_eq!(e, Endpoint::new(X1, 5000));
+        a.release(
+            Protocol::Udp,
+            Endpoint::new(subscriber(0), 5000),
+            e,
+            Instant::ZERO,
+        );
+        let r = |ms| req(Protocol::Udp, subscriber(1), 5000, Instant::from_millis(ms));
+        let during = a.allocate(&r(119_999), &mut rng).expect("ok");
+        assert_ne!(during.port, 5000, "held port is a collision: randomised");
+        assert_eq!(a.allocate(&r(120_000), &mut rng).expect("ok").port, 5000);
+    }
+
+    #[test]
+    fn hold_down_cap_frees_the_oldest() {
+        let mut s = settings(Pooling::Paired, PortAssignment::Preserve);
+        s.max_held_down = 2;
+        let mut a = DynamicAllocator::new(&[X1], s);
+        let mut rng = Rng::new(10);
+        let me = subscriber(0);
+        for (t, p) in [(0, 5000), (1, 5001), (2, 5002)] {
+            let e = a.allocate(&udp(me, p), &mut rng).expect("ok");
+            a.release(
+                Protocol::Udp,
+                Endpoint::new(me, p),
+                e,
+                Instant::from_secs(t),
+            );
+        }
+        assert_eq!(usage_of(&a, X1).held_down, [0, 0, 2]);
+        let at3 = |p| req(Protocol::Udp, me, p, Instant::from_secs(3));
+        assert_eq!(
+            a.allocate(&at3(5000), &mut rng).expect("ok").port,
+            5000,
+            "oldest freed"
+        );
+        assert_ne!(a.allocate(&at3(5001), &mut rng).expect("ok").port, 5001);
+        assert_ne!(a.allocate(&at3(5002), &mut rng).expect("ok").port, 5002);
+    }
+
+    #[test]
+    fn hold_down_zero_reuses_at_once() {
+        for (hold_down, max_held_down) in [(Duration::ZERO, 100), (Duration::from_secs(120), 0)] {
+            let mut s = settings(Pooling::Paired, PortAssignment::Preserve);
+            s.hold_down = hold_down;
+            s.max_held_down = max_held_down;
+            let mut a = DynamicAllocator::new(&[X1], s);
+            let mut rng = Rng::new(11);
+            let e = a.allocate(&udp(subscriber(0), 6000), &mut rng).expect("ok");
+            a.release(
+                Protocol::Udp,
+                Endpoint::new(subscriber(0), 6000),
+                e,
+                Instant::ZERO,
+            );
+            assert_eq!(usage_of(&a, X1).held_down, [0, 0, 0]);
+            assert_eq!(a.allocate(&udp(subscriber(1), 6000), &mut rng), Ok(e));
+        }
+    }
+
+    #[test]
+    fn rfc7857_preserve_keeps_the_port_when_free() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Preserve));
+        let mut rng = Rng::new(12);
+        for p in [1u16, 80, 1023, 1024, 40000, 65535] {
+            assert_eq!(
+                a.allocate(&udp(subscriber(0), p), &mut rng),
+                Ok(Endpoint::new(X1, p))
+            );
+        }
+    }
+
+    #[test]
+    fn rfc7857_preserve_randomises_only_on_collision() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Preserve));
+        let mut rng = Rng::new(13);
+        let mut ports = HashSet::new();
+        for n in 0..100 {
+            let e = a
+                .allocate(&udp(subscriber(n), 40000), &mut rng)
+                .expect("ok");
+            assert!(ports.insert(e.port));
+        }
+        assert!(ports.contains(&40000));
+        // The 99 colliding ones are random, not 40001, 40002, ...
+        let near = ports.iter().filter(|p| (40000..40200).contains(*p)).count();
+        assert!(near < 5, "{near} ports next to the preserved one");
+    }
+
+    #[test]
+    fn rfc6056_random_ports_are_spread() {
+        let mut a = DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Random));
+        let mut rng = Rng::new(14);
+        let mut buckets = [0u32; 8];
+        for n in 0..8000 {
+            let e = a
+                .allocate(&udp(subscriber(0), 3000 + (n % 10) as u16), &mut rng)
+                .expect("ok");
+            buckets[usize::from((e.port - 1024) / 8064)] += 1;
+        }
+        for b in buckets {
+            assert!((800..1200).contains(&b), "{buckets:?}");
+        }
+    }
+
+    #[test]
+    fn sequential_hands_out_the_next_free_port_in_order() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Sequential));
+        let mut rng = Rng::new(15);
+        let me = subscriber(0);
+        let ports: Vec<u16> = (0..5)
+            .map(|i| a.allocate(&udp(me, 9000 + i), &mut rng).expect("ok").port)
+            .collect();
+        assert_eq!(ports, [1024, 1025, 1026, 1027, 1028]);
+        // Low internal ports count in their own range (RFC 4787 REQ-3a), TCP on its own.
+        assert_eq!(a.allocate(&udp(me, 22), &mut rng).expect("ok").port, 1);
+        assert_eq!(a.allocate(&udp(me, 23), &mut rng).expect("ok").port, 2);
+        let tcp = a.allocate(&req(Protocol::Tcp, me, 9000, Instant::ZERO), &mut rng);
+        assert_eq!(tcp.expect("ok").port, 1024);
+        assert_eq!(a.allocate(&udp(me, 9005), &mut rng).expect("ok").port, 1029);
+        // The sequence goes on after a release; it does not step back into the gap.
+        a.release(
+            Protocol::Udp,
+            Endpoint::new(me, 9001),
+            Endpoint::new(X1, 1025),
+            Instant::ZERO,
+        );
+        assert_eq!(a.allocate(&udp(me, 9006), &mut rng).expect("ok").port, 1030);
+    }
+
+    #[test]
+    fn sequential_wraps_at_the_top_of_the_range() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Sequential));
+        let mut rng = Rng::new(16);
+        let me = subscriber(0);
+        let mut last = 0;
+        for i in 0..64512u32 {
+            last = a
+                .allocate(&udp(me, 2000 + (i % 100) as u16), &mut rng)
+                .expect("ok")
+                .port;
+        }
+        assert_eq!(last, 65535);
+        a.release(
+            Protocol::Udp,
+            Endpoint::new(me, 1),
+            Endpoint::new(X1, 3000),
+            Instant::ZERO,
+        );
+        let later = req(Protocol::Udp, me, 2000, Instant::from_secs(120));
+        assert_eq!(a.allocate(&later, &mut rng).expect("ok").port, 3000);
+    }
+
+    #[test]
+    fn exhaustion_is_reported_not_panicked() {
+        // Arbitrary pooling: no free port anywhere.
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Arbitrary, PortAssignment::Random));
+        let mut rng = Rng::new(17);
+        fill_high_ports(&mut a, &mut rng);
+        let r = req(Protocol::Tcp, subscriber(5), 5000, Instant::ZERO);
+        assert_eq!(a.allocate(&r, &mut rng), Err(AllocError::Exhausted));
+        // The low range and other protocols are separate pools.
+        let low = req(Protocol::Tcp, subscriber(5), 80, Instant::ZERO);
+        assert!(a.allocate(&low, &mut rng).is_ok());
+        assert!(a.allocate(&udp(subscriber(5), 5000), &mut rng).is_ok());
+        // An empty pool has nothing at all.
+        let mut empty =
+            DynamicAllocator::new(&[], settings(Pooling::Paired, PortAssignment::Random));
+        assert_eq!(
+            empty.allocate(&udp(subscriber(0), 1), &mut rng),
+            Err(AllocError::Exhausted)
+        );
+        assert!(empty.usage().is_empty());
+    }
+
+    #[test]
+    fn rfc4787_req2_paired_address_full_does_not_fall_back() {
+        let mut a =
+            DynamicAllocator::new(&[X1, X2], settings(Pooling::Paired, PortAssignment::Random));
+        let mut rng = Rng::new(18);
+        let all = fill_high_ports(&mut a, &mut rng);
+        let home = all[0].addr;
+        assert!(all.iter().all(|e| e.addr == home));
+        let r = req(Protocol::Tcp, subscriber(0), 5000, Instant::ZERO);
+        assert_eq!(a.allocate(&r, &mut rng), Err(AllocError::PairedAddressFull));
+        // A new subscriber is not paired yet, so it goes to the address with room.
+        let other = a.allocate(
+            &req(Protocol::Tcp, subscriber(1), 5000, Instant::ZERO),
+            &mut rng,
+        );
+        assert_ne!(other.expect("ok").addr, home);
+    }
+
+    #[test]
+    fn soft_paired_falls_back_to_another_address() {
+        let mut a = DynamicAllocator::new(
+            &[X1, X2],
+            settings(Pooling::SoftPaired, PortAssignment::Random),
+        );
+        let mut rng = Rng::new(19);
+        let all = fill_high_ports(&mut a, &mut rng);
+        let home = all[0].addr;
+        let r = req(Protocol::Tcp, subscriber(0), 5000, Instant::ZERO);
+        let fallback = a.allocate(&r, &mut rng).expect("falls back");
+        assert_ne!(fallback.addr, home);
+        assert_eq!(usage_of(&a, fallback.addr).subscribers, 1);
+        // Still paired with its home address for protocols that have room there.
+        assert_eq!(
+            a.allocate(&udp(subscriber(0), 5000), &mut rng)
+                .expect("ok")
+                .addr,
+            home
+        );
+        // Both addresses full: exhausted.
+        for _ in 0..64511 {
+            a.allocate(&r, &mut rng)
+                .expect("room on the fallback address");
+        }
+        assert_eq!(a.allocate(&r, &mut rng), Err(AllocError::Exhausted));
+    }
+
+    #[test]
+    fn arbitrary_pooling_spreads_over_the_pool() {
+        let mut a = DynamicAllocator::new(
+            &[X1, X2, X3, X4],
+            settings(Pooling::Arbitrary, PortAssignment::Random),
+        );
+        let mut rng = Rng::new(20);
+        let me = subscriber(0);
+        for i in 0..4000u16 {
+            a.allocate(&udp(me, 10000 + i), &mut rng).expect("ok");
+        }
+        for u in a.usage() {
+            assert!((800..1200).contains(&u.in_use[2]), "{u:?}");
+            assert_eq!(u.subscribers, 1);
+        }
+    }
+
+    #[test]
+    fn icmp_identifiers_use_every_value_without_range_or_parity() {
+        let mut s = settings(Pooling::Paired, PortAssignment::Preserve);
+        s.port_parity = true;
+        let mut a = DynamicAllocator::new(&[X1], s);
+        let mut rng = Rng::new(21);
+        let me = subscriber(0);
+        let icmp = |id| req(Protocol::Icmp, me, id, Instant::ZERO);
+        assert_eq!(
+            a.allocate(&icmp(0), &mut rng).expect("ok").port,
+            0,
+            "id 0 is valid"
+        );
+        assert_eq!(a.allocate(&icmp(7), &mut rng).expect("ok").port, 7);
+        let mut ids: HashSet<u16> = [0, 7].into();
+        let mut parity_changed = false;
+        for _ in 2..65536 {
+            let e = a.allocate(&icmp(7), &mut rng).expect("an id is free");
+            parity_changed |= e.port % 2 == 0;
+            assert!(ids.insert(e.port));
+        }
+        assert!(parity_changed, "parity does not apply to identifiers");
+        assert_eq!(
+            a.allocate(&icmp(7), &mut rng),
+            Err(AllocError::PairedAddressFull)
+        );
+        assert_eq!(usage_of(&a, X1).in_use, [65536, 0, 0]);
+    }
+
+    #[test]
+    fn release_of_what_was_not_allocated_is_ignored() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Preserve));
+        let mut rng = Rng::new(22);
+        let me = Endpoint::new(subscriber(0), 5000);
+        let e = a.allocate(&udp(me.addr, me.port), &mut rng).expect("ok");
+        let before = a.usage();
+        let now = Instant::ZERO;
+        // Not a pool address; a port never handed out; the wrong protocol; a stranger.
+        a.release(Protocol::Udp, me, Endpoint::new(X2, 5000), now);
+        a.release(Protocol::Udp, me, Endpoint::new(X1, 5001), now);
+        a.release(Protocol::Tcp, me, e, now);
+        a.release(Protocol::Udp, Endpoint::new(subscriber(9), 5000), e, now);
+        assert_eq!(a.usage(), before);
+        // Released twice: counted once.
+        a.release(Protocol::Udp, me, e, now);
+        a.release(Protocol::Udp, me, e, now);
+        assert_eq!(usage_of(&a, X1).held_down, [0, 0, 1]);
+        assert_eq!(usage_of(&a, X1).in_use, [0, 0, 0]);
+        assert_eq!(usage_of(&a, X1).subscribers, 0);
+    }
+
+    #[test]
+    fn time_going_backwards_only_delays_reuse() {
+        let mut a =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Preserve));
+        let mut rng = Rng::new(23);
+        let me = subscriber(0);
+        let e = a.allocate(&udp(me, 5000), &mut rng).expect("ok");
+        a.release(
+            Protocol::Udp,
+            Endpoint::new(me, 5000),
+            e,
+            Instant::from_secs(1000),
+        );
+        let back = req(Protocol::Udp, me, 5000, Instant::from_secs(5));
+        assert_ne!(a.allocate(&back, &mut rng).expect("ok").port, 5000);
+        let end = req(Protocol::Udp, me, 5000, Instant::from_millis(u64::MAX));
+        assert_eq!(a.allocate(&end, &mut rng).expect("ok").port, 5000);
+    }
+
+    #[test]
+    fn owns_exactly_the_pool() {
+        let a = DynamicAllocator::new(
+            &[X1, X3, X1],
+            settings(Pooling::Paired, PortAssignment::Random),
+        );
+        assert!(a.owns(X1) && a.owns(X3));
+        assert!(!a.owns(X2) && !a.owns(X4) && !a.owns(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(a.usage().len(), 2, "a repeated address counts once");
+    }
+
+    #[test]
+    fn settings_come_from_the_config() {
+        let mut cfg = Config::new(vec![X1], Ipv4Addr::new(100, 64, 0, 1));
+        cfg.behavior.pooling = Pooling::SoftPaired;
+        cfg.behavior.port_assignment = PortAssignment::Sequential;
+        cfg.behavior.port_parity = true;
+        cfg.behavior.port_range_preservation = false;
+        cfg.behavior.timers.port_hold_down = 90;
+        cfg.limits.max_ports_in_hold_down = 77;
+        let s = AllocSettings::from_config(&cfg);
+        assert_eq!(
+            s,
+            AllocSettings {
+                pooling: Pooling::SoftPaired,
+                port_assignment: PortAssignment::Sequential,
+                port_parity: true,
+                port_range_preservation: false,
+                hold_down: Duration::from_secs(90),
+                max_held_down: 77,
+            }
+        );
+        let d = Config::new(vec![X1], Ipv4Addr::new(100, 64, 0, 1));
+        let s = AllocSettings::from_config(&d);
+        assert_eq!(
+            (s.pooling, s.hold_down),
+            (Pooling::Paired, Duration::from_secs(120))
+        );
+        assert_eq!(DynamicAllocator::new(&[X1], s).settings(), &s);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Allocate {
+            proto: usize,
+            sub: u32,
+            port: u16,
+        },
+        Release {
+            pick: usize,
+        },
+        ReleaseBogus {
+            proto: usize,
+            sub: u32,
+            addr: usize,
+            port: u16,
+        },
+        Advance {
+            millis: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let port = prop_oneof![0u16..4, 1020u16..1030, any::<u16>()];
+        prop_oneof![
+            4 => (0usize..3, 0u32..6, port.clone())
+                .prop_map(|(proto, sub, port)| Op::Allocate { proto, sub, port }),
+            3 => any::<usize>().prop_map(|pick| Op::Release { pick }),
+            1 => (0usize..3, 0u32..6, 0usize..3, port)
+                .prop_map(|(proto, sub, addr, port)| Op::ReleaseBogus { proto, sub, addr, port }),
+            1 => (0u64..60_000).prop_map(|millis| Op::Advance { millis }),
+        ]
+    }
+
+    fn any_settings() -> impl Strategy<Value = AllocSettings> {
+        (
+            prop_oneof![
+                Just(Pooling::Paired),
+                Just(Pooling::SoftPaired),
+                Just(Pooling::Arbitrary)
+            ],
+            prop_oneof![
+                Just(PortAssignment::Preserve),
+                Just(PortAssignment::Random),
+                Just(PortAssignment::Sequential)
+            ],
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just(0u64), 1u64..200_000],
+            0usize..6,
+        )
+            .prop_map(
+                |(pooling, port_assignment, port_parity, range, hold, max)| AllocSettings {
+                    pooling,
+                    port_assignment,
+                    port_parity,
+                    port_range_preservation: range,
+                    hold_down: Duration::from_millis(hold),
+                    max_held_down: max,
+                },
+            )
+    }
+
+    /// The reference model: lists, searched linearly.
+    #[derive(Default)]
+    struct Model {
+        live: Vec<(Protocol, Endpoint, Endpoint)>,
+        held: VecDeque<(Protocol, Endpoint, Instant)>,
+    }
+
+    impl Model {
+        fn expire(&mut self, now: Instant, hold_down: Duration) {
+            while self.held.front().is_some_and(|h| now >= h.2 + hold_down) {
+                self.held.pop_front();
+            }
+        }
+
+        fn check_usage(&self, a: &DynamicAllocator) {
+            for u in a.usage() {
+                let mut in_use = [0u32; 3];
+                let mut held = [0u32; 3];
+                let mut subs = HashSet::new();
+                for (p, i, e) in &self.live {
+                    if e.addr == u.addr {
+                        in_use[p.index()] += 1;
+                        subs.insert(i.addr);
+                    }
+                }
+                for (p, e, _) in &self.held {
+                    if e.addr == u.addr {
+                        held[p.index()] += 1;
+                    }
+                }
+                assert_eq!(u.in_use, in_use, "{u:?}");
+                assert_eq!(u.held_down, held, "{u:?}");
+                assert_eq!(u.subscribers as usize, subs.len(), "{u:?}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_hands_out_a_live_or_held_endpoint(
+            s in any_settings(),
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let pool = [X1, X2];
+            let mut a = DynamicAllocator::new(&pool, s);
+            let mut rng = Rng::new(seed);
+            let mut m = Model::default();
+            let mut now = Instant::ZERO;
+            let hold = !s.hold_down.is_zero() && s.max_held_down > 0;
+            for op in ops {
+                match op {
+                    Op::Allocate { proto, sub, port } => {
+                        let proto = Protocol::ALL[proto];
+                        let internal = Endpoint::new(subscriber(sub), port);
+                        let e = a.allocate(&req(proto, internal.addr, port, now), &mut rng);
+                        m.expire(now, s.hold_down);
+                        let e = e.expect("the pool is far from full");
+                        prop_assert!(a.owns(e.addr));
+                        prop_assert!(!m.live.iter().any(|l| l.0 == proto && l.2 == e), "{e} live");
+                        prop_assert!(!m.held.iter().any(|h| h.0 == proto && h.1 == e), "{e} held");
+                        if proto != Protocol::Icmp {
+                            prop_assert_ne!(e.port, 0);
+                            if s.port_parity {
+                                prop_assert_eq!(e.port % 2, port % 2);
+                            }
+                            let low = s.port_range_preservation && port < 1024;
+                            prop_assert_eq!(e.port < 1024, low, "{} -> {}", port, e);
+                        }
+                        if s.pooling == Pooling::Paired
+                            && let Some(l) = m.live.iter().find(|l| l.1.addr == internal.addr)
+                        {
+                            prop_assert_eq!(l.2.addr, e.addr, "paired");
+                        }
+                        m.live.push((proto, internal, e));
+                    }
+                    Op::Release { pick } => {
+                        if m.live.is_empty() {
+                            continue;
+                        }
+                        let (proto, internal, e) = m.live.swap_remove(pick % m.live.len());
+                        a.release(proto, internal, e, now);
+                        m.expire(now, s.hold_down);
+                        if hold {
+                            m.held.push_back((proto, e, now));
+                            if m.held.len() > s.max_held_down {
+                                m.held.pop_front();
+                            }
+                        }
+                    }
+                    Op::ReleaseBogus { proto, sub, addr, port } => {
+                        let proto = Protocol::ALL[proto];
+                        let internal = Endpoint::new(subscriber(sub), port);
+                        let e = Endpoint::new([X1, X2, X3][addr], port);
+                        // Only an endpoint that is not live for this very subscriber is bogus.
+                        if m.live.iter().any(|l| l.0 == proto && l.2 == e) {
+                            continue;
+                        }
+                        a.release(proto, internal, e, now);
+                        m.expire(now, s.hold_down);
+                    }
+                    Op::Advance { millis } => now = now + Duration::from_millis(millis),
+                }
+                m.check_usage(&a);
+            }
+        }
     }
 }

@@ -139,15 +139,19 @@ impl PortSet {
         self.full[w >> 6] &= !(1 << (w & 63));
     }
 
-    /// The first free port of the given parity in `lo..=hi`, searching upwards from `start`
-    /// (clamped into the range) and wrapping around once: RFC 6056 algorithm 1's "random start,
-    /// then the next free one", done a word at a time. At most 1024 words and 16 summary words are
-    /// read, however full the set is.
+    /// The first free port of the given parity in `lo..=hi`, searching upwards from `start` and
+    /// wrapping around once (a start outside the range starts at `lo`): RFC 6056 algorithm 1's
+    /// "random start, then the next free one", done a word at a time. At most 1024 words and 16
+    /// summary words are read, however full the set is.
     pub(super) fn find_free(&self, start: u16, lo: u16, hi: u16, parity: Parity) -> Option<u16> {
         if lo > hi {
             return None;
         }
-        let start = start.clamp(lo, hi);
+        let start = if (lo..=hi).contains(&start) {
+            start
+        } else {
+            lo
+        };
         self.scan(start, hi, parity).or_else(|| {
             if start > lo {
                 self.scan(lo, start - 1, parity)
@@ -214,7 +218,7 @@ mod tests {
         assert_eq!(s.find_free(100, 1, 1023, Parity::Any), Some(100));
         assert_eq!(s.find_free(100, 1, 1023, Parity::Odd), Some(101));
         assert_eq!(s.find_free(0, 1, 1023, Parity::Even), Some(2));
-        assert_eq!(s.find_free(2000, 1, 1023, Parity::Any), Some(1023));
+        assert_eq!(s.find_free(2000, 1, 1023, Parity::Any), Some(1));
         for p in 500..=1023 {
             assert!(s.take(p));
         }
