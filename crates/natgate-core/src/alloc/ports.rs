@@ -72,14 +72,8 @@ impl PortSet {
         self.held_down
     }
 
-    /// Whether `port` is free.
-    pub(super) fn is_free(&self, port: u16) -> bool {
-        let (w, bit) = split(port);
-        self.used[w] & bit == 0
-    }
-
     /// Whether `port` is held by a live mapping (not free, not held down).
-    pub(super) fn is_in_use(&self, port: u16) -> bool {
+    fn is_in_use(&self, port: u16) -> bool {
         let (w, bit) = split(port);
         self.used[w] & !self.held[w] & bit != 0
     }
@@ -255,10 +249,11 @@ mod tests {
         assert!(s.hold(7));
         assert!(!s.hold(7), "released twice");
         assert!(!s.free_in_use(7));
-        assert!(!s.is_free(7) && !s.is_in_use(7));
+        assert!(!s.is_in_use(7));
+        assert_eq!(s.find_free(7, 7, 7, Parity::Any), None, "held is not free");
         assert_eq!((s.in_use(), s.held_down()), (0, 1));
         assert!(s.free_held(7));
-        assert!(s.is_free(7));
+        assert_eq!(s.find_free(7, 7, 7, Parity::Any), Some(7));
         assert_eq!((s.in_use(), s.held_down()), (0, 0));
     }
 
