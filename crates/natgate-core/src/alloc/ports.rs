@@ -39,23 +39,30 @@ impl Parity {
 /// The state of every port of one (address, protocol).
 ///
 /// A port is in one of three states: free; in use (a live mapping holds it); held down (released,
-/// waiting out RFC 6888 REQ-8). `used` has the bit of every port that is not free, `held` the bit
-/// of every held-down port, so "in use" is `used & !held`.
+/// waiting out RFC 6888 REQ-8).
 pub(super) struct PortSet {
-    used: Box<[u64; WORDS]>,
-    held: Box<[u64; WORDS]>,
-    /// Bit `w` set when `used[w]` is all ones, so a search skips 64 full words per summary word.
+    words: Box<[Word; WORDS]>,
+    /// Bit `w` set when `words[w].used` is all ones, so a search skips 64 full words per summary
+    /// word.
     full: [u64; WORDS / 64],
     in_use: u32,
     held_down: u32,
+}
+
+/// 64 ports. `used` has the bit of every port that is not free, `held` the bit of every held-down
+/// port, so "in use" is `used & !held`. The two sit side by side so that a release or an expiry
+/// touches one cache line, not two.
+#[derive(Clone, Copy)]
+struct Word {
+    used: u64,
+    held: u64,
 }
 
 impl PortSet {
     /// All ports free.
     pub(super) fn new() -> Self {
         PortSet {
-            used: Box::new([0; WORDS]),
-            held: Box::new([0; WORDS]),
+            words: Box::new([Word { used: 0, held: 0 }; WORDS]),
             full: [0; WORDS / 64],
             in_use: 0,
             held_down: 0,
@@ -75,17 +82,19 @@ impl PortSet {
     /// Whether `port` is held by a live mapping (not free, not held down).
     fn is_in_use(&self, port: u16) -> bool {
         let (w, bit) = split(port);
-        self.used[w] & !self.held[w] & bit != 0
+        let word = &self.words[w];
+        word.used & !word.held & bit != 0
     }
 
     /// Marks a free port in use. Returns false, changing nothing, if it was not free.
     pub(super) fn take(&mut self, port: u16) -> bool {
         let (w, bit) = split(port);
-        if self.used[w] & bit != 0 {
+        let used = &mut self.words[w].used;
+        if *used & bit != 0 {
             return false;
         }
-        self.used[w] |= bit;
-        if self.used[w] == u64::MAX {
+        *used |= bit;
+        if *used == u64::MAX {
             self.full[w >> 6] |= 1 << (w & 63);
         }
         self.in_use += 1;
@@ -99,7 +108,7 @@ impl PortSet {
             return false;
         }
         let (w, bit) = split(port);
-        self.held[w] |= bit;
+        self.words[w].held |= bit;
         self.in_use -= 1;
         self.held_down += 1;
         true
@@ -118,10 +127,11 @@ impl PortSet {
     /// Frees a held-down port. Returns false, changing nothing, if it was not held down.
     pub(super) fn free_held(&mut self, port: u16) -> bool {
         let (w, bit) = split(port);
-        if self.held[w] & bit == 0 {
+        let word = &mut self.words[w];
+        if word.held & bit == 0 {
             return false;
         }
-        self.held[w] &= !bit;
+        word.held &= !bit;
         self.clear(port);
         self.held_down -= 1;
         true
@@ -129,7 +139,7 @@ impl PortSet {
 
     fn clear(&mut self, port: u16) {
         let (w, bit) = split(port);
-        self.used[w] &= !bit;
+        self.words[w].used &= !bit;
         self.full[w >> 6] &= !(1 << (w & 63));
     }
 
@@ -161,7 +171,7 @@ impl PortSet {
         let mut w = first;
         loop {
             w = self.next_not_full(w, last)?;
-            let mut free = !self.used[w] & parity.mask();
+            let mut free = !self.words[w].used & parity.mask();
             if w == first {
                 free &= u64::MAX << (from & 63);
             }
