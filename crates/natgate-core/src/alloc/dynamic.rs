@@ -1323,7 +1323,9 @@ mod tests {
                             let low = s.port_range_preservation && port < 1024;
                             prop_assert_eq!(e.port < 1024, low, "{} -> {}", port, e);
                         }
-                        if s.pooling == Pooling::Paired
+                        // Soft-paired falls back only when the paired address is full, which
+                        // two addresses and 200 operations never reach.
+                        if s.pooling != Pooling::Arbitrary
                             && let Some(l) = m.live.iter().find(|l| l.1.addr == internal.addr)
                         {
                             prop_assert_eq!(l.2.addr, e.addr, "paired");
