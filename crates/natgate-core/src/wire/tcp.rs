@@ -244,7 +244,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         let at = MIN_HEADER_LEN + find_mss(self.options())?;
         let old = get_u16(self.buffer.as_ref(), at);
         set_u16(self.buffer.as_mut(), at, mss);
-        let check = if at % 2 == 0 {
+        let check = if at.is_multiple_of(2) {
             checksum::update16(self.checksum(), old, mss)
         } else {
             checksum::update16(self.checksum(), old.swap_bytes(), mss.swap_bytes())

@@ -72,6 +72,10 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
     /// The length field: header plus data of the original datagram, whatever the buffer holds.
     #[inline]
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a header field named by RFC 768, not the length of a collection"
+    )]
     pub fn len(&self) -> u16 {
         get_u16(self.buffer.as_ref(), field::LENGTH)
     }
