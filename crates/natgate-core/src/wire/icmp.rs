@@ -32,7 +32,7 @@ const ERROR_HEADERS_LEN: usize = ipv4::MIN_HEADER_LEN + HEADER_LEN;
 
 /// Echo reply (RFC 792): a query reply, identified by its identifier.
 pub const ECHO_REPLY: u8 = 0;
-/// Destination unreachable (RFC 792): an error; codes in [`unreachable`].
+/// Destination unreachable (RFC 792): an error; codes in [`unreachable`](mod@unreachable).
 pub const DEST_UNREACHABLE: u8 = 3;
 /// Source quench: deprecated (RFC 6633) and not translated.
 pub const SOURCE_QUENCH: u8 = 4;
