@@ -57,10 +57,27 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn ipv4<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) {
-    black_box((p.version(), p.header_len(), p.dscp_ecn(), p.total_len(), p.ident()));
-    black_box((p.dont_frag(), p.more_frags(), p.frag_offset(), p.is_fragment()));
+    black_box((
+        p.version(),
+        p.header_len(),
+        p.dscp_ecn(),
+        p.total_len(),
+        p.ident(),
+    ));
+    black_box((
+        p.dont_frag(),
+        p.more_frags(),
+        p.frag_offset(),
+        p.is_fragment(),
+    ));
     black_box((p.is_first_fragment(), p.ttl(), p.protocol(), p.checksum()));
-    black_box((p.src_addr(), p.dst_addr(), p.header(), p.options(), p.payload()));
+    black_box((
+        p.src_addr(),
+        p.dst_addr(),
+        p.header(),
+        p.options(),
+        p.payload(),
+    ));
     black_box(p.verify_checksum());
 }
 
@@ -69,7 +86,9 @@ fn ipv4<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) {
 fn transport(proto: u8, payload: &[u8], nested: bool) {
     match proto {
         1 => {
-            let Ok(p) = IcmpPacket::new_checked(payload) else { return };
+            let Ok(p) = IcmpPacket::new_checked(payload) else {
+                return;
+            };
             black_box((p.msg_type(), p.code(), p.checksum(), p.rest_of_header()));
             black_box((p.echo_ident(), p.echo_seq(), p.next_hop_mtu(), p.data()));
             black_box(p.verify_checksum());
@@ -84,16 +103,35 @@ fn transport(proto: u8, payload: &[u8], nested: bool) {
             }
         }
         6 => {
-            let Ok(p) = TcpPacket::new_checked(payload) else { return };
+            let Ok(p) = TcpPacket::new_checked(payload) else {
+                return;
+            };
             black_box((p.src_port(), p.dst_port(), p.seq(), p.ack(), p.header_len()));
             let f = p.flags();
-            black_box((f.is_syn_only(), f.contains(natgate_core::wire::tcp::TcpFlags::ACK)));
-            black_box((p.window(), p.checksum(), p.options(), p.payload(), p.mss_option()));
+            black_box((
+                f.is_syn_only(),
+                f.contains(natgate_core::wire::tcp::TcpFlags::ACK),
+            ));
+            black_box((
+                p.window(),
+                p.checksum(),
+                p.options(),
+                p.payload(),
+                p.mss_option(),
+            ));
             black_box(p.verify_checksum(A, B));
         }
         17 => {
-            let Ok(p) = UdpPacket::new_checked(payload) else { return };
-            black_box((p.src_port(), p.dst_port(), p.len(), p.checksum(), p.payload()));
+            let Ok(p) = UdpPacket::new_checked(payload) else {
+                return;
+            };
+            black_box((
+                p.src_port(),
+                p.dst_port(),
+                p.len(),
+                p.checksum(),
+                p.payload(),
+            ));
             black_box(p.verify_checksum(A, B));
         }
         _ => {}

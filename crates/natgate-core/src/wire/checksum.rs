@@ -24,9 +24,9 @@ use std::net::Ipv4Addr;
 /// an odd piece in the middle would shift the bytes after it.
 #[inline]
 pub fn sum(data: &[u8]) -> u32 {
-    // One's complement addition is associative and byte-order agnostic in the sense of RFC 1071
-    // section 2(B): summing 64-bit big-endian words with end-around carry and folding the result
-    // gives the same 16-bit sum as summing 16-bit words, at an eighth of the additions.
+    // RFC 1071 section 2(C), parallel summation: summing 64-bit big-endian words with
+    // end-around carry and folding the result gives the same 16-bit sum as summing 16-bit words,
+    // at a quarter of the additions.
     let (words, rest) = data.as_chunks::<8>();
     let mut acc: u64 = 0;
     for w in words {

@@ -1,4 +1,4 @@
-//! Captured-style packets shared by the wire tests and the fuzz seed corpus.
+//! Captured-style packets for the wire tests; `fuzz/corpus/wire_parse/` holds them as binary seeds.
 
 /// 192.168.1.10:53124 -> 8.8.8.8:53, a DNS query for example.com A, DF set, TTL 64.
 pub static UDP_BYTES: [u8; 57] = [

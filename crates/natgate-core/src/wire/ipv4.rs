@@ -49,10 +49,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
         let p = Self::new_unchecked(buffer);
-        p.check_header()?;
-        if usize::from(p.total_len()) > p.buffer.as_ref().len() {
-            return Err(WireError::Truncated);
-        }
+        p.check_len()?;
         Ok(p)
     }
 

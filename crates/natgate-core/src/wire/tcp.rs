@@ -300,7 +300,7 @@ fn find_mss(options: &[u8]) -> Option<usize> {
 }
 
 /// A view of the first 8 bytes of a TCP header (ports and sequence number), all that an ICMP
-/// error is guaranteed to quote (RFC 792; RFC 5508 section 4.2). The NAT reads the ports to find
+/// error is guaranteed to quote (RFC 792). The NAT reads the ports to find
 /// the session and rewrites one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpPrefix<T: AsRef<[u8]>> {
