@@ -1,1 +1,35 @@
 //! Session and mapping tables.
+//!
+//! Everything here is allocated once, at its maximum size, when the engine is built: the packet
+//! path never allocates and never rehashes. The building blocks are a keyed [`FlowHasher`], a
+//! cache-line [`HashIndex`] that maps a hash to a slot number, a fixed-capacity [`Slab`] that holds
+//! the records, and a lazy [`TimerWheel`] that finds idle records. [`SessionTable`],
+//! [`MappingTable`] and [`AddressFilter`] combine them into the NAT state.
+
+mod hash;
+mod index;
+mod mapping;
+mod session;
+mod slab;
+mod wheel;
+
+pub use hash::FlowHasher;
+pub use index::{HashIndex, IndexFull};
+pub use mapping::{AddressFilter, Mapping, MappingId, MappingTable};
+pub use session::{FlowKey, Session, SessionId, SessionTable, TableFull};
+pub use slab::Slab;
+pub use wheel::TimerWheel;
+
+/// Asks the CPU to start loading the cache line holding `p`, so that a later read does not stall.
+/// A hint only: it never faults, and is a no-op on targets without a prefetch instruction.
+#[inline(always)]
+pub(crate) fn prefetch_read<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint that performs no architectural memory access; it cannot fault
+    // on any address, so any pointer value (even dangling or out of bounds) is sound here.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

@@ -1,0 +1,299 @@
+//! A lazy expiry timer wheel with one-second slots.
+//!
+//! Sessions are refreshed by every packet, and the fast path must not touch the wheel: it only
+//! writes the session's `last_seen`. The wheel therefore holds each item at the time it was *last
+//! scheduled for*, and when that slot comes due it asks the owner what the item's real due time is
+//! now: a refreshed item is re-scheduled, an idle one is forgotten.
+//!
+//! Storage is one `u32` link per item plus one head per slot: every slot holds a singly linked,
+//! circular list whose last link names the slot, so an item can find its own slot by walking to
+//! the end of its list (that makes [`TimerWheel::unschedule`] possible without storing the due
+//! time). Items due more than one turn ahead are parked in the slot one turn ahead and visited
+//! early, once per turn; `on_due` then answers with the same due time again.
+
+/// Slots per turn: 4096 one-second slots, a little over an hour.
+const SLOTS: usize = 4096;
+const MASK: u64 = SLOTS as u64 - 1;
+/// Link values with this bit set end a list; the low bits are the slot number.
+const END: u32 = 0x8000_0000;
+/// The link of an item that is not scheduled.
+const UNSCHEDULED: u32 = u32::MAX;
+
+/// A timer wheel over `u32` items (session slots); see the module docs.
+#[derive(Debug, Clone)]
+pub struct TimerWheel {
+    /// Per item: the next item in its slot's list, `END | slot` for the last, or [`UNSCHEDULED`].
+    next: Vec<u32>,
+    /// Per slot: the first item, or `END | slot` when empty.
+    heads: Vec<u32>,
+    /// Bit per slot, set when the slot is non-empty, so [`TimerWheel::next_due`] scans 64 words.
+    occupied: Vec<u64>,
+    /// The last second visited by [`TimerWheel::advance`]; slots cover `(now, now + SLOTS]`.
+    now: u32,
+}
+
+impl TimerWheel {
+    /// A wheel for items `0..max_items`, allocated now.
+    ///
+    /// # Panics
+    /// If `max_items` exceeds 2^31 (the top link bit marks list ends).
+    pub fn new(max_items: usize) -> Self {
+        assert!(
+            max_items <= END as usize,
+            "timer wheel for {max_items} items"
+        );
+        TimerWheel {
+            next: vec![UNSCHEDULED; max_items],
+            heads: (0..SLOTS as u32).map(|s| END | s).collect(),
+            occupied: vec![0; SLOTS / 64],
+            now: 0,
+        }
+    }
+
+    /// Puts `item` in the slot of `due_secs`. A due time already past is visited at the next
+    /// advance; one more than a turn ahead is parked one turn ahead (visited early). The item must
+    /// not already be scheduled.
+    pub fn schedule(&mut self, item: u32, due_secs: u32) {
+        debug_assert_eq!(
+            self.next[item as usize], UNSCHEDULED,
+            "item {item} scheduled twice"
+        );
+        let base = u64::from(self.now);
+        let due = u64::from(due_secs).clamp(base + 1, base + SLOTS as u64);
+        let slot = (due & MASK) as usize;
+        self.next[item as usize] = self.heads[slot];
+        self.heads[slot] = item;
+        self.occupied[slot / 64] |= 1 << (slot % 64);
+    }
+
+    /// Takes `item` out of the wheel; false if it was not scheduled. Costs a walk of its slot's
+    /// list, which is fine for the rare callers (explicit deletes, flushes).
+    pub fn unschedule(&mut self, item: u32) -> bool {
+        let Some(&link) = self.next.get(item as usize) else {
+            return false;
+        };
+        if link == UNSCHEDULED {
+            return false;
+        }
+        let mut end = link;
+        while end & END == 0 {
+            end = self.next[end as usize];
+        }
+        let slot = (end & !END) as usize;
+        if self.heads[slot] == item {
+            self.heads[slot] = link;
+        } else {
+            let mut prev = self.heads[slot];
+            while self.next[prev as usize] != item {
+                prev = self.next[prev as usize];
+            }
+            self.next[prev as usize] = link;
+        }
+        self.next[item as usize] = UNSCHEDULED;
+        if self.heads[slot] & END != 0 {
+            self.occupied[slot / 64] &= !(1 << (slot % 64));
+        }
+        true
+    }
+
+    /// Visits every item whose slot came due in `(last advance, now_secs]`, in slot order.
+    /// `on_due(item)` returns `Some(due)` to re-schedule the item (it was refreshed, or it was
+    /// parked from beyond a turn) or `None` to forget it (it expired). If `now_secs` jumped more
+    /// than a turn, every slot is visited once. Call it at or after [`Self::next_due`].
+    pub fn advance(&mut self, now_secs: u32, mut on_due: impl FnMut(u32) -> Option<u32>) {
+        if now_secs <= self.now {
+            return;
+        }
+        let first = self.now.max(now_secs.saturating_sub(SLOTS as u32)) + 1;
+        for second in first..=now_secs {
+            // Re-scheduled items land after `second`, so set the base before calling back.
+            self.now = second;
+            let slot = (u64::from(second) & MASK) as usize;
+            let mut link = self.heads[slot];
+            if link & END != 0 {
+                continue;
+            }
+            self.heads[slot] = END | slot as u32;
+            self.occupied[slot / 64] &= !(1 << (slot % 64));
+            while link & END == 0 {
+                let item = link;
+                link = self.next[item as usize];
+                self.next[item as usize] = UNSCHEDULED;
+                if let Some(due) = on_due(item) {
+                    self.schedule(item, due);
+                }
+            }
+        }
+    }
+
+    /// The second of the earliest non-empty slot, if any: never later than the earliest due
+    /// item, and earlier (by up to a turn) only for items parked from beyond a turn.
+    pub fn next_due(&self) -> Option<u32> {
+        let start = ((u64::from(self.now) + 1) & MASK) as usize;
+        let words = self.occupied.len();
+        // Scan the bitmap cyclically from `start`: the partial first word, the others, and the
+        // low part of the first word last.
+        let (w0, b0) = (start / 64, start % 64);
+        let mut found = None;
+        let head = self.occupied[w0] & (!0u64 << b0);
+        if head != 0 {
+            found = Some(w0 * 64 + head.trailing_zeros() as usize);
+        } else {
+            for k in 1..=words {
+                let w = (w0 + k) % words;
+                let bits = if k == words {
+                    self.occupied[w] & !(!0u64 << b0)
+                } else {
+                    self.occupied[w]
+                };
+                if bits != 0 {
+                    found = Some(w * 64 + bits.trailing_zeros() as usize);
+                    break;
+                }
+            }
+        }
+        let slot = found?;
+        let distance = (slot + SLOTS - start) % SLOTS;
+        Some(self.now.saturating_add(1).saturating_add(distance as u32))
+    }
+
+    /// Forgets every item (O(items + slots)); the wheel's clock is kept.
+    pub fn clear(&mut self) {
+        self.next.fill(UNSCHEDULED);
+        for (s, head) in (0..).zip(self.heads.iter_mut()) {
+            *head = END | s;
+        }
+        self.occupied.fill(0);
+    }
+
+    /// Bytes of the link, head and bitmap arrays.
+    pub fn memory_bytes(&self) -> usize {
+        (self.next.capacity() + self.heads.capacity()) * 4 + self.occupied.capacity() * 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Advances second by second to `to`, recording (second, item) visits; items whose due
+    /// (from `due`) is later are re-scheduled, others are expired.
+    fn run(w: &mut TimerWheel, to: u32, due: &[u32]) -> Vec<(u32, u32)> {
+        let mut seen = Vec::new();
+        for now in w.now + 1..=to {
+            w.advance(now, |item| {
+                if due[item as usize] > now {
+                    Some(due[item as usize])
+                } else {
+                    seen.push((now, item));
+                    None
+                }
+            });
+        }
+        seen
+    }
+
+    #[test]
+    fn expires_at_the_exact_second() {
+        let mut w = TimerWheel::new(4);
+        w.schedule(0, 5);
+        w.schedule(1, 7);
+        assert_eq!(w.next_due(), Some(5));
+        let due = [5, 7, 0, 0];
+        assert_eq!(run(&mut w, 10, &due), vec![(5, 0), (7, 1)]);
+        assert_eq!(w.next_due(), None);
+    }
+
+    #[test]
+    fn refreshed_item_is_rescheduled() {
+        let mut w = TimerWheel::new(2);
+        w.schedule(0, 30);
+        // The item was refreshed at 20 and is now due at 50: visited at 30, kept, expired at 50.
+        let mut visits = Vec::new();
+        for now in 1..=60 {
+            w.advance(now, |item| {
+                visits.push(now);
+                (now < 50).then_some(50).filter(|_| item == 0)
+            });
+        }
+        assert_eq!(visits, vec![30, 50]);
+    }
+
+    #[test]
+    fn past_due_is_visited_next_second() {
+        let mut w = TimerWheel::new(1);
+        w.advance(100, |_| None);
+        w.schedule(0, 3);
+        assert_eq!(w.next_due(), Some(101));
+        assert_eq!(run(&mut w, 101, &[3]), vec![(101, 0)]);
+    }
+
+    #[test]
+    fn far_future_due_times_wait_whole_turns() {
+        let mut w = TimerWheel::new(2);
+        let due = [7440, 30 * 86_400];
+        w.schedule(0, due[0]);
+        w.schedule(1, due[1]);
+        assert_eq!(w.next_due(), Some(4096), "parked one turn ahead");
+        assert_eq!(run(&mut w, 7439, &due), vec![]);
+        assert_eq!(run(&mut w, 7440, &due), vec![(7440, 0)]);
+        w.advance(30 * 86_400 - 1, |i| Some(due[i as usize]));
+        assert_eq!(run(&mut w, 30 * 86_400, &due), vec![(30 * 86_400, 1)]);
+    }
+
+    #[test]
+    fn now_jumping_ahead_visits_each_slot_once() {
+        let mut w = TimerWheel::new(100);
+        for i in 0..100 {
+            w.schedule(i, 1 + i * 50);
+        }
+        let mut visits = vec![0; 100];
+        w.advance(1_000_000, |i| {
+            visits[i as usize] += 1;
+            None
+        });
+        assert!(visits.iter().all(|&v| v == 1));
+        assert_eq!(w.next_due(), None);
+        // A re-schedule into the past during a jump is visited again within the same jump.
+        w.schedule(0, 1_000_010);
+        let mut seen = Vec::new();
+        w.advance(2_000_000, |i| {
+            seen.push(i);
+            (seen.len() == 1).then_some(5)
+        });
+        assert_eq!(seen, vec![0, 0]);
+    }
+
+    #[test]
+    fn unschedule_anywhere_in_a_list() {
+        let mut w = TimerWheel::new(5);
+        for i in 0..5 {
+            w.schedule(i, 9);
+        }
+        assert!(w.unschedule(2)); // middle
+        assert!(w.unschedule(4)); // head (last pushed)
+        assert!(w.unschedule(0)); // tail
+        assert!(!w.unschedule(0));
+        assert!(!w.unschedule(77));
+        assert_eq!(run(&mut w, 9, &[9; 5]), vec![(9, 3), (9, 1)]);
+        w.schedule(0, 20);
+        assert!(w.unschedule(0));
+        assert_eq!(w.next_due(), None, "emptied slot leaves the bitmap");
+        w.schedule(0, 30);
+        w.clear();
+        assert_eq!(w.next_due(), None);
+        w.schedule(0, 31);
+        assert_eq!(w.next_due(), Some(31));
+    }
+
+    #[test]
+    fn next_due_wraps_around_the_wheel() {
+        let mut w = TimerWheel::new(2);
+        w.advance(4000, |_| None);
+        w.schedule(0, 4100); // slot 4, after the wrap
+        w.schedule(1, 4090);
+        assert_eq!(w.next_due(), Some(4090));
+        assert!(w.unschedule(1));
+        assert_eq!(w.next_due(), Some(4100));
+    }
+}
