@@ -5,8 +5,8 @@
 //! host receiving the error cannot match it to its socket. Errors never refresh or delete the
 //! session they are about (RFC 5508 REQ-6, RFC 5382 REQ-10).
 
-use super::packet::{self, Parsed, Which, read16, write16};
 use super::Engine;
+use super::packet::{self, Parsed, Which, read16, write16};
 use crate::alloc::PortAllocator;
 use crate::config::Hairpinning;
 use crate::counters::DropReason;
@@ -37,7 +37,9 @@ struct Inner {
 /// (RFC 5508 REQ-3), and it must carry the 8 transport bytes with the ports or identifier.
 fn parse_inner(buf: &[u8], outer: &Parsed, inside_is_src: bool) -> Result<Inner, DropReason> {
     let ip = outer.l4 + 8;
-    let quoted = buf.get(ip..outer.len).ok_or(DropReason::IcmpErrorBadInner)?;
+    let quoted = buf
+        .get(ip..outer.len)
+        .ok_or(DropReason::IcmpErrorBadInner)?;
     if quoted.len() < 20 || quoted[0] >> 4 != 4 {
         return Err(DropReason::IcmpErrorBadInner);
     }
@@ -60,7 +62,10 @@ fn parse_inner(buf: &[u8], outer: &Parsed, inside_is_src: bool) -> Result<Inner,
         }
         Protocol::Icmp => {
             // Only queries have an identifier to match; errors about errors are never sent.
-            if !matches!(icmp::classify(l4[0]), IcmpKind::QueryRequest | IcmpKind::QueryReply) {
+            if !matches!(
+                icmp::classify(l4[0]),
+                IcmpKind::QueryRequest | IcmpKind::QueryReply
+            ) {
                 return Err(DropReason::IcmpErrorBadInner);
             }
             let id = read16(l4, 4);
@@ -71,7 +76,14 @@ fn parse_inner(buf: &[u8], outer: &Parsed, inside_is_src: bool) -> Result<Inner,
             }
         }
     }
-    Ok(Inner { ip, l4: ip + ihl, l4_len: l4.len(), proto, src, dst })
+    Ok(Inner {
+        ip,
+        l4: ip + ihl,
+        l4_len: l4.len(),
+        proto,
+        src,
+        dst,
+    })
 }
 
 /// Rewrites the quoted packet's source or destination endpoint, keeping the quoted IP header
@@ -145,8 +157,19 @@ impl<A: PortAllocator> Engine<A> {
         if inner.src.addr != p.dst.addr {
             return Verdict::Drop(DropReason::IcmpErrorNoSession);
         }
-        let remote = Endpoint::new(inner.dst.addr, if inner.proto == Protocol::Icmp { 0 } else { inner.dst.port });
-        let key = FlowKey { proto: inner.proto, local: inner.src, remote };
+        let remote = Endpoint::new(
+            inner.dst.addr,
+            if inner.proto == Protocol::Icmp {
+                0
+            } else {
+                inner.dst.port
+            },
+        );
+        let key = FlowKey {
+            proto: inner.proto,
+            local: inner.src,
+            remote,
+        };
         let Some(sid) = self.sessions.find_in(&key) else {
             return Verdict::Drop(DropReason::IcmpErrorNoSession);
         };
@@ -165,8 +188,19 @@ impl<A: PortAllocator> Engine<A> {
             Ok(i) => i,
             Err(r) => return Verdict::Drop(r),
         };
-        let remote = Endpoint::new(inner.src.addr, if inner.proto == Protocol::Icmp { 0 } else { inner.src.port });
-        let key = FlowKey { proto: inner.proto, local: inner.dst, remote };
+        let remote = Endpoint::new(
+            inner.src.addr,
+            if inner.proto == Protocol::Icmp {
+                0
+            } else {
+                inner.src.port
+            },
+        );
+        let key = FlowKey {
+            proto: inner.proto,
+            local: inner.dst,
+            remote,
+        };
         let Some(sid) = self.sessions.find_out(&key) else {
             return Verdict::Drop(DropReason::IcmpErrorNoSession);
         };

@@ -16,7 +16,7 @@ mod translate;
 use crate::alloc::{AllocSettings, DynamicAllocator, PortAllocator};
 use crate::config::{Behavior, FilteringBehavior, ValidConfig};
 use crate::counters::{Counters, DropReason};
-use crate::endpoint::{Direction, Endpoint, Protocol, Side};
+use crate::endpoint::{Endpoint, Protocol, Side};
 use crate::event::Event;
 use crate::fragment::{FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation};
 use crate::rng::Rng;
@@ -161,16 +161,35 @@ impl<A: PortAllocator> Engine<A> {
     /// Translates packets that arrived on one side, `verdicts[i]` for `packets[i]`. Look-ups of
     /// established flows are batched with prefetching, which is where the speed comes from.
     /// `verdicts` must be at least as long as `packets`; extra packets are not processed.
-    pub fn process_batch(&mut self, now: Instant, side: Side, packets: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+    pub fn process_batch(
+        &mut self,
+        now: Instant,
+        side: Side,
+        packets: &mut [PacketBuf<'_>],
+        verdicts: &mut [Verdict],
+    ) {
         let n = packets.len().min(verdicts.len());
-        for (packets, verdicts) in packets[..n].chunks_mut(BATCH).zip(verdicts[..n].chunks_mut(BATCH)) {
+        for (packets, verdicts) in packets[..n]
+            .chunks_mut(BATCH)
+            .zip(verdicts[..n].chunks_mut(BATCH))
+        {
             self.process_chunk(now, side, packets, verdicts);
         }
     }
 
-    fn process_chunk(&mut self, now: Instant, side: Side, packets: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+    fn process_chunk(
+        &mut self,
+        now: Instant,
+        side: Side,
+        packets: &mut [PacketBuf<'_>],
+        verdicts: &mut [Verdict],
+    ) {
         let mut parsed: [Option<Result<Parsed, DropReason>>; BATCH] = [None; BATCH];
-        let placeholder = FlowKey { proto: Protocol::Udp, local: Endpoint::UNSPECIFIED, remote: Endpoint::UNSPECIFIED };
+        let placeholder = FlowKey {
+            proto: Protocol::Udp,
+            local: Endpoint::UNSPECIFIED,
+            remote: Endpoint::UNSPECIFIED,
+        };
         let mut keys = [placeholder; BATCH];
         let mut which = [0u8; BATCH];
         let mut found = [None; BATCH];
@@ -178,16 +197,17 @@ impl<A: PortAllocator> Engine<A> {
         for (i, pkt) in packets.iter().enumerate() {
             let len = pkt.len.min(pkt.buf.len());
             let p = packet::parse(&pkt.buf[..len], side);
-            if let Ok(p) = &p {
-                if let Some(key) = self.fast_key(side, p) {
-                    keys[n] = key;
-                    which[n] = i as u8;
-                    n += 1;
-                }
+            if let Ok(p) = &p
+                && let Some(key) = self.fast_key(side, p)
+            {
+                keys[n] = key;
+                which[n] = i as u8;
+                n += 1;
             }
             parsed[i] = Some(p);
         }
-        self.sessions.find_batch(side == Side::Outside, &keys[..n], &mut found[..n]);
+        self.sessions
+            .find_batch(side == Side::Outside, &keys[..n], &mut found[..n]);
         let mut hints: [Option<Option<SessionId>>; BATCH] = [None; BATCH];
         for j in 0..n {
             hints[usize::from(which[j])] = Some(found[j]);
@@ -211,10 +231,16 @@ impl<A: PortAllocator> Engine<A> {
             return None;
         }
         match side {
-            Side::Inside if !self.alloc.owns(p.dst.addr) => {
-                Some(FlowKey { proto: p.proto, local: p.src, remote: p.dst })
-            }
-            Side::Outside => Some(FlowKey { proto: p.proto, local: p.dst, remote: p.src }),
+            Side::Inside if !self.alloc.owns(p.dst.addr) => Some(FlowKey {
+                proto: p.proto,
+                local: p.src,
+                remote: p.dst,
+            }),
+            Side::Outside => Some(FlowKey {
+                proto: p.proto,
+                local: p.dst,
+                remote: p.src,
+            }),
             Side::Inside => None,
         }
     }
@@ -232,17 +258,36 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Everything after parsing. `hint` is a session look-up already done by the batch path.
-    fn process_parsed(&mut self, now: Instant, side: Side, buf: &mut [u8], mut p: Parsed, hint: Option<Option<SessionId>>) -> Verdict {
+    fn process_parsed(
+        &mut self,
+        now: Instant,
+        side: Side,
+        buf: &mut [u8],
+        mut p: Parsed,
+        hint: Option<Option<SessionId>>,
+    ) -> Verdict {
         if side == Side::Outside && !self.alloc.owns(p.dst.addr) {
             return Verdict::Drop(DropReason::NotPoolAddress);
         }
         // RFC 5508 REQ-10 / RFC 1812 5.3.1: a packet whose TTL would reach zero is answered
         // with time exceeded, before any state is made for it.
         if self.behavior.decrement_ttl && p.ttl <= 1 {
-            return self.reply_error(buf, &p, side, ICMP_TIME_EXCEEDED, 0, 0, DropReason::TtlExceeded);
+            return self.reply_error(
+                buf,
+                &p,
+                side,
+                ICMP_TIME_EXCEEDED,
+                0,
+                0,
+                DropReason::TtlExceeded,
+            );
         }
         let hairpin = side == Side::Inside && self.alloc.owns(p.dst.addr);
-        let exit = if side == Side::Outside || hairpin { Side::Inside } else { Side::Outside };
+        let exit = if side == Side::Outside || hairpin {
+            Side::Inside
+        } else {
+            Side::Outside
+        };
         let mtu = match exit {
             Side::Outside => self.behavior.outside_mtu,
             Side::Inside => self.behavior.inside_mtu,
@@ -250,9 +295,23 @@ impl<A: PortAllocator> Engine<A> {
         // RFC 4787 REQ-13: DF=1 and too big gets fragmentation needed with the next-hop MTU.
         // (DF=0 packets are fragmented by the driver's way out, e.g. the kernel behind a TUN.)
         if p.df && p.len > usize::from(mtu) {
-            return self.reply_error(buf, &p, side, ICMP_DEST_UNREACHABLE, 4, u32::from(mtu), DropReason::TooBig);
+            return self.reply_error(
+                buf,
+                &p,
+                side,
+                ICMP_DEST_UNREACHABLE,
+                4,
+                u32::from(mtu),
+                DropReason::TooBig,
+            );
         }
-        let frag_key = FragmentKey { side, src: p.src.addr, dst: p.dst.addr, proto: p.ip_proto(), ident: p.ident };
+        let frag_key = FragmentKey {
+            side,
+            src: p.src.addr,
+            dst: p.dst.addr,
+            proto: p.ip_proto(),
+            ident: p.ident,
+        };
         if p.frag == Fragment::Later {
             return self.later_fragment(now, buf, &p, frag_key);
         }
@@ -262,18 +321,28 @@ impl<A: PortAllocator> Engine<A> {
             (Kind::Flow, Side::Inside) => self.outbound(now, buf, &mut p, hint, hairpin),
             (Kind::Flow, Side::Outside) => self.inbound(now, buf, &mut p, hint),
         };
-        if p.frag == Fragment::First {
-            if let Verdict::Forward(out_side) = verdict {
-                let tr = FragmentTranslation { new_src: p.src.addr, new_dst: p.dst.addr, out_side };
-                self.fragments.record_first(frag_key, tr, now);
-                self.release_held_fragments(&frag_key, tr);
-            }
+        if p.frag == Fragment::First
+            && let Verdict::Forward(out_side) = verdict
+        {
+            let tr = FragmentTranslation {
+                new_src: p.src.addr,
+                new_dst: p.dst.addr,
+                out_side,
+            };
+            self.fragments.record_first(frag_key, tr, now);
+            self.release_held_fragments(&frag_key, tr);
         }
         verdict
     }
 
     /// A non-first fragment follows its first fragment's translation, or waits for it.
-    fn later_fragment(&mut self, now: Instant, buf: &mut [u8], p: &Parsed, key: FragmentKey) -> Verdict {
+    fn later_fragment(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &Parsed,
+        key: FragmentKey,
+    ) -> Verdict {
         if let Some(tr) = self.fragments.lookup(&key, now) {
             packet::rewrite_addr(buf, Which::Src, tr.new_src);
             packet::rewrite_addr(buf, Which::Dst, tr.new_dst);
@@ -311,7 +380,16 @@ impl<A: PortAllocator> Engine<A> {
     /// Answers the packet in `buf` with an ICMP error built in place, or drops it when RFC 1812
     /// 4.3.2.7 forbids an answer (to ICMP errors, later fragments, non-unicast sources).
     #[allow(clippy::too_many_arguments)]
-    fn reply_error(&mut self, buf: &mut [u8], p: &Parsed, side: Side, msg_type: u8, code: u8, rest: u32, reason: DropReason) -> Verdict {
+    fn reply_error(
+        &mut self,
+        buf: &mut [u8],
+        p: &Parsed,
+        side: Side,
+        msg_type: u8,
+        code: u8,
+        rest: u32,
+        reason: DropReason,
+    ) -> Verdict {
         let src = p.src.addr;
         if p.kind == Kind::IcmpError
             || p.frag == Fragment::Later
@@ -326,7 +404,8 @@ impl<A: PortAllocator> Engine<A> {
             Side::Inside => self.inside_address,
             Side::Outside => p.dst.addr,
         };
-        let len = crate::wire::icmp::write_error_in_place(buf, p.len, from, src, msg_type, code, rest);
+        let len =
+            crate::wire::icmp::write_error_in_place(buf, p.len, from, src, msg_type, code, rest);
         if len == 0 {
             return Verdict::Drop(reason);
         }
@@ -346,7 +425,11 @@ impl<A: PortAllocator> Engine<A> {
             counters: &mut self.counters,
             now,
         };
-        self.sessions.expire(now_s, |s| session_due(&behavior, s, now_s), |_, s| gone.session(&s));
+        self.sessions.expire(
+            now_s,
+            |s| session_due(&behavior, s, now_s),
+            |_, s| gone.session(&s),
+        );
         let lost = self.fragments.expire(now);
         for _ in 0..lost {
             self.counters.count_drop(DropReason::FragmentExpired);
@@ -384,7 +467,9 @@ impl<A: PortAllocator> Engine<A> {
     pub fn next_timeout(&self) -> Option<Instant> {
         let hold = Duration::from_secs(u64::from(self.behavior.timers.tcp_incoming_syn));
         [
-            self.sessions.next_due().map(|s| Instant::from_secs(u64::from(s))),
+            self.sessions
+                .next_due()
+                .map(|s| Instant::from_secs(u64::from(s))),
             self.fragments.next_expiry(),
             self.held_syns.next_expiry(hold),
         ]
@@ -396,7 +481,9 @@ impl<A: PortAllocator> Engine<A> {
     /// Copies the next packet the engine built on its own (an ICMP error for an expired held
     /// SYN, a released early fragment) into `buf`. Call until it returns `None`.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        self.transmit.pop(buf).map(|(side, len)| Transmit { side, len })
+        self.transmit
+            .pop(buf)
+            .map(|(side, len)| Transmit { side, len })
     }
 
     /// The next translation event, if any.
@@ -510,7 +597,10 @@ fn idle_timeout(b: &Behavior, s: &Session) -> u32 {
 /// shortest-TCP-timer seconds, because a FIN or RST shortens their timeout without touching the
 /// wheel (the packet path never reschedules).
 fn session_due(b: &Behavior, s: &Session, now_s: u32) -> u32 {
-    let due = s.last_seen.saturating_add(idle_timeout(b, s)).saturating_add(1);
+    let due = s
+        .last_seen
+        .saturating_add(idle_timeout(b, s))
+        .saturating_add(1);
     if s.proto == Protocol::Tcp && due > now_s {
         let t = &b.timers;
         let recheck = t.tcp_transitory_close.min(t.tcp_rst_linger).max(1);
@@ -547,17 +637,18 @@ impl<A: PortAllocator> Gone<'_, A> {
         }
         let m = self.mappings.get_mut(s.mapping);
         m.sessions = m.sessions.saturating_sub(1);
-        if m.sessions == 0 {
-            if let Some(m) = self.mappings.remove(s.mapping) {
-                self.alloc.release(m.proto, m.internal, m.external, self.now);
-                self.counters.mappings_deleted += 1;
-                self.event(Event::MappingDeleted {
-                    at: self.now,
-                    proto: m.proto,
-                    internal: m.internal,
-                    external: m.external,
-                });
-            }
+        if m.sessions == 0
+            && let Some(m) = self.mappings.remove(s.mapping)
+        {
+            self.alloc
+                .release(m.proto, m.internal, m.external, self.now);
+            self.counters.mappings_deleted += 1;
+            self.event(Event::MappingDeleted {
+                at: self.now,
+                proto: m.proto,
+                internal: m.internal,
+                external: m.external,
+            });
         }
     }
 

@@ -3,10 +3,10 @@
 
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol, Side};
+use crate::wire::WireError;
 use crate::wire::checksum::{self, Delta};
 use crate::wire::icmp::{self, IcmpKind};
 use crate::wire::ipv4::Ipv4Packet;
-use crate::wire::WireError;
 use std::net::Ipv4Addr;
 
 /// Offsets of IPv4 header fields the engine rewrites.
@@ -180,7 +180,11 @@ pub(crate) fn rewrite(buf: &mut [u8], p: &mut Parsed, which: Which, new: Endpoin
     if old.addr != new.addr {
         buf[addr_off..addr_off + 4].copy_from_slice(&new.addr.octets());
         let ip_check = read16(buf, IP_CHECKSUM);
-        write16(buf, IP_CHECKSUM, checksum::update32(ip_check, u32::from(old.addr), u32::from(new.addr)));
+        write16(
+            buf,
+            IP_CHECKSUM,
+            checksum::update32(ip_check, u32::from(old.addr), u32::from(new.addr)),
+        );
         if p.proto != Protocol::Icmp {
             // TCP and UDP checksums cover a pseudo-header with both addresses.
             l4_delta.add_addr(old.addr, new.addr);
@@ -227,7 +231,11 @@ pub(crate) fn rewrite_addr(buf: &mut [u8], which: Which, new: Ipv4Addr) {
     }
     buf[off..off + 4].copy_from_slice(&new.octets());
     let check = read16(buf, IP_CHECKSUM);
-    write16(buf, IP_CHECKSUM, checksum::update32(check, u32::from(old), u32::from(new)));
+    write16(
+        buf,
+        IP_CHECKSUM,
+        checksum::update32(check, u32::from(old), u32::from(new)),
+    );
 }
 
 /// Decrements the TTL by one, updating the header checksum (the TTL shares a 16-bit word with

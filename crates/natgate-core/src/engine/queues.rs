@@ -16,7 +16,10 @@ pub(crate) struct EventQueue {
 
 impl EventQueue {
     pub fn new(cap: usize) -> Self {
-        EventQueue { queue: VecDeque::with_capacity(cap), cap }
+        EventQueue {
+            queue: VecDeque::with_capacity(cap),
+            cap,
+        }
     }
 
     /// Queues an event; returns false (the event is lost) when the queue is full.
@@ -33,8 +36,9 @@ impl EventQueue {
     }
 }
 
-/// The largest packet the engine emits later (released fragments, ICMP errors).
-pub(crate) const TRANSMIT_SLOT: usize = 2048;
+/// The largest packet the engine emits later (released fragments, ICMP errors); buffers passed
+/// to [`Engine::poll_transmit`](super::Engine::poll_transmit) of this size never cut one.
+pub const TRANSMIT_SLOT: usize = 2048;
 
 /// Packets the engine built outside a `process` call, waiting for `poll_transmit`.
 #[derive(Debug)]
@@ -58,7 +62,9 @@ impl TransmitQueue {
         if packet.len() > TRANSMIT_SLOT {
             return false;
         }
-        let Some(slot) = self.free.pop() else { return false };
+        let Some(slot) = self.free.pop() else {
+            return false;
+        };
         let start = slot * TRANSMIT_SLOT;
         self.bytes[start..start + packet.len()].copy_from_slice(packet);
         self.meta.push_back((slot, side, packet.len()));
@@ -129,7 +135,13 @@ impl SynHold {
 
     /// Holds a SYN sent by `remote` to `external`. A retransmission of a SYN already held keeps
     /// the first one's deadline. False when full.
-    pub fn hold(&mut self, external: Endpoint, remote: Endpoint, packet: &[u8], now: Instant) -> bool {
+    pub fn hold(
+        &mut self,
+        external: Endpoint,
+        remote: Endpoint,
+        packet: &[u8],
+        now: Instant,
+    ) -> bool {
         if self.index.contains_key(&(external, remote)) {
             return true;
         }
@@ -142,7 +154,14 @@ impl SynHold {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.index.insert((external, remote), seq);
-        self.ring.push_back(HeldSyn { seq, at: now, external, remote, len, bytes });
+        self.ring.push_back(HeldSyn {
+            seq,
+            at: now,
+            external,
+            remote,
+            len,
+            bytes,
+        });
         true
     }
 
@@ -155,16 +174,21 @@ impl SynHold {
     }
 
     /// Pops held SYNs whose hold time has passed and that were not claimed.
-    pub fn expire(&mut self, now: Instant, hold: core::time::Duration, mut f: impl FnMut(&HeldSyn)) {
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        hold: core::time::Duration,
+        mut f: impl FnMut(&HeldSyn),
+    ) {
         while let Some(front) = self.ring.front() {
             if front.at + hold > now {
                 break;
             }
-            if let Some(h) = self.ring.pop_front() {
-                if self.index.get(&(h.external, h.remote)) == Some(&h.seq) {
-                    self.index.remove(&(h.external, h.remote));
-                    f(&h);
-                }
+            if let Some(h) = self.ring.pop_front()
+                && self.index.get(&(h.external, h.remote)) == Some(&h.seq)
+            {
+                self.index.remove(&(h.external, h.remote));
+                f(&h);
             }
         }
     }
@@ -233,7 +257,9 @@ mod tests {
         assert!(h.claim(ep(1, 80), ep(2, 999)));
         let mut expired = Vec::new();
         let hold = Duration::from_secs(6);
-        h.expire(t0 + Duration::from_millis(5999), hold, |s| expired.push(s.external));
+        h.expire(t0 + Duration::from_millis(5999), hold, |s| {
+            expired.push(s.external)
+        });
         assert!(expired.is_empty());
         h.expire(t0 + hold, hold, |s| expired.push(s.external));
         assert_eq!(expired, vec![ep(1, 81)], "the claimed one is not answered");

@@ -10,7 +10,10 @@ use crate::config::{
 use etherparse::{Icmpv4Header, IpFragOffset, Ipv4Header, PacketBuilder, TcpHeader, UdpHeader};
 use std::net::Ipv4Addr;
 
-const POOL: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 2)];
+const POOL: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 1),
+    Ipv4Addr::new(198, 51, 100, 2),
+];
 const INSIDE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 const SUB1: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
 const SUB2: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 11);
@@ -57,7 +60,10 @@ impl Pkt {
     pub fn new(bytes: &[u8]) -> Pkt {
         let mut buf = vec![0u8; 2048.max(bytes.len())];
         buf[..bytes.len()].copy_from_slice(bytes);
-        Pkt { buf, len: bytes.len() }
+        Pkt {
+            buf,
+            len: bytes.len(),
+        }
     }
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
@@ -72,7 +78,8 @@ pub(crate) fn udp(src: Endpoint, dst: Endpoint, payload: &[u8]) -> Pkt {
 }
 
 pub(crate) fn tcp(src: Endpoint, dst: Endpoint, flags: &str) -> Pkt {
-    let mut b = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64).tcp(src.port, dst.port, 1000, 65535);
+    let mut b = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64)
+        .tcp(src.port, dst.port, 1000, 65535);
     for f in flags.chars() {
         b = match f {
             'S' => b.syn(),
@@ -89,7 +96,11 @@ pub(crate) fn tcp(src: Endpoint, dst: Endpoint, flags: &str) -> Pkt {
 
 pub(crate) fn echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, request: bool) -> Pkt {
     let b = PacketBuilder::ipv4(src.octets(), dst.octets(), 64);
-    let b = if request { b.icmpv4_echo_request(id, 1) } else { b.icmpv4_echo_reply(id, 1) };
+    let b = if request {
+        b.icmpv4_echo_request(id, 1)
+    } else {
+        b.icmpv4_echo_reply(id, 1)
+    };
     let mut v = Vec::new();
     b.write(&mut v, b"ping").expect("build echo");
     Pkt::new(&v)
@@ -130,7 +141,10 @@ pub(crate) fn endpoints(bytes: &[u8]) -> (Endpoint, Endpoint) {
             let id = u16::from_be_bytes([l4[4], l4[5]]);
             (id, id)
         }
-        _ => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        _ => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
     };
     (ep(ip.source.into(), sp), ep(ip.destination.into(), dp))
 }
@@ -138,7 +152,11 @@ pub(crate) fn endpoints(bytes: &[u8]) -> (Endpoint, Endpoint) {
 /// Asserts every checksum of a whole packet is right, recomputed by etherparse.
 pub(crate) fn assert_checksums(bytes: &[u8]) {
     let (ip, rest) = Ipv4Header::from_slice(bytes).expect("ipv4 parses");
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let l4 = &rest[..usize::from(ip.total_len) - ip.header_len()];
     if ip.more_fragments || ip.fragment_offset.value() != 0 {
         return;
@@ -147,16 +165,30 @@ pub(crate) fn assert_checksums(bytes: &[u8]) {
         17 => {
             let (h, payload) = UdpHeader::from_slice(l4).expect("udp");
             if h.checksum != 0 {
-                assert_eq!(h.checksum, h.calc_checksum_ipv4_raw(ip.source, ip.destination, payload).expect("udp sum"), "UDP checksum");
+                assert_eq!(
+                    h.checksum,
+                    h.calc_checksum_ipv4_raw(ip.source, ip.destination, payload)
+                        .expect("udp sum"),
+                    "UDP checksum"
+                );
             }
         }
         6 => {
             let (h, payload) = TcpHeader::from_slice(l4).expect("tcp");
-            assert_eq!(h.checksum, h.calc_checksum_ipv4_raw(ip.source, ip.destination, payload).expect("tcp sum"), "TCP checksum");
+            assert_eq!(
+                h.checksum,
+                h.calc_checksum_ipv4_raw(ip.source, ip.destination, payload)
+                    .expect("tcp sum"),
+                "TCP checksum"
+            );
         }
         1 => {
             let (h, payload) = Icmpv4Header::from_slice(l4).expect("icmp");
-            assert_eq!(h.checksum, h.icmp_type.calc_checksum(payload), "ICMP checksum");
+            assert_eq!(
+                h.checksum,
+                h.icmp_type.calc_checksum(payload),
+                "ICMP checksum"
+            );
         }
         p => panic!("unexpected protocol {p}"),
     }
@@ -204,7 +236,10 @@ fn rfc5382_req1_tcp_endpoint_independent_mapping() {
 
 #[test]
 fn address_dependent_mapping_new_endpoint_per_remote_address() {
-    let mut e = lab(Behavior { mapping: MappingBehavior::AddressDependent, ..Behavior::default() });
+    let mut e = lab(Behavior {
+        mapping: MappingBehavior::AddressDependent,
+        ..Behavior::default()
+    });
     let a = out(&mut e, t(1), udp(ep(SUB1, 5000), ep(WAN1, 1), b"x"));
     let a2 = out(&mut e, t(1), udp(ep(SUB1, 5000), ep(WAN1, 2), b"x"));
     let b = out(&mut e, t(1), udp(ep(SUB1, 5000), ep(WAN1B, 1), b"x"));
@@ -227,7 +262,10 @@ fn rfc4787_req2_paired_pooling_one_address_per_subscriber() {
     let mut e = engine();
     let first = out(&mut e, t(1), udp(ep(SUB1, 1000), ep(WAN1, 1), b"x")).addr;
     for port in 1001..1100 {
-        assert_eq!(out(&mut e, t(1), udp(ep(SUB1, port), ep(WAN1, 1), b"x")).addr, first);
+        assert_eq!(
+            out(&mut e, t(1), udp(ep(SUB1, port), ep(WAN1, 1), b"x")).addr,
+            first
+        );
     }
 }
 
@@ -273,15 +311,27 @@ fn rfc4787_req8_endpoint_independent_filtering_admits_any_remote() {
     let (v, p) = inb(&mut e, t(2), reply_from(ep(WAN2, 9999), x));
     assert_eq!(v, Verdict::Forward(Side::Inside));
     assert_eq!(endpoints(p.bytes()).1, ep(SUB1, 5000));
-    assert_eq!(endpoints(p.bytes()).0, ep(WAN2, 9999), "remote source untouched");
+    assert_eq!(
+        endpoints(p.bytes()).0,
+        ep(WAN2, 9999),
+        "remote source untouched"
+    );
 }
 
 #[test]
 fn rfc4787_req8_address_dependent_filtering() {
     let mut e = engine_with(|c| c.behavior.filtering = FilteringBehavior::AddressDependent);
     let x = out(&mut e, t(1), udp(ep(SUB1, 5000), ep(WAN1, 3478), b"x"));
-    assert_eq!(inb(&mut e, t(2), reply_from(ep(WAN1, 1111), x)).0, Verdict::Forward(Side::Inside), "same address, other port");
-    assert_eq!(inb(&mut e, t(2), reply_from(ep(WAN1B, 3478), x)).0, Verdict::Drop(DropReason::Filtered), "other address");
+    assert_eq!(
+        inb(&mut e, t(2), reply_from(ep(WAN1, 1111), x)).0,
+        Verdict::Forward(Side::Inside),
+        "same address, other port"
+    );
+    assert_eq!(
+        inb(&mut e, t(2), reply_from(ep(WAN1B, 3478), x)).0,
+        Verdict::Drop(DropReason::Filtered),
+        "other address"
+    );
     assert_eq!(e.counters().drops(DropReason::Filtered), 1);
 }
 
@@ -289,9 +339,18 @@ fn rfc4787_req8_address_dependent_filtering() {
 fn rfc4787_req8_address_and_port_dependent_filtering() {
     let mut e = engine_with(|c| c.behavior.filtering = FilteringBehavior::AddressAndPortDependent);
     let x = out(&mut e, t(1), udp(ep(SUB1, 5000), ep(WAN1, 3478), b"x"));
-    assert_eq!(inb(&mut e, t(2), reply_from(ep(WAN1, 3478), x)).0, Verdict::Forward(Side::Inside));
-    assert_eq!(inb(&mut e, t(2), reply_from(ep(WAN1, 3479), x)).0, Verdict::Drop(DropReason::Filtered));
-    assert_eq!(inb(&mut e, t(2), reply_from(ep(WAN2, 3478), x)).0, Verdict::Drop(DropReason::Filtered));
+    assert_eq!(
+        inb(&mut e, t(2), reply_from(ep(WAN1, 3478), x)).0,
+        Verdict::Forward(Side::Inside)
+    );
+    assert_eq!(
+        inb(&mut e, t(2), reply_from(ep(WAN1, 3479), x)).0,
+        Verdict::Drop(DropReason::Filtered)
+    );
+    assert_eq!(
+        inb(&mut e, t(2), reply_from(ep(WAN2, 3478), x)).0,
+        Verdict::Drop(DropReason::Filtered)
+    );
 }
 
 #[test]
@@ -311,12 +370,18 @@ fn rfc4787_req5_udp_mapping_timer_default_300s() {
     let x = out(&mut e, t(10), udp(ep(SUB1, 5000), ep(WAN1, 3478), b"x"));
     e.handle_timeout(t(310));
     assert_eq!(e.session_count(), 1, "alive 300 s after the last packet");
-    assert_eq!(inb(&mut e, t(310), reply_from(ep(WAN1, 3478), x)).0, Verdict::Forward(Side::Inside));
+    assert_eq!(
+        inb(&mut e, t(310), reply_from(ep(WAN1, 3478), x)).0,
+        Verdict::Forward(Side::Inside)
+    );
     // Inbound does not refresh under the default (outbound) refresh behaviour.
     e.handle_timeout(t(311));
     assert_eq!(e.session_count(), 0);
     assert_eq!(e.mapping_count(), 0);
-    assert_eq!(inb(&mut e, t(312), reply_from(ep(WAN1, 3478), x)).0, Verdict::Drop(DropReason::NoMapping));
+    assert_eq!(
+        inb(&mut e, t(312), reply_from(ep(WAN1, 3478), x)).0,
+        Verdict::Drop(DropReason::NoMapping)
+    );
 }
 
 #[test]
@@ -356,10 +421,17 @@ fn rfc5382_req5_tcp_established_timer_7440s_and_transitory_240s() {
     e.handle_timeout(t(240));
     assert_eq!(e.session_count(), 1, "opening lives 240 s");
     e.handle_timeout(t(241));
-    assert_eq!(e.session_count(), 0, "unanswered SYN state goes after 240 s");
+    assert_eq!(
+        e.session_count(),
+        0,
+        "unanswered SYN state goes after 240 s"
+    );
 
     let x2 = out(&mut e, t(1000), tcp(ep(SUB1, 40001), ep(WAN1, 80), "S"));
-    assert_eq!(inb(&mut e, t(1000), tcp(ep(WAN1, 80), x2, "SA")).0, Verdict::Forward(Side::Inside));
+    assert_eq!(
+        inb(&mut e, t(1000), tcp(ep(WAN1, 80), x2, "SA")).0,
+        Verdict::Forward(Side::Inside)
+    );
     out(&mut e, t(1000), tcp(ep(SUB1, 40001), ep(WAN1, 80), "A"));
     for s in (1000..=8440).step_by(100) {
         e.handle_timeout(t(s));
@@ -377,11 +449,17 @@ fn rfc7857_rst_keeps_session_for_linger_time() {
     let x = out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 80), "S"));
     inb(&mut e, t(0), tcp(ep(WAN1, 80), x, "SA"));
     out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 80), "A"));
-    assert_eq!(inb(&mut e, t(10), tcp(ep(WAN1, 80), x, "R")).0, Verdict::Forward(Side::Inside));
+    assert_eq!(
+        inb(&mut e, t(10), tcp(ep(WAN1, 80), x, "R")).0,
+        Verdict::Forward(Side::Inside)
+    );
     e.handle_timeout(t(200));
     assert_eq!(e.session_count(), 1, "not deleted at once");
     // A late segment still gets through during the linger.
-    assert_eq!(inb(&mut e, t(200), tcp(ep(WAN1, 80), x, "A")).0, Verdict::Forward(Side::Inside));
+    assert_eq!(
+        inb(&mut e, t(200), tcp(ep(WAN1, 80), x, "A")).0,
+        Verdict::Forward(Side::Inside)
+    );
     // Deleted within linger (240 s) plus one re-check interval (240 s) of the RST.
     e.handle_timeout(t(10 + 240 + 240 + 1));
     assert_eq!(e.session_count(), 0);
@@ -407,7 +485,10 @@ fn rfc5382_req2_simultaneous_open() {
     let mut e = engine_with(|c| c.behavior.filtering = FilteringBehavior::AddressAndPortDependent);
     let x = out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 5000), "S"));
     // The peer's SYN crosses ours (hole punching).
-    assert_eq!(inb(&mut e, t(0), tcp(ep(WAN1, 5000), x, "S")).0, Verdict::Forward(Side::Inside));
+    assert_eq!(
+        inb(&mut e, t(0), tcp(ep(WAN1, 5000), x, "S")).0,
+        Verdict::Forward(Side::Inside)
+    );
     out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 5000), "SA"));
     inb(&mut e, t(0), tcp(ep(WAN1, 5000), x, "SA"));
     let s = e.sessions().next().expect("session");
@@ -445,19 +526,32 @@ fn rfc5382_req4_held_syn_claimed_by_outbound_syn_is_dropped_silently() {
     // The subscriber's socket already has a TCP mapping (to a rendezvous server).
     let x = out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN2, 443), "S"));
     // The peer, told that endpoint, sends its SYN first: filtered, so held.
-    assert_eq!(inb(&mut e, t(1), tcp(ep(WAN1, 5000), x, "S")).0, Verdict::Held);
+    assert_eq!(
+        inb(&mut e, t(1), tcp(ep(WAN1, 5000), x, "S")).0,
+        Verdict::Held
+    );
     // The subscriber's own SYN to the peer within 6 s claims it.
-    assert_eq!(out(&mut e, t(2), tcp(ep(SUB1, 40000), ep(WAN1, 5000), "S")), x);
+    assert_eq!(
+        out(&mut e, t(2), tcp(ep(SUB1, 40000), ep(WAN1, 5000), "S")),
+        x
+    );
     assert_eq!(e.held_syn_count(), 0);
     e.handle_timeout(t(10));
-    assert_eq!(e.poll_transmit(&mut [0u8; 2048]), None, "no ICMP for a claimed SYN");
+    assert_eq!(
+        e.poll_transmit(&mut [0u8; 2048]),
+        None,
+        "no ICMP for a claimed SYN"
+    );
     assert_eq!(e.counters().drops(DropReason::SynHoldExpired), 0);
 }
 
 #[test]
 fn rfc5382_req4_syn_drop_policy_sends_nothing() {
     let mut e = engine_with(|c| c.behavior.unsolicited_syn = UnsolicitedSyn::Drop);
-    assert_eq!(inb(&mut e, t(1), tcp(ep(WAN1, 5000), ep(POOL[0], 40000), "S")).0, Verdict::Held);
+    assert_eq!(
+        inb(&mut e, t(1), tcp(ep(WAN1, 5000), ep(POOL[0], 40000), "S")).0,
+        Verdict::Held
+    );
     e.handle_timeout(t(8));
     assert_eq!(e.poll_transmit(&mut [0u8; 2048]), None);
     assert_eq!(e.counters().drops(DropReason::SynHoldExpired), 1);
@@ -467,7 +561,10 @@ fn rfc5382_req4_syn_drop_policy_sends_nothing() {
 fn tcp_non_syn_without_session_is_dropped() {
     let mut e = engine();
     let mut p = tcp(ep(SUB1, 40000), ep(WAN1, 80), "A");
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Drop(DropReason::TcpNoSession));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::TcpNoSession)
+    );
     assert_eq!(e.mapping_count(), 0);
 }
 
@@ -479,12 +576,22 @@ fn rfc4787_req9_hairpin_udp_with_external_source() {
     let x1 = out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN1, 3478), b"x"));
     let x2 = out(&mut e, t(0), udp(ep(SUB2, 6000), ep(WAN1, 3478), b"x"));
     let mut p = udp(ep(SUB1, 5000), x2, b"hello");
-    assert_eq!(run(&mut e, t(1), Side::Inside, &mut p), Verdict::Forward(Side::Inside));
+    assert_eq!(
+        run(&mut e, t(1), Side::Inside, &mut p),
+        Verdict::Forward(Side::Inside)
+    );
     assert_checksums(p.bytes());
-    assert_eq!(endpoints(p.bytes()), (x1, ep(SUB2, 6000)), "REQ-9a: external source");
+    assert_eq!(
+        endpoints(p.bytes()),
+        (x1, ep(SUB2, 6000)),
+        "REQ-9a: external source"
+    );
     // And back.
     let mut r = udp(ep(SUB2, 6000), x1, b"back");
-    assert_eq!(run(&mut e, t(1), Side::Inside, &mut r), Verdict::Forward(Side::Inside));
+    assert_eq!(
+        run(&mut e, t(1), Side::Inside, &mut r),
+        Verdict::Forward(Side::Inside)
+    );
     assert_eq!(endpoints(r.bytes()), (x2, ep(SUB1, 5000)));
     assert_eq!(e.counters().hairpinned_packets, 2);
 }
@@ -494,7 +601,10 @@ fn rfc5382_req8_hairpin_tcp() {
     let mut e = engine();
     let x2 = out(&mut e, t(0), tcp(ep(SUB2, 6000), ep(WAN1, 80), "S"));
     let mut p = tcp(ep(SUB1, 5000), x2, "S");
-    assert_eq!(run(&mut e, t(1), Side::Inside, &mut p), Verdict::Forward(Side::Inside));
+    assert_eq!(
+        run(&mut e, t(1), Side::Inside, &mut p),
+        Verdict::Forward(Side::Inside)
+    );
     assert_checksums(p.bytes());
     assert_eq!(endpoints(p.bytes()).1, ep(SUB2, 6000));
     assert!(POOL.contains(&endpoints(p.bytes()).0.addr));
@@ -502,17 +612,29 @@ fn rfc5382_req8_hairpin_tcp() {
 
 #[test]
 fn hairpin_internal_source_and_off_in_lab() {
-    let mut e = lab(Behavior { hairpinning: Hairpinning::InternalSource, ..Behavior::default() });
+    let mut e = lab(Behavior {
+        hairpinning: Hairpinning::InternalSource,
+        ..Behavior::default()
+    });
     let x2 = out(&mut e, t(0), udp(ep(SUB2, 6000), ep(WAN1, 3478), b"x"));
     let mut p = udp(ep(SUB1, 5000), x2, b"hello");
-    assert_eq!(run(&mut e, t(1), Side::Inside, &mut p), Verdict::Forward(Side::Inside));
+    assert_eq!(
+        run(&mut e, t(1), Side::Inside, &mut p),
+        Verdict::Forward(Side::Inside)
+    );
     assert_checksums(p.bytes());
     assert_eq!(endpoints(p.bytes()), (ep(SUB1, 5000), ep(SUB2, 6000)));
 
-    let mut e = lab(Behavior { hairpinning: Hairpinning::Off, ..Behavior::default() });
+    let mut e = lab(Behavior {
+        hairpinning: Hairpinning::Off,
+        ..Behavior::default()
+    });
     let x2 = out(&mut e, t(0), udp(ep(SUB2, 6000), ep(WAN1, 3478), b"x"));
     let mut p = udp(ep(SUB1, 5000), x2, b"hello");
-    assert_eq!(run(&mut e, t(1), Side::Inside, &mut p), Verdict::Drop(DropReason::HairpinDisabled));
+    assert_eq!(
+        run(&mut e, t(1), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::HairpinDisabled)
+    );
     assert_eq!(e.session_count(), 1, "no state made for a refused hairpin");
 }
 
@@ -522,7 +644,10 @@ fn hairpin_internal_source_and_off_in_lab() {
 fn rfc5508_req1_echo_identifier_mapped_and_reply_translated_back() {
     let mut e = engine();
     let mut p = echo(SUB1, WAN1, 0x1234, true);
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Forward(Side::Outside));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Forward(Side::Outside)
+    );
     assert_checksums(p.bytes());
     let (src, _) = endpoints(p.bytes());
     assert!(POOL.contains(&src.addr));
@@ -531,7 +656,10 @@ fn rfc5508_req1_echo_identifier_mapped_and_reply_translated_back() {
     run(&mut e, t(0), Side::Inside, &mut p2);
     assert_eq!(endpoints(p2.bytes()).0, src);
     let mut r = echo(WAN1, src.addr, src.port, false);
-    assert_eq!(run(&mut e, t(0), Side::Outside, &mut r), Verdict::Forward(Side::Inside));
+    assert_eq!(
+        run(&mut e, t(0), Side::Outside, &mut r),
+        Verdict::Forward(Side::Inside)
+    );
     assert_checksums(r.bytes());
     assert_eq!(endpoints(r.bytes()).1, ep(SUB1, 0x1234));
 }
@@ -541,7 +669,10 @@ fn rfc5508_req3_bad_icmp_checksum_dropped() {
     let mut e = engine();
     let mut p = echo(SUB1, WAN1, 1, true);
     p.buf[20 + 2] ^= 0xff;
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Drop(DropReason::IcmpBadChecksum));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::IcmpBadChecksum)
+    );
 }
 
 #[test]
@@ -553,13 +684,24 @@ fn rfc5508_req4_inbound_error_translated_back_to_internal() {
     run(&mut e, t(0), Side::Inside, &mut translated);
     let x = endpoints(translated.bytes()).0;
     // WAN1 answers port unreachable, quoting what it received.
-    let (v, p) = inb(&mut e, t(1), icmp_error(WAN1, x.addr, 3, 3, translated.bytes()));
+    let (v, p) = inb(
+        &mut e,
+        t(1),
+        icmp_error(WAN1, x.addr, 3, 3, translated.bytes()),
+    );
     assert_eq!(v, Verdict::Forward(Side::Inside));
     let (ip, l4) = Ipv4Header::from_slice(p.bytes()).expect("ipv4");
     assert_eq!(Ipv4Addr::from(ip.destination), SUB1);
     assert_eq!(Ipv4Addr::from(ip.source), WAN1);
     assert_eq!((l4[0], l4[1]), (3, 3), "type and code kept");
-    assert_eq!(&l4[8..8 + 28], &original[..28], "quoted header, ports and UDP checksum restored");
+    // Addresses, ports and the UDP checksum are restored; the quoted TTL is the one the NAT
+    // sent out (one less), and the quoted header checksum matches it.
+    assert_eq!(
+        &l4[8 + 12..8 + 28],
+        &original[12..28],
+        "addresses, ports and UDP checksum restored"
+    );
+    assert_eq!(l4[8 + 8], original[8] - 1);
     let (inner, _) = Ipv4Header::from_slice(&l4[8..]).expect("quoted ipv4");
     assert_eq!(inner.header_checksum, inner.calc_header_checksum());
 }
@@ -571,7 +713,11 @@ fn rfc5508_req4_error_from_third_party_router() {
     let original = translated.bytes().to_vec();
     run(&mut e, t(0), Side::Inside, &mut translated);
     let x = endpoints(translated.bytes()).0;
-    let (v, p) = inb(&mut e, t(1), icmp_error(ROUTER, x.addr, 11, 0, translated.bytes()));
+    let (v, p) = inb(
+        &mut e,
+        t(1),
+        icmp_error(ROUTER, x.addr, 11, 0, translated.bytes()),
+    );
     assert_eq!(v, Verdict::Forward(Side::Inside));
     let (ip, l4) = Ipv4Header::from_slice(p.bytes()).expect("ipv4");
     assert_eq!(Ipv4Addr::from(ip.source), ROUTER);
@@ -586,13 +732,19 @@ fn rfc5508_req5_outbound_error_translated() {
     let (_, delivered) = inb(&mut e, t(1), udp(ep(WAN1, 9), x, b"data"));
     // The subscriber answers port unreachable about the packet it received.
     let mut err = icmp_error(SUB1, WAN1, 3, 3, delivered.bytes());
-    assert_eq!(run(&mut e, t(2), Side::Inside, &mut err), Verdict::Forward(Side::Outside));
+    assert_eq!(
+        run(&mut e, t(2), Side::Inside, &mut err),
+        Verdict::Forward(Side::Outside)
+    );
     assert_checksums(err.bytes());
     let (ip, l4) = Ipv4Header::from_slice(err.bytes()).expect("ipv4");
     assert_eq!(Ipv4Addr::from(ip.source), x.addr);
     let (inner_src, inner_dst) = endpoints(&l4[8..]);
     assert_eq!(inner_src, ep(WAN1, 9));
-    assert_eq!(inner_dst, x, "quoted destination is the external endpoint again");
+    assert_eq!(
+        inner_dst, x,
+        "quoted destination is the external endpoint again"
+    );
 }
 
 #[test]
@@ -602,7 +754,11 @@ fn rfc5508_req6_errors_neither_refresh_nor_delete() {
     run(&mut e, t(0), Side::Inside, &mut translated);
     let x = endpoints(translated.bytes()).0;
     for code in [0, 1, 3, 13] {
-        inb(&mut e, t(200), icmp_error(WAN1, x.addr, 3, code, translated.bytes()));
+        inb(
+            &mut e,
+            t(200),
+            icmp_error(WAN1, x.addr, 3, code, translated.bytes()),
+        );
     }
     assert_eq!(e.session_count(), 1, "REQ-12 / 5382 REQ-10: not deleted");
     e.handle_timeout(t(301));
@@ -639,7 +795,11 @@ fn rfc5508_error_about_echo_translated() {
     let (v, p) = inb(&mut e, t(0), icmp_error(ROUTER, x.addr, 3, 1, ping.bytes()));
     assert_eq!(v, Verdict::Forward(Side::Inside));
     let l4 = &p.bytes()[20..];
-    assert_eq!(&l4[8 + 12..8 + 28], &original[12..28], "addresses and echo header restored");
+    assert_eq!(
+        &l4[8 + 12..8 + 28],
+        &original[12..28],
+        "addresses and echo header restored"
+    );
 }
 
 #[test]
@@ -653,7 +813,10 @@ fn rfc5508_req7_hairpinned_error() {
     run(&mut e, t(1), Side::Inside, &mut delivered);
     // SUB2 answers port unreachable to what it saw: from x1.
     let mut err = icmp_error(SUB2, x1.addr, 3, 3, delivered.bytes());
-    assert_eq!(run(&mut e, t(1), Side::Inside, &mut err), Verdict::Forward(Side::Inside));
+    assert_eq!(
+        run(&mut e, t(1), Side::Inside, &mut err),
+        Verdict::Forward(Side::Inside)
+    );
     assert_checksums(err.bytes());
     let (ip, l4) = Ipv4Header::from_slice(err.bytes()).expect("ipv4");
     assert_eq!(Ipv4Addr::from(ip.destination), SUB1);
@@ -672,7 +835,17 @@ fn rfc5508_req10_ttl_expiry_answered_with_time_exceeded() {
     fix_ip_checksum(&mut p);
     let original = p.bytes().to_vec();
     let v = run(&mut e, t(0), Side::Inside, &mut p);
-    assert!(matches!(v, Verdict::Reply { side: Side::Inside, reason: DropReason::TtlExceeded, .. }), "{v:?}");
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                side: Side::Inside,
+                reason: DropReason::TtlExceeded,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
     assert_checksums(p.bytes());
     let (ip, l4) = Ipv4Header::from_slice(p.bytes()).expect("ipv4");
     assert_eq!(Ipv4Addr::from(ip.source), INSIDE);
@@ -698,7 +871,16 @@ fn rfc4787_req13_df_too_big_gets_fragmentation_needed() {
     p.buf[6] |= 0x40;
     fix_ip_checksum(&mut p);
     let v = run(&mut e, t(0), Side::Inside, &mut p);
-    assert!(matches!(v, Verdict::Reply { reason: DropReason::TooBig, .. }), "{v:?}");
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                reason: DropReason::TooBig,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
     assert_checksums(p.bytes());
     let l4 = &p.bytes()[20..];
     assert_eq!((l4[0], l4[1]), (3, 4));
@@ -718,13 +900,27 @@ fn rfc6888_req11_mapping_failure_answered_and_nothing_evicted() {
     out(&mut e, t(0), udp(ep(SUB1, 2), ep(WAN1, 9), b"x"));
     let mut p = udp(ep(SUB2, 3), ep(WAN1, 9), b"x");
     let v = run(&mut e, t(0), Side::Inside, &mut p);
-    assert!(matches!(v, Verdict::Reply { side: Side::Inside, .. }), "{v:?}");
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                side: Side::Inside,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::MappingFailed));
     let l4 = &p.bytes()[20..];
     assert_eq!((l4[0], l4[1]), (3, 1), "host unreachable");
     assert_eq!(e.session_count(), 2, "live sessions kept");
-    assert_eq!(inb(&mut e, t(0), reply_from(ep(WAN1, 9), a)).0, Verdict::Forward(Side::Inside));
-    let failed = std::iter::from_fn(|| e.poll_event()).filter(|ev| matches!(ev, Event::MappingFailed { .. })).count();
+    assert_eq!(
+        inb(&mut e, t(0), reply_from(ep(WAN1, 9), a)).0,
+        Verdict::Forward(Side::Inside)
+    );
+    let failed = std::iter::from_fn(|| e.poll_event())
+        .filter(|ev| matches!(ev, Event::MappingFailed { .. }))
+        .count();
     assert_eq!(failed, 1, "management is told");
 }
 
@@ -737,7 +933,10 @@ fn rfc6888_req11_reply_policy_none() {
     });
     out(&mut e, t(0), udp(ep(SUB1, 1), ep(WAN1, 9), b"x"));
     let mut p = udp(ep(SUB1, 2), ep(WAN1, 9), b"x");
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Drop(DropReason::MappingFailed));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::MappingFailed)
+    );
 }
 
 #[test]
@@ -780,7 +979,10 @@ fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
         .iter()
         .map(|f| {
             let (ip, rest) = Ipv4Header::from_slice(f).expect("ipv4");
-            (usize::from(ip.fragment_offset.value()) * 8, rest[..usize::from(ip.total_len) - ip.header_len()].to_vec())
+            (
+                usize::from(ip.fragment_offset.value()) * 8,
+                rest[..usize::from(ip.total_len) - ip.header_len()].to_vec(),
+            )
         })
         .collect();
     parts.sort();
@@ -802,7 +1004,10 @@ fn rfc4787_req14_in_order_fragments_follow_the_first() {
     let whole = udp(ep(SUB1, 5000), ep(WAN1, 9), &[7u8; 3000]);
     let mut outs = Vec::new();
     for mut f in fragments(whole.bytes(), 1480) {
-        assert_eq!(run(&mut e, t(0), Side::Inside, &mut f), Verdict::Forward(Side::Outside));
+        assert_eq!(
+            run(&mut e, t(0), Side::Inside, &mut f),
+            Verdict::Forward(Side::Outside)
+        );
         outs.push(f.bytes().to_vec());
     }
     let r = reassemble(&outs);
@@ -819,7 +1024,10 @@ fn rfc4787_req14_out_of_order_fragments_held_then_released() {
     for f in frags.iter_mut().skip(1) {
         assert_eq!(run(&mut e, t(0), Side::Inside, f), Verdict::Held);
     }
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut frags[0]), Verdict::Forward(Side::Outside));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut frags[0]),
+        Verdict::Forward(Side::Outside)
+    );
     outs.push(frags[0].bytes().to_vec());
     let mut buf = [0u8; 2048];
     while let Some(tx) = e.poll_transmit(&mut buf) {
@@ -835,7 +1043,10 @@ fn rfc4787_req14_orphan_fragments_expire() {
     let mut e = engine();
     let whole = udp(ep(SUB1, 5000), ep(WAN1, 9), &[9u8; 3000]);
     let mut frags = fragments(whole.bytes(), 1480);
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut frags[2]), Verdict::Held);
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut frags[2]),
+        Verdict::Held
+    );
     e.handle_timeout(t(3));
     assert_eq!(e.counters().drops(DropReason::FragmentExpired), 1);
 }
@@ -847,17 +1058,34 @@ fn malformed_packets_counted_by_reason() {
     let mut e = engine();
     let mut p = udp(ep(SUB1, 5000), ep(WAN1, 9), b"x");
     p.buf[10] ^= 1;
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Drop(DropReason::Ipv4BadChecksum));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::Ipv4BadChecksum)
+    );
     let mut p = Pkt::new(&[0x60; 40]);
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Drop(DropReason::NotIpv4));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::NotIpv4)
+    );
     let mut p = Pkt::new(&[0x45, 0, 0]);
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Drop(DropReason::Ipv4Malformed));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::Ipv4Malformed)
+    );
     let mut p = udp(ep(SUB1, 5000), ep(WAN1, 9), b"x");
     p.buf[9] = 47;
     fix_ip_checksum(&mut p);
-    assert_eq!(run(&mut e, t(0), Side::Inside, &mut p), Verdict::Drop(DropReason::UnsupportedProtocol));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Drop(DropReason::UnsupportedProtocol)
+    );
     assert_eq!(e.counters().total_drops(), 4);
-    for r in [DropReason::Ipv4BadChecksum, DropReason::NotIpv4, DropReason::Ipv4Malformed, DropReason::UnsupportedProtocol] {
+    for r in [
+        DropReason::Ipv4BadChecksum,
+        DropReason::NotIpv4,
+        DropReason::Ipv4Malformed,
+        DropReason::UnsupportedProtocol,
+    ] {
         assert_eq!(e.counters().drops(r), 1, "{r:?}");
     }
 }
@@ -866,7 +1094,9 @@ fn malformed_packets_counted_by_reason() {
 fn rfc4787_req11_same_seed_same_translation() {
     let run_all = || {
         let mut e = engine();
-        (0..50u16).map(|i| out(&mut e, t(0), udp(ep(SUB1, 2000 + i), ep(WAN1, 9), b"x"))).collect::<Vec<_>>()
+        (0..50u16)
+            .map(|i| out(&mut e, t(0), udp(ep(SUB1, 2000 + i), ep(WAN1, 9), b"x")))
+            .collect::<Vec<_>>()
     };
     assert_eq!(run_all(), run_all());
 }
@@ -893,8 +1123,17 @@ fn batch_gives_the_same_verdicts_as_one_by_one() {
         .collect();
     packets.push(Pkt::new(&[0x45, 0, 0]));
     let mut expect = packets.clone();
-    let want: Vec<Verdict> = expect.iter_mut().map(|p| run(&mut single, t(0), Side::Inside, p)).collect();
-    let mut bufs: Vec<PacketBuf<'_>> = packets.iter_mut().map(|p| PacketBuf { len: p.len, buf: &mut p.buf }).collect();
+    let want: Vec<Verdict> = expect
+        .iter_mut()
+        .map(|p| run(&mut single, t(0), Side::Inside, p))
+        .collect();
+    let mut bufs: Vec<PacketBuf<'_>> = packets
+        .iter_mut()
+        .map(|p| PacketBuf {
+            len: p.len,
+            buf: &mut p.buf,
+        })
+        .collect();
     let mut got = vec![Verdict::Held; bufs.len()];
     batched.process_batch(t(0), Side::Inside, &mut bufs, &mut got);
     assert_eq!(got, want);

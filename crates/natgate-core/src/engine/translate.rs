@@ -2,7 +2,7 @@
 //! mapping and a session are made, what filtering lets in, and hairpinning.
 
 use super::packet::{self, Parsed, Which};
-use super::{Engine, session_due, ICMP_DEST_UNREACHABLE};
+use super::{Engine, ICMP_DEST_UNREACHABLE, session_due};
 use crate::alloc::{AllocRequest, PortAllocator};
 use crate::config::{FilteringBehavior, Hairpinning, MappingBehavior};
 use crate::counters::DropReason;
@@ -38,7 +38,11 @@ impl<A: PortAllocator> Engine<A> {
                 return Verdict::Drop(DropReason::NoMapping);
             }
         }
-        let key = FlowKey { proto: p.proto, local: p.src, remote: p.dst };
+        let key = FlowKey {
+            proto: p.proto,
+            local: p.src,
+            remote: p.dst,
+        };
         let found = match hint {
             Some(h) => h,
             None => self.sessions.find_out(&key),
@@ -70,7 +74,11 @@ impl<A: PortAllocator> Engine<A> {
         p: &mut Parsed,
         hint: Option<Option<SessionId>>,
     ) -> Verdict {
-        let key = FlowKey { proto: p.proto, local: p.dst, remote: p.src };
+        let key = FlowKey {
+            proto: p.proto,
+            local: p.dst,
+            remote: p.src,
+        };
         let found = match hint {
             Some(h) => h,
             None => self.sessions.find_in(&key),
@@ -94,8 +102,18 @@ impl<A: PortAllocator> Engine<A> {
     /// The second half of a hairpinned packet (RFC 4787 REQ-9, RFC 5382 REQ-8): its source is
     /// already the sender's external endpoint; now it is an inbound packet to the destination's
     /// external endpoint, under the same filtering as any other.
-    fn hairpin(&mut self, now: Instant, buf: &mut [u8], p: &mut Parsed, sender_internal: Endpoint) -> Verdict {
-        let key = FlowKey { proto: p.proto, local: p.dst, remote: p.src };
+    fn hairpin(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+        sender_internal: Endpoint,
+    ) -> Verdict {
+        let key = FlowKey {
+            proto: p.proto,
+            local: p.dst,
+            remote: p.src,
+        };
         let sid = match self.sessions.find_in(&key) {
             Some(sid) => {
                 self.touch(sid, now, Direction::Inbound, p.tcp_flags);
@@ -180,14 +198,38 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    fn new_mapping(&mut self, now: Instant, proto: Protocol, internal: Endpoint, remote_key: Endpoint) -> Result<MappingId, DropReason> {
-        let req = AllocRequest { proto, internal, now };
-        let external = self.alloc.allocate(&req, &mut self.rng).map_err(|_| DropReason::MappingFailed)?;
-        let mapping = Mapping { internal, external, remote_key, proto, sessions: 0 };
+    fn new_mapping(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        internal: Endpoint,
+        remote_key: Endpoint,
+    ) -> Result<MappingId, DropReason> {
+        let req = AllocRequest {
+            proto,
+            internal,
+            now,
+        };
+        let external = self
+            .alloc
+            .allocate(&req, &mut self.rng)
+            .map_err(|_| DropReason::MappingFailed)?;
+        let mapping = Mapping {
+            internal,
+            external,
+            remote_key,
+            proto,
+            sessions: 0,
+        };
         match self.mappings.insert(mapping) {
             Ok(mid) => {
                 self.counters.mappings_created += 1;
-                self.emit(Event::MappingCreated { at: now, proto, internal, external });
+                self.emit(Event::MappingCreated {
+                    at: now,
+                    proto,
+                    internal,
+                    external,
+                });
                 Ok(mid)
             }
             Err(_) => {
@@ -202,12 +244,24 @@ impl<A: PortAllocator> Engine<A> {
         if let Some(m) = self.mappings.remove(mid) {
             self.alloc.release(m.proto, m.internal, m.external, now);
             self.counters.mappings_created -= 1;
-            self.emit(Event::MappingDeleted { at: now, proto: m.proto, internal: m.internal, external: m.external });
+            self.emit(Event::MappingDeleted {
+                at: now,
+                proto: m.proto,
+                internal: m.internal,
+                external: m.external,
+            });
         }
     }
 
     /// A session through mapping `mid` with `remote`, opened by a packet going `dir`.
-    fn new_session(&mut self, now: Instant, mid: MappingId, remote: Endpoint, dir: Direction, tcp_flags: u8) -> Result<SessionId, DropReason> {
+    fn new_session(
+        &mut self,
+        now: Instant,
+        mid: MappingId,
+        remote: Endpoint,
+        dir: Direction,
+        tcp_flags: u8,
+    ) -> Result<SessionId, DropReason> {
         let m = *self.mappings.get(mid);
         let mut tcp = TcpState::default();
         if m.proto == Protocol::Tcp {
@@ -224,12 +278,15 @@ impl<A: PortAllocator> Engine<A> {
             mapping: mid,
         };
         let due = session_due(&self.behavior, &s, now.as_secs());
-        let sid = self.sessions.insert(s, due).map_err(|_| DropReason::SessionTableFull)?;
-        if let Some(f) = self.address_filter.as_mut() {
-            if f.add(m.proto, m.external, remote.addr).is_err() {
-                self.sessions.remove(sid);
-                return Err(DropReason::SessionTableFull);
-            }
+        let sid = self
+            .sessions
+            .insert(s, due)
+            .map_err(|_| DropReason::SessionTableFull)?;
+        if let Some(f) = self.address_filter.as_mut()
+            && f.add(m.proto, m.external, remote.addr).is_err()
+        {
+            self.sessions.remove(sid);
+            return Err(DropReason::SessionTableFull);
         }
         self.mappings.get_mut(mid).sessions += 1;
         self.counters.sessions_created += 1;
@@ -245,20 +302,26 @@ impl<A: PortAllocator> Engine<A> {
 
     /// An inbound packet with no session: the filtering behaviour decides (RFC 4787 section 5).
     fn new_inbound_session(&mut self, now: Instant, p: &Parsed) -> Result<SessionId, Refused> {
-        let syn = p.proto == Protocol::Tcp && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+        let syn =
+            p.proto == Protocol::Tcp && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
         let mid = self.mappings.find_by_external(p.proto, p.dst);
         let allowed = mid.is_some_and(|mid| self.filter_allows(mid, p.src));
         let Some(mid) = mid.filter(|_| allowed) else {
             if syn {
                 return Err(Refused::UnsolicitedSyn);
             }
-            let reason = if mid.is_none() { DropReason::NoMapping } else { DropReason::Filtered };
+            let reason = if mid.is_none() {
+                DropReason::NoMapping
+            } else {
+                DropReason::Filtered
+            };
             return Err(Refused::Drop(reason));
         };
         if p.proto == Protocol::Tcp && !syn {
             return Err(Refused::Drop(DropReason::TcpNoSession));
         }
-        self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags).map_err(Refused::Drop)
+        self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags)
+            .map_err(Refused::Drop)
     }
 
     /// Whether the filtering behaviour lets `remote` open a session through `mid`. Under
@@ -269,7 +332,9 @@ impl<A: PortAllocator> Engine<A> {
             FilteringBehavior::EndpointIndependent => true,
             FilteringBehavior::AddressDependent => {
                 let m = self.mappings.get(mid);
-                self.address_filter.as_ref().is_some_and(|f| f.contains(m.proto, m.external, remote.addr))
+                self.address_filter
+                    .as_ref()
+                    .is_some_and(|f| f.contains(m.proto, m.external, remote.addr))
             }
             FilteringBehavior::AddressAndPortDependent => false,
         }
@@ -286,13 +351,26 @@ impl<A: PortAllocator> Engine<A> {
 
     /// No mapping or session could be made: tell management, answer the sender if configured
     /// (RFC 5508 REQ-8, RFC 6888 REQ-11), and never evict anything to make room.
-    fn mapping_failed(&mut self, now: Instant, buf: &mut [u8], p: &Parsed, reason: DropReason) -> Verdict {
+    fn mapping_failed(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &Parsed,
+        reason: DropReason,
+    ) -> Verdict {
         if reason == DropReason::TcpNoSession {
             return Verdict::Drop(reason);
         }
-        self.emit(Event::MappingFailed { at: now, proto: p.proto, internal: p.src, remote: p.dst });
+        self.emit(Event::MappingFailed {
+            at: now,
+            proto: p.proto,
+            internal: p.src,
+            remote: p.dst,
+        });
         match self.behavior.mapping_failure_reply.icmp_code() {
-            Some(code) => self.reply_error(buf, p, Side::Inside, ICMP_DEST_UNREACHABLE, code, 0, reason),
+            Some(code) => {
+                self.reply_error(buf, p, Side::Inside, ICMP_DEST_UNREACHABLE, code, 0, reason)
+            }
             None => Verdict::Drop(reason),
         }
     }
