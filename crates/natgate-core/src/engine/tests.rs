@@ -1215,3 +1215,37 @@ fn rfc5382_req9_req10_icmp_unreachable_for_tcp_translated_and_harmless() {
     let s = e.sessions().next().expect("session");
     assert_eq!(s.tcp, Some(TcpPhase::Opening));
 }
+
+#[test]
+fn batch_with_two_packets_of_one_new_flow_makes_one_session() {
+    // Both look-ups run before either packet is processed, so the second packet's "no session"
+    // hint is stale once the first has made the session.
+    for side_first in [Side::Inside, Side::Outside] {
+        let mut e = engine();
+        let x = out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN2, 1), b"x"));
+        let mut a = match side_first {
+            Side::Inside => udp(ep(SUB1, 6000), ep(WAN1, 9), b"a"),
+            Side::Outside => udp(ep(WAN1, 9), x, b"a"),
+        };
+        let mut b = a.clone();
+        let mut bufs = [
+            PacketBuf {
+                len: a.len,
+                buf: &mut a.buf,
+            },
+            PacketBuf {
+                len: b.len,
+                buf: &mut b.buf,
+            },
+        ];
+        let mut v = [Verdict::Held; 2];
+        e.process_batch(t(0), side_first, &mut bufs, &mut v);
+        assert_eq!(v[0], v[1]);
+        assert_eq!(
+            e.session_count(),
+            2,
+            "{side_first:?}: one new session, not two"
+        );
+        assert_eq!(a.bytes(), b.bytes());
+    }
+}
