@@ -160,14 +160,23 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// The program's shape: `natgate ctl ...` is a subcommand taking [`CtlArgs`].
     #[derive(Debug, Parser)]
     struct Top {
-        #[command(flatten)]
-        ctl: CtlArgs,
+        #[command(subcommand)]
+        cmd: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Ctl(CtlArgs),
     }
 
     fn parse(args: &[&str]) -> Result<CtlArgs, clap::Error> {
-        Top::try_parse_from(std::iter::once("ctl").chain(args.iter().copied())).map(|t| t.ctl)
+        let argv = ["natgate", "ctl"].into_iter().chain(args.iter().copied());
+        Top::try_parse_from(argv).map(|t| match t.cmd {
+            Sub::Ctl(a) => a,
+        })
     }
 
     #[test]
@@ -205,7 +214,9 @@ mod tests {
                 level: LogLevel::Debug
             })
         );
-        let a = parse(&["drops", "--all"]).expect("parse");
+        // --socket and --json go before or after the command.
+        let a = parse(&["--socket", "/a", "drops", "--all", "--json"]).expect("parse");
+        assert_eq!((a.socket.to_str(), a.json), (Some("/a"), true));
         assert_eq!(
             Request::from(&a.command),
             Request::Drops(DropsQuery { all: true })
