@@ -15,39 +15,21 @@ use std::time::Duration;
 
 use natgate_core::{Counters, DropReason, Protocol};
 
-use crate::control::protocol::{PerProtocol, PoolRow, Traffic};
+use crate::control::protocol::{PerProtocol, PoolRow, StatsInfo};
 
 /// Everything one scrape reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSnapshot {
-    /// Forwarded inside to outside.
-    pub outbound: Traffic,
-    /// Forwarded outside to inside.
-    pub inbound: Traffic,
-    /// Packets hairpinned back inside.
-    pub hairpinned_packets: u64,
-    /// ICMP errors generated.
-    pub icmp_generated: u64,
-    /// Packets held (early fragments, unsolicited SYNs).
-    pub held_packets: u64,
+    /// Traffic and state counters, summed over engines.
+    pub stats: StatsInfo,
     /// Drops, indexed by `DropReason as usize`. Mapping failures are
     /// `drops[DropReason::MappingFailed as usize]`.
     pub drops: [u64; DropReason::COUNT],
-    /// Sessions created.
-    pub sessions_created: u64,
-    /// Sessions deleted.
-    pub sessions_deleted: u64,
-    /// Mappings created.
-    pub mappings_created: u64,
-    /// Mappings deleted.
-    pub mappings_deleted: u64,
-    /// Events lost because the event queue was full.
-    pub events_lost: u64,
     /// Live sessions per protocol.
     pub sessions: PerProtocol,
     /// Live mappings.
     pub mappings: u64,
-    /// Use of each external address.
+    /// Use of each external address (as `ctl pools` shows it).
     pub pools: Vec<PoolRow>,
 }
 
@@ -57,21 +39,10 @@ impl MetricsSnapshot {
     pub fn from_counters<'a>(counters: impl IntoIterator<Item = &'a Counters>) -> Self {
         let mut s = MetricsSnapshot::default();
         for c in counters {
-            s.outbound.packets += c.forwarded_packets[0];
-            s.outbound.bytes += c.forwarded_bytes[0];
-            s.inbound.packets += c.forwarded_packets[1];
-            s.inbound.bytes += c.forwarded_bytes[1];
-            s.hairpinned_packets += c.hairpinned_packets;
-            s.icmp_generated += c.icmp_generated;
-            s.held_packets += c.held_packets;
+            s.stats.add(c);
             for (r, n) in c.drops_by_reason() {
                 s.drops[r as usize] += n;
             }
-            s.sessions_created += c.sessions_created;
-            s.sessions_deleted += c.sessions_deleted;
-            s.mappings_created += c.mappings_created;
-            s.mappings_deleted += c.mappings_deleted;
-            s.events_lost += c.events_lost;
         }
         s
     }
@@ -80,7 +51,8 @@ impl MetricsSnapshot {
     /// too, so that rates exist from the first scrape.
     pub fn render(&self) -> String {
         let mut e = Exposition::default();
-        let directions = [("outbound", self.outbound), ("inbound", self.inbound)];
+        let st = &self.stats;
+        let directions = [("outbound", st.outbound), ("inbound", st.inbound)];
         e.family(
             "natgate_packets_total",
             "counter",
@@ -118,42 +90,42 @@ impl MetricsSnapshot {
             (
                 "natgate_hairpinned_packets_total",
                 "Packets hairpinned back inside (also counted as outbound).",
-                self.hairpinned_packets,
+                st.hairpinned_packets,
             ),
             (
                 "natgate_icmp_generated_total",
                 "ICMP errors the gateway generated.",
-                self.icmp_generated,
+                st.icmp_generated,
             ),
             (
                 "natgate_held_packets_total",
                 "Packets held (early fragments, unsolicited SYNs).",
-                self.held_packets,
+                st.held_packets,
             ),
             (
                 "natgate_sessions_created_total",
                 "Sessions created.",
-                self.sessions_created,
+                st.sessions_created,
             ),
             (
                 "natgate_sessions_deleted_total",
                 "Sessions deleted.",
-                self.sessions_deleted,
+                st.sessions_deleted,
             ),
             (
                 "natgate_mappings_created_total",
                 "Mappings created.",
-                self.mappings_created,
+                st.mappings_created,
             ),
             (
                 "natgate_mappings_deleted_total",
                 "Mappings deleted.",
-                self.mappings_deleted,
+                st.mappings_deleted,
             ),
             (
                 "natgate_events_lost_total",
                 "Translation events lost because the event queue was full.",
-                self.events_lost,
+                st.events_lost,
             ),
         ] {
             e.family(name, "counter", help);

@@ -693,21 +693,26 @@ impl StatsInfo {
     pub fn from_counters<'a>(counters: impl IntoIterator<Item = &'a Counters>) -> Self {
         let mut s = StatsInfo::default();
         for c in counters {
-            s.outbound.packets += c.forwarded_packets[0];
-            s.outbound.bytes += c.forwarded_bytes[0];
-            s.inbound.packets += c.forwarded_packets[1];
-            s.inbound.bytes += c.forwarded_bytes[1];
-            s.hairpinned_packets += c.hairpinned_packets;
-            s.icmp_generated += c.icmp_generated;
-            s.held_packets += c.held_packets;
-            s.dropped_packets += c.total_drops();
-            s.sessions_created += c.sessions_created;
-            s.sessions_deleted += c.sessions_deleted;
-            s.mappings_created += c.mappings_created;
-            s.mappings_deleted += c.mappings_deleted;
-            s.events_lost += c.events_lost;
+            s.add(c);
         }
         s
+    }
+
+    /// Adds one engine's counters.
+    pub fn add(&mut self, c: &Counters) {
+        self.outbound.packets += c.forwarded_packets[0];
+        self.outbound.bytes += c.forwarded_bytes[0];
+        self.inbound.packets += c.forwarded_packets[1];
+        self.inbound.bytes += c.forwarded_bytes[1];
+        self.hairpinned_packets += c.hairpinned_packets;
+        self.icmp_generated += c.icmp_generated;
+        self.held_packets += c.held_packets;
+        self.dropped_packets += c.total_drops();
+        self.sessions_created += c.sessions_created;
+        self.sessions_deleted += c.sessions_deleted;
+        self.mappings_created += c.mappings_created;
+        self.mappings_deleted += c.mappings_deleted;
+        self.events_lost += c.events_lost;
     }
 }
 
