@@ -131,10 +131,19 @@ fn requests_are_answered_in_order_on_one_connection() {
 
 #[test]
 fn socket_is_owner_only_and_removed_on_shutdown() {
-    let (_dir, path) = temp_socket();
+    let (dir, _) = temp_socket();
+    // The directory is created too, owner-only, as /run/natgate is after a reboot.
+    let path = dir.path().join("run/natgate/control.sock");
     let server = Server::bind(&path, Fake::default()).expect("bind");
     let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    let parent = path.parent().expect("parent");
+    let dir_mode = std::fs::metadata(parent)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
     // A connection left open does not keep shutdown waiting.
     let _idle = UnixStream::connect(&path).expect("connect");
     server.shutdown();

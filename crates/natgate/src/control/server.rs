@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -96,9 +96,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Server {
-    /// Creates the socket at `path` with owner-only permissions and starts serving `handler`
-    /// with default limits. A stale socket left by a dead daemon is replaced; a live one is an
-    /// error.
+    /// Creates the socket at `path` with owner-only permissions (and its directory, mode 0700,
+    /// if missing) and starts serving `handler` with default limits. A stale socket left by a
+    /// dead daemon is replaced; a live one is an error.
     pub fn bind<H: ControlHandler>(
         path: impl AsRef<Path>,
         handler: H,
@@ -117,6 +117,16 @@ impl Server {
             let path = path.clone();
             move |source| ServerError::Io { path, what, source }
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            // e.g. /run/natgate after a reboot; only its owner needs to get in.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("creating the socket's directory"))?;
+        }
         remove_stale(&path)?;
         let fd = rustix::net::socket_with(
             AddressFamily::UNIX,
