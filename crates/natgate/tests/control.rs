@@ -384,3 +384,36 @@ fn ctl_prints_tables_json_and_error_exit_status() {
     );
     server.shutdown();
 }
+
+#[test]
+fn concurrent_clients_each_get_their_own_answers() {
+    let (_dir, path) = temp_socket();
+    let fake = Fake::default();
+    let server = Server::bind(&path, fake.clone()).expect("bind");
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&path).expect("connect");
+                for i in 0..25 {
+                    let level = if (t + i) % 2 == 0 {
+                        LogLevel::Info
+                    } else {
+                        LogLevel::Trace
+                    };
+                    let req = Request::LogLevel(LogLevelArgs { level });
+                    // The fake echoes the level, so a reply out of order would show.
+                    let Response::LogLevel(a) = c.request(&req).expect("reply") else {
+                        panic!("wrong reply")
+                    };
+                    assert_eq!(a.level, level);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert_eq!(fake.seen().len(), 8 * 25);
+    server.shutdown();
+}
