@@ -116,13 +116,16 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = protocol::encode_request(id, req).map_err(ReplyError::Malformed)?;
-        writeln!(self.writer, "{line}")?;
-        self.writer.flush()?;
+        let sent = writeln!(self.writer, "{line}").and_then(|()| self.writer.flush());
+        // Even if sending failed, the server may have said why it closed (e.g. too many
+        // connections) before we wrote: that reply explains more than a broken pipe.
         let mut buf = Vec::new();
-        (&mut self.reader)
+        let got = (&mut self.reader)
             .take(MAX_REPLY_LINE)
-            .read_until(b'\n', &mut buf)?;
+            .read_until(b'\n', &mut buf);
         if buf.last() != Some(&b'\n') {
+            sent?;
+            got?;
             return Err(ClientError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the daemon closed the connection without a complete reply",
