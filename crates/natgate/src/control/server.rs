@@ -139,14 +139,28 @@ impl Server {
             SocketAddrUnix::new(path.as_path()).map_err(|e| io_err("socket path")(e.into()))?;
         rustix::net::bind(&fd, &addr).map_err(|e| io_err("bind")(e.into()))?;
         // Not listening yet, so nobody can connect before the mode is owner-only.
-        let listener = match restrict_then_listen(&path, fd) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
+        let started = restrict_then_listen(&path, fd)
+            .and_then(|(listener, file_id)| Server::start(listener, file_id, &path, handler, opts));
+        if started.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        started
+    }
+
+    fn start<H: ControlHandler>(
+        listener: UnixListener,
+        file_id: (u64, u64),
+        path: &Path,
+        handler: H,
+        opts: ServerOptions,
+    ) -> Result<Server, ServerError> {
+        let io_err = |what| {
+            move |source| ServerError::Io {
+                path: path.into(),
+                what,
+                source,
             }
         };
-        let meta = std::fs::metadata(&path).map_err(io_err("stat"))?;
         let wake = listener.try_clone().map_err(io_err("dup"))?;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
@@ -161,8 +175,8 @@ impl Server {
             .spawn(move || accept_loop(&listener, &s, &handler, &opts))
             .map_err(io_err("spawn"))?;
         Ok(Server {
-            path,
-            file_id: (meta.dev(), meta.ino()),
+            path: path.into(),
+            file_id,
             listener: wake,
             shared,
             accept_thread: Some(accept_thread),
@@ -241,10 +255,12 @@ fn remove_stale(path: &Path) -> Result<(), ServerError> {
     }
 }
 
+/// Makes the bound socket owner-only, checks that it is, then listens. Returns the listener and
+/// the socket file's (device, inode).
 fn restrict_then_listen(
     path: &Path,
     fd: std::os::fd::OwnedFd,
-) -> Result<UnixListener, ServerError> {
+) -> Result<(UnixListener, (u64, u64)), ServerError> {
     let io_err = |what| {
         move |source| ServerError::Io {
             path: path.into(),
@@ -254,11 +270,8 @@ fn restrict_then_listen(
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io_err("chmod"))?;
-    let mode = std::fs::symlink_metadata(path)
-        .map_err(io_err("stat"))?
-        .permissions()
-        .mode()
-        & 0o777;
+    let meta = std::fs::symlink_metadata(path).map_err(io_err("stat"))?;
+    let mode = meta.permissions().mode() & 0o777;
     if mode != 0o600 {
         return Err(ServerError::Permissions {
             path: path.into(),
@@ -266,7 +279,7 @@ fn restrict_then_listen(
         });
     }
     rustix::net::listen(&fd, 64).map_err(|e| io_err("listen")(e.into()))?;
-    Ok(UnixListener::from(fd))
+    Ok((UnixListener::from(fd), (meta.dev(), meta.ino())))
 }
 
 fn accept_loop<H: ControlHandler>(
