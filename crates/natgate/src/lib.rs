@@ -29,7 +29,10 @@
 //! # }
 //! ```
 
+pub mod control;
 pub mod ethtool;
+pub mod eventlog;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod probe;
