@@ -660,4 +660,6 @@ impl<A: PortAllocator> Gone<'_, A> {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
