@@ -43,9 +43,11 @@ impl<A: PortAllocator> Engine<A> {
             local: p.src,
             remote: p.dst,
         };
+        // A miss from the batch look-up may be stale: an earlier packet of the same batch may
+        // have made the session since. Hits stay valid (nothing is deleted while processing).
         let found = match hint {
-            Some(h) => h,
-            None => self.sessions.find_out(&key),
+            Some(Some(sid)) => Some(sid),
+            _ => self.sessions.find_out(&key),
         };
         let sid = match found {
             Some(sid) => {
@@ -79,9 +81,10 @@ impl<A: PortAllocator> Engine<A> {
             local: p.dst,
             remote: p.src,
         };
+        // As in `outbound`, a batch miss is looked up again.
         let found = match hint {
-            Some(h) => h,
-            None => self.sessions.find_in(&key),
+            Some(Some(sid)) => Some(sid),
+            _ => self.sessions.find_in(&key),
         };
         let sid = match found {
             Some(sid) => {
