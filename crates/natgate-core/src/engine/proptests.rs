@@ -840,15 +840,16 @@ fn mix_engine() -> Engine {
     })
 }
 
-/// Everything observable about an engine after a step.
-fn observe(
-    e: &mut Engine,
-) -> (
+/// Everything observable about an engine after a step: counters, events, transmits (with
+/// their bytes) and sessions.
+type Observed = (
     Counters,
     Vec<Event>,
     Vec<(Transmit, Vec<u8>)>,
     Vec<SessionInfo>,
-) {
+);
+
+fn observe(e: &mut Engine) -> Observed {
     let events = std::iter::from_fn(|| e.poll_event()).collect();
     let mut buf = [0u8; TRANSMIT_SLOT];
     let tx = std::iter::from_fn(|| {
