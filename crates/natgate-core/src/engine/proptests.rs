@@ -8,6 +8,7 @@ use super::tests::{Pkt, assert_checksums, endpoints, ep};
 use super::*;
 use crate::config::{Config, FilteringBehavior, MappingBehavior, Preset};
 use crate::endpoint::Direction;
+use crate::tcp_state::TcpPhase;
 use etherparse::checksum::Sum16BitWords;
 use etherparse::{
     IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder,
@@ -989,5 +990,228 @@ fn regression_batch_new_flow_twice_in_one_batch() {
         assert_eq!(endpoints(a.bytes()), endpoints(b.bytes()));
         assert_eq!(e.session_count(), 2, "{side:?}: one new session, not two");
         assert_eq!(e.counters().sessions_created, 2);
+    }
+}
+
+// ---------------------------------------------------------------- reference model (TCP phases)
+
+/// Short, distinct TCP timers (lab), so that sequences reach every expiry.
+const TCP_OPEN: u32 = 30;
+const TCP_ESTABLISHED: u32 = 100;
+const TCP_CLOSE: u32 = 40;
+const TCP_RST: u32 = 20;
+
+/// What RFC 5382 and RFC 7857 section 2 say a TCP session has seen, and so its phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct TcpSeen {
+    syn_out: bool,
+    syn_in: bool,
+    fin_out: bool,
+    fin_in: bool,
+    rst: bool,
+}
+
+impl TcpSeen {
+    fn phase(&self) -> TcpPhase {
+        if self.rst {
+            TcpPhase::Reset
+        } else if self.fin_out && self.fin_in {
+            TcpPhase::Closing
+        } else if self.syn_out && self.syn_in {
+            TcpPhase::Established
+        } else {
+            TcpPhase::Opening
+        }
+    }
+
+    fn segment(&mut self, outbound: bool, flags: u8) {
+        if flags & SYN != 0 {
+            // A SYN after a reset or close starts a new connection on the same pair.
+            if matches!(self.phase(), TcpPhase::Reset | TcpPhase::Closing) {
+                *self = TcpSeen::default();
+            }
+            if outbound {
+                self.syn_out = true;
+            } else {
+                self.syn_in = true;
+            }
+        }
+        if flags & 0x01 != 0 {
+            if outbound {
+                self.fin_out = true;
+            } else {
+                self.fin_in = true;
+            }
+        }
+        self.rst |= flags & RST != 0;
+    }
+
+    fn timeout(&self) -> u32 {
+        match self.phase() {
+            TcpPhase::Opening => TCP_OPEN,
+            TcpPhase::Established => TCP_ESTABLISHED,
+            TcpPhase::Closing => TCP_CLOSE,
+            TcpPhase::Reset => TCP_RST,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TcpSession {
+    seen: TcpSeen,
+    /// Last refresh (outbound packets only, under the default refresh), in seconds.
+    last_seen: u32,
+    /// Last packet either way: a FIN or RST may shorten the timer from then on.
+    last_touch: u32,
+}
+
+#[derive(Debug, Clone)]
+enum TcpOp {
+    Out(usize, u8),
+    In(usize, u8),
+    Wait(u64),
+}
+
+fn tcp_flags() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        Just(SYN),
+        Just(SYN | ACK),
+        Just(ACK),
+        Just(0x01 | ACK),
+        Just(RST),
+        Just(RST | ACK),
+        Just(0x08 | ACK),
+        any::<u8>(),
+    ]
+}
+
+fn tcp_op() -> impl Strategy<Value = TcpOp> {
+    prop_oneof![
+        3 => (0..2usize, tcp_flags()).prop_map(|(r, f)| TcpOp::Out(r, f)),
+        3 => (0..2usize, tcp_flags()).prop_map(|(r, f)| TcpOp::In(r, f)),
+        2 => (0u64..60_000).prop_map(TcpOp::Wait),
+    ]
+}
+
+fn tcp_segment(src: Endpoint, dst: Endpoint, flags: u8) -> Pkt {
+    let spec = Spec {
+        l4: L4::Tcp {
+            flags,
+            seq: 1,
+            ack: 1,
+            window: 65535,
+            options: Vec::new(),
+        },
+        ip_options: Vec::new(),
+        ttl: 64,
+        df: true,
+        ident: 0,
+        payload: Vec::new(),
+    };
+    build(&spec, src, dst)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// RFC 5382 REQ-1/2/4/5 and RFC 7857 section 2 against a model: only a SYN opens a session
+    /// from inside; from outside a bare SYN opens one through an existing mapping (EIF) or is
+    /// held without one; every segment of a session passes; the phase follows the SYNs, FINs and
+    /// RSTs seen; a session never goes before its phase's timer and is gone within one re-check
+    /// interval after it.
+    #[test]
+    fn rfc5382_tcp_phase_model(ops in proptest::collection::vec(tcp_op(), 1..60)) {
+        let mut e = engine_with(|c| {
+            c.lab = true;
+            let t = &mut c.behavior.timers;
+            t.tcp_transitory_open = TCP_OPEN;
+            t.tcp_established = TCP_ESTABLISHED;
+            t.tcp_transitory_close = TCP_CLOSE;
+            t.tcp_rst_linger = TCP_RST;
+        });
+        let recheck = TCP_CLOSE.min(TCP_RST);
+        let internal = INTERNALS[0];
+        let mut sessions: [Option<TcpSession>; 2] = [None, None];
+        let mut ext: Option<Endpoint> = None;
+        let mut last_ext = ep(POOL[0], 40000);
+        let mut now = Instant::from_millis(1_000);
+        for op in &ops {
+            let s = now.as_secs();
+            match *op {
+                TcpOp::Out(r, flags) => {
+                    let mut p = tcp_segment(internal, REMOTE_EPS[r], flags);
+                    let v = run(&mut e, now, Side::Inside, &mut p);
+                    match &mut sessions[r] {
+                        Some(sess) => {
+                            prop_assert_eq!(v, Verdict::Forward(Side::Outside));
+                            sess.seen.segment(true, flags);
+                            sess.last_seen = s;
+                            sess.last_touch = s;
+                        }
+                        None if flags & SYN != 0 && flags & RST == 0 => {
+                            prop_assert_eq!(v, Verdict::Forward(Side::Outside));
+                            let x = endpoints(p.bytes()).0;
+                            if let Some(old) = ext {
+                                prop_assert_eq!(x, old, "RFC 5382 REQ-1: EIM");
+                            }
+                            ext = Some(x);
+                            last_ext = x;
+                            let mut seen = TcpSeen::default();
+                            seen.segment(true, flags);
+                            sessions[r] = Some(TcpSession { seen, last_seen: s, last_touch: s });
+                        }
+                        None => prop_assert_eq!(v, Verdict::Drop(DropReason::TcpNoSession)),
+                    }
+                }
+                TcpOp::In(r, flags) => {
+                    let mut p = tcp_segment(REMOTE_EPS[r], ext.unwrap_or(last_ext), flags);
+                    let v = run(&mut e, now, Side::Outside, &mut p);
+                    let bare_syn = flags & (SYN | ACK | RST) == SYN;
+                    match (&mut sessions[r], ext) {
+                        (Some(sess), _) => {
+                            prop_assert_eq!(v, Verdict::Forward(Side::Inside));
+                            prop_assert_eq!(endpoints(p.bytes()).1, internal);
+                            sess.seen.segment(false, flags);
+                            sess.last_touch = s;
+                        }
+                        (None, Some(_)) if bare_syn => {
+                            prop_assert_eq!(v, Verdict::Forward(Side::Inside));
+                            let mut seen = TcpSeen::default();
+                            seen.segment(false, flags);
+                            sessions[r] = Some(TcpSession { seen, last_seen: s, last_touch: s });
+                        }
+                        (None, Some(_)) => prop_assert_eq!(v, Verdict::Drop(DropReason::TcpNoSession)),
+                        (None, None) if bare_syn => prop_assert_eq!(v, Verdict::Held),
+                        (None, None) => prop_assert_eq!(v, Verdict::Drop(DropReason::NoMapping)),
+                    }
+                }
+                TcpOp::Wait(ms) => {
+                    now = now + Duration::from_millis(ms);
+                    e.handle_timeout(now);
+                    let s = now.as_secs();
+                    for (r, slot) in sessions.iter_mut().enumerate() {
+                        let Some(sess) = *slot else { continue };
+                        let deadline = sess.last_seen + sess.seen.timeout();
+                        let alive = e.sessions().any(|x| x.remote == REMOTE_EPS[r]);
+                        if s <= deadline {
+                            prop_assert!(alive, "REQ-5: gone before its {:?} timer", sess.seen.phase());
+                        } else if s >= (deadline + 1).max(sess.last_touch + recheck) + recheck {
+                            prop_assert!(!alive, "{:?} session outlived its timer", sess.seen.phase());
+                        }
+                        if !alive {
+                            *slot = None;
+                        }
+                    }
+                    if sessions.iter().all(Option::is_none) {
+                        ext = None;
+                    }
+                }
+            }
+            for (r, slot) in sessions.iter().enumerate() {
+                let got = e.sessions().find(|x| x.remote == REMOTE_EPS[r]).and_then(|x| x.tcp);
+                prop_assert_eq!(got, slot.map(|x| x.seen.phase()), "phase of session {}", r);
+            }
+            prop_assert_eq!(e.session_count(), sessions.iter().flatten().count());
+        }
     }
 }
