@@ -377,8 +377,13 @@ fn a_day_at_the_cgn_counted_and_logged_exactly() {
             internal, external, ..
         } = ev
         {
-            let later = gone[i..].iter().any(|e| {
-                matches!(e, Event::SessionDeleted { internal: si, external: se, .. } if si == internal && se == external)
+            let later = gone[i..].iter().any(|e| match e {
+                Event::SessionDeleted {
+                    internal: si,
+                    external: se,
+                    ..
+                } => si == internal && se == external,
+                _ => false,
             });
             assert!(!later, "mapping {external} deleted before its last session");
         }

@@ -312,6 +312,16 @@ fn run(e: &mut Engine, now: Instant, side: Side, p: &mut Pkt) -> Verdict {
     e.process(now, side, &mut p.buf, p.len)
 }
 
+const T0: Instant = Instant::ZERO;
+const TO_OUTSIDE: Verdict = Verdict::Forward(Side::Outside);
+const TO_INSIDE: Verdict = Verdict::Forward(Side::Inside);
+
+/// Source and destination addresses.
+fn addrs(bytes: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+    let (ip, _) = Ipv4Header::from_slice(bytes).expect("ipv4");
+    (ip.source.into(), ip.destination.into())
+}
+
 // ---------------------------------------------------------------- checksums and round trips
 
 proptest! {
@@ -334,10 +344,11 @@ proptest! {
     ) {
         let mut e = engine_with(|_| {});
         let internal = ep(SUBS[sub], sport);
-        let remote = ep(REMOTES[remote], if matches!(spec.l4, L4::Echo { .. }) { 0 } else { dport });
+        let echo = matches!(spec.l4, L4::Echo { .. });
+        let remote = ep(REMOTES[remote], if echo { 0 } else { dport });
         let mut p = build(&spec, internal, remote);
         let original = p.bytes().to_vec();
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Inside, &mut p), Verdict::Forward(Side::Outside));
+        prop_assert_eq!(run(&mut e, T0, Side::Inside, &mut p), TO_OUTSIDE);
         assert_checksums(p.bytes());
         let (x, to) = endpoints(p.bytes());
         prop_assert!(POOL.contains(&x.addr));
@@ -355,11 +366,11 @@ proptest! {
         // The reply comes back to exactly the original endpoints.
         let mut r = reply_to(&translated);
         let sent_reply = r.bytes().to_vec();
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Outside, &mut r), Verdict::Forward(Side::Inside));
+        prop_assert_eq!(run(&mut e, T0, Side::Outside, &mut r), TO_INSIDE);
         assert_checksums(r.bytes());
         let (rs, rd) = endpoints(r.bytes());
         prop_assert_eq!(rd, internal);
-        if !matches!(spec.l4, L4::Echo { .. }) {
+        if !echo {
             prop_assert_eq!(rs, remote);
         }
         let delivered = r.bytes().to_vec();
@@ -368,21 +379,20 @@ proptest! {
         let from = if third_party { ROUTER_OUT } else { remote.addr };
         let cut = quote_len(&translated, in_cut);
         let mut err = icmp_error(from, x.addr, in_kind, &translated, cut);
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Outside, &mut err), Verdict::Forward(Side::Inside));
+        prop_assert_eq!(run(&mut e, T0, Side::Outside, &mut err), TO_INSIDE);
         assert_checksums(err.bytes());
-        let (ip, l4) = Ipv4Header::from_slice(err.bytes()).expect("ipv4");
-        prop_assert_eq!((Ipv4Addr::from(ip.source), Ipv4Addr::from(ip.destination)), (from, internal.addr));
-        prop_assert_eq!((l4[0], l4[1]), in_kind, "type and code kept");
+        prop_assert_eq!(addrs(err.bytes()), (from, internal.addr));
+        let ihl = usize::from(err.buf[0] & 0x0f) * 4;
+        prop_assert_eq!((err.buf[ihl], err.buf[ihl + 1]), in_kind, "type and code kept");
         assert_quote_restored(quote_of(err.bytes()), &original)?;
 
         // An error about the delivered reply, from the subscriber or a router inside.
         let from = if third_party { ROUTER_IN } else { internal.addr };
         let cut = quote_len(&delivered, out_cut);
         let mut err = icmp_error(from, remote.addr, out_kind, &delivered, cut);
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Inside, &mut err), Verdict::Forward(Side::Outside));
+        prop_assert_eq!(run(&mut e, T0, Side::Inside, &mut err), TO_OUTSIDE);
         assert_checksums(err.bytes());
-        let (ip, _) = Ipv4Header::from_slice(err.bytes()).expect("ipv4");
-        prop_assert_eq!((Ipv4Addr::from(ip.source), Ipv4Addr::from(ip.destination)), (x.addr, remote.addr));
+        prop_assert_eq!(addrs(err.bytes()), (x.addr, remote.addr));
         assert_quote_restored(quote_of(err.bytes()), &sent_reply)?;
 
         // RFC 5508 REQ-6: errors made and deleted nothing.
@@ -404,12 +414,12 @@ proptest! {
         let (a, b) = (ep(SUBS[0], sport), ep(SUBS[1], dport));
         // B has a mapping of the same protocol, made by talking to a server.
         let mut opener = build(&spec, b, ep(REMOTES[0], 3478));
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Inside, &mut opener), Verdict::Forward(Side::Outside));
+        prop_assert_eq!(run(&mut e, T0, Side::Inside, &mut opener), TO_OUTSIDE);
         let xb = endpoints(opener.bytes()).0;
 
         let mut p = build(&spec, a, xb);
         let original = p.bytes().to_vec();
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Inside, &mut p), Verdict::Forward(Side::Inside));
+        prop_assert_eq!(run(&mut e, T0, Side::Inside, &mut p), TO_INSIDE);
         assert_checksums(p.bytes());
         let (xa, to) = endpoints(p.bytes());
         prop_assert!(POOL.contains(&xa.addr), "REQ-9a: external source");
@@ -417,17 +427,16 @@ proptest! {
         let hairpinned = p.bytes().to_vec();
 
         let mut r = reply_to(&hairpinned);
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Inside, &mut r), Verdict::Forward(Side::Inside));
+        prop_assert_eq!(run(&mut e, T0, Side::Inside, &mut r), TO_INSIDE);
         assert_checksums(r.bytes());
         prop_assert_eq!(endpoints(r.bytes()), (xb, a));
 
         // B answers the hairpinned packet with an error; A gets it about its own packet.
         let cut = quote_len(&hairpinned, cut);
         let mut err = icmp_error(b.addr, xa.addr, kind, &hairpinned, cut);
-        prop_assert_eq!(run(&mut e, Instant::ZERO, Side::Inside, &mut err), Verdict::Forward(Side::Inside));
+        prop_assert_eq!(run(&mut e, T0, Side::Inside, &mut err), TO_INSIDE);
         assert_checksums(err.bytes());
-        let (ip, _) = Ipv4Header::from_slice(err.bytes()).expect("ipv4");
-        prop_assert_eq!((Ipv4Addr::from(ip.source), Ipv4Addr::from(ip.destination)), (xb.addr, a.addr));
+        prop_assert_eq!(addrs(err.bytes()), (xb.addr, a.addr));
         assert_quote_restored(quote_of(err.bytes()), &original)?;
         prop_assert_eq!(e.counters().hairpinned_packets, 3);
     }
@@ -788,7 +797,8 @@ fn mixed() -> impl Strategy<Value = Gen> {
     let valid = prop_oneof![out, inb];
     prop_oneof![
         6 => valid.clone(),
-        1 => (valid.clone(), any::<usize>(), 1u8..).prop_map(|(g, i, x)| Gen::Flipped(Box::new(g), i, x)),
+        1 => (valid.clone(), any::<usize>(), 1u8..)
+            .prop_map(|(g, i, x)| Gen::Flipped(Box::new(g), i, x)),
         1 => (valid, any::<usize>()).prop_map(|(g, n)| Gen::Cut(Box::new(g), n)),
         1 => proptest::collection::vec(any::<u8>(), 0..80).prop_map(Gen::Junk),
     ]
@@ -800,22 +810,22 @@ impl Gen {
             Gen::Out(s, a, p, r, q) => build(s, ep(SUBS[*a], *p), ep(REMOTES[*r], *q))
                 .bytes()
                 .to_vec(),
-            Gen::In(s, r, q, a, p) => {
-                let pkt = build(s, ep(REMOTES[*r], *q), ep(POOL[*a], *p));
-                match s.l4 {
-                    // An echo reply to identifier `p`.
-                    L4::Echo { .. } => {
-                        let mut v = reply_to(&build(s, ep(POOL[*a], *p), ep(REMOTES[*r], 0)).buf);
-                        v.buf[8] = s.ttl;
-                        v.buf[10..12].fill(0);
-                        let ihl = usize::from(v.buf[0] & 0x0f) * 4;
-                        let sum = ones_complement(&v.buf[..ihl]);
-                        v.buf[10..12].copy_from_slice(&sum.to_be_bytes());
-                        v.bytes().to_vec()
-                    }
-                    _ => pkt.bytes().to_vec(),
+            Gen::In(s, r, q, a, p) => match s.l4 {
+                // An echo reply to identifier `p`: the answer to a request from the pool.
+                L4::Echo { .. } => {
+                    let request = build(s, ep(POOL[*a], *p), ep(REMOTES[*r], 0));
+                    let mut v = reply_to(request.bytes()).bytes().to_vec();
+                    v[8] = s.ttl;
+                    v[10..12].fill(0);
+                    let ihl = usize::from(v[0] & 0x0f) * 4;
+                    let sum = ones_complement(&v[..ihl]);
+                    v[10..12].copy_from_slice(&sum.to_be_bytes());
+                    v
                 }
-            }
+                _ => build(s, ep(REMOTES[*r], *q), ep(POOL[*a], *p))
+                    .bytes()
+                    .to_vec(),
+            },
             Gen::Flipped(g, i, x) => {
                 let mut v = g.bytes();
                 let n = v.len();
@@ -929,7 +939,8 @@ proptest! {
                         Direction::Outbound => 0,
                         Direction::Inbound => 1,
                     };
-                    prop_assert_eq!(after.forwarded_packets[dir], before.forwarded_packets[dir] + 1);
+                    let (a, b) = (after.forwarded_packets[dir], before.forwarded_packets[dir]);
+                    prop_assert_eq!(a, b + 1);
                     let (ip, _) = Ipv4Header::from_slice(p.bytes()).expect("forwarded is IPv4");
                     prop_assert_eq!(ip.header_checksum, ip.calc_header_checksum());
                 }
@@ -1179,7 +1190,9 @@ proptest! {
                             seen.segment(false, flags);
                             sessions[r] = Some(TcpSession { seen, last_seen: s, created: s });
                         }
-                        (None, Some(_)) => prop_assert_eq!(v, Verdict::Drop(DropReason::TcpNoSession)),
+                        (None, Some(_)) => {
+                            prop_assert_eq!(v, Verdict::Drop(DropReason::TcpNoSession));
+                        }
                         (None, None) if bare_syn => prop_assert_eq!(v, Verdict::Held),
                         (None, None) => prop_assert_eq!(v, Verdict::Drop(DropReason::NoMapping)),
                     }
@@ -1194,11 +1207,12 @@ proptest! {
                     for (r, slot) in sessions.iter_mut().enumerate() {
                         let Some(sess) = *slot else { continue };
                         let deadline = sess.last_seen + sess.seen.timeout();
+                        let phase = sess.seen.phase();
                         let alive = e.sessions().any(|x| x.remote == REMOTE_EPS[r]);
                         if s <= deadline {
-                            prop_assert!(alive, "REQ-5: gone before its {:?} timer", sess.seen.phase());
+                            prop_assert!(alive, "REQ-5: gone before its {:?} timer", phase);
                         } else if s > deadline && s >= last_wait.max(sess.created) + recheck {
-                            prop_assert!(!alive, "{:?} session outlived its timer", sess.seen.phase());
+                            prop_assert!(!alive, "{:?} session outlived its timer", phase);
                         }
                         if !alive {
                             *slot = None;
