@@ -467,6 +467,8 @@ enum Op {
     InSeen(usize, usize),
     /// UDP from `REMOTE_EPS[r]` to a pool address and any port.
     InPool(usize, usize, u16),
+    /// UDP from `INTERNALS[i]` to an external endpoint seen before: hairpinned.
+    Hairpin(usize, usize),
     /// Time passes by this many milliseconds, then the timers run.
     Wait(u64),
 }
@@ -476,6 +478,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..INTERNALS.len(), 0..REMOTE_EPS.len()).prop_map(|(i, r)| Op::Out(i, r)),
         4 => (0..REMOTE_EPS.len(), any::<usize>()).prop_map(|(r, k)| Op::InSeen(r, k)),
         1 => (0..REMOTE_EPS.len(), 0..POOL.len(), 1u16..).prop_map(|(r, a, p)| Op::InPool(r, a, p)),
+        1 => (0..INTERNALS.len(), any::<usize>()).prop_map(|(i, k)| Op::Hairpin(i, k)),
         2 => (0u64..150_000).prop_map(Op::Wait),
     ]
 }
@@ -625,7 +628,9 @@ fn check_model(
     let mut now = Instant::from_millis(1_000);
     let mut seen: Vec<Endpoint> = Vec::new();
     for op in ops {
-        let (remote, ext) = match *op {
+        // The inbound packet of this step, if any: from a remote (or, hairpinned, from an
+        // external endpoint) to an external endpoint.
+        let inbound = match *op {
             Op::Out(i, r) => {
                 let (i, r) = (INTERNALS[i], REMOTE_EPS[r]);
                 let mut p = super::tests::udp(i, r, b"out");
@@ -639,21 +644,44 @@ fn check_model(
                 if !seen.contains(&x) {
                     seen.push(x);
                 }
-                continue;
+                None
             }
-            Op::InSeen(_, _) if seen.is_empty() => continue,
-            Op::InSeen(r, k) => (REMOTE_EPS[r], seen[k % seen.len()]),
-            Op::InPool(r, a, port) => (REMOTE_EPS[r], ep(POOL[a], port)),
+            Op::InSeen(_, _) | Op::Hairpin(_, _) if seen.is_empty() => None,
+            Op::InSeen(r, k) => Some((REMOTE_EPS[r], seen[k % seen.len()], None)),
+            Op::InPool(r, a, port) => Some((REMOTE_EPS[r], ep(POOL[a], port), None)),
+            Op::Hairpin(i, k) => {
+                let (i, target) = (INTERNALS[i], seen[k % seen.len()]);
+                let mut p = super::tests::udp(i, target, b"hairpin");
+                let v = run(&mut e, now, Side::Inside, &mut p);
+                // RFC 4787 REQ-9: the outbound half uses or makes a session to the target
+                // like any outbound packet, whatever becomes of the inbound half.
+                let x = e
+                    .sessions()
+                    .find(|s| s.internal == i && s.remote == target)
+                    .map(|s| s.external);
+                let x = x.ok_or_else(|| TestCaseError::fail("no outbound half"))?;
+                m.outbound(i, target, now.as_secs(), x)?;
+                if !seen.contains(&x) {
+                    seen.push(x);
+                }
+                // REQ-9a: the inbound half comes from the sender's external endpoint.
+                Some((x, target, Some((v, p))))
+            }
             Op::Wait(ms) => {
                 now = now + Duration::from_millis(ms);
                 e.handle_timeout(now);
                 m.expire(now.as_secs());
-                (Endpoint::UNSPECIFIED, Endpoint::UNSPECIFIED)
+                None
             }
         };
-        if remote != Endpoint::UNSPECIFIED {
-            let mut p = super::tests::udp(remote, ext, b"in");
-            let v = run(&mut e, now, Side::Outside, &mut p);
+        if let Some((remote, ext, hairpinned)) = inbound {
+            let (v, p) = match hairpinned {
+                Some(done) => done,
+                None => {
+                    let mut p = super::tests::udp(remote, ext, b"in");
+                    (run(&mut e, now, Side::Outside, &mut p), p)
+                }
+            };
             match m.inbound(remote, ext, now.as_secs()) {
                 Ok(i) => {
                     prop_assert_eq!(v, Verdict::Forward(Side::Inside), "{} -> {}", remote, ext);
