@@ -328,7 +328,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Outbound, the reply inbound, an error about the outbound packet coming in, and an error
-    /// about the reply going out: every checksum right, and each translated back exactly.
+    /// about the reply going out, under every preset: every checksum right, and each translated
+    /// back exactly.
     #[test]
     fn rfc5508_req4_req5_checksums_valid_and_round_trip(
         spec in outbound_spec(),
@@ -341,8 +342,12 @@ proptest! {
         in_cut in 0u16..=1000,
         out_cut in 0u16..=1000,
         third_party in any::<bool>(),
+        preset in proptest::sample::select(Preset::ALL.to_vec()),
     ) {
-        let mut e = engine_with(|_| {});
+        let mut e = engine_with(|c| {
+            c.behavior = preset.behavior();
+            c.lab = true;
+        });
         let internal = ep(SUBS[sub], sport);
         let echo = matches!(spec.l4, L4::Echo { .. });
         let remote = ep(REMOTES[remote], if echo { 0 } else { dport });
