@@ -1265,3 +1265,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A datagram in a longer buffer (Ethernet pads short frames to 60 bytes): translated as the
+    /// datagram its IPv4 total length says, the padding left alone, and counted as IP bytes.
+    #[test]
+    fn padded_datagram_translated_and_counted_by_ip_length(
+        spec in outbound_spec(),
+        padding in proptest::collection::vec(any::<u8>(), 1..64),
+        batch in any::<bool>(),
+    ) {
+        let mut e = engine_with(|_| {});
+        let p = build(&spec, INTERNALS[0], REMOTE_EPS[0]);
+        let datagram = p.len;
+        let mut padded = p.bytes().to_vec();
+        padded.extend_from_slice(&padding);
+        let mut p = Pkt::new(&padded);
+        let v = if batch {
+            let mut bufs = [PacketBuf { len: p.len, buf: &mut p.buf }];
+            let mut verdicts = [Verdict::Held];
+            e.process_batch(T0, Side::Inside, &mut bufs, &mut verdicts);
+            verdicts[0]
+        } else {
+            run(&mut e, T0, Side::Inside, &mut p)
+        };
+        prop_assert_eq!(v, TO_OUTSIDE);
+        assert_checksums(&p.buf[..datagram]);
+        prop_assert_eq!(&p.buf[datagram..p.len], &padding[..], "padding untouched");
+        prop_assert_eq!(e.counters().forwarded_bytes, [datagram as u64, 0]);
+    }
+}
