@@ -78,6 +78,9 @@ enum Packet {
         router: bool,
         quote: u16,
     },
+    /// A well-formed packet followed by `1 + padding % 48` bytes the IPv4 total length does
+    /// not cover (as Ethernet pads short frames).
+    Padded { shape: Shape, padding: u8 },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -220,9 +223,10 @@ impl Harness {
                 let len = buf.len();
                 buf.resize(len.max(TRANSMIT_SLOT), 0);
                 let before = self.engine.counters().clone();
+                let ip_len = ip_total_len(&buf[..len]);
                 let v = self.engine.process(self.now, side, &mut buf, len);
-                check_counted(&before, self.engine.counters(), side, v);
-                self.check_verdict(side, v, &buf, len);
+                check_counted(&before, self.engine.counters(), side, v, ip_len);
+                self.check_verdict(side, v, &buf, len, ip_len);
             }
             Op::Batch {
                 outside,
@@ -230,26 +234,27 @@ impl Harness {
                 len,
             } => {
                 let side = side(*outside);
-                let mut bufs: Vec<(Vec<u8>, usize)> = packets
+                let mut bufs: Vec<(Vec<u8>, usize, usize)> = packets
                     .iter()
                     .cycle()
                     .take(1 + usize::from(*len) % MAX_BATCH)
                     .map(|p| {
                         let mut b = self.bytes(p);
                         let len = b.len();
+                        let ip_len = ip_total_len(&b);
                         b.resize(len.max(TRANSMIT_SLOT), 0);
-                        (b, len)
+                        (b, len, ip_len)
                     })
                     .collect();
                 let mut packets: Vec<PacketBuf<'_>> = bufs
                     .iter_mut()
-                    .map(|(buf, len)| PacketBuf { buf, len: *len })
+                    .map(|(buf, len, _)| PacketBuf { buf, len: *len })
                     .collect();
                 let mut verdicts = vec![Verdict::Held; packets.len()];
                 self.engine
                     .process_batch(self.now, side, &mut packets, &mut verdicts);
-                for ((buf, len), v) in bufs.iter().zip(verdicts) {
-                    self.check_verdict(side, v, buf, *len);
+                for ((buf, len, ip_len), v) in bufs.iter().zip(verdicts) {
+                    self.check_verdict(side, v, buf, *len, *ip_len);
                 }
             }
             Op::Wait { millis, long } => {
@@ -293,6 +298,11 @@ impl Harness {
                 Some(v) => error_about(v, msg_type, *code, *router, *quote),
                 None => Vec::new(),
             },
+            Packet::Padded { shape, padding } => {
+                let mut v = shape.build();
+                v.resize(v.len() + 1 + usize::from(padding % 48), 0xee);
+                v
+            }
         }
     }
 
@@ -300,16 +310,18 @@ impl Harness {
         (!self.recent.is_empty()).then(|| &self.recent[usize::from(i) % self.recent.len()])
     }
 
-    fn check_verdict(&mut self, side: Side, v: Verdict, buf: &[u8], len: usize) {
+    /// `ip_len`: the IPv4 total length the packet had on arrival.
+    fn check_verdict(&mut self, side: Side, v: Verdict, buf: &[u8], len: usize, ip_len: usize) {
         match v {
             Verdict::Forward(_) => {
                 let out = &buf[..len];
-                assert_ipv4(out);
                 assert_eq!(
-                    usize::from(u16::from_be_bytes([out[2], out[3]])),
-                    len,
+                    ip_total_len(out),
+                    ip_len,
                     "a forwarded packet keeps its length"
                 );
+                let out = &out[..ip_len];
+                assert_ipv4(out);
                 let dir = match side.arrival_direction() {
                     Direction::Outbound => 0,
                     Direction::Inbound => 1,
@@ -358,18 +370,22 @@ fn side(outside: bool) -> Side {
     if outside { Side::Outside } else { Side::Inside }
 }
 
-/// The verdict's own counter moved by one. (Others may move too: releasing held fragments can
-/// drop them, when the transmit queue is full.)
-fn check_counted(before: &Counters, after: &Counters, side: Side, v: Verdict) {
+/// The verdict's own counter moved by one, forwarded bytes by the IPv4 total length. (Other
+/// counters may move too: releasing held fragments can drop them when the transmit queue is
+/// full.)
+fn check_counted(before: &Counters, after: &Counters, side: Side, v: Verdict, ip_len: usize) {
     match v {
         Verdict::Forward(_) => {
             let dir = match side.arrival_direction() {
                 Direction::Outbound => 0,
                 Direction::Inbound => 1,
             };
+            let packets = after.forwarded_packets[dir] - before.forwarded_packets[dir];
+            let bytes = after.forwarded_bytes[dir] - before.forwarded_bytes[dir];
             assert_eq!(
-                after.forwarded_packets[dir],
-                before.forwarded_packets[dir] + 1
+                (packets, bytes),
+                (1, ip_len as u64),
+                "counted as one IP datagram"
             );
         }
         Verdict::Drop(r) | Verdict::Reply { reason: r, .. } => {
@@ -377,6 +393,12 @@ fn check_counted(before: &Counters, after: &Counters, side: Side, v: Verdict) {
         }
         Verdict::Held => assert_eq!(after.held_packets, before.held_packets + 1),
     }
+}
+
+/// The IPv4 total length field (0 when the packet is too short to have one).
+fn ip_total_len(p: &[u8]) -> usize {
+    p.get(2..4)
+        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])))
 }
 
 /// Parses as IPv4 with a valid header checksum.

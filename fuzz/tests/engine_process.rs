@@ -46,7 +46,10 @@ fn seed_corpus_gets_deep() {
         all.transmits += r.transmits;
     }
     assert!(all.forwarded[0] > 0 && all.forwarded[1] > 0, "{all:?}");
-    assert!(all.replies > 0 && all.held > 0 && all.transmits > 0, "{all:?}");
+    assert!(
+        all.replies > 0 && all.held > 0 && all.transmits > 0,
+        "{all:?}"
+    );
 }
 
 /// A poor man's fuzzer: seeds with bytes changed, inserted, cut or spliced, plus plain random
