@@ -223,10 +223,10 @@ impl Harness {
                 let len = buf.len();
                 buf.resize(len.max(TRANSMIT_SLOT), 0);
                 let before = self.engine.counters().clone();
-                let ip_len = ip_total_len(&buf[..len]);
+                let arrived = Arrived::of(&buf[..len]);
                 let v = self.engine.process(self.now, side, &mut buf, len);
-                check_counted(&before, self.engine.counters(), side, v, ip_len);
-                self.check_verdict(side, v, &buf, len, ip_len);
+                check_counted(&before, self.engine.counters(), side, v, arrived.ip_len);
+                self.check_verdict(side, v, &buf, len, arrived);
             }
             Op::Batch {
                 outside,
@@ -234,16 +234,16 @@ impl Harness {
                 len,
             } => {
                 let side = side(*outside);
-                let mut bufs: Vec<(Vec<u8>, usize, usize)> = packets
+                let mut bufs: Vec<(Vec<u8>, usize, Arrived)> = packets
                     .iter()
                     .cycle()
                     .take(1 + usize::from(*len) % MAX_BATCH)
                     .map(|p| {
                         let mut b = self.bytes(p);
                         let len = b.len();
-                        let ip_len = ip_total_len(&b);
+                        let arrived = Arrived::of(&b);
                         b.resize(len.max(TRANSMIT_SLOT), 0);
-                        (b, len, ip_len)
+                        (b, len, arrived)
                     })
                     .collect();
                 let mut packets: Vec<PacketBuf<'_>> = bufs
@@ -253,8 +253,8 @@ impl Harness {
                 let mut verdicts = vec![Verdict::Held; packets.len()];
                 self.engine
                     .process_batch(self.now, side, &mut packets, &mut verdicts);
-                for ((buf, len, ip_len), v) in bufs.iter().zip(verdicts) {
-                    self.check_verdict(side, v, buf, *len, *ip_len);
+                for ((buf, len, arrived), v) in bufs.iter().zip(verdicts) {
+                    self.check_verdict(side, v, buf, *len, *arrived);
                 }
             }
             Op::Wait { millis, long } => {
@@ -310,18 +310,21 @@ impl Harness {
         (!self.recent.is_empty()).then(|| &self.recent[usize::from(i) % self.recent.len()])
     }
 
-    /// `ip_len`: the IPv4 total length the packet had on arrival.
-    fn check_verdict(&mut self, side: Side, v: Verdict, buf: &[u8], len: usize, ip_len: usize) {
+    fn check_verdict(&mut self, side: Side, v: Verdict, buf: &[u8], len: usize, arrived: Arrived) {
         match v {
             Verdict::Forward(_) => {
                 let out = &buf[..len];
                 assert_eq!(
                     ip_total_len(out),
-                    ip_len,
+                    arrived.ip_len,
                     "a forwarded packet keeps its length"
                 );
-                let out = &out[..ip_len];
+                let out = &out[..arrived.ip_len];
                 assert_ipv4(out);
+                // Incremental updates keep a right checksum right (RFC 1624).
+                if arrived.l4_ok == Some(true) {
+                    assert_eq!(l4_checksum_ok(out), Some(true), "transport checksum");
+                }
                 let dir = match side.arrival_direction() {
                     Direction::Outbound => 0,
                     Direction::Inbound => 1,
@@ -392,6 +395,48 @@ fn check_counted(before: &Counters, after: &Counters, side: Side, v: Verdict, ip
             assert_eq!(after.drops(r), before.drops(r) + 1);
         }
         Verdict::Held => assert_eq!(after.held_packets, before.held_packets + 1),
+    }
+}
+
+/// What a packet was on arrival, to compare with what leaves.
+#[derive(Debug, Clone, Copy)]
+struct Arrived {
+    /// IPv4 total length.
+    ip_len: usize,
+    /// Whether its transport checksum was right (see [`l4_checksum_ok`]).
+    l4_ok: Option<bool>,
+}
+
+impl Arrived {
+    fn of(p: &[u8]) -> Arrived {
+        let ip_len = ip_total_len(p);
+        Arrived {
+            ip_len,
+            l4_ok: p.get(..ip_len).and_then(l4_checksum_ok),
+        }
+    }
+}
+
+/// Whether the transport checksum of a whole datagram is right: TCP and UDP over the
+/// pseudo-header (UDP checksum 0 means none, RFC 768), ICMP over the message. `None` for
+/// fragments and for packets too short to tell.
+fn l4_checksum_ok(p: &[u8]) -> Option<bool> {
+    let ihl = usize::from(*p.first()? & 0x0f) * 4;
+    if p.len() < ihl.max(20) || u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let l4 = &p[ihl..];
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let pseudo = || {
+        let sum = checksum::pseudo_header(src, dst, p[9], l4.len() as u16) + checksum::sum(l4);
+        checksum::fold(sum) == 0xffff
+    };
+    match p[9] {
+        17 if l4.len() >= 8 => Some(l4[6..8] == [0, 0] || pseudo()),
+        6 if l4.len() >= 20 => Some(pseudo()),
+        1 if l4.len() >= 8 => Some(checksum::checksum(l4) == 0),
+        _ => None,
     }
 }
 
