@@ -907,7 +907,7 @@ fn observe(e: &mut Engine) -> Observed {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// `process_batch` is `process` in a loop: same verdicts, same bytes, same counters, events,
     /// transmits and sessions, for mixes with repeated flows, new flows, junk, both sides, and
