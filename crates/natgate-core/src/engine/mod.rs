@@ -150,9 +150,11 @@ impl<A: PortAllocator> Engine<A> {
     /// `side`; room after it lets the engine answer in place. See [`Verdict`].
     pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
         let len = len.min(buf.len());
-        let verdict = match packet::parse(&buf[..len], side) {
-            Ok(p) => self.process_parsed(now, side, buf, p, None),
-            Err(reason) => Verdict::Drop(reason),
+        // Forwarded bytes are the datagram's IPv4 total length, not the buffer's (which may
+        // carry link-layer padding).
+        let (verdict, len) = match packet::parse(&buf[..len], side) {
+            Ok(p) => (self.process_parsed(now, side, buf, p, None), p.len),
+            Err(reason) => (Verdict::Drop(reason), len),
         };
         self.account(side, len, verdict);
         verdict
@@ -214,10 +216,10 @@ impl<A: PortAllocator> Engine<A> {
         }
         for (i, pkt) in packets.iter_mut().enumerate() {
             let len = pkt.len.min(pkt.buf.len());
-            let verdict = match parsed[i] {
-                Some(Ok(p)) => self.process_parsed(now, side, pkt.buf, p, hints[i]),
-                Some(Err(reason)) => Verdict::Drop(reason),
-                None => Verdict::Drop(DropReason::Ipv4Malformed),
+            let (verdict, len) = match parsed[i] {
+                Some(Ok(p)) => (self.process_parsed(now, side, pkt.buf, p, hints[i]), p.len),
+                Some(Err(reason)) => (Verdict::Drop(reason), len),
+                None => (Verdict::Drop(DropReason::Ipv4Malformed), len),
             };
             self.account(side, len, verdict);
             verdicts[i] = verdict;
@@ -659,5 +661,7 @@ impl<A: PortAllocator> Gone<'_, A> {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

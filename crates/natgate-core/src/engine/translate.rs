@@ -81,6 +81,7 @@ impl<A: PortAllocator> Engine<A> {
             local: p.dst,
             remote: p.src,
         };
+        // As in `outbound`, a batch miss is looked up again.
         let found = match hint {
             Some(Some(sid)) => Some(sid),
             _ => self.sessions.find_in(&key),
@@ -321,6 +322,19 @@ impl<A: PortAllocator> Engine<A> {
         };
         if p.proto == Protocol::Tcp && !syn {
             return Err(Refused::Drop(DropReason::TcpNoSession));
+        }
+        // Under a dependent mapping the internal endpoint may already talk to this remote
+        // through another of its mappings; a second session for the pair would make its
+        // outbound key ambiguous, so the packet is refused.
+        if self.behavior.mapping != MappingBehavior::EndpointIndependent {
+            let pair = FlowKey {
+                proto: p.proto,
+                local: self.mappings.get(mid).internal,
+                remote: p.src,
+            };
+            if self.sessions.find_out(&pair).is_some() {
+                return Err(Refused::Drop(DropReason::Filtered));
+            }
         }
         self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags)
             .map_err(Refused::Drop)
