@@ -181,33 +181,39 @@ impl SessionTable {
     }
 
     /// Batched lookup: `out[i]` is `find_out(&keys[i])`, or `find_in` when `inbound`. Works in
-    /// groups of 32 in three passes (hash and prefetch buckets; scan buckets and prefetch the
-    /// candidate records; compare keys) so that the cache misses of a group overlap.
+    /// groups of 32 in three passes so that the cache misses of a group overlap: hash every key
+    /// and prefetch its bucket; take each bucket's first tag match as the candidate and prefetch
+    /// its record; confirm each candidate against its key (falling back to a full probe on the
+    /// rare tag collision or displaced entry).
     ///
     /// # Panics
     /// If `out` is shorter than `keys`.
     pub fn find_batch(&self, inbound: bool, keys: &[FlowKey], out: &mut [Option<SessionId>]) {
         assert!(out.len() >= keys.len(), "find_batch output too short");
-        let index = if inbound {
-            &self.in_index
+        let (index, matches): (_, fn(Option<&Session>, &FlowKey) -> bool) = if inbound {
+            (&self.in_index, in_matches)
         } else {
-            &self.out_index
+            (&self.out_index, out_matches)
         };
         let mut hashes = [0u64; BATCH];
+        let mut candidates = [None; BATCH];
         for (keys, out) in keys.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
             for (h, key) in hashes.iter_mut().zip(keys) {
                 *h = self.hash(key);
                 index.prefetch(*h);
             }
-            for &h in &hashes[..keys.len()] {
-                index.prefetch_candidate(h, |v| self.slab.prefetch(v));
+            for (c, &h) in candidates.iter_mut().zip(&hashes[..keys.len()]) {
+                *c = index.prefetch_candidate(h);
+                if let Some(v) = *c {
+                    self.slab.prefetch(v);
+                }
             }
-            for ((o, &h), key) in out.iter_mut().zip(&hashes).zip(keys) {
-                *o = if inbound {
-                    self.find_in_hashed(h, key)
-                } else {
-                    self.find_out_hashed(h, key)
-                };
+            for (((o, &h), key), &c) in out.iter_mut().zip(&hashes).zip(keys).zip(&candidates) {
+                *o = match c {
+                    Some(v) if matches(self.slab.get(v), key) => Some(v),
+                    _ => index.find(h, |v| matches(self.slab.get(v), key)),
+                }
+                .map(SessionId);
             }
         }
     }
