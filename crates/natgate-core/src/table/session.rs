@@ -386,6 +386,8 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
     use std::net::Ipv4Addr;
 
     fn ep(a: u8, b: u8, port: u16) -> Endpoint {
@@ -516,5 +518,42 @@ mod tests {
         let per_session = t.memory_bytes() / t.capacity();
         eprintln!("{per_session} bytes per session");
         assert!(per_session <= 64, "{per_session} bytes per session");
+    }
+
+    proptest! {
+        /// Against a map model: inserts (until full), removes and both-way lookups, single and
+        /// batched, agree at every step.
+        #[test]
+        fn matches_map_model(ops in prop::collection::vec((0u8..3, 0u32..64), 1..400)) {
+            let mut t = SessionTable::new(40, 11);
+            let mut model: HashMap<u32, SessionId> = HashMap::new();
+            for (kind, i) in ops {
+                match kind {
+                    0 if !model.contains_key(&i) => match t.insert(session(i), 100) {
+                        Ok(id) => {
+                            model.insert(i, id);
+                        }
+                        Err(TableFull) => prop_assert_eq!(t.len(), 40),
+                    },
+                    1 => {
+                        if let Some(id) = model.remove(&i) {
+                            prop_assert_eq!(t.remove(id), Some(session(i)));
+                        }
+                    }
+                    _ => {
+                        let s = session(i);
+                        prop_assert_eq!(t.find_out(&s.out_key()), model.get(&i).copied());
+                        prop_assert_eq!(t.find_in(&s.in_key()), model.get(&i).copied());
+                    }
+                }
+                prop_assert_eq!(t.len(), model.len());
+            }
+            let keys: Vec<FlowKey> = (0..64).map(|i| session(i).in_key()).collect();
+            let mut out = vec![None; 64];
+            t.find_batch(true, &keys, &mut out);
+            for (i, o) in (0..64).zip(&out) {
+                prop_assert_eq!(*o, model.get(&i).copied());
+            }
+        }
     }
 }

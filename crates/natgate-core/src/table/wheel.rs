@@ -186,6 +186,8 @@ impl TimerWheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
 
     /// Advances second by second to `to`, recording (second, item) visits; items whose due
     /// (from `due`) is later are re-scheduled, others are expired.
@@ -306,5 +308,70 @@ mod tests {
         assert_eq!(w.next_due(), Some(4090));
         assert!(w.unschedule(1));
         assert_eq!(w.next_due(), Some(4100));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Schedule(u32, u32),
+        Unschedule(u32),
+        Advance(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u32..16, 0u32..20_000).prop_map(|(i, d)| Op::Schedule(i, d)),
+            1 => (0u32..16).prop_map(Op::Unschedule),
+            2 => prop_oneof![0u32..5, 0u32..10_000].prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of real due times: after `advance(now)` (to a later second) exactly
+        /// the items due at or before `now` have expired, each once, whatever the jumps and
+        /// far-future due times.
+        #[test]
+        fn matches_due_time_model(ops in prop::collection::vec(op(), 1..200)) {
+            let mut w = TimerWheel::new(16);
+            let mut due: HashMap<u32, u32> = HashMap::new();
+            let mut now = 0u32;
+            for op in ops {
+                match op {
+                    Op::Schedule(i, d) if !due.contains_key(&i) => {
+                        let d = now + d;
+                        w.schedule(i, d);
+                        due.insert(i, d);
+                    }
+                    Op::Schedule(..) => {}
+                    Op::Unschedule(i) => {
+                        prop_assert_eq!(w.unschedule(i), due.remove(&i).is_some());
+                    }
+                    Op::Advance(delta) => {
+                        now += delta;
+                        let mut expired = Vec::new();
+                        w.advance(now, |i| match due[&i] {
+                            d if d > now => Some(d),
+                            _ => {
+                                expired.push(i);
+                                None
+                            }
+                        });
+                        expired.sort_unstable();
+                        // The wheel acts on seconds after its last advance: a zero step is idle.
+                        let mut expected: Vec<u32> = due
+                            .iter()
+                            .filter(|&(_, &d)| delta > 0 && d <= now)
+                            .map(|(&i, _)| i)
+                            .collect();
+                        expected.sort_unstable();
+                        prop_assert_eq!(&expired, &expected);
+                        due.retain(|_, d| delta == 0 || *d > now);
+                    }
+                }
+                if let (Some(next), Some(&earliest)) = (w.next_due(), due.values().min()) {
+                    prop_assert!(next <= earliest.max(now + 1), "next_due never late");
+                }
+                prop_assert_eq!(w.next_due().is_some(), !due.is_empty());
+            }
+        }
     }
 }
