@@ -52,7 +52,8 @@ pub struct Session {
     pub tcp: u8,
     /// Per-session flags, owned and interpreted by the engine.
     pub flags: u8,
-    /// When a packet last refreshed the session, in [`Instant::as_secs`](crate::Instant::as_secs) seconds.
+    /// When a packet last refreshed the session, in
+    /// [`Instant::as_secs`](crate::Instant::as_secs) seconds.
     pub last_seen: u32,
     /// The mapping this session uses.
     pub mapping: MappingId,
