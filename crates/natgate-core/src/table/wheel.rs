@@ -19,17 +19,19 @@ const SLOTS: usize = 4096;
 const MASK: u64 = SLOTS as u64 - 1;
 /// Link values with this bit set end a list; the low bits are the slot number.
 const END: u32 = 0x8000_0000;
-/// The link of an item that is not scheduled.
+/// The links of an item that is not scheduled.
 const UNSCHEDULED: u32 = u32::MAX;
+/// Index of the next-item link in an item's links.
+const NEXT: usize = 0;
+/// Index of the previous-item link in an item's links.
+const PREV: usize = 1;
 
 /// A timer wheel over `u32` items (session slots); see the module docs.
 #[derive(Debug, Clone)]
 pub struct TimerWheel {
-    /// Per item: the next item in its slot's list, `END | slot` for the last, or [`UNSCHEDULED`].
-    next: Vec<u32>,
-    /// Per item: the previous item in its slot's list, `END | slot` for the first, or
-    /// [`UNSCHEDULED`].
-    prev: Vec<u32>,
+    /// Per item, side by side so that one cache line holds both: `[next, prev]` in its slot's
+    /// list, `END | slot` past either end, or both [`UNSCHEDULED`].
+    links: Vec<[u32; 2]>,
     /// Per slot: the first item, or `END | slot` when empty.
     heads: Vec<u32>,
     /// Bit per slot, set when the slot is non-empty, so [`TimerWheel::next_due`] scans 64 words.
@@ -49,8 +51,7 @@ impl TimerWheel {
             "timer wheel for {max_items} items"
         );
         TimerWheel {
-            next: vec![UNSCHEDULED; max_items],
-            prev: vec![UNSCHEDULED; max_items],
+            links: vec![[UNSCHEDULED; 2]; max_items],
             heads: (0..SLOTS as u32).map(|s| END | s).collect(),
             occupied: vec![0; SLOTS / 64],
             now: 0,
@@ -62,7 +63,7 @@ impl TimerWheel {
     /// not already be scheduled.
     pub fn schedule(&mut self, item: u32, due_secs: u32) {
         debug_assert_eq!(
-            self.next[item as usize], UNSCHEDULED,
+            self.links[item as usize][NEXT], UNSCHEDULED,
             "item {item} scheduled twice"
         );
         let base = u64::from(self.now);
@@ -70,28 +71,26 @@ impl TimerWheel {
         let slot = (due & MASK) as usize;
         let first = self.heads[slot];
         if first & END == 0 {
-            self.prev[first as usize] = item;
+            self.links[first as usize][PREV] = item;
         }
-        self.next[item as usize] = first;
-        self.prev[item as usize] = END | slot as u32;
+        self.links[item as usize] = [first, END | slot as u32];
         self.heads[slot] = item;
         self.occupied[slot / 64] |= 1 << (slot % 64);
     }
 
     /// Takes `item` out of the wheel in O(1); false if it was not scheduled.
     pub fn unschedule(&mut self, item: u32) -> bool {
-        let Some(&next) = self.next.get(item as usize) else {
+        let Some(&[next, prev]) = self.links.get(item as usize) else {
             return false;
         };
         if next == UNSCHEDULED {
             return false;
         }
-        let prev = self.prev[item as usize];
         if next & END == 0 {
-            self.prev[next as usize] = prev;
+            self.links[next as usize][PREV] = prev;
         }
         if prev & END == 0 {
-            self.next[prev as usize] = next;
+            self.links[prev as usize][NEXT] = next;
         } else {
             let slot = (prev & !END) as usize;
             self.heads[slot] = next;
@@ -99,8 +98,7 @@ impl TimerWheel {
                 self.occupied[slot / 64] &= !(1 << (slot % 64));
             }
         }
-        self.next[item as usize] = UNSCHEDULED;
-        self.prev[item as usize] = UNSCHEDULED;
+        self.links[item as usize] = [UNSCHEDULED; 2];
         true
     }
 
@@ -125,9 +123,8 @@ impl TimerWheel {
             self.occupied[slot / 64] &= !(1 << (slot % 64));
             while link & END == 0 {
                 let item = link;
-                link = self.next[item as usize];
-                self.next[item as usize] = UNSCHEDULED;
-                self.prev[item as usize] = UNSCHEDULED;
+                link = self.links[item as usize][NEXT];
+                self.links[item as usize] = [UNSCHEDULED; 2];
                 if let Some(due) = on_due(item) {
                     self.schedule(item, due);
                 }
@@ -168,8 +165,7 @@ impl TimerWheel {
 
     /// Forgets every item (O(items + slots)); the wheel's clock is kept.
     pub fn clear(&mut self) {
-        self.next.fill(UNSCHEDULED);
-        self.prev.fill(UNSCHEDULED);
+        self.links.fill([UNSCHEDULED; 2]);
         for (s, head) in (0..).zip(self.heads.iter_mut()) {
             *head = END | s;
         }
@@ -178,8 +174,7 @@ impl TimerWheel {
 
     /// Bytes of the link, head and bitmap arrays.
     pub fn memory_bytes(&self) -> usize {
-        (self.next.capacity() + self.prev.capacity() + self.heads.capacity()) * 4
-            + self.occupied.capacity() * 8
+        self.links.capacity() * 8 + self.heads.capacity() * 4 + self.occupied.capacity() * 8
     }
 }
 
