@@ -227,6 +227,9 @@ impl SessionTable {
         debug_assert!(self.find_in(&s.in_key()).is_none(), "duplicate in key");
         let h_out = self.hash(&s.out_key());
         let h_in = self.hash(&s.in_key());
+        // Overlap the two bucket misses instead of taking them one after the other.
+        self.out_index.prefetch(h_out);
+        self.in_index.prefetch(h_in);
         let id = self.slab.insert(s).ok_or(TableFull)?;
         if self.out_index.insert(h_out, id).is_err() {
             self.slab.remove(id);
@@ -251,9 +254,13 @@ impl SessionTable {
     ) -> Option<Session> {
         let s = slab.remove(id)?;
         let (a, b) = s.out_key().packed();
-        out_index.remove(hasher.hash2(a, b), id);
+        let h_out = hasher.hash2(a, b);
         let (a, b) = s.in_key().packed();
-        in_index.remove(hasher.hash2(a, b), id);
+        let h_in = hasher.hash2(a, b);
+        out_index.prefetch(h_out);
+        in_index.prefetch(h_in);
+        out_index.remove(h_out, id);
+        in_index.remove(h_in, id);
         Some(s)
     }
 
