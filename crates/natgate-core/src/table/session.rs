@@ -2,8 +2,8 @@
 //!
 //! A session lives in a [`Slab`]; the outbound index finds it by (proto, internal, remote), the
 //! inbound index by (proto, external, remote), and the [`TimerWheel`] finds it when idle. Memory
-//! per session at capacity: 32 (record) + 4 (free list) + 4 (wheel link) + 2 x 8 (index entries
-//! at load 0.8) = 56 bytes; the test `memory_per_session_at_one_million` checks the total.
+//! per session at capacity: 32 (record) + 4 (free list) + 8 (wheel links) + 2 x 8 (index entries
+//! at load 0.8) = 60 bytes; the test `memory_per_session_at_one_million` checks the total.
 
 use super::{FlowHasher, HashIndex, MappingId, Slab, TimerWheel};
 use crate::endpoint::{Endpoint, Protocol};
@@ -250,9 +250,8 @@ impl SessionTable {
         Some(s)
     }
 
-    /// Removes a session and its index entries and timer; `None` if `id` names no session. The
-    /// timer removal walks one wheel slot's list: meant for explicit deletes, not the hot path
-    /// (idle sessions leave through [`Self::expire`]).
+    /// Removes a session, its index entries and its timer (all O(1)); `None` if `id` names no
+    /// session. Idle sessions leave through [`Self::expire`] instead.
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = Self::unlink(
             &mut self.slab,
@@ -263,6 +262,17 @@ impl SessionTable {
         )?;
         self.wheel.unschedule(id.0);
         Some(s)
+    }
+
+    /// Moves session `id`'s next expiry check to `due_secs` (O(1)). Refreshes need no call: the
+    /// wheel re-checks lazily. This is for a timeout that *shrinks* (say a TCP close, RFC 5382
+    /// REQ-5's transitory timer), which the lazy check would otherwise notice only at the
+    /// old, later time.
+    pub fn reschedule(&mut self, id: SessionId, due_secs: u32) {
+        if self.slab.contains(id.0) {
+            self.wheel.unschedule(id.0);
+            self.wheel.schedule(id.0, due_secs);
+        }
     }
 
     /// The session `id`, or `None` if it was removed.
@@ -481,8 +491,15 @@ mod tests {
         assert_eq!(t.find_out(&session(1).out_key()), None);
         assert_eq!(t.find_in(&session(1).in_key()), None);
         assert_eq!(t.next_due(), Some(55));
+        t.reschedule(b, 40); // closed: a shorter timeout now
+        assert_eq!(t.next_due(), Some(40));
+        t.expire(40, |_| 40, |id, s| expired.push((id, s.mapping)));
+        assert_eq!(expired, vec![(a, MappingId(1)), (b, MappingId(2))]);
+        t.reschedule(b, 50); // gone: ignored
+        assert_eq!(t.next_due(), None);
+        let c = t.insert(session(3), 60).unwrap();
         t.expire(1000, timeout, |id, s| expired.push((id, s.mapping)));
-        assert_eq!(expired.len(), 2);
+        assert_eq!(expired.last(), Some(&(c, MappingId(3))));
         assert!(t.is_empty());
         assert_eq!(t.next_due(), None);
     }

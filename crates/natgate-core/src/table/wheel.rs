@@ -5,11 +5,14 @@
 //! scheduled for*, and when that slot comes due it asks the owner what the item's real due time is
 //! now: a refreshed item is re-scheduled, an idle one is forgotten.
 //!
-//! Storage is one `u32` link per item plus one head per slot: every slot holds a singly linked,
-//! circular list whose last link names the slot, so an item can find its own slot by walking to
-//! the end of its list (that makes [`TimerWheel::unschedule`] possible without storing the due
-//! time). Items due more than one turn ahead are parked in the slot one turn ahead and visited
-//! early, once per turn; `on_due` then answers with the same due time again.
+//! Storage is two `u32` links per item plus one head per slot: every slot holds a doubly linked
+//! list whose ends link to the slot itself (`END | slot`), so [`TimerWheel::unschedule`] is O(1)
+//! without storing due times. A singly linked list would save 4 bytes per item but makes
+//! unschedule walk its slot's list: measured 10 us per explicit session delete at 1 M sessions,
+//! a cost an attacker who can trigger deletes (RSTs) would be glad to impose.
+//!
+//! Items due more than one turn ahead are parked in the slot one turn ahead and visited early,
+//! once per turn; `on_due` then answers with the same due time again.
 
 /// Slots per turn: 4096 one-second slots, a little over an hour.
 const SLOTS: usize = 4096;
@@ -24,6 +27,9 @@ const UNSCHEDULED: u32 = u32::MAX;
 pub struct TimerWheel {
     /// Per item: the next item in its slot's list, `END | slot` for the last, or [`UNSCHEDULED`].
     next: Vec<u32>,
+    /// Per item: the previous item in its slot's list, `END | slot` for the first, or
+    /// [`UNSCHEDULED`].
+    prev: Vec<u32>,
     /// Per slot: the first item, or `END | slot` when empty.
     heads: Vec<u32>,
     /// Bit per slot, set when the slot is non-empty, so [`TimerWheel::next_due`] scans 64 words.
@@ -44,6 +50,7 @@ impl TimerWheel {
         );
         TimerWheel {
             next: vec![UNSCHEDULED; max_items],
+            prev: vec![UNSCHEDULED; max_items],
             heads: (0..SLOTS as u32).map(|s| END | s).collect(),
             occupied: vec![0; SLOTS / 64],
             now: 0,
@@ -61,38 +68,39 @@ impl TimerWheel {
         let base = u64::from(self.now);
         let due = u64::from(due_secs).clamp(base + 1, base + SLOTS as u64);
         let slot = (due & MASK) as usize;
-        self.next[item as usize] = self.heads[slot];
+        let first = self.heads[slot];
+        if first & END == 0 {
+            self.prev[first as usize] = item;
+        }
+        self.next[item as usize] = first;
+        self.prev[item as usize] = END | slot as u32;
         self.heads[slot] = item;
         self.occupied[slot / 64] |= 1 << (slot % 64);
     }
 
-    /// Takes `item` out of the wheel; false if it was not scheduled. Costs a walk of its slot's
-    /// list, which is fine for the rare callers (explicit deletes, flushes).
+    /// Takes `item` out of the wheel in O(1); false if it was not scheduled.
     pub fn unschedule(&mut self, item: u32) -> bool {
-        let Some(&link) = self.next.get(item as usize) else {
+        let Some(&next) = self.next.get(item as usize) else {
             return false;
         };
-        if link == UNSCHEDULED {
+        if next == UNSCHEDULED {
             return false;
         }
-        let mut end = link;
-        while end & END == 0 {
-            end = self.next[end as usize];
+        let prev = self.prev[item as usize];
+        if next & END == 0 {
+            self.prev[next as usize] = prev;
         }
-        let slot = (end & !END) as usize;
-        if self.heads[slot] == item {
-            self.heads[slot] = link;
+        if prev & END == 0 {
+            self.next[prev as usize] = next;
         } else {
-            let mut prev = self.heads[slot];
-            while self.next[prev as usize] != item {
-                prev = self.next[prev as usize];
+            let slot = (prev & !END) as usize;
+            self.heads[slot] = next;
+            if next & END != 0 {
+                self.occupied[slot / 64] &= !(1 << (slot % 64));
             }
-            self.next[prev as usize] = link;
         }
         self.next[item as usize] = UNSCHEDULED;
-        if self.heads[slot] & END != 0 {
-            self.occupied[slot / 64] &= !(1 << (slot % 64));
-        }
+        self.prev[item as usize] = UNSCHEDULED;
         true
     }
 
@@ -119,6 +127,7 @@ impl TimerWheel {
                 let item = link;
                 link = self.next[item as usize];
                 self.next[item as usize] = UNSCHEDULED;
+                self.prev[item as usize] = UNSCHEDULED;
                 if let Some(due) = on_due(item) {
                     self.schedule(item, due);
                 }
@@ -160,6 +169,7 @@ impl TimerWheel {
     /// Forgets every item (O(items + slots)); the wheel's clock is kept.
     pub fn clear(&mut self) {
         self.next.fill(UNSCHEDULED);
+        self.prev.fill(UNSCHEDULED);
         for (s, head) in (0..).zip(self.heads.iter_mut()) {
             *head = END | s;
         }
@@ -168,7 +178,8 @@ impl TimerWheel {
 
     /// Bytes of the link, head and bitmap arrays.
     pub fn memory_bytes(&self) -> usize {
-        (self.next.capacity() + self.heads.capacity()) * 4 + self.occupied.capacity() * 8
+        (self.next.capacity() + self.prev.capacity() + self.heads.capacity()) * 4
+            + self.occupied.capacity() * 8
     }
 }
 
