@@ -154,6 +154,19 @@ impl SessionTable {
         self.in_index.prefetch(hash);
     }
 
+    /// The second stage of a batched lookup, once the index bucket of `hash` is in cache (after
+    /// [`Self::prefetch_out`] or [`Self::prefetch_in`]): starts loading the record of the
+    /// bucket's first tag match, or the key's alternate bucket when it may live there.
+    #[inline(always)]
+    pub fn prefetch_record(&self, inbound: bool, hash: u64) {
+        let index = if inbound {
+            &self.in_index
+        } else {
+            &self.out_index
+        };
+        index.prefetch_candidate(hash, |v| self.slab.prefetch(v));
+    }
+
     /// The session whose out key (proto, internal, remote) is `key`.
     pub fn find_out(&self, key: &FlowKey) -> Option<SessionId> {
         self.find_out_hashed(self.hash(key), key)
@@ -188,19 +201,18 @@ impl SessionTable {
     /// If `out` is shorter than `keys`.
     pub fn find_batch(&self, inbound: bool, keys: &[FlowKey], out: &mut [Option<SessionId>]) {
         assert!(out.len() >= keys.len(), "find_batch output too short");
-        let index = if inbound {
-            &self.in_index
-        } else {
-            &self.out_index
-        };
         let mut hashes = [0u64; BATCH];
         for (keys, out) in keys.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
             for (h, key) in hashes.iter_mut().zip(keys) {
                 *h = self.hash(key);
-                index.prefetch(*h);
+                if inbound {
+                    self.prefetch_in(*h);
+                } else {
+                    self.prefetch_out(*h);
+                }
             }
             for &h in &hashes[..keys.len()] {
-                index.prefetch_candidate(h, |v| self.slab.prefetch(v));
+                self.prefetch_record(inbound, h);
             }
             for ((o, &h), key) in out.iter_mut().zip(&hashes).zip(keys) {
                 *o = if inbound {
