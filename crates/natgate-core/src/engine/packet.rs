@@ -208,23 +208,47 @@ pub(crate) enum Which {
 /// address changes (the first fragment's transport checksum already accounts for it).
 #[inline]
 pub(crate) fn rewrite(buf: &mut [u8], p: &mut Parsed, which: Which, new: Endpoint) {
+    translate(buf, p, which, new, false);
+}
+
+/// [`rewrite`], and with `decrement` also [`decrement_ttl`] (the caller has checked that the
+/// TTL is above 1), with one update of the IPv4 header checksum for both: the last step of
+/// every translated flow packet. One's complement addition is associative, so one update with
+/// both changes gives the same checksum as two updates in a row (RFC 1624 eqn. 3).
+#[inline]
+pub(crate) fn translate(
+    buf: &mut [u8],
+    p: &mut Parsed,
+    which: Which,
+    new: Endpoint,
+    decrement: bool,
+) {
     let (addr_off, old) = match which {
         Which::Src => (IP_SRC, p.src),
         Which::Dst => (IP_DST, p.dst),
     };
+    let header = &mut buf[..20];
+    let mut ip_delta = Delta::default();
     let mut l4_delta = Delta::default();
     if old.addr != new.addr {
         // One delta for the address serves the IPv4 header checksum and, through the pseudo
         // header, the TCP and UDP checksums.
-        let mut addr_delta = Delta::default();
-        addr_delta.add_addr(old.addr, new.addr);
-        let header = &mut buf[..20];
+        ip_delta.add_addr(old.addr, new.addr);
         header[addr_off..addr_off + 4].copy_from_slice(&new.addr.octets());
-        let ip_check = read16(header, IP_CHECKSUM);
-        write16(header, IP_CHECKSUM, addr_delta.apply(ip_check));
         if p.proto != Protocol::Icmp {
-            l4_delta = addr_delta;
+            l4_delta = ip_delta;
         }
+    }
+    if decrement {
+        // The TTL shares a 16-bit word with the protocol number.
+        let old_word = read16(header, IP_TTL);
+        let new_word = old_word.wrapping_sub(0x0100);
+        write16(header, IP_TTL, new_word);
+        ip_delta.add16(old_word, new_word);
+    }
+    if old.addr != new.addr || decrement {
+        let ip_check = read16(header, IP_CHECKSUM);
+        write16(header, IP_CHECKSUM, ip_delta.apply(ip_check));
     }
     if p.frag != Fragment::Later {
         let (check_at, check_end) = match p.proto {
@@ -328,6 +352,53 @@ mod tests {
                 header_checksum_ok(fixed, &header[20..]),
                 checksum::checksum(&header) == 0
             );
+        }
+    }
+
+    /// A 60-byte TCP, UDP or ICMP echo packet with random contents and valid checksums.
+    fn packet(proto: u8, bytes: &[u8], ttl: u8) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        b[0] = 0x45;
+        b[2..4].copy_from_slice(&60u16.to_be_bytes());
+        b[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        b[8] = ttl;
+        b[9] = proto;
+        b[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&b[..20]);
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+        b[20..22].copy_from_slice(&[0x13, 0x88]);
+        b[22..24].copy_from_slice(&[0x01, 0xbb]);
+        if proto == 1 {
+            b[20..24].copy_from_slice(&[8, 0, 0, 0]);
+            let c = checksum::checksum(&b[20..]);
+            b[22..24].copy_from_slice(&c.to_be_bytes());
+        }
+        b
+    }
+
+    proptest! {
+        /// One checksum update for address, port and TTL gives the very bytes that a rewrite
+        /// followed by a TTL decrement gives.
+        #[test]
+        fn translate_equals_rewrite_then_decrement(
+            proto in prop::sample::select(vec![1u8, 6, 17]),
+            bytes in prop::collection::vec(any::<u8>(), 60),
+            ttl in 2u8..=255,
+            src in any::<bool>(),
+            addr in any::<u32>(),
+            port in 1u16..,
+        ) {
+            let b = packet(proto, &bytes, ttl);
+            let side = if src { Side::Inside } else { Side::Outside };
+            let which = if src { Which::Src } else { Which::Dst };
+            let new = Endpoint::new(Ipv4Addr::from_bits(addr), port);
+            let p = parse(&b, side).unwrap();
+            let (mut one, mut two) = (b.clone(), b.clone());
+            let (mut p1, mut p2) = (p, p);
+            translate(&mut one, &mut p1, which, new, true);
+            rewrite(&mut two, &mut p2, which, new);
+            decrement_ttl(&mut two);
+            prop_assert_eq!(one, two);
         }
     }
 
