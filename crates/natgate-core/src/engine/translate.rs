@@ -61,11 +61,12 @@ impl<A: PortAllocator> Engine<A> {
         };
         let internal = p.src;
         let external = self.sessions.get(sid).external;
-        packet::rewrite(buf, p, Which::Src, external);
         if hairpin {
+            packet::rewrite(buf, p, Which::Src, external);
             return self.hairpin(now, buf, p, internal);
         }
-        self.finish(buf, Side::Outside)
+        packet::translate(buf, p, Which::Src, external, self.behavior.decrement_ttl);
+        Verdict::Forward(Side::Outside)
     }
 
     /// A flow packet from the outside: its session, or a new one if filtering allows.
@@ -98,8 +99,8 @@ impl<A: PortAllocator> Engine<A> {
             },
         };
         let internal = self.sessions.get(sid).internal;
-        packet::rewrite(buf, p, Which::Dst, internal);
-        self.finish(buf, Side::Inside)
+        packet::translate(buf, p, Which::Dst, internal, self.behavior.decrement_ttl);
+        Verdict::Forward(Side::Inside)
     }
 
     /// The second half of a hairpinned packet (RFC 4787 REQ-9, RFC 5382 REQ-8): its source is

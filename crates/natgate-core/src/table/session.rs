@@ -155,6 +155,21 @@ impl SessionTable {
         self.in_index.prefetch(hash);
     }
 
+    /// The second stage of a batched lookup, once the index bucket of `hash` is in cache (after
+    /// [`Self::prefetch_out`] or [`Self::prefetch_in`]): starts loading the record of the
+    /// bucket's first tag match, or the key's alternate bucket when it may live there.
+    #[inline(always)]
+    pub fn prefetch_record(&self, inbound: bool, hash: u64) {
+        let index = if inbound {
+            &self.in_index
+        } else {
+            &self.out_index
+        };
+        if let Some(v) = index.prefetch_candidate(hash) {
+            self.slab.prefetch(v);
+        }
+    }
+
     /// The session whose out key (proto, internal, remote) is `key`.
     pub fn find_out(&self, key: &FlowKey) -> Option<SessionId> {
         self.find_out_hashed(self.hash(key), key)
@@ -201,7 +216,11 @@ impl SessionTable {
         for (keys, out) in keys.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
             for (h, key) in hashes.iter_mut().zip(keys) {
                 *h = self.hash(key);
-                index.prefetch(*h);
+                if inbound {
+                    self.prefetch_in(*h);
+                } else {
+                    self.prefetch_out(*h);
+                }
             }
             for (c, &h) in candidates.iter_mut().zip(&hashes[..keys.len()]) {
                 *c = index.prefetch_candidate(h);
