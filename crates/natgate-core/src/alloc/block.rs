@@ -723,7 +723,7 @@ mod tests {
 
     #[test]
     fn rfc6888_req8_held_port_of_a_live_block_is_not_reused() {
-        // One port per parity... a block of 2 with parity: the released port must wait.
+        // A block of 2 with parity: one port of each parity, so the released port must wait.
         let mut s = settings(2, 1);
         s.port_parity = true;
         let mut a = BlockAllocator::new(&[X1], s);

@@ -412,3 +412,327 @@ impl PortAllocator for DeterministicAllocator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::{PortBlock, SubscriberId};
+    use crate::config::PortBlockSpec;
+    use std::collections::HashSet;
+
+    fn prefix(s: &str) -> Ipv4Prefix {
+        s.parse().expect("prefix")
+    }
+
+    fn map(inside: &str, outside: &str, ports: Option<u16>) -> DeterministicMap {
+        DeterministicMap::new(prefix(inside), prefix(outside), ports).expect("fits")
+    }
+
+    fn settings() -> DeterministicSettings {
+        DeterministicSettings {
+            port_parity: false,
+            hold_down: Duration::from_secs(120),
+            max_held_down: 1 << 20,
+            share: Share::WHOLE,
+        }
+    }
+
+    fn req(proto: Protocol, internal: Ipv4Addr, port: u16, now: Instant) -> AllocRequest {
+        AllocRequest {
+            proto,
+            internal: Endpoint::new(internal, port),
+            now,
+        }
+    }
+
+    fn host(n: u32) -> Ipv4Addr {
+        Ipv4Addr::from_bits(0x6440_0000 + n)
+    }
+
+    #[test]
+    fn rfc7422_forward_and_reverse_for_every_host_of_a_prefix() {
+        let m = map("100.64.0.0/24", "198.51.100.0/28", None);
+        assert_eq!(m.subscribers_per_address(), 16);
+        assert_eq!(
+            m.ports_per_subscriber(),
+            4032,
+            "floor(64512 / ceil(256 / 16))"
+        );
+        // Each outside address: which ports some subscriber has.
+        let mut taken = vec![vec![false; 65536]; 16];
+        for h in 0..256u32 {
+            let internal = host(h);
+            let (x, range) = m.forward(internal).expect("in the prefix");
+            assert_eq!(x, Ipv4Addr::from_bits(0xC633_6400 + h / 16));
+            assert_eq!(*range.start(), 1024 + (h % 16) as u16 * 4032);
+            assert_eq!(range.len(), 4032);
+            assert!(*range.start() >= 1024, "well-known ports excluded");
+            for p in range {
+                let slot = &mut taken[(h / 16) as usize][usize::from(p)];
+                assert!(!*slot, "{x}:{p} in two ranges");
+                *slot = true;
+                assert_eq!(m.reverse(x, p), Some(internal), "{x}:{p}");
+            }
+        }
+        // Every port 1024-65535 of every outside address is some subscriber's (16 * 4032 =
+        // 64512), and no port below 1024 is anybody's.
+        for (a, ports) in taken.iter().enumerate() {
+            let x = Ipv4Addr::from_bits(0xC633_6400 + a as u32);
+            for p in 0..1024u16 {
+                assert!(!ports[usize::from(p)]);
+                assert_eq!(m.reverse(x, p), None);
+            }
+            assert!(ports[1024..].iter().all(|t| *t));
+        }
+        assert_eq!(m.forward(Ipv4Addr::new(100, 64, 1, 0)), None);
+        assert_eq!(m.reverse(Ipv4Addr::new(198, 51, 100, 16), 5000), None);
+    }
+
+    #[test]
+    fn rfc7422_formula_with_a_configured_size_and_uneven_prefixes() {
+        // A /22 (1024 hosts) on a /30 (4 addresses): 256 per address, 252 ports each.
+        let m = map("10.0.0.0/22", "203.0.113.4/30", None);
+        assert_eq!(
+            (m.subscribers_per_address(), m.ports_per_subscriber()),
+            (256, 252)
+        );
+        let m = map("10.0.0.0/22", "203.0.113.4/30", Some(200));
+        let (x, r) = m.forward(Ipv4Addr::new(10, 0, 3, 255)).expect("last host");
+        assert_eq!(x, Ipv4Addr::new(203, 0, 113, 7));
+        assert_eq!(r, 1024 + 255 * 200..=1024 + 256 * 200 - 1);
+        // Ports past the last range belong to nobody.
+        assert_eq!(m.reverse(x, 1024 + 256 * 200), None);
+        assert_eq!(m.reverse(x, 65535), None);
+        // More outside addresses than needed: S = 1, a whole address per subscriber, and the
+        // addresses past the last subscriber map to nobody.
+        let m = map("10.0.0.0/30", "203.0.113.0/29", None);
+        assert_eq!(
+            (m.subscribers_per_address(), m.ports_per_subscriber()),
+            (1, 64512)
+        );
+        assert_eq!(
+            m.reverse(Ipv4Addr::new(203, 0, 113, 3), 1024),
+            Some(Ipv4Addr::new(10, 0, 0, 3))
+        );
+        assert_eq!(m.reverse(Ipv4Addr::new(203, 0, 113, 4), 1024), None);
+        // What does not fit.
+        assert!(
+            DeterministicMap::new(prefix("10.0.0.0/8"), prefix("203.0.113.0/32"), None).is_none()
+        );
+        assert!(
+            DeterministicMap::new(prefix("10.0.0.0/24"), prefix("203.0.113.0/32"), Some(253))
+                .is_none()
+        );
+        assert!(
+            DeterministicMap::new(prefix("10.0.0.0/24"), prefix("203.0.113.0/32"), Some(0))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn rfc7422_allocation_stays_in_the_range_and_logs_nothing() {
+        let m = map("100.64.0.0/24", "198.51.100.0/28", Some(64));
+        let mut a = DeterministicAllocator::new(m, settings(), None);
+        let mut rng = Rng::new(1);
+        let me = host(37);
+        let (x, range) = m.forward(me).expect("in");
+        for proto in Protocol::ALL {
+            let mut got = HashSet::new();
+            for i in 0..64u16 {
+                let e = a
+                    .allocate(&req(proto, me, i, Instant::ZERO), &mut rng)
+                    .expect("in range");
+                assert_eq!(e.addr, x);
+                assert!(range.contains(&e.port));
+                assert!(got.insert(e.port));
+            }
+            assert_eq!(
+                a.allocate(&req(proto, me, 99, Instant::ZERO), &mut rng),
+                Err(AllocError::SubscriberPortLimit),
+                "the range is the limit (RFC 6888 REQ-4)"
+            );
+        }
+        assert_eq!(a.poll_event(), None, "no per-session or per-range records");
+        let u = a.usage();
+        assert_eq!(u.len(), 16);
+        let mine = u.iter().find(|u| u.addr == x).expect("listed");
+        assert_eq!((mine.in_use, mine.subscribers), ([64, 64, 64], 1));
+        assert!(a.owns(x) && !a.owns(Ipv4Addr::new(198, 51, 100, 16)));
+        assert_eq!(
+            a.allocate(
+                &req(Protocol::Udp, Ipv4Addr::new(10, 0, 0, 1), 1, Instant::ZERO),
+                &mut rng
+            ),
+            Err(AllocError::UnknownSubscriber)
+        );
+    }
+
+    #[test]
+    fn rfc6888_req8_hold_down_inside_the_range() {
+        let m = map("100.64.0.0/24", "198.51.100.0/28", Some(2));
+        let mut s = settings();
+        s.port_parity = true;
+        let mut a = DeterministicAllocator::new(m, s, None);
+        let mut rng = Rng::new(2);
+        let me = Endpoint::new(host(5), 40);
+        let even = a
+            .allocate(&req(Protocol::Tcp, me.addr, 40, Instant::ZERO), &mut rng)
+            .expect("ok");
+        assert_eq!(even.port % 2, 0);
+        a.release(Protocol::Tcp, me, even, Instant::from_secs(1));
+        // A stranger cannot release what is not theirs.
+        a.release(
+            Protocol::Tcp,
+            Endpoint::new(host(6), 40),
+            even,
+            Instant::from_secs(1),
+        );
+        assert_eq!(a.usage().iter().map(|u| u.held_down[1]).sum::<u32>(), 1);
+        let at = |ms| req(Protocol::Tcp, me.addr, 42, Instant::from_millis(ms));
+        assert_eq!(
+            a.allocate(&at(120_999), &mut rng),
+            Err(AllocError::SubscriberPortLimit)
+        );
+        assert_eq!(a.allocate(&at(121_000), &mut rng), Ok(even));
+    }
+
+    #[test]
+    fn rfc7422_overflow_goes_to_logged_blocks() {
+        let inside = prefix("100.64.0.0/24");
+        let outside = prefix("198.51.100.0/28");
+        let extra = Ipv4Addr::new(203, 0, 113, 1);
+        let mut pool: Vec<Ipv4Addr> = (0..16)
+            .map(|i| Ipv4Addr::from_bits(0xC633_6400 + i))
+            .collect();
+        pool.push(extra);
+        let mut cfg = Config::new(pool, Ipv4Addr::new(100, 64, 255, 1));
+        let spec = DeterministicSpec {
+            inside,
+            outside,
+            ports_per_subscriber: Some(4),
+            overflow: Some(PortBlockSpec {
+                block_size: 64,
+                max_blocks_per_subscriber: 1,
+            }),
+        };
+        cfg.allocation = crate::config::Allocation::Deterministic(spec);
+        let cfg = cfg.validate().expect("valid");
+        let mut a =
+            DeterministicAllocator::from_config(cfg.get(), &spec, Share::WHOLE).expect("map");
+        let mut rng = Rng::new(3);
+        let me = host(200);
+        for i in 0..4 {
+            let e = a
+                .allocate(&req(Protocol::Udp, me, i, Instant::ZERO), &mut rng)
+                .expect("ok");
+            assert!(outside.contains(e.addr));
+        }
+        assert_eq!(a.poll_event(), None);
+        let over = a
+            .allocate(&req(Protocol::Udp, me, 9, Instant::ZERO), &mut rng)
+            .expect("overflow");
+        assert_eq!(over.addr, extra);
+        let Some(AllocEvent::BlockAllocated(PortBlock {
+            subscriber,
+            external,
+            ports,
+            ..
+        })) = a.poll_event()
+        else {
+            panic!("the overflow block is logged");
+        };
+        assert_eq!((subscriber, external), (SubscriberId::Ipv4(me), extra));
+        assert!(ports.contains(over.port));
+        assert!(a.owns(extra));
+        assert_eq!(a.usage().len(), 17);
+        // Releasing the overflow port returns its block after the hold-down.
+        a.release(Protocol::Udp, Endpoint::new(me, 9), over, Instant::ZERO);
+        a.handle_timeout(Instant::from_secs(120));
+        assert!(
+            matches!(a.poll_event(), Some(AllocEvent::BlockReleased(b)) if b.at == Instant::from_secs(120))
+        );
+        assert_eq!(a.map().ports_per_subscriber(), 4);
+        assert!(a.overflow().is_some());
+    }
+
+    #[test]
+    fn shares_split_subscribers_and_steering_agrees() {
+        let m = map("100.64.0.0/24", "198.51.100.0/28", None);
+        let count = 4;
+        let mut allocs: Vec<DeterministicAllocator> = (0..count)
+            .map(|i| {
+                let mut s = settings();
+                s.share = Share::new(i, count).expect("valid");
+                DeterministicAllocator::new(m, s, None)
+            })
+            .collect();
+        let mut rng = Rng::new(4);
+        for h in 0..256 {
+            let internal = host(h);
+            let w = m.worker_of_internal(internal, count).expect("in");
+            for (i, a) in allocs.iter_mut().enumerate() {
+                let r = a.allocate(&req(Protocol::Udp, internal, 7, Instant::ZERO), &mut rng);
+                if i == usize::from(w) {
+                    let e = r.expect("its own worker");
+                    assert_eq!(m.worker_of_external(e.addr, e.port, count), Some(w));
+                    assert_eq!(a.reverse(e.addr, e.port), Some(internal));
+                } else {
+                    assert_eq!(r, Err(AllocError::OtherShare));
+                }
+            }
+        }
+        assert_eq!(
+            allocs[0].forward(host(0)).map(|f| f.0),
+            Some(Ipv4Addr::new(198, 51, 100, 0))
+        );
+    }
+
+    /// Rough timings for the report; run with
+    /// `cargo test --release -p natgate-core --lib alloc::deterministic::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, not a check; run in release"]
+    #[allow(clippy::print_stderr)]
+    fn timing() {
+        use std::collections::VecDeque;
+        use std::time::Instant as Clock;
+        // A /18 of subscribers (16384) on a /26 (64 addresses): 256 per address, 252 ports each.
+        let m = map("100.64.0.0/18", "198.51.100.0/26", None);
+        let mut a = DeterministicAllocator::new(m, settings(), None);
+        let mut rng = Rng::new(99);
+        let subs = 16_384u32;
+        let mut live = VecDeque::new();
+        let mut now = Instant::ZERO;
+        for i in 0..subs * 8 {
+            let r = req(Protocol::Udp, host(i % subs), (i / subs) as u16 + 2000, now);
+            live.push_back((r.internal, a.allocate(&r, &mut rng).expect("ok")));
+        }
+        let n = 2_000_000u32;
+        let t0 = Clock::now();
+        for i in 0..n {
+            now = now + Duration::from_micros(50);
+            let r = req(
+                Protocol::Udp,
+                host(i % subs),
+                (i % 60_000) as u16 + 1024,
+                now,
+            );
+            let e = a.allocate(&r, &mut rng).expect("ok");
+            let (internal, old) = live.pop_front().expect("live");
+            a.release(Protocol::Udp, internal, old, now);
+            live.push_back((r.internal, e));
+        }
+        let pair = t0.elapsed().as_nanos() / u128::from(n);
+        eprintln!("deterministic /18 on /26, 131k live: {pair} ns per allocate + release");
+        let t0 = Clock::now();
+        let k = 10_000_000u32;
+        let mut sum = 0u64;
+        for i in 0..k {
+            let x = Ipv4Addr::from_bits(0xC633_6400 + (i % 64));
+            if let Some(h) = a.reverse(x, 1024 + (i % 64512) as u16) {
+                sum += u64::from(h.to_bits());
+            }
+        }
+        let rev = t0.elapsed().as_nanos() / u128::from(k);
+        eprintln!("reverse look-up: {rev} ns ({sum})");
+    }
+}

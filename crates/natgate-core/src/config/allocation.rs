@@ -235,6 +235,17 @@ impl Allocation {
                         ),
                     ));
                 }
+                if d.outside.size() > pool.len() as u64 {
+                    return Err(out_of_range(
+                        "allocation.outside",
+                        format!(
+                            "{} has {} addresses, more than the pool's {}; all must be in the pool",
+                            d.outside,
+                            d.outside.size(),
+                            pool.len()
+                        ),
+                    ));
+                }
                 let in_pool: HashSet<Ipv4Addr> = pool.iter().copied().collect();
                 for off in 0..d.outside.size() {
                     let a = d.outside.nth(u32::try_from(off).unwrap_or(u32::MAX));
@@ -268,5 +279,135 @@ impl Allocation {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn pool(n: u32) -> Vec<Ipv4Addr> {
+        (0..n)
+            .map(|i| Ipv4Addr::from_bits(0xC633_6400 + i))
+            .collect()
+    }
+
+    fn with(pool: Vec<Ipv4Addr>, allocation: Allocation) -> Result<(), ConfigError> {
+        let mut c = Config::new(pool, Ipv4Addr::new(100, 64, 255, 1));
+        c.allocation = allocation;
+        c.validate().map(|_| ())
+    }
+
+    fn setting(r: Result<(), ConfigError>) -> &'static str {
+        match r {
+            Err(ConfigError::OutOfRange { setting, .. }) => setting,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn blocks(block_size: u16, max_blocks_per_subscriber: u16) -> PortBlockSpec {
+        PortBlockSpec {
+            block_size,
+            max_blocks_per_subscriber,
+        }
+    }
+
+    fn det(inside: &str, outside: &str) -> DeterministicSpec {
+        DeterministicSpec {
+            inside: inside.parse().expect("prefix"),
+            outside: outside.parse().expect("prefix"),
+            ports_per_subscriber: None,
+            overflow: None,
+        }
+    }
+
+    #[test]
+    fn prefixes_parse_and_refuse_host_bits() {
+        let p: Ipv4Prefix = "100.64.0.0/24".parse().expect("ok");
+        assert_eq!(
+            (p.addr(), p.prefix_len(), p.size()),
+            (Ipv4Addr::new(100, 64, 0, 0), 24, 256)
+        );
+        assert_eq!(p.to_string(), "100.64.0.0/24");
+        assert_eq!(p.offset_of(Ipv4Addr::new(100, 64, 0, 255)), Some(255));
+        assert_eq!(p.offset_of(Ipv4Addr::new(100, 64, 1, 0)), None);
+        assert_eq!(p.nth(256), None);
+        assert!("100.64.0.1/24".parse::<Ipv4Prefix>().is_err());
+        assert!("100.64.0.0/33".parse::<Ipv4Prefix>().is_err());
+        assert!("100.64.0.0".parse::<Ipv4Prefix>().is_err());
+        let all: Ipv4Prefix = "0.0.0.0/0".parse().expect("ok");
+        assert_eq!(all.size(), 1 << 32);
+        assert!(all.contains(Ipv4Addr::BROADCAST));
+    }
+
+    #[test]
+    fn port_block_sizes_are_checked() {
+        assert_eq!(with(pool(1), Allocation::PortBlock(blocks(512, 4))), Ok(()));
+        assert_eq!(
+            with(pool(1), Allocation::PortBlock(blocks(64512, 1))),
+            Ok(())
+        );
+        assert_eq!(
+            setting(with(pool(1), Allocation::PortBlock(blocks(1, 4)))),
+            "allocation.block-size"
+        );
+        assert_eq!(
+            setting(with(pool(1), Allocation::PortBlock(blocks(65000, 1)))),
+            "allocation.block-size"
+        );
+        for max in [0, 127] {
+            assert_eq!(
+                setting(with(pool(1), Allocation::PortBlock(blocks(512, max)))),
+                "allocation.max-blocks-per-subscriber"
+            );
+        }
+        assert_eq!(Allocation::default(), Allocation::Dynamic);
+    }
+
+    #[test]
+    fn rfc7422_deterministic_prefixes_must_fit_the_pool() {
+        let d = det("100.64.0.0/24", "198.51.100.0/28");
+        assert_eq!(
+            (d.subscribers_per_address(), d.ports_per_subscriber()),
+            (16, 4032)
+        );
+        assert_eq!(with(pool(16), Allocation::Deterministic(d)), Ok(()));
+        // An outside address missing from the pool; a pool address with no use.
+        assert_eq!(
+            setting(with(pool(15), Allocation::Deterministic(d))),
+            "allocation.outside"
+        );
+        assert_eq!(
+            setting(with(pool(17), Allocation::Deterministic(d))),
+            "pool"
+        );
+        // Overflow needs addresses of its own, and valid blocks.
+        let mut o = d;
+        o.overflow = Some(blocks(512, 2));
+        assert_eq!(with(pool(17), Allocation::Deterministic(o)), Ok(()));
+        assert_eq!(
+            setting(with(pool(16), Allocation::Deterministic(o))),
+            "allocation.overflow"
+        );
+        o.overflow = Some(blocks(512, 0));
+        assert_eq!(
+            setting(with(pool(17), Allocation::Deterministic(o))),
+            "allocation.overflow.max-blocks-per-subscriber"
+        );
+        // Sizes.
+        let mut p = d;
+        p.ports_per_subscriber = Some(4033);
+        assert_eq!(
+            setting(with(pool(16), Allocation::Deterministic(p))),
+            "allocation.ports-per-subscriber"
+        );
+        p.ports_per_subscriber = Some(1000);
+        assert_eq!(with(pool(16), Allocation::Deterministic(p)), Ok(()));
+        let big = det("10.0.0.0/8", "198.51.100.0/32");
+        assert_eq!(
+            setting(with(pool(1), Allocation::Deterministic(big))),
+            "allocation.outside"
+        );
     }
 }
