@@ -443,6 +443,25 @@ mod tests {
     }
 
     #[test]
+    fn port_block_records_have_subscriber_and_range_but_no_protocol() {
+        use natgate_core::alloc::{PortRange, SubscriberId};
+        let ev = Event::PortBlockAllocated {
+            at: Instant::from_secs(10),
+            subscriber: SubscriberId::Ipv4(Ipv4Addr::new(100, 64, 0, 10)),
+            external: Ipv4Addr::new(198, 51, 100, 1),
+            ports: PortRange {
+                first: 1536,
+                last: 2047,
+            },
+        };
+        let line = serde_json::to_string(&Line::new(&ev, &base(), false)).expect("json");
+        assert_eq!(
+            line,
+            r#"{"ts":"2026-11-22T16:14:30.123Z","event":"port-block-allocated","internal":"100.64.0.10","external":"198.51.100.1:1536-2047"}"#
+        );
+    }
+
+    #[test]
     fn timestamps_are_utc_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(

@@ -10,6 +10,7 @@
 //! worker of a multi-core gateway hands out only ports whose return traffic it receives.
 
 mod block;
+mod configured;
 mod deterministic;
 mod dynamic;
 mod hold;
@@ -18,6 +19,7 @@ mod ports;
 mod share;
 
 pub use block::{BlockAllocator, BlockSettings};
+pub use configured::ConfiguredAllocator;
 pub use deterministic::{DeterministicAllocator, DeterministicMap, DeterministicSettings};
 pub use dynamic::{AllocSettings, DynamicAllocator};
 pub use share::Share;
