@@ -3,6 +3,8 @@
 //! (section 8.4), the RFC 8158 NAT elements per record shape, and sequence numbers across
 //! split messages.
 
+#![allow(clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,6 +1,8 @@
 //! The syslog sink end to end over loopback: messages received on a UDP socket (RFC 5426) and
 //! a Unix datagram socket, each checked against a strict reading of the RFC 5424 grammar.
 
+#![allow(clippy::expect_used)]
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, UNIX_EPOCH};
