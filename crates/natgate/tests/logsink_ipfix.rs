@@ -321,3 +321,87 @@ fn templates_are_sent_again_when_the_refresh_is_due() {
     assert!(d.has_templates);
     assert_eq!(d.records.len(), 1);
 }
+
+/// A pcap file (Ethernet, IPv4, UDP to port 4739) holding `messages`, for tshark.
+fn pcap(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut f = Vec::new();
+    for v in [
+        0xa1b2_c3d4u32.to_le_bytes(),
+        [2, 0, 4, 0],
+        [0; 4],
+        [0; 4],
+        65535u32.to_le_bytes(),
+        1u32.to_le_bytes(),
+    ] {
+        f.extend_from_slice(&v);
+    }
+    for m in messages {
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
+        ];
+        let total = (20 + 8 + m.len()) as u16;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        let sum: u32 = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        ip[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&40000u16.to_be_bytes());
+        frame.extend_from_slice(&4739u16.to_be_bytes());
+        frame.extend_from_slice(&((8 + m.len()) as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(m);
+        let len = (frame.len() as u32).to_le_bytes();
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&len);
+        f.extend_from_slice(&len);
+        f.extend_from_slice(&frame);
+    }
+    f
+}
+
+#[test]
+#[allow(clippy::print_stderr)]
+fn tshark_dissects_the_stream_when_installed() {
+    let Ok(out) = std::process::Command::new("tshark")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("skipped: tshark is not installed (Wireshark's IPFIX dissector)");
+        return;
+    };
+    assert!(out.status.success());
+    let rx = collector();
+    let mut x = IpfixExporter::open(IpfixConfig::new(rx.local_addr().expect("addr")), base())
+        .expect("open");
+    for e in events() {
+        x.record(&e).expect("record");
+    }
+    x.flush().expect("flush");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ipfix.pcap");
+    std::fs::write(&path, pcap(&[recv(&rx)])).expect("write");
+    let out = std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(&path)
+        .args(["-d", "udp.port==4739,cflow", "-V"])
+        .output()
+        .expect("run tshark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(text.contains("IPFIX"), "{text}");
+    assert!(!text.contains("Malformed"), "{text}");
+    assert!(
+        text.contains("198.51.100.1") && text.contains("100.64.0.10"),
+        "{text}"
+    );
+}
