@@ -121,7 +121,7 @@ pub struct IpfixConfig {
     /// How often the templates are sent again (RFC 7011 section 8.4).
     pub template_refresh: Duration,
     /// Largest message sent, in bytes; keep it under the path MTU (RFC 7011 section 10.3.3).
-    /// At least 256.
+    /// Clamped to 256..=65 507 (the largest UDP payload over IPv4).
     pub max_message: usize,
     /// Export destinations in session records (RFC 6888 REQ-12: off unless asked).
     pub log_destinations: bool,
@@ -167,7 +167,8 @@ impl IpfixExporter {
         };
         let socket = UdpSocket::bind(bind)?;
         let config = IpfixConfig {
-            max_message: config.max_message.max(256),
+            // The header's length field is 16 bits; a UDP payload is at most 65 507 bytes.
+            max_message: config.max_message.clamp(256, 65_507),
             ..config
         };
         Ok(IpfixExporter {
