@@ -43,6 +43,9 @@ pub enum LogError {
     /// The logger thread panicked; events it held were lost.
     #[error("the logger thread panicked")]
     LoggerPanicked,
+    /// A thread panicked while holding a shared sink's lock.
+    #[error("a shared log was poisoned by a panic")]
+    Poisoned,
 }
 
 /// Somewhere events are written. The pipeline's logger thread calls [`Sink::record`] for each

@@ -26,6 +26,7 @@ use std::io::{BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natgate_core::{Event, Protocol};
@@ -339,6 +340,43 @@ impl BlockLog {
     }
 }
 
+/// A [`BlockLog`] shared by the logger thread (as a [`Sink`]) and the control thread (for
+/// `whois`). The logger holds the lock for one event or one flush at a time.
+#[derive(Clone)]
+pub struct SharedBlockLog(Arc<Mutex<BlockLog>>);
+
+impl SharedBlockLog {
+    /// Shares `log`.
+    pub fn new(log: BlockLog) -> Self {
+        SharedBlockLog(Arc::new(Mutex::new(log)))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, BlockLog>, LogError> {
+        self.0.lock().map_err(|_| LogError::Poisoned)
+    }
+
+    /// [`BlockLog::whois`] under the lock.
+    pub fn whois(
+        &self,
+        external: Ipv4Addr,
+        port: u16,
+        proto: Option<Protocol>,
+        at: SystemTime,
+    ) -> Result<Vec<WhoisAnswer>, LogError> {
+        self.lock()?.whois(external, port, proto, at)
+    }
+}
+
+impl Sink for SharedBlockLog {
+    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+        self.lock()?.record(ev)
+    }
+
+    fn flush(&mut self) -> Result<(), LogError> {
+        self.lock()?.flush()
+    }
+}
+
 fn replay(path: &Path, index: &mut Index) -> Result<(), LogError> {
     replay_filtered(path, index, |_| true)
 }
@@ -629,6 +667,44 @@ mod tests {
             let want: &[Ipv4Addr] = if mappings { &[SUB_A] } else { &[] };
             assert_eq!(who(&log, 40000, 15), want);
         }
+    }
+
+    #[test]
+    fn shared_through_the_pipeline_and_asked_from_another_thread() {
+        use crate::logsink::{LogPipeline, PipelineConfig};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared =
+            SharedBlockLog::new(BlockLog::open(config(dir.path(), 10), base()).expect("open"));
+        let (tx, handle) = LogPipeline::start(PipelineConfig {
+            capacity: 16,
+            max_batch: 16,
+            sinks: vec![Box::new(shared.clone())],
+        })
+        .expect("start");
+        let (internal, external) = (Endpoint::new(SUB_A, 5000), Endpoint::new(EXT, 40123));
+        let proto = Protocol::Udp;
+        assert!(tx.send(Event::MappingCreated {
+            at: Instant::from_secs(100),
+            proto,
+            internal,
+            external
+        }));
+        assert!(tx.send(Event::MappingDeleted {
+            at: Instant::from_secs(200),
+            proto,
+            internal,
+            external
+        }));
+        assert_eq!(handle.shutdown().expect("shutdown").sink_errors, 0);
+        let asked =
+            std::thread::spawn(move || shared.whois(EXT, 40123, Some(Protocol::Udp), t(150)));
+        let answers = asked.join().expect("join").expect("whois");
+        assert_eq!(answers.len(), 1);
+        assert_eq!(
+            (answers[0].subscriber, answers[0].since, answers[0].until),
+            (SUB_A, t(100), Some(t(200)))
+        );
+        assert_eq!(answers[0].proto, Some(Protocol::Udp));
     }
 
     #[test]
