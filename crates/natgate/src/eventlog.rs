@@ -365,7 +365,7 @@ impl Line {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC; times before 1970 show as the epoch.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days(secs / 86400);

@@ -32,6 +32,7 @@
 pub mod control;
 pub mod ethtool;
 pub mod eventlog;
+pub mod logsink;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
