@@ -253,8 +253,8 @@ fn port_blocks_use_their_own_template() {
         external: Some(Endpoint::new(Ipv4Addr::new(198, 51, 100, 7), 0)),
         remote: None,
         block: Some(PortRange {
-            start: 2048,
-            end: 2559,
+            first: 2048,
+            last: 2559,
         }),
     });
     x.send_pending().expect("send");

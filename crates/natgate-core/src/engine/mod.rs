@@ -229,7 +229,10 @@ impl<A: PortAllocator> Engine<A> {
                             self.sessions.find_out_hashed(hash, &key)
                         }
                     });
-                    (self.process_parsed(now, side, pkt.buf, p, to_pool[i], hint), p.len)
+                    (
+                        self.process_parsed(now, side, pkt.buf, p, to_pool[i], hint),
+                        p.len,
+                    )
                 }
                 Err(reason) => (Verdict::Drop(reason), len),
             };

@@ -292,8 +292,8 @@ impl From<&crate::logsink::whois::WhoisAnswer> for WhoisRow {
         WhoisRow {
             subscriber: a.subscriber,
             external: a.external,
-            port_start: a.ports.start,
-            port_end: a.ports.end,
+            port_start: a.ports.first,
+            port_end: a.ports.last,
             proto: a.proto,
             since_ms: Some(ms(a.since)),
             until_ms: a.until.map(ms),

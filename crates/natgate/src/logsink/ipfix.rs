@@ -206,8 +206,8 @@ impl IpfixExporter {
                     Field::U8(rec.event.value()),
                     Field::Addr(rec.internal.addr),
                     Field::Addr(ext.addr),
-                    Field::U16(b.start),
-                    Field::U16(b.end),
+                    Field::U16(b.first),
+                    Field::U16(b.last),
                 ],
             ),
             (None, None, _) => (

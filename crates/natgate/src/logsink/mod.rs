@@ -127,15 +127,8 @@ impl NatEvent {
     }
 }
 
-/// A port block: an external address and the inclusive range of ports given to one subscriber
-/// (RFC 8158 `portRangeStart`, `portRangeEnd`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    /// The first port.
-    pub start: u16,
-    /// The last port (inclusive).
-    pub end: u16,
-}
+/// A port block's ports (RFC 8158 `portRangeStart`, `portRangeEnd`): the allocator's own type.
+pub use natgate_core::alloc::PortRange;
 
 /// One event in the terms of the NAT logging information model (RFC 8158 section 4): what
 /// every sink writes.
@@ -235,6 +228,33 @@ impl Record {
                 external: None,
                 remote: Some(remote),
                 block: None,
+            },
+            Event::PortBlockAllocated {
+                at,
+                subscriber,
+                external,
+                ports,
+            }
+            | Event::PortBlockReleased {
+                at,
+                subscriber,
+                external,
+                ports,
+            } => Record {
+                at,
+                event: if matches!(ev, Event::PortBlockAllocated { .. }) {
+                    NatEvent::PortBlockAllocation
+                } else {
+                    NatEvent::PortBlockDeallocation
+                },
+                // One block serves every protocol (alloc::block), so no protocol is named.
+                proto: None,
+                internal: match subscriber {
+                    natgate_core::alloc::SubscriberId::Ipv4(addr) => Endpoint::new(addr, 0),
+                },
+                external: Some(Endpoint::new(external, ports.first)),
+                remote: None,
+                block: Some(ports),
             },
         }
     }

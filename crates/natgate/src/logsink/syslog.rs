@@ -152,8 +152,8 @@ impl SyslogSink {
             }
         }
         if let Some(b) = rec.block {
-            param(out, "portRangeStart", b.start);
-            param(out, "portRangeEnd", b.end);
+            param(out, "portRangeStart", b.first);
+            param(out, "portRangeEnd", b.last);
         }
         if let Some(r) = rec.remote_if(self.config.log_destinations) {
             param(out, "destinationIPv4Address", r.addr);
@@ -296,8 +296,8 @@ mod tests {
             external: Some(Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 0)),
             remote: None,
             block: Some(PortRange {
-                start: 2048,
-                end: 2559,
+                first: 2048,
+                last: 2559,
             }),
         };
         let mut m = String::new();

@@ -225,8 +225,8 @@ fn answer(h: &Holding, since: u64, until: Option<u64>) -> WhoisAnswer {
         subscriber: Ipv4Addr::from(h.subscriber),
         external: Ipv4Addr::from(h.external),
         ports: PortRange {
-            start: h.start,
-            end: h.end,
+            first: h.start,
+            last: h.end,
         },
         proto: Protocol::from_ip_number(h.proto),
         since: UNIX_EPOCH + Duration::from_millis(since),
@@ -303,8 +303,8 @@ impl BlockLog {
             proto: proto.map_or(0, |p| p.ip_number()),
             subscriber: u32::from(subscriber),
             external: u32::from(external),
-            start: ports.start.min(ports.end),
-            end: ports.end.max(ports.start),
+            start: ports.first.min(ports.last),
+            end: ports.last.max(ports.first),
         };
         self.pending.extend_from_slice(&e.encode());
         self.index.apply(&e);
@@ -420,8 +420,8 @@ impl Sink for BlockLog {
             return Ok(());
         };
         let single = PortRange {
-            start: x.port,
-            end: x.port,
+            first: x.port,
+            last: x.port,
         };
         match rec.event {
             NatEvent::PortBlockAllocation | NatEvent::PortBlockDeallocation => {
@@ -468,7 +468,10 @@ mod tests {
     }
 
     fn block(start: u16, end: u16) -> PortRange {
-        PortRange { start, end }
+        PortRange {
+            first: start,
+            last: end,
+        }
     }
 
     fn config(dir: &Path, max_intervals: usize) -> BlockLogConfig {
