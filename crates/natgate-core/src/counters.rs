@@ -56,8 +56,15 @@ drop_reasons! {
     TcpNoSession => "tcp_no_session",
     /// An ICMP error that matches no session, in either direction.
     IcmpErrorNoSession => "icmp_error_no_session",
-    /// No external endpoint could be allocated (pool exhausted or allocator limit).
+    /// No external endpoint could be allocated: the pool (or the subscriber's paired address)
+    /// has no free port.
     MappingFailed => "mapping_failed",
+    /// The subscriber holds its most port blocks and all are full (RFC 6888 REQ-4).
+    SubscriberPortLimit => "subscriber_port_limit",
+    /// The sender is not a subscriber the allocator serves (outside the deterministic prefix).
+    UnknownSubscriber => "unknown_subscriber",
+    /// The packet reached a worker that does not own its subscriber's ports (mis-steered).
+    WrongShard => "wrong_shard",
     /// The session table is full; no live session is evicted to make room (RFC 6888 REQ-11).
     SessionTableFull => "session_table_full",
     /// Hairpinning is switched off and the packet was addressed to the external pool.

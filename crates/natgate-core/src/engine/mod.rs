@@ -428,6 +428,9 @@ impl<A: PortAllocator> Engine<A> {
             |s| session_due(&behavior, s, now_s),
             |_, s| gone.session(&s),
         );
+        // Hold-downs that ended return port blocks to the pool, with a log record each.
+        self.alloc.handle_timeout(now);
+        self.drain_alloc_events();
         let lost = self.fragments.expire(now);
         for _ in 0..lost {
             self.counters.count_drop(DropReason::FragmentExpired);
@@ -575,6 +578,14 @@ impl<A: PortAllocator> Engine<A> {
             self.counters.events_lost += 1;
         }
     }
+
+    /// Moves the allocator's port-block records into the event queue (one record per block,
+    /// the low-volume log of RFC 6888 section 4 / RFC 8158).
+    fn drain_alloc_events(&mut self) {
+        while let Some(e) = self.alloc.poll_event() {
+            self.emit(e.into());
+        }
+    }
 }
 
 /// The session key of a packet that may take the fast path: a whole TCP, UDP or ICMP query
@@ -669,6 +680,9 @@ impl<A: PortAllocator> Gone<'_, A> {
                 internal: m.internal,
                 external: m.external,
             });
+            while let Some(e) = self.alloc.poll_event() {
+                self.event(e.into());
+            }
         }
     }
 

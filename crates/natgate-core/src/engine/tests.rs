@@ -121,7 +121,7 @@ fn fix_ip_checksum(p: &mut Pkt) {
     p.buf[10..12].copy_from_slice(&ip.calc_header_checksum().to_be_bytes());
 }
 
-fn run(e: &mut Engine, now: Instant, side: Side, p: &mut Pkt) -> Verdict {
+fn run<A: PortAllocator>(e: &mut Engine<A>, now: Instant, side: Side, p: &mut Pkt) -> Verdict {
     let v = e.process(now, side, &mut p.buf, p.len);
     if let Verdict::Reply { len, .. } = v {
         p.len = len;
@@ -195,7 +195,7 @@ pub(crate) fn assert_checksums(bytes: &[u8]) {
 }
 
 /// Sends `p` out from the inside and returns the external source endpoint it got.
-fn out(e: &mut Engine, now: Instant, mut p: Pkt) -> Endpoint {
+fn out<A: PortAllocator>(e: &mut Engine<A>, now: Instant, mut p: Pkt) -> Endpoint {
     let v = run(e, now, Side::Inside, &mut p);
     assert_eq!(v, Verdict::Forward(Side::Outside), "outbound forwarded");
     assert_checksums(p.bytes());
@@ -203,7 +203,7 @@ fn out(e: &mut Engine, now: Instant, mut p: Pkt) -> Endpoint {
 }
 
 /// Sends `p` in from the outside; returns the verdict and the translated packet.
-fn inb(e: &mut Engine, now: Instant, mut p: Pkt) -> (Verdict, Pkt) {
+fn inb<A: PortAllocator>(e: &mut Engine<A>, now: Instant, mut p: Pkt) -> (Verdict, Pkt) {
     let v = run(e, now, Side::Outside, &mut p);
     if v == Verdict::Forward(Side::Inside) {
         assert_checksums(p.bytes());
@@ -1280,4 +1280,55 @@ fn batch_with_two_packets_of_one_new_flow_makes_one_session() {
         );
         assert_eq!(a.bytes(), b.bytes());
     }
+}
+
+// ---------------------------------------------------------------- port blocks (RFC 6888)
+
+fn block_engine() -> Engine<crate::alloc::BlockAllocator> {
+    use crate::alloc::{BlockAllocator, BlockSettings, Share};
+    let cfg = config(|_| {}).validate().expect("valid");
+    let alloc = BlockAllocator::new(
+        &POOL,
+        BlockSettings {
+            block_size: 4,
+            max_blocks_per_subscriber: 2,
+            port_parity: false,
+            hold_down: core::time::Duration::from_secs(120),
+            max_held_down: 1024,
+            share: Share::WHOLE,
+        },
+    );
+    Engine::with_allocator(cfg, alloc, 7)
+}
+
+#[test]
+fn rfc6888_req4_port_block_limit_is_its_own_drop_and_blocks_are_logged_once() {
+    let mut e = block_engine();
+    for port in 0..8u16 {
+        let mut p = udp(ep(SUB1, 1000 + port), ep(WAN1, 9), b"x");
+        assert_eq!(
+            run(&mut e, t(0), Side::Inside, &mut p),
+            Verdict::Forward(Side::Outside)
+        );
+    }
+    let mut p = udp(ep(SUB1, 2000), ep(WAN1, 9), b"x");
+    let v = run(&mut e, t(0), Side::Inside, &mut p);
+    assert_eq!(v.drop_reason(), Some(DropReason::SubscriberPortLimit));
+    assert_eq!(e.counters().drops(DropReason::SubscriberPortLimit), 1);
+    // Another subscriber is unaffected.
+    out(&mut e, t(0), udp(ep(SUB2, 1000), ep(WAN1, 9), b"x"));
+    let blocks = std::iter::from_fn(|| e.poll_event())
+        .filter(|ev| matches!(ev, Event::PortBlockAllocated { .. }))
+        .count();
+    assert_eq!(
+        blocks, 3,
+        "two blocks for SUB1, one for SUB2: one record per block"
+    );
+    // Everything expires; the blocks come back after the hold-down, each with one record.
+    e.handle_timeout(t(301));
+    e.handle_timeout(t(301 + 120));
+    let released = std::iter::from_fn(|| e.poll_event())
+        .filter(|ev| matches!(ev, Event::PortBlockReleased { .. }))
+        .count();
+    assert_eq!(released, 3);
 }

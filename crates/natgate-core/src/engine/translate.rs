@@ -3,7 +3,7 @@
 
 use super::packet::{self, Parsed, Which};
 use super::{Engine, ICMP_DEST_UNREACHABLE, session_due};
-use crate::alloc::{AllocRequest, PortAllocator};
+use crate::alloc::{AllocError, AllocRequest, PortAllocator};
 use crate::config::{FilteringBehavior, Hairpinning, MappingBehavior};
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
@@ -214,10 +214,14 @@ impl<A: PortAllocator> Engine<A> {
             internal,
             now,
         };
-        let external = self
-            .alloc
-            .allocate(&req, &mut self.rng)
-            .map_err(|_| DropReason::MappingFailed)?;
+        let allocated = self.alloc.allocate(&req, &mut self.rng);
+        self.drain_alloc_events();
+        let external = allocated.map_err(|e| match e {
+            AllocError::Exhausted | AllocError::PairedAddressFull => DropReason::MappingFailed,
+            AllocError::SubscriberPortLimit => DropReason::SubscriberPortLimit,
+            AllocError::UnknownSubscriber => DropReason::UnknownSubscriber,
+            AllocError::OtherShare => DropReason::WrongShard,
+        })?;
         let mapping = Mapping {
             internal,
             external,
@@ -247,6 +251,7 @@ impl<A: PortAllocator> Engine<A> {
     fn delete_unused_mapping(&mut self, now: Instant, mid: MappingId) {
         if let Some(m) = self.mappings.remove(mid) {
             self.alloc.release(m.proto, m.internal, m.external, now);
+            self.drain_alloc_events();
             self.counters.mappings_created -= 1;
             self.emit(Event::MappingDeleted {
                 at: now,
