@@ -65,6 +65,12 @@ drop_reasons! {
     UnknownSubscriber => "unknown_subscriber",
     /// The packet reached a worker that does not own its subscriber's ports (mis-steered).
     WrongShard => "wrong_shard",
+    /// The subscriber holds its most sessions of this protocol (RFC 6888 REQ-4, REQ-5).
+    SubscriberSessionLimit => "subscriber_session_limit",
+    /// The subscriber opens sessions faster than its configured rate (RFC 6888 REQ-5).
+    SubscriberRateLimit => "subscriber_rate_limit",
+    /// The per-subscriber table is full; a new subscriber cannot be tracked.
+    SubscriberTableFull => "subscriber_table_full",
     /// The session table is full; no live session is evicted to make room (RFC 6888 REQ-11).
     SessionTableFull => "session_table_full",
     /// Hairpinning is switched off and the packet was addressed to the external pool.

@@ -28,8 +28,8 @@ pub use config::{
     Behavior, BehaviorSpec, Config, ConfigError, Limits, Preset, Timers, ValidConfig,
 };
 pub use counters::{Counters, DropReason};
-pub use engine::Engine;
 pub use endpoint::{Direction, Endpoint, Protocol, Side};
+pub use engine::Engine;
 pub use event::Event;
 pub use rng::Rng;
 pub use time::Instant;

@@ -163,6 +163,39 @@ pub struct Limits {
     /// Largest number of ports held in hold-down at once (RFC 6888 REQ-8's cap); past it the
     /// oldest is released early.
     pub max_ports_in_hold_down: u32,
+    /// Per-subscriber limits (RFC 6888 REQ-4, REQ-5).
+    #[serde(default)]
+    pub subscriber: SubscriberLimits,
+}
+
+/// What one subscriber (internal address) may hold and open (RFC 6888 REQ-4, REQ-5). Zero
+/// means no limit; with every limit zero the engine keeps no per-subscriber state at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SubscriberLimits {
+    /// Most TCP sessions one subscriber may hold at once.
+    pub max_tcp_sessions: u32,
+    /// Most UDP sessions one subscriber may hold at once.
+    pub max_udp_sessions: u32,
+    /// Most ICMP query sessions one subscriber may hold at once.
+    pub max_icmp_sessions: u32,
+    /// New sessions per second a subscriber may open, sustained (token bucket refill rate).
+    pub session_rate: u32,
+    /// New sessions a subscriber may open at once (token bucket size); needed with a rate.
+    pub session_burst: u32,
+    /// Most subscribers with state at once: the per-subscriber table's fixed size. A new
+    /// subscriber past it is refused (`subscriber_table_full`), never an old one evicted.
+    pub max_subscribers: u32,
+}
+
+impl SubscriberLimits {
+    /// Whether any limit is set.
+    pub const fn any(&self) -> bool {
+        self.max_tcp_sessions != 0
+            || self.max_udp_sessions != 0
+            || self.max_icmp_sessions != 0
+            || self.session_rate != 0
+    }
 }
 
 impl Default for Limits {
@@ -176,6 +209,7 @@ impl Default for Limits {
             max_held_fragments_per_source: 64,
             event_queue: 65536,
             max_ports_in_hold_down: 1 << 20,
+            subscriber: SubscriberLimits::default(),
         }
     }
 }
@@ -358,6 +392,19 @@ impl Config {
 
     fn check_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
+        let s = &l.subscriber;
+        if s.session_rate != 0 && s.session_burst == 0 {
+            return Err(ConfigError::OutOfRange {
+                setting: "subscriber.session-burst",
+                why: "a session rate needs a burst of at least 1".into(),
+            });
+        }
+        if s.any() && s.max_subscribers == 0 {
+            return Err(ConfigError::OutOfRange {
+                setting: "subscriber.max-subscribers",
+                why: "per-subscriber limits need room for at least 1 subscriber".into(),
+            });
+        }
         let positive = [
             ("max-sessions", l.max_sessions),
             ("max-mappings", l.max_mappings),

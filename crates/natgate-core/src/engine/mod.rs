@@ -11,6 +11,7 @@
 mod icmp_error;
 mod packet;
 mod queues;
+mod subscriber;
 mod translate;
 
 use crate::alloc::{AllocSettings, DynamicAllocator, PortAllocator};
@@ -28,6 +29,7 @@ use core::time::Duration;
 use packet::{Fragment, Kind, Parsed, Which};
 use queues::{EventQueue, SynHold, TransmitQueue};
 use std::net::Ipv4Addr;
+use subscriber::SubscriberTable;
 
 pub use queues::TRANSMIT_SLOT;
 
@@ -94,6 +96,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     mappings: MappingTable,
     /// Present only under address-dependent filtering, the one mode that needs it.
     address_filter: Option<AddressFilter>,
+    /// Present only when a per-subscriber limit is configured.
+    subscribers: Option<SubscriberTable>,
     alloc: A,
     rng: Rng,
     fragments: FragmentTracker,
@@ -126,6 +130,7 @@ impl<A: PortAllocator> Engine<A> {
             inside_address: cfg.inside_address,
             sessions: SessionTable::new(max_sessions, rng.next_u64()),
             mappings: MappingTable::new(limits.max_mappings as usize, rng.next_u64()),
+            subscribers: SubscriberTable::new(limits.subscriber),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
             alloc,
@@ -418,6 +423,7 @@ impl<A: PortAllocator> Engine<A> {
         let mut gone = Gone {
             mappings: &mut self.mappings,
             address_filter: &mut self.address_filter,
+            subscribers: &mut self.subscribers,
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,
@@ -559,6 +565,7 @@ impl<A: PortAllocator> Engine<A> {
         let mut gone = Gone {
             mappings: &mut self.mappings,
             address_filter: &mut self.address_filter,
+            subscribers: &mut self.subscribers,
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,
@@ -647,6 +654,7 @@ fn session_due(b: &Behavior, s: &Session, now_s: u32) -> u32 {
 struct Gone<'a, A: PortAllocator> {
     mappings: &'a mut MappingTable,
     address_filter: &'a mut Option<AddressFilter>,
+    subscribers: &'a mut Option<SubscriberTable>,
     alloc: &'a mut A,
     events: &'a mut EventQueue,
     counters: &'a mut Counters,
@@ -665,6 +673,9 @@ impl<A: PortAllocator> Gone<'_, A> {
         });
         if let Some(f) = self.address_filter.as_mut() {
             f.remove(s.proto, s.external, s.remote.addr);
+        }
+        if let Some(subs) = self.subscribers.as_mut() {
+            subs.release(s.internal.addr, s.proto);
         }
         let m = self.mappings.get_mut(s.mapping);
         m.sessions = m.sessions.saturating_sub(1);

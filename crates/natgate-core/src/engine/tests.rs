@@ -1332,3 +1332,73 @@ fn rfc6888_req4_port_block_limit_is_its_own_drop_and_blocks_are_logged_once() {
         .count();
     assert_eq!(released, 3);
 }
+
+// ---------------------------------------------------------------- per-subscriber limits
+
+#[test]
+fn rfc6888_req4_req5_subscriber_quota_refuses_answers_and_spares_others() {
+    let mut e = engine_with(|c| {
+        c.limits.subscriber = crate::config::SubscriberLimits {
+            max_udp_sessions: 3,
+            max_subscribers: 16,
+            ..Default::default()
+        };
+    });
+    for port in 0..3u16 {
+        out(&mut e, t(0), udp(ep(SUB1, 1000 + port), ep(WAN1, 9), b"x"));
+    }
+    let mut p = udp(ep(SUB1, 2000), ep(WAN1, 9), b"x");
+    let v = run(&mut e, t(0), Side::Inside, &mut p);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                side: Side::Inside,
+                reason: DropReason::SubscriberSessionLimit,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert_eq!(&p.bytes()[20..22], &[3, 1], "host unreachable by default");
+    assert_eq!(e.mapping_count(), 3, "no port spent on the refused flow");
+    // Another subscriber is unaffected; a new remote for an existing mapping is a new session
+    // and is refused as well.
+    out(&mut e, t(0), udp(ep(SUB2, 1000), ep(WAN1, 9), b"x"));
+    let mut q = udp(ep(SUB1, 1000), ep(WAN2, 9), b"x");
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut q).drop_reason(),
+        Some(DropReason::SubscriberSessionLimit)
+    );
+    // When sessions end, the subscriber has room again.
+    e.handle_timeout(t(301));
+    out(&mut e, t(302), udp(ep(SUB1, 2000), ep(WAN1, 9), b"x"));
+    assert_eq!(e.counters().drops(DropReason::SubscriberSessionLimit), 2);
+}
+
+#[test]
+fn rfc6888_req5_subscriber_rate_limit() {
+    let mut e = engine_with(|c| {
+        c.limits.subscriber = crate::config::SubscriberLimits {
+            session_rate: 2,
+            session_burst: 2,
+            max_subscribers: 16,
+            ..Default::default()
+        };
+    });
+    out(&mut e, t(10), udp(ep(SUB1, 1000), ep(WAN1, 9), b"x"));
+    out(&mut e, t(10), udp(ep(SUB1, 1001), ep(WAN1, 9), b"x"));
+    let mut p = udp(ep(SUB1, 1002), ep(WAN1, 9), b"x");
+    assert_eq!(
+        run(&mut e, t(10), Side::Inside, &mut p).drop_reason(),
+        Some(DropReason::SubscriberRateLimit)
+    );
+    // Existing flows are untouched by the rate limit.
+    out(&mut e, t(10), udp(ep(SUB1, 1000), ep(WAN1, 9), b"x"));
+    // Two per second: one more after 500 ms.
+    out(
+        &mut e,
+        Instant::from_millis(10_500),
+        udp(ep(SUB1, 1002), ep(WAN1, 9), b"x"),
+    );
+}

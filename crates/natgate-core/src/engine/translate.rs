@@ -178,10 +178,23 @@ impl<A: PortAllocator> Engine<A> {
         if p.proto == Protocol::Tcp && (p.tcp_flags & TCP_SYN == 0 || p.tcp_flags & TCP_RST != 0) {
             return Err(DropReason::TcpNoSession);
         }
+        // Limits first (RFC 6888 REQ-4, REQ-5), so a refused flow costs no port.
+        if let Some(subs) = self.subscribers.as_mut() {
+            subs.admit(p.src.addr, p.proto, now, true)?;
+        }
         let remote_key = self.remote_key(p.dst);
-        let (mid, fresh) = match self.mappings.find_by_internal(p.proto, p.src, remote_key) {
-            Some(mid) => (mid, false),
-            None => (self.new_mapping(now, p.proto, p.src, remote_key)?, true),
+        let mapping = match self.mappings.find_by_internal(p.proto, p.src, remote_key) {
+            Some(mid) => Ok((mid, false)),
+            None => self
+                .new_mapping(now, p.proto, p.src, remote_key)
+                .map(|mid| (mid, true)),
+        };
+        let (mid, fresh) = match mapping {
+            Ok(m) => m,
+            Err(reason) => {
+                self.unadmit(p.src.addr, p.proto);
+                return Err(reason);
+            }
         };
         match self.new_session(now, mid, p.dst, Direction::Outbound, p.tcp_flags) {
             Ok(sid) => {
@@ -197,8 +210,16 @@ impl<A: PortAllocator> Engine<A> {
                 if fresh {
                     self.delete_unused_mapping(now, mid);
                 }
+                self.unadmit(p.src.addr, p.proto);
                 Err(reason)
             }
+        }
+    }
+
+    /// Gives back the charge of a session `admit`ted but never made.
+    fn unadmit(&mut self, subscriber: std::net::Ipv4Addr, proto: Protocol) {
+        if let Some(subs) = self.subscribers.as_mut() {
+            subs.release(subscriber, proto);
         }
     }
 
@@ -342,8 +363,18 @@ impl<A: PortAllocator> Engine<A> {
                 return Err(Refused::Drop(DropReason::Filtered));
             }
         }
+        // Sessions that inbound packets open count against the subscriber's quota too (state
+        // memory, RFC 6888 REQ-5), but not against its creation rate.
+        let internal = self.mappings.get(mid).internal;
+        if let Some(subs) = self.subscribers.as_mut() {
+            subs.admit(internal.addr, p.proto, now, false)
+                .map_err(Refused::Drop)?;
+        }
         self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags)
-            .map_err(Refused::Drop)
+            .map_err(|reason| {
+                self.unadmit(internal.addr, p.proto);
+                Refused::Drop(reason)
+            })
     }
 
     /// Whether the filtering behaviour lets `remote` open a session through `mid`. Under
