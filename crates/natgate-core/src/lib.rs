@@ -22,6 +22,7 @@ pub mod table;
 pub mod tcp_state;
 pub mod time;
 pub mod verdict;
+pub mod vserver;
 pub mod wire;
 
 pub use config::{
