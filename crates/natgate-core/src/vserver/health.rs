@@ -62,7 +62,8 @@ pub struct HealthParams {
 }
 
 /// A result arrived for a server with no probe in flight (late, duplicated or invented).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no health probe in flight")]
 pub struct NoProbeInFlight;
 
 /// The health-check state machine of one server.

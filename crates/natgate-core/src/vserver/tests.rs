@@ -146,6 +146,45 @@ fn weighted_least_connections_ties_take_turns() {
     assert_eq!(split(&mut vs, &mut Rng::new(2), 3000), [1000, 1000, 1000]);
 }
 
+#[test]
+fn weighted_least_connections_new_server_fills_up_to_level_then_shares() {
+    // Live connections are real load, not levelled: a new server takes new connections until
+    // its count reaches the others', then its share (docs/virtual-servers.md, "Level start").
+    let mut vs = build(Algorithm::WeightedLeastConnections, &[1, 1]);
+    let mut rng = Rng::new(3);
+    for k in 0..20 {
+        let id = vs.select(client(k), Instant::ZERO, &mut rng).unwrap();
+        vs.on_connection_open(id).unwrap();
+    }
+    let late = vs.add(real(9, 1), Instant::ZERO).unwrap();
+    for k in 0..10 {
+        let id = vs.select(client(k), Instant::ZERO, &mut rng).unwrap();
+        assert_eq!(id, late);
+        vs.on_connection_open(id).unwrap();
+    }
+    let picks = split(&mut vs, &mut rng, 30);
+    assert_eq!(picks, [10, 10, 10]);
+}
+
+#[test]
+fn rebase_keeps_the_order_under_unequal_weights() {
+    let mut vs = build(Algorithm::ByteCounter, &[1, 3, 2]);
+    // Per unit of weight: 2^62 - 3, (2^62 - 9) / 3 ~ 2^62 / 3, (2^62 - 1) / 2 ~ 2^61.
+    vs.servers[0].score = select::REBASE_AT - 3;
+    vs.servers[1].score = select::REBASE_AT - 9;
+    vs.servers[2].score = select::REBASE_AT - 1;
+    vs.on_bytes(RealServerId(0), 3).unwrap();
+    let s: Vec<u64> = vs.servers().iter().map(|s| s.score).collect();
+    assert!(s.iter().all(|&v| v < 1 << 62), "{s:?}");
+    assert!(select::ratio_less(s[1], 3, s[2], 2) && select::ratio_less(s[2], 2, s[0], 1));
+    assert!(s[1] < 3, "the least loaded drops to (nearly) zero: {s:?}");
+    let mut rng = Rng::new(1);
+    assert_eq!(
+        vs.select(client(0), Instant::ZERO, &mut rng),
+        Some(RealServerId(1))
+    );
+}
+
 /// Runs `n` connections that each carry `bytes` bytes and returns the picks per server id.
 fn run_bytes(vs: &mut VirtualServer, rng: &mut Rng, n: u32, bytes: u64) -> Vec<u32> {
     let mut picks = vec![0u32; vs.next_id as usize];
