@@ -431,7 +431,7 @@ impl<A: PortAllocator> Engine<A> {
         };
         self.sessions.expire(
             now_s,
-            |s| session_due(&behavior, s, now_s),
+            |s| session_due(&behavior, s),
             |_, s| gone.session(&s),
         );
         // Hold-downs that ended return port blocks to the pool, with a log record each.
@@ -631,21 +631,13 @@ fn idle_timeout(b: &Behavior, s: &Session) -> u32 {
 
 /// When the timer wheel should look at a session again. A session expires one second after its
 /// timeout has fully passed since `last_seen` (which is rounded down to the second), so it never
-/// lives shorter than the configured timer. TCP sessions are re-checked at least every
-/// shortest-TCP-timer seconds, because a FIN or RST shortens their timeout without touching the
-/// wheel (the packet path never reschedules).
-fn session_due(b: &Behavior, s: &Session, now_s: u32) -> u32 {
-    let due = s
-        .last_seen
+/// lives shorter than the configured timer. A refresh leaves the wheel alone (the session is
+/// found alive and re-checked later); a TCP phase change that shortens the timeout reschedules
+/// (`touch`).
+fn session_due(b: &Behavior, s: &Session) -> u32 {
+    s.last_seen
         .saturating_add(idle_timeout(b, s))
-        .saturating_add(1);
-    if s.proto == Protocol::Tcp && due > now_s {
-        let t = &b.timers;
-        let recheck = t.tcp_transitory_close.min(t.tcp_rst_linger).max(1);
-        due.min(now_s.saturating_add(recheck))
-    } else {
-        due
-    }
+        .saturating_add(1)
 }
 
 /// What has to happen when a session goes: the mapping loses a user (and goes with its last),

@@ -449,8 +449,10 @@ fn rfc7857_rst_keeps_session_for_linger_time() {
     let x = out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 80), "S"));
     inb(&mut e, t(0), tcp(ep(WAN1, 80), x, "SA"));
     out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 80), "A"));
+    // The subscriber's last packet refreshes at 20 s (inbound packets do not, by default).
+    out(&mut e, t(20), tcp(ep(SUB1, 40000), ep(WAN1, 80), "A"));
     assert_eq!(
-        inb(&mut e, t(10), tcp(ep(WAN1, 80), x, "R")).0,
+        inb(&mut e, t(30), tcp(ep(WAN1, 80), x, "R")).0,
         Verdict::Forward(Side::Inside)
     );
     e.handle_timeout(t(200));
@@ -460,8 +462,10 @@ fn rfc7857_rst_keeps_session_for_linger_time() {
         inb(&mut e, t(200), tcp(ep(WAN1, 80), x, "A")).0,
         Verdict::Forward(Side::Inside)
     );
-    // Deleted within linger (240 s) plus one re-check interval (240 s) of the RST.
-    e.handle_timeout(t(10 + 240 + 240 + 1));
+    // The linger (240 s) runs from the last refresh, exactly: not the 7440 s of established.
+    e.handle_timeout(t(20 + 240));
+    assert_eq!(e.session_count(), 1);
+    e.handle_timeout(t(20 + 240 + 1));
     assert_eq!(e.session_count(), 0);
 }
 
@@ -473,9 +477,16 @@ fn tcp_fin_both_ways_uses_closing_timer() {
     out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 80), "FA"));
     e.handle_timeout(t(3000));
     assert_eq!(e.session_count(), 1, "half-closed stays established");
+    out(&mut e, t(3000), tcp(ep(SUB1, 40000), ep(WAN1, 80), "A"));
     inb(&mut e, t(3000), tcp(ep(WAN1, 80), x, "FA"));
-    e.handle_timeout(t(3000 + 240 + 240 + 1));
-    assert_eq!(e.session_count(), 0, "closed both ways: transitory timer");
+    e.handle_timeout(t(3000 + 240));
+    assert_eq!(e.session_count(), 1);
+    e.handle_timeout(t(3000 + 240 + 1));
+    assert_eq!(
+        e.session_count(),
+        0,
+        "closed both ways: transitory timer, exactly"
+    );
 }
 
 // ---------------------------------------------------------------- TCP (RFC 5382)

@@ -13,6 +13,7 @@ use crate::tcp_state::TcpState;
 use crate::time::Instant;
 use crate::verdict::Verdict;
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
@@ -157,9 +158,17 @@ impl<A: PortAllocator> Engine<A> {
             s.last_seen = now.as_secs();
         }
         if s.proto == Protocol::Tcp {
-            let mut st = TcpState::from_byte(s.tcp);
+            let before = TcpState::from_byte(s.tcp);
+            let mut st = before;
             st.on_segment(dir, tcp_flags);
             s.tcp = st.to_byte();
+            // A SYN, FIN or RST can change the phase and with it the timeout. A longer one the
+            // wheel finds on its own (it re-checks lazily); a shorter one (closing, reset) must
+            // move the session's check forward, or it would linger until the old, later time.
+            if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 && st.phase() != before.phase() {
+                let due = session_due(&self.behavior, s);
+                self.sessions.reschedule(sid, due);
+            }
         }
     }
 
@@ -307,7 +316,7 @@ impl<A: PortAllocator> Engine<A> {
             last_seen: now.as_secs(),
             mapping: mid,
         };
-        let due = session_due(&self.behavior, &s, now.as_secs());
+        let due = session_due(&self.behavior, &s);
         let sid = self
             .sessions
             .insert(s, due)
