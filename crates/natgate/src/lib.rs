@@ -29,6 +29,9 @@
 //! # }
 //! ```
 
+pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod ethtool;
 pub mod netlink;
 pub mod netns;

@@ -1,0 +1,365 @@
+//! One worker: one engine driven by one pair of TUN queues (inside, outside).
+//!
+//! The loop: wait for packets with `poll(2)` no longer than the engine's next timer (and
+//! [`MAX_WAIT`], so commands and the stop flag are seen promptly); read up to [`BATCH`] packets
+//! per side; translate them with [`Engine::process_batch`]; write what is forwarded or answered
+//! back into the TUN it came from (the kernel routes it on by its new addresses); then drain
+//! `poll_transmit`, run timers and hand events to the sink.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+use natgate_core::alloc::PortAllocator;
+use natgate_core::engine::Engine;
+use natgate_core::engine::{BATCH, PacketBuf};
+use natgate_core::{DropReason, Event, Side, Verdict};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+use super::{Clock, Command, IoCounters, WorkerSnapshot};
+use crate::tun::TunQueue;
+
+/// Longest wait in `poll`, so commands and the stop flag are seen within this time.
+pub const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// Room per packet: the largest IPv4 datagram a TUN with MTU 65535 passes, plus space for the
+/// engine to build an ICMP error in place.
+const SLOT: usize = 65_536 + 1024;
+
+/// Most events handed to the sink per loop turn (the rest wait for the next turn).
+const EVENTS_PER_TURN: usize = 4096;
+
+/// Most packets from `poll_transmit` written per loop turn.
+const TRANSMITS_PER_TURN: usize = 4096;
+
+/// Most commands handled per loop turn.
+const COMMANDS_PER_TURN: usize = 16;
+
+/// Where translation events go.
+pub type EventSink = Box<dyn FnMut(&Event) + Send>;
+
+/// Home-gateway mode: the host's own addresses are the pool, so packets for them that no
+/// mapping claims are handed back to the kernel for local delivery.
+#[derive(Debug, Clone)]
+pub struct HomeAddress {
+    /// The outside interface's addresses.
+    pub addrs: Vec<Ipv4Addr>,
+    /// The ports the NAT may use; TCP and UDP to other ports belong to the host.
+    pub nat_ports: (u16, u16),
+}
+
+/// Everything one worker owns.
+pub struct Worker {
+    /// Worker number (for logs).
+    pub id: usize,
+    /// The engine.
+    pub engine: Engine,
+    /// Inside TUN queue.
+    pub inside: TunQueue,
+    /// Outside TUN queue.
+    pub outside: TunQueue,
+    /// Shared clock origin.
+    pub clock: Clock,
+    /// Home-gateway hand-back, if the pool is the host's own address.
+    pub home: Option<HomeAddress>,
+    /// Event sink.
+    pub events: EventSink,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Control commands.
+    pub commands: Receiver<Command>,
+    /// I/O counters.
+    pub io: IoCounters,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Reading, writing or polling a TUN queue failed.
+    #[error("worker {worker}: {what}: {source}")]
+    Io {
+        /// Worker number.
+        worker: usize,
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Worker {
+    /// Runs until the stop flag is set or a queue fails.
+    pub fn run(mut self) -> Result<(), WorkerError> {
+        let mut bufs = vec![0u8; SLOT * BATCH];
+        let mut lens = [0usize; BATCH];
+        let mut verdicts = [Verdict::Held; BATCH];
+        let mut scratch = vec![0u8; SLOT];
+        while !self.stop.load(Ordering::Relaxed) {
+            self.commands();
+            let now = self.clock.now();
+            let wait = match self.engine.next_timeout() {
+                Some(t) if t <= now => Duration::ZERO,
+                Some(t) => t.saturating_since(now).min(MAX_WAIT),
+                None => MAX_WAIT,
+            };
+            let (rin, rout) = self.wait(wait)?;
+            if rin {
+                self.side(Side::Inside, &mut bufs, &mut lens, &mut verdicts)?;
+            }
+            if rout {
+                self.side(Side::Outside, &mut bufs, &mut lens, &mut verdicts)?;
+            }
+            let now = self.clock.now();
+            if self.engine.next_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            self.transmit(&mut scratch);
+            for _ in 0..EVENTS_PER_TURN {
+                match self.engine.poll_event() {
+                    Some(e) => (self.events)(&e),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<(bool, bool), WorkerError> {
+        let mut fds = [
+            PollFd::new(&self.inside, PollFlags::IN),
+            PollFd::new(&self.outside, PollFlags::IN),
+        ];
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match poll(&mut fds, Some(&ts)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok((false, false)),
+            Err(e) => {
+                return Err(WorkerError::Io {
+                    worker: self.id,
+                    what: "poll",
+                    source: e.into(),
+                });
+            }
+        }
+        let ready = |f: &PollFd<'_>| !f.revents().is_empty();
+        Ok((ready(&fds[0]), ready(&fds[1])))
+    }
+
+    /// Reads one batch from `side`'s queue, translates it and writes the results.
+    fn side(
+        &mut self,
+        side: Side,
+        bufs: &mut [u8],
+        lens: &mut [usize; BATCH],
+        verdicts: &mut [Verdict; BATCH],
+    ) -> Result<(), WorkerError> {
+        let queue = match side {
+            Side::Inside => &self.inside,
+            Side::Outside => &self.outside,
+        };
+        let mut n = 0;
+        for slot in bufs.chunks_mut(SLOT).take(BATCH) {
+            match queue.recv(slot) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                Err(source) => {
+                    return Err(WorkerError::Io {
+                        worker: self.id,
+                        what: "reading the TUN",
+                        source,
+                    });
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.io.rx_packets[usize::from(side == Side::Outside)] += n as u64;
+        // Home gateway: TCP and UDP for the host's own ports never enter the engine (a held
+        // SYN must not swallow a connection to the host's ssh).
+        let mut host = [false; BATCH];
+        if side == Side::Outside
+            && let Some(home) = &self.home
+        {
+            for (i, slot) in bufs.chunks(SLOT).take(n).enumerate() {
+                host[i] = for_host_port(&slot[..lens[i]], home);
+            }
+        }
+        let now = self.clock.now();
+        {
+            let mut packets: Vec<PacketBuf<'_>> = Vec::with_capacity(n);
+            for (i, slot) in bufs.chunks_mut(SLOT).take(n).enumerate() {
+                // A packet for the host gets an empty view: the engine drops it unseen.
+                let len = if host[i] { 0 } else { lens[i] };
+                packets.push(PacketBuf { buf: slot, len });
+            }
+            self.engine
+                .process_batch(now, side, &mut packets, &mut verdicts[..n]);
+        }
+        let queue = match side {
+            Side::Inside => &self.inside,
+            Side::Outside => &self.outside,
+        };
+        for (i, slot) in bufs.chunks(SLOT).take(n).enumerate() {
+            let out = match verdicts[i] {
+                _ if host[i] => Some(&slot[..lens[i]]),
+                Verdict::Forward(_) => Some(&slot[..lens[i]]),
+                Verdict::Reply { len, .. } => Some(&slot[..len]),
+                Verdict::Drop(reason)
+                    if side == Side::Outside
+                        && self.home.as_ref().is_some_and(|h| {
+                            hand_back(reason) && is_for(&slot[..lens[i]], &h.addrs)
+                        }) =>
+                {
+                    Some(&slot[..lens[i]])
+                }
+                Verdict::Drop(_) | Verdict::Held => None,
+            };
+            if let Some(pkt) = out {
+                if host[i] || matches!(verdicts[i], Verdict::Drop(_)) {
+                    self.io.handed_back += 1;
+                }
+                write(queue, pkt, &mut self.io);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what the engine built on its own (released fragments, answers to held SYNs).
+    fn transmit(&mut self, scratch: &mut [u8]) {
+        for _ in 0..TRANSMITS_PER_TURN {
+            let Some(t) = self.engine.poll_transmit(scratch) else {
+                break;
+            };
+            // Either TUN will do: the kernel routes by address. Use the one facing the side the
+            // packet is for, so rp_filter sees it arrive from the right direction.
+            let q = match t.side {
+                Side::Inside => &self.outside,
+                Side::Outside => &self.inside,
+            };
+            write(q, &scratch[..t.len], &mut self.io);
+        }
+    }
+
+    fn commands(&mut self) {
+        for _ in 0..COMMANDS_PER_TURN {
+            match self.commands.try_recv() {
+                Ok(Command::Snapshot { tables, reply }) => {
+                    let e = &self.engine;
+                    let snap = WorkerSnapshot {
+                        counters: e.counters().clone(),
+                        sessions: if tables {
+                            e.sessions().collect()
+                        } else {
+                            Vec::new()
+                        },
+                        mappings: if tables {
+                            e.mappings().collect()
+                        } else {
+                            Vec::new()
+                        },
+                        pools: e.allocator().usage(),
+                        session_count: e.session_count(),
+                        mapping_count: e.mapping_count(),
+                        held_syns: e.held_syn_count(),
+                        io: self.io,
+                        now: self.clock.now(),
+                    };
+                    // The asker may have given up; nothing to do then.
+                    let _ = reply.send(snap);
+                }
+                Ok(Command::Flush { reply }) => {
+                    self.engine.flush(self.clock.now());
+                    let _ = reply.send(());
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+}
+
+fn write(q: &TunQueue, pkt: &[u8], io: &mut IoCounters) {
+    match q.send(pkt) {
+        Ok(_) => io.tx_packets += 1,
+        // The kernel refused the packet (e.g. no route); count it, keep going.
+        Err(_) => io.tx_errors += 1,
+    }
+}
+
+/// Drops that, for the host's own address, mean "not the NAT's": hand the packet to the kernel.
+fn hand_back(reason: DropReason) -> bool {
+    matches!(
+        reason,
+        DropReason::NoMapping
+            | DropReason::NotPoolAddress
+            | DropReason::UnsupportedProtocol
+            | DropReason::UnsupportedIcmp
+            | DropReason::IcmpErrorNoSession
+            | DropReason::TcpNoSession
+    )
+}
+
+/// Whether `pkt` is an IPv4 packet to one of `addrs` (or a broadcast).
+fn is_for(pkt: &[u8], addrs: &[Ipv4Addr]) -> bool {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+        return false;
+    }
+    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    dst.is_broadcast() || addrs.contains(&dst)
+}
+
+/// Whether `pkt` is TCP or UDP to one of the host's addresses on a port outside the NAT's
+/// range (a non-first fragment has no port, and goes to the engine).
+fn for_host_port(pkt: &[u8], home: &HomeAddress) -> bool {
+    if !is_for(pkt, &home.addrs) {
+        return false;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let proto = pkt[9];
+    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
+    if frag_offset != 0 || (proto != 6 && proto != 17) || pkt.len() < ihl + 4 {
+        return false;
+    }
+    let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
+    let (lo, hi) = home.nat_ports;
+    !(lo..=hi).contains(&dport)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp_to(dst: [u8; 4], dport: u16, frag: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[9] = 17;
+        p[16..20].copy_from_slice(&dst);
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn host_ports_are_recognised() {
+        let home = HomeAddress {
+            addrs: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            nat_ports: (20_000, 65_535),
+        };
+        assert!(for_host_port(&udp_to([192, 0, 2, 1], 22, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 20_000, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 2], 22, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 22, 185), &home));
+        assert!(is_for(&udp_to([255, 255, 255, 255], 68, 0), &home.addrs));
+    }
+}
