@@ -650,6 +650,22 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
     }
 
     #[test]
+    fn shipped_examples_are_valid() {
+        for (name, text) in [
+            (
+                "home-gateway",
+                include_str!("../../../examples/home-gateway.toml"),
+            ),
+            ("cgn", include_str!("../../../examples/cgn.toml")),
+            ("lab", include_str!("../../../examples/lab.toml")),
+        ] {
+            let s = Settings::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            Settings::parse(&s.effective_toml().expect("toml"))
+                .unwrap_or_else(|e| panic!("{name} effective: {e}"));
+        }
+    }
+
+    #[test]
     fn prefixes() {
         assert_eq!(
             parse_prefix("10.0.0.0/8"),

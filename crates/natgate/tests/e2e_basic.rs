@@ -48,15 +48,25 @@ fn rfc6888_req2_paired_pooling_on_the_wire() {
     let mut seen = Vec::new();
     for port in [4001, 4002, 4003] {
         seen.push(
-            udp_echo(&topo.sub1, &topo.wan1, SocketAddrV4::new(addr::WAN1, port), T)
-                .unwrap()
-                .ip(),
+            udp_echo(
+                &topo.sub1,
+                &topo.wan1,
+                SocketAddrV4::new(addr::WAN1, port),
+                T,
+            )
+            .unwrap()
+            .ip(),
         );
     }
     seen.push(
-        tcp_probe(&topo.sub1, &topo.wan2, SocketAddrV4::new(addr::WAN2, 8080), T)
-            .unwrap()
-            .ip(),
+        tcp_probe(
+            &topo.sub1,
+            &topo.wan2,
+            SocketAddrV4::new(addr::WAN2, 8080),
+            T,
+        )
+        .unwrap()
+        .ip(),
     );
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
 }

@@ -38,7 +38,9 @@ fn rfc4787_req1_eim_same_external_endpoint_for_two_wan_addresses() {
 fn open_mapping(topo: &natgate::topology::Topology) -> (std::net::UdpSocket, SocketAddr) {
     let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 4000));
     let client = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-    client.send_to(b"hello", server.local_addr().unwrap()).unwrap();
+    client
+        .send_to(b"hello", server.local_addr().unwrap())
+        .unwrap();
     let (_, ext) = recv(&server, T).expect("outbound works");
     // The reply from the contacted endpoint always comes back.
     server.send_to(b"reply", ext).unwrap();
@@ -79,7 +81,12 @@ fn filtering(preset: &str) -> (bool, bool) {
         ext,
         &client,
     );
-    let third = unsolicited(&topo.wan2, SocketAddrV4::new(addr::WAN2, 4000), ext, &client);
+    let third = unsolicited(
+        &topo.wan2,
+        SocketAddrV4::new(addr::WAN2, 4000),
+        ext,
+        &client,
+    );
     (same_addr, third)
 }
 
