@@ -30,9 +30,12 @@
 //! ```
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod ethtool;
+pub mod eventlog;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod probe;

@@ -1154,3 +1154,98 @@ fn flush_deletes_everything_and_releases_ports() {
     assert_eq!(e.mapping_count(), 0);
     assert_eq!(e.counters().mappings_deleted, 10);
 }
+
+// ---------------------------------------------------------------- more RFC rows
+
+#[test]
+fn rfc4787_req7_internal_address_overlapping_an_external_one() {
+    // A subscriber and a remote host with the same address: sessions are keyed by side, so
+    // both directions still translate.
+    let mut e = engine();
+    let same = Ipv4Addr::new(203, 0, 113, 10);
+    let x = out(&mut e, t(0), udp(ep(same, 5000), ep(same, 5000), b"x"));
+    let (v, p) = inb(&mut e, t(0), udp(ep(same, 5000), x, b"y"));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(endpoints(p.bytes()), (ep(same, 5000), ep(same, 5000)));
+}
+
+#[test]
+fn rfc4787_req10_no_alg_payload_untouched() {
+    // A SIP-like payload naming the internal endpoint passes unchanged: no ALG rewrites it.
+    let mut e = engine();
+    let payload = b"INVITE sip:bob@203.0.113.10 SIP/2.0\r\nVia: SIP/2.0/UDP 100.64.0.10:5060\r\n";
+    let mut p = udp(ep(SUB1, 5060), ep(WAN1, 5060), payload);
+    run(&mut e, t(0), Side::Inside, &mut p);
+    assert_eq!(&p.bytes()[28..], payload);
+}
+
+#[test]
+fn rfc5382_req3_tcp_endpoint_independent_filtering() {
+    let mut e = engine();
+    let x = out(&mut e, t(0), tcp(ep(SUB1, 40000), ep(WAN1, 80), "S"));
+    // A SYN from another host to the mapped endpoint opens a session under EIF.
+    let (v, p) = inb(&mut e, t(1), tcp(ep(WAN2, 6000), x, "S"));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(endpoints(p.bytes()).1, ep(SUB1, 40000));
+    // A non-SYN from a host with no session is not let in.
+    let (v, _) = inb(&mut e, t(1), tcp(ep(WAN1B, 6000), x, "A"));
+    assert_eq!(v, Verdict::Drop(DropReason::TcpNoSession));
+}
+
+#[test]
+fn rfc5382_req9_req10_icmp_unreachable_for_tcp_translated_and_harmless() {
+    let mut e = engine();
+    let mut syn = tcp(ep(SUB1, 40000), ep(WAN1, 80), "S");
+    let original = syn.bytes().to_vec();
+    run(&mut e, t(0), Side::Inside, &mut syn);
+    let x = endpoints(syn.bytes()).0;
+    let (v, p) = inb(&mut e, t(1), icmp_error(ROUTER, x.addr, 3, 1, syn.bytes()));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    let l4 = &p.bytes()[20..];
+    assert_eq!(
+        &l4[8 + 12..8 + 28],
+        &original[12..28],
+        "addresses, ports and sequence restored"
+    );
+    assert_eq!(
+        e.session_count(),
+        1,
+        "REQ-10: the error does not end the connection"
+    );
+    let s = e.sessions().next().expect("session");
+    assert_eq!(s.tcp, Some(TcpPhase::Opening));
+}
+
+#[test]
+fn batch_with_two_packets_of_one_new_flow_makes_one_session() {
+    // Both look-ups run before either packet is processed, so the second packet's "no session"
+    // hint is stale once the first has made the session.
+    for side_first in [Side::Inside, Side::Outside] {
+        let mut e = engine();
+        let x = out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN2, 1), b"x"));
+        let mut a = match side_first {
+            Side::Inside => udp(ep(SUB1, 6000), ep(WAN1, 9), b"a"),
+            Side::Outside => udp(ep(WAN1, 9), x, b"a"),
+        };
+        let mut b = a.clone();
+        let mut bufs = [
+            PacketBuf {
+                len: a.len,
+                buf: &mut a.buf,
+            },
+            PacketBuf {
+                len: b.len,
+                buf: &mut b.buf,
+            },
+        ];
+        let mut v = [Verdict::Held; 2];
+        e.process_batch(t(0), side_first, &mut bufs, &mut v);
+        assert_eq!(v[0], v[1]);
+        assert_eq!(
+            e.session_count(),
+            2,
+            "{side_first:?}: one new session, not two"
+        );
+        assert_eq!(a.bytes(), b.bytes());
+    }
+}

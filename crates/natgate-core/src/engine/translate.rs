@@ -43,9 +43,11 @@ impl<A: PortAllocator> Engine<A> {
             local: p.src,
             remote: p.dst,
         };
+        // A batch hint that found nothing may be stale: an earlier packet of the same batch
+        // can have made the session since. Only a hit is trusted (nothing is deleted mid-batch).
         let found = match hint {
-            Some(h) => h,
-            None => self.sessions.find_out(&key),
+            Some(Some(sid)) => Some(sid),
+            _ => self.sessions.find_out(&key),
         };
         let sid = match found {
             Some(sid) => {
@@ -80,8 +82,8 @@ impl<A: PortAllocator> Engine<A> {
             remote: p.src,
         };
         let found = match hint {
-            Some(h) => h,
-            None => self.sessions.find_in(&key),
+            Some(Some(sid)) => Some(sid),
+            _ => self.sessions.find_in(&key),
         };
         let sid = match found {
             Some(sid) => {

@@ -1,0 +1,301 @@
+//! Human output of `natgate ctl`: aligned tables and short summaries.
+
+use std::fmt::Write as _;
+
+use super::protocol::{Request, Response, StatusInfo};
+
+/// A table with a header row; columns are as wide as their widest cell.
+struct Table {
+    headers: Vec<&'static str>,
+    /// Numbers align right, everything else left.
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// `cols`: header and whether the column is right-aligned.
+    fn new(cols: &[(&'static str, bool)]) -> Self {
+        Table {
+            headers: cols.iter().map(|c| c.0).collect(),
+            right: cols.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, out: &mut String) {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let headers: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
+        for row in std::iter::once(&headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = w - cell.chars().count();
+                if self.right[i] {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+/// A two-column table of names and values.
+fn key_values(pairs: &[(&'static str, String)], out: &mut String) {
+    let w = pairs.iter().map(|p| p.0.len()).max().unwrap_or(0);
+    for (k, v) in pairs {
+        let _ = writeln!(out, "{k:<w$}  {v}");
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// "N things" under a table, and how many were left out by the limit.
+fn footer(out: &mut String, shown: usize, count: u64, one: &str, many: &str) {
+    let _ = write!(out, "{}", plural(count, one, many));
+    if (shown as u64) < count {
+        let _ = write!(out, " ({shown} shown)");
+    }
+    out.push('\n');
+}
+
+fn status(s: &StatusInfo, out: &mut String) {
+    let pool: Vec<String> = s.pool.iter().map(ToString::to_string).collect();
+    key_values(
+        &[
+            ("version", s.version.clone()),
+            ("uptime", duration(s.uptime_secs)),
+            (
+                "config",
+                s.config_path
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+            ),
+            ("preset", s.preset.clone().unwrap_or_else(|| "-".to_owned())),
+            ("workers", s.workers.to_string()),
+            ("pool", pool.join(", ")),
+            ("sessions", s.sessions.to_string()),
+            ("mappings", s.mappings.to_string()),
+        ],
+        out,
+    );
+}
+
+/// `3d 4h 5m 6s`, leaving out leading zero units.
+fn duration(secs: u64) -> String {
+    let parts = [
+        (secs / 86400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let first = parts
+        .iter()
+        .position(|p| p.0 > 0)
+        .unwrap_or(parts.len() - 1);
+    parts[first..]
+        .iter()
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a person wants to see for `resp`, the answer to `req`.
+pub(crate) fn human(req: &Request, resp: &Response) -> String {
+    let mut out = String::new();
+    let count_only = matches!(req, Request::Sessions(q) | Request::Mappings(q) if q.count_only);
+    match resp {
+        Response::Status(s) => status(s, &mut out),
+        Response::Sessions(l) if count_only => {
+            let _ = writeln!(out, "{}", l.count);
+        }
+        Response::Mappings(l) if count_only => {
+            let _ = writeln!(out, "{}", l.count);
+        }
+        Response::Sessions(l) => {
+            let mut t = Table::new(&[
+                ("PROTO", false),
+                ("INTERNAL", false),
+                ("EXTERNAL", false),
+                ("REMOTE", false),
+                ("STATE", false),
+                ("IDLE", true),
+                ("EXPIRES", true),
+            ]);
+            for s in &l.sessions {
+                t.row(vec![
+                    s.proto.to_string(),
+                    s.internal.to_string(),
+                    s.external.to_string(),
+                    s.remote.to_string(),
+                    s.tcp_state.map_or("-", |t| t.name()).to_owned(),
+                    format!("{}s", s.idle_secs),
+                    format!("{}s", s.expires_in_secs),
+                ]);
+            }
+            t.render(&mut out);
+            footer(&mut out, l.sessions.len(), l.count, "session", "sessions");
+        }
+        Response::Mappings(l) => {
+            let mut t = Table::new(&[
+                ("PROTO", false),
+                ("INTERNAL", false),
+                ("EXTERNAL", false),
+                ("SESSIONS", true),
+            ]);
+            for m in &l.mappings {
+                t.row(vec![
+                    m.proto.to_string(),
+                    m.internal.to_string(),
+                    m.external.to_string(),
+                    m.sessions.to_string(),
+                ]);
+            }
+            t.render(&mut out);
+            footer(&mut out, l.mappings.len(), l.count, "mapping", "mappings");
+        }
+        Response::Pools(p) => {
+            let mut t = Table::new(&[
+                ("ADDRESS", false),
+                ("TCP", true),
+                ("UDP", true),
+                ("ICMP", true),
+                ("HELD-DOWN", true),
+                ("SUBSCRIBERS", true),
+                ("UTIL", true),
+            ]);
+            for r in &p.addresses {
+                t.row(vec![
+                    r.address.to_string(),
+                    r.in_use.tcp.to_string(),
+                    r.in_use.udp.to_string(),
+                    r.in_use.icmp.to_string(),
+                    r.held_down.total().to_string(),
+                    r.subscribers.to_string(),
+                    format!("{:.1}%", r.utilisation_percent),
+                ]);
+            }
+            t.render(&mut out);
+        }
+        Response::Stats(s) => {
+            let mut t = Table::new(&[("COUNTER", false), ("VALUE", true)]);
+            for (k, v) in [
+                ("outbound packets", s.outbound.packets),
+                ("outbound bytes", s.outbound.bytes),
+                ("inbound packets", s.inbound.packets),
+                ("inbound bytes", s.inbound.bytes),
+                ("hairpinned packets", s.hairpinned_packets),
+                ("icmp errors generated", s.icmp_generated),
+                ("held packets", s.held_packets),
+                ("dropped packets", s.dropped_packets),
+                ("sessions created", s.sessions_created),
+                ("sessions deleted", s.sessions_deleted),
+                ("mappings created", s.mappings_created),
+                ("mappings deleted", s.mappings_deleted),
+                ("events lost", s.events_lost),
+            ] {
+                t.row(vec![k.to_owned(), v.to_string()]);
+            }
+            t.render(&mut out);
+        }
+        Response::Drops(d) => {
+            let mut t = Table::new(&[("REASON", false), ("PACKETS", true)]);
+            for r in &d.drops {
+                t.row(vec![r.reason.clone(), r.packets.to_string()]);
+            }
+            t.row(vec!["total".to_owned(), d.total.to_string()]);
+            t.render(&mut out);
+        }
+        Response::Flushed(f) => {
+            let _ = writeln!(
+                out,
+                "flushed {} and {}",
+                plural(f.sessions, "session", "sessions"),
+                plural(f.mappings, "mapping", "mappings")
+            );
+        }
+        Response::Reloaded(r) => {
+            let _ = writeln!(out, "reloaded {}", r.config_path.display());
+        }
+        Response::LogLevel(l) => {
+            let _ = writeln!(out, "log level is now {}", l.level);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{SessionList, SessionRow, TableQuery, TcpStateName};
+    use natgate_core::Protocol;
+
+    #[test]
+    fn table_columns_align_and_numbers_go_right() {
+        let mut t = Table::new(&[("NAME", false), ("N", true)]);
+        t.row(vec!["a".into(), "1".into()]);
+        t.row(vec!["longer".into(), "12345".into()]);
+        let mut s = String::new();
+        t.render(&mut s);
+        assert_eq!(s, "NAME        N\na           1\nlonger  12345\n");
+    }
+
+    #[test]
+    fn sessions_table_says_how_many_were_left_out() {
+        let row = SessionRow {
+            proto: Protocol::Tcp,
+            internal: "100.64.0.10:5000".parse().expect("addr"),
+            external: "198.51.100.1:40000".parse().expect("addr"),
+            remote: "203.0.113.10:443".parse().expect("addr"),
+            tcp_state: Some(TcpStateName::Established),
+            idle_secs: 3,
+            expires_in_secs: 7437,
+        };
+        let resp = Response::Sessions(SessionList {
+            count: 5,
+            sessions: vec![row],
+        });
+        let text = human(&Request::Sessions(TableQuery::default()), &resp);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("PROTO  INTERNAL"));
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells[4..], ["established", "3s", "7437s"]);
+        // Right-aligned under their headers.
+        assert_eq!(
+            lines[0].find("IDLE").map(|i| i + 4),
+            lines[1].find("3s ").map(|i| i + 2)
+        );
+        assert_eq!(lines[2], "5 sessions (1 shown)");
+
+        let count = Request::Sessions(TableQuery {
+            count_only: true,
+            ..TableQuery::default()
+        });
+        assert_eq!(human(&count, &resp), "5\n");
+    }
+
+    #[test]
+    fn durations_drop_leading_zero_units() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(61), "1m 1s");
+        assert_eq!(duration(90061), "1d 1h 1m 1s");
+    }
+}

@@ -1,0 +1,622 @@
+//! Translation logs: the engine's [`Event`]s as JSON lines, to stdout or to a file with
+//! size-based rotation.
+//!
+//! One line per event, e.g.
+//! `{"ts":"2026-11-21T16:14:30.123Z","event":"session-created","proto":"udp","internal":"100.64.0.10:5000","external":"198.51.100.1:40000"}`.
+//! The remote endpoint is left out unless [`EventLogOptions::log_destinations`] is set: RFC 6888
+//! REQ-12 asks a CGN not to log destinations by default, for the subscribers' privacy.
+//!
+//! The driver calls [`EventSink::record`] for each event it drains from an engine and
+//! [`EventSink::flush`] once per batch; nothing is guaranteed to be written before the flush.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use natgate_core::{Endpoint, Event, Instant, Protocol};
+use serde::Serialize;
+
+/// Maps the engine's relative [`Instant`]s to wall-clock time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBase {
+    origin: Instant,
+    at: SystemTime,
+}
+
+impl TimeBase {
+    /// `engine_now` and `wall_now` are the same moment, read from the daemon's two clocks.
+    pub fn new(engine_now: Instant, wall_now: SystemTime) -> Self {
+        TimeBase {
+            origin: engine_now,
+            at: wall_now,
+        }
+    }
+
+    /// The wall-clock time of `t`.
+    pub fn to_system(&self, t: Instant) -> SystemTime {
+        if t >= self.origin {
+            self.at + t.saturating_since(self.origin)
+        } else {
+            let back = self.origin.saturating_since(t);
+            self.at.checked_sub(back).unwrap_or(UNIX_EPOCH)
+        }
+    }
+}
+
+/// Where the lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// The process's standard output.
+    Stdout,
+    /// A file, appended to (created owner-only if missing) and rotated by size.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// When to rotate and how many old files to keep.
+        rotation: Rotation,
+    },
+}
+
+/// Size-based rotation: when the next line would take the file past `max_bytes`, it is renamed
+/// to `.1` (`.1` to `.2`, and so on, the oldest beyond `keep` deleted) and a new file started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// The most a file may grow to; 0 never rotates. A single line longer than this still goes
+    /// into a file of its own.
+    pub max_bytes: u64,
+    /// Old files kept (`path.1` newest ... `path.keep` oldest); 0 keeps none.
+    pub keep: u32,
+}
+
+/// What goes into each line and how hard to push it to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventLogOptions {
+    /// Log remote endpoints too (RFC 6888 REQ-12: off unless the operator asks).
+    pub log_destinations: bool,
+    /// fsync the file after every batch, so a logged event survives a power cut.
+    pub durable: bool,
+}
+
+/// Writes events as JSON lines.
+pub struct EventSink {
+    out: Output,
+    time: TimeBase,
+    opts: EventLogOptions,
+    /// Lines of the current batch not yet handed to the output.
+    pending: Vec<u8>,
+}
+
+/// A batch this large is written out early, so that memory stays bounded.
+const PENDING_LIMIT: usize = 1 << 20;
+
+enum Output {
+    File(LogFile),
+    Writer(Box<dyn Write + Send>),
+}
+
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the current file.
+    size: u64,
+    rotation: Rotation,
+}
+
+impl LogFile {
+    fn open(path: &Path, rotation: Rotation) -> io::Result<LogFile> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Whether adding `line` bytes to the file and its `pending` bytes would pass the limit.
+    /// An empty file takes any line, so that an oversized line cannot rotate forever.
+    fn full(&self, pending: usize, line: usize) -> bool {
+        let used = self.size + pending as u64;
+        self.rotation.max_bytes > 0 && used > 0 && used + line as u64 > self.rotation.max_bytes
+    }
+
+    fn numbered(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    /// Shifts the old files up by one, moves the current one to `.1`, and starts a new one.
+    fn rotate(&mut self, durable: bool) -> io::Result<()> {
+        if durable {
+            self.file.sync_data()?;
+        }
+        let keep = self.rotation.keep;
+        if keep == 0 {
+            ignore_missing(std::fs::remove_file(&self.path))?;
+        } else {
+            ignore_missing(std::fs::remove_file(self.numbered(keep)))?;
+            for n in (1..keep).rev() {
+                ignore_missing(std::fs::rename(self.numbered(n), self.numbered(n + 1)))?;
+            }
+            std::fs::rename(&self.path, self.numbered(1))?;
+        }
+        *self = LogFile::open(&self.path, self.rotation)?;
+        Ok(())
+    }
+}
+
+fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+impl EventSink {
+    /// A sink writing to `dest`; a file is opened (created if missing) now.
+    pub fn open(dest: &Destination, time: TimeBase, opts: EventLogOptions) -> io::Result<Self> {
+        let out = match dest {
+            Destination::Stdout => Output::Writer(Box::new(io::stdout())),
+            Destination::File { path, rotation } => Output::File(LogFile::open(path, *rotation)?),
+        };
+        Ok(EventSink {
+            out,
+            time,
+            opts,
+            pending: Vec::new(),
+        })
+    }
+
+    /// A sink writing to any writer (a pipe, a buffer); never rotated, `durable` ignored.
+    pub fn with_writer(
+        w: impl Write + Send + 'static,
+        time: TimeBase,
+        opts: EventLogOptions,
+    ) -> Self {
+        EventSink {
+            out: Output::Writer(Box::new(w)),
+            time,
+            opts,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds one event to the current batch.
+    pub fn record(&mut self, ev: &Event) -> io::Result<()> {
+        let mut line = serde_json::to_vec(&Line::new(ev, &self.time, self.opts.log_destinations))
+            .map_err(io::Error::other)?;
+        line.push(b'\n');
+        if let Output::File(f) = &mut self.out
+            && f.full(self.pending.len(), line.len())
+        {
+            f.write(&self.pending)?;
+            self.pending.clear();
+            f.rotate(self.opts.durable)?;
+        }
+        self.pending.extend_from_slice(&line);
+        if self.pending.len() >= PENDING_LIMIT {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> io::Result<()> {
+        match &mut self.out {
+            Output::File(f) => f.write(&self.pending)?,
+            Output::Writer(w) => w.write_all(&self.pending)?,
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes the batch out (and fsyncs it if `durable`). Call once per batch of events.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.write_pending()?;
+        match &mut self.out {
+            Output::File(f) if self.opts.durable => f.file.sync_data(),
+            Output::File(f) => f.file.flush(),
+            Output::Writer(w) => w.flush(),
+        }
+    }
+}
+
+/// One log line.
+#[derive(Serialize)]
+struct Line {
+    ts: String,
+    event: &'static str,
+    proto: Protocol,
+    internal: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote: Option<String>,
+}
+
+impl Line {
+    fn new(ev: &Event, time: &TimeBase, log_destinations: bool) -> Self {
+        let (at, event, proto, internal, external, remote): (
+            Instant,
+            &'static str,
+            Protocol,
+            Endpoint,
+            Option<Endpoint>,
+            Option<Endpoint>,
+        ) = match *ev {
+            Event::MappingCreated {
+                at,
+                proto,
+                internal,
+                external,
+            } => (at, "mapping-created", proto, internal, Some(external), None),
+            Event::MappingDeleted {
+                at,
+                proto,
+                internal,
+                external,
+            } => (at, "mapping-deleted", proto, internal, Some(external), None),
+            Event::SessionCreated {
+                at,
+                proto,
+                internal,
+                external,
+                remote,
+            } => (
+                at,
+                "session-created",
+                proto,
+                internal,
+                Some(external),
+                Some(remote),
+            ),
+            Event::SessionDeleted {
+                at,
+                proto,
+                internal,
+                external,
+                remote,
+            } => (
+                at,
+                "session-deleted",
+                proto,
+                internal,
+                Some(external),
+                Some(remote),
+            ),
+            Event::MappingFailed {
+                at,
+                proto,
+                internal,
+                remote,
+            } => (at, "mapping-failed", proto, internal, None, Some(remote)),
+        };
+        Line {
+            ts: rfc3339(time.to_system(at)),
+            event,
+            proto,
+            internal: internal.to_string(),
+            external: external.map(|e| e.to_string()),
+            remote: remote.filter(|_| log_destinations).map(|e| e.to_string()),
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC; times before 1970 show as the epoch.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days(secs / 86400);
+    let s = secs % 86400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
+/// `civil_from_days` (eras of 400 years, March-based years so leap days come last).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::sync::{Arc, Mutex};
+
+    fn ep(a: [u8; 4], port: u16) -> Endpoint {
+        Endpoint::new(Ipv4Addr::from(a), port)
+    }
+
+    fn base() -> TimeBase {
+        // Engine time 10 s is 2026-11-22T16:14:30.123Z.
+        TimeBase::new(
+            Instant::from_secs(10),
+            UNIX_EPOCH + Duration::from_millis(1_795_364_070_123),
+        )
+    }
+
+    fn session_created(at_ms: u64) -> Event {
+        Event::SessionCreated {
+            at: Instant::from_millis(at_ms),
+            proto: Protocol::Udp,
+            internal: ep([100, 64, 0, 10], 5000),
+            external: ep([198, 51, 100, 1], 40000),
+            remote: ep([203, 0, 113, 10], 3478),
+        }
+    }
+
+    /// A writer whose contents the test can read while the sink owns it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+        }
+    }
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_500)),
+            "2000-02-29T00:00:00.500Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(4_102_444_800)),
+            "2100-01-01T00:00:00.000Z"
+        );
+        let b = base();
+        assert_eq!(
+            rfc3339(b.to_system(Instant::from_secs(10))),
+            "2026-11-22T16:14:30.123Z"
+        );
+        assert_eq!(
+            rfc3339(b.to_system(Instant::from_millis(11_500))),
+            "2026-11-22T16:14:31.623Z"
+        );
+        assert_eq!(
+            rfc3339(b.to_system(Instant::ZERO)),
+            "2026-11-22T16:14:20.123Z"
+        );
+    }
+
+    #[test]
+    fn lines_match_the_documented_shape_and_hide_destinations_by_default() {
+        let buf = Shared::default();
+        let mut sink = EventSink::with_writer(buf.clone(), base(), EventLogOptions::default());
+        sink.record(&session_created(10_000)).expect("record");
+        sink.record(&Event::MappingFailed {
+            at: Instant::from_secs(10),
+            proto: Protocol::Tcp,
+            internal: ep([100, 64, 0, 11], 6000),
+            remote: ep([203, 0, 113, 10], 80),
+        })
+        .expect("record");
+        // Batched: nothing is written before the flush.
+        assert_eq!(buf.text(), "");
+        sink.flush().expect("flush");
+        assert_eq!(
+            buf.text(),
+            concat!(
+                r#"{"ts":"2026-11-22T16:14:30.123Z","event":"session-created","proto":"udp","internal":"100.64.0.10:5000","external":"198.51.100.1:40000"}"#,
+                "\n",
+                r#"{"ts":"2026-11-22T16:14:30.123Z","event":"mapping-failed","proto":"tcp","internal":"100.64.0.11:6000"}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn every_event_kind_has_its_name_and_destinations_when_asked() {
+        let buf = Shared::default();
+        let opts = EventLogOptions {
+            log_destinations: true,
+            durable: false,
+        };
+        let mut sink = EventSink::with_writer(buf.clone(), base(), opts);
+        let (i, x, r) = (
+            ep([100, 64, 0, 10], 1),
+            ep([198, 51, 100, 1], 2),
+            ep([203, 0, 113, 1], 3),
+        );
+        let at = Instant::from_secs(10);
+        let p = Protocol::Icmp;
+        let events = [
+            Event::MappingCreated {
+                at,
+                proto: p,
+                internal: i,
+                external: x,
+            },
+            Event::MappingDeleted {
+                at,
+                proto: p,
+                internal: i,
+                external: x,
+            },
+            Event::SessionCreated {
+                at,
+                proto: p,
+                internal: i,
+                external: x,
+                remote: r,
+            },
+            Event::SessionDeleted {
+                at,
+                proto: p,
+                internal: i,
+                external: x,
+                remote: r,
+            },
+            Event::MappingFailed {
+                at,
+                proto: p,
+                internal: i,
+                remote: r,
+            },
+        ];
+        for e in &events {
+            sink.record(e).expect("record");
+        }
+        sink.flush().expect("flush");
+        let lines: Vec<serde_json::Value> = buf
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        let names: Vec<&str> = lines
+            .iter()
+            .map(|l| l["event"].as_str().expect("name"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "mapping-created",
+                "mapping-deleted",
+                "session-created",
+                "session-deleted",
+                "mapping-failed"
+            ]
+        );
+        assert_eq!(lines[2]["remote"], "203.0.113.1:3");
+        assert_eq!(lines[4]["remote"], "203.0.113.1:3");
+        assert!(lines[0].get("remote").is_none());
+        assert!(lines[4].get("external").is_none());
+        assert!(lines.iter().all(|l| l["proto"] == "icmp"));
+    }
+
+    fn read_lines(p: &Path) -> Vec<String> {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn file_rotates_by_size_and_keeps_n_old_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        let line_len = {
+            let buf = Shared::default();
+            let mut s = EventSink::with_writer(buf.clone(), base(), EventLogOptions::default());
+            s.record(&session_created(10_000)).expect("record");
+            s.flush().expect("flush");
+            buf.text().len() as u64
+        };
+        let rotation = Rotation {
+            max_bytes: 3 * line_len,
+            keep: 2,
+        };
+        let dest = Destination::File {
+            path: path.clone(),
+            rotation,
+        };
+        let opts = EventLogOptions {
+            log_destinations: false,
+            durable: true,
+        };
+        let mut sink = EventSink::open(&dest, base(), opts).expect("open");
+        // 10 events, flushed in batches of 4: files of 3 lines; the oldest beyond .2 are gone.
+        for n in 0..10u64 {
+            sink.record(&session_created(10_000 + n * 1000))
+                .expect("record");
+            if n % 4 == 3 {
+                sink.flush().expect("flush");
+            }
+        }
+        sink.flush().expect("flush");
+        let files = [
+            path.clone(),
+            dir.path().join("events.jsonl.1"),
+            dir.path().join("events.jsonl.2"),
+        ];
+        let sizes: Vec<usize> = files.iter().map(|f| read_lines(f).len()).collect();
+        assert_eq!(sizes, [1, 3, 3]);
+        assert!(!dir.path().join("events.jsonl.3").exists());
+        // The newest 7 events, oldest first, each a whole JSON line.
+        let mut all = Vec::new();
+        for f in files.iter().rev() {
+            assert!(std::fs::metadata(f).expect("stat").len() <= rotation.max_bytes);
+            all.extend(read_lines(f));
+        }
+        let secs: Vec<String> = all
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+                v["ts"].as_str().expect("ts")[17..19].to_owned()
+            })
+            .collect();
+        assert_eq!(secs, ["33", "34", "35", "36", "37", "38", "39"]);
+
+        // Reopening appends and counts what is already there: one more line fits, then rotate.
+        drop(sink);
+        let mut sink = EventSink::open(&dest, base(), opts).expect("reopen");
+        for n in 0..3u64 {
+            sink.record(&session_created(20_000 + n * 1000))
+                .expect("record");
+        }
+        sink.flush().expect("flush");
+        assert_eq!(read_lines(&path).len(), 1);
+        assert_eq!(read_lines(&files[1]).len(), 3);
+        assert!(read_lines(&files[1])[0].contains("16:14:39"));
+    }
+
+    #[test]
+    fn keep_zero_starts_over_and_zero_max_never_rotates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ev.log");
+        for (max_bytes, want_lines) in [(1, 1), (0, 5)] {
+            let _ = std::fs::remove_file(&path);
+            let dest = Destination::File {
+                path: path.clone(),
+                rotation: Rotation { max_bytes, keep: 0 },
+            };
+            let mut sink =
+                EventSink::open(&dest, base(), EventLogOptions::default()).expect("open");
+            for n in 0..5 {
+                sink.record(&session_created(10_000 + n)).expect("record");
+            }
+            sink.flush().expect("flush");
+            assert_eq!(read_lines(&path).len(), want_lines, "max_bytes {max_bytes}");
+            assert!(!dir.path().join("ev.log.1").exists());
+        }
+    }
+}

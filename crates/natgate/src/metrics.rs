@@ -1,0 +1,754 @@
+//! Prometheus metrics: a snapshot of the gateway's counters and gauges, its text exposition
+//! (format 0.0.4), and a tiny HTTP/1.0 server that serves it at `GET /metrics`.
+//!
+//! The daemon builds a [`MetricsSnapshot`] on each scrape (from every engine's counters, table
+//! sizes and pool usage) through the closure it gives [`MetricsServer::bind`].
+
+use std::fmt::{Display, Write as _};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use natgate_core::{Counters, DropReason, Protocol};
+
+use crate::control::protocol::{PerProtocol, PoolRow, StatsInfo};
+
+/// Everything one scrape reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Traffic and state counters, summed over engines.
+    pub stats: StatsInfo,
+    /// Drops, indexed by `DropReason as usize`. Mapping failures are
+    /// `drops[DropReason::MappingFailed as usize]`.
+    pub drops: [u64; DropReason::COUNT],
+    /// Live sessions per protocol.
+    pub sessions: PerProtocol,
+    /// Live mappings.
+    pub mappings: u64,
+    /// Use of each external address (as `ctl pools` shows it).
+    pub pools: Vec<PoolRow>,
+}
+
+impl MetricsSnapshot {
+    /// The counters of every engine, summed. Table sizes and pools stay empty for the caller
+    /// to fill in.
+    pub fn from_counters<'a>(counters: impl IntoIterator<Item = &'a Counters>) -> Self {
+        let mut s = MetricsSnapshot::default();
+        for c in counters {
+            s.stats.add(c);
+            for (r, n) in c.drops_by_reason() {
+                s.drops[r as usize] += n;
+            }
+        }
+        s
+    }
+
+    /// The Prometheus text exposition (format 0.0.4). Every drop reason is listed, zero ones
+    /// too, so that rates exist from the first scrape.
+    pub fn render(&self) -> String {
+        let mut e = Exposition::default();
+        let st = &self.stats;
+        let directions = [("outbound", st.outbound), ("inbound", st.inbound)];
+        e.family(
+            "natgate_packets_total",
+            "counter",
+            "Packets forwarded, by direction.",
+        );
+        for (dir, t) in directions {
+            e.sample("natgate_packets_total", &[("direction", dir)], t.packets);
+        }
+        e.family(
+            "natgate_bytes_total",
+            "counter",
+            "Bytes forwarded (IP total length), by direction.",
+        );
+        for (dir, t) in directions {
+            e.sample("natgate_bytes_total", &[("direction", dir)], t.bytes);
+        }
+        e.family(
+            "natgate_drops_total",
+            "counter",
+            "Packets dropped, by reason.",
+        );
+        for r in DropReason::ALL {
+            e.sample(
+                "natgate_drops_total",
+                &[("reason", r.name())],
+                self.drops[*r as usize],
+            );
+        }
+        for (name, help, v) in [
+            (
+                "natgate_mapping_failures_total",
+                "New mappings refused because no external port was free (RFC 6888 REQ-11).",
+                self.drops[DropReason::MappingFailed as usize],
+            ),
+            (
+                "natgate_hairpinned_packets_total",
+                "Packets hairpinned back inside (also counted as outbound).",
+                st.hairpinned_packets,
+            ),
+            (
+                "natgate_icmp_generated_total",
+                "ICMP errors the gateway generated.",
+                st.icmp_generated,
+            ),
+            (
+                "natgate_held_packets_total",
+                "Packets held (early fragments, unsolicited SYNs).",
+                st.held_packets,
+            ),
+            (
+                "natgate_sessions_created_total",
+                "Sessions created.",
+                st.sessions_created,
+            ),
+            (
+                "natgate_sessions_deleted_total",
+                "Sessions deleted.",
+                st.sessions_deleted,
+            ),
+            (
+                "natgate_mappings_created_total",
+                "Mappings created.",
+                st.mappings_created,
+            ),
+            (
+                "natgate_mappings_deleted_total",
+                "Mappings deleted.",
+                st.mappings_deleted,
+            ),
+            (
+                "natgate_events_lost_total",
+                "Translation events lost because the event queue was full.",
+                st.events_lost,
+            ),
+        ] {
+            e.family(name, "counter", help);
+            e.sample(name, &[], v);
+        }
+        e.family("natgate_sessions", "gauge", "Live sessions, by protocol.");
+        for p in Protocol::ALL {
+            e.sample(
+                "natgate_sessions",
+                &[("protocol", p.name())],
+                self.sessions.get(p),
+            );
+        }
+        e.family("natgate_mappings", "gauge", "Live mappings.");
+        e.sample("natgate_mappings", &[], self.mappings);
+
+        let per_proto: [(&str, &str, PoolField); 3] = [
+            (
+                "natgate_pool_ports_in_use",
+                "External ports held by live mappings.",
+                |r| &r.in_use,
+            ),
+            (
+                "natgate_pool_ports_held_down",
+                "External ports released but not yet reusable (RFC 6888 REQ-8).",
+                |r| &r.held_down,
+            ),
+            (
+                "natgate_pool_ports_capacity",
+                "External ports an address can hand out.",
+                |r| &r.capacity,
+            ),
+        ];
+        for (name, help, get) in per_proto {
+            e.family(name, "gauge", help);
+            for row in &self.pools {
+                let addr = row.address.to_string();
+                for p in Protocol::ALL {
+                    e.sample(
+                        name,
+                        &[("address", &addr), ("protocol", p.name())],
+                        get(row).get(p),
+                    );
+                }
+            }
+        }
+        e.family(
+            "natgate_pool_subscribers",
+            "gauge",
+            "Subscribers with a mapping on an external address.",
+        );
+        for row in &self.pools {
+            e.sample(
+                "natgate_pool_subscribers",
+                &[("address", &row.address.to_string())],
+                row.subscribers,
+            );
+        }
+        e.family(
+            "natgate_pool_utilisation_ratio",
+            "gauge",
+            "Share of the busiest protocol's ports in use or held down on an external address.",
+        );
+        for row in &self.pools {
+            e.sample(
+                "natgate_pool_utilisation_ratio",
+                &[("address", &row.address.to_string())],
+                row.utilisation_percent / 100.0,
+            );
+        }
+        e.out
+    }
+}
+
+/// Picks one per-protocol figure of a pool row.
+type PoolField = fn(&PoolRow) -> &PerProtocol;
+
+/// Text exposition being written.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        // HELP text escapes only backslash and newline (exposition format 0.0.4).
+        let help = help.replace('\\', r"\\").replace('\n', r"\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let v = v
+                    .replace('\\', r"\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', r"\n");
+                let _ = write!(self.out, "{k}=\"{v}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// The longest HTTP request head read; Prometheus sends a few hundred bytes.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// A scraper that sends or reads nothing for this long is dropped.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once; more are closed unanswered.
+const MAX_CONNECTIONS: usize = 8;
+
+/// Why the metrics listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Binding the listen address failed.
+    #[error("metrics listen address: {0}")]
+    Bind(io::Error),
+    /// Starting the server thread failed.
+    #[error("starting the metrics server: {0}")]
+    Spawn(io::Error),
+}
+
+type SnapshotFn = dyn Fn() -> MetricsSnapshot + Send + Sync;
+
+/// A running metrics endpoint. [`MetricsServer::shutdown`] (or dropping it) stops it.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    stopping: AtomicBool,
+    conns: Mutex<Vec<(JoinHandle<()>, TcpStream)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MetricsServer {
+    /// Listens on `addr` and serves `snapshot()`'s exposition at `GET /metrics`.
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        snapshot: impl Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    ) -> Result<MetricsServer, MetricsError> {
+        let listener = TcpListener::bind(addr).map_err(MetricsError::Bind)?;
+        let addr = listener.local_addr().map_err(MetricsError::Bind)?;
+        let wake = listener.try_clone().map_err(MetricsError::Bind)?;
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        let snapshot: Arc<SnapshotFn> = Arc::new(snapshot);
+        let s = shared.clone();
+        let accept_thread = thread::Builder::new()
+            .name("metrics-accept".into())
+            .spawn(move || accept_loop(&listener, &s, &snapshot))
+            .map_err(MetricsError::Spawn)?;
+        Ok(MetricsServer {
+            addr,
+            listener: wake,
+            shared,
+            accept_thread: Some(accept_thread),
+        })
+    }
+
+    /// The address it listens on (with the actual port if bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops listening, closes open connections and waits for their threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(accept) = self.accept_thread.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Linux wakes a blocked accept() when the listening socket is shut down.
+        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
+        let _ = accept.join();
+        let conns = std::mem::take(&mut *lock(&self.shared.conns));
+        for (t, stream) in conns {
+            let _ = stream.shutdown(Shutdown::Both);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Shared, snapshot: &Arc<SnapshotFn>) {
+    loop {
+        let accepted = listener.accept();
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors or an aborted handshake: back off rather than spin.
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let mut conns = lock(&shared.conns);
+        conns.retain(|(t, _)| !t.is_finished());
+        if conns.len() >= MAX_CONNECTIONS {
+            continue; // dropping the stream closes it
+        }
+        let Ok(clone) = stream.try_clone() else {
+            continue;
+        };
+        let snap = snapshot.clone();
+        if let Ok(t) = thread::Builder::new()
+            .name("metrics-conn".into())
+            .spawn(move || serve(stream, &*snap))
+        {
+            conns.push((t, clone));
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, snapshot: &SnapshotFn) {
+    if stream.set_read_timeout(Some(IO_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(IO_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    let (response, unread) = match read_head(&mut stream) {
+        Ok(head) => (respond(&head, snapshot), false),
+        Err(HeadError::TooLarge) => (
+            reply(431, "Request Header Fields Too Large", "", None),
+            true,
+        ),
+        Err(HeadError::Io) => return,
+    };
+    let _ = stream.write_all(&response);
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+    if unread {
+        // Closing with unread input sends a reset, which can destroy the reply before the
+        // client reads it; take a bounded amount of the rest first.
+        let _ = io::copy(&mut (&stream).take(64 * 1024), &mut io::sink());
+    }
+}
+
+enum HeadError {
+    TooLarge,
+    Io,
+}
+
+/// Reads up to the blank line that ends the request head.
+fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).map_err(|_| HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Io);
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = find_head_end(&head) {
+            head.truncate(end);
+            return Ok(head);
+        }
+        if head.len() > MAX_REQUEST_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = b.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The whole HTTP response for a request head.
+fn respond(head: &[u8], snapshot: &SnapshotFn) -> Vec<u8> {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return reply(400, "Bad Request", "malformed request line\n", None);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return reply(400, "Bad Request", "HTTP/1.x only\n", None);
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    if path != "/metrics" {
+        return reply(404, "Not Found", "try /metrics\n", None);
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            return reply(
+                405,
+                "Method Not Allowed",
+                "GET or HEAD\n",
+                Some("Allow: GET, HEAD"),
+            );
+        }
+    };
+    // A panicking snapshot (a bug) must not take the listener with it.
+    let Ok(body) = panic::catch_unwind(AssertUnwindSafe(|| snapshot().render())) else {
+        return reply(500, "Internal Server Error", "snapshot failed\n", None);
+    };
+    let mut r = reply_head(
+        200,
+        "OK",
+        "text/plain; version=0.0.4; charset=utf-8",
+        body.len(),
+        None,
+    );
+    if !head_only {
+        r.extend_from_slice(body.as_bytes());
+    }
+    r
+}
+
+fn reply(code: u16, reason: &str, body: &str, extra: Option<&str>) -> Vec<u8> {
+    let mut r = reply_head(code, reason, "text/plain; charset=utf-8", body.len(), extra);
+    r.extend_from_slice(body.as_bytes());
+    r
+}
+
+fn reply_head(code: u16, reason: &str, ctype: &str, len: usize, extra: Option<&str>) -> Vec<u8> {
+    let mut h = format!(
+        "HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n"
+    );
+    if let Some(x) = extra {
+        h.push_str(x);
+        h.push_str("\r\n");
+    }
+    h.push_str("\r\n");
+    h.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgate_core::Direction;
+    use natgate_core::alloc::AddressUsage;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::Ipv4Addr;
+
+    fn snapshot() -> MetricsSnapshot {
+        let mut c = Counters::default();
+        c.count_forward(Direction::Outbound, 1500);
+        c.count_forward(Direction::Inbound, 40);
+        c.count_drop(DropReason::Filtered);
+        c.count_drop(DropReason::MappingFailed);
+        c.count_drop(DropReason::MappingFailed);
+        let mut s = MetricsSnapshot::from_counters([&c, &c]);
+        s.sessions = PerProtocol {
+            icmp: 1,
+            tcp: 2,
+            udp: 3,
+        };
+        s.mappings = 4;
+        let usage = AddressUsage {
+            addr: Ipv4Addr::new(198, 51, 100, 1),
+            in_use: [0, 6451, 3],
+            held_down: [0, 1, 0],
+            subscribers: 2,
+        };
+        s.pools = vec![PoolRow::new(&usage, PerProtocol::port_capacity(false))];
+        s
+    }
+
+    /// Sample values by metric name and sorted labels.
+    type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
+
+    fn valid_name(n: &str) -> bool {
+        let mut c = n.chars();
+        c.next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+    }
+
+    /// One sample line: name, labels, value. Panics on anything the 0.0.4 grammar refuses.
+    fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        let value: f64 = value.parse().expect("numeric value");
+        let (name, labels) = match series.split_once('{') {
+            None => (series, BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = BTreeMap::new();
+                let mut s = body;
+                while !s.is_empty() {
+                    let (k, after) = s.split_once("=\"").expect("label=\"");
+                    assert!(valid_name(k) && !k.contains(':'), "label name {k:?}");
+                    let mut v = String::new();
+                    let mut chars = after.char_indices();
+                    let end = loop {
+                        match chars.next().expect("closing quote") {
+                            (i, '"') => break i,
+                            (_, '\\') => match chars.next().expect("escape").1 {
+                                'n' => v.push('\n'),
+                                c @ ('\\' | '"') => v.push(c),
+                                c => panic!("bad escape \\{c}"),
+                            },
+                            (_, c) => v.push(c),
+                        }
+                    };
+                    assert!(
+                        labels.insert(k.to_owned(), v).is_none(),
+                        "duplicate label {k}"
+                    );
+                    s = &after[end + 1..];
+                    s = s.strip_prefix(',').unwrap_or(s);
+                }
+                (name, labels)
+            }
+        };
+        assert!(valid_name(name), "metric name {name:?}");
+        (name.to_owned(), labels, value)
+    }
+
+    /// Checks the whole exposition's structure; returns every sample by name and labels.
+    fn parse(text: &str) -> Samples {
+        let mut samples = BTreeMap::new();
+        let mut typed: BTreeMap<String, String> = BTreeMap::new();
+        let mut helped = BTreeSet::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().expect("name");
+                assert!(helped.insert(name.to_owned()), "second HELP for {name}");
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("name and type");
+                assert!(helped.contains(name), "TYPE before HELP for {name}");
+                assert!(matches!(kind, "counter" | "gauge"), "{kind}");
+                assert!(typed.insert(name.to_owned(), kind.to_owned()).is_none());
+                current = Some(name.to_owned());
+            } else {
+                assert!(!line.starts_with('#') && !line.is_empty(), "{line:?}");
+                let (name, labels, v) = parse_sample(line);
+                // Samples of a family follow its TYPE line, all together.
+                assert_eq!(current.as_deref(), Some(name.as_str()), "{line}");
+                assert!(name.starts_with("natgate_"), "{name}");
+                assert_eq!(
+                    typed[&name] == "counter",
+                    name.ends_with("_total"),
+                    "{name}"
+                );
+                let key = (name, labels.into_iter().collect());
+                assert!(samples.insert(key, v).is_none(), "duplicate series {line}");
+            }
+        }
+        samples
+    }
+
+    fn get(s: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let key = (
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        *s.get(&key).unwrap_or_else(|| panic!("no {name}{labels:?}"))
+    }
+
+    #[test]
+    fn exposition_is_valid_and_has_every_metric() {
+        let text = snapshot().render();
+        assert!(text.ends_with('\n'));
+        let s = parse(&text);
+        assert_eq!(
+            get(&s, "natgate_packets_total", &[("direction", "outbound")]),
+            2.0
+        );
+        assert_eq!(
+            get(&s, "natgate_bytes_total", &[("direction", "outbound")]),
+            3000.0
+        );
+        assert_eq!(
+            get(&s, "natgate_bytes_total", &[("direction", "inbound")]),
+            80.0
+        );
+        assert_eq!(
+            get(&s, "natgate_drops_total", &[("reason", "filtered")]),
+            2.0
+        );
+        assert_eq!(get(&s, "natgate_mapping_failures_total", &[]), 4.0);
+        // Every reason, zero ones too.
+        for r in DropReason::ALL {
+            get(&s, "natgate_drops_total", &[("reason", r.name())]);
+        }
+        assert_eq!(
+            get(&s, "natgate_drops_total", &[("reason", "no_mapping")]),
+            0.0
+        );
+        assert_eq!(get(&s, "natgate_sessions", &[("protocol", "udp")]), 3.0);
+        assert_eq!(get(&s, "natgate_mappings", &[]), 4.0);
+        let a = ("address", "198.51.100.1");
+        assert_eq!(
+            get(&s, "natgate_pool_ports_in_use", &[a, ("protocol", "tcp")]),
+            6451.0
+        );
+        assert_eq!(
+            get(
+                &s,
+                "natgate_pool_ports_held_down",
+                &[a, ("protocol", "tcp")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            get(
+                &s,
+                "natgate_pool_ports_capacity",
+                &[a, ("protocol", "icmp")]
+            ),
+            65536.0
+        );
+        assert_eq!(get(&s, "natgate_pool_subscribers", &[a]), 2.0);
+        let ratio = get(&s, "natgate_pool_utilisation_ratio", &[a]);
+        assert!((ratio - 6452.0 / 64512.0).abs() < 1e-9, "{ratio}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut e = Exposition::default();
+        e.family("natgate_x", "gauge", "back\\slash\nnewline");
+        e.sample("natgate_x", &[("l", "a\"b\\c\nd")], 1);
+        assert_eq!(
+            e.out,
+            "# HELP natgate_x back\\\\slash\\nnewline\n# TYPE natgate_x gauge\nnatgate_x{l=\"a\\\"b\\\\c\\nd\"} 1\n"
+        );
+        let (_, labels, _) = parse_sample(e.out.lines().nth(2).expect("sample"));
+        assert_eq!(labels["l"], "a\"b\\c\nd");
+    }
+
+    fn http(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request).expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    #[test]
+    fn serves_metrics_and_refuses_the_rest() {
+        let server = MetricsServer::bind("127.0.0.1:0", snapshot).expect("bind");
+        let addr = server.local_addr();
+
+        let r = http(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+        );
+        let (head, body) = r.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("Content-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert_eq!(body, snapshot().render());
+
+        let r = http(addr, b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n");
+        assert!(
+            r.starts_with("HTTP/1.0 200 OK\r\n") && r.ends_with("\r\n\r\n"),
+            "{r}"
+        );
+        for (req, status) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], "404"),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", "405"),
+            (b"GET /metrics\r\n\r\n", "400"),
+            (b"GET /metrics SPDY/3\n\n", "400"),
+        ] {
+            let r = http(addr, req);
+            assert!(r.starts_with(&format!("HTTP/1.0 {status} ")), "{r}");
+        }
+        let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(3 * MAX_REQUEST_HEAD, b'a');
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // The server may close before taking all of it; only its answer matters.
+        let _ = s.write_all(&huge);
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        assert!(r.starts_with("HTTP/1.0 431 "), "{r}");
+
+        server.shutdown();
+        assert!(TcpStream::connect(addr).is_err());
+    }
+
+    #[test]
+    fn shutdown_does_not_wait_for_a_silent_client() {
+        let server = MetricsServer::bind("127.0.0.1:0", MetricsSnapshot::default).expect("bind");
+        let _silent = TcpStream::connect(server.local_addr()).expect("connect");
+        // Let the server accept it, so shutdown has a live connection to close.
+        thread::sleep(Duration::from_millis(50));
+        let start = std::time::Instant::now();
+        server.shutdown();
+        assert!(start.elapsed() < IO_TIMEOUT, "{:?}", start.elapsed());
+    }
+}
