@@ -180,12 +180,31 @@ impl LimitsSpec {
 }
 
 /// `[control]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ControlSection {
-    /// Path of the control socket (owner-only); none means no control socket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<PathBuf>,
+    /// Serve the control socket (`natgate ctl`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Path of the control socket (created owner-only).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            enabled: true,
+            socket: default_socket(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::control::DEFAULT_SOCKET)
 }
 
 /// `[metrics]`.
@@ -205,6 +224,15 @@ pub struct EventsSection {
     /// none means they are only counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Include remote endpoints (RFC 6888 REQ-12: off unless asked for).
+    #[serde(default)]
+    pub log_destinations: bool,
+    /// Rotate a file output when it would pass this size; 0 never rotates.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Rotated files to keep (`PATH.1` ...).
+    #[serde(default)]
+    pub keep: u32,
 }
 
 /// Which addresses the NAT hands out.
@@ -244,12 +272,18 @@ pub struct Settings {
     pub limits: Limits,
     /// Lab mode.
     pub lab: bool,
-    /// Control socket path.
+    /// Control socket path, if enabled.
     pub control_socket: Option<PathBuf>,
     /// Metrics listen address.
     pub metrics_listen: Option<SocketAddr>,
     /// Event output.
     pub events_output: Option<String>,
+    /// Log remote endpoints in events.
+    pub events_log_destinations: bool,
+    /// Event file rotation size.
+    pub events_max_bytes: u64,
+    /// Rotated event files kept.
+    pub events_keep: u32,
     /// The file as parsed (for printing the effective config).
     pub file: FileConfig,
 }
@@ -417,9 +451,12 @@ impl Settings {
             behavior,
             limits: file.limits.resolve(),
             lab: file.lab,
-            control_socket: file.control.socket.clone(),
+            control_socket: file.control.enabled.then(|| file.control.socket.clone()),
             metrics_listen: file.metrics.listen,
             events_output: file.events.output.clone(),
+            events_log_destinations: file.events.log_destinations,
+            events_max_bytes: file.events.max_bytes,
+            events_keep: file.events.keep,
             file,
         };
         // Check everything the engine checks now, with stand-in addresses where the real ones

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use natgate_core::Preset;
 
 use crate::config::Settings;
-use crate::daemon::{Daemon, Snapshot, discard_events, plumbing};
+use crate::daemon::{Daemon, Detail, Snapshot, plumbing};
 use crate::netns::Netns;
 use crate::probe;
 use crate::topology::{Topology, TopologyOptions, addr};
@@ -116,7 +116,7 @@ pub fn run(preset: Preset, out: &mut dyn FnMut(&str)) -> Result<bool, DemoError>
     let ds = daemon_stop.clone();
     let daemon: Daemon = topo
         .gateway
-        .run_in(move || Daemon::start(&settings, ds, discard_events))??;
+        .run_in(move || Daemon::start(&settings, ds))??;
     let handle = daemon.handle();
     out(&format!(
         "natgate started in ng-gw-{sfx}: preset {}, {} worker(s), TUNs natgate-in/natgate-out",
@@ -172,7 +172,7 @@ pub fn run(preset: Preset, out: &mut dyn FnMut(&str)) -> Result<bool, DemoError>
     }
     out("");
     check(&stop)?;
-    let snap = handle.snapshot(true)?;
+    let snap = handle.snapshot(Detail::Tables)?;
     report_state(&snap, out);
     let ok = results.iter().all(|r| r.outcome.is_ok());
     drop(handle);

@@ -11,7 +11,10 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use natgate::config::Settings;
-use natgate::daemon::{Daemon, discard_events};
+use natgate::control::cli::CtlArgs;
+use natgate::control::protocol::LogLevel;
+use natgate::daemon::Daemon;
+use natgate::daemon::control::{ControlService, LogLevelFn};
 
 /// natgate: a user-space NAT gateway (NAPT44, RFC 4787/5382/5508/6888).
 #[derive(Debug, Parser)]
@@ -30,6 +33,9 @@ enum Command {
     /// Build the standard lab topology in namespaces, run the gateway in it, send traffic,
     /// show what happened, tear everything down (needs root).
     Demo(DemoArgs),
+    /// Ask the running gateway (status, sessions, mappings, pools, stats, drops, flush,
+    /// reload, log-level).
+    Ctl(CtlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,11 +64,12 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let log_level = init_logging();
     let r = match cli.command {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(a, log_level),
         Command::Check(a) => check(a),
         Command::Demo(a) => demo(a),
+        Command::Ctl(a) => natgate::control::cli::run(&a),
     };
     match r {
         Ok(code) => code,
@@ -78,17 +85,27 @@ fn report_error(e: &anyhow::Error) {
     eprintln!("natgate: error: {e:#}");
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NATGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+/// Logs to stderr, level from `NATGATE_LOG` (default info); returns the function that changes
+/// the level at run time (`natgate ctl log-level`).
+fn init_logging() -> LogLevelFn {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NATGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
-        .init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    Box::new(move |level: LogLevel| {
+        handle
+            .reload(EnvFilter::new(level.name()))
+            .map_err(|e| e.to_string())
+    })
 }
 
-fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+fn run(a: RunArgs, log_level: LogLevelFn) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&a.config)
         .with_context(|| format!("invalid config {}", a.config.display()))?;
     if let Some(name) = &a.netns {
@@ -105,8 +122,31 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let daemon = Daemon::start(&settings, stop, discard_events).context("starting")?;
+    let daemon = Daemon::start(&settings, stop).context("starting")?;
     let h = daemon.handle();
+    let service = Arc::new(ControlService::new(
+        h.clone(),
+        settings.clone(),
+        Some(a.config.clone()),
+        Some(log_level),
+    ));
+    let control = match &settings.control_socket {
+        Some(path) => Some(
+            natgate::control::Server::bind(path, ArcService(service.clone()))
+                .context("control socket")?,
+        ),
+        None => None,
+    };
+    let metrics = match settings.metrics_listen {
+        Some(addr) => {
+            let s = service.clone();
+            Some(
+                natgate::metrics::MetricsServer::bind(addr, move || s.metrics())
+                    .context("metrics endpoint")?,
+            )
+        }
+        None => None,
+    };
     let r = h.resolved();
     if r.stale_removed > 0 {
         tracing::warn!(
@@ -120,7 +160,20 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         workers = h.workers(),
         "natgate running; SIGINT or SIGTERM stops it"
     );
-    daemon.wait().context("running")?;
+    if let Some(c) = &control {
+        tracing::info!(socket = %c.path().display(), "control socket ready");
+    }
+    if let Some(m) = &metrics {
+        tracing::info!(listen = %m.local_addr(), "metrics at http://{}/metrics", m.local_addr());
+    }
+    let r = daemon.wait();
+    if let Some(c) = control {
+        c.shutdown();
+    }
+    if let Some(m) = metrics {
+        m.shutdown();
+    }
+    r.context("running")?;
     tracing::info!("natgate stopped; plumbing removed");
     Ok(ExitCode::SUCCESS)
 }
@@ -148,4 +201,16 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The control server takes its handler by value; the metrics endpoint shares it.
+struct ArcService(Arc<ControlService>);
+
+impl natgate::control::ControlHandler for ArcService {
+    fn handle(
+        &self,
+        req: natgate::control::Request,
+    ) -> Result<natgate::control::Response, natgate::control::ControlError> {
+        self.0.handle(req)
+    }
 }

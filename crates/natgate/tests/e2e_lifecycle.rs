@@ -133,7 +133,10 @@ fn fails_fast_with_what_to_do() {
     let text = config(&topo, "[behavior]\nfiltering = \"sometimes\"\n");
     let (ok, err) = run_to_exit(&topo, &text, &[]);
     assert!(!ok);
-    assert!(err.contains("line 9") && err.contains("sometimes"), "{err}");
+    assert!(
+        err.contains("line 12") && err.contains("sometimes"),
+        "{err}"
+    );
     // No CAP_NET_ADMIN (dropped with setpriv, when it is installed).
     if std::path::Path::new("/usr/bin/setpriv").exists() {
         let text = config(&topo, "");

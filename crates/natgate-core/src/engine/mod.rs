@@ -11,6 +11,7 @@
 mod icmp_error;
 mod packet;
 mod queues;
+mod reload;
 mod translate;
 
 use crate::alloc::{AllocSettings, DynamicAllocator, PortAllocator};
@@ -30,6 +31,7 @@ use queues::{EventQueue, SynHold, TransmitQueue};
 use std::net::Ipv4Addr;
 
 pub use queues::TRANSMIT_SLOT;
+pub use reload::{ReloadError, check_reload};
 
 /// How many packets [`Engine::process_batch`] looks up together. Large enough to hide memory
 /// latency behind prefetches, small enough that the batch's state stays in L1.

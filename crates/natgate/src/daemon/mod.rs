@@ -12,6 +12,7 @@
 //! the engine's own `decrement-ttl` is off by default. A packet crossing natgate loses 2 from
 //! its TTL, and traceroute shows the gateway as two hops (inside address, then outside address).
 
+pub mod control;
 pub mod plumbing;
 pub mod worker;
 
@@ -28,7 +29,7 @@ use natgate_core::{Counters, Event, Protocol};
 
 use crate::config::Settings;
 pub use plumbing::{Plumbing, PlumbingError, Resolved};
-pub use worker::{EventSink, HomeAddress, Worker, WorkerError};
+pub use worker::{Discard, EventOutput, EventSink, HomeAddress, Worker, WorkerError};
 
 /// The engine's clock: milliseconds since a monotonic origin shared by all workers.
 #[derive(Debug, Clone, Copy)]
@@ -76,15 +77,33 @@ impl IoCounters {
     }
 }
 
+/// How much a snapshot reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Counters, table sizes, pools.
+    Summary,
+    /// Also sessions per protocol (one pass over the session table).
+    Counts,
+    /// Also every session and mapping.
+    Tables,
+}
+
 /// A request to a worker.
 #[derive(Debug)]
 pub enum Command {
-    /// Report state; with `tables`, every session and mapping too.
+    /// Report state.
     Snapshot {
-        /// Include sessions and mappings.
-        tables: bool,
+        /// How much.
+        detail: Detail,
         /// Where to answer.
         reply: SyncSender<WorkerSnapshot>,
+    },
+    /// Apply a new behaviour, keeping state (checked with `check_reload` beforehand).
+    Reload {
+        /// The new engine config.
+        config: natgate_core::ValidConfig,
+        /// The engine's answer.
+        reply: SyncSender<Result<(), String>>,
     },
     /// Delete every session and mapping.
     Flush {
@@ -98,6 +117,8 @@ pub enum Command {
 pub struct WorkerSnapshot {
     /// Engine counters.
     pub counters: Counters,
+    /// Live sessions per protocol, by `Protocol::index` (with `Detail::Counts` or more).
+    pub sessions_by_proto: [u64; 3],
     /// Sessions (empty unless asked for).
     pub sessions: Vec<SessionInfo>,
     /// Mappings (empty unless asked for).
@@ -121,6 +142,8 @@ pub struct WorkerSnapshot {
 pub struct Snapshot {
     /// Engine counters.
     pub counters: Counters,
+    /// Live sessions per protocol, by `Protocol::index` (with `Detail::Counts` or more).
+    pub sessions_by_proto: [u64; 3],
     /// Sessions (empty unless asked for).
     pub sessions: Vec<SessionInfo>,
     /// Mappings (empty unless asked for).
@@ -156,6 +179,18 @@ pub enum DaemonError {
     /// A worker thread could not be started or panicked.
     #[error("worker thread: {0}")]
     Thread(String),
+    /// A worker refused a new config.
+    #[error("reload: {0}")]
+    Reload(String),
+    /// The event log could not be opened.
+    #[error("event log {path}: {source}")]
+    EventLog {
+        /// Where.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A worker did not answer a request in time.
     #[error("the workers did not answer within {0:?}")]
     Timeout(Duration),
@@ -205,12 +240,12 @@ impl DaemonHandle {
         self.workers.len()
     }
 
-    /// The gateway's state; with `tables`, every session and mapping too.
-    pub fn snapshot(&self, tables: bool) -> Result<Snapshot, DaemonError> {
+    /// The gateway's state, in `detail`.
+    pub fn snapshot(&self, detail: Detail) -> Result<Snapshot, DaemonError> {
         let mut waiting: Vec<Receiver<WorkerSnapshot>> = Vec::new();
         for w in &self.workers {
             let (reply, rx) = mpsc::sync_channel(1);
-            if w.send(Command::Snapshot { tables, reply }).is_ok() {
+            if w.send(Command::Snapshot { detail, reply }).is_ok() {
                 waiting.push(rx);
             }
         }
@@ -220,6 +255,9 @@ impl DaemonHandle {
                 .recv_timeout(REQUEST_TIMEOUT)
                 .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?;
             total.counters.merge(&s.counters);
+            for p in 0..3 {
+                total.sessions_by_proto[p] += s.sessions_by_proto[p];
+            }
             total.sessions.extend(s.sessions);
             total.mappings.extend(s.mappings);
             merge_usage(&mut total.pools, s.pools);
@@ -231,6 +269,29 @@ impl DaemonHandle {
             total.workers += 1;
         }
         Ok(total)
+    }
+
+    /// Applies a new engine config to every worker (check it with
+    /// [`natgate_core::engine::check_reload`] first: a worker that refuses leaves the workers
+    /// out of step).
+    pub fn reload(&self, config: &natgate_core::ValidConfig) -> Result<(), DaemonError> {
+        let mut waiting = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let cmd = Command::Reload {
+                config: config.clone(),
+                reply,
+            };
+            if w.send(cmd).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        for rx in waiting {
+            rx.recv_timeout(REQUEST_TIMEOUT)
+                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?
+                .map_err(DaemonError::Reload)?;
+        }
+        Ok(())
     }
 
     /// Deletes every session and mapping.
@@ -299,23 +360,14 @@ pub fn os_seed() -> u64 {
 impl Daemon {
     /// Sets up the plumbing and starts the workers. The calling thread must be in the gateway's
     /// network namespace (the workers inherit it). `sink` makes each worker's event sink.
-    pub fn start(
-        settings: &Settings,
-        stop: Arc<AtomicBool>,
-        mut sink: impl FnMut(usize) -> EventSink,
-    ) -> Result<Daemon, DaemonError> {
+    pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
         if settings.queues != 1 {
             return Err(DaemonError::Queues(settings.queues));
         }
         let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
-        let mut cfg = settings.clone();
-        if resolved.nat_ports.is_some() {
-            // Home gateway: internal ports below 1024 cannot keep their range on a shared
-            // address whose low ports belong to the host (RFC 4787 REQ-3a is a SHOULD).
-            cfg.behavior.port_range_preservation = false;
-        }
-        let engine_cfg = cfg.engine_config(resolved.pool.clone(), resolved.inside_address)?;
+        let engine_cfg = engine_config(settings, &resolved)?;
         let clock = Clock::new();
+        let log = open_event_log(settings, &clock)?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         let home = resolved.nat_ports.map(|nat_ports| HomeAddress {
@@ -342,7 +394,10 @@ impl Daemon {
                 outside,
                 clock,
                 home: home.clone(),
-                events: sink(id),
+                events: match &log {
+                    Some(l) => Box::new(SharedLog(l.clone())),
+                    None => Box::new(Discard),
+                },
                 stop: stop.clone(),
                 commands: rx,
                 io: IoCounters::default(),
@@ -413,7 +468,76 @@ impl Drop for Daemon {
     }
 }
 
-/// An event sink that discards events (they are still counted by the engine).
-pub fn discard_events(_worker: usize) -> EventSink {
-    Box::new(|_: &Event| {})
+/// The engine config for `settings` on this machine (what start found).
+pub fn engine_config(
+    settings: &Settings,
+    resolved: &Resolved,
+) -> Result<natgate_core::ValidConfig, natgate_core::ConfigError> {
+    let mut cfg = settings.clone();
+    if resolved.nat_ports.is_some() {
+        // Home gateway: internal ports below 1024 cannot keep their range on a shared address
+        // whose low ports belong to the host (RFC 4787 REQ-3a is a SHOULD).
+        cfg.behavior.port_range_preservation = false;
+    }
+    cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
+}
+
+/// The event log shared by the workers (a lock per batch of events, never per packet).
+type SharedEventLog = Arc<std::sync::Mutex<crate::eventlog::EventSink>>;
+
+fn open_event_log(
+    settings: &Settings,
+    clock: &Clock,
+) -> Result<Option<SharedEventLog>, DaemonError> {
+    use crate::eventlog::{Destination, EventLogOptions, EventSink as Log, Rotation, TimeBase};
+    let Some(out) = &settings.events_output else {
+        return Ok(None);
+    };
+    let time = TimeBase::new(clock.now(), std::time::SystemTime::now());
+    let opts = EventLogOptions {
+        log_destinations: settings.events_log_destinations,
+        durable: false,
+    };
+    let log = match out.as_str() {
+        "stderr" => Ok(Log::with_writer(std::io::stderr(), time, opts)),
+        "stdout" => Log::open(&Destination::Stdout, time, opts),
+        path => Log::open(
+            &Destination::File {
+                path: path.into(),
+                rotation: Rotation {
+                    max_bytes: settings.events_max_bytes,
+                    keep: settings.events_keep,
+                },
+            },
+            time,
+            opts,
+        ),
+    }
+    .map_err(|source| DaemonError::EventLog {
+        path: out.clone(),
+        source,
+    })?;
+    Ok(Some(Arc::new(std::sync::Mutex::new(log))))
+}
+
+/// A worker's handle on the shared event log. Write errors are dropped: the log must never
+/// stop the data plane (the engine's `events_lost` counts only queue overflows).
+struct SharedLog(SharedEventLog);
+
+impl EventOutput for SharedLog {
+    fn record(&mut self, e: &Event) {
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = log.record(e);
+    }
+
+    fn flush(&mut self) {
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = log.flush();
+    }
 }

@@ -72,6 +72,12 @@ pub enum PlumbingError {
     /// The configured addresses contradict the machine's.
     #[error("{0}")]
     Contradiction(String),
+    /// Another natgate runs in this namespace.
+    #[error(
+        "another natgate is running in this network namespace (its TUN {0} exists): stop it \
+         first, or give this one other [tun] name, rule-priority and table"
+    )]
+    AlreadyRunning(String),
     /// Opening the TUN devices failed.
     #[error("TUN: {0} (is the tun module loaded? `modprobe tun`)")]
     Tun(#[from] TunError),
@@ -209,7 +215,9 @@ impl Plumbing {
             tun_in,
             tun_out,
         };
-        let stale_removed = plumbing.remove_stale(settings)?;
+        plumbing.refuse_if_running()?;
+        let stale_removed =
+            plumbing.remove_stale(settings)? + plumbing.remove_stale_neighbours(settings)?;
         let mut resolved = plumbing.resolve(settings)?;
         resolved.stale_removed = stale_removed;
         // From here on, a failure undoes what was done (Drop runs teardown).
@@ -328,12 +336,22 @@ impl Plumbing {
                 }
             }
         }
+        Ok(removed)
+    }
+
+    /// A TUN device that is not persistent exists only while a process holds it open: if ours
+    /// exists, another natgate runs in this namespace, and its state is not stale.
+    fn refuse_if_running(&mut self) -> Result<(), PlumbingError> {
         for name in [&self.tun_in, &self.tun_out] {
             if self.nl.link_exists(name)? {
-                self.nl.del_link(name)?;
-                removed += 1;
+                return Err(PlumbingError::AlreadyRunning(name.clone()));
             }
         }
+        Ok(())
+    }
+
+    fn remove_stale_neighbours(&mut self, s: &Settings) -> Result<usize, PlumbingError> {
+        let mut removed = 0;
         if let PoolSource::Addresses(pool) = &s.pool {
             for a in pool {
                 match self.nl.del_proxy_neigh_v4(&s.outside, *a) {

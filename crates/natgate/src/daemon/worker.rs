@@ -19,7 +19,7 @@ use natgate_core::engine::{BATCH, PacketBuf};
 use natgate_core::{DropReason, Event, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use super::{Clock, Command, IoCounters, WorkerSnapshot};
+use super::{Clock, Command, Detail, IoCounters, WorkerSnapshot};
 use crate::tun::TunQueue;
 
 /// Longest wait in `poll`, so commands and the stop flag are seen within this time.
@@ -38,8 +38,24 @@ const TRANSMITS_PER_TURN: usize = 4096;
 /// Most commands handled per loop turn.
 const COMMANDS_PER_TURN: usize = 16;
 
-/// Where translation events go.
-pub type EventSink = Box<dyn FnMut(&Event) + Send>;
+/// Where a worker's translation events go.
+pub trait EventOutput: Send {
+    /// Takes one event.
+    fn record(&mut self, e: &Event);
+    /// Called after each batch of events.
+    fn flush(&mut self) {}
+}
+
+/// A worker's event output.
+pub type EventSink = Box<dyn EventOutput>;
+
+/// Drops events (the engine still counts them).
+#[derive(Debug, Default)]
+pub struct Discard;
+
+impl EventOutput for Discard {
+    fn record(&mut self, _: &Event) {}
+}
 
 /// Home-gateway mode: the host's own addresses are the pool, so packets for them that no
 /// mapping claims are handed back to the kernel for local delivery.
@@ -118,11 +134,18 @@ impl Worker {
                 self.engine.handle_timeout(now);
             }
             self.transmit(&mut scratch);
+            let mut any = false;
             for _ in 0..EVENTS_PER_TURN {
                 match self.engine.poll_event() {
-                    Some(e) => (self.events)(&e),
+                    Some(e) => {
+                        self.events.record(&e);
+                        any = true;
+                    }
                     None => break,
                 }
+            }
+            if any {
+                self.events.flush();
             }
         }
         Ok(())
@@ -255,10 +278,18 @@ impl Worker {
     fn commands(&mut self) {
         for _ in 0..COMMANDS_PER_TURN {
             match self.commands.try_recv() {
-                Ok(Command::Snapshot { tables, reply }) => {
+                Ok(Command::Snapshot { detail, reply }) => {
                     let e = &self.engine;
+                    let tables = detail == Detail::Tables;
+                    let mut by_proto = [0u64; 3];
+                    if detail != Detail::Summary {
+                        for s in e.sessions() {
+                            by_proto[s.proto.index()] += 1;
+                        }
+                    }
                     let snap = WorkerSnapshot {
                         counters: e.counters().clone(),
+                        sessions_by_proto: by_proto,
                         sessions: if tables {
                             e.sessions().collect()
                         } else {
@@ -278,6 +309,10 @@ impl Worker {
                     };
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(snap);
+                }
+                Ok(Command::Reload { config, reply }) => {
+                    let r = self.engine.reconfigure(&config).map_err(|e| e.to_string());
+                    let _ = reply.send(r);
                 }
                 Ok(Command::Flush { reply }) => {
                     self.engine.flush(self.clock.now());

@@ -30,16 +30,23 @@ pub fn is_root() -> bool {
     root
 }
 
-/// The config for the standard topology: pool 198.51.100.0/28, `extra` appended verbatim
-/// (e.g. a `[behavior]` section).
+/// The config for the standard topology: pool 198.51.100.0/28, a control socket of its own
+/// ([`control_socket`]), `extra` appended verbatim (e.g. a `[behavior]` section).
 pub fn config(topo: &Topology, extra: &str) -> String {
     format!(
-        "[interfaces]\ninside = \"{}\"\noutside = \"{}\"\n\n[pool]\naddresses = [\"{}/{}\"]\n\n{extra}\n",
+        "[interfaces]\ninside = \"{}\"\noutside = \"{}\"\n\n[pool]\naddresses = [\"{}/{}\"]\n\n\
+         [control]\nsocket = \"{}\"\n\n{extra}\n",
         topo.ifaces.lan0,
         topo.ifaces.wan0,
         addr::POOL_NET,
-        addr::POOL_PREFIX
+        addr::POOL_PREFIX,
+        control_socket(topo).display()
     )
+}
+
+/// The control socket of the gateway of `topo`.
+pub fn control_socket(topo: &Topology) -> PathBuf {
+    std::env::temp_dir().join(format!("natgate-e2e-{}.sock", topo.suffix))
 }
 
 /// A config file that is removed on drop.
@@ -138,6 +145,11 @@ impl Gateway {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// The config file it was started with (rewrite it, then `ctl reload`).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self._config.0
     }
 
     pub fn pid(&self) -> i32 {
@@ -246,4 +258,29 @@ pub fn natgate_rules(topo: &Topology) -> Vec<String> {
 pub fn has_link(topo: &Topology, name: &str) -> bool {
     let mut nl = Netlink::open_in(&topo.gateway).unwrap();
     nl.link_exists(name).unwrap()
+}
+
+/// Runs `natgate ctl --socket SOCK ARGS...`; (exit code, stdout, stderr).
+pub fn ctl(topo: &Topology, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(natgate_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(control_socket(topo))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `natgate ctl --json ARGS...` parsed.
+pub fn ctl_json(topo: &Topology, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let (code, out, err) = ctl(topo, &a);
+    assert_eq!(code, 0, "ctl {args:?}: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args:?} JSON: {e}: {out}"))
 }
