@@ -14,6 +14,7 @@
 
 pub mod control;
 pub mod plumbing;
+pub mod steer;
 pub mod worker;
 
 use std::sync::Arc;
@@ -65,6 +66,10 @@ pub struct IoCounters {
     pub tx_errors: u64,
     /// Home gateway: packets for the host's own address handed back to the kernel.
     pub handed_back: u64,
+    /// Packets handed to the worker that owns them (multi-queue).
+    pub steered: u64,
+    /// Packets dropped because the owner's mailbox was full.
+    pub steer_dropped: u64,
 }
 
 impl IoCounters {
@@ -74,6 +79,8 @@ impl IoCounters {
         self.tx_packets += o.tx_packets;
         self.tx_errors += o.tx_errors;
         self.handed_back += o.handed_back;
+        self.steered += o.steered;
+        self.steer_dropped += o.steer_dropped;
     }
 }
 
@@ -194,12 +201,9 @@ pub enum DaemonError {
     /// A worker did not answer a request in time.
     #[error("the workers did not answer within {0:?}")]
     Timeout(Duration),
-    /// More than one queue was asked for.
-    #[error(
-        "tun.queues = {0}: this build runs one worker (queues = 1); multi-queue steering is \
-         not implemented yet"
-    )]
-    Queues(usize),
+    /// A worker's mailbox could not be made.
+    #[error("worker mailbox: {0}")]
+    Mailbox(#[source] std::io::Error),
 }
 
 /// How long a control request waits for the workers.
@@ -361,9 +365,6 @@ impl Daemon {
     /// Sets up the plumbing and starts the workers. The calling thread must be in the gateway's
     /// network namespace (the workers inherit it). `sink` makes each worker's event sink.
     pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
-        if settings.queues != 1 {
-            return Err(DaemonError::Queues(settings.queues));
-        }
         let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
         let engine_cfg = engine_config(settings, &resolved)?;
         let clock = Clock::new();
@@ -374,14 +375,29 @@ impl Daemon {
             addrs: resolved.pool.clone(),
             nat_ports,
         });
+        let n = queues.len();
+        let steering = Arc::new(steer::Steering::new(n));
+        let mailboxes: Arc<[steer::Mailbox]> = (0..n)
+            .map(|_| steer::Mailbox::new())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DaemonError::Mailbox)?
+            .into();
         for (id, (inside, outside)) in queues.into_iter().enumerate() {
             let mut alloc = DynamicAllocator::new(
                 &engine_cfg.get().pool,
                 AllocSettings::from_config(engine_cfg.get()),
             );
-            if let Some((lo, hi)) = resolved.nat_ports {
+            let nat_ports = resolved.nat_ports;
+            if n > 1 || nat_ports.is_some() {
+                // Each worker hands out only its own port blocks; on the host's own address,
+                // only the NAT's range (ICMP identifiers are not the host's).
                 alloc.withhold_ports(|proto, port| {
-                    proto == Protocol::Icmp || (lo..=hi).contains(&port)
+                    let mine = steer::block_owner(port, n) == id;
+                    let allowed = match nat_ports {
+                        Some((lo, hi)) => proto == Protocol::Icmp || (lo..=hi).contains(&port),
+                        None => true,
+                    };
+                    mine && allowed
                 });
             }
             let engine = Engine::with_allocator(engine_cfg.clone(), alloc, os_seed());
@@ -401,6 +417,8 @@ impl Daemon {
                 stop: stop.clone(),
                 commands: rx,
                 io: IoCounters::default(),
+                steering: steering.clone(),
+                mailboxes: mailboxes.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("natgate-w{id}"))

@@ -19,6 +19,7 @@ use natgate_core::engine::{BATCH, PacketBuf};
 use natgate_core::{DropReason, Event, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
+use super::steer::{MAILBOX_LEN, Mailbox, Steered, Steering};
 use super::{Clock, Command, Detail, IoCounters, WorkerSnapshot};
 use crate::tun::TunQueue;
 
@@ -89,6 +90,10 @@ pub struct Worker {
     pub commands: Receiver<Command>,
     /// I/O counters.
     pub io: IoCounters,
+    /// Who owns which packet (multi-queue).
+    pub steering: Arc<Steering>,
+    /// Every worker's mailbox, by worker number.
+    pub mailboxes: Arc<[Mailbox]>,
 }
 
 /// Why a worker stopped with an error.
@@ -122,12 +127,18 @@ impl Worker {
                 Some(t) => t.saturating_since(now).min(MAX_WAIT),
                 None => MAX_WAIT,
             };
-            let (rin, rout) = self.wait(wait)?;
-            if rin {
-                self.side(Side::Inside, &mut bufs, &mut lens, &mut verdicts)?;
+            let (rin, rout, rmail) = self.wait(wait)?;
+            if rmail {
+                self.mailbox(&mut bufs, &mut lens, &mut verdicts);
             }
-            if rout {
-                self.side(Side::Outside, &mut bufs, &mut lens, &mut verdicts)?;
+            for (ready, side) in [(rin, Side::Inside), (rout, Side::Outside)] {
+                if !ready {
+                    continue;
+                }
+                let n = self.read(side, &mut bufs, &mut lens)?;
+                let mut local = [0usize; BATCH];
+                let k = self.steer(side, &bufs, &lens[..n], &mut local);
+                self.process(side, &mut bufs, &lens, &local[..k], &mut verdicts);
             }
             let now = self.clock.now();
             if self.engine.next_timeout().is_some_and(|t| t <= now) {
@@ -151,18 +162,21 @@ impl Worker {
         Ok(())
     }
 
-    fn wait(&self, timeout: Duration) -> Result<(bool, bool), WorkerError> {
+    fn wait(&self, timeout: Duration) -> Result<(bool, bool, bool), WorkerError> {
+        let multi = self.steering.workers() > 1;
         let mut fds = [
             PollFd::new(&self.inside, PollFlags::IN),
             PollFd::new(&self.outside, PollFlags::IN),
+            PollFd::new(&self.mailboxes[self.id], PollFlags::IN),
         ];
+        let nfds = if multi { 3 } else { 2 };
         let ts = Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: i64::from(timeout.subsec_nanos()),
         };
-        match poll(&mut fds, Some(&ts)) {
+        match poll(&mut fds[..nfds], Some(&ts)) {
             Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok((false, false)),
+            Err(rustix::io::Errno::INTR) => return Ok((false, false, false)),
             Err(e) => {
                 return Err(WorkerError::Io {
                     worker: self.id,
@@ -172,17 +186,16 @@ impl Worker {
             }
         }
         let ready = |f: &PollFd<'_>| !f.revents().is_empty();
-        Ok((ready(&fds[0]), ready(&fds[1])))
+        Ok((ready(&fds[0]), ready(&fds[1]), multi && ready(&fds[2])))
     }
 
-    /// Reads one batch from `side`'s queue, translates it and writes the results.
-    fn side(
+    /// Reads up to [`BATCH`] packets from `side`'s queue into the slots; how many.
+    fn read(
         &mut self,
         side: Side,
         bufs: &mut [u8],
         lens: &mut [usize; BATCH],
-        verdicts: &mut [Verdict; BATCH],
-    ) -> Result<(), WorkerError> {
+    ) -> Result<usize, WorkerError> {
         let queue = match side {
             Side::Inside => &self.inside,
             Side::Outside => &self.outside,
@@ -205,26 +218,127 @@ impl Worker {
                 }
             }
         }
-        if n == 0 {
-            return Ok(());
-        }
         self.io.rx_packets[usize::from(side == Side::Outside)] += n as u64;
+        Ok(n)
+    }
+
+    /// Hands the packets another worker owns to it; puts the indices of the rest in `local`
+    /// and returns how many there are.
+    fn steer(
+        &mut self,
+        side: Side,
+        bufs: &[u8],
+        lens: &[usize],
+        local: &mut [usize; BATCH],
+    ) -> usize {
+        let mut k = 0;
+        let multi = self.steering.workers() > 1;
+        let mut woken = 0u64;
+        for (i, slot) in bufs.chunks(SLOT).take(lens.len()).enumerate() {
+            let pkt = &slot[..lens[i]];
+            match self.steering.owner(side, pkt).filter(|_| multi) {
+                Some(w) if w != self.id => {
+                    let m = &self.mailboxes[w];
+                    let item = Steered {
+                        side,
+                        bytes: pkt.to_vec(),
+                    };
+                    if m.queue.push(item).is_ok() {
+                        self.io.steered += 1;
+                        woken |= 1 << (w % 64);
+                    } else {
+                        self.io.steer_dropped += 1;
+                    }
+                }
+                _ => {
+                    local[k] = i;
+                    k += 1;
+                }
+            }
+        }
+        for (w, m) in self.mailboxes.iter().enumerate() {
+            if woken & (1 << (w % 64)) != 0 {
+                m.wake();
+            }
+        }
+        k
+    }
+
+    /// Processes what other workers handed over, a batch per side.
+    fn mailbox(
+        &mut self,
+        bufs: &mut [u8],
+        lens: &mut [usize; BATCH],
+        verdicts: &mut [Verdict; BATCH],
+    ) {
+        self.mailboxes[self.id].clear();
+        // Bounded: at most the mailbox's length per turn.
+        for _ in 0..MAILBOX_LEN / BATCH {
+            let mut got: Vec<Steered> = Vec::with_capacity(BATCH);
+            while got.len() < BATCH {
+                match self.mailboxes[self.id].queue.pop() {
+                    Some(p) => got.push(p),
+                    None => break,
+                }
+            }
+            if got.is_empty() {
+                break;
+            }
+            for side in [Side::Inside, Side::Outside] {
+                let mut idx = [0usize; BATCH];
+                let mut k = 0;
+                for (p, slot) in got
+                    .iter()
+                    .filter(|p| p.side == side)
+                    .zip(bufs.chunks_mut(SLOT))
+                {
+                    let len = p.bytes.len().min(SLOT);
+                    slot[..len].copy_from_slice(&p.bytes[..len]);
+                    lens[k] = len;
+                    idx[k] = k;
+                    k += 1;
+                }
+                self.process(side, bufs, lens, &idx[..k], verdicts);
+            }
+        }
+    }
+
+    /// Translates the packets in slots `idx` (that arrived on `side`) and writes the results.
+    fn process(
+        &mut self,
+        side: Side,
+        bufs: &mut [u8],
+        lens: &[usize; BATCH],
+        idx: &[usize],
+        verdicts: &mut [Verdict; BATCH],
+    ) {
+        let n = idx.len();
+        if n == 0 {
+            return;
+        }
         // Home gateway: TCP and UDP for the host's own ports never enter the engine (a held
         // SYN must not swallow a connection to the host's ssh).
         let mut host = [false; BATCH];
         if side == Side::Outside
             && let Some(home) = &self.home
         {
-            for (i, slot) in bufs.chunks(SLOT).take(n).enumerate() {
-                host[i] = for_host_port(&slot[..lens[i]], home);
+            for (j, &i) in idx.iter().enumerate() {
+                host[j] = for_host_port(&bufs[i * SLOT..i * SLOT + lens[i]], home);
             }
         }
         let now = self.clock.now();
         {
             let mut packets: Vec<PacketBuf<'_>> = Vec::with_capacity(n);
-            for (i, slot) in bufs.chunks_mut(SLOT).take(n).enumerate() {
+            let mut rest: &mut [u8] = bufs;
+            let mut base = 0;
+            for (j, &i) in idx.iter().enumerate() {
+                // idx is increasing: split off slot i from what is left.
+                let (_, tail) = rest.split_at_mut((i - base) * SLOT);
+                let (slot, tail) = tail.split_at_mut(SLOT);
+                rest = tail;
+                base = i + 1;
                 // A packet for the host gets an empty view: the engine drops it unseen.
-                let len = if host[i] { 0 } else { lens[i] };
+                let len = if host[j] { 0 } else { lens[i] };
                 packets.push(PacketBuf { buf: slot, len });
             }
             self.engine
@@ -234,9 +348,10 @@ impl Worker {
             Side::Inside => &self.inside,
             Side::Outside => &self.outside,
         };
-        for (i, slot) in bufs.chunks(SLOT).take(n).enumerate() {
-            let out = match verdicts[i] {
-                _ if host[i] => Some(&slot[..lens[i]]),
+        for (j, &i) in idx.iter().enumerate() {
+            let slot = &bufs[i * SLOT..(i + 1) * SLOT];
+            let out = match verdicts[j] {
+                _ if host[j] => Some(&slot[..lens[i]]),
                 Verdict::Forward(_) => Some(&slot[..lens[i]]),
                 Verdict::Reply { len, .. } => Some(&slot[..len]),
                 Verdict::Drop(reason)
@@ -250,13 +365,12 @@ impl Worker {
                 Verdict::Drop(_) | Verdict::Held => None,
             };
             if let Some(pkt) = out {
-                if host[i] || matches!(verdicts[i], Verdict::Drop(_)) {
+                if host[j] || matches!(verdicts[j], Verdict::Drop(_)) {
                     self.io.handed_back += 1;
                 }
                 write(queue, pkt, &mut self.io);
             }
         }
-        Ok(())
     }
 
     /// Writes what the engine built on its own (released fragments, answers to held SYNs).
