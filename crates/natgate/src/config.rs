@@ -362,11 +362,11 @@ impl Settings {
                 format!("{} is a reserved table id (0, 253-255)", tun.table),
             ));
         }
-        if tun.rule_priority == 0 || tun.rule_priority >= 32_766 {
+        if tun.rule_priority < 3 || tun.rule_priority >= 32_766 {
             return Err(invalid(
                 "rule-priority",
                 format!(
-                    "{} must be between 1 and 32765 (before the main table's rule)",
+                    "{} must be between 3 and 32765 (natgate uses it and the two below it)",
                     tun.rule_priority
                 ),
             ));

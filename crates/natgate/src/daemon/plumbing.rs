@@ -23,9 +23,10 @@
 //!   get the value `all` had (if larger), so they keep their protection. `accept_local` is 1 on
 //!   the TUNs: ICMP errors natgate sends to subscribers come from the gateway's inside address.
 //! - Home gateway (`outside-address = true`): the pool is the outside interface's address,
-//!   which the `local` table would deliver to the host. A rule before `local` sends packets that
-//!   arrive on the outside interface to table TABLE+1 (`default dev NAME-out`), and `local` moves
-//!   after it; natgate hands back (writes into `NAME-out`, where the rule does not match) every
+//!   which the `local` table would deliver to the host. A rule before `local` (at PRIO-2) sends
+//!   packets that arrive on the outside interface to table TABLE+1 (`default dev NAME-out`),
+//!   `local` moves after it (PRIO-1), before the inside rule; ARP for the outside address is
+//!   then answered by a proxy entry; natgate hands back (writes into `NAME-out`, where the rule does not match) every
 //!   packet for the host's own address that matches no mapping, so the kernel delivers it. The
 //!   namespace's `ip_local_port_range` is set outside the NAT's ports.
 //!
@@ -42,9 +43,11 @@ use crate::tun::{Tun, TunConfig, TunError, TunQueue};
 /// MTU of the TUN devices: the largest, so the kernel never fragments a packet into them.
 pub const TUN_MTU: u32 = 65_535;
 
-/// Priority the kernel's `local` rule is moved to in home-gateway mode is the rule priority
-/// plus this, so it runs right after natgate's outside rule.
-const LOCAL_RULE_OFFSET: u32 = 2;
+/// Home-gateway mode: the outside rule runs at `rule-priority - 2`, the kernel's `local` rule
+/// moves to `rule-priority - 1`, and the inside rule stays at `rule-priority`, after `local`, so
+/// the gateway still answers its inside address (ARP included).
+const OUTSIDE_RULE_OFFSET: u32 = 2;
+const LOCAL_RULE_OFFSET: u32 = 1;
 
 /// Most stale rules removed at start (bounds the clean-up loop).
 const MAX_STALE_RULES: usize = 64;
@@ -305,8 +308,8 @@ impl Plumbing {
         let mut removed = 0;
         let ours = [
             (s.rule_priority, s.table),
-            (s.rule_priority, s.table + 1),
-            (s.rule_priority + LOCAL_RULE_OFFSET, RT_TABLE_LOCAL),
+            (s.rule_priority - OUTSIDE_RULE_OFFSET, s.table + 1),
+            (s.rule_priority - LOCAL_RULE_OFFSET, RT_TABLE_LOCAL),
         ];
         let rules = self.nl.rules_v4()?;
         let local_at_zero = rules
@@ -352,8 +355,17 @@ impl Plumbing {
 
     fn remove_stale_neighbours(&mut self, s: &Settings) -> Result<usize, PlumbingError> {
         let mut removed = 0;
-        if let PoolSource::Addresses(pool) = &s.pool {
-            for a in pool {
+        let pool = match &s.pool {
+            PoolSource::Addresses(pool) => pool.clone(),
+            PoolSource::OutsideAddress { .. } => self
+                .nl
+                .addrs_v4(Some(&s.outside))?
+                .into_iter()
+                .map(|(_, a, _)| a)
+                .collect(),
+        };
+        {
+            for a in &pool {
                 match self.nl.del_proxy_neigh_v4(&s.outside, *a) {
                     Ok(()) => removed += 1,
                     Err(e) if is_errno(&e, libc::ENOENT) => {}
@@ -439,15 +451,7 @@ impl Plumbing {
                     self.nl
                         .replace_route_v4(&RouteV4::dev(net, len, &self.tun_out))?;
                 }
-                for a in pool {
-                    self.nl.add_proxy_neigh_v4(&s.outside, *a)?;
-                    self.undo.push(Undo::ProxyNeigh {
-                        dev: s.outside.clone(),
-                        addr: *a,
-                    });
-                }
-                let key = format!("net/ipv4/neigh/{}/proxy_delay", s.outside);
-                self.set_sysctl(&key, "0")?;
+                self.proxy_arp(&s.outside, pool)?;
             }
             PoolSource::OutsideAddress { nat_ports } => {
                 // The host keeps the ports below the NAT's range for its own sockets.
@@ -464,7 +468,7 @@ impl Plumbing {
                 )?;
                 // Move `local` behind our rule: first add it at its new place, then remove it
                 // at 0, so there is no moment without it.
-                let moved_to = s.rule_priority + LOCAL_RULE_OFFSET;
+                let moved_to = s.rule_priority - LOCAL_RULE_OFFSET;
                 self.nl.add_rule_v4(&RuleV4 {
                     priority: moved_to,
                     iif: None,
@@ -475,22 +479,42 @@ impl Plumbing {
                     table: RT_TABLE_LOCAL,
                 });
                 self.nl.add_rule_v4(&RuleV4 {
-                    priority: s.rule_priority,
+                    priority: s.rule_priority - OUTSIDE_RULE_OFFSET,
                     iif: Some(s.outside.clone()),
                     table: out_table,
                 })?;
                 self.undo.push(Undo::Rule {
-                    priority: s.rule_priority,
+                    priority: s.rule_priority - OUTSIDE_RULE_OFFSET,
                     table: out_table,
                 });
                 self.nl.del_rule_v4(0, RT_TABLE_LOCAL)?;
                 self.undo.push(Undo::LocalRule);
+                // ARP for the host's own address now routes (iif outside) to the TUN, not to
+                // `local`, so the kernel answers it only as a proxy.
+                self.proxy_arp(&s.outside, &r.pool)?;
+                // Early demux would attach the host's own TCP and UDP sockets to their packets
+                // before routing, and the kernel drops a forwarded packet that has a socket: the
+                // host's connections would never get past the SYN.
+                self.set_sysctl("net/ipv4/tcp_early_demux", "0")?;
+                self.set_sysctl("net/ipv4/udp_early_demux", "0")?;
             }
         }
-        let _ = r;
         let qin = tin.into_queues();
         let qout = tout.into_queues();
         Ok(qin.into_iter().zip(qout).collect())
+    }
+
+    /// Answers ARP for `pool` on `dev`: a proxy neighbour entry per address, no delay.
+    fn proxy_arp(&mut self, dev: &str, pool: &[Ipv4Addr]) -> Result<(), PlumbingError> {
+        for a in pool {
+            self.nl.add_proxy_neigh_v4(dev, *a)?;
+            self.undo.push(Undo::ProxyNeigh {
+                dev: dev.to_owned(),
+                addr: *a,
+            });
+        }
+        let key = format!("net/ipv4/neigh/{dev}/proxy_delay");
+        self.set_sysctl(&key, "0")
     }
 
     /// Undoes everything, in reverse order; returns the first error (all steps are tried).

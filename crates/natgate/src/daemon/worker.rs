@@ -316,42 +316,53 @@ impl Worker {
         if n == 0 {
             return;
         }
+        let queue = match side {
+            Side::Inside => &self.inside,
+            Side::Outside => &self.outside,
+        };
         // Home gateway: TCP and UDP for the host's own ports never enter the engine (a held
-        // SYN must not swallow a connection to the host's ssh).
-        let mut host = [false; BATCH];
-        if side == Side::Outside
-            && let Some(home) = &self.home
-        {
-            for (j, &i) in idx.iter().enumerate() {
-                host[j] = for_host_port(&bufs[i * SLOT..i * SLOT + lens[i]], home);
+        // SYN must not swallow a connection to the host's ssh): straight back to the kernel.
+        let mut engine_idx = [0usize; BATCH];
+        let mut n = 0;
+        for &i in idx {
+            let pkt = &bufs[i * SLOT..i * SLOT + lens[i]];
+            if side == Side::Outside
+                && let Some(home) = &self.home
+                && for_host_port(pkt, home)
+            {
+                self.io.handed_back += 1;
+                write(queue, pkt, &mut self.io);
+                continue;
             }
+            engine_idx[n] = i;
+            n += 1;
+        }
+        let idx = &engine_idx[..n];
+        if n == 0 {
+            return;
         }
         let now = self.clock.now();
         {
             let mut packets: Vec<PacketBuf<'_>> = Vec::with_capacity(n);
             let mut rest: &mut [u8] = bufs;
             let mut base = 0;
-            for (j, &i) in idx.iter().enumerate() {
+            for &i in idx {
                 // idx is increasing: split off slot i from what is left.
                 let (_, tail) = rest.split_at_mut((i - base) * SLOT);
                 let (slot, tail) = tail.split_at_mut(SLOT);
                 rest = tail;
                 base = i + 1;
-                // A packet for the host gets an empty view: the engine drops it unseen.
-                let len = if host[j] { 0 } else { lens[i] };
-                packets.push(PacketBuf { buf: slot, len });
+                packets.push(PacketBuf {
+                    buf: slot,
+                    len: lens[i],
+                });
             }
             self.engine
                 .process_batch(now, side, &mut packets, &mut verdicts[..n]);
         }
-        let queue = match side {
-            Side::Inside => &self.inside,
-            Side::Outside => &self.outside,
-        };
         for (j, &i) in idx.iter().enumerate() {
             let slot = &bufs[i * SLOT..(i + 1) * SLOT];
             let out = match verdicts[j] {
-                _ if host[j] => Some(&slot[..lens[i]]),
                 Verdict::Forward(_) => Some(&slot[..lens[i]]),
                 Verdict::Reply { len, .. } => Some(&slot[..len]),
                 Verdict::Drop(reason)
@@ -360,14 +371,12 @@ impl Worker {
                             hand_back(reason) && is_for(&slot[..lens[i]], &h.addrs)
                         }) =>
                 {
+                    self.io.handed_back += 1;
                     Some(&slot[..lens[i]])
                 }
                 Verdict::Drop(_) | Verdict::Held => None,
             };
             if let Some(pkt) = out {
-                if host[j] || matches!(verdicts[j], Verdict::Drop(_)) {
-                    self.io.handed_back += 1;
-                }
                 write(queue, pkt, &mut self.io);
             }
         }
