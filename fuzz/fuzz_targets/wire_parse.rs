@@ -92,13 +92,14 @@ fn transport(proto: u8, payload: &[u8], nested: bool) {
             black_box((p.msg_type(), p.code(), p.checksum(), p.rest_of_header()));
             black_box((p.echo_ident(), p.echo_seq(), p.next_hop_mtu(), p.data()));
             black_box(p.verify_checksum());
-            if nested && icmp::classify(p.msg_type()) == IcmpKind::Error {
-                if let Ok(inner) = Ipv4Packet::new_checked_quoted(p.data()) {
-                    ipv4(&inner);
-                    transport(inner.protocol(), inner.payload(), false);
-                    if let Ok(t) = TcpPrefix::new_checked(inner.payload()) {
-                        black_box((t.src_port(), t.dst_port(), t.seq()));
-                    }
+            if nested
+                && icmp::classify(p.msg_type()) == IcmpKind::Error
+                && let Ok(inner) = Ipv4Packet::new_checked_quoted(p.data())
+            {
+                ipv4(&inner);
+                transport(inner.protocol(), inner.payload(), false);
+                if let Ok(t) = TcpPrefix::new_checked(inner.payload()) {
+                    black_box((t.src_port(), t.dst_port(), t.seq()));
                 }
             }
         }

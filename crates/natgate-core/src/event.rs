@@ -1,8 +1,10 @@
 //! Events the engine queues for the driver to drain with
 //! [`Engine::poll_event`](crate::Engine::poll_event): the raw material of translation logs.
 
+use crate::alloc::{AllocEvent, PortBlock, PortRange, SubscriberId};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::time::Instant;
+use std::net::Ipv4Addr;
 
 /// Something that happened to the translation state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,4 +68,57 @@ pub enum Event {
         /// Whom it tried to reach.
         remote: Endpoint,
     },
+    /// A subscriber was given a port block (RFC 6888 port-block logging; RFC 8158 natEvent 22).
+    /// A block serves every protocol, so there is no protocol field.
+    PortBlockAllocated {
+        /// When.
+        at: Instant,
+        /// The subscriber.
+        subscriber: SubscriberId,
+        /// The external address of the block.
+        external: Ipv4Addr,
+        /// The block's ports.
+        ports: PortRange,
+    },
+    /// A port block went back to the pool: its last port was released and the hold-down passed
+    /// (RFC 6888 REQ-8; RFC 8158 natEvent 23).
+    PortBlockReleased {
+        /// When the hold-down of its last port ended.
+        at: Instant,
+        /// The subscriber that held it.
+        subscriber: SubscriberId,
+        /// The external address of the block.
+        external: Ipv4Addr,
+        /// The block's ports.
+        ports: PortRange,
+    },
+}
+
+impl From<AllocEvent> for Event {
+    fn from(e: AllocEvent) -> Event {
+        match e {
+            AllocEvent::BlockAllocated(PortBlock {
+                at,
+                subscriber,
+                external,
+                ports,
+            }) => Event::PortBlockAllocated {
+                at,
+                subscriber,
+                external,
+                ports,
+            },
+            AllocEvent::BlockReleased(PortBlock {
+                at,
+                subscriber,
+                external,
+                ports,
+            }) => Event::PortBlockReleased {
+                at,
+                subscriber,
+                external,
+                ports,
+            },
+        }
+    }
 }

@@ -234,12 +234,14 @@ impl EventSink {
     }
 }
 
-/// One log line.
+/// One log line. Port-block records have no protocol (a block serves all of them); their
+/// `internal` is the subscriber and `external` is `ADDRESS:FIRST-LAST`.
 #[derive(Serialize)]
 struct Line {
     ts: String,
     event: &'static str,
-    proto: Protocol,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proto: Option<Protocol>,
     internal: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     external: Option<String>,
@@ -252,9 +254,9 @@ impl Line {
         let (at, event, proto, internal, external, remote): (
             Instant,
             &'static str,
-            Protocol,
-            Endpoint,
-            Option<Endpoint>,
+            Option<Protocol>,
+            String,
+            Option<String>,
             Option<Endpoint>,
         ) = match *ev {
             Event::MappingCreated {
@@ -262,13 +264,27 @@ impl Line {
                 proto,
                 internal,
                 external,
-            } => (at, "mapping-created", proto, internal, Some(external), None),
+            } => (
+                at,
+                "mapping-created",
+                Some(proto),
+                internal.to_string(),
+                Some(external.to_string()),
+                None,
+            ),
             Event::MappingDeleted {
                 at,
                 proto,
                 internal,
                 external,
-            } => (at, "mapping-deleted", proto, internal, Some(external), None),
+            } => (
+                at,
+                "mapping-deleted",
+                Some(proto),
+                internal.to_string(),
+                Some(external.to_string()),
+                None,
+            ),
             Event::SessionCreated {
                 at,
                 proto,
@@ -278,9 +294,9 @@ impl Line {
             } => (
                 at,
                 "session-created",
-                proto,
-                internal,
-                Some(external),
+                Some(proto),
+                internal.to_string(),
+                Some(external.to_string()),
                 Some(remote),
             ),
             Event::SessionDeleted {
@@ -292,9 +308,9 @@ impl Line {
             } => (
                 at,
                 "session-deleted",
-                proto,
-                internal,
-                Some(external),
+                Some(proto),
+                internal.to_string(),
+                Some(external.to_string()),
                 Some(remote),
             ),
             Event::MappingFailed {
@@ -302,21 +318,54 @@ impl Line {
                 proto,
                 internal,
                 remote,
-            } => (at, "mapping-failed", proto, internal, None, Some(remote)),
+            } => (
+                at,
+                "mapping-failed",
+                Some(proto),
+                internal.to_string(),
+                None,
+                Some(remote),
+            ),
+            Event::PortBlockAllocated {
+                at,
+                subscriber,
+                external,
+                ports,
+            } => (
+                at,
+                "port-block-allocated",
+                None,
+                subscriber.to_string(),
+                Some(format!("{external}:{ports}")),
+                None,
+            ),
+            Event::PortBlockReleased {
+                at,
+                subscriber,
+                external,
+                ports,
+            } => (
+                at,
+                "port-block-released",
+                None,
+                subscriber.to_string(),
+                Some(format!("{external}:{ports}")),
+                None,
+            ),
         };
         Line {
             ts: rfc3339(time.to_system(at)),
             event,
             proto,
-            internal: internal.to_string(),
-            external: external.map(|e| e.to_string()),
+            internal,
+            external,
             remote: remote.filter(|_| log_destinations).map(|e| e.to_string()),
         }
     }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC; times before 1970 show as the epoch.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days(secs / 86400);
@@ -391,6 +440,25 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
         }
+    }
+
+    #[test]
+    fn port_block_records_have_subscriber_and_range_but_no_protocol() {
+        use natgate_core::alloc::{PortRange, SubscriberId};
+        let ev = Event::PortBlockAllocated {
+            at: Instant::from_secs(10),
+            subscriber: SubscriberId::Ipv4(Ipv4Addr::new(100, 64, 0, 10)),
+            external: Ipv4Addr::new(198, 51, 100, 1),
+            ports: PortRange {
+                first: 1536,
+                last: 2047,
+            },
+        };
+        let line = serde_json::to_string(&Line::new(&ev, &base(), false)).expect("json");
+        assert_eq!(
+            line,
+            r#"{"ts":"2026-11-22T16:14:30.123Z","event":"port-block-allocated","internal":"100.64.0.10","external":"198.51.100.1:1536-2047"}"#
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod daemon;
 pub mod demo;
 pub mod ethtool;
 pub mod eventlog;
+pub mod logsink;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;

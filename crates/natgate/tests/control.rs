@@ -85,7 +85,9 @@ impl ControlHandler for Fake {
             })),
             Request::Stats => panic!("handler bug"),
             Request::LogLevel(a) => Ok(Response::LogLevel(a)),
-            Request::Mappings(_) | Request::Drops(_) => Ok(Response::Pools(PoolList::default())),
+            Request::Mappings(_) | Request::Drops(_) | Request::Whois(_) => {
+                Ok(Response::Pools(PoolList::default()))
+            }
         }
     }
 }

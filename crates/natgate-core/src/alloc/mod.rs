@@ -3,18 +3,118 @@
 //! The translation code asks for endpoints through one interface, [`PortAllocator`], so that other
 //! policies (per-subscriber port blocks, deterministic NAT per RFC 7422, per-core port ownership)
 //! plug in without touching it. [`DynamicAllocator`] is the classic one: any free port of the pool,
-//! chosen per RFC 4787 section 4, RFC 6056, RFC 6888 and RFC 7857.
+//! chosen per RFC 4787 section 4, RFC 6056, RFC 6888 and RFC 7857. [`BlockAllocator`] gives each
+//! subscriber port blocks (RFC 6888 REQ-4, REQ-13..15: one log record per block, not per
+//! session); [`DeterministicAllocator`] computes each subscriber's address and port range from its
+//! internal address (RFC 7422: no per-session log at all). Both take a [`Share`], so that each
+//! worker of a multi-core gateway hands out only ports whose return traffic it receives.
 
+mod block;
+mod configured;
+mod deterministic;
 mod dynamic;
+mod hold;
 mod pool_index;
 mod ports;
+mod share;
 
+pub use block::{BlockAllocator, BlockSettings};
+pub use configured::ConfiguredAllocator;
+pub use deterministic::{DeterministicAllocator, DeterministicMap, DeterministicSettings};
 pub use dynamic::{AllocSettings, DynamicAllocator};
+pub use share::Share;
 
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
 use crate::time::Instant;
+use core::fmt;
 use std::net::Ipv4Addr;
+
+/// Who a port allocation is charged to: the unit of pairing (RFC 6888 REQ-2) and of port limits
+/// (RFC 6888 REQ-4), and the "subscriber id" of translation logs.
+///
+/// Today a subscriber is an internal IPv4 address. DS-Lite (RFC 6333) will add a variant for the
+/// softwire (the B4's IPv6 address), since there private IPv4 space overlaps across subscribers
+/// and RFC 6888 REQ-2 makes the softwire the subscriber; code that matches on this enum is meant
+/// to fail to compile until it handles that case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SubscriberId {
+    /// A subscriber known by its internal IPv4 address.
+    Ipv4(Ipv4Addr),
+}
+
+impl SubscriberId {
+    /// The subscriber a request is charged to.
+    pub const fn of(internal: Endpoint) -> Self {
+        SubscriberId::Ipv4(internal.addr)
+    }
+}
+
+impl fmt::Display for SubscriberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscriberId::Ipv4(a) => a.fmt(f),
+        }
+    }
+}
+
+/// A range of ports `first..=last` (`first <= last`), as port blocks are logged (RFC 8158's
+/// portRangeStart / portRangeEnd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    /// The first port of the range.
+    pub first: u16,
+    /// The last port of the range, inclusive.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Number of ports in the range.
+    pub const fn len(self) -> u32 {
+        self.last as u32 - self.first as u32 + 1
+    }
+
+    /// Always false: a range holds at least one port. Here for clippy's `len_without_is_empty`.
+    pub const fn is_empty(self) -> bool {
+        false
+    }
+
+    /// Whether `port` is in the range.
+    pub const fn contains(self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// A port block given to or taken back from a subscriber. A block serves every protocol (TCP,
+/// UDP and ICMP identifiers each have their own port space inside it), so it has no protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBlock {
+    /// When it happened: for a release, the moment the hold-down of its last port ended.
+    pub at: Instant,
+    /// Whose block it is.
+    pub subscriber: SubscriberId,
+    /// The external address the block is on.
+    pub external: Ipv4Addr,
+    /// The block's ports.
+    pub ports: PortRange,
+}
+
+/// What an allocator reports for translation logs: one record per port block, never one per
+/// session (RFC 6888 REQ-14 keeps the log volume small; RFC 7422 section 1 logs only overflow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocEvent {
+    /// A subscriber got a block.
+    BlockAllocated(PortBlock),
+    /// A block went back to the pool: its last port was released and the hold-down passed
+    /// (RFC 6888 REQ-8).
+    BlockReleased(PortBlock),
+}
 
 /// What the engine asks for: an external endpoint for a new mapping of `internal`.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +138,18 @@ pub enum AllocError {
     /// address is not allowed (RFC 4787 REQ-2).
     #[error("the subscriber's paired external address has no free port")]
     PairedAddressFull,
+    /// The subscriber already holds all the ports it may (its blocks, or its deterministic range
+    /// with no overflow), and each is in use or held down (RFC 6888 REQ-4).
+    #[error("the subscriber holds its limit of external ports")]
+    SubscriberPortLimit,
+    /// Deterministic NAT: the internal address is not in the inside prefix (RFC 7422), so it has
+    /// no external range.
+    #[error("the internal address is not in the deterministic inside prefix")]
+    UnknownSubscriber,
+    /// The subscriber belongs to another worker's [`Share`]; the driver steered its packet to the
+    /// wrong worker.
+    #[error("the subscriber belongs to another worker's share")]
+    OtherShare,
 }
 
 /// The allocator interface: the only way the engine gets or gives back an external endpoint.
@@ -58,6 +170,21 @@ pub trait PortAllocator {
 
     /// Utilisation per external address, for `ctl pools` and metrics.
     fn usage(&self) -> Vec<AddressUsage>;
+
+    /// The next port-block record for the translation log, if any. Call it after every
+    /// `allocate`, `release` and `handle_timeout` until it returns `None`; each of those calls
+    /// queues at most a few. Allocators without blocks never have any.
+    fn poll_event(&mut self) -> Option<AllocEvent> {
+        None
+    }
+
+    /// Lets hold-downs that ended by `now` end (RFC 6888 REQ-8), so that blocks whose last port
+    /// was released go back to the pool and their release is reported without waiting for the
+    /// next `allocate` or `release`. Released blocks carry the exact time their hold-down ended,
+    /// whenever this is called; calling it with the engine's timers keeps the log prompt.
+    fn handle_timeout(&mut self, now: Instant) {
+        let _ = now;
+    }
 }
 
 /// How one external address is used.

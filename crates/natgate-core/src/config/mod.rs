@@ -6,10 +6,12 @@
 //! the core. A value an RFC forbids is rejected unless `lab` is set, because a NAT lab has to be
 //! able to reproduce broken NATs on purpose.
 
+mod allocation;
 mod behavior;
 mod preset;
 mod timers;
 
+pub use allocation::{Allocation, DeterministicSpec, Ipv4Prefix, PortBlockSpec};
 pub use behavior::*;
 pub use preset::Preset;
 pub use timers::Timers;
@@ -191,6 +193,9 @@ pub struct Config {
     pub behavior: Behavior,
     /// State bounds.
     pub limits: Limits,
+    /// How external ports are handed out; dynamic when absent.
+    #[serde(default)]
+    pub allocation: Allocation,
     /// Allow values the RFCs forbid (short timers, no hairpinning, dependent mapping...).
     pub lab: bool,
 }
@@ -249,6 +254,7 @@ impl Config {
             inside_address,
             behavior: Behavior::default(),
             limits: Limits::default(),
+            allocation: Allocation::Dynamic,
             lab: false,
         }
     }
@@ -272,6 +278,7 @@ impl Config {
         }
         self.check_behavior()?;
         self.check_limits()?;
+        self.allocation.check(&self.pool)?;
         Ok(ValidConfig(self))
     }
 

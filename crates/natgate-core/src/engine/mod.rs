@@ -152,9 +152,14 @@ impl<A: PortAllocator> Engine<A> {
     /// `side`; room after it lets the engine answer in place. See [`Verdict`].
     pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
         let len = len.min(buf.len());
-        let verdict = match packet::parse(&buf[..len], side) {
-            Ok(p) => self.process_parsed(now, side, buf, p, None),
-            Err(reason) => Verdict::Drop(reason),
+        // Forwarded bytes are the datagram's IPv4 total length, not the buffer's (which may
+        // carry link-layer padding).
+        let (verdict, len) = match packet::parse(&buf[..len], side) {
+            Ok(p) => {
+                let to_pool = self.alloc.owns(p.dst.addr);
+                (self.process_parsed(now, side, buf, p, to_pool, None), p.len)
+            }
+            Err(reason) => (Verdict::Drop(reason), len),
         };
         self.account(side, len, verdict);
         verdict
@@ -179,6 +184,11 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
+    /// Up to [`BATCH`] packets in three passes, so that the cache misses of different packets
+    /// overlap: parse each and start loading its index bucket; start loading the session record
+    /// each bucket points to; then look up and translate each in order. The look-up is done
+    /// just before its packet is translated, so a session made by an earlier packet of the
+    /// batch is found by a later one.
     fn process_chunk(
         &mut self,
         now: Instant,
@@ -186,64 +196,50 @@ impl<A: PortAllocator> Engine<A> {
         packets: &mut [PacketBuf<'_>],
         verdicts: &mut [Verdict],
     ) {
-        let mut parsed: [Option<Result<Parsed, DropReason>>; BATCH] = [None; BATCH];
-        let placeholder = FlowKey {
-            proto: Protocol::Udp,
-            local: Endpoint::UNSPECIFIED,
-            remote: Endpoint::UNSPECIFIED,
-        };
-        let mut keys = [placeholder; BATCH];
-        let mut which = [0u8; BATCH];
-        let mut found = [None; BATCH];
-        let mut n = 0;
+        let inbound = side == Side::Outside;
+        let mut parsed = [Err(DropReason::Ipv4Malformed); BATCH];
+        let mut to_pool = [false; BATCH];
+        let mut fast: [Option<(FlowKey, u64)>; BATCH] = [None; BATCH];
         for (i, pkt) in packets.iter().enumerate() {
             let len = pkt.len.min(pkt.buf.len());
             let p = packet::parse(&pkt.buf[..len], side);
-            if let Ok(p) = &p
-                && let Some(key) = self.fast_key(side, p)
-            {
-                keys[n] = key;
-                which[n] = i as u8;
-                n += 1;
+            if let Ok(p) = &p {
+                to_pool[i] = self.alloc.owns(p.dst.addr);
+                if let Some(key) = fast_key(side, p, to_pool[i]) {
+                    let hash = self.sessions.hash(&key);
+                    if inbound {
+                        self.sessions.prefetch_in(hash);
+                    } else {
+                        self.sessions.prefetch_out(hash);
+                    }
+                    fast[i] = Some((key, hash));
+                }
             }
-            parsed[i] = Some(p);
+            parsed[i] = p;
         }
-        self.sessions
-            .find_batch(side == Side::Outside, &keys[..n], &mut found[..n]);
-        let mut hints: [Option<Option<SessionId>>; BATCH] = [None; BATCH];
-        for j in 0..n {
-            hints[usize::from(which[j])] = Some(found[j]);
+        for &(_, hash) in fast[..packets.len()].iter().flatten() {
+            self.sessions.prefetch_record(inbound, hash);
         }
         for (i, pkt) in packets.iter_mut().enumerate() {
             let len = pkt.len.min(pkt.buf.len());
-            let verdict = match parsed[i] {
-                Some(Ok(p)) => self.process_parsed(now, side, pkt.buf, p, hints[i]),
-                Some(Err(reason)) => Verdict::Drop(reason),
-                None => Verdict::Drop(DropReason::Ipv4Malformed),
+            let (verdict, len) = match parsed[i] {
+                Ok(p) => {
+                    let hint = fast[i].map(|(key, hash)| {
+                        if inbound {
+                            self.sessions.find_in_hashed(hash, &key)
+                        } else {
+                            self.sessions.find_out_hashed(hash, &key)
+                        }
+                    });
+                    (
+                        self.process_parsed(now, side, pkt.buf, p, to_pool[i], hint),
+                        p.len,
+                    )
+                }
+                Err(reason) => (Verdict::Drop(reason), len),
             };
             self.account(side, len, verdict);
             verdicts[i] = verdict;
-        }
-    }
-
-    /// The session key of a packet that may take the fast path: a whole TCP, UDP or ICMP query
-    /// datagram that is not hairpinned.
-    fn fast_key(&self, side: Side, p: &Parsed) -> Option<FlowKey> {
-        if p.kind != Kind::Flow || p.frag != Fragment::None {
-            return None;
-        }
-        match side {
-            Side::Inside if !self.alloc.owns(p.dst.addr) => Some(FlowKey {
-                proto: p.proto,
-                local: p.src,
-                remote: p.dst,
-            }),
-            Side::Outside => Some(FlowKey {
-                proto: p.proto,
-                local: p.dst,
-                remote: p.src,
-            }),
-            Side::Inside => None,
         }
     }
 
@@ -259,16 +255,18 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    /// Everything after parsing. `hint` is a session look-up already done by the batch path.
+    /// Everything after parsing. `to_pool` says whether the destination is a pool address;
+    /// `hint` is a session look-up already done by the batch path.
     fn process_parsed(
         &mut self,
         now: Instant,
         side: Side,
         buf: &mut [u8],
         mut p: Parsed,
+        to_pool: bool,
         hint: Option<Option<SessionId>>,
     ) -> Verdict {
-        if side == Side::Outside && !self.alloc.owns(p.dst.addr) {
+        if side == Side::Outside && !to_pool {
             return Verdict::Drop(DropReason::NotPoolAddress);
         }
         // RFC 5508 REQ-10 / RFC 1812 5.3.1: a packet whose TTL would reach zero is answered
@@ -284,7 +282,7 @@ impl<A: PortAllocator> Engine<A> {
                 DropReason::TtlExceeded,
             );
         }
-        let hairpin = side == Side::Inside && self.alloc.owns(p.dst.addr);
+        let hairpin = side == Side::Inside && to_pool;
         let exit = if side == Side::Outside || hairpin {
             Side::Inside
         } else {
@@ -581,6 +579,28 @@ impl<A: PortAllocator> Engine<A> {
     }
 }
 
+/// The session key of a packet that may take the fast path: a whole TCP, UDP or ICMP query
+/// datagram, outbound and not hairpinned or inbound to the pool (`to_pool`: the destination is
+/// a pool address).
+fn fast_key(side: Side, p: &Parsed, to_pool: bool) -> Option<FlowKey> {
+    if p.kind != Kind::Flow || p.frag != Fragment::None {
+        return None;
+    }
+    match side {
+        Side::Inside if !to_pool => Some(FlowKey {
+            proto: p.proto,
+            local: p.src,
+            remote: p.dst,
+        }),
+        Side::Outside if to_pool => Some(FlowKey {
+            proto: p.proto,
+            local: p.dst,
+            remote: p.src,
+        }),
+        _ => None,
+    }
+}
+
 const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 
@@ -661,5 +681,7 @@ impl<A: PortAllocator> Gone<'_, A> {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

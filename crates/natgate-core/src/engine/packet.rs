@@ -70,44 +70,56 @@ impl Parsed {
     }
 }
 
+/// IPv4 flags and fragment offset (RFC 791 section 3.1), in the 16-bit word at offset 6.
+const DF: u16 = 0x4000;
+const MF: u16 = 0x2000;
+const OFFSET_MASK: u16 = 0x1FFF;
+
 /// Parses the IPv4 header and as much of the transport header as the engine needs. Checks the
 /// IPv4 header checksum (RFC 1812 5.2.2) and, for whole ICMP messages, the ICMP checksum
 /// (RFC 5508 REQ-3); transport checksums are left to the end hosts.
+#[inline]
 pub(crate) fn parse(buf: &[u8], side: Side) -> Result<Parsed, DropReason> {
     let ip = Ipv4Packet::new_checked(buf).map_err(|e| match e {
         WireError::BadVersion => DropReason::NotIpv4,
         _ => DropReason::Ipv4Malformed,
     })?;
-    if !ip.verify_checksum() {
+    // `new_checked` guarantees at least a 20-byte header inside a total length that fits in
+    // `buf`; reading the fixed header from an array spares a bounds check per field.
+    let Some(h) = buf.first_chunk::<20>() else {
+        return Err(DropReason::Ipv4Malformed);
+    };
+    let len = usize::from(ip.total_len());
+    let l4 = ip.header_len();
+    if !header_checksum_ok(h, &buf[20..l4]) {
         return Err(DropReason::Ipv4BadChecksum);
     }
-    let proto = Protocol::from_ip_number(ip.protocol()).ok_or(DropReason::UnsupportedProtocol)?;
-    let frag = if ip.frag_offset() != 0 {
+    let proto = Protocol::from_ip_number(h[9]).ok_or(DropReason::UnsupportedProtocol)?;
+    let flags = u16::from_be_bytes([h[6], h[7]]);
+    let frag = if flags & OFFSET_MASK != 0 {
         Fragment::Later
-    } else if ip.more_frags() {
+    } else if flags & MF != 0 {
         Fragment::First
     } else {
         Fragment::None
     };
-    let l4 = ip.header_len();
-    let len = usize::from(ip.total_len());
     let mut p = Parsed {
         len,
         l4,
         proto,
         kind: Kind::Flow,
-        src: Endpoint::new(ip.src_addr(), 0),
-        dst: Endpoint::new(ip.dst_addr(), 0),
+        src: Endpoint::new(Ipv4Addr::new(h[12], h[13], h[14], h[15]), 0),
+        dst: Endpoint::new(Ipv4Addr::new(h[16], h[17], h[18], h[19]), 0),
         tcp_flags: 0,
         frag,
-        df: ip.dont_frag(),
-        ttl: ip.ttl(),
-        ident: ip.ident(),
+        df: flags & DF != 0,
+        ttl: h[8],
+        ident: u16::from_be_bytes([h[4], h[5]]),
     };
     if frag == Fragment::Later {
         return Ok(p);
     }
-    let l4b = ip.payload();
+    let l4b = &buf[l4..len];
     match proto {
         Protocol::Tcp | Protocol::Udp => {
             // The first fragment must hold the whole TCP header; RFC 1858 forbids tiny
@@ -158,6 +170,29 @@ pub(crate) fn parse(buf: &[u8], side: Side) -> Result<Parsed, DropReason> {
     Ok(p)
 }
 
+/// Whether an IPv4 header sums to `0xFFFF` (RFC 1071: its checksum verifies). `fixed` is the
+/// first 20 bytes, `options` the rest of the header. The fixed part is summed as five 32-bit
+/// words with the carries folded back in at the end (RFC 1071 section 2(C)), which gives the
+/// same 16-bit one's complement sum as summing 16-bit words.
+#[inline(always)]
+fn header_checksum_ok(fixed: &[u8; 20], options: &[u8]) -> bool {
+    let word = |i: usize| {
+        u64::from(u32::from_be_bytes([
+            fixed[i],
+            fixed[i + 1],
+            fixed[i + 2],
+            fixed[i + 3],
+        ]))
+    };
+    let mut sum = word(0) + word(4) + word(8) + word(12) + word(16);
+    if !options.is_empty() {
+        sum += u64::from(checksum::sum(options));
+    }
+    let sum = (sum & 0xFFFF_FFFF) + (sum >> 32);
+    let sum = (sum & 0xFFFF_FFFF) + (sum >> 32);
+    checksum::fold(sum as u32) == 0xFFFF
+}
+
 /// Which endpoint of a packet a rewrite changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Which {
@@ -171,47 +206,72 @@ pub(crate) enum Which {
 /// header checksum and the transport checksum incrementally. For ICMP queries the "port" is the
 /// identifier, wherever `which` points. Later fragments have no transport header: only the
 /// address changes (the first fragment's transport checksum already accounts for it).
+#[inline]
 pub(crate) fn rewrite(buf: &mut [u8], p: &mut Parsed, which: Which, new: Endpoint) {
+    translate(buf, p, which, new, false);
+}
+
+/// [`rewrite`], and with `decrement` also [`decrement_ttl`] (the caller has checked that the
+/// TTL is above 1), with one update of the IPv4 header checksum for both: the last step of
+/// every translated flow packet. One's complement addition is associative, so one update with
+/// both changes gives the same checksum as two updates in a row (RFC 1624 eqn. 3).
+#[inline]
+pub(crate) fn translate(
+    buf: &mut [u8],
+    p: &mut Parsed,
+    which: Which,
+    new: Endpoint,
+    decrement: bool,
+) {
     let (addr_off, old) = match which {
         Which::Src => (IP_SRC, p.src),
         Which::Dst => (IP_DST, p.dst),
     };
+    let header = &mut buf[..20];
+    let mut ip_delta = Delta::default();
     let mut l4_delta = Delta::default();
     if old.addr != new.addr {
-        buf[addr_off..addr_off + 4].copy_from_slice(&new.addr.octets());
-        let ip_check = read16(buf, IP_CHECKSUM);
-        write16(
-            buf,
-            IP_CHECKSUM,
-            checksum::update32(ip_check, u32::from(old.addr), u32::from(new.addr)),
-        );
+        // One delta for the address serves the IPv4 header checksum and, through the pseudo
+        // header, the TCP and UDP checksums.
+        ip_delta.add_addr(old.addr, new.addr);
+        header[addr_off..addr_off + 4].copy_from_slice(&new.addr.octets());
         if p.proto != Protocol::Icmp {
-            // TCP and UDP checksums cover a pseudo-header with both addresses.
-            l4_delta.add_addr(old.addr, new.addr);
+            l4_delta = ip_delta;
         }
     }
+    if decrement {
+        // The TTL shares a 16-bit word with the protocol number.
+        let old_word = read16(header, IP_TTL);
+        let new_word = old_word.wrapping_sub(0x0100);
+        write16(header, IP_TTL, new_word);
+        ip_delta.add16(old_word, new_word);
+    }
+    if old.addr != new.addr || decrement {
+        let ip_check = read16(header, IP_CHECKSUM);
+        write16(header, IP_CHECKSUM, ip_delta.apply(ip_check));
+    }
     if p.frag != Fragment::Later {
-        let l4 = p.l4;
+        let (check_at, check_end) = match p.proto {
+            Protocol::Tcp => (16, 18),
+            Protocol::Udp => (6, 8),
+            Protocol::Icmp => (2, 8),
+        };
+        let l4 = &mut buf[p.l4..p.l4 + check_end];
         if old.port != new.port {
-            let port_off = match (p.proto, which) {
-                (Protocol::Icmp, _) => l4 + 4,
-                (_, Which::Src) => l4,
-                (_, Which::Dst) => l4 + 2,
+            let port_at = match (p.proto, which) {
+                (Protocol::Icmp, _) => 4,
+                (_, Which::Src) => 0,
+                (_, Which::Dst) => 2,
             };
-            write16(buf, port_off, new.port);
+            write16(l4, port_at, new.port);
             l4_delta.add16(old.port, new.port);
         }
-        let check_off = match p.proto {
-            Protocol::Tcp => l4 + 16,
-            Protocol::Udp => l4 + 6,
-            Protocol::Icmp => l4 + 2,
-        };
-        let check = read16(buf, check_off);
+        let check = read16(l4, check_at);
         let updated = match p.proto {
             Protocol::Udp => checksum::apply_udp(l4_delta, check),
             _ => l4_delta.apply(check),
         };
-        write16(buf, check_off, updated);
+        write16(l4, check_at, updated);
     }
     match which {
         Which::Src => p.src = new,
@@ -240,12 +300,14 @@ pub(crate) fn rewrite_addr(buf: &mut [u8], which: Which, new: Ipv4Addr) {
 
 /// Decrements the TTL by one, updating the header checksum (the TTL shares a 16-bit word with
 /// the protocol number). The caller has checked that the TTL is above 1.
+#[inline]
 pub(crate) fn decrement_ttl(buf: &mut [u8]) {
-    let old = read16(buf, IP_TTL);
+    let header = &mut buf[..20];
+    let old = read16(header, IP_TTL);
     let new = old.wrapping_sub(0x0100);
-    write16(buf, IP_TTL, new);
-    let check = read16(buf, IP_CHECKSUM);
-    write16(buf, IP_CHECKSUM, checksum::update16(check, old, new));
+    write16(header, IP_TTL, new);
+    let check = read16(header, IP_CHECKSUM);
+    write16(header, IP_CHECKSUM, checksum::update16(check, old, new));
 }
 
 /// Reads a big-endian u16; `off + 2 <= buf.len()` is the caller's invariant (parsed offsets).
@@ -264,4 +326,85 @@ pub(crate) fn write16(buf: &mut [u8], off: usize, v: u16) {
 #[inline]
 pub(crate) fn read_addr(buf: &[u8], off: usize) -> Ipv4Addr {
     Ipv4Addr::new(buf[off], buf[off + 1], buf[off + 2], buf[off + 3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast header check agrees with the generic RFC 1071 checksum, with and without
+        /// options, on random headers and on the same headers with their checksum made valid.
+        #[test]
+        fn header_check_matches_generic_checksum(
+            mut header in prop::collection::vec(any::<u8>(), 20..=60),
+            fix in any::<bool>(),
+        ) {
+            header.truncate(header.len() / 4 * 4);
+            if fix {
+                header[10..12].copy_from_slice(&[0, 0]);
+                let c = checksum::checksum(&header);
+                header[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            let fixed: &[u8; 20] = header.first_chunk().unwrap();
+            prop_assert_eq!(
+                header_checksum_ok(fixed, &header[20..]),
+                checksum::checksum(&header) == 0
+            );
+        }
+    }
+
+    /// A 60-byte TCP, UDP or ICMP echo packet with random contents and valid checksums.
+    fn packet(proto: u8, bytes: &[u8], ttl: u8) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        b[0] = 0x45;
+        b[2..4].copy_from_slice(&60u16.to_be_bytes());
+        b[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        b[8] = ttl;
+        b[9] = proto;
+        b[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&b[..20]);
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+        b[20..22].copy_from_slice(&[0x13, 0x88]);
+        b[22..24].copy_from_slice(&[0x01, 0xbb]);
+        if proto == 1 {
+            b[20..24].copy_from_slice(&[8, 0, 0, 0]);
+            let c = checksum::checksum(&b[20..]);
+            b[22..24].copy_from_slice(&c.to_be_bytes());
+        }
+        b
+    }
+
+    proptest! {
+        /// One checksum update for address, port and TTL gives the very bytes that a rewrite
+        /// followed by a TTL decrement gives.
+        #[test]
+        fn translate_equals_rewrite_then_decrement(
+            proto in prop::sample::select(vec![1u8, 6, 17]),
+            bytes in prop::collection::vec(any::<u8>(), 60),
+            ttl in 2u8..=255,
+            src in any::<bool>(),
+            addr in any::<u32>(),
+            port in 1u16..,
+        ) {
+            let b = packet(proto, &bytes, ttl);
+            let side = if src { Side::Inside } else { Side::Outside };
+            let which = if src { Which::Src } else { Which::Dst };
+            let new = Endpoint::new(Ipv4Addr::from_bits(addr), port);
+            let p = parse(&b, side).unwrap();
+            let (mut one, mut two) = (b.clone(), b.clone());
+            let (mut p1, mut p2) = (p, p);
+            translate(&mut one, &mut p1, which, new, true);
+            rewrite(&mut two, &mut p2, which, new);
+            decrement_ttl(&mut two);
+            prop_assert_eq!(one, two);
+        }
+    }
+
+    #[test]
+    fn all_zero_header_does_not_verify() {
+        assert!(!header_checksum_ok(&[0; 20], &[]));
+        assert_ne!(checksum::checksum(&[0; 20]), 0);
+    }
 }

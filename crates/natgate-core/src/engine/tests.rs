@@ -1144,6 +1144,38 @@ fn batch_gives_the_same_verdicts_as_one_by_one() {
 }
 
 #[test]
+fn batch_with_a_flow_twice_makes_one_session() {
+    // The first packet of a flow creates its session; the second, in the same batch, must find
+    // it rather than make another (a lookup done for the whole batch up front would miss it).
+    let mut single = engine();
+    let mut batched = engine();
+    let mut packets: Vec<Pkt> = [(5000, 9), (5001, 9), (5000, 9), (5000, 9), (5001, 9)]
+        .iter()
+        .map(|&(sport, dport)| udp(ep(SUB1, sport), ep(WAN1, dport), b"x"))
+        .collect();
+    let mut expect = packets.clone();
+    let want: Vec<Verdict> = expect
+        .iter_mut()
+        .map(|p| run(&mut single, t(0), Side::Inside, p))
+        .collect();
+    let mut bufs: Vec<PacketBuf<'_>> = packets
+        .iter_mut()
+        .map(|p| PacketBuf {
+            len: p.len,
+            buf: &mut p.buf,
+        })
+        .collect();
+    let mut got = vec![Verdict::Held; bufs.len()];
+    batched.process_batch(t(0), Side::Inside, &mut bufs, &mut got);
+    assert_eq!(got, want);
+    assert_eq!(batched.session_count(), 2);
+    for (a, b) in packets.iter().zip(&expect) {
+        assert_eq!(a.bytes(), b.bytes());
+    }
+    assert_eq!(single.counters(), batched.counters());
+}
+
+#[test]
 fn flush_deletes_everything_and_releases_ports() {
     let mut e = engine();
     for i in 0..10 {

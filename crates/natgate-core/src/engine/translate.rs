@@ -61,11 +61,12 @@ impl<A: PortAllocator> Engine<A> {
         };
         let internal = p.src;
         let external = self.sessions.get(sid).external;
-        packet::rewrite(buf, p, Which::Src, external);
         if hairpin {
+            packet::rewrite(buf, p, Which::Src, external);
             return self.hairpin(now, buf, p, internal);
         }
-        self.finish(buf, Side::Outside)
+        packet::translate(buf, p, Which::Src, external, self.behavior.decrement_ttl);
+        Verdict::Forward(Side::Outside)
     }
 
     /// A flow packet from the outside: its session, or a new one if filtering allows.
@@ -81,6 +82,7 @@ impl<A: PortAllocator> Engine<A> {
             local: p.dst,
             remote: p.src,
         };
+        // As in `outbound`, a batch miss is looked up again.
         let found = match hint {
             Some(Some(sid)) => Some(sid),
             _ => self.sessions.find_in(&key),
@@ -97,8 +99,8 @@ impl<A: PortAllocator> Engine<A> {
             },
         };
         let internal = self.sessions.get(sid).internal;
-        packet::rewrite(buf, p, Which::Dst, internal);
-        self.finish(buf, Side::Inside)
+        packet::translate(buf, p, Which::Dst, internal, self.behavior.decrement_ttl);
+        Verdict::Forward(Side::Inside)
     }
 
     /// The second half of a hairpinned packet (RFC 4787 REQ-9, RFC 5382 REQ-8): its source is
@@ -321,6 +323,19 @@ impl<A: PortAllocator> Engine<A> {
         };
         if p.proto == Protocol::Tcp && !syn {
             return Err(Refused::Drop(DropReason::TcpNoSession));
+        }
+        // Under a dependent mapping the internal endpoint may already talk to this remote
+        // through another of its mappings; a second session for the pair would make its
+        // outbound key ambiguous, so the packet is refused.
+        if self.behavior.mapping != MappingBehavior::EndpointIndependent {
+            let pair = FlowKey {
+                proto: p.proto,
+                local: self.mappings.get(mid).internal,
+                remote: p.src,
+            };
+            if self.sessions.find_out(&pair).is_some() {
+                return Err(Refused::Drop(DropReason::Filtered));
+            }
         }
         self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags)
             .map_err(Refused::Drop)

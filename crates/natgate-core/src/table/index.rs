@@ -187,20 +187,23 @@ impl HashIndex {
         prefetch_read(self.buckets.as_ptr().wrapping_add(self.primary(hash)));
     }
 
-    /// The second stage of a batched lookup, once the primary bucket is in cache: hands the
-    /// first tag match's value to `on_candidate` (to prefetch the caller's record), or, when the
-    /// key may live in its alternate bucket, starts loading that bucket instead.
+    /// The second stage of a batched lookup, once the primary bucket is in cache: the value of
+    /// the first tag match there (for the caller to prefetch its record, then confirm with its
+    /// key), or `None` after starting to load the alternate bucket if the key may live there.
+    /// After `None`, or a candidate whose key differs, the caller falls back to [`Self::find`].
     #[inline(always)]
-    pub fn prefetch_candidate(&self, hash: u64, on_candidate: impl FnOnce(u32)) {
+    pub fn prefetch_candidate(&self, hash: u64) -> Option<u32> {
         let fp = fingerprint(hash);
         let b1 = self.primary(hash);
         let bucket = &self.buckets[b1];
         let m = bucket.mask(fp);
         if m != 0 {
-            on_candidate(bucket.values[m.trailing_zeros() as usize]);
-        } else if bucket.overflow != 0 {
+            return Some(bucket.values[m.trailing_zeros() as usize]);
+        }
+        if bucket.overflow != 0 {
             prefetch_read(&self.buckets[self.alternate(b1, fp)]);
         }
+        None
     }
 
     /// The value of the entry for `hash` that `is_match` accepts. `is_match` is called only on

@@ -166,6 +166,11 @@ impl MappingTable {
         self.slab.is_empty()
     }
 
+    /// The most mappings the table holds.
+    pub fn capacity(&self) -> usize {
+        self.slab.capacity()
+    }
+
     /// All mappings, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (MappingId, &Mapping)> {
         self.slab.iter().map(|(i, m)| (MappingId(i), m))
@@ -344,7 +349,7 @@ mod tests {
         assert_eq!(t.find_by_external(Protocol::Icmp, adm.external), None);
         t.get_mut(a).sessions += 1;
         assert_eq!(t.get(a).sessions, 1);
-        assert_eq!(t.len(), 2);
+        assert_eq!((t.len(), t.capacity()), (2, 4));
         assert_eq!(t.iter().map(|(id, _)| id).collect::<Vec<_>>(), vec![a, b]);
         assert_eq!(t.remove(a).map(|m| m.external), Some(eim.external));
         assert_eq!(t.remove(a), None);

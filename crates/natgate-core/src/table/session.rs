@@ -2,8 +2,8 @@
 //!
 //! A session lives in a [`Slab`]; the outbound index finds it by (proto, internal, remote), the
 //! inbound index by (proto, external, remote), and the [`TimerWheel`] finds it when idle. Memory
-//! per session at capacity: 32 (record) + 4 (free list) + 4 (wheel link) + 2 x 8 (index entries
-//! at load 0.8) = 56 bytes; the test `memory_per_session_at_one_million` checks the total.
+//! per session at capacity: 32 (record) + 4 (free list) + 8 (wheel links) + 2 x 8 (index entries
+//! at load 0.8) = 60 bytes; the test `memory_per_session_at_one_million` checks the total.
 
 use super::{FlowHasher, HashIndex, MappingId, Slab, TimerWheel};
 use crate::endpoint::{Endpoint, Protocol};
@@ -52,7 +52,8 @@ pub struct Session {
     pub tcp: u8,
     /// Per-session flags, owned and interpreted by the engine.
     pub flags: u8,
-    /// When a packet last refreshed the session, in [`Instant::as_secs`](crate::Instant) seconds.
+    /// When a packet last refreshed the session, in
+    /// [`Instant::as_secs`](crate::Instant::as_secs) seconds.
     pub last_seen: u32,
     /// The mapping this session uses.
     pub mapping: MappingId,
@@ -154,6 +155,21 @@ impl SessionTable {
         self.in_index.prefetch(hash);
     }
 
+    /// The second stage of a batched lookup, once the index bucket of `hash` is in cache (after
+    /// [`Self::prefetch_out`] or [`Self::prefetch_in`]): starts loading the record of the
+    /// bucket's first tag match, or the key's alternate bucket when it may live there.
+    #[inline(always)]
+    pub fn prefetch_record(&self, inbound: bool, hash: u64) {
+        let index = if inbound {
+            &self.in_index
+        } else {
+            &self.out_index
+        };
+        if let Some(v) = index.prefetch_candidate(hash) {
+            self.slab.prefetch(v);
+        }
+    }
+
     /// The session whose out key (proto, internal, remote) is `key`.
     pub fn find_out(&self, key: &FlowKey) -> Option<SessionId> {
         self.find_out_hashed(self.hash(key), key)
@@ -181,33 +197,43 @@ impl SessionTable {
     }
 
     /// Batched lookup: `out[i]` is `find_out(&keys[i])`, or `find_in` when `inbound`. Works in
-    /// groups of 32 in three passes (hash and prefetch buckets; scan buckets and prefetch the
-    /// candidate records; compare keys) so that the cache misses of a group overlap.
+    /// groups of 32 in three passes so that the cache misses of a group overlap: hash every key
+    /// and prefetch its bucket; take each bucket's first tag match as the candidate and prefetch
+    /// its record; confirm each candidate against its key (falling back to a full probe on the
+    /// rare tag collision or displaced entry).
     ///
     /// # Panics
     /// If `out` is shorter than `keys`.
     pub fn find_batch(&self, inbound: bool, keys: &[FlowKey], out: &mut [Option<SessionId>]) {
         assert!(out.len() >= keys.len(), "find_batch output too short");
-        let index = if inbound {
-            &self.in_index
+        let (index, matches): (_, fn(Option<&Session>, &FlowKey) -> bool) = if inbound {
+            (&self.in_index, in_matches)
         } else {
-            &self.out_index
+            (&self.out_index, out_matches)
         };
         let mut hashes = [0u64; BATCH];
+        let mut candidates = [None; BATCH];
         for (keys, out) in keys.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
             for (h, key) in hashes.iter_mut().zip(keys) {
                 *h = self.hash(key);
-                index.prefetch(*h);
-            }
-            for &h in &hashes[..keys.len()] {
-                index.prefetch_candidate(h, |v| self.slab.prefetch(v));
-            }
-            for ((o, &h), key) in out.iter_mut().zip(&hashes).zip(keys) {
-                *o = if inbound {
-                    self.find_in_hashed(h, key)
+                if inbound {
+                    self.prefetch_in(*h);
                 } else {
-                    self.find_out_hashed(h, key)
-                };
+                    self.prefetch_out(*h);
+                }
+            }
+            for (c, &h) in candidates.iter_mut().zip(&hashes[..keys.len()]) {
+                *c = index.prefetch_candidate(h);
+                if let Some(v) = *c {
+                    self.slab.prefetch(v);
+                }
+            }
+            for (((o, &h), key), &c) in out.iter_mut().zip(&hashes).zip(keys).zip(&candidates) {
+                *o = match c {
+                    Some(v) if matches(self.slab.get(v), key) => Some(v),
+                    _ => index.find(h, |v| matches(self.slab.get(v), key)),
+                }
+                .map(SessionId);
             }
         }
     }
@@ -220,6 +246,9 @@ impl SessionTable {
         debug_assert!(self.find_in(&s.in_key()).is_none(), "duplicate in key");
         let h_out = self.hash(&s.out_key());
         let h_in = self.hash(&s.in_key());
+        // Overlap the two bucket misses instead of taking them one after the other.
+        self.out_index.prefetch(h_out);
+        self.in_index.prefetch(h_in);
         let id = self.slab.insert(s).ok_or(TableFull)?;
         if self.out_index.insert(h_out, id).is_err() {
             self.slab.remove(id);
@@ -244,15 +273,18 @@ impl SessionTable {
     ) -> Option<Session> {
         let s = slab.remove(id)?;
         let (a, b) = s.out_key().packed();
-        out_index.remove(hasher.hash2(a, b), id);
+        let h_out = hasher.hash2(a, b);
         let (a, b) = s.in_key().packed();
-        in_index.remove(hasher.hash2(a, b), id);
+        let h_in = hasher.hash2(a, b);
+        out_index.prefetch(h_out);
+        in_index.prefetch(h_in);
+        out_index.remove(h_out, id);
+        in_index.remove(h_in, id);
         Some(s)
     }
 
-    /// Removes a session and its index entries and timer; `None` if `id` names no session. The
-    /// timer removal walks one wheel slot's list: meant for explicit deletes, not the hot path
-    /// (idle sessions leave through [`Self::expire`]).
+    /// Removes a session, its index entries and its timer (all O(1)); `None` if `id` names no
+    /// session. Idle sessions leave through [`Self::expire`] instead.
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = Self::unlink(
             &mut self.slab,
@@ -263,6 +295,17 @@ impl SessionTable {
         )?;
         self.wheel.unschedule(id.0);
         Some(s)
+    }
+
+    /// Moves session `id`'s next expiry check to `due_secs` (O(1)). Refreshes need no call: the
+    /// wheel re-checks lazily. This is for a timeout that *shrinks* (say a TCP close, RFC 5382
+    /// REQ-5's transitory timer), which the lazy check would otherwise notice only at the
+    /// old, later time.
+    pub fn reschedule(&mut self, id: SessionId, due_secs: u32) {
+        if self.slab.contains(id.0) {
+            self.wheel.unschedule(id.0);
+            self.wheel.schedule(id.0, due_secs);
+        }
     }
 
     /// The session `id`, or `None` if it was removed.
@@ -370,6 +413,8 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
     use std::net::Ipv4Addr;
 
     fn ep(a: u8, b: u8, port: u16) -> Endpoint {
@@ -481,8 +526,15 @@ mod tests {
         assert_eq!(t.find_out(&session(1).out_key()), None);
         assert_eq!(t.find_in(&session(1).in_key()), None);
         assert_eq!(t.next_due(), Some(55));
+        t.reschedule(b, 40); // closed: a shorter timeout now
+        assert_eq!(t.next_due(), Some(40));
+        t.expire(40, |_| 40, |id, s| expired.push((id, s.mapping)));
+        assert_eq!(expired, vec![(a, MappingId(1)), (b, MappingId(2))]);
+        t.reschedule(b, 50); // gone: ignored
+        assert_eq!(t.next_due(), None);
+        let c = t.insert(session(3), 60).unwrap();
         t.expire(1000, timeout, |id, s| expired.push((id, s.mapping)));
-        assert_eq!(expired.len(), 2);
+        assert_eq!(expired.last(), Some(&(c, MappingId(3))));
         assert!(t.is_empty());
         assert_eq!(t.next_due(), None);
     }
@@ -493,5 +545,42 @@ mod tests {
         let per_session = t.memory_bytes() / t.capacity();
         eprintln!("{per_session} bytes per session");
         assert!(per_session <= 64, "{per_session} bytes per session");
+    }
+
+    proptest! {
+        /// Against a map model: inserts (until full), removes and both-way lookups, single and
+        /// batched, agree at every step.
+        #[test]
+        fn matches_map_model(ops in prop::collection::vec((0u8..3, 0u32..64), 1..400)) {
+            let mut t = SessionTable::new(40, 11);
+            let mut model: HashMap<u32, SessionId> = HashMap::new();
+            for (kind, i) in ops {
+                match kind {
+                    0 if !model.contains_key(&i) => match t.insert(session(i), 100) {
+                        Ok(id) => {
+                            model.insert(i, id);
+                        }
+                        Err(TableFull) => prop_assert_eq!(t.len(), 40),
+                    },
+                    1 => {
+                        if let Some(id) = model.remove(&i) {
+                            prop_assert_eq!(t.remove(id), Some(session(i)));
+                        }
+                    }
+                    _ => {
+                        let s = session(i);
+                        prop_assert_eq!(t.find_out(&s.out_key()), model.get(&i).copied());
+                        prop_assert_eq!(t.find_in(&s.in_key()), model.get(&i).copied());
+                    }
+                }
+                prop_assert_eq!(t.len(), model.len());
+            }
+            let keys: Vec<FlowKey> = (0..64).map(|i| session(i).in_key()).collect();
+            let mut out = vec![None; 64];
+            t.find_batch(true, &keys, &mut out);
+            for (i, o) in (0..64).zip(&out) {
+                prop_assert_eq!(*o, model.get(&i).copied());
+            }
+        }
     }
 }

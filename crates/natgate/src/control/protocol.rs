@@ -45,11 +45,13 @@ pub enum Command {
     Reload,
     /// `log-level`.
     LogLevel,
+    /// `whois`.
+    Whois,
 }
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 9] = [
+    pub const ALL: [Command; 10] = [
         Command::Status,
         Command::Sessions,
         Command::Mappings,
@@ -59,6 +61,7 @@ impl Command {
         Command::Flush,
         Command::Reload,
         Command::LogLevel,
+        Command::Whois,
     ];
 
     /// The `cmd` string on the wire.
@@ -73,6 +76,7 @@ impl Command {
             Command::Flush => "flush",
             Command::Reload => "reload",
             Command::LogLevel => "log-level",
+            Command::Whois => "whois",
         }
     }
 
@@ -109,6 +113,9 @@ pub enum Request {
     Reload,
     /// Set the diagnostics level.
     LogLevel(LogLevelArgs),
+    /// Who held an external address and port (at a time): from live state, the deterministic
+    /// formula, or the block log.
+    Whois(WhoisQuery),
 }
 
 impl Request {
@@ -124,6 +131,7 @@ impl Request {
             Request::Flush => Command::Flush,
             Request::Reload => Command::Reload,
             Request::LogLevel(_) => Command::LogLevel,
+            Request::Whois(_) => Command::Whois,
         }
     }
 }
@@ -229,6 +237,71 @@ pub struct LogLevelArgs {
     pub level: LogLevel,
 }
 
+/// Arguments of `whois`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhoisQuery {
+    /// The external address.
+    pub address: Ipv4Addr,
+    /// The external port (ICMP: query identifier).
+    pub port: u16,
+    /// Only this protocol; every protocol if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<Protocol>,
+    /// The moment asked about, in ms since the Unix epoch; now if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
+}
+
+/// Answer to `whois`: every subscriber that held the port at the time (several only when
+/// protocols differ).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoisList {
+    /// The holders, oldest allocation first.
+    pub answers: Vec<WhoisRow>,
+}
+
+/// One holder of an external port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoisRow {
+    /// The subscriber (internal address).
+    pub subscriber: Ipv4Addr,
+    /// The external address.
+    pub external: Ipv4Addr,
+    /// First port of the block (or the single port) that held it.
+    pub port_start: u16,
+    /// Last port of that block.
+    pub port_end: u16,
+    /// The protocol, or `None` for a block of every protocol.
+    pub proto: Option<Protocol>,
+    /// Held since, ms since the Unix epoch (`None` when the source has no start, e.g. the
+    /// deterministic formula).
+    pub since_ms: Option<u64>,
+    /// Released at, ms since the Unix epoch; `None` while held.
+    pub until_ms: Option<u64>,
+    /// Where the answer came from.
+    pub source: crate::logsink::whois::WhoisSource,
+}
+
+impl From<&crate::logsink::whois::WhoisAnswer> for WhoisRow {
+    fn from(a: &crate::logsink::whois::WhoisAnswer) -> Self {
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        WhoisRow {
+            subscriber: a.subscriber,
+            external: a.external,
+            port_start: a.ports.first,
+            port_end: a.ports.last,
+            proto: a.proto,
+            since_ms: Some(ms(a.since)),
+            until_ms: a.until.map(ms),
+            source: a.source,
+        }
+    }
+}
+
 /// A diagnostics level: messages at this level and more severe are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -285,6 +358,8 @@ pub enum Response {
     Reloaded(ReloadResult),
     /// For `log-level`.
     LogLevel(LogLevelArgs),
+    /// For `whois`.
+    Whois(WhoisList),
 }
 
 impl Response {
@@ -300,6 +375,7 @@ impl Response {
             Response::Flushed(_) => Command::Flush,
             Response::Reloaded(_) => Command::Reload,
             Response::LogLevel(_) => Command::LogLevel,
+            Response::Whois(_) => Command::Whois,
         }
     }
 
@@ -315,6 +391,7 @@ impl Response {
             Response::Flushed(r) => serde_json::to_value(r),
             Response::Reloaded(r) => serde_json::to_value(r),
             Response::LogLevel(r) => serde_json::to_value(r),
+            Response::Whois(r) => serde_json::to_value(r),
         }
     }
 
@@ -331,6 +408,7 @@ impl Response {
             Command::Flush => Response::Flushed(from(v)?),
             Command::Reload => Response::Reloaded(from(v)?),
             Command::LogLevel => Response::LogLevel(from(v)?),
+            Command::Whois => Response::Whois(from(v)?),
         })
     }
 }
@@ -815,6 +893,7 @@ pub fn encode_request(id: u64, req: &Request) -> Result<String, serde_json::Erro
         Request::Sessions(q) | Request::Mappings(q) => Some(serde_json::to_value(q)?),
         Request::Drops(q) => Some(serde_json::to_value(q)?),
         Request::LogLevel(a) => Some(serde_json::to_value(a)?),
+        Request::Whois(q) => Some(serde_json::to_value(q)?),
     };
     serde_json::to_string(&WireRequest {
         id: Some(id),
@@ -862,6 +941,7 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
         Command::Mappings => Request::Mappings(serde_json::from_value(args).map_err(bad)?),
         Command::Drops => Request::Drops(serde_json::from_value(args).map_err(bad)?),
         Command::LogLevel => Request::LogLevel(serde_json::from_value(args).map_err(bad)?),
+        Command::Whois => Request::Whois(serde_json::from_value(args).map_err(bad)?),
     })
 }
 
@@ -968,6 +1048,18 @@ mod tests {
             Request::LogLevel(LogLevelArgs {
                 level: LogLevel::Debug,
             }),
+            Request::Whois(WhoisQuery {
+                address: Ipv4Addr::new(198, 51, 100, 7),
+                port: 40123,
+                proto: None,
+                at_ms: Some(1_795_364_070_123),
+            }),
+            Request::Whois(WhoisQuery {
+                address: Ipv4Addr::new(198, 51, 100, 7),
+                port: 1,
+                proto: Some(Protocol::Tcp),
+                at_ms: None,
+            }),
         ];
         for (i, r) in reqs.iter().enumerate() {
             let line = encode_request(i as u64, r).expect("encode");
@@ -1008,6 +1100,48 @@ mod tests {
                 level: LogLevel::Warn
             })
         );
+    }
+
+    #[test]
+    fn whois_request_and_reply_shapes() {
+        let (_, r) = decode_request(
+            br#"{"cmd":"whois","args":{"address":"198.51.100.7","port":40123,"at_ms":1795364070123}}"#,
+        )
+        .expect("decode");
+        assert_eq!(
+            r,
+            Request::Whois(WhoisQuery {
+                address: Ipv4Addr::new(198, 51, 100, 7),
+                port: 40123,
+                proto: None,
+                at_ms: Some(1_795_364_070_123),
+            })
+        );
+        for bad in [
+            r#"{"cmd":"whois"}"#,
+            r#"{"cmd":"whois","args":{"address":"198.51.100.7"}}"#,
+            r#"{"cmd":"whois","args":{"address":"198.51.100.7","port":70000}}"#,
+            r#"{"cmd":"whois","args":{"address":"198.51.100.7","port":1,"when":2}}"#,
+        ] {
+            let (_, e) = decode_request(bad.as_bytes()).expect_err(bad);
+            assert_eq!(e.code(), "bad_request", "{bad}");
+        }
+        let resp = Response::Whois(WhoisList {
+            answers: vec![WhoisRow {
+                subscriber: Ipv4Addr::new(100, 64, 0, 10),
+                external: Ipv4Addr::new(198, 51, 100, 7),
+                port_start: 40000,
+                port_end: 40511,
+                proto: None,
+                since_ms: Some(1_795_364_000_000),
+                until_ms: None,
+                source: crate::logsink::whois::WhoisSource::Log,
+            }],
+        });
+        let line = encode_reply(Some(2), &Ok(resp.clone()));
+        assert!(line.contains(r#""source":"log""#), "{line}");
+        let (_, back) = decode_reply(line.as_bytes(), Command::Whois).expect("decode");
+        assert_eq!(back.expect("ok"), resp);
     }
 
     #[test]

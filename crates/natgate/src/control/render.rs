@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::protocol::{Request, Response, StatusInfo};
+use super::protocol::{Request, Response, StatusInfo, WhoisList};
+use crate::logsink::whois::WhoisSource;
 
 /// A table with a header row; columns are as wide as their widest cell.
 struct Table {
@@ -237,8 +238,56 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
         Response::LogLevel(l) => {
             let _ = writeln!(out, "log level is now {}", l.level);
         }
+        Response::Whois(w) => whois(req, w, &mut out),
     }
     out
+}
+
+fn time_ms(ms: u64) -> String {
+    crate::eventlog::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
+fn whois(req: &Request, w: &WhoisList, out: &mut String) {
+    if w.answers.is_empty() {
+        if let Request::Whois(q) = req {
+            let at = q
+                .at_ms
+                .map_or_else(|| "now".to_owned(), |ms| format!("at {}", time_ms(ms)));
+            let _ = writeln!(out, "no subscriber held {} port {} {at}", q.address, q.port);
+        }
+        return;
+    }
+    let mut t = Table::new(&[
+        ("SUBSCRIBER", false),
+        ("EXTERNAL", false),
+        ("PORTS", false),
+        ("PROTO", false),
+        ("SINCE", false),
+        ("UNTIL", false),
+        ("SOURCE", false),
+    ]);
+    for a in &w.answers {
+        let ports = if a.port_start == a.port_end {
+            a.port_start.to_string()
+        } else {
+            format!("{}-{}", a.port_start, a.port_end)
+        };
+        let source = match a.source {
+            WhoisSource::Live => "live",
+            WhoisSource::Deterministic => "deterministic",
+            WhoisSource::Log => "log",
+        };
+        t.row(vec![
+            a.subscriber.to_string(),
+            a.external.to_string(),
+            ports,
+            a.proto.map_or_else(|| "any".to_owned(), |p| p.to_string()),
+            a.since_ms.map_or_else(|| "-".to_owned(), time_ms),
+            a.until_ms.map_or_else(|| "held".to_owned(), time_ms),
+            source.to_owned(),
+        ]);
+    }
+    t.render(out);
 }
 
 #[cfg(test)]
@@ -246,6 +295,49 @@ mod tests {
     use super::*;
     use crate::control::protocol::{SessionList, SessionRow, TableQuery, TcpStateName};
     use natgate_core::Protocol;
+
+    #[test]
+    fn whois_shows_each_holder_or_says_none() {
+        use crate::control::protocol::{WhoisQuery, WhoisRow};
+        use std::net::Ipv4Addr;
+        let q = Request::Whois(WhoisQuery {
+            address: Ipv4Addr::new(198, 51, 100, 7),
+            port: 40123,
+            proto: None,
+            at_ms: Some(1_795_364_070_123),
+        });
+        let none = human(&q, &Response::Whois(WhoisList::default()));
+        assert_eq!(
+            none,
+            "no subscriber held 198.51.100.7 port 40123 at 2026-11-22T16:14:30.123Z\n"
+        );
+        let row = WhoisRow {
+            subscriber: Ipv4Addr::new(100, 64, 0, 10),
+            external: Ipv4Addr::new(198, 51, 100, 7),
+            port_start: 40000,
+            port_end: 40511,
+            proto: None,
+            since_ms: Some(1_795_364_000_000),
+            until_ms: Some(1_795_364_070_123),
+            source: WhoisSource::Log,
+        };
+        let text = human(&q, &Response::Whois(WhoisList { answers: vec![row] }));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("SUBSCRIBER"));
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "100.64.0.10",
+                "198.51.100.7",
+                "40000-40511",
+                "any",
+                "2026-11-22T16:13:20.000Z",
+                "2026-11-22T16:14:30.123Z",
+                "log"
+            ]
+        );
+    }
 
     #[test]
     fn table_columns_align_and_numbers_go_right() {

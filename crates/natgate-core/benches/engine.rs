@@ -1,0 +1,451 @@
+//! Engine benchmarks: the established-flow fast path (batched and one at a time, both
+//! directions) on engines holding 1 M and 16 M sessions, and session creation.
+//!
+//! `cargo bench -p natgate-core --bench engine -- --warm-up-time 1 --measurement-time 5`
+//! (add a filter such as `1M` to skip the 16 M engine, which takes about 1.7 GB and some
+//! seconds to fill). Results and the memory-per-session figures are in `BENCHMARKS.md`.
+//!
+//! Translation is in place, so every iteration first copies its 32 packets from templates into
+//! the working buffers; `copy_only` measures that copy alone, to be subtracted.
+//!
+//! Times are the benchmark thread's own CPU time ([`CpuTime`]), not wall time: the machine this
+//! runs on is shared, and wall time would charge us for other processes' time slices.
+//!
+//! Tables are backed by transparent huge pages, as a deployment should have them: the global
+//! allocator here asks for them on every large allocation ([`HugePageAlloc`]). With
+//! `NATGATE_BENCH_HUGEPAGES=0` it does not, and random lookups pay 4 KiB-page TLB misses.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use etherparse::PacketBuilder;
+use natgate_core::engine::{BATCH, Engine, PacketBuf};
+use natgate_core::{Config, Endpoint, Instant, Protocol, Rng, Side, Verdict};
+
+/// Every packet is 64 bytes: IPv4 (20) + UDP (8) + 36 payload, or IPv4 + TCP (20) + 24.
+const PKT: usize = 64;
+/// External addresses in the pool (paired pooling spreads subscribers over them).
+const POOL: u32 = 512;
+/// Flows (internal endpoints) per subscriber address.
+const PER_SUBSCRIBER: u32 = 64;
+/// At most this many flows get packet templates (in random order), so the templates of the
+/// 16 M case stay at 128 MB while still touching far more memory than any cache holds.
+const MAX_TEMPLATES: usize = 1 << 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+type Template = [u8; PKT];
+
+/// The system allocator, plus `madvise(MADV_HUGEPAGE)` on allocations of 4 MiB and more while
+/// [`HUGE_PAGES`] is set. Large allocations are fresh mappings whose pages are not touched yet,
+/// so the advice takes effect as the engine first writes its tables.
+struct HugePageAlloc;
+
+static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
+
+const HUGE_PAGE: usize = 2 << 20;
+
+// SAFETY: every call is forwarded to `System` with the caller's arguments; `madvise` only
+// advises on whole pages inside the block just allocated.
+unsafe impl GlobalAlloc for HugePageAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        let p = unsafe { System.alloc(layout) };
+        advise_huge(p, layout.size());
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        advise_huge(p, layout.size());
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: `p` came from `System` with this layout (through `alloc`/`alloc_zeroed`).
+        unsafe { System.dealloc(p, layout) }
+    }
+}
+
+fn advise_huge(p: *mut u8, size: usize) {
+    if p.is_null() || size < 2 * HUGE_PAGE || !HUGE_PAGES.load(Ordering::Relaxed) {
+        return;
+    }
+    let start = (p as usize).next_multiple_of(HUGE_PAGE);
+    let end = (p as usize + size) / HUGE_PAGE * HUGE_PAGE;
+    if end > start {
+        // SAFETY: [start, end) lies inside the block just allocated; MADV_HUGEPAGE changes no
+        // contents. A failure (THP disabled) leaves ordinary pages, which is fine for a hint.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+#[global_allocator]
+static ALLOC: HugePageAlloc = HugePageAlloc;
+
+/// Time this thread has spent on a CPU, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A criterion measurement of the benchmark thread's CPU time, formatted like wall time.
+struct CpuTime;
+
+/// Lends its duration formatter to [`CpuTime`].
+static WALL: WallTime = WallTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = Duration;
+
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, start: u64) -> Duration {
+        Duration::from_nanos(thread_cpu_ns() - start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
+
+fn now() -> Instant {
+    Instant::from_secs(1_000)
+}
+
+/// Flow `i`: odd flows TCP, even flows UDP, each from its own internal endpoint (so each has its
+/// own mapping: one mapping per session, the worst case for memory and creation).
+fn flow(i: u32) -> (Protocol, Endpoint, Endpoint) {
+    let proto = if i & 1 == 1 {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let internal = Endpoint::new(
+        Ipv4Addr::from_bits(0x6440_0000 + i / PER_SUBSCRIBER),
+        10_000 + (i % PER_SUBSCRIBER) as u16,
+    );
+    let remote = Endpoint::new(
+        Ipv4Addr::from_bits(0xcb00_7100 + (i % 251)),
+        if proto == Protocol::Tcp { 443 } else { 4500 },
+    );
+    (proto, internal, remote)
+}
+
+/// The flow number of an internal endpoint made by [`flow`].
+fn flow_of(internal: Endpoint) -> usize {
+    let sub = internal.addr.to_bits() - 0x6440_0000;
+    (sub * PER_SUBSCRIBER + u32::from(internal.port - 10_000)) as usize
+}
+
+fn packet(proto: Protocol, src: Endpoint, dst: Endpoint, tcp_flags: u8) -> Template {
+    let ip = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64);
+    let mut v = Vec::with_capacity(PKT);
+    let r = match proto {
+        Protocol::Tcp => {
+            let mut b = ip.tcp(src.port, dst.port, 1, 65_535);
+            if tcp_flags & TCP_SYN != 0 {
+                b = b.syn();
+            }
+            if tcp_flags & TCP_ACK != 0 {
+                b = b.ack(1);
+            }
+            b.write(&mut v, &[0x5a; 24])
+        }
+        _ => ip.udp(src.port, dst.port).write(&mut v, &[0x5a; 36]),
+    };
+    r.unwrap_or_else(|e| panic!("build packet: {e}"));
+    v.try_into()
+        .unwrap_or_else(|v: Vec<u8>| panic!("packet of {} bytes", v.len()))
+}
+
+fn engine(max_sessions: u32) -> Engine {
+    let pool = (0..POOL)
+        .map(|i| Ipv4Addr::from_bits(0xc612_0000 + i))
+        .collect();
+    let mut c = Config::new(pool, Ipv4Addr::new(100, 64, 0, 1));
+    c.limits.max_sessions = max_sessions;
+    c.limits.max_mappings = max_sessions;
+    Engine::new(
+        c.validate().unwrap_or_else(|e| panic!("config: {e}")),
+        0x5eed,
+    )
+}
+
+/// Runs `packets` through `e` in batches of 32 (the rest one at a time), draining events as a
+/// driver would; returns how many were forwarded.
+fn run(e: &mut Engine, side: Side, packets: &mut [Template]) -> usize {
+    let mut verdicts = [Verdict::Held; BATCH];
+    let mut forwarded = 0;
+    let mut chunks = packets.chunks_exact_mut(BATCH);
+    for chunk in &mut chunks {
+        let chunk: &mut [Template; BATCH] = chunk.try_into().unwrap_or_else(|_| unreachable!());
+        let mut bufs = chunk.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
+        e.process_batch(now(), side, &mut bufs, &mut verdicts);
+        forwarded += verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Forward(_)))
+            .count();
+        while e.poll_event().is_some() {}
+    }
+    for b in chunks.into_remainder() {
+        forwarded += usize::from(matches!(
+            e.process(now(), side, b, PKT),
+            Verdict::Forward(_)
+        ));
+    }
+    while e.poll_event().is_some() {}
+    forwarded
+}
+
+/// Resident set size of this process, from /proc/self/status.
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// An engine with `n` established sessions (TCP handshakes done both ways) and packet templates
+/// of established traffic for a random sample of them, both directions.
+struct Fixture {
+    engine: Engine,
+    outbound: Vec<Template>,
+    inbound: Vec<Template>,
+    cursor: Cell<usize>,
+}
+
+impl Fixture {
+    #[allow(clippy::print_stderr)] // a bench reports its memory figures on stderr
+    fn new(n: u32) -> Self {
+        let rss0 = rss_bytes();
+        let mut e = engine(n);
+        let rss_tables = rss_bytes() - rss0;
+        let opening: Vec<(u32, Protocol, Endpoint, Endpoint)> = (0..n)
+            .map(|i| {
+                let (p, int, rem) = flow(i);
+                (i, p, int, rem)
+            })
+            .collect();
+        for part in opening.chunks(1 << 16) {
+            let mut pkts: Vec<Template> = part
+                .iter()
+                .map(|&(_, p, int, rem)| packet(p, int, rem, TCP_SYN))
+                .collect();
+            assert_eq!(run(&mut e, Side::Inside, &mut pkts), part.len());
+        }
+        assert_eq!(e.session_count(), n as usize);
+        let rss_filled = rss_bytes() - rss0;
+        let mut external = vec![Endpoint::UNSPECIFIED; n as usize];
+        for s in e.sessions() {
+            external[flow_of(s.internal)] = s.external;
+        }
+        // Finish the TCP handshakes: SYN-ACK in, ACK out.
+        for part in opening.chunks(1 << 16) {
+            let tcp = part.iter().filter(|f| f.1 == Protocol::Tcp);
+            let mut syn_acks: Vec<Template> = tcp
+                .clone()
+                .map(|&(i, p, _, rem)| packet(p, rem, external[i as usize], TCP_SYN | TCP_ACK))
+                .collect();
+            assert_eq!(run(&mut e, Side::Outside, &mut syn_acks), syn_acks.len());
+            let mut acks: Vec<Template> = tcp
+                .map(|&(_, p, int, rem)| packet(p, int, rem, TCP_ACK))
+                .collect();
+            assert_eq!(run(&mut e, Side::Inside, &mut acks), acks.len());
+        }
+        drop(opening);
+        let table = e.table_memory_bytes();
+        eprintln!(
+            "engine with {n} sessions ({} mappings, huge pages {}): table accounting \
+             {} B/session; RSS delta after Engine::new {} B/session, after filling {} B/session",
+            e.mapping_count(),
+            HUGE_PAGES.load(Ordering::Relaxed),
+            table / n as usize,
+            rss_tables / n as usize,
+            rss_filled / n as usize,
+        );
+        let mut rng = Rng::new(42);
+        let count = (n as usize).min(MAX_TEMPLATES);
+        let mut sample: Vec<u32> = if count == n as usize {
+            (0..n).collect()
+        } else {
+            (0..count).map(|_| rng.below(n)).collect()
+        };
+        for i in (1..sample.len()).rev() {
+            sample.swap(i, rng.below(i as u32 + 1) as usize);
+        }
+        let outbound = sample
+            .iter()
+            .map(|&i| {
+                let (p, int, rem) = flow(i);
+                packet(p, int, rem, TCP_ACK)
+            })
+            .collect();
+        let inbound = sample
+            .iter()
+            .map(|&i| {
+                let (p, _, rem) = flow(i);
+                packet(p, rem, external[i as usize], TCP_ACK)
+            })
+            .collect();
+        let mut f = Fixture {
+            engine: e,
+            outbound,
+            inbound,
+            cursor: Cell::new(0),
+        };
+        // Sanity: established traffic is forwarded both ways and creates nothing.
+        for side in [Side::Inside, Side::Outside] {
+            let mut work = [[0u8; PKT]; BATCH];
+            let mut verdicts = [Verdict::Held; BATCH];
+            f.batch(side, &mut work, &mut verdicts);
+            assert!(verdicts.iter().all(|v| matches!(v, Verdict::Forward(_))));
+        }
+        assert_eq!(f.engine.session_count(), n as usize);
+        f
+    }
+
+    /// The next 32 templates of `side`'s direction.
+    fn next(&self, side: Side) -> &[Template] {
+        let t = match side {
+            Side::Inside => &self.outbound,
+            Side::Outside => &self.inbound,
+        };
+        let at = self.cursor.get();
+        let at = if at + BATCH > t.len() { 0 } else { at };
+        self.cursor.set(at + BATCH);
+        &t[at..at + BATCH]
+    }
+
+    /// Copies the next 32 packets into `work` and translates them as one batch.
+    #[inline(always)]
+    fn batch(&mut self, side: Side, work: &mut [Template; BATCH], verdicts: &mut [Verdict]) {
+        work.copy_from_slice(self.next(side));
+        let mut bufs = work.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
+        self.engine.process_batch(now(), side, &mut bufs, verdicts);
+    }
+
+    /// Copies the next 32 packets into `work` and translates them one at a time.
+    #[inline(always)]
+    fn one_by_one(&mut self, side: Side, work: &mut [Template; BATCH], verdicts: &mut [Verdict]) {
+        work.copy_from_slice(self.next(side));
+        for (b, v) in work.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.engine.process(now(), side, b, PKT);
+        }
+    }
+}
+
+fn fast_path(c: &mut Criterion<CpuTime>, label: &str, n: u32) {
+    let mut fixture: Option<Fixture> = None;
+    let mut group = c.benchmark_group(format!("fast_path_{label}"));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut work = [[0u8; PKT]; BATCH];
+    let mut verdicts = [Verdict::Held; BATCH];
+    group.bench_function("copy_only", |b| {
+        let f = fixture.get_or_insert_with(|| Fixture::new(n));
+        b.iter(|| {
+            work.copy_from_slice(f.next(Side::Inside));
+            black_box(&mut work);
+        });
+    });
+    for (name, side) in [("out", Side::Inside), ("in", Side::Outside)] {
+        group.bench_function(BenchmarkId::new("batch", name), |b| {
+            let f = fixture.get_or_insert_with(|| Fixture::new(n));
+            b.iter(|| {
+                f.batch(side, &mut work, &mut verdicts);
+                black_box(&verdicts);
+            });
+        });
+        group.bench_function(BenchmarkId::new("one_at_a_time", name), |b| {
+            let f = fixture.get_or_insert_with(|| Fixture::new(n));
+            b.iter(|| {
+                f.one_by_one(side, &mut work, &mut verdicts);
+                black_box(&verdicts);
+            });
+        });
+    }
+    group.finish();
+}
+
+/// Session creation: first packets of fresh flows (each a new internal endpoint, so a port is
+/// allocated, a mapping made, and the session indexed both ways), in batches, events drained.
+/// Each engine of 1 M capacity is pre-filled to a quarter, then takes up to half a million new
+/// sessions in the timed part; building engines and packets is not timed.
+fn creation(c: &mut Criterion<CpuTime>) {
+    const CAP: u32 = 1 << 20;
+    const PREFILL: u32 = CAP / 4;
+    const CHUNK: u64 = CAP as u64 / 2;
+    let mut group = c.benchmark_group("create");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("session", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(CHUNK) as u32;
+                let mut e = engine(CAP);
+                let mut pre: Vec<Template> = (0..PREFILL)
+                    .map(|i| {
+                        let (p, int, rem) = flow(i);
+                        packet(p, int, rem, TCP_SYN)
+                    })
+                    .collect();
+                run(&mut e, Side::Inside, &mut pre);
+                let mut fresh: Vec<Template> = (PREFILL..PREFILL + chunk)
+                    .map(|i| {
+                        let (p, int, rem) = flow(i);
+                        packet(p, int, rem, TCP_SYN)
+                    })
+                    .collect();
+                let start = CpuTime.start();
+                let made = run(&mut e, Side::Inside, &mut fresh);
+                total += CpuTime.end(start);
+                assert_eq!(made, chunk as usize);
+                left -= u64::from(chunk);
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion<CpuTime>) {
+    let huge = std::env::var("NATGATE_BENCH_HUGEPAGES").map_or(true, |v| v != "0");
+    HUGE_PAGES.store(huge, Ordering::Relaxed);
+    fast_path(c, "1M", 1 << 20);
+    creation(c);
+    fast_path(c, "16M", 1 << 24);
+}
+
+criterion_group! {
+    name = engine_benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = benches
+}
+criterion_main!(engine_benches);

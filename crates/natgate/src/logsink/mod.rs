@@ -1,0 +1,370 @@
+//! Translation logs for a carrier-grade NAT (RFC 6888 REQ-12, REQ-11): the engine's [`Event`]s
+//! leave the packet path through a bounded queue ([`pipeline`]) and fan out to any combination
+//! of sinks: JSON lines ([`crate::eventlog::EventSink`]), syslog in RFC 5424 form ([`syslog`]),
+//! and IPFIX over UDP with the NAT information elements of RFC 8158 ([`ipfix`]). A
+//! [`whois::BlockLog`] keeps the external-port -> subscriber history that answers
+//! `natgate ctl whois` without a line per connection.
+//!
+//! Every sink first turns an [`Event`] into a [`Record`] (one `match` with an arm per variant,
+//! in [`Record::from_event`]): the fields of the NAT logging information model of RFC 8158, so
+//! a new event variant is one new arm there and nowhere else.
+
+pub mod ipfix;
+pub mod pipeline;
+pub mod syslog;
+pub mod whois;
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use natgate_core::{Endpoint, Event, Instant, Protocol};
+
+use crate::eventlog::EventSink;
+
+pub use pipeline::{LogPipeline, LogPipelineHandle, LogSender, PipelineConfig, PipelineStats};
+
+/// Why a sink could not take or write an event.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Writing the file or sending the datagram failed.
+    #[error("log I/O: {0}")]
+    Io(#[from] io::Error),
+    /// A block log file holds something that is not a block log record.
+    #[error("block log {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The logger thread could not be started.
+    #[error("cannot start the logger thread: {0}")]
+    Spawn(io::Error),
+    /// The logger thread panicked; events it held were lost.
+    #[error("the logger thread panicked")]
+    LoggerPanicked,
+    /// A thread panicked while holding a shared sink's lock.
+    #[error("a shared log was poisoned by a panic")]
+    Poisoned,
+}
+
+/// Somewhere events are written. The pipeline's logger thread calls [`Sink::record`] for each
+/// event of a batch, then [`Sink::flush`] once; nothing need reach its destination before the
+/// flush.
+pub trait Sink: Send {
+    /// Adds one event to the current batch.
+    fn record(&mut self, ev: &Event) -> Result<(), LogError>;
+    /// Ends the batch: writes (and, if durable, syncs) or sends what it holds.
+    fn flush(&mut self) -> Result<(), LogError>;
+}
+
+impl Sink for EventSink {
+    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+        Ok(EventSink::record(self, ev)?)
+    }
+
+    fn flush(&mut self) -> Result<(), LogError> {
+        Ok(EventSink::flush(self)?)
+    }
+}
+
+/// The `natEvent` values of RFC 8158 section 4.1 (IANA "NAT Event Type") that natgate emits.
+/// Values 1 and 2 are historic and not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatEvent {
+    /// 3: no external address (or port on any address) could be had for a new mapping.
+    AddressesExhausted = 3,
+    /// 4: NAT44 session create.
+    Nat44SessionCreate = 4,
+    /// 5: NAT44 session delete.
+    Nat44SessionDelete = 5,
+    /// 8: NAT44 BIB (mapping) create.
+    Nat44BibCreate = 8,
+    /// 9: NAT44 BIB (mapping) delete.
+    Nat44BibDelete = 9,
+    /// 16: port block allocation.
+    PortBlockAllocation = 16,
+    /// 17: port block de-allocation.
+    PortBlockDeallocation = 17,
+}
+
+impl NatEvent {
+    /// The value on the wire (IPFIX IE 230, syslog `natEvent`).
+    pub const fn value(self) -> u8 {
+        self as u8
+    }
+
+    /// A short upper-case name, the syslog MSGID (RFC 5424 section 6.2.7: at most 32
+    /// printable ASCII characters).
+    pub const fn msgid(self) -> &'static str {
+        match self {
+            NatEvent::AddressesExhausted => "ADDR-EXHAUSTED",
+            NatEvent::Nat44SessionCreate => "SESSION-CREATE",
+            NatEvent::Nat44SessionDelete => "SESSION-DELETE",
+            NatEvent::Nat44BibCreate => "MAPPING-CREATE",
+            NatEvent::Nat44BibDelete => "MAPPING-DELETE",
+            NatEvent::PortBlockAllocation => "PORTBLOCK-ALLOC",
+            NatEvent::PortBlockDeallocation => "PORTBLOCK-FREE",
+        }
+    }
+
+    /// The RFC 8158 description, the syslog MSG.
+    pub const fn description(self) -> &'static str {
+        match self {
+            NatEvent::AddressesExhausted => "NAT addresses exhausted",
+            NatEvent::Nat44SessionCreate => "NAT44 session create",
+            NatEvent::Nat44SessionDelete => "NAT44 session delete",
+            NatEvent::Nat44BibCreate => "NAT44 BIB create",
+            NatEvent::Nat44BibDelete => "NAT44 BIB delete",
+            NatEvent::PortBlockAllocation => "Port block allocation",
+            NatEvent::PortBlockDeallocation => "Port block de-allocation",
+        }
+    }
+
+    /// Whether the event reports a failure (syslog severity warning, not informational).
+    pub const fn is_failure(self) -> bool {
+        matches!(self, NatEvent::AddressesExhausted)
+    }
+}
+
+/// A port block's ports (RFC 8158 `portRangeStart`, `portRangeEnd`): the allocator's own type.
+pub use natgate_core::alloc::PortRange;
+
+/// One event in the terms of the NAT logging information model (RFC 8158 section 4): what
+/// every sink writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// When (engine time; a [`crate::eventlog::TimeBase`] maps it to wall-clock time).
+    pub at: Instant,
+    /// The event type.
+    pub event: NatEvent,
+    /// The protocol, if the event concerns one (`protocolIdentifier`).
+    pub proto: Option<Protocol>,
+    /// The subscriber's address and port (`sourceIPv4Address`, `sourceTransportPort`); port 0
+    /// when the event concerns the whole subscriber.
+    pub internal: Endpoint,
+    /// The external address and port (`postNATSourceIPv4Address`,
+    /// `postNAPTSourceTransportPort`), if one was assigned.
+    pub external: Option<Endpoint>,
+    /// The remote endpoint (`destinationIPv4Address`, `destinationTransportPort`); sinks drop it
+    /// unless destinations are logged (RFC 6888 REQ-12).
+    pub remote: Option<Endpoint>,
+    /// The port block, for block events.
+    pub block: Option<PortRange>,
+}
+
+impl Record {
+    /// The record for `ev`. One arm per event variant: a new variant is added here.
+    pub fn from_event(ev: &Event) -> Record {
+        match *ev {
+            Event::MappingCreated {
+                at,
+                proto,
+                internal,
+                external,
+            } => Record {
+                at,
+                event: NatEvent::Nat44BibCreate,
+                proto: Some(proto),
+                internal,
+                external: Some(external),
+                remote: None,
+                block: None,
+            },
+            Event::MappingDeleted {
+                at,
+                proto,
+                internal,
+                external,
+            } => Record {
+                at,
+                event: NatEvent::Nat44BibDelete,
+                proto: Some(proto),
+                internal,
+                external: Some(external),
+                remote: None,
+                block: None,
+            },
+            Event::SessionCreated {
+                at,
+                proto,
+                internal,
+                external,
+                remote,
+            } => Record {
+                at,
+                event: NatEvent::Nat44SessionCreate,
+                proto: Some(proto),
+                internal,
+                external: Some(external),
+                remote: Some(remote),
+                block: None,
+            },
+            Event::SessionDeleted {
+                at,
+                proto,
+                internal,
+                external,
+                remote,
+            } => Record {
+                at,
+                event: NatEvent::Nat44SessionDelete,
+                proto: Some(proto),
+                internal,
+                external: Some(external),
+                remote: Some(remote),
+                block: None,
+            },
+            Event::MappingFailed {
+                at,
+                proto,
+                internal,
+                remote,
+            } => Record {
+                at,
+                event: NatEvent::AddressesExhausted,
+                proto: Some(proto),
+                internal,
+                external: None,
+                remote: Some(remote),
+                block: None,
+            },
+            Event::PortBlockAllocated {
+                at,
+                subscriber,
+                external,
+                ports,
+            }
+            | Event::PortBlockReleased {
+                at,
+                subscriber,
+                external,
+                ports,
+            } => Record {
+                at,
+                event: if matches!(ev, Event::PortBlockAllocated { .. }) {
+                    NatEvent::PortBlockAllocation
+                } else {
+                    NatEvent::PortBlockDeallocation
+                },
+                // One block serves every protocol (alloc::block), so no protocol is named.
+                proto: None,
+                internal: match subscriber {
+                    natgate_core::alloc::SubscriberId::Ipv4(addr) => Endpoint::new(addr, 0),
+                },
+                external: Some(Endpoint::new(external, ports.first)),
+                remote: None,
+                block: Some(ports),
+            },
+        }
+    }
+
+    /// The subscriber (`sourceIPv4Address`).
+    pub fn subscriber(&self) -> Ipv4Addr {
+        self.internal.addr
+    }
+
+    /// The remote endpoint if destinations are logged (RFC 6888 REQ-12), else `None`.
+    pub fn remote_if(&self, log_destinations: bool) -> Option<Endpoint> {
+        self.remote.filter(|_| log_destinations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_event_values_are_rfc_8158s() {
+        let want = [
+            (NatEvent::AddressesExhausted, 3),
+            (NatEvent::Nat44SessionCreate, 4),
+            (NatEvent::Nat44SessionDelete, 5),
+            (NatEvent::Nat44BibCreate, 8),
+            (NatEvent::Nat44BibDelete, 9),
+            (NatEvent::PortBlockAllocation, 16),
+            (NatEvent::PortBlockDeallocation, 17),
+        ];
+        for (e, v) in want {
+            assert_eq!(e.value(), v, "{e:?}");
+            assert!(e.msgid().len() <= 32 && e.msgid().bytes().all(|b| (33..=126).contains(&b)));
+        }
+    }
+
+    #[test]
+    fn every_event_maps_to_its_record() {
+        let i = Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000);
+        let x = Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 40000);
+        let r = Endpoint::new(Ipv4Addr::new(203, 0, 113, 1), 53);
+        let at = Instant::from_secs(1);
+        let proto = Protocol::Udp;
+        let cases = [
+            (
+                Event::MappingCreated {
+                    at,
+                    proto,
+                    internal: i,
+                    external: x,
+                },
+                NatEvent::Nat44BibCreate,
+                Some(x),
+                None,
+            ),
+            (
+                Event::MappingDeleted {
+                    at,
+                    proto,
+                    internal: i,
+                    external: x,
+                },
+                NatEvent::Nat44BibDelete,
+                Some(x),
+                None,
+            ),
+            (
+                Event::SessionCreated {
+                    at,
+                    proto,
+                    internal: i,
+                    external: x,
+                    remote: r,
+                },
+                NatEvent::Nat44SessionCreate,
+                Some(x),
+                Some(r),
+            ),
+            (
+                Event::SessionDeleted {
+                    at,
+                    proto,
+                    internal: i,
+                    external: x,
+                    remote: r,
+                },
+                NatEvent::Nat44SessionDelete,
+                Some(x),
+                Some(r),
+            ),
+            (
+                Event::MappingFailed {
+                    at,
+                    proto,
+                    internal: i,
+                    remote: r,
+                },
+                NatEvent::AddressesExhausted,
+                None,
+                Some(r),
+            ),
+        ];
+        for (ev, event, external, remote) in cases {
+            let rec = Record::from_event(&ev);
+            assert_eq!(
+                (rec.event, rec.external, rec.remote, rec.internal, rec.at),
+                (event, external, remote, i, at)
+            );
+            assert_eq!(rec.remote_if(false), None);
+            assert_eq!(rec.remote_if(true), remote);
+        }
+    }
+}
