@@ -486,6 +486,9 @@ impl Settings {
         inside_address: Ipv4Addr,
     ) -> Result<ValidConfig, ConfigError> {
         Config {
+            // The daemon drives the dynamic allocator (with per-worker port shares); port
+            // blocks and deterministic NAT are not wired into the config file yet.
+            allocation: natgate_core::config::Allocation::Dynamic,
             pool,
             inside_address,
             behavior: self.behavior,

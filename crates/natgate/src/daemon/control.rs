@@ -221,6 +221,9 @@ impl ControlHandler for ControlService {
                 }))
             }
             Request::Reload => self.reload(),
+            Request::Whois(_) => Err(ControlError::Unavailable(
+                "whois needs the port-block log, which this daemon does not keep yet".into(),
+            )),
             Request::LogLevel(LogLevelArgs { level }) => {
                 let set = self.log_level.as_ref().ok_or_else(|| {
                     ControlError::Unavailable("this daemon cannot change its log level".into())
