@@ -167,6 +167,25 @@ impl Counters {
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }
+
+    /// Adds `other`'s counts to these (for drivers that run one engine per core).
+    pub fn merge(&mut self, other: &Counters) {
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += b;
+        }
+        for i in 0..2 {
+            self.forwarded_packets[i] += other.forwarded_packets[i];
+            self.forwarded_bytes[i] += other.forwarded_bytes[i];
+        }
+        self.hairpinned_packets += other.hairpinned_packets;
+        self.icmp_generated += other.icmp_generated;
+        self.held_packets += other.held_packets;
+        self.sessions_created += other.sessions_created;
+        self.sessions_deleted += other.sessions_deleted;
+        self.mappings_created += other.mappings_created;
+        self.mappings_deleted += other.mappings_deleted;
+        self.events_lost += other.events_lost;
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +202,21 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn merge_adds_every_counter() {
+        let mut a = Counters::default();
+        a.count_drop(DropReason::NoMapping);
+        a.count_forward(Direction::Outbound, 100);
+        let mut b = a.clone();
+        b.count_drop(DropReason::Filtered);
+        b.sessions_created = 3;
+        a.merge(&b);
+        assert_eq!(a.drops(DropReason::NoMapping), 2);
+        assert_eq!(a.drops(DropReason::Filtered), 1);
+        assert_eq!(a.forwarded_bytes[0], 200);
+        assert_eq!(a.sessions_created, 3);
     }
 
     #[test]

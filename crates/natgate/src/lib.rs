@@ -29,7 +29,10 @@
 //! # }
 //! ```
 
+pub mod config;
 pub mod control;
+pub mod daemon;
+pub mod demo;
 pub mod ethtool;
 pub mod eventlog;
 pub mod logsink;

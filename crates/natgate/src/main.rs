@@ -1,14 +1,216 @@
-//! The `natgate` program. Subcommands come later; for now it only answers
-//! `--help` and `--version`.
+//! The `natgate` program: `run` the gateway, `check` a config, `demo` it in namespaces.
+//!
+//! Subcommands live in [`Command`]; each has its own args struct and function, so adding one
+//! (e.g. `ctl`) is one variant, one struct and one match arm.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-/// natgate: a user-space NAT gateway.
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use natgate::config::Settings;
+use natgate::control::cli::CtlArgs;
+use natgate::control::protocol::LogLevel;
+use natgate::daemon::Daemon;
+use natgate::daemon::control::{ControlService, LogLevelFn};
+
+/// natgate: a user-space NAT gateway (NAPT44, RFC 4787/5382/5508/6888).
 #[derive(Debug, Parser)]
 #[command(name = "natgate", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway: set up the TUN data plane and translate until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Validate a config file and print the effective config (presets expanded).
+    Check(CheckArgs),
+    /// Build the standard lab topology in namespaces, run the gateway in it, send traffic,
+    /// show what happened, tear everything down (needs root).
+    Demo(DemoArgs),
+    /// Ask the running gateway (status, sessions, mappings, pools, stats, drops, flush,
+    /// reload, log-level).
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The config file (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Enter this named network namespace (`/run/netns/NAME`) first.
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The config file (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Behaviour preset for the gateway.
+    #[arg(long, default_value = "rfc6888-cgn")]
+    preset: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_level = init_logging();
+    let r = match cli.command {
+        Command::Run(a) => run(a, log_level),
+        Command::Check(a) => check(a),
+        Command::Demo(a) => demo(a),
+        Command::Ctl(a) => natgate::control::cli::run(&a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stderr)] // the program's own error report
+fn report_error(e: &anyhow::Error) {
+    eprintln!("natgate: error: {e:#}");
+}
+
+/// Logs to stderr, level from `NATGATE_LOG` (default info); returns the function that changes
+/// the level at run time (`natgate ctl log-level`).
+fn init_logging() -> LogLevelFn {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NATGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .with_target(false)
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    Box::new(move |level: LogLevel| {
+        handle
+            .reload(EnvFilter::new(level.name()))
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn run(a: RunArgs, log_level: LogLevelFn) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&a.config)
+        .with_context(|| format!("invalid config {}", a.config.display()))?;
+    if let Some(name) = &a.netns {
+        // Before any thread exists, so every thread natgate starts is in it.
+        let ns = natgate::netns::Netns::open(name)
+            .with_context(|| format!("network namespace {name}"))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .with_context(|| format!("entering network namespace {name}"))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let daemon = Daemon::start(&settings, stop).context("starting")?;
+    let h = daemon.handle();
+    let service = Arc::new(ControlService::new(
+        h.clone(),
+        settings.clone(),
+        Some(a.config.clone()),
+        Some(log_level),
+    ));
+    let control = match &settings.control_socket {
+        Some(path) => Some(
+            natgate::control::Server::bind(path, ArcService(service.clone()))
+                .context("control socket")?,
+        ),
+        None => None,
+    };
+    let metrics = match settings.metrics_listen {
+        Some(addr) => {
+            let s = service.clone();
+            Some(
+                natgate::metrics::MetricsServer::bind(addr, move || s.metrics())
+                    .context("metrics endpoint")?,
+            )
+        }
+        None => None,
+    };
+    let r = h.resolved();
+    if r.stale_removed > 0 {
+        tracing::warn!(
+            removed = r.stale_removed,
+            "removed state left by an earlier natgate that did not exit cleanly"
+        );
+    }
+    tracing::info!(
+        pool = r.pool.len(),
+        inside_address = %r.inside_address,
+        workers = h.workers(),
+        "natgate running; SIGINT or SIGTERM stops it"
+    );
+    if let Some(c) = &control {
+        tracing::info!(socket = %c.path().display(), "control socket ready");
+    }
+    if let Some(m) = &metrics {
+        tracing::info!(listen = %m.local_addr(), "metrics at http://{}/metrics", m.local_addr());
+    }
+    let r = daemon.wait();
+    if let Some(c) = control {
+        c.shutdown();
+    }
+    if let Some(m) = metrics {
+        m.shutdown();
+    }
+    r.context("running")?;
+    tracing::info!("natgate stopped; plumbing removed");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)] // `check` prints the effective config
+fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&a.config)
+        .with_context(|| format!("invalid config {}", a.config.display()))?;
+    let text = settings
+        .effective_toml()
+        .context("printing the effective config")?;
+    println!("# effective config of {}\n{text}", a.config.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)] // the demo's report is its output
+fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let preset = natgate_core::Preset::ALL
+        .into_iter()
+        .find(|p| p.name() == a.preset)
+        .with_context(|| format!("unknown preset {:?}", a.preset))?;
+    let ok = natgate::demo::run(preset, &mut |line| println!("{line}"))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The control server takes its handler by value; the metrics endpoint shares it.
+struct ArcService(Arc<ControlService>);
+
+impl natgate::control::ControlHandler for ArcService {
+    fn handle(
+        &self,
+        req: natgate::control::Request,
+    ) -> Result<natgate::control::Response, natgate::control::ControlError> {
+        self.0.handle(req)
+    }
 }

@@ -15,8 +15,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -29,6 +29,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
     RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -75,7 +76,10 @@ pub enum NetlinkError {
     Netns(#[from] NetnsError),
 }
 
-/// An IPv4 route to add or delete (main table).
+/// The kernel's `local` routing table (addresses of this host).
+pub const RT_TABLE_LOCAL: u32 = 255;
+
+/// An IPv4 route to add or delete (main table unless [`RouteV4::table`] says otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteV4 {
     /// Destination network address.
@@ -88,6 +92,8 @@ pub struct RouteV4 {
     pub dev: Option<String>,
     /// Per-route MTU (`ip route ... mtu N`), e.g. for path-MTU tests.
     pub mtu: Option<u32>,
+    /// Routing table id; `None` is the main table.
+    pub table: Option<u32>,
 }
 
 impl RouteV4 {
@@ -99,6 +105,7 @@ impl RouteV4 {
             gateway: Some(gateway),
             dev: None,
             mtu: None,
+            table: None,
         }
     }
 
@@ -110,6 +117,7 @@ impl RouteV4 {
             gateway: Some(gateway),
             dev: None,
             mtu: None,
+            table: None,
         }
     }
 
@@ -121,6 +129,7 @@ impl RouteV4 {
             gateway: None,
             dev: Some(dev.to_owned()),
             mtu: None,
+            table: None,
         }
     }
 
@@ -129,6 +138,34 @@ impl RouteV4 {
         self.mtu = Some(mtu);
         self
     }
+
+    /// Puts the route in routing table `table`.
+    pub fn in_table(mut self, table: u32) -> Self {
+        self.table = Some(table);
+        self
+    }
+}
+
+/// An IPv4 policy-routing rule (`ip rule add [iif DEV] pref PRIORITY lookup TABLE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleV4 {
+    /// Priority (`pref`); lower runs first. The kernel's `local` rule is 0.
+    pub priority: u32,
+    /// Match packets that arrived on this interface only.
+    pub iif: Option<String>,
+    /// The table to look up.
+    pub table: u32,
+}
+
+/// An IPv4 rule as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// Priority.
+    pub priority: u32,
+    /// The table it looks up (0 if it is not a lookup rule).
+    pub table: u32,
+    /// Input interface it matches, if any.
+    pub iif: Option<String>,
 }
 
 /// A synchronous rtnetlink socket bound in one network namespace.
@@ -382,6 +419,141 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Adds or replaces an IPv4 route (`ip route replace`).
+    pub fn replace_route_v4(&mut self, route: &RouteV4) -> Result<(), NetlinkError> {
+        let msg = self.route_msg(route)?;
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            &format!("replace route {route:?}"),
+        )
+        .map(drop)
+    }
+
+    /// Adds an IPv4 policy-routing rule.
+    pub fn add_rule_v4(&mut self, rule: &RuleV4) -> Result<(), NetlinkError> {
+        let mut msg = rule_msg(rule.priority, rule.table);
+        if let Some(iif) = &rule.iif {
+            check_ifname(iif)?;
+            msg.attributes.push(RuleAttribute::Iifname(iif.clone()));
+        }
+        self.request(
+            RouteNetlinkMessage::NewRule(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("add rule {rule:?}"),
+        )
+        .map(drop)
+    }
+
+    /// Deletes one IPv4 rule with this priority that looks up `table` (`ip rule del pref P
+    /// table T`). Fails with the kernel's `ENOENT` when there is none.
+    pub fn del_rule_v4(&mut self, priority: u32, table: u32) -> Result<(), NetlinkError> {
+        let msg = rule_msg(priority, table);
+        self.request(
+            RouteNetlinkMessage::DelRule(msg),
+            0,
+            &format!("delete rule pref {priority} table {table}"),
+        )
+        .map(drop)
+    }
+
+    /// Every IPv4 rule, in the kernel's order.
+    pub fn rules_v4(&mut self) -> Result<Vec<RuleInfo>, NetlinkError> {
+        let mut msg = RuleMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let replies = self.request(RouteNetlinkMessage::GetRule(msg), NLM_F_DUMP, "list rules")?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRule(r) => Some(r),
+                _ => None,
+            })
+            .map(|r| {
+                let mut info = RuleInfo {
+                    priority: 0,
+                    table: u32::from(r.header.table),
+                    iif: None,
+                };
+                for a in r.attributes {
+                    match a {
+                        RuleAttribute::Priority(p) => info.priority = p,
+                        RuleAttribute::Table(t) => info.table = t,
+                        RuleAttribute::Iifname(i) => info.iif = Some(i),
+                        _ => {}
+                    }
+                }
+                info
+            })
+            .collect())
+    }
+
+    /// The IPv4 addresses (with prefix length) of interface `dev`, or of every interface when
+    /// `dev` is `None`, as `(ifindex, address, prefix_len)`.
+    pub fn addrs_v4(
+        &mut self,
+        dev: Option<&str>,
+    ) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+        let index = match dev {
+            Some(d) => Some(self.link_index(d)?),
+            None => None,
+        };
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let replies = self.request(
+            RouteNetlinkMessage::GetAddress(msg),
+            NLM_F_DUMP,
+            "list addresses",
+        )?;
+        let mut out = Vec::new();
+        for m in replies {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if index.is_some_and(|i| i != a.header.index) {
+                continue;
+            }
+            let local = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                    _ => None,
+                })
+            });
+            if let Some(v) = addr {
+                out.push((a.header.index, v, a.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The MTU of interface `name`.
+    pub fn link_mtu(&mut self, name: &str) -> Result<u32, NetlinkError> {
+        check_ifname(name)?;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, "get link") {
+            Err(NetlinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::ENODEV) =>
+            {
+                return Err(NetlinkError::NoSuchLink(name.to_owned()));
+            }
+            r => r?,
+        };
+        replies
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(m),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+    }
+
     fn set_link(
         &mut self,
         name: &str,
@@ -430,7 +602,13 @@ impl Netlink {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = route.prefix_len;
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        match route.table {
+            None => msg.header.table = RouteHeader::RT_TABLE_MAIN,
+            Some(t) => {
+                msg.header.table = u8::try_from(t).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+                msg.attributes.push(RouteAttribute::Table(t));
+            }
+        }
         msg.header.protocol = RouteProtocol::Static;
         msg.header.kind = RouteType::Unicast;
         msg.header.scope = if route.gateway.is_some() {
@@ -539,6 +717,17 @@ impl Netlink {
         }
         Err(NetlinkError::Timeout(op.to_owned()))
     }
+}
+
+/// A lookup rule's message: priority and table, nothing else.
+fn rule_msg(priority: u32, table: u32) -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.action = RuleAction::ToTable;
+    msg.header.table = u8::try_from(table).unwrap_or(0);
+    msg.attributes.push(RuleAttribute::Priority(priority));
+    msg.attributes.push(RuleAttribute::Table(table));
+    msg
 }
 
 fn check_ifname(name: &str) -> Result<(), NetlinkError> {

@@ -165,6 +165,9 @@ pub struct DynamicAllocator {
     /// Live mappings per (internal address, external address), for `AddressUsage::subscribers`
     /// and to refuse releases that do not belong to the subscriber.
     links: KeyMap<u32>,
+    /// Ports per protocol that [`DynamicAllocator::withhold_ports`] took out of use on every
+    /// address; `usage` does not count them.
+    withheld: [u32; 3],
 }
 
 impl fmt::Debug for DynamicAllocator {
@@ -205,6 +208,28 @@ impl DynamicAllocator {
             held,
             subscribers: KeyMap::default(),
             links: KeyMap::default(),
+            withheld: [0; 3],
+        }
+    }
+
+    /// Takes every port (ICMP identifier) for which `keep(proto, port)` is false out of use on
+    /// every address: it is never handed out and not counted by `usage`. For a driver that gives
+    /// each core a share of the ports, or leaves some to the host's own sockets. Call before the
+    /// first allocation; costs one pass over 3 x 65536 ports per address.
+    pub fn withhold_ports(&mut self, keep: impl Fn(Protocol, u16) -> bool) {
+        for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Icmp] {
+            let p = proto.index();
+            let mut count = 0;
+            for port in 0..=u16::MAX {
+                if keep(proto, port) {
+                    continue;
+                }
+                for a in &mut self.addresses {
+                    a.ports[p].take(port);
+                }
+                count += 1;
+            }
+            self.withheld[p] += count;
         }
     }
 
@@ -432,7 +457,7 @@ impl PortAllocator for DynamicAllocator {
             .iter()
             .map(|a| AddressUsage {
                 addr: a.addr,
-                in_use: a.ports.each_ref().map(PortSet::in_use),
+                in_use: [0, 1, 2].map(|p| a.ports[p].in_use().saturating_sub(self.withheld[p])),
                 held_down: a.ports.each_ref().map(PortSet::held_down),
                 subscribers: a.subscribers,
             })
@@ -1007,6 +1032,29 @@ mod tests {
             Err(AllocError::PairedAddressFull)
         );
         assert_eq!(usage_of(&a, X1).in_use, [65536, 0, 0]);
+    }
+
+    #[test]
+    fn withheld_ports_are_never_handed_out_nor_counted() {
+        let mut s = settings(Pooling::Paired, PortAssignment::Random);
+        s.port_range_preservation = false;
+        let mut a = DynamicAllocator::new(&[X1], s);
+        a.withhold_ports(|proto, port| {
+            proto == Protocol::Icmp || (40_000..=40_099).contains(&port)
+        });
+        assert_eq!(usage_of(&a, X1).in_use, [0, 0, 0]);
+        let mut rng = Rng::new(5);
+        let mut got = HashSet::new();
+        for i in 0..100 {
+            let e = a
+                .allocate(&udp(subscriber(0), 1000 + i), &mut rng)
+                .expect("a port of the window");
+            assert!((40_000..=40_099).contains(&e.port), "{e}");
+            got.insert(e.port);
+        }
+        assert_eq!(got.len(), 100);
+        assert_eq!(usage_of(&a, X1).in_use[Protocol::Udp.index()], 100);
+        assert!(a.allocate(&udp(subscriber(0), 7), &mut rng).is_err());
     }
 
     #[test]

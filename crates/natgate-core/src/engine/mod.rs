@@ -11,6 +11,7 @@
 mod icmp_error;
 mod packet;
 mod queues;
+mod reload;
 mod subscriber;
 mod translate;
 
@@ -32,6 +33,7 @@ use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
 pub use queues::TRANSMIT_SLOT;
+pub use reload::{ReloadError, check_reload};
 
 /// How many packets [`Engine::process_batch`] looks up together. Large enough to hide memory
 /// latency behind prefetches, small enough that the batch's state stays in L1.

@@ -1,0 +1,101 @@
+//! A UDP load generator for the benchmarks: 64-byte IPv4 packets (20 IP + 8 UDP + 36 payload)
+//! from many source endpoints, sent with `sendmmsg` on a raw socket so one process can be a
+//! million flows. Run it inside the subscriber's namespace (`ip netns exec`), pinned to a core.
+//!
+//! ```text
+//! udpgen DST_IP DST_PORT FLOWS SECONDS [new]
+//! ```
+//! Flow `i` is source `100.64.(1 + i / 50000 / 256).((i / 50000) % 256)`-ish (see `source`),
+//! port `10000 + i % 50000`. Without `new` the generator cycles over FLOWS flows; with `new`
+//! every packet opens a flow never seen before in the run (for new-flows-per-second).
+//! Bounded: at most 60 s and 2^32 packets. Prints `sent N` at the end.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 64;
+const LEN: usize = 64;
+const PORTS: u32 = 50_000;
+
+/// The source of flow `i`: 100.64.1.0 upwards, one address per 50 000 flows.
+fn source(i: u32) -> (Ipv4Addr, u16) {
+    let a = u32::from(Ipv4Addr::new(100, 64, 1, 0)) + i / PORTS;
+    (Ipv4Addr::from(a), (10_000 + i % PORTS) as u16)
+}
+
+fn packet(buf: &mut [u8; LEN], src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) {
+    buf.fill(0);
+    buf[0] = 0x45;
+    buf[2..4].copy_from_slice(&(LEN as u16).to_be_bytes());
+    buf[8] = 64;
+    buf[9] = 17;
+    buf[12..16].copy_from_slice(&src.octets());
+    buf[16..20].copy_from_slice(&dst.octets());
+    // The kernel fills in the IP checksum (IP_HDRINCL); UDP checksum 0 = none (RFC 768).
+    buf[20..22].copy_from_slice(&sport.to_be_bytes());
+    buf[22..24].copy_from_slice(&dport.to_be_bytes());
+    buf[24..26].copy_from_slice(&((LEN - 20) as u16).to_be_bytes());
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 5 {
+        eprintln!("usage: udpgen DST_IP DST_PORT FLOWS SECONDS [new]");
+        std::process::exit(2);
+    }
+    let dst: Ipv4Addr = args[1].parse().unwrap_or(Ipv4Addr::new(203, 0, 113, 10));
+    let dport: u16 = args[2].parse().unwrap_or(9);
+    let flows: u32 = args[3].parse().unwrap_or(1000).max(1);
+    let secs: u64 = args[4].parse::<u64>().unwrap_or(5).min(60);
+    let new = args.get(5).is_some_and(|a| a == "new");
+
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        eprintln!("raw socket: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    let mut bufs = [[0u8; LEN]; BATCH];
+    // SAFETY: zeroed sockaddr_in is valid.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as u16;
+    addr.sin_addr.s_addr = u32::from(dst).to_be();
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
+    let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(BATCH);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut sent: u64 = 0;
+    let mut i: u32 = 0;
+    while Instant::now() < deadline && sent < u64::from(u32::MAX) {
+        iovs.clear();
+        msgs.clear();
+        for b in bufs.iter_mut() {
+            let (src, sport) = source(if new { i } else { i % flows });
+            packet(b, src, sport, dst, dport);
+            i = i.wrapping_add(1);
+            iovs.push(libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: LEN,
+            });
+        }
+        for iov in iovs.iter_mut() {
+            // SAFETY: zeroed msghdr is valid; pointers refer to live locals.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&raw mut addr).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            msgs.push(h);
+        }
+        // SAFETY: msgs holds BATCH valid headers pointing at live buffers.
+        let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0) };
+        if n > 0 {
+            sent += n as u64;
+        } else {
+            // ENOBUFS under overload: back off a little.
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    println!("sent {sent}");
+}

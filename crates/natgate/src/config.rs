@@ -1,0 +1,746 @@
+//! The natgate config file: one TOML document, parsed into plain serde structs
+//! ([`FileConfig`], unknown keys refused) and validated into [`Settings`].
+//!
+//! Errors name the key and the line: serde errors carry the TOML span, and a
+//! rule broken after parsing (an RFC minimum, a contradiction between keys) is
+//! located by searching the document for the key it names.
+//!
+//! ```toml
+//! [interfaces]
+//! inside = "lan0"
+//! outside = "wan0"
+//!
+//! [pool]
+//! addresses = ["198.51.100.0/28"]
+//!
+//! [behavior]
+//! preset = "rfc6888-cgn"
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use natgate_core::config::{Behavior, BehaviorSpec, Limits, SubscriberLimits};
+use natgate_core::{Config, ConfigError, ValidConfig};
+use serde::{Deserialize, Serialize};
+
+/// Default TUN name prefix: the devices are `PREFIX-in` and `PREFIX-out`.
+pub const DEFAULT_TUN_NAME: &str = "natgate";
+/// Default priority of natgate's policy-routing rule (recognisable, so a stale one is found).
+pub const DEFAULT_RULE_PRIORITY: u32 = 10_742;
+/// Default routing table id of natgate's inside-to-TUN table.
+pub const DEFAULT_TABLE: u32 = 10_742;
+/// Most addresses a pool may list after CIDR expansion.
+pub const MAX_POOL_ADDRESSES: usize = 65_536;
+/// Default NAT port range when the pool is the outside interface's own address: the kernel's
+/// own sockets get 1024-19999 (set as the namespace's `ip_local_port_range`).
+pub const DEFAULT_NAT_PORTS: (u16, u16) = (20_000, 65_535);
+
+/// The config file as written. Every section but `interfaces` and `pool` is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// The gateway's interfaces.
+    pub interfaces: InterfacesSection,
+    /// The external pool.
+    pub pool: PoolSection,
+    /// The TUN data plane.
+    #[serde(default)]
+    pub tun: TunSection,
+    /// Behaviour: a preset plus single overrides.
+    #[serde(default)]
+    pub behavior: BehaviorSpec,
+    /// State bounds; a missing key keeps its default.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Control socket.
+    #[serde(default)]
+    pub control: ControlSection,
+    /// Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Translation event log.
+    #[serde(default)]
+    pub events: EventsSection,
+    /// Allow values the RFCs forbid (short timers, dependent mapping, ...).
+    #[serde(default)]
+    pub lab: bool,
+}
+
+/// `[interfaces]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InterfacesSection {
+    /// The subscriber-facing interface.
+    pub inside: String,
+    /// The upstream-facing interface.
+    pub outside: String,
+    /// Source of the ICMP errors natgate sends to subscribers; default: the inside
+    /// interface's first address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside_address: Option<Ipv4Addr>,
+    /// Subscriber networks (CIDR) besides the inside interface's own subnets, e.g. behind a
+    /// router. Informational for now: every packet arriving on `inside` is translated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inside_networks: Vec<String>,
+}
+
+/// `[pool]`: either `addresses` (assigned to no interface) or `outside-address = true`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PoolSection {
+    /// Addresses or CIDR prefixes, e.g. `["198.51.100.0/28", "203.0.113.7"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Use the outside interface's own address (home gateway).
+    #[serde(default)]
+    pub outside_address: bool,
+    /// External ports the NAT may hand out, `"LOW-HIGH"`; only with `outside-address`, where
+    /// the rest is left to the gateway's own sockets. Default `"20000-65535"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_ports: Option<String>,
+}
+
+/// `[tun]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TunSection {
+    /// Name prefix of the two TUN devices (`NAME-in`, `NAME-out`), at most 11 bytes.
+    #[serde(default = "default_tun_name")]
+    pub name: String,
+    /// Queues per device, one worker thread each.
+    #[serde(default = "default_queues")]
+    pub queues: usize,
+    /// Priority of the `iif INSIDE lookup TABLE` rule.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+    /// Routing table holding `default dev NAME-in`.
+    #[serde(default = "default_table")]
+    pub table: u32,
+}
+
+impl Default for TunSection {
+    fn default() -> Self {
+        TunSection {
+            name: default_tun_name(),
+            queues: default_queues(),
+            rule_priority: default_rule_priority(),
+            table: default_table(),
+        }
+    }
+}
+
+fn default_tun_name() -> String {
+    DEFAULT_TUN_NAME.to_owned()
+}
+fn default_queues() -> usize {
+    1
+}
+fn default_rule_priority() -> u32 {
+    DEFAULT_RULE_PRIORITY
+}
+fn default_table() -> u32 {
+    DEFAULT_TABLE
+}
+
+/// `[limits]`: each key overrides the [`Limits`] field of the same name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[allow(missing_docs)] // each field overrides the `Limits` field of the same name
+pub struct LimitsSpec {
+    pub max_sessions: Option<u32>,
+    pub max_mappings: Option<u32>,
+    pub max_held_syns: Option<u32>,
+    pub max_fragment_datagrams: Option<u32>,
+    pub max_held_fragments: Option<u32>,
+    pub max_held_fragments_per_source: Option<u32>,
+    pub event_queue: Option<u32>,
+    pub max_ports_in_hold_down: Option<u32>,
+    /// `[limits.subscriber]`: per-subscriber quotas and creation rate (RFC 6888 REQ-4, REQ-5);
+    /// every field optional, zero meaning no limit.
+    pub subscriber: Option<SubscriberLimits>,
+}
+
+impl LimitsSpec {
+    /// The defaults with the overrides applied.
+    pub fn resolve(&self) -> Limits {
+        let mut l = Limits::default();
+        macro_rules! apply {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v; } )* };
+        }
+        apply!(
+            max_sessions,
+            max_mappings,
+            max_held_syns,
+            max_fragment_datagrams,
+            max_held_fragments,
+            max_held_fragments_per_source,
+            event_queue,
+            max_ports_in_hold_down
+        );
+        if let Some(sub) = self.subscriber {
+            l.subscriber = sub;
+        }
+        l
+    }
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ControlSection {
+    /// Serve the control socket (`natgate ctl`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Path of the control socket (created owner-only).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            enabled: true,
+            socket: default_socket(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::control::DEFAULT_SOCKET)
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsSection {
+    /// Address of the Prometheus text endpoint; none means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EventsSection {
+    /// Where translation events go as JSON lines: `"stderr"`, `"stdout"` or a file path;
+    /// none means they are only counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Include remote endpoints (RFC 6888 REQ-12: off unless asked for).
+    #[serde(default)]
+    pub log_destinations: bool,
+    /// Rotate a file output when it would pass this size; 0 never rotates.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Rotated files to keep (`PATH.1` ...).
+    #[serde(default)]
+    pub keep: u32,
+}
+
+/// Which addresses the NAT hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolSource {
+    /// These addresses, on no interface: natgate routes them to its TUN and answers ARP.
+    Addresses(Vec<Ipv4Addr>),
+    /// The outside interface's own address(es), found at start.
+    OutsideAddress {
+        /// Ports the NAT may use; the kernel's own sockets get the rest.
+        nat_ports: (u16, u16),
+    },
+}
+
+/// A validated config: everything natgate needs that does not depend on the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Inside interface name.
+    pub inside: String,
+    /// Outside interface name.
+    pub outside: String,
+    /// Explicit inside address, if configured.
+    pub inside_address: Option<Ipv4Addr>,
+    /// The pool.
+    pub pool: PoolSource,
+    /// TUN name prefix.
+    pub tun_name: String,
+    /// Queues (workers).
+    pub queues: usize,
+    /// Policy rule priority.
+    pub rule_priority: u32,
+    /// Routing table id.
+    pub table: u32,
+    /// Resolved behaviour.
+    pub behavior: Behavior,
+    /// Resolved limits.
+    pub limits: Limits,
+    /// Lab mode.
+    pub lab: bool,
+    /// Control socket path, if enabled.
+    pub control_socket: Option<PathBuf>,
+    /// Metrics listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Event output.
+    pub events_output: Option<String>,
+    /// Log remote endpoints in events.
+    pub events_log_destinations: bool,
+    /// Event file rotation size.
+    pub events_max_bytes: u64,
+    /// Rotated event files kept.
+    pub events_keep: u32,
+    /// The file as parsed (for printing the effective config).
+    pub file: FileConfig,
+}
+
+/// A config that cannot be used; the message names the key and, where known, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A value that breaks a rule.
+    #[error("{}{key}: {why}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Invalid {
+        /// The offending key.
+        key: String,
+        /// Its line (1-based), if found.
+        line: Option<usize>,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Settings {
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates a config document.
+    pub fn parse(text: &str) -> Result<Self, ConfigFileError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigFileError::Parse(e.to_string()))?;
+        let invalid = |key: &str, why: String| ConfigFileError::Invalid {
+            key: key.to_owned(),
+            line: find_key_line(text, key),
+            why,
+        };
+        let tun = &file.tun;
+        if tun.name.is_empty()
+            || tun.name.len() > 11
+            || !tun
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "name",
+                format!(
+                    "TUN name {:?} must be 1-11 letters, digits, '-' or '_' (it gets -in/-out)",
+                    tun.name
+                ),
+            ));
+        }
+        if tun.queues == 0 || tun.queues > 64 {
+            return Err(invalid(
+                "queues",
+                format!("{} is not in 1..=64", tun.queues),
+            ));
+        }
+        if tun.table == 0 || tun.table >= 253 && tun.table <= 255 {
+            return Err(invalid(
+                "table",
+                format!("{} is a reserved table id (0, 253-255)", tun.table),
+            ));
+        }
+        if tun.rule_priority < 3 || tun.rule_priority >= 32_766 {
+            return Err(invalid(
+                "rule-priority",
+                format!(
+                    "{} must be between 3 and 32765 (natgate uses it and the two below it)",
+                    tun.rule_priority
+                ),
+            ));
+        }
+        for (key, name) in [
+            ("inside", &file.interfaces.inside),
+            ("outside", &file.interfaces.outside),
+        ] {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                return Err(invalid(key, format!("{name:?} is not an interface name")));
+            }
+        }
+        if file.interfaces.inside == file.interfaces.outside {
+            return Err(invalid(
+                "outside",
+                "inside and outside must be different interfaces".into(),
+            ));
+        }
+        for n in &file.interfaces.inside_networks {
+            parse_prefix(n).map_err(|why| invalid("inside-networks", why))?;
+        }
+        let pool = match (file.pool.addresses.is_empty(), file.pool.outside_address) {
+            (false, true) => {
+                return Err(invalid(
+                    "outside-address",
+                    "give either addresses or outside-address = true, not both".into(),
+                ));
+            }
+            (true, false) => {
+                return Err(invalid(
+                    "pool",
+                    "give addresses = [...] or outside-address = true".into(),
+                ));
+            }
+            (true, true) => {
+                let nat_ports = match &file.pool.nat_ports {
+                    None => DEFAULT_NAT_PORTS,
+                    Some(s) => parse_port_range(s).map_err(|why| invalid("nat-ports", why))?,
+                };
+                PoolSource::OutsideAddress { nat_ports }
+            }
+            (false, false) => {
+                if file.pool.nat_ports.is_some() {
+                    return Err(invalid(
+                        "nat-ports",
+                        "only meaningful with outside-address = true".into(),
+                    ));
+                }
+                let mut all = Vec::new();
+                for a in &file.pool.addresses {
+                    let (net, len) = parse_prefix(a).map_err(|why| invalid("addresses", why))?;
+                    let count = 1usize << (32 - u32::from(len));
+                    if all.len() + count > MAX_POOL_ADDRESSES {
+                        return Err(invalid(
+                            "addresses",
+                            format!("more than {MAX_POOL_ADDRESSES} addresses"),
+                        ));
+                    }
+                    let base = u32::from(net);
+                    for i in 0..count {
+                        all.push(Ipv4Addr::from(base + i as u32));
+                    }
+                }
+                PoolSource::Addresses(all)
+            }
+        };
+        let mut behavior = file.behavior.resolve();
+        // The kernel decrements the TTL routing into the TUN and again out of it, so the
+        // engine does not, unless the file asks (see README: TTL).
+        if file.behavior.decrement_ttl.is_none() {
+            behavior.decrement_ttl = false;
+        }
+        let settings = Settings {
+            inside: file.interfaces.inside.clone(),
+            outside: file.interfaces.outside.clone(),
+            inside_address: file.interfaces.inside_address,
+            pool,
+            tun_name: file.tun.name.clone(),
+            queues: file.tun.queues,
+            rule_priority: file.tun.rule_priority,
+            table: file.tun.table,
+            behavior,
+            limits: file.limits.resolve(),
+            lab: file.lab,
+            control_socket: file.control.enabled.then(|| file.control.socket.clone()),
+            metrics_listen: file.metrics.listen,
+            events_output: file.events.output.clone(),
+            events_log_destinations: file.events.log_destinations,
+            events_max_bytes: file.events.max_bytes,
+            events_keep: file.events.keep,
+            file,
+        };
+        // Check everything the engine checks now, with stand-in addresses where the real ones
+        // are only known at start.
+        let pool = match &settings.pool {
+            PoolSource::Addresses(a) => a.clone(),
+            PoolSource::OutsideAddress { .. } => vec![Ipv4Addr::new(192, 0, 2, 1)],
+        };
+        let inside = settings
+            .inside_address
+            .unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
+        settings.engine_config(pool, inside).map_err(|e| {
+            let (key, why) = split_engine_error(&e);
+            ConfigFileError::Invalid {
+                line: find_key_line(text, &key),
+                key,
+                why,
+            }
+        })?;
+        Ok(settings)
+    }
+
+    /// The engine config for the pool and inside address found at start.
+    pub fn engine_config(
+        &self,
+        pool: Vec<Ipv4Addr>,
+        inside_address: Ipv4Addr,
+    ) -> Result<ValidConfig, ConfigError> {
+        Config {
+            // The daemon drives the dynamic allocator (with per-worker port shares); port
+            // blocks and deterministic NAT are not wired into the config file yet.
+            allocation: natgate_core::config::Allocation::Dynamic,
+            pool,
+            inside_address,
+            behavior: self.behavior,
+            limits: self.limits,
+            lab: self.lab,
+        }
+        .validate()
+    }
+
+    /// The effective config as TOML: presets expanded, defaults filled in.
+    pub fn effective_toml(&self) -> Result<String, toml::ser::Error> {
+        let eff = Effective {
+            interfaces: &self.file.interfaces,
+            pool: &self.file.pool,
+            tun: &self.file.tun,
+            behavior: &self.behavior,
+            limits: &self.limits,
+            control: &self.file.control,
+            metrics: &self.file.metrics,
+            events: &self.file.events,
+            lab: self.lab,
+        };
+        toml::to_string(&eff)
+    }
+}
+
+/// What `natgate check` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Effective<'a> {
+    lab: bool,
+    interfaces: &'a InterfacesSection,
+    pool: &'a PoolSection,
+    tun: &'a TunSection,
+    behavior: &'a Behavior,
+    limits: &'a Limits,
+    control: &'a ControlSection,
+    metrics: &'a MetricsSection,
+    events: &'a EventsSection,
+}
+
+/// The key an engine error names, and the rest of its message.
+fn split_engine_error(e: &ConfigError) -> (String, String) {
+    let msg = e.to_string();
+    match msg.split_once(": ") {
+        Some((k, rest)) => (k.to_owned(), rest.to_owned()),
+        None => ("config".to_owned(), msg),
+    }
+}
+
+/// The 1-based line where `key = ...` (or a `[key]` table) first appears.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let bare = l
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='));
+            let quoted = l
+                .strip_prefix('"')
+                .and_then(|r| r.strip_prefix(key))
+                .is_some_and(|r| r.starts_with('"'));
+            let table = l
+                .strip_prefix('[')
+                .is_some_and(|r| r.trim_end().trim_end_matches(']').ends_with(key));
+            bare || quoted || table
+        })
+        .map(|i| i + 1)
+}
+
+/// Parses `A.B.C.D` or `A.B.C.D/LEN`; the host bits must be zero.
+pub fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (
+            a,
+            l.parse::<u8>()
+                .ok()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+        ),
+        None => (s, 32),
+    };
+    let addr: Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address or prefix"))?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!("{s:?} has host bits set"));
+    }
+    Ok((addr, len))
+}
+
+/// Parses `"LOW-HIGH"`.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a port range LOW-HIGH");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo < 1024 || hi < lo || u32::from(hi) - u32::from(lo) < 1023 {
+        return Err(format!(
+            "{s:?}: need 1024 <= LOW, and at least 1024 ports for the NAT"
+        ));
+    }
+    if lo <= 1025 && hi == u16::MAX {
+        return Err(format!(
+            "{s:?} leaves no ports for the gateway's own sockets"
+        ));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[interfaces]
+inside = "lan0"
+outside = "wan0"
+
+[pool]
+addresses = ["198.51.100.0/28", "203.0.113.7"]
+"#;
+
+    #[test]
+    fn minimal_config_expands_pool_and_defaults() {
+        let s = Settings::parse(MIN).expect("valid");
+        let PoolSource::Addresses(a) = &s.pool else {
+            panic!("addresses")
+        };
+        assert_eq!(a.len(), 17);
+        assert_eq!(s.queues, 1);
+        assert_eq!(s.rule_priority, DEFAULT_RULE_PRIORITY);
+        assert!(
+            !s.behavior.decrement_ttl,
+            "kernel decrements around the TUN"
+        );
+        let eff = s.effective_toml().expect("serialises");
+        assert!(eff.contains("port-hold-down = 120"), "{eff}");
+        assert!(eff.contains("max-sessions"), "{eff}");
+        // The effective config is itself a valid config.
+        Settings::parse(&eff).expect("effective config re-parses");
+    }
+
+    #[test]
+    fn subscriber_limits_from_the_file() {
+        let text = format!(
+            "{MIN}\n[limits.subscriber]\nmax-udp-sessions = 5\nsession-rate = 10\nsession-burst = 20\nmax-subscribers = 100\n"
+        );
+        let s = Settings::parse(&text).expect("valid");
+        let sub = s.limits.subscriber;
+        assert_eq!((sub.max_udp_sessions, sub.max_tcp_sessions), (5, 0));
+        assert_eq!(
+            (sub.session_rate, sub.session_burst, sub.max_subscribers),
+            (10, 20, 100)
+        );
+        let bad = format!("{MIN}\n[limits.subscriber]\nsession-rate = 10\nmax-subscribers = 1\n");
+        let e = Settings::parse(&bad)
+            .expect_err("rate without burst")
+            .to_string();
+        assert!(e.contains("session-burst"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = format!("{MIN}\n[behavior]\nfilterin = \"endpoint-independent\"\n");
+        let e = Settings::parse(&text).expect_err("unknown key").to_string();
+        assert!(e.contains("filterin"), "{e}");
+        assert!(e.contains("line 10"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let text = format!("{MIN}\n[behavior]\nfiltering = \"sometimes\"\n");
+        let e = Settings::parse(&text).expect_err("bad value").to_string();
+        assert!(e.contains("sometimes") && e.contains("line 10"), "{e}");
+    }
+
+    #[test]
+    fn rfc_minimum_names_key_and_line() {
+        let text = format!("{MIN}\n[behavior.timers]\nudp = 30\n");
+        let e = Settings::parse(&text).expect_err("udp 30").to_string();
+        assert!(e.starts_with("line 10: udp:"), "{e}");
+        assert!(e.contains("RFC 4787 REQ-5"), "{e}");
+        let lab = format!("lab = true\n{MIN}\n[behavior.timers]\nudp = 30\n");
+        assert_eq!(Settings::parse(&lab).expect("lab").behavior.timers.udp, 30);
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let both = MIN.replace("addresses = [", "outside-address = true\naddresses = [");
+        let e = Settings::parse(&both).expect_err("both").to_string();
+        assert!(e.contains("outside-address"), "{e}");
+        let same = MIN.replace("\"wan0\"", "\"lan0\"");
+        assert!(Settings::parse(&same).is_err());
+        let host_bits = MIN.replace("198.51.100.0/28", "198.51.100.1/28");
+        let e = Settings::parse(&host_bits)
+            .expect_err("host bits")
+            .to_string();
+        assert!(e.contains("line 7") && e.contains("host bits"), "{e}");
+    }
+
+    #[test]
+    fn home_gateway_pool() {
+        let text = MIN.replace(
+            "addresses = [\"198.51.100.0/28\", \"203.0.113.7\"]",
+            "outside-address = true\nnat-ports = \"30000-60999\"",
+        );
+        let s = Settings::parse(&text).expect("valid");
+        assert_eq!(
+            s.pool,
+            PoolSource::OutsideAddress {
+                nat_ports: (30000, 60999)
+            }
+        );
+        let bad = text.replace("30000-60999", "1024-65535");
+        assert!(Settings::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        for (name, text) in [
+            (
+                "home-gateway",
+                include_str!("../../../examples/home-gateway.toml"),
+            ),
+            ("cgn", include_str!("../../../examples/cgn.toml")),
+            ("lab", include_str!("../../../examples/lab.toml")),
+        ] {
+            let s = Settings::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            Settings::parse(&s.effective_toml().expect("toml"))
+                .unwrap_or_else(|e| panic!("{name} effective: {e}"));
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(
+            parse_prefix("10.0.0.0/8"),
+            Ok((Ipv4Addr::new(10, 0, 0, 0), 8))
+        );
+        assert_eq!(
+            parse_prefix("10.0.0.1"),
+            Ok((Ipv4Addr::new(10, 0, 0, 1), 32))
+        );
+        assert!(parse_prefix("10.0.0.0/33").is_err());
+        assert!(parse_prefix("x").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The daemon's side of the control socket: [`ControlService`] answers `natgate ctl` requests
+//! from [`DaemonHandle`] snapshots, and the metrics endpoint's snapshot function.
+//!
+//! `reload` is transactional: the new file is read and validated, the settings that size the
+//! tables or the plumbing must be unchanged, and the engines' own check
+//! ([`check_reload`]) must pass, all before any worker is touched; a refused reload changes
+//! nothing and its error names the key.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use natgate_core::Protocol;
+use natgate_core::engine::check_reload;
+
+use super::{DaemonHandle, Detail, Snapshot, engine_config};
+use crate::config::Settings;
+use crate::control::protocol::{
+    DropList, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow, ReloadResult,
+    StatsInfo, StatusInfo,
+};
+use crate::control::{ControlError, ControlHandler, Request, Response};
+use crate::metrics::MetricsSnapshot;
+
+/// Sets the log level; returns an error message if it cannot.
+pub type LogLevelFn = Box<dyn Fn(LogLevel) -> Result<(), String> + Send + Sync>;
+
+/// Answers control requests for a running daemon.
+pub struct ControlService {
+    handle: DaemonHandle,
+    config_path: Option<PathBuf>,
+    current: Mutex<Settings>,
+    log_level: Option<LogLevelFn>,
+}
+
+impl std::fmt::Debug for ControlService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlService")
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ControlError {
+    ControlError::Unavailable(e.to_string())
+}
+
+impl ControlService {
+    /// A service for the daemon behind `handle`, started with `settings` read from
+    /// `config_path` (which `reload` reads again).
+    pub fn new(
+        handle: DaemonHandle,
+        settings: Settings,
+        config_path: Option<PathBuf>,
+        log_level: Option<LogLevelFn>,
+    ) -> Self {
+        ControlService {
+            handle,
+            config_path,
+            current: Mutex::new(settings),
+            log_level,
+        }
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn snapshot(&self, detail: Detail) -> Result<Snapshot, ControlError> {
+        self.handle.snapshot(detail).map_err(unavailable)
+    }
+
+    fn pools(&self, snap: &Snapshot) -> PoolList {
+        let preserve = self.settings().behavior.port_range_preservation
+            && self.handle.resolved().nat_ports.is_none();
+        let capacity = match self.handle.resolved().nat_ports {
+            Some((lo, hi)) => {
+                let ports = u64::from(hi) - u64::from(lo) + 1;
+                PerProtocol {
+                    icmp: 65536,
+                    tcp: ports,
+                    udp: ports,
+                }
+            }
+            None => PerProtocol::port_capacity(preserve),
+        };
+        let mut list = PoolList::default();
+        list.merge(PoolList {
+            addresses: snap
+                .pools
+                .iter()
+                .map(|u| PoolRow::new(u, capacity))
+                .collect(),
+        });
+        list
+    }
+
+    fn reload(&self) -> Result<Response, ControlError> {
+        let path = self.config_path.clone().ok_or_else(|| {
+            ControlError::Rejected("natgate was started without a config file".into())
+        })?;
+        let new = Settings::load(&path).map_err(|e| ControlError::Rejected(e.to_string()))?;
+        let mut cur = self.settings();
+        let fixed: [(&str, bool); 9] = [
+            (
+                "interfaces",
+                new.inside == cur.inside
+                    && new.outside == cur.outside
+                    && new.inside_address == cur.inside_address,
+            ),
+            ("pool", new.pool == cur.pool),
+            (
+                "tun",
+                new.tun_name == cur.tun_name
+                    && new.rule_priority == cur.rule_priority
+                    && new.table == cur.table,
+            ),
+            ("tun.queues", new.queues == cur.queues),
+            ("limits", new.limits == cur.limits),
+            ("control", new.control_socket == cur.control_socket),
+            ("metrics", new.metrics_listen == cur.metrics_listen),
+            (
+                "events",
+                new.events_output == cur.events_output
+                    && new.events_log_destinations == cur.events_log_destinations,
+            ),
+            (
+                "events.max-bytes and events.keep",
+                new.events_max_bytes == cur.events_max_bytes && new.events_keep == cur.events_keep,
+            ),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(ControlError::Rejected(format!(
+                "{key} cannot change while running; restart natgate to change it"
+            )));
+        }
+        let resolved = self.handle.resolved();
+        let old_cfg =
+            engine_config(&cur, resolved).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let new_cfg =
+            engine_config(&new, resolved).map_err(|e| ControlError::Rejected(e.to_string()))?;
+        check_reload(&old_cfg.get().behavior, &new_cfg.get().behavior)
+            .map_err(|e| ControlError::Rejected(e.to_string()))?;
+        self.handle.reload(&new_cfg).map_err(unavailable)?;
+        *cur = new;
+        tracing::info!(path = %path.display(), "config reloaded");
+        Ok(Response::Reloaded(ReloadResult { config_path: path }))
+    }
+
+    /// What the metrics endpoint reports; an empty snapshot if the workers do not answer.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let Ok(snap) = self.snapshot(Detail::Counts) else {
+            return MetricsSnapshot::default();
+        };
+        let mut m = MetricsSnapshot::from_counters([&snap.counters]);
+        for p in Protocol::ALL {
+            *m.sessions.get_mut(p) = snap.sessions_by_proto[p.index()];
+        }
+        m.mappings = snap.mapping_count as u64;
+        m.pools = self.pools(&snap).addresses;
+        m
+    }
+}
+
+impl ControlHandler for ControlService {
+    fn handle(&self, req: Request) -> Result<Response, ControlError> {
+        match req {
+            Request::Status => {
+                let snap = self.snapshot(Detail::Summary)?;
+                let s = self.settings();
+                Ok(Response::Status(StatusInfo {
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    uptime_secs: self.handle.uptime().as_secs(),
+                    config_path: self.config_path.clone(),
+                    preset: Some(
+                        s.file
+                            .behavior
+                            .preset
+                            .unwrap_or(natgate_core::Preset::Rfc6888Cgn)
+                            .name()
+                            .to_owned(),
+                    ),
+                    workers: self.handle.workers() as u32,
+                    pool: self.handle.resolved().pool.clone(),
+                    sessions: snap.session_count as u64,
+                    mappings: snap.mapping_count as u64,
+                }))
+            }
+            Request::Sessions(q) => {
+                let snap = self.snapshot(Detail::Tables)?;
+                let mut list = q.collect_sessions(snap.sessions, snap.now);
+                list.finish(&q);
+                Ok(Response::Sessions(list))
+            }
+            Request::Mappings(q) => {
+                let snap = self.snapshot(Detail::Tables)?;
+                let mut list = q.collect_mappings(snap.mappings);
+                list.finish(&q);
+                Ok(Response::Mappings(list))
+            }
+            Request::Pools => {
+                let snap = self.snapshot(Detail::Summary)?;
+                Ok(Response::Pools(self.pools(&snap)))
+            }
+            Request::Stats => {
+                let snap = self.snapshot(Detail::Summary)?;
+                Ok(Response::Stats(StatsInfo::from_counters([&snap.counters])))
+            }
+            Request::Drops(q) => {
+                let snap = self.snapshot(Detail::Summary)?;
+                Ok(Response::Drops(DropList::from_counters(
+                    [&snap.counters],
+                    &q,
+                )))
+            }
+            Request::Flush => {
+                let before = self.snapshot(Detail::Summary)?;
+                self.handle.flush().map_err(unavailable)?;
+                Ok(Response::Flushed(FlushResult {
+                    sessions: before.session_count as u64,
+                    mappings: before.mapping_count as u64,
+                }))
+            }
+            Request::Reload => self.reload(),
+            Request::Whois(_) => Err(ControlError::Unavailable(
+                "whois needs the port-block log, which this daemon does not keep yet".into(),
+            )),
+            Request::LogLevel(LogLevelArgs { level }) => {
+                let set = self.log_level.as_ref().ok_or_else(|| {
+                    ControlError::Unavailable("this daemon cannot change its log level".into())
+                })?;
+                set(level).map_err(ControlError::Internal)?;
+                tracing::info!(%level, "log level changed");
+                Ok(Response::LogLevel(LogLevelArgs { level }))
+            }
+        }
+    }
+}

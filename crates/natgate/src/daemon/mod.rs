@@ -1,0 +1,561 @@
+//! The gateway process: plumbing, workers, and a handle for the control plane.
+//!
+//! [`Daemon::start`] checks the machine, sets up the kernel plumbing ([`plumbing`]) and starts
+//! one [`worker`] per TUN queue; [`Daemon::wait`] returns when the stop flag is set (SIGINT,
+//! SIGTERM, or [`DaemonHandle::stop`]) or a worker fails; dropping the daemon stops the workers
+//! and removes the plumbing. [`DaemonHandle`] is what a control socket or a metrics endpoint
+//! holds: it asks the workers for [`Snapshot`]s and flushes over channels, so the packet path
+//! never takes a lock.
+//!
+//! TTL: the kernel decrements the TTL when it routes a packet into the TUN and again when it
+//! routes the translated packet out, and answers expiry itself (from the interface address), so
+//! the engine's own `decrement-ttl` is off by default. A packet crossing natgate loses 2 from
+//! its TTL, and traceroute shows the gateway as two hops (inside address, then outside address).
+
+pub mod control;
+pub mod plumbing;
+pub mod steer;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use natgate_core::alloc::{AddressUsage, AllocSettings, DynamicAllocator};
+use natgate_core::engine::Engine;
+use natgate_core::engine::{MappingInfo, SessionInfo};
+use natgate_core::{Counters, Event, Protocol};
+
+use crate::config::Settings;
+pub use plumbing::{Plumbing, PlumbingError, Resolved};
+pub use worker::{Discard, EventOutput, EventSink, HomeAddress, Worker, WorkerError};
+
+/// The engine's clock: milliseconds since a monotonic origin shared by all workers.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        Clock(std::time::Instant::now())
+    }
+
+    /// The current engine instant.
+    pub fn now(&self) -> natgate_core::Instant {
+        let ms = u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        natgate_core::Instant::from_millis(ms)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Packet I/O of one worker, next to the engine's own counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// Packets read from the TUNs, `[inside, outside]`.
+    pub rx_packets: [u64; 2],
+    /// Packets written to the TUNs.
+    pub tx_packets: u64,
+    /// Writes the kernel refused.
+    pub tx_errors: u64,
+    /// Home gateway: packets for the host's own address handed back to the kernel.
+    pub handed_back: u64,
+    /// Packets handed to the worker that owns them (multi-queue).
+    pub steered: u64,
+    /// Packets dropped because the owner's mailbox was full.
+    pub steer_dropped: u64,
+}
+
+impl IoCounters {
+    fn merge(&mut self, o: &IoCounters) {
+        self.rx_packets[0] += o.rx_packets[0];
+        self.rx_packets[1] += o.rx_packets[1];
+        self.tx_packets += o.tx_packets;
+        self.tx_errors += o.tx_errors;
+        self.handed_back += o.handed_back;
+        self.steered += o.steered;
+        self.steer_dropped += o.steer_dropped;
+    }
+}
+
+/// How much a snapshot reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Counters, table sizes, pools.
+    Summary,
+    /// Also sessions per protocol (one pass over the session table).
+    Counts,
+    /// Also every session and mapping.
+    Tables,
+}
+
+/// A request to a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Report state.
+    Snapshot {
+        /// How much.
+        detail: Detail,
+        /// Where to answer.
+        reply: SyncSender<WorkerSnapshot>,
+    },
+    /// Apply a new behaviour, keeping state (checked with `check_reload` beforehand).
+    Reload {
+        /// The new engine config.
+        config: natgate_core::ValidConfig,
+        /// The engine's answer.
+        reply: SyncSender<Result<(), String>>,
+    },
+    /// Delete every session and mapping.
+    Flush {
+        /// Answered when done.
+        reply: SyncSender<()>,
+    },
+}
+
+/// One worker's state.
+#[derive(Debug, Clone)]
+pub struct WorkerSnapshot {
+    /// Engine counters.
+    pub counters: Counters,
+    /// Live sessions per protocol, by `Protocol::index` (with `Detail::Counts` or more).
+    pub sessions_by_proto: [u64; 3],
+    /// Sessions (empty unless asked for).
+    pub sessions: Vec<SessionInfo>,
+    /// Mappings (empty unless asked for).
+    pub mappings: Vec<MappingInfo>,
+    /// Pool utilisation.
+    pub pools: Vec<AddressUsage>,
+    /// Live sessions.
+    pub session_count: usize,
+    /// Live mappings.
+    pub mapping_count: usize,
+    /// Held SYNs.
+    pub held_syns: usize,
+    /// Packet I/O.
+    pub io: IoCounters,
+    /// The worker's clock when it answered.
+    pub now: natgate_core::Instant,
+}
+
+/// The whole gateway's state, summed over workers.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Engine counters.
+    pub counters: Counters,
+    /// Live sessions per protocol, by `Protocol::index` (with `Detail::Counts` or more).
+    pub sessions_by_proto: [u64; 3],
+    /// Sessions (empty unless asked for).
+    pub sessions: Vec<SessionInfo>,
+    /// Mappings (empty unless asked for).
+    pub mappings: Vec<MappingInfo>,
+    /// Pool utilisation per external address.
+    pub pools: Vec<AddressUsage>,
+    /// Live sessions.
+    pub session_count: usize,
+    /// Live mappings.
+    pub mapping_count: usize,
+    /// Held SYNs.
+    pub held_syns: usize,
+    /// Packet I/O.
+    pub io: IoCounters,
+    /// Engine clock (milliseconds since start).
+    pub now: natgate_core::Instant,
+    /// Workers that answered.
+    pub workers: usize,
+}
+
+/// Errors of the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The plumbing could not be set up or removed.
+    #[error(transparent)]
+    Plumbing(#[from] PlumbingError),
+    /// The engine config built from the machine's addresses was refused.
+    #[error("config: {0}")]
+    Config(#[from] natgate_core::ConfigError),
+    /// A worker failed.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// A worker thread could not be started or panicked.
+    #[error("worker thread: {0}")]
+    Thread(String),
+    /// A worker refused a new config.
+    #[error("reload: {0}")]
+    Reload(String),
+    /// The event log could not be opened.
+    #[error("event log {path}: {source}")]
+    EventLog {
+        /// Where.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker did not answer a request in time.
+    #[error("the workers did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A worker's mailbox could not be made.
+    #[error("worker mailbox: {0}")]
+    Mailbox(#[source] std::io::Error),
+}
+
+/// How long a control request waits for the workers.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the control plane holds: cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct DaemonHandle {
+    workers: Vec<Sender<Command>>,
+    stop: Arc<AtomicBool>,
+    resolved: Arc<Resolved>,
+    started: std::time::Instant,
+}
+
+impl DaemonHandle {
+    /// Asks every worker to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// What start found: pool, inside address, stale objects removed.
+    pub fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The gateway's state, in `detail`.
+    pub fn snapshot(&self, detail: Detail) -> Result<Snapshot, DaemonError> {
+        let mut waiting: Vec<Receiver<WorkerSnapshot>> = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            if w.send(Command::Snapshot { detail, reply }).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        let mut total = Snapshot::default();
+        for rx in waiting {
+            let s = rx
+                .recv_timeout(REQUEST_TIMEOUT)
+                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?;
+            total.counters.merge(&s.counters);
+            for p in 0..3 {
+                total.sessions_by_proto[p] += s.sessions_by_proto[p];
+            }
+            total.sessions.extend(s.sessions);
+            total.mappings.extend(s.mappings);
+            merge_usage(&mut total.pools, s.pools);
+            total.session_count += s.session_count;
+            total.mapping_count += s.mapping_count;
+            total.held_syns += s.held_syns;
+            total.io.merge(&s.io);
+            total.now = total.now.max(s.now);
+            total.workers += 1;
+        }
+        Ok(total)
+    }
+
+    /// Applies a new engine config to every worker (check it with
+    /// [`natgate_core::engine::check_reload`] first: a worker that refuses leaves the workers
+    /// out of step).
+    pub fn reload(&self, config: &natgate_core::ValidConfig) -> Result<(), DaemonError> {
+        let mut waiting = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let cmd = Command::Reload {
+                config: config.clone(),
+                reply,
+            };
+            if w.send(cmd).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        for rx in waiting {
+            rx.recv_timeout(REQUEST_TIMEOUT)
+                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?
+                .map_err(DaemonError::Reload)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every session and mapping.
+    pub fn flush(&self) -> Result<(), DaemonError> {
+        let mut waiting = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            if w.send(Command::Flush { reply }).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        for rx in waiting {
+            rx.recv_timeout(REQUEST_TIMEOUT)
+                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?;
+        }
+        Ok(())
+    }
+}
+
+fn merge_usage(total: &mut Vec<AddressUsage>, more: Vec<AddressUsage>) {
+    for u in more {
+        match total.iter_mut().find(|t| t.addr == u.addr) {
+            Some(t) => {
+                for p in 0..3 {
+                    t.in_use[p] += u.in_use[p];
+                    t.held_down[p] += u.held_down[p];
+                }
+                t.subscribers += u.subscribers;
+            }
+            None => total.push(u),
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Daemon {
+    handle: DaemonHandle,
+    workers: Vec<JoinHandle<Result<(), WorkerError>>>,
+    plumbing: Option<Plumbing>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("handle", &self.handle)
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh random seed from the OS.
+pub fn os_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    // Never all-zero, even if /dev/urandom failed: mix in the clock and pid.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    u64::from_ne_bytes(b) ^ t ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+impl Daemon {
+    /// Sets up the plumbing and starts the workers. The calling thread must be in the gateway's
+    /// network namespace (the workers inherit it). `sink` makes each worker's event sink.
+    pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
+        let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
+        let engine_cfg = engine_config(settings, &resolved)?;
+        let clock = Clock::new();
+        let log = open_event_log(settings, &clock)?;
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        let home = resolved.nat_ports.map(|nat_ports| HomeAddress {
+            addrs: resolved.pool.clone(),
+            nat_ports,
+        });
+        let n = queues.len();
+        let steering = Arc::new(steer::Steering::new(n));
+        let mailboxes: Arc<[steer::Mailbox]> = (0..n)
+            .map(|_| steer::Mailbox::new())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DaemonError::Mailbox)?
+            .into();
+        for (id, (inside, outside)) in queues.into_iter().enumerate() {
+            let mut alloc = DynamicAllocator::new(
+                &engine_cfg.get().pool,
+                AllocSettings::from_config(engine_cfg.get()),
+            );
+            let nat_ports = resolved.nat_ports;
+            if n > 1 || nat_ports.is_some() {
+                // Each worker hands out only its own port blocks; on the host's own address,
+                // only the NAT's range (ICMP identifiers are not the host's).
+                alloc.withhold_ports(|proto, port| {
+                    let mine = steer::block_owner(port, n) == id;
+                    let allowed = match nat_ports {
+                        Some((lo, hi)) => proto == Protocol::Icmp || (lo..=hi).contains(&port),
+                        None => true,
+                    };
+                    mine && allowed
+                });
+            }
+            let engine = Engine::with_allocator(engine_cfg.clone(), alloc, os_seed());
+            let (tx, rx) = mpsc::channel();
+            senders.push(tx);
+            let w = Worker {
+                id,
+                engine,
+                inside,
+                outside,
+                clock,
+                home: home.clone(),
+                events: match &log {
+                    Some(l) => Box::new(SharedLog(l.clone())),
+                    None => Box::new(Discard),
+                },
+                stop: stop.clone(),
+                commands: rx,
+                io: IoCounters::default(),
+                steering: steering.clone(),
+                mailboxes: mailboxes.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("natgate-w{id}"))
+                .spawn(move || w.run())
+                .map_err(|e| DaemonError::Thread(e.to_string()))?;
+            workers.push(h);
+        }
+        Ok(Daemon {
+            handle: DaemonHandle {
+                workers: senders,
+                stop,
+                resolved: Arc::new(resolved),
+                started: std::time::Instant::now(),
+            },
+            workers,
+            plumbing: Some(plumbing),
+        })
+    }
+
+    /// The handle for control and metrics.
+    pub fn handle(&self) -> DaemonHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until a stop is asked for or a worker ends; then stops everything and removes
+    /// the plumbing. Returns the first error.
+    pub fn wait(mut self) -> Result<(), DaemonError> {
+        loop {
+            if self.handle.stopping() || self.workers.iter().any(|w| w.is_finished()) {
+                break;
+            }
+            std::thread::sleep(worker::MAX_WAIT);
+        }
+        self.shutdown()
+    }
+
+    /// Stops the workers, then removes the plumbing. Idempotent.
+    pub fn shutdown(&mut self) -> Result<(), DaemonError> {
+        self.handle.stop();
+        let mut first: Result<(), DaemonError> = Ok(());
+        for w in self.workers.drain(..) {
+            let r = match w.join() {
+                Ok(r) => r.map_err(DaemonError::from),
+                Err(_) => Err(DaemonError::Thread("a worker panicked".into())),
+            };
+            if let (Err(e), true) = (r, first.is_ok()) {
+                first = Err(e);
+            }
+        }
+        // The workers dropped their TUN queues, so the devices are gone; now the rest.
+        if let Some(mut p) = self.plumbing.take()
+            && let Err(e) = p.teardown()
+            && first.is_ok()
+        {
+            first = Err(e.into());
+        }
+        first
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // `shutdown` reports errors; here there is nobody to tell.
+        let _ = self.shutdown();
+    }
+}
+
+/// The engine config for `settings` on this machine (what start found).
+pub fn engine_config(
+    settings: &Settings,
+    resolved: &Resolved,
+) -> Result<natgate_core::ValidConfig, natgate_core::ConfigError> {
+    let mut cfg = settings.clone();
+    if resolved.nat_ports.is_some() {
+        // Home gateway: internal ports below 1024 cannot keep their range on a shared address
+        // whose low ports belong to the host (RFC 4787 REQ-3a is a SHOULD).
+        cfg.behavior.port_range_preservation = false;
+    }
+    cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
+}
+
+/// The event log shared by the workers (a lock per batch of events, never per packet).
+type SharedEventLog = Arc<std::sync::Mutex<crate::eventlog::EventSink>>;
+
+fn open_event_log(
+    settings: &Settings,
+    clock: &Clock,
+) -> Result<Option<SharedEventLog>, DaemonError> {
+    use crate::eventlog::{Destination, EventLogOptions, EventSink as Log, Rotation, TimeBase};
+    let Some(out) = &settings.events_output else {
+        return Ok(None);
+    };
+    let time = TimeBase::new(clock.now(), std::time::SystemTime::now());
+    let opts = EventLogOptions {
+        log_destinations: settings.events_log_destinations,
+        durable: false,
+    };
+    let log = match out.as_str() {
+        "stderr" => Ok(Log::with_writer(std::io::stderr(), time, opts)),
+        "stdout" => Log::open(&Destination::Stdout, time, opts),
+        path => Log::open(
+            &Destination::File {
+                path: path.into(),
+                rotation: Rotation {
+                    max_bytes: settings.events_max_bytes,
+                    keep: settings.events_keep,
+                },
+            },
+            time,
+            opts,
+        ),
+    }
+    .map_err(|source| DaemonError::EventLog {
+        path: out.clone(),
+        source,
+    })?;
+    Ok(Some(Arc::new(std::sync::Mutex::new(log))))
+}
+
+/// A worker's handle on the shared event log. Write errors are dropped: the log must never
+/// stop the data plane (the engine's `events_lost` counts only queue overflows).
+struct SharedLog(SharedEventLog);
+
+impl EventOutput for SharedLog {
+    fn record(&mut self, e: &Event) {
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = log.record(e);
+    }
+
+    fn flush(&mut self) {
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = log.flush();
+    }
+}

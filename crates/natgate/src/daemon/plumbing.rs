@@ -1,0 +1,597 @@
+//! The kernel plumbing around the TUN data plane, set up over rtnetlink and
+//! `/proc/sys/net`, undone in reverse order on exit.
+//!
+//! ```text
+//!  inside ──▶ rule PRIO: iif INSIDE lookup TABLE ──▶ default dev NAME-in  ──▶ natgate (side Inside)
+//!  outside ─▶ main: POOL dev NAME-out                                   ──▶ natgate (side Outside)
+//!  natgate writes translated packets back into the TUN it read them from;
+//!  the kernel routes them on by their new addresses (main table).
+//! ```
+//!
+//! - Two TUN devices tell natgate on which side a packet arrived without guessing from its
+//!   addresses. Their MTU is 65535 so the kernel never fragments into them: the engine checks
+//!   DF against the configured `outside-mtu`, and the kernel fragments DF=0 packets on the way
+//!   out of the real interface.
+//! - The `local` table (rule 0) still answers the gateway's own addresses, so ping and ssh to
+//!   `lan0` keep working; the rule only catches what the kernel would forward.
+//! - Pool addresses on no interface are answered on the outside link by proxy neighbour entries
+//!   (one per address; forwarding on makes the kernel use them) with `proxy_delay` 0. The
+//!   interface-wide `proxy_arp` switch is left alone: it would answer for every routed address.
+//! - The TUNs have `rp_filter` 0: a device without addresses fails every reverse-path check,
+//!   strict or loose, and translated packets do not come from where their source routes. As the
+//!   kernel uses max(all, device), `conf/all/rp_filter` is set to 0 too, and the real interfaces
+//!   get the value `all` had (if larger), so they keep their protection. `accept_local` is 1 on
+//!   the TUNs: ICMP errors natgate sends to subscribers come from the gateway's inside address.
+//! - Home gateway (`outside-address = true`): the pool is the outside interface's address,
+//!   which the `local` table would deliver to the host. A rule before `local` (at PRIO-2) sends
+//!   packets that arrive on the outside interface to table TABLE+1 (`default dev NAME-out`),
+//!   `local` moves after it (PRIO-1), before the inside rule; ARP for the outside address is
+//!   then answered by a proxy entry; natgate hands back (writes into `NAME-out`, where the rule does not match) every
+//!   packet for the host's own address that matches no mapping, so the kernel delivers it. The
+//!   namespace's `ip_local_port_range` is set outside the NAT's ports.
+//!
+//! Everything is named so a run killed with SIGKILL leaves state the next start recognises and
+//! removes: the rule priorities, the table ids, the TUN names and the proxy entries of the pool.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use crate::config::{PoolSource, Settings, parse_prefix};
+use crate::netlink::{Netlink, NetlinkError, RT_TABLE_LOCAL, RouteV4, RuleV4};
+use crate::tun::{Tun, TunConfig, TunError, TunQueue};
+
+/// MTU of the TUN devices: the largest, so the kernel never fragments a packet into them.
+pub const TUN_MTU: u32 = 65_535;
+
+/// Home-gateway mode: the outside rule runs at `rule-priority - 2`, the kernel's `local` rule
+/// moves to `rule-priority - 1`, and the inside rule stays at `rule-priority`, after `local`, so
+/// the gateway still answers its inside address (ARP included).
+const OUTSIDE_RULE_OFFSET: u32 = 2;
+const LOCAL_RULE_OFFSET: u32 = 1;
+
+/// Most stale rules removed at start (bounds the clean-up loop).
+const MAX_STALE_RULES: usize = 64;
+
+/// Why the plumbing could not be set up. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbingError {
+    /// The process lacks CAP_NET_ADMIN.
+    #[error(
+        "natgate needs CAP_NET_ADMIN to create TUN devices and routes: run it as root \
+         (sudo) or grant the capability (setcap cap_net_admin+ep)"
+    )]
+    NoCapability,
+    /// A configured interface does not exist.
+    #[error(
+        "interface {name:?} ([interfaces] {key}) does not exist in this network namespace: \
+         check the name with `ip link`"
+    )]
+    NoInterface {
+        /// The config key.
+        key: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The configured addresses contradict the machine's.
+    #[error("{0}")]
+    Contradiction(String),
+    /// Another natgate runs in this namespace.
+    #[error(
+        "another natgate is running in this network namespace (its TUN {0} exists): stop it \
+         first, or give this one other [tun] name, rule-priority and table"
+    )]
+    AlreadyRunning(String),
+    /// Opening the TUN devices failed.
+    #[error("TUN: {0} (is the tun module loaded? `modprobe tun`)")]
+    Tun(#[from] TunError),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A sysctl could not be read or written.
+    #[error("sysctl {key}: {source}")]
+    Sysctl {
+        /// The key under /proc/sys.
+        key: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What start found on the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The external pool.
+    pub pool: Vec<Ipv4Addr>,
+    /// Source of ICMP errors to subscribers.
+    pub inside_address: Ipv4Addr,
+    /// Home-gateway mode: the NAT's port range on the host's own address.
+    pub nat_ports: Option<(u16, u16)>,
+    /// Stale objects of an earlier run that were removed.
+    pub stale_removed: usize,
+}
+
+/// One thing to undo on exit.
+#[derive(Debug)]
+enum Undo {
+    Rule {
+        priority: u32,
+        table: u32,
+    },
+    /// Put the kernel's `local` rule back at priority 0.
+    LocalRule,
+    ProxyNeigh {
+        dev: String,
+        addr: Ipv4Addr,
+    },
+    Sysctl {
+        key: String,
+        old: String,
+    },
+    Link {
+        name: String,
+    },
+}
+
+/// The plumbing in place, and what it takes to remove it.
+#[derive(Debug)]
+pub struct Plumbing {
+    nl: Netlink,
+    /// The namespace the plumbing lives in: teardown writes sysctls from a thread in it.
+    ns: std::fs::File,
+    undo: Vec<Undo>,
+    /// The inside TUN (packets from subscribers).
+    pub tun_in: String,
+    /// The outside TUN (packets to the pool).
+    pub tun_out: String,
+}
+
+/// The TUN queues for the workers, `(inside, outside)` per worker.
+pub type QueuePairs = Vec<(TunQueue, TunQueue)>;
+
+/// Whether the process has CAP_NET_ADMIN in its effective set.
+pub fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{key}")
+}
+
+fn sysctl_get(key: &str) -> Result<String, PlumbingError> {
+    std::fs::read_to_string(sysctl_path(key))
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| PlumbingError::Sysctl {
+            key: key.to_owned(),
+            source,
+        })
+}
+
+fn sysctl_put(key: &str, value: &str) -> Result<(), PlumbingError> {
+    std::fs::write(sysctl_path(key), value).map_err(|source| PlumbingError::Sysctl {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn is_errno(e: &NetlinkError, errno: i32) -> bool {
+    matches!(e, NetlinkError::Kernel { source, .. } if source.raw_os_error() == Some(errno))
+}
+
+impl Plumbing {
+    /// Checks the machine against the config, removes a stale set-up, opens the TUN devices and
+    /// sets up routing. The calling thread must be in the gateway's network namespace; sysctls
+    /// are written through its `/proc/sys/net`.
+    pub fn setup(settings: &Settings) -> Result<(Plumbing, QueuePairs, Resolved), PlumbingError> {
+        if !has_net_admin() {
+            return Err(PlumbingError::NoCapability);
+        }
+        let mut nl = Netlink::new()?;
+        let ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| {
+            PlumbingError::Sysctl {
+                key: "/proc/thread-self/ns/net".into(),
+                source,
+            }
+        })?;
+        for (key, name) in [("inside", &settings.inside), ("outside", &settings.outside)] {
+            if !nl.link_exists(name)? {
+                return Err(PlumbingError::NoInterface {
+                    key,
+                    name: name.clone(),
+                });
+            }
+        }
+        let tun_in = format!("{}-in", settings.tun_name);
+        let tun_out = format!("{}-out", settings.tun_name);
+        let mut plumbing = Plumbing {
+            nl,
+            ns,
+            undo: Vec::new(),
+            tun_in,
+            tun_out,
+        };
+        plumbing.refuse_if_running()?;
+        let stale_removed =
+            plumbing.remove_stale(settings)? + plumbing.remove_stale_neighbours(settings)?;
+        let mut resolved = plumbing.resolve(settings)?;
+        resolved.stale_removed = stale_removed;
+        // From here on, a failure undoes what was done (Drop runs teardown).
+        let queues = plumbing.build(settings, &resolved)?;
+        Ok((plumbing, queues, resolved))
+    }
+
+    /// Finds the pool and inside address and checks they agree with the interfaces.
+    fn resolve(&mut self, s: &Settings) -> Result<Resolved, PlumbingError> {
+        let inside_addrs = self.nl.addrs_v4(Some(&s.inside))?;
+        let outside_addrs = self.nl.addrs_v4(Some(&s.outside))?;
+        let all = self.nl.addrs_v4(None)?;
+        let inside_address = match s.inside_address {
+            Some(a) => {
+                if !inside_addrs.iter().any(|(_, x, _)| *x == a) {
+                    return Err(PlumbingError::Contradiction(format!(
+                        "inside-address {a} is not an address of {}: remove the key or \
+                         add the address",
+                        s.inside
+                    )));
+                }
+                a
+            }
+            None => inside_addrs.first().map(|(_, a, _)| *a).ok_or_else(|| {
+                PlumbingError::Contradiction(format!(
+                    "the inside interface {} has no IPv4 address; give it one \
+                     (the subscribers' gateway)",
+                    s.inside
+                ))
+            })?,
+        };
+        let in_subnet = |a: Ipv4Addr, net: Ipv4Addr, len: u8| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(net) & mask
+        };
+        let (pool, nat_ports) = match &s.pool {
+            PoolSource::Addresses(pool) => {
+                for a in pool {
+                    if let Some((_, local, _)) = all.iter().find(|(_, x, _)| x == a) {
+                        return Err(PlumbingError::Contradiction(format!(
+                            "pool address {local} is assigned to an interface of this \
+                             host: remove it from the interface, or use \
+                             [pool] outside-address = true if it is the outside address"
+                        )));
+                    }
+                    if let Some((_, net, len)) = inside_addrs
+                        .iter()
+                        .find(|(_, net, len)| in_subnet(*a, *net, *len))
+                    {
+                        return Err(PlumbingError::Contradiction(format!(
+                            "pool address {a} lies in the inside subnet {net}/{len}: \
+                             external addresses must not be subscriber addresses"
+                        )));
+                    }
+                }
+                (pool.clone(), None)
+            }
+            PoolSource::OutsideAddress { nat_ports } => {
+                let pool: Vec<Ipv4Addr> = outside_addrs.iter().map(|(_, a, _)| *a).collect();
+                if pool.is_empty() {
+                    return Err(PlumbingError::Contradiction(format!(
+                        "outside-address = true but {} has no IPv4 address",
+                        s.outside
+                    )));
+                }
+                (pool, Some(*nat_ports))
+            }
+        };
+        if pool.contains(&inside_address) {
+            return Err(PlumbingError::Contradiction(format!(
+                "the inside address {inside_address} is also in the pool"
+            )));
+        }
+        Ok(Resolved {
+            pool,
+            inside_address,
+            nat_ports,
+            stale_removed: 0,
+        })
+    }
+
+    /// Removes what a run killed before its clean-up left: natgate's rules (by priority), its
+    /// TUN devices (by name), the proxy entries of the pool, and a displaced `local` rule.
+    fn remove_stale(&mut self, s: &Settings) -> Result<usize, PlumbingError> {
+        let mut removed = 0;
+        let ours = [
+            (s.rule_priority, s.table),
+            (s.rule_priority - OUTSIDE_RULE_OFFSET, s.table + 1),
+            (s.rule_priority - LOCAL_RULE_OFFSET, RT_TABLE_LOCAL),
+        ];
+        let rules = self.nl.rules_v4()?;
+        let local_at_zero = rules
+            .iter()
+            .any(|r| r.priority == 0 && r.table == RT_TABLE_LOCAL);
+        for (priority, table) in ours {
+            if table == RT_TABLE_LOCAL && !local_at_zero {
+                // Put the local rule back first, so the host never loses its own addresses.
+                self.nl.add_rule_v4(&RuleV4 {
+                    priority: 0,
+                    iif: None,
+                    table: RT_TABLE_LOCAL,
+                })?;
+                removed += 1;
+            }
+            for _ in 0..MAX_STALE_RULES {
+                if !rules
+                    .iter()
+                    .any(|r| r.priority == priority && r.table == table)
+                {
+                    break;
+                }
+                match self.nl.del_rule_v4(priority, table) {
+                    Ok(()) => removed += 1,
+                    Err(e) if is_errno(&e, libc::ENOENT) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// A TUN device that is not persistent exists only while a process holds it open: if ours
+    /// exists, another natgate runs in this namespace, and its state is not stale.
+    fn refuse_if_running(&mut self) -> Result<(), PlumbingError> {
+        for name in [&self.tun_in, &self.tun_out] {
+            if self.nl.link_exists(name)? {
+                return Err(PlumbingError::AlreadyRunning(name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_stale_neighbours(&mut self, s: &Settings) -> Result<usize, PlumbingError> {
+        let mut removed = 0;
+        let pool = match &s.pool {
+            PoolSource::Addresses(pool) => pool.clone(),
+            PoolSource::OutsideAddress { .. } => self
+                .nl
+                .addrs_v4(Some(&s.outside))?
+                .into_iter()
+                .map(|(_, a, _)| a)
+                .collect(),
+        };
+        {
+            for a in &pool {
+                match self.nl.del_proxy_neigh_v4(&s.outside, *a) {
+                    Ok(()) => removed += 1,
+                    Err(e) if is_errno(&e, libc::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn set_sysctl(&mut self, key: &str, value: &str) -> Result<(), PlumbingError> {
+        let old = sysctl_get(key)?;
+        if old != value {
+            sysctl_put(key, value)?;
+            self.undo.push(Undo::Sysctl {
+                key: key.to_owned(),
+                old,
+            });
+        }
+        Ok(())
+    }
+
+    fn build(&mut self, s: &Settings, r: &Resolved) -> Result<QueuePairs, PlumbingError> {
+        let open = |name: &str| {
+            Tun::open(&TunConfig {
+                name: name.to_owned(),
+                queues: s.queues,
+                nonblocking: true,
+            })
+        };
+        let tin = open(&self.tun_in)?;
+        self.undo.push(Undo::Link {
+            name: self.tun_in.clone(),
+        });
+        let tout = open(&self.tun_out)?;
+        self.undo.push(Undo::Link {
+            name: self.tun_out.clone(),
+        });
+        for name in [self.tun_in.clone(), self.tun_out.clone()] {
+            self.nl.set_mtu(&name, TUN_MTU)?;
+            // No IPv6 on the TUNs: the engine is IPv4 only, and router solicitations would
+            // only be dropped by it.
+            let _ = sysctl_put(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+            sysctl_put(&format!("net/ipv4/conf/{name}/rp_filter"), "0")?;
+            sysctl_put(&format!("net/ipv4/conf/{name}/accept_local"), "1")?;
+            self.nl.set_up(&name)?;
+        }
+        self.set_sysctl("net/ipv4/ip_forward", "1")?;
+        // The kernel applies max(all, dev) of rp_filter, and a device without addresses fails
+        // any reverse-path check: `all` must be 0. The real interfaces keep what they had.
+        let all = sysctl_get("net/ipv4/conf/all/rp_filter")?;
+        if all != "0" {
+            for dev in [&s.inside, &s.outside] {
+                let key = format!("net/ipv4/conf/{dev}/rp_filter");
+                let own = sysctl_get(&key)?;
+                let keep = own.as_str().max(all.as_str()).to_owned();
+                self.set_sysctl(&key, &keep)?;
+            }
+            self.set_sysctl("net/ipv4/conf/all/rp_filter", "0")?;
+        }
+
+        // Outbound: what arrives on the inside interface and is not for the host goes to the
+        // inside TUN.
+        self.nl.replace_route_v4(
+            &RouteV4::dev(Ipv4Addr::UNSPECIFIED, 0, &self.tun_in).in_table(s.table),
+        )?;
+        self.nl.add_rule_v4(&RuleV4 {
+            priority: s.rule_priority,
+            iif: Some(s.inside.clone()),
+            table: s.table,
+        })?;
+        self.undo.push(Undo::Rule {
+            priority: s.rule_priority,
+            table: s.table,
+        });
+
+        match &s.pool {
+            PoolSource::Addresses(pool) => {
+                // Inbound: the pool is routed to the outside TUN; the upstream finds it by
+                // proxy ARP on the outside link (or routes it to us).
+                for p in &s.file.pool.addresses {
+                    let (net, len) = parse_prefix(p).map_err(PlumbingError::Contradiction)?;
+                    self.nl
+                        .replace_route_v4(&RouteV4::dev(net, len, &self.tun_out))?;
+                }
+                self.proxy_arp(&s.outside, pool)?;
+            }
+            PoolSource::OutsideAddress { nat_ports } => {
+                // The host keeps the ports below the NAT's range for its own sockets.
+                let (lo, hi) = *nat_ports;
+                let range = if lo > 1025 {
+                    format!("1024\t{}", lo - 1)
+                } else {
+                    format!("{}\t65535", u32::from(hi) + 1)
+                };
+                self.set_sysctl("net/ipv4/ip_local_port_range", &range)?;
+                let out_table = s.table + 1;
+                self.nl.replace_route_v4(
+                    &RouteV4::dev(Ipv4Addr::UNSPECIFIED, 0, &self.tun_out).in_table(out_table),
+                )?;
+                // Move `local` behind our rule: first add it at its new place, then remove it
+                // at 0, so there is no moment without it.
+                let moved_to = s.rule_priority - LOCAL_RULE_OFFSET;
+                self.nl.add_rule_v4(&RuleV4 {
+                    priority: moved_to,
+                    iif: None,
+                    table: RT_TABLE_LOCAL,
+                })?;
+                self.undo.push(Undo::Rule {
+                    priority: moved_to,
+                    table: RT_TABLE_LOCAL,
+                });
+                self.nl.add_rule_v4(&RuleV4 {
+                    priority: s.rule_priority - OUTSIDE_RULE_OFFSET,
+                    iif: Some(s.outside.clone()),
+                    table: out_table,
+                })?;
+                self.undo.push(Undo::Rule {
+                    priority: s.rule_priority - OUTSIDE_RULE_OFFSET,
+                    table: out_table,
+                });
+                self.nl.del_rule_v4(0, RT_TABLE_LOCAL)?;
+                self.undo.push(Undo::LocalRule);
+                // ARP for the host's own address now routes (iif outside) to the TUN, not to
+                // `local`, so the kernel answers it only as a proxy.
+                self.proxy_arp(&s.outside, &r.pool)?;
+                // Early demux would attach the host's own TCP and UDP sockets to their packets
+                // before routing, and the kernel drops a forwarded packet that has a socket: the
+                // host's connections would never get past the SYN.
+                self.set_sysctl("net/ipv4/tcp_early_demux", "0")?;
+                self.set_sysctl("net/ipv4/udp_early_demux", "0")?;
+            }
+        }
+        let qin = tin.into_queues();
+        let qout = tout.into_queues();
+        Ok(qin.into_iter().zip(qout).collect())
+    }
+
+    /// Answers ARP for `pool` on `dev`: a proxy neighbour entry per address, no delay.
+    fn proxy_arp(&mut self, dev: &str, pool: &[Ipv4Addr]) -> Result<(), PlumbingError> {
+        for a in pool {
+            self.nl.add_proxy_neigh_v4(dev, *a)?;
+            self.undo.push(Undo::ProxyNeigh {
+                dev: dev.to_owned(),
+                addr: *a,
+            });
+        }
+        let key = format!("net/ipv4/neigh/{dev}/proxy_delay");
+        self.set_sysctl(&key, "0")
+    }
+
+    /// Undoes everything, in reverse order; returns the first error (all steps are tried).
+    /// Works from any thread: it runs on one that enters the plumbing's namespace.
+    pub fn teardown(&mut self) -> Result<(), PlumbingError> {
+        if self.undo.is_empty() {
+            return Ok(());
+        }
+        let ns = self
+            .ns
+            .try_clone()
+            .map_err(|source| PlumbingError::Sysctl {
+                key: "netns fd".into(),
+                source,
+            })?;
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&ns),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(|e| PlumbingError::Sysctl {
+                    key: "entering the gateway namespace".into(),
+                    source: e.into(),
+                })?;
+                self.teardown_here()
+            });
+            h.join().unwrap_or_else(|_| {
+                Err(PlumbingError::Contradiction(
+                    "teardown thread panicked".into(),
+                ))
+            })
+        })
+    }
+
+    fn teardown_here(&mut self) -> Result<(), PlumbingError> {
+        let mut first = Ok(());
+        while let Some(u) = self.undo.pop() {
+            let r = match u {
+                Undo::Rule { priority, table } => match self.nl.del_rule_v4(priority, table) {
+                    Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+                    r => r.map_err(PlumbingError::from),
+                },
+                Undo::LocalRule => self
+                    .nl
+                    .add_rule_v4(&RuleV4 {
+                        priority: 0,
+                        iif: None,
+                        table: RT_TABLE_LOCAL,
+                    })
+                    .map_err(PlumbingError::from),
+                Undo::ProxyNeigh { dev, addr } => match self.nl.del_proxy_neigh_v4(&dev, addr) {
+                    Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+                    r => r.map_err(PlumbingError::from),
+                },
+                Undo::Sysctl { key, old } => sysctl_put(&key, &old),
+                // A TUN goes when its last fd is closed; delete it in case one leaked.
+                Undo::Link { name } => match self.nl.link_exists(&name) {
+                    Ok(true) => match self.nl.del_link(&name) {
+                        Err(NetlinkError::NoSuchLink(_)) => Ok(()),
+                        r => r.map_err(PlumbingError::from),
+                    },
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e.into()),
+                },
+            };
+            if let (Err(e), true) = (r, first.is_ok()) {
+                first = Err(e);
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Plumbing {
+    fn drop(&mut self) {
+        // `teardown` reports errors; here there is nobody to tell.
+        let _ = self.teardown();
+    }
+}

@@ -1,0 +1,308 @@
+//! Multi-queue: which worker owns a packet, and how a packet read by another worker reaches it.
+//!
+//! With N queues the kernel spreads packets over the TUN queues by its own flow hash, which
+//! knows nothing of NAT state. Each worker runs its own engine, so every packet must reach the
+//! engine that holds its state:
+//!
+//! - outbound (read from the inside TUN): the worker `hash(source address) % N`. All of one
+//!   subscriber's state (paired pooling, EIM mappings, per-subscriber limits) lives in one engine.
+//! - inbound (outside TUN): the worker that owns the destination port. Each worker's allocator
+//!   hands out only the 64-port blocks `b` with `b % N == worker` ([`block_owner`]), so parity and
+//!   range preservation still hold within every block. ICMP query replies go by identifier; ICMP
+//!   errors by the port (identifier) of the packet they quote, which is the external endpoint.
+//! - inbound non-first fragments carry no port: the worker that steered the first fragment
+//!   writes a hint (source, destination, protocol, IP id -> worker) into a small lock-free table
+//!   ([`Steering`]); later fragments follow it. A later fragment that arrives before its first
+//!   fragment has no hint and is processed where it was read (it then waits in that engine for a
+//!   first fragment that went elsewhere, and expires): fragments that overtake their first
+//!   fragment across queues are lost with more than one queue.
+//! - hairpinning needs the mappings of both subscribers in one engine, so with more than one
+//!   queue it works only when both subscribers' ports belong to the same worker. Keep
+//!   `queues = 1` (the default) where hairpinning between arbitrary subscribers matters.
+//!
+//! A packet read by a worker that does not own it is copied into the owner's [`Mailbox`] (a
+//! bounded lock-free queue; full means dropped and counted) and the owner is woken through its
+//! eventfd; the owner translates it and writes it out on its own queue. Nothing on the packet
+//! path takes a lock.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use natgate_core::Side;
+
+/// Ports per allocation block; block `b` (ports `64b..64b+63`) belongs to worker `b % N`.
+pub const BLOCK: u16 = 64;
+
+/// Packets a mailbox holds before further ones are dropped.
+pub const MAILBOX_LEN: usize = 4096;
+
+/// Entries of the fragment hint table (a power of two).
+const HINTS: usize = 4096;
+
+/// The worker that owns external port (or ICMP identifier) `port` among `n`.
+pub fn block_owner(port: u16, n: usize) -> usize {
+    usize::from(port / BLOCK) % n.max(1)
+}
+
+/// The worker that owns subscriber `addr` among `n`.
+pub fn subscriber_owner(addr: Ipv4Addr, n: usize) -> usize {
+    // Fibonacci hashing: consecutive addresses spread evenly.
+    let h = u32::from(addr).wrapping_mul(0x9E37_79B1);
+    (h >> 16) as usize % n.max(1)
+}
+
+/// Ownership rules and the fragment hints, shared by all workers.
+#[derive(Debug)]
+pub struct Steering {
+    n: usize,
+    hints: Box<[AtomicU64]>,
+}
+
+/// A packet handed to its owner.
+#[derive(Debug)]
+pub struct Steered {
+    /// The side it arrived on.
+    pub side: Side,
+    /// The datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// One worker's incoming packets from the other workers, and how to wake it.
+#[derive(Debug)]
+pub struct Mailbox {
+    /// The packets.
+    pub queue: ArrayQueue<Steered>,
+    wake: OwnedFd,
+}
+
+impl Mailbox {
+    /// An empty mailbox with its eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+        )?;
+        Ok(Mailbox {
+            queue: ArrayQueue::new(MAILBOX_LEN),
+            wake,
+        })
+    }
+
+    /// Wakes the owner (after pushing).
+    pub fn wake(&self) {
+        // A full counter (never in practice) still leaves the fd readable: nothing to do.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Clears the wake-up (before draining).
+    pub fn clear(&self) {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut b);
+    }
+}
+
+impl AsFd for Mailbox {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+}
+
+impl Steering {
+    /// Rules for `n` workers.
+    pub fn new(n: usize) -> Self {
+        Steering {
+            n: n.max(1),
+            hints: (0..HINTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.n
+    }
+
+    /// The worker that owns `pkt`, which arrived on `side`; `None` when it cannot be told (a
+    /// malformed packet, an unknown protocol): then whoever read it processes it.
+    pub fn owner(&self, side: Side, pkt: &[u8]) -> Option<usize> {
+        if self.n == 1 {
+            return Some(0);
+        }
+        let h = Header::parse(pkt)?;
+        match side {
+            Side::Inside => Some(subscriber_owner(h.src, self.n)),
+            Side::Outside => {
+                if h.frag_offset != 0 {
+                    return self.hint(&h);
+                }
+                let port = inbound_port(pkt, &h)?;
+                let owner = block_owner(port, self.n);
+                if h.more_fragments {
+                    self.set_hint(&h, owner);
+                }
+                Some(owner)
+            }
+        }
+    }
+
+    fn hint_key(h: &Header) -> u64 {
+        let k = (u64::from(u32::from(h.src)) << 32 | u64::from(u32::from(h.dst)))
+            ^ (u64::from(h.ident) << 8 | u64::from(h.proto)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // splitmix64 finaliser
+        let mut x = k;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    fn set_hint(&self, h: &Header, owner: usize) {
+        let k = Self::hint_key(h);
+        let slot = &self.hints[(k as usize) & (HINTS - 1)];
+        // Tag with the key's top bits so a colliding datagram is not misled; worker + 1 so 0
+        // means empty.
+        slot.store((k & !0xffff) | (owner as u64 + 1), Ordering::Relaxed);
+    }
+
+    fn hint(&self, h: &Header) -> Option<usize> {
+        let k = Self::hint_key(h);
+        let v = self.hints[(k as usize) & (HINTS - 1)].load(Ordering::Relaxed);
+        (v != 0 && v & !0xffff == k & !0xffff).then(|| (v & 0xffff) as usize - 1)
+    }
+}
+
+/// The IPv4 header fields steering needs.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    ihl: usize,
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ident: u16,
+    frag_offset: u16,
+    more_fragments: bool,
+}
+
+impl Header {
+    fn parse(pkt: &[u8]) -> Option<Header> {
+        if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(pkt[0] & 0x0f) * 4;
+        if ihl < 20 || pkt.len() < ihl {
+            return None;
+        }
+        let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+        Some(Header {
+            ihl,
+            proto: pkt[9],
+            src: Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]),
+            dst: Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]),
+            ident: u16::from_be_bytes([pkt[4], pkt[5]]),
+            frag_offset: frag & 0x1fff,
+            more_fragments: frag & 0x2000 != 0,
+        })
+    }
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+
+/// The external port (identifier) an inbound first fragment or whole packet is for.
+fn inbound_port(pkt: &[u8], h: &Header) -> Option<u16> {
+    let l4 = pkt.get(h.ihl..)?;
+    match h.proto {
+        TCP | UDP => Some(u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?])),
+        ICMP => match *l4.first()? {
+            // Echo, timestamp, information and address-mask replies: the identifier.
+            0 | 14 | 16 | 18 => Some(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?])),
+            // Errors: the quoted packet is one the NAT sent out; its source is the external
+            // endpoint.
+            3 | 4 | 5 | 11 | 12 => {
+                let inner = l4.get(8..)?;
+                let ih = Header::parse(inner)?;
+                let il4 = inner.get(ih.ihl..)?;
+                match ih.proto {
+                    TCP | UDP => Some(u16::from_be_bytes([*il4.first()?, *il4.get(1)?])),
+                    ICMP => Some(u16::from_be_bytes([*il4.get(4)?, *il4.get(5)?])),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(proto: u8, src: [u8; 4], dst: [u8; 4], frag: u16, l4: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[9] = proto;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p.extend_from_slice(l4);
+        p
+    }
+
+    #[test]
+    fn blocks_spread_over_workers() {
+        assert_eq!(block_owner(0, 2), 0);
+        assert_eq!(block_owner(63, 2), 0);
+        assert_eq!(block_owner(64, 2), 1);
+        assert_eq!(block_owner(128, 2), 0);
+        assert_eq!(block_owner(5000, 1), 0);
+        let mut seen = [0usize; 4];
+        for a in 0..1024u32 {
+            seen[subscriber_owner(Ipv4Addr::from(0x6440_0000 + a), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 200), "{seen:?}");
+    }
+
+    #[test]
+    fn inbound_goes_to_the_port_owner_and_fragments_follow() {
+        let s = Steering::new(2);
+        let udp = |dport: u16| [0, 53, (dport >> 8) as u8, dport as u8, 0, 8, 0, 0];
+        let pool = [198, 51, 100, 1];
+        let wan = [203, 0, 113, 10];
+        let p = ip(UDP, wan, pool, 0, &udp(64));
+        assert_eq!(s.owner(Side::Outside, &p), Some(1));
+        // First fragment (MF) to a worker-0 port, then a later fragment: same worker.
+        let first = ip(UDP, wan, pool, 0x2000, &udp(128));
+        assert_eq!(s.owner(Side::Outside, &first), Some(0));
+        let later = ip(UDP, wan, pool, 185, &[0; 8]);
+        assert_eq!(s.owner(Side::Outside, &later), Some(0));
+        let first = ip(UDP, wan, pool, 0x2000, &udp(64));
+        assert_eq!(s.owner(Side::Outside, &first), Some(1));
+        assert_eq!(s.owner(Side::Outside, &later), Some(1));
+        // An unknown datagram's later fragment: no hint.
+        let other = ip(UDP, [203, 0, 113, 20], pool, 185, &[0; 8]);
+        assert_eq!(s.owner(Side::Outside, &other), None);
+    }
+
+    #[test]
+    fn icmp_replies_and_errors_go_by_identifier_and_quoted_port() {
+        let s = Steering::new(2);
+        let pool = [198, 51, 100, 1];
+        let wan = [203, 0, 113, 10];
+        let echo_reply = ip(ICMP, wan, pool, 0, &[0, 0, 0, 0, 0, 64, 0, 1]);
+        assert_eq!(s.owner(Side::Outside, &echo_reply), Some(1));
+        // Port unreachable quoting UDP from pool:65 (worker 1) to wan:53.
+        let quoted = ip(UDP, pool, wan, 0, &[0, 65, 0, 53, 0, 8, 0, 0]);
+        let mut err = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        err.extend_from_slice(&quoted);
+        let e = ip(ICMP, [192, 0, 2, 254], pool, 0, &err);
+        assert_eq!(s.owner(Side::Outside, &e), Some(1));
+        // Outbound goes by subscriber, whatever the ports.
+        let out = ip(UDP, [100, 64, 0, 10], wan, 0, &[0, 1, 0, 2, 0, 8, 0, 0]);
+        let owner = subscriber_owner(Ipv4Addr::new(100, 64, 0, 10), 2);
+        assert_eq!(s.owner(Side::Inside, &out), Some(owner));
+        assert_eq!(s.owner(Side::Inside, &[0x60; 40]), None, "not IPv4");
+    }
+}

@@ -1,0 +1,523 @@
+//! One worker: one engine driven by one pair of TUN queues (inside, outside).
+//!
+//! The loop: wait for packets with `poll(2)` no longer than the engine's next timer (and
+//! [`MAX_WAIT`], so commands and the stop flag are seen promptly); read up to [`BATCH`] packets
+//! per side; translate them with [`Engine::process_batch`]; write what is forwarded or answered
+//! back into the TUN it came from (the kernel routes it on by its new addresses); then drain
+//! `poll_transmit`, run timers and hand events to the sink.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+use natgate_core::alloc::PortAllocator;
+use natgate_core::engine::Engine;
+use natgate_core::engine::{BATCH, PacketBuf};
+use natgate_core::{DropReason, Event, Side, Verdict};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+use super::steer::{MAILBOX_LEN, Mailbox, Steered, Steering};
+use super::{Clock, Command, Detail, IoCounters, WorkerSnapshot};
+use crate::tun::TunQueue;
+
+/// Longest wait in `poll`, so commands and the stop flag are seen within this time.
+pub const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// Room per packet: the largest IPv4 datagram a TUN with MTU 65535 passes, plus space for the
+/// engine to build an ICMP error in place.
+const SLOT: usize = 65_536 + 1024;
+
+/// Most events handed to the sink per loop turn (the rest wait for the next turn).
+const EVENTS_PER_TURN: usize = 4096;
+
+/// Most packets from `poll_transmit` written per loop turn.
+const TRANSMITS_PER_TURN: usize = 4096;
+
+/// Most commands handled per loop turn.
+const COMMANDS_PER_TURN: usize = 16;
+
+/// Where a worker's translation events go.
+pub trait EventOutput: Send {
+    /// Takes one event.
+    fn record(&mut self, e: &Event);
+    /// Called after each batch of events.
+    fn flush(&mut self) {}
+}
+
+/// A worker's event output.
+pub type EventSink = Box<dyn EventOutput>;
+
+/// Drops events (the engine still counts them).
+#[derive(Debug, Default)]
+pub struct Discard;
+
+impl EventOutput for Discard {
+    fn record(&mut self, _: &Event) {}
+}
+
+/// Home-gateway mode: the host's own addresses are the pool, so packets for them that no
+/// mapping claims are handed back to the kernel for local delivery.
+#[derive(Debug, Clone)]
+pub struct HomeAddress {
+    /// The outside interface's addresses.
+    pub addrs: Vec<Ipv4Addr>,
+    /// The ports the NAT may use; TCP and UDP to other ports belong to the host.
+    pub nat_ports: (u16, u16),
+}
+
+/// Everything one worker owns.
+pub struct Worker {
+    /// Worker number (for logs).
+    pub id: usize,
+    /// The engine.
+    pub engine: Engine,
+    /// Inside TUN queue.
+    pub inside: TunQueue,
+    /// Outside TUN queue.
+    pub outside: TunQueue,
+    /// Shared clock origin.
+    pub clock: Clock,
+    /// Home-gateway hand-back, if the pool is the host's own address.
+    pub home: Option<HomeAddress>,
+    /// Event sink.
+    pub events: EventSink,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Control commands.
+    pub commands: Receiver<Command>,
+    /// I/O counters.
+    pub io: IoCounters,
+    /// Who owns which packet (multi-queue).
+    pub steering: Arc<Steering>,
+    /// Every worker's mailbox, by worker number.
+    pub mailboxes: Arc<[Mailbox]>,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Reading, writing or polling a TUN queue failed.
+    #[error("worker {worker}: {what}: {source}")]
+    Io {
+        /// Worker number.
+        worker: usize,
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Worker {
+    /// Runs until the stop flag is set or a queue fails.
+    pub fn run(mut self) -> Result<(), WorkerError> {
+        let mut bufs = vec![0u8; SLOT * BATCH];
+        let mut lens = [0usize; BATCH];
+        let mut verdicts = [Verdict::Held; BATCH];
+        let mut scratch = vec![0u8; SLOT];
+        while !self.stop.load(Ordering::Relaxed) {
+            self.commands();
+            let now = self.clock.now();
+            let wait = match self.engine.next_timeout() {
+                Some(t) if t <= now => Duration::ZERO,
+                Some(t) => t.saturating_since(now).min(MAX_WAIT),
+                None => MAX_WAIT,
+            };
+            let (rin, rout, rmail) = self.wait(wait)?;
+            if rmail {
+                self.mailbox(&mut bufs, &mut lens, &mut verdicts);
+            }
+            for (ready, side) in [(rin, Side::Inside), (rout, Side::Outside)] {
+                if !ready {
+                    continue;
+                }
+                let n = self.read(side, &mut bufs, &mut lens)?;
+                let mut local = [0usize; BATCH];
+                let k = self.steer(side, &bufs, &lens[..n], &mut local);
+                self.process(side, &mut bufs, &lens, &local[..k], &mut verdicts);
+            }
+            let now = self.clock.now();
+            if self.engine.next_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            self.transmit(&mut scratch);
+            let mut any = false;
+            for _ in 0..EVENTS_PER_TURN {
+                match self.engine.poll_event() {
+                    Some(e) => {
+                        self.events.record(&e);
+                        any = true;
+                    }
+                    None => break,
+                }
+            }
+            if any {
+                self.events.flush();
+            }
+        }
+        Ok(())
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<(bool, bool, bool), WorkerError> {
+        let multi = self.steering.workers() > 1;
+        let mut fds = [
+            PollFd::new(&self.inside, PollFlags::IN),
+            PollFd::new(&self.outside, PollFlags::IN),
+            PollFd::new(&self.mailboxes[self.id], PollFlags::IN),
+        ];
+        let nfds = if multi { 3 } else { 2 };
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match poll(&mut fds[..nfds], Some(&ts)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok((false, false, false)),
+            Err(e) => {
+                return Err(WorkerError::Io {
+                    worker: self.id,
+                    what: "poll",
+                    source: e.into(),
+                });
+            }
+        }
+        let ready = |f: &PollFd<'_>| !f.revents().is_empty();
+        Ok((ready(&fds[0]), ready(&fds[1]), multi && ready(&fds[2])))
+    }
+
+    /// Reads up to [`BATCH`] packets from `side`'s queue into the slots; how many.
+    fn read(
+        &mut self,
+        side: Side,
+        bufs: &mut [u8],
+        lens: &mut [usize; BATCH],
+    ) -> Result<usize, WorkerError> {
+        let queue = match side {
+            Side::Inside => &self.inside,
+            Side::Outside => &self.outside,
+        };
+        let mut n = 0;
+        for slot in bufs.chunks_mut(SLOT).take(BATCH) {
+            match queue.recv(slot) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                Err(source) => {
+                    return Err(WorkerError::Io {
+                        worker: self.id,
+                        what: "reading the TUN",
+                        source,
+                    });
+                }
+            }
+        }
+        self.io.rx_packets[usize::from(side == Side::Outside)] += n as u64;
+        Ok(n)
+    }
+
+    /// Hands the packets another worker owns to it; puts the indices of the rest in `local`
+    /// and returns how many there are.
+    fn steer(
+        &mut self,
+        side: Side,
+        bufs: &[u8],
+        lens: &[usize],
+        local: &mut [usize; BATCH],
+    ) -> usize {
+        let mut k = 0;
+        let multi = self.steering.workers() > 1;
+        let mut woken = 0u64;
+        for (i, slot) in bufs.chunks(SLOT).take(lens.len()).enumerate() {
+            let pkt = &slot[..lens[i]];
+            match self.steering.owner(side, pkt).filter(|_| multi) {
+                Some(w) if w != self.id => {
+                    let m = &self.mailboxes[w];
+                    let item = Steered {
+                        side,
+                        bytes: pkt.to_vec(),
+                    };
+                    if m.queue.push(item).is_ok() {
+                        self.io.steered += 1;
+                        woken |= 1 << (w % 64);
+                    } else {
+                        self.io.steer_dropped += 1;
+                    }
+                }
+                _ => {
+                    local[k] = i;
+                    k += 1;
+                }
+            }
+        }
+        for (w, m) in self.mailboxes.iter().enumerate() {
+            if woken & (1 << (w % 64)) != 0 {
+                m.wake();
+            }
+        }
+        k
+    }
+
+    /// Processes what other workers handed over, a batch per side.
+    fn mailbox(
+        &mut self,
+        bufs: &mut [u8],
+        lens: &mut [usize; BATCH],
+        verdicts: &mut [Verdict; BATCH],
+    ) {
+        self.mailboxes[self.id].clear();
+        // Bounded: at most the mailbox's length per turn.
+        for _ in 0..MAILBOX_LEN / BATCH {
+            let mut got: Vec<Steered> = Vec::with_capacity(BATCH);
+            while got.len() < BATCH {
+                match self.mailboxes[self.id].queue.pop() {
+                    Some(p) => got.push(p),
+                    None => break,
+                }
+            }
+            if got.is_empty() {
+                break;
+            }
+            for side in [Side::Inside, Side::Outside] {
+                let mut idx = [0usize; BATCH];
+                let mut k = 0;
+                for (p, slot) in got
+                    .iter()
+                    .filter(|p| p.side == side)
+                    .zip(bufs.chunks_mut(SLOT))
+                {
+                    let len = p.bytes.len().min(SLOT);
+                    slot[..len].copy_from_slice(&p.bytes[..len]);
+                    lens[k] = len;
+                    idx[k] = k;
+                    k += 1;
+                }
+                self.process(side, bufs, lens, &idx[..k], verdicts);
+            }
+        }
+    }
+
+    /// Translates the packets in slots `idx` (that arrived on `side`) and writes the results.
+    fn process(
+        &mut self,
+        side: Side,
+        bufs: &mut [u8],
+        lens: &[usize; BATCH],
+        idx: &[usize],
+        verdicts: &mut [Verdict; BATCH],
+    ) {
+        let n = idx.len();
+        if n == 0 {
+            return;
+        }
+        let queue = match side {
+            Side::Inside => &self.inside,
+            Side::Outside => &self.outside,
+        };
+        // Home gateway: TCP and UDP for the host's own ports never enter the engine (a held
+        // SYN must not swallow a connection to the host's ssh): straight back to the kernel.
+        let mut engine_idx = [0usize; BATCH];
+        let mut n = 0;
+        for &i in idx {
+            let pkt = &bufs[i * SLOT..i * SLOT + lens[i]];
+            if side == Side::Outside
+                && let Some(home) = &self.home
+                && for_host_port(pkt, home)
+            {
+                self.io.handed_back += 1;
+                write(queue, pkt, &mut self.io);
+                continue;
+            }
+            engine_idx[n] = i;
+            n += 1;
+        }
+        let idx = &engine_idx[..n];
+        if n == 0 {
+            return;
+        }
+        let now = self.clock.now();
+        {
+            let mut packets: Vec<PacketBuf<'_>> = Vec::with_capacity(n);
+            let mut rest: &mut [u8] = bufs;
+            let mut base = 0;
+            for &i in idx {
+                // idx is increasing: split off slot i from what is left.
+                let (_, tail) = rest.split_at_mut((i - base) * SLOT);
+                let (slot, tail) = tail.split_at_mut(SLOT);
+                rest = tail;
+                base = i + 1;
+                packets.push(PacketBuf {
+                    buf: slot,
+                    len: lens[i],
+                });
+            }
+            self.engine
+                .process_batch(now, side, &mut packets, &mut verdicts[..n]);
+        }
+        for (j, &i) in idx.iter().enumerate() {
+            let slot = &bufs[i * SLOT..(i + 1) * SLOT];
+            let out = match verdicts[j] {
+                Verdict::Forward(_) => Some(&slot[..lens[i]]),
+                Verdict::Reply { len, .. } => Some(&slot[..len]),
+                Verdict::Drop(reason)
+                    if side == Side::Outside
+                        && self.home.as_ref().is_some_and(|h| {
+                            hand_back(reason) && is_for(&slot[..lens[i]], &h.addrs)
+                        }) =>
+                {
+                    self.io.handed_back += 1;
+                    Some(&slot[..lens[i]])
+                }
+                Verdict::Drop(_) | Verdict::Held => None,
+            };
+            if let Some(pkt) = out {
+                write(queue, pkt, &mut self.io);
+            }
+        }
+    }
+
+    /// Writes what the engine built on its own (released fragments, answers to held SYNs).
+    fn transmit(&mut self, scratch: &mut [u8]) {
+        for _ in 0..TRANSMITS_PER_TURN {
+            let Some(t) = self.engine.poll_transmit(scratch) else {
+                break;
+            };
+            // Either TUN will do: the kernel routes by address. Use the one facing the side the
+            // packet is for, so rp_filter sees it arrive from the right direction.
+            let q = match t.side {
+                Side::Inside => &self.outside,
+                Side::Outside => &self.inside,
+            };
+            write(q, &scratch[..t.len], &mut self.io);
+        }
+    }
+
+    fn commands(&mut self) {
+        for _ in 0..COMMANDS_PER_TURN {
+            match self.commands.try_recv() {
+                Ok(Command::Snapshot { detail, reply }) => {
+                    let e = &self.engine;
+                    let tables = detail == Detail::Tables;
+                    let mut by_proto = [0u64; 3];
+                    if detail != Detail::Summary {
+                        for s in e.sessions() {
+                            by_proto[s.proto.index()] += 1;
+                        }
+                    }
+                    let snap = WorkerSnapshot {
+                        counters: e.counters().clone(),
+                        sessions_by_proto: by_proto,
+                        sessions: if tables {
+                            e.sessions().collect()
+                        } else {
+                            Vec::new()
+                        },
+                        mappings: if tables {
+                            e.mappings().collect()
+                        } else {
+                            Vec::new()
+                        },
+                        pools: e.allocator().usage(),
+                        session_count: e.session_count(),
+                        mapping_count: e.mapping_count(),
+                        held_syns: e.held_syn_count(),
+                        io: self.io,
+                        now: self.clock.now(),
+                    };
+                    // The asker may have given up; nothing to do then.
+                    let _ = reply.send(snap);
+                }
+                Ok(Command::Reload { config, reply }) => {
+                    let r = self.engine.reconfigure(&config).map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                }
+                Ok(Command::Flush { reply }) => {
+                    self.engine.flush(self.clock.now());
+                    let _ = reply.send(());
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+}
+
+fn write(q: &TunQueue, pkt: &[u8], io: &mut IoCounters) {
+    match q.send(pkt) {
+        Ok(_) => io.tx_packets += 1,
+        // The kernel refused the packet (e.g. no route); count it, keep going.
+        Err(_) => io.tx_errors += 1,
+    }
+}
+
+/// Drops that, for the host's own address, mean "not the NAT's": hand the packet to the kernel.
+fn hand_back(reason: DropReason) -> bool {
+    matches!(
+        reason,
+        DropReason::NoMapping
+            | DropReason::NotPoolAddress
+            | DropReason::UnsupportedProtocol
+            | DropReason::UnsupportedIcmp
+            | DropReason::IcmpErrorNoSession
+            | DropReason::TcpNoSession
+    )
+}
+
+/// Whether `pkt` is an IPv4 packet to one of `addrs` (or a broadcast).
+fn is_for(pkt: &[u8], addrs: &[Ipv4Addr]) -> bool {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+        return false;
+    }
+    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    dst.is_broadcast() || addrs.contains(&dst)
+}
+
+/// Whether `pkt` is TCP or UDP to one of the host's addresses on a port outside the NAT's
+/// range (a non-first fragment has no port, and goes to the engine).
+fn for_host_port(pkt: &[u8], home: &HomeAddress) -> bool {
+    if !is_for(pkt, &home.addrs) {
+        return false;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let proto = pkt[9];
+    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
+    if frag_offset != 0 || (proto != 6 && proto != 17) || pkt.len() < ihl + 4 {
+        return false;
+    }
+    let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
+    let (lo, hi) = home.nat_ports;
+    !(lo..=hi).contains(&dport)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp_to(dst: [u8; 4], dport: u16, frag: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[9] = 17;
+        p[16..20].copy_from_slice(&dst);
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn host_ports_are_recognised() {
+        let home = HomeAddress {
+            addrs: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            nat_ports: (20_000, 65_535),
+        };
+        assert!(for_host_port(&udp_to([192, 0, 2, 1], 22, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 20_000, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 2], 22, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 22, 185), &home));
+        assert!(is_for(&udp_to([255, 255, 255, 255], 68, 0), &home.addrs));
+    }
+}
