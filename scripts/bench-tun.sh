@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TUN data plane vs the kernel's NAT (nftables SNAT to the same pool), same topology, same run.
 #
-#   sudo scripts/bench-tun.sh            # ~2 minutes; writes a Markdown table to stdout
+#   scripts/bench-tun.sh (as root)           # ~2 minutes; writes a Markdown table to stdout
 #
 # Everything happens in network namespaces this script creates (the standard topology, built by
 # the hold_topology example) and is torn down on exit, also on Ctrl-C or failure. Every loop is
