@@ -18,6 +18,7 @@ pub mod engine;
 pub mod event;
 pub mod fragment;
 pub mod rng;
+pub mod rules;
 pub mod table;
 pub mod tcp_state;
 pub mod time;
