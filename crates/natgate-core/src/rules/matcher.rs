@@ -190,6 +190,9 @@ struct Class {
     src_mask: u32,
     dst_mask: u32,
     proto_set: bool,
+    /// With `proto_set`, the protocols present (bit `Protocol::index`): a packet of another
+    /// protocol skips the class without hashing.
+    protos: u8,
     sport: PortKind,
     dport: PortKind,
     /// Open addressing, linear probing, at most half full; the hash's top `bits` pick a slot.
@@ -289,6 +292,10 @@ impl CompiledRules {
             src_mask: !host_mask(shape.src_len),
             dst_mask: !host_mask(shape.dst_len),
             proto_set: shape.proto_set,
+            protos: rules
+                .iter()
+                .filter_map(|r| r.proto)
+                .fold(0, |m, p| m | 1 << p.index()),
             sport: shape.sport,
             dport: shape.dport,
             slots: Vec::new(),
@@ -354,6 +361,9 @@ impl CompiledRules {
         for c in &t.classes {
             if best.is_some_and(|b| b.id < c.min_id) {
                 break;
+            }
+            if c.proto_set && c.protos & (1 << proto.index()) == 0 {
+                continue;
             }
             let Some((start, len)) = c.find(&self.hasher, c.key(p, src, dst)) else {
                 continue;
