@@ -8,7 +8,8 @@
 //! [`Engine::poll_event`].
 //!
 //! The layers are visible in the module tree: [`wire`] parses and rewrites bytes, [`table`],
-//! [`alloc`], [`tcp_state`] and [`fragment`] hold policy and state, [`engine`] ties them together.
+//! [`alloc`], [`tcp_state`] and [`fragment`] hold policy and state, [`rules`] holds the static NAT
+//! rules and their compiled lookup, [`engine`] ties them together.
 
 pub mod alloc;
 pub mod config;

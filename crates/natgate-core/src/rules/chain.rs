@@ -14,6 +14,19 @@ use std::net::Ipv4Addr;
 pub struct RuleChain {
     /// Sorted by id, ids unique.
     rules: Vec<Rule>,
+    /// `rules[i]`'s bindings (forward, reverse), kept so a conflict check does not derive
+    /// every rule's reverse again.
+    #[serde(skip)]
+    bindings: Vec<[Option<Binding>; 2]>,
+}
+
+/// The bindings of `rule` and of its reverse (the reverse's only when bidirectional).
+fn bindings_of(rule: &Rule) -> [Option<Binding>; 2] {
+    let mut one_way = rule.one_way();
+    [
+        one_way.next().and_then(|r| r.binding()),
+        one_way.next().and_then(|r| r.binding()),
+    ]
 }
 
 impl RuleChain {
@@ -30,12 +43,11 @@ impl RuleChain {
                 return Err(RuleError::DuplicateId(w[0].id));
             }
         }
-        let mut chain = RuleChain {
-            rules: Vec::with_capacity(rules.len()),
-        };
+        let mut chain = RuleChain::new();
         for r in rules {
-            chain.admit(&r)?;
+            let b = chain.admit(&r)?;
             chain.rules.push(r);
+            chain.bindings.push(b);
         }
         Ok(chain)
     }
@@ -45,7 +57,7 @@ impl RuleChain {
     /// unchanged, if the rule is invalid or conflicts with one in the chain.
     pub fn insert(&mut self, id: RuleId, mut rule: Rule) -> Result<(), RuleError> {
         rule.id = id;
-        self.admit(&rule)?;
+        let b = self.admit(&rule)?;
         let at = self.rules.partition_point(|r| r.id < id);
         if self.rules.get(at).is_some_and(|r| r.id == id) {
             if self.rules.last().is_some_and(|r| r.id.0 == u32::MAX) {
@@ -56,6 +68,7 @@ impl RuleChain {
             }
         }
         self.rules.insert(at, rule);
+        self.bindings.insert(at, b);
         Ok(())
     }
 
@@ -72,7 +85,10 @@ impl RuleChain {
     /// Removes the rule `id` and returns it; the other ids do not change.
     pub fn delete(&mut self, id: RuleId) -> Result<Rule, RuleError> {
         match self.rules.binary_search_by_key(&id, |r| r.id) {
-            Ok(i) => Ok(self.rules.remove(i)),
+            Ok(i) => {
+                self.bindings.remove(i);
+                Ok(self.rules.remove(i))
+            }
             Err(_) => Err(RuleError::NotFound(id)),
         }
     }
@@ -107,10 +123,10 @@ impl RuleChain {
     /// of a prefix is listed; addresses outside the pool can be ignored by the caller.
     pub fn reserved_external(&self) -> impl Iterator<Item = (Ipv4Addr, Protocol, PortRange)> {
         let mut held: Vec<_> = self
-            .rules
+            .bindings
             .iter()
-            .flat_map(Rule::one_way)
-            .filter_map(|r| r.binding())
+            .flatten()
+            .flatten()
             .map(|b| (b.ext.0.addr(), b.ext.0.prefix_len(), b.proto, b.ext.1))
             .collect();
         held.sort_unstable();
@@ -150,16 +166,17 @@ impl RuleChain {
     /// replies could not be told apart. Two bindings with the same map (the explicit reverse of
     /// a one-way rule, a host rule inside an equal network rule) do not conflict, nor do two
     /// external endpoints for one internal endpoint.
-    fn admit(&self, rule: &Rule) -> Result<(), RuleError> {
+    /// Returns the rule's bindings.
+    fn admit(&self, rule: &Rule) -> Result<[Option<Binding>; 2], RuleError> {
         rule.check()?;
-        let mine: Vec<Binding> = rule.one_way().filter_map(|r| r.binding()).collect();
-        if mine.is_empty() {
-            return Ok(());
+        let mine = bindings_of(rule);
+        if mine == [None, None] {
+            return Ok(mine);
         }
-        for other in &self.rules {
-            for theirs in other.one_way().filter_map(|r| r.binding()) {
-                for b in &mine {
-                    if b.overlaps(&theirs) && !b.same_map(&theirs) {
+        for (other, theirs) in self.rules.iter().zip(&self.bindings) {
+            for theirs in theirs.iter().flatten() {
+                for b in mine.iter().flatten() {
+                    if b.overlaps(theirs) && !b.same_map(theirs) {
                         return Err(RuleError::Conflict {
                             id: rule.id,
                             other: other.id,
@@ -176,7 +193,7 @@ impl RuleChain {
                 }
             }
         }
-        Ok(())
+        Ok(mine)
     }
 }
 
@@ -188,6 +205,7 @@ impl TryFrom<Vec<Rule>> for RuleChain {
 }
 
 impl From<RuleChain> for Vec<Rule> {
+    /// The rules in id order, as config writes them.
     fn from(c: RuleChain) -> Vec<Rule> {
         c.rules
     }
