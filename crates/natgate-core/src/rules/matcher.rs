@@ -173,6 +173,10 @@ impl Entry {
     }
 }
 
+/// Tables have at least `2^MIN_SLOT_BITS` slots: in a tiny table a miss often lands on the
+/// one occupied slot and pays a compare and a second probe.
+const MIN_SLOT_BITS: u32 = 4;
+
 /// A hash-table slot: a full key and the run of entries under it (`len == 0`: empty).
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
@@ -312,7 +316,10 @@ impl CompiledRules {
             .collect();
         keyed.sort_by_key(|(k, e)| (*k, e.id));
         let keys = keyed.windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
-        let bits = (2 * keys).next_power_of_two().trailing_zeros().max(1);
+        let bits = (2 * keys)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(MIN_SLOT_BITS);
         c.slots = vec![Slot::default(); 1 << bits];
         c.shift = 64 - bits;
         c.min_id = keyed.iter().map(|(_, e)| e.id).min().unwrap_or(u32::MAX);
