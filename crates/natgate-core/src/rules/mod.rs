@@ -229,9 +229,11 @@ impl Rule {
         }
     }
 
-    /// Checks that the rule is a well-formed bijection: target prefixes as long as the matched
-    /// ones (RFC 2663 section 4.1's static "basic NAT" is 1:1; keeping host bits needs equal
-    /// lengths) and port targets only over a matched port range, fitting below 65536.
+    /// Checks that the rule is a well-formed bijection, so that it can be reversed and its
+    /// external endpoints stand for one internal endpoint each (static Basic NAT, RFC 2663
+    /// section 4.1, is one to one): target prefixes as long as the matched ones (keeping the
+    /// host bits needs equal lengths), and port targets only over a matched port range,
+    /// ending at or below 65535.
     pub fn check(&self) -> Result<(), RuleError> {
         let invalid = |why: String| Err(RuleError::Invalid { id: self.id, why });
         for (name, r) in [("src-ports", self.src_ports), ("dst-ports", self.dst_ports)] {
