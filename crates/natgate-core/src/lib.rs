@@ -8,7 +8,8 @@
 //! [`Engine::poll_event`].
 //!
 //! The layers are visible in the module tree: [`wire`] parses and rewrites bytes, [`table`],
-//! [`alloc`], [`tcp_state`] and [`fragment`] hold policy and state, [`engine`] ties them together.
+//! [`alloc`], [`tcp_state`] and [`fragment`] hold policy and state, [`rules`] holds the static NAT
+//! rules and their compiled lookup, [`engine`] ties them together.
 
 pub mod alloc;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod event;
 pub mod fragment;
 pub mod rng;
+pub mod rules;
 pub mod table;
 pub mod tcp_state;
 pub mod time;
