@@ -44,11 +44,11 @@ impl<A: PortAllocator> Engine<A> {
             local: p.src,
             remote: p.dst,
         };
-        // A batch hint that found nothing may be stale: an earlier packet of the same batch
-        // can have made the session since. Only a hit is trusted (nothing is deleted mid-batch).
+        // The batch path looks each packet up just before translating it, so its hint (hit or
+        // miss) is current; only `process` leaves the look-up to us.
         let found = match hint {
-            Some(Some(sid)) => Some(sid),
-            _ => self.sessions.find_out(&key),
+            Some(h) => h,
+            None => self.sessions.find_out(&key),
         };
         let sid = match found {
             Some(sid) => {
@@ -85,8 +85,8 @@ impl<A: PortAllocator> Engine<A> {
         };
         // As in `outbound`, a batch miss is looked up again.
         let found = match hint {
-            Some(Some(sid)) => Some(sid),
-            _ => self.sessions.find_in(&key),
+            Some(h) => h,
+            None => self.sessions.find_in(&key),
         };
         let sid = match found {
             Some(sid) => {
