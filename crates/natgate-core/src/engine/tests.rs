@@ -1125,14 +1125,11 @@ fn events_tell_the_story_of_a_session() {
     assert_eq!(evs.len(), 4);
 }
 
-#[test]
-fn batch_gives_the_same_verdicts_as_one_by_one() {
+/// Runs `packets` one by one through one engine and as one batch through another; asserts
+/// both give the same verdicts, bytes and counters, and returns the batched engine.
+fn assert_batch_matches_singles(mut packets: Vec<Pkt>) -> Engine {
     let mut single = engine();
     let mut batched = engine();
-    let mut packets: Vec<Pkt> = (0..100u16)
-        .map(|i| udp(ep(SUB1, 3000 + i % 40), ep(WAN1, 9 + i % 3), b"payload"))
-        .collect();
-    packets.push(Pkt::new(&[0x45, 0, 0]));
     let mut expect = packets.clone();
     let want: Vec<Verdict> = expect
         .iter_mut()
@@ -1152,38 +1149,27 @@ fn batch_gives_the_same_verdicts_as_one_by_one() {
         assert_eq!(a.bytes(), b.bytes());
     }
     assert_eq!(single.counters(), batched.counters());
+    batched
+}
+
+#[test]
+fn batch_gives_the_same_verdicts_as_one_by_one() {
+    let mut packets: Vec<Pkt> = (0..100u16)
+        .map(|i| udp(ep(SUB1, 3000 + i % 40), ep(WAN1, 9 + i % 3), b"payload"))
+        .collect();
+    packets.push(Pkt::new(&[0x45, 0, 0]));
+    assert_batch_matches_singles(packets);
 }
 
 #[test]
 fn batch_with_a_flow_twice_makes_one_session() {
     // The first packet of a flow creates its session; the second, in the same batch, must find
     // it rather than make another (a lookup done for the whole batch up front would miss it).
-    let mut single = engine();
-    let mut batched = engine();
-    let mut packets: Vec<Pkt> = [(5000, 9), (5001, 9), (5000, 9), (5000, 9), (5001, 9)]
+    let packets = [(5000, 9), (5001, 9), (5000, 9), (5000, 9), (5001, 9)]
         .iter()
         .map(|&(sport, dport)| udp(ep(SUB1, sport), ep(WAN1, dport), b"x"))
         .collect();
-    let mut expect = packets.clone();
-    let want: Vec<Verdict> = expect
-        .iter_mut()
-        .map(|p| run(&mut single, t(0), Side::Inside, p))
-        .collect();
-    let mut bufs: Vec<PacketBuf<'_>> = packets
-        .iter_mut()
-        .map(|p| PacketBuf {
-            len: p.len,
-            buf: &mut p.buf,
-        })
-        .collect();
-    let mut got = vec![Verdict::Held; bufs.len()];
-    batched.process_batch(t(0), Side::Inside, &mut bufs, &mut got);
-    assert_eq!(got, want);
-    assert_eq!(batched.session_count(), 2);
-    for (a, b) in packets.iter().zip(&expect) {
-        assert_eq!(a.bytes(), b.bytes());
-    }
-    assert_eq!(single.counters(), batched.counters());
+    assert_eq!(assert_batch_matches_singles(packets).session_count(), 2);
 }
 
 #[test]
