@@ -5,6 +5,9 @@
 
 #![allow(clippy::expect_used)]
 
+mod log_fixtures;
+use log_fixtures::events;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use natgate::eventlog::TimeBase;
 use natgate::logsink::ipfix::{IpfixConfig, IpfixExporter};
 use natgate::logsink::{LogPipeline, NatEvent, PipelineConfig, PortRange, Record, Sink};
-use natgate_core::{Endpoint, Event, Instant, Protocol};
+use natgate_core::{Endpoint, Instant};
 use netflow_parser::{NetflowPacket, NetflowParser};
 use serde_json::Value;
 
@@ -116,48 +119,6 @@ fn decode(parser: &mut NetflowParser, m: &[u8]) -> Decoded {
         }
     }
     out
-}
-
-fn events() -> Vec<Event> {
-    let i = Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000);
-    let x = Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 40000);
-    let r = Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 3478);
-    let at = Instant::from_millis(10_500);
-    let proto = Protocol::Udp;
-    vec![
-        Event::MappingCreated {
-            at,
-            proto,
-            internal: i,
-            external: x,
-        },
-        Event::SessionCreated {
-            at,
-            proto,
-            internal: i,
-            external: x,
-            remote: r,
-        },
-        Event::SessionDeleted {
-            at,
-            proto,
-            internal: i,
-            external: x,
-            remote: r,
-        },
-        Event::MappingDeleted {
-            at,
-            proto,
-            internal: i,
-            external: x,
-        },
-        Event::MappingFailed {
-            at,
-            proto: Protocol::Tcp,
-            internal: i,
-            remote: r,
-        },
-    ]
 }
 
 fn field<'a>(r: &'a BTreeMap<String, String>, name: &str) -> &'a str {

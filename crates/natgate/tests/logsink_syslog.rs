@@ -3,7 +3,10 @@
 
 #![allow(clippy::expect_used)]
 
-use std::net::{Ipv4Addr, UdpSocket};
+mod log_fixtures;
+use log_fixtures::events;
+
+use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -12,7 +15,7 @@ use natgate::logsink::syslog::{
     DOCUMENTATION_ENTERPRISE, Facility, SyslogConfig, SyslogSink, SyslogTarget,
 };
 use natgate::logsink::{LogPipeline, PipelineConfig, Sink};
-use natgate_core::{Endpoint, Event, Instant, Protocol};
+use natgate_core::Instant;
 
 /// One message, as RFC 5424 section 6 splits it.
 #[derive(Debug)]
@@ -206,48 +209,6 @@ fn base() -> TimeBase {
         Instant::from_secs(10),
         UNIX_EPOCH + Duration::from_millis(1_795_364_070_123),
     )
-}
-
-fn events() -> Vec<Event> {
-    let i = Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000);
-    let x = Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 40000);
-    let r = Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 3478);
-    let at = Instant::from_millis(10_500);
-    let proto = Protocol::Udp;
-    vec![
-        Event::MappingCreated {
-            at,
-            proto,
-            internal: i,
-            external: x,
-        },
-        Event::SessionCreated {
-            at,
-            proto,
-            internal: i,
-            external: x,
-            remote: r,
-        },
-        Event::SessionDeleted {
-            at,
-            proto,
-            internal: i,
-            external: x,
-            remote: r,
-        },
-        Event::MappingDeleted {
-            at,
-            proto,
-            internal: i,
-            external: x,
-        },
-        Event::MappingFailed {
-            at,
-            proto: Protocol::Tcp,
-            internal: i,
-            remote: r,
-        },
-    ]
 }
 
 fn config(target: SyslogTarget, log_destinations: bool) -> SyslogConfig {
