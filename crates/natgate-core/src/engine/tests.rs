@@ -1399,3 +1399,30 @@ fn rfc6888_req5_subscriber_rate_limit() {
         udp(ep(SUB1, 1002), ep(WAN1, 9), b"x"),
     );
 }
+
+#[test]
+fn a_mapping_undone_for_want_of_a_session_is_counted_like_its_events() {
+    let mut e = engine_with(|c| {
+        c.limits.max_sessions = 2;
+        c.limits.max_mappings = 2;
+    });
+    out(&mut e, t(0), udp(ep(SUB1, 1), ep(WAN1, 9), b"x"));
+    out(&mut e, t(0), udp(ep(SUB1, 1), ep(WAN2, 9), b"x"));
+    // A new mapping fits, its session does not: the mapping is made and undone.
+    let mut p = udp(ep(SUB1, 2), ep(WAN1, 9), b"x");
+    let v = run(&mut e, t(0), Side::Inside, &mut p);
+    assert_eq!(v.drop_reason(), Some(DropReason::SessionTableFull));
+    assert_eq!(e.mapping_count(), 1);
+    let evs: Vec<Event> = std::iter::from_fn(|| e.poll_event()).collect();
+    let made = evs
+        .iter()
+        .filter(|ev| matches!(ev, Event::MappingCreated { .. }))
+        .count();
+    let gone = evs
+        .iter()
+        .filter(|ev| matches!(ev, Event::MappingDeleted { .. }))
+        .count();
+    assert_eq!((made, gone), (2, 1));
+    assert_eq!(e.counters().mappings_created, made as u64);
+    assert_eq!(e.counters().mappings_deleted, gone as u64);
+}

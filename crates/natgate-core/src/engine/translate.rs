@@ -282,7 +282,8 @@ impl<A: PortAllocator> Engine<A> {
         if let Some(m) = self.mappings.remove(mid) {
             self.alloc.release(m.proto, m.internal, m.external, now);
             self.drain_alloc_events();
-            self.counters.mappings_created -= 1;
+            // Counted as made and deleted, like its two events, so counters and logs agree.
+            self.counters.mappings_deleted += 1;
             self.emit(Event::MappingDeleted {
                 at: now,
                 proto: m.proto,
