@@ -217,6 +217,7 @@ fn port_blocks_use_their_own_template() {
             first: 2048,
             last: 2559,
         }),
+        quota: None,
     });
     x.send_pending().expect("send");
     let d = decode(&mut NetflowParser::default(), &recv(&rx));

@@ -226,6 +226,7 @@ mod tests {
             proto: crate::Protocol::Udp,
             internal: ep(1, 1),
             remote: ep(2, 2),
+            reason: crate::DropReason::MappingFailed,
         };
         assert!(q.push(e));
         assert!(!q.push(e));

@@ -429,6 +429,7 @@ impl<A: PortAllocator> Engine<A> {
             proto: p.proto,
             internal: p.src,
             remote: p.dst,
+            reason,
         });
         match self.behavior.mapping_failure_reply.icmp_code() {
             Some(code) => {
