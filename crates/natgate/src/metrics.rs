@@ -127,6 +127,11 @@ impl MetricsSnapshot {
                 "Translation events lost because the event queue was full.",
                 st.events_lost,
             ),
+            (
+                "natgate_log_events_lost_total",
+                "Translation events lost because the log pipeline's queue was full.",
+                st.log_events_lost,
+            ),
         ] {
             e.family(name, "counter", help);
             e.sample(name, &[], v);

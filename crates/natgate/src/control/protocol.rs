@@ -764,6 +764,10 @@ pub struct StatsInfo {
     pub mappings_deleted: u64,
     /// Events lost because the event queue was full.
     pub events_lost: u64,
+    /// Events lost between the workers and the log sinks: the log pipeline's queue was full
+    /// (it never makes a worker wait).
+    #[serde(default)]
+    pub log_events_lost: u64,
 }
 
 impl StatsInfo {

@@ -211,6 +211,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("mappings created", s.mappings_created),
                 ("mappings deleted", s.mappings_deleted),
                 ("events lost", s.events_lost),
+                ("log events lost", s.log_events_lost),
             ] {
                 t.row(vec![k.to_owned(), v.to_string()]);
             }

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
-use natgate_core::alloc::PortAllocator;
+use natgate_core::alloc::{ConfiguredAllocator, PortAllocator, PortRange};
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
-use natgate_core::{DropReason, Event, Side, Verdict};
+use natgate_core::{DropReason, Endpoint, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::steer::{MAILBOX_LEN, Mailbox, Steered, Steering};
-use super::{Clock, Command, Detail, IoCounters, WorkerSnapshot};
+use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
 use crate::tun::TunQueue;
 
 /// Longest wait in `poll`, so commands and the stop flag are seen within this time.
@@ -72,8 +72,8 @@ pub struct HomeAddress {
 pub struct Worker {
     /// Worker number (for logs).
     pub id: usize,
-    /// The engine.
-    pub engine: Engine,
+    /// The engine, with the allocator `[allocation]` chose for this worker's share.
+    pub engine: Engine<ConfiguredAllocator>,
     /// Inside TUN queue.
     pub inside: TunQueue,
     /// Outside TUN queue.
@@ -441,10 +441,68 @@ impl Worker {
                     self.engine.flush(self.clock.now());
                     let _ = reply.send(());
                 }
+                Ok(Command::Whois {
+                    external,
+                    port,
+                    proto,
+                    reply,
+                }) => {
+                    let _ = reply.send(live_holders(&self.engine, external, port, proto));
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
     }
+}
+
+/// Who holds `external:port` in `engine` now: the mappings on exactly that endpoint, or else the
+/// subscriber whose port block (live or in hold-down) contains it. One pass over the mappings:
+/// a control-plane question, never asked on the packet path.
+fn live_holders(
+    engine: &Engine<ConfiguredAllocator>,
+    external: Ipv4Addr,
+    port: u16,
+    proto: Option<Protocol>,
+) -> Vec<LiveHolder> {
+    let at = Endpoint::new(external, port);
+    let single = PortRange {
+        first: port,
+        last: port,
+    };
+    let mappings: Vec<LiveHolder> = engine
+        .mappings()
+        .filter(|m| m.external == at && proto.is_none_or(|p| p == m.proto))
+        .map(|m| LiveHolder {
+            subscriber: m.internal.addr,
+            ports: single,
+            proto: Some(m.proto),
+        })
+        .collect();
+    if !mappings.is_empty() {
+        return mappings;
+    }
+    let blocks = match engine.allocator() {
+        ConfiguredAllocator::PortBlock(b) => Some(b),
+        ConfiguredAllocator::Deterministic(d) => d.overflow(),
+        ConfiguredAllocator::Dynamic(_) => None,
+    };
+    let Some(blocks) = blocks else {
+        return Vec::new();
+    };
+    let Some(owner) = blocks.owner_of(at) else {
+        return Vec::new();
+    };
+    let natgate_core::alloc::SubscriberId::Ipv4(subscriber) = owner;
+    blocks
+        .blocks_of(owner)
+        .into_iter()
+        .filter(|(addr, range)| *addr == external && range.contains(port))
+        .map(|(_, ports)| LiveHolder {
+            subscriber,
+            ports,
+            proto: None,
+        })
+        .collect()
 }
 
 fn write(q: &TunQueue, pkt: &[u8], io: &mut IoCounters) {
