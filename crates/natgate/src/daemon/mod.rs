@@ -797,3 +797,103 @@ impl EventOutput for PipelineOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgate_core::alloc::SubscriberId;
+    use natgate_core::{DropReason, Endpoint, Instant};
+    use std::sync::Mutex;
+
+    /// Keeps what reaches it.
+    struct Keep(Arc<Mutex<Vec<Event>>>);
+
+    impl Sink for Keep {
+        fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+            self.0.lock().expect("lock").push(*ev);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), LogError> {
+            Ok(())
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        let at = Instant::from_secs(1);
+        let internal = Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000);
+        let external = Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 2000);
+        let remote = Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 53);
+        let proto = Protocol::Udp;
+        vec![
+            Event::PortBlockAllocated {
+                at,
+                subscriber: SubscriberId::Ipv4(internal.addr),
+                external: external.addr,
+                ports: PortRange {
+                    first: 1536,
+                    last: 2047,
+                },
+            },
+            Event::MappingCreated {
+                at,
+                proto,
+                internal,
+                external,
+            },
+            Event::SessionCreated {
+                at,
+                proto,
+                internal,
+                external,
+                remote,
+            },
+            Event::MappingFailed {
+                at,
+                proto,
+                internal,
+                remote,
+                reason: DropReason::SubscriberSessionLimit,
+            },
+        ]
+    }
+
+    fn through(per_session: bool) -> (Vec<Event>, PipelineStats) {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let (sender, handle) = LogPipeline::start(PipelineConfig {
+            capacity: 64,
+            max_batch: 16,
+            sinks: vec![Box::new(Keep(kept.clone()))],
+        })
+        .expect("start");
+        let mut out = PipelineOutput {
+            tx: sender,
+            per_session,
+        };
+        for e in events() {
+            out.record(&e);
+        }
+        drop(out);
+        let stats = handle.shutdown().expect("shutdown");
+        let got = kept.lock().expect("lock").clone();
+        (got, stats)
+    }
+
+    #[test]
+    fn block_only_logging_keeps_blocks_and_failures_and_drops_per_session_records() {
+        let (all, stats) = through(true);
+        assert_eq!(all, events());
+        assert_eq!(stats.lost, 0);
+        let (blocks, stats) = through(false);
+        let e = events();
+        assert_eq!(
+            blocks,
+            vec![e[0], e[3]],
+            "RFC 6888 REQ-14: one record per block"
+        );
+        assert_eq!(
+            (stats.queued, stats.lost),
+            (2, 0),
+            "filtered before the queue"
+        );
+    }
+}
