@@ -96,6 +96,15 @@ impl Drop for Collector {
     }
 }
 
+/// A file removed on drop, even when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A UDP server on wan1 that answers every datagram with the text of its source address, so a
 /// client learns its external endpoint. Bounded by a stop flag (set on drop) and a count.
 struct Echo {
@@ -290,8 +299,9 @@ fn port_blocks_quota_logs_and_whois() {
     let topo = topology();
     let ipfix = Collector::start(&topo.gateway);
     let syslog = Collector::start(&topo.gateway);
-    let blocks = std::env::temp_dir().join(format!("natgate-e2e-{}.blocks", topo.suffix));
-    let _ = std::fs::remove_file(&blocks);
+    let blocks =
+        RemoveOnDrop(std::env::temp_dir().join(format!("natgate-e2e-{}.blocks", topo.suffix)));
+    let _ = std::fs::remove_file(&blocks.0);
     let extra = format!(
         "[tun]\nqueues = 2\n\n[behavior.timers]\nudp = 3\nport-hold-down = 1\n\n\
          [limits.subscriber]\nmax-udp-sessions = {QUOTA}\nmax-subscribers = 16\n\n\
@@ -300,7 +310,7 @@ fn port_blocks_quota_logs_and_whois() {
          [log.block-log]\npath = \"{}\"\n",
         syslog.addr,
         ipfix.addr,
-        blocks.display()
+        blocks.0.display()
     );
     let gw = Gateway::start(&topo, &format!("lab = true\n{}", config(&topo, &extra)));
     let _echo = Echo::start(&topo);
@@ -516,7 +526,6 @@ fn port_blocks_quota_logs_and_whois() {
     assert!(lines.iter().all(|l| l.msgid != "SESSION-CREATE"));
 
     drop(gw);
-    let _ = std::fs::remove_file(&blocks);
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",
