@@ -510,6 +510,7 @@ mod tests {
             udp: 3,
         };
         s.mappings = 4;
+        s.stats.log_events_lost = 7;
         let usage = AddressUsage {
             addr: Ipv4Addr::new(198, 51, 100, 1),
             in_use: [0, 6451, 3],
@@ -637,6 +638,7 @@ mod tests {
             2.0
         );
         assert_eq!(get(&s, "natgate_mapping_failures_total", &[]), 4.0);
+        assert_eq!(get(&s, "natgate_log_events_lost_total", &[]), 7.0);
         // Every reason, zero ones too.
         for r in DropReason::ALL {
             get(&s, "natgate_drops_total", &[("reason", r.name())]);
