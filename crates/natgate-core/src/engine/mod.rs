@@ -252,10 +252,8 @@ impl<A: PortAllocator> Engine<A> {
         match verdict {
             Verdict::Forward(_) => self.counters.count_forward(side.arrival_direction(), len),
             Verdict::Drop(reason) => self.counters.count_drop(reason),
-            Verdict::Reply { reason, .. } => {
-                self.counters.count_drop(reason);
-                self.counters.icmp_generated += 1;
-            }
+            // The answer itself (ICMP error or TCP reset) was counted where it was built.
+            Verdict::Reply { reason, .. } => self.counters.count_drop(reason),
             Verdict::Held => self.counters.held_packets += 1,
         }
     }
@@ -414,6 +412,7 @@ impl<A: PortAllocator> Engine<A> {
         if len == 0 {
             return Verdict::Drop(reason);
         }
+        self.counters.icmp_generated += 1;
         Verdict::Reply { side, len, reason }
     }
 
@@ -698,6 +697,8 @@ impl<A: PortAllocator> Gone<'_, A> {
     }
 }
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
