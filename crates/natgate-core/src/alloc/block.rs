@@ -451,6 +451,35 @@ impl BlockAllocator {
         }));
         Some(b)
     }
+
+    /// Bytes the allocator holds, by the structures' own sizes: the port maps, block table and
+    /// free list of every address, the hold-down queue, each subscriber's entry and block list,
+    /// and the event queue. What one more subscriber costs is its entry and block list; the
+    /// rest is fixed by the pool.
+    pub fn memory_bytes(&self) -> usize {
+        use core::mem::size_of;
+        let addresses: usize = self
+            .addresses
+            .iter()
+            .map(|a| {
+                a.ports.iter().map(PortSet::heap_bytes).sum::<usize>()
+                    + size_of_val(&*a.blocks)
+                    + a.free.capacity() * size_of::<u16>()
+            })
+            .sum();
+        let blocks: usize = self
+            .subscribers
+            .values()
+            .map(|s| s.blocks.capacity() * size_of::<u16>())
+            .sum();
+        self.addresses.capacity() * size_of::<Address>()
+            + addresses
+            + self.index.memory_bytes()
+            + self.held.memory_bytes()
+            + super::map_bytes(&self.subscribers)
+            + blocks
+            + self.events.capacity() * size_of::<AllocEvent>()
+    }
 }
 
 impl PortAllocator for BlockAllocator {

@@ -371,6 +371,24 @@ impl DynamicAllocator {
             .insert(key, Subscriber { paired: i, live: 0 });
         Ok((i, port))
     }
+
+    /// Bytes the allocator holds, by the structures' own sizes: the port maps of every address,
+    /// the hold-down queue, and the pairing and per-address subscriber entries.
+    pub fn memory_bytes(&self) -> usize {
+        use core::mem::size_of;
+        let port_maps: usize = self
+            .addresses
+            .iter()
+            .flat_map(|a| a.ports.iter())
+            .map(PortSet::heap_bytes)
+            .sum();
+        self.addresses.capacity() * size_of::<Address>()
+            + port_maps
+            + self.index.memory_bytes()
+            + self.held.capacity() * size_of::<Held>()
+            + super::map_bytes(&self.subscribers)
+            + super::map_bytes(&self.links)
+    }
 }
 
 impl PortAllocator for DynamicAllocator {
