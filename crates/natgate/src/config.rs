@@ -160,6 +160,9 @@ pub struct LimitsSpec {
     pub max_held_fragments_per_source: Option<u32>,
     pub event_queue: Option<u32>,
     pub max_ports_in_hold_down: Option<u32>,
+    /// Most bytes the engine's state may take; with `max-sessions` left out, `max-sessions` is
+    /// derived to fit (see `Config::fit_sessions_to_memory`).
+    pub max_memory: Option<u64>,
     /// `[limits.subscriber]`: per-subscriber quotas and creation rate (RFC 6888 REQ-4, REQ-5);
     /// every field optional, zero meaning no limit.
     pub subscriber: Option<SubscriberLimits>,
@@ -185,6 +188,7 @@ impl LimitsSpec {
         if let Some(sub) = self.subscriber {
             l.subscriber = sub;
         }
+        l.max_memory = self.max_memory;
         l
     }
 }
@@ -662,15 +666,18 @@ impl Settings {
         pool: Vec<Ipv4Addr>,
         inside_address: Ipv4Addr,
     ) -> Result<ValidConfig, ConfigError> {
-        Config {
+        let mut config = Config {
             allocation: self.allocation,
             pool,
             inside_address,
             behavior: self.behavior,
             limits: self.limits,
             lab: self.lab,
+        };
+        if config.limits.max_memory.is_some() && self.file.limits.max_sessions.is_none() {
+            config.fit_sessions_to_memory()?;
         }
-        .validate()
+        config.validate()
     }
 
     /// The effective config as TOML: presets expanded, defaults filled in.
@@ -929,6 +936,25 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
             .expect_err("rate without burst")
             .to_string();
         assert!(e.contains("session-burst"), "{e}");
+    }
+
+    #[test]
+    fn max_memory_derives_max_sessions_or_refuses_with_the_need() {
+        let fit = format!("{MIN}\n[limits]\nmax-memory = 67108864\n");
+        let s = Settings::parse(&fit).expect("64 MiB holds some sessions");
+        let cfg = s
+            .engine_config(
+                vec![Ipv4Addr::new(198, 51, 100, 1)],
+                Ipv4Addr::new(100, 64, 0, 1),
+            )
+            .expect("fits");
+        let derived = cfg.get().limits.max_sessions;
+        assert!((8..1 << 20).contains(&derived), "{derived}");
+        let tight = format!("{MIN}\n[limits]\nmax-sessions = 1048576\nmax-memory = 1048576\n");
+        let e = Settings::parse(&tight)
+            .expect_err("1 M sessions in 1 MiB")
+            .to_string();
+        assert!(e.contains("max-memory") || e.contains("memory"), "{e}");
     }
 
     #[test]

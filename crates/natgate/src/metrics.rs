@@ -98,6 +98,11 @@ impl MetricsSnapshot {
                 st.icmp_generated,
             ),
             (
+                "natgate_tcp_resets_generated_total",
+                "TCP resets the gateway sent to refuse a mapping (mapping-failure-reply = tcp-reset).",
+                st.tcp_resets_generated,
+            ),
+            (
                 "natgate_held_packets_total",
                 "Packets held (early fragments, unsolicited SYNs).",
                 st.held_packets,

@@ -319,8 +319,9 @@ fn rfc6888_req4_req5_req11_every_limit_at_its_edge_with_every_answer() {
                         proto,
                         internal,
                         remote: remote_seen,
+                        reason: limit.reason,
                     }],
-                    "{what}: management is told, once"
+                    "{what}: management is told, once, with the reason"
                 );
 
                 // Nothing live was evicted: every flow still goes both ways.

@@ -204,6 +204,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("inbound bytes", s.inbound.bytes),
                 ("hairpinned packets", s.hairpinned_packets),
                 ("icmp errors generated", s.icmp_generated),
+                ("tcp resets generated", s.tcp_resets_generated),
                 ("held packets", s.held_packets),
                 ("dropped packets", s.dropped_packets),
                 ("sessions created", s.sessions_created),
