@@ -12,6 +12,7 @@ mod icmp_error;
 mod packet;
 mod queues;
 mod reload;
+mod static_nat;
 mod subscriber;
 mod translate;
 
@@ -34,6 +35,7 @@ use subscriber::SubscriberTable;
 
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
+pub use static_nat::SessionOrigin;
 
 /// How many packets [`Engine::process_batch`] looks up together. Large enough to hide memory
 /// latency behind prefetches, small enough that the batch's state stays in L1.
@@ -75,6 +77,8 @@ pub struct SessionInfo {
     pub last_seen: Instant,
     /// When it expires if nothing refreshes it.
     pub expires: Instant,
+    /// What made it.
+    pub origin: SessionOrigin,
 }
 
 /// A mapping as shown to operators.
@@ -107,6 +111,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     transmit: TransmitQueue,
     events: EventQueue,
     counters: Counters,
+    /// Static NAT rules and virtual servers.
+    statics: static_nat::StaticNat,
 }
 
 impl Engine<DynamicAllocator> {
@@ -149,6 +155,7 @@ impl<A: PortAllocator> Engine<A> {
             ),
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
+            statics: static_nat::StaticNat::new(cfg, seed),
             rng,
         }
     }
@@ -420,6 +427,7 @@ impl<A: PortAllocator> Engine<A> {
     /// Runs timers: expires sessions (and with their last session, mappings), fragment state and
     /// held SYNs. Call when `now` reaches [`Engine::next_timeout`]; calling more often is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.statics.last_now = now;
         let now_s = now.as_secs();
         let behavior = self.behavior;
         let mut gone = Gone {
@@ -541,6 +549,7 @@ impl<A: PortAllocator> Engine<A> {
             tcp: (s.proto == Protocol::Tcp).then(|| TcpState::from_byte(s.tcp).phase()),
             last_seen: Instant::from_secs(u64::from(s.last_seen)),
             expires: Instant::from_secs(u64::from(s.last_seen) + u64::from(idle_timeout(&b, s))),
+            origin: SessionOrigin::Dynamic,
         })
     }
 
