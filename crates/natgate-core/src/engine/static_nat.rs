@@ -430,8 +430,19 @@ impl<A: PortAllocator> Engine<A> {
         )
     }
 
+    /// Whether an exemption covers `p` going `dir`: for ICMP errors about exempted traffic,
+    /// which have no session to be found by (the rule's protocol must allow ICMP).
+    pub(super) fn exempted(&self, dir: Direction, p: &Parsed) -> bool {
+        !self.statics.compiled.is_empty(dir)
+            && self
+                .statics
+                .compiled
+                .lookup(dir, p.proto, p.src, p.dst)
+                .is_some_and(|(_, rw)| rw == Rewrite::NONE)
+    }
+
     /// An exempted packet (RFC 6888 REQ-6): forwarded untranslated, no state.
-    fn exempt(&mut self, buf: &mut [u8], out: Side) -> Verdict {
+    pub(super) fn exempt(&mut self, buf: &mut [u8], out: Side) -> Verdict {
         self.counters.exempted_packets += 1;
         self.finish(buf, out)
     }

@@ -308,6 +308,11 @@ action = "exempt"
     assert_eq!(e.mapping_count(), 0, "dynamic NAPT never saw them");
     assert_eq!(e.session_count(), 0);
     assert_eq!(e.counters().exempted_packets, 3);
+    // An ICMP error from the service about a subscriber's packet passes untranslated too.
+    let mut err = icmp_error(service.addr, sub.addr, udp(sub, service, b"q").bytes());
+    let (v, _, _) = send(&mut e, t(0), Side::Outside, &mut err);
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(e.counters().exempted_packets, 4);
     // Everything else still goes through dynamic NAPT.
     let (src, _) = fwd(&mut e, t(0), Side::Inside, udp(sub, ep(WAN, 53), b"q"));
     assert!(POOL.contains(&src.addr));
