@@ -113,6 +113,14 @@ fn host_nat_1to1_both_directions() {
         &mut udp(ep(WAN, 53), ep(a([192, 0, 2, 8]), 5000), b"x"),
     );
     assert_eq!(v, Verdict::Drop(DropReason::NotPoolAddress));
+    // Not even answered when its TTL runs out: the address is nobody's here.
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(WAN.octets(), [192, 0, 2, 8], 1)
+        .udp(53, 5000)
+        .write(&mut v, b"x")
+        .expect("build udp");
+    let (v, _, _) = send(&mut e, t(3), Side::Outside, &mut Pkt::new(&v));
+    assert_eq!(v, Verdict::Drop(DropReason::NotPoolAddress));
 }
 
 #[test]
