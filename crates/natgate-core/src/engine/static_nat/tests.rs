@@ -513,16 +513,51 @@ fn drain_keeps_connections_new_ones_go_elsewhere_then_remove() {
 
 #[test]
 fn all_real_servers_down_is_a_counted_drop() {
-    let mut e = vs_engine(&[(R1, None, 1)], Algorithm::RoundRobin);
-    let id = e.virtual_servers()[0].servers()[0].id();
-    e.virtual_server_mut(Protocol::Tcp, VIP)
-        .expect("vserver")
-        .drain(id)
-        .expect("drain");
-    let (v, _, _) = send(&mut e, t(0), Side::Outside, &mut tcp(ep(WAN, 1), VIP, "S"));
-    assert_eq!(v, Verdict::Drop(DropReason::NoRealServer));
+    // Three servers: one fails its health check, one is drained, one is removed.
+    let r3 = Ipv4Addr::new(10, 0, 1, 3);
+    let mut e = engine("", |c| {
+        let mut spec = web(
+            &[(R1, None, 1), (R2, None, 1), (r3, None, 1)],
+            Algorithm::RoundRobin,
+        );
+        spec.health = Some(crate::vserver::HealthSpec {
+            probe: crate::vserver::ProbeSpec::TcpConnect,
+            interval: 5,
+            timeout: 1,
+            rise: 1,
+            fall: 1,
+        });
+        c.virtual_servers.push(spec);
+    });
+    let ids: Vec<_> = e.virtual_servers()[0]
+        .servers()
+        .iter()
+        .map(|s| s.id())
+        .collect();
+    let v = e.virtual_server_mut(Protocol::Tcp, VIP).expect("vserver");
+    // At start the probes are spread over one interval; by then every one is due.
+    let mut probes = Vec::new();
+    while let Some(req) = v.next_probe(t(5)) {
+        probes.push(req.server);
+    }
+    assert_eq!(probes.len(), 3);
+    for id in probes {
+        v.on_probe_result(id, id != ids[0], t(5))
+            .expect("probe in flight");
+    }
+    assert_eq!(v.server(ids[0]).map(|s| s.state()), Some(ServerState::Down));
+    v.drain(ids[1]).expect("drain");
+    v.remove(ids[2], false).expect("remove");
+    let (verdict, _, _) = send(&mut e, t(5), Side::Outside, &mut tcp(ep(WAN, 1), VIP, "S"));
+    assert_eq!(verdict, Verdict::Drop(DropReason::NoRealServer));
     assert_eq!(e.counters().drops(DropReason::NoRealServer), 1);
     assert_eq!(e.static_session_count(), 0);
+    // The server coming back up takes the next connection.
+    let v = e.virtual_server_mut(Protocol::Tcp, VIP).expect("vserver");
+    let req = v.next_probe(t(10)).expect("the down server's next probe");
+    assert_eq!(req.server, ids[0]);
+    v.on_probe_result(ids[0], true, t(10)).expect("in flight");
+    assert_eq!(connect(&mut e, t(10), ep(WAN, 2)), ep(R1, 80));
 }
 
 /// An ICMP error from `from` to `to` quoting the first 28 bytes of `quoted`.
