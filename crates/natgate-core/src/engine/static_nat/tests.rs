@@ -704,3 +704,78 @@ fn icmp_echo_through_a_host_rule_keeps_its_identifier() {
     assert_eq!(v, Verdict::Forward(Side::Inside));
     assert_eq!(dst, ep(a([10, 0, 0, 7]), 77));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A bidirectional rule mapping `src_net/len` onto `172.20.0.0/len` (same length, host
+    /// bits kept), and with `twice` also `192.0.2.0/24` onto `203.0.113.0/24` as destination.
+    fn rule_text(len: u8, twice: bool) -> String {
+        let dst = if twice {
+            "dst = \"192.0.2.0/24\"\naction.translate.dst = { addr = \"203.0.113.0/24\" }\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[rule]]\nid = 1\ndirection = \"outbound\"\nbidirectional = true\n\
+             src = \"10.32.0.0/{len}\"\n{dst}action.translate.src = {{ addr = \"172.20.0.0/{len}\" }}\n"
+        )
+    }
+
+    fn mask(len: u8) -> u32 {
+        if len >= 32 { 0 } else { u32::MAX >> len }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Through a random prefix rule (with or without twice-NAT), any TCP, UDP or ICMP echo
+        /// flow goes out with the host bits kept and valid checksums, and its reply comes back
+        /// to exactly the original endpoints.
+        #[test]
+        fn a_rule_translated_flow_and_its_reply_round_trip(
+            len in 16u8..=32,
+            twice in any::<bool>(),
+            host in any::<u32>(),
+            peer in any::<u8>(),
+            sport in 1u16..,
+            dport in 1u16..,
+            proto in 0u8..3,
+        ) {
+            let mut e = engine(&rule_text(len, twice), |_| {});
+            let inside = Ipv4Addr::from_bits(0x0a20_0000 | (host & mask(len)));
+            let outside = Ipv4Addr::from_bits(0xac14_0000 | (host & mask(len)));
+            let (peer_in, peer_out) = if twice {
+                (a([192, 0, 2, peer]), a([203, 0, 113, peer]))
+            } else {
+                (a([198, 18, 0, peer]), a([198, 18, 0, peer]))
+            };
+            let (src, dst) = (ep(inside, sport), ep(peer_in, dport));
+            let (request, reply): (Pkt, Box<dyn Fn(Endpoint, Endpoint) -> Pkt>) = match proto {
+                0 => (tcp(src, dst, "S"), Box::new(|s, d| tcp(s, d, "SA"))),
+                1 => (udp(src, dst, b"q"), Box::new(|s, d| udp(s, d, b"a"))),
+                _ => (
+                    super::super::super::tests::echo(inside, peer_in, sport, true),
+                    Box::new(move |s: Endpoint, d: Endpoint| {
+                        super::super::super::tests::echo(s.addr, d.addr, sport, false)
+                    }),
+                ),
+            };
+            let (v, out_src, out_dst) = send(&mut e, t(0), Side::Inside, &mut request.clone());
+            prop_assert_eq!(v, Verdict::Forward(Side::Outside));
+            prop_assert_eq!(out_src.addr, outside, "host bits kept");
+            prop_assert_eq!(out_dst.addr, peer_out);
+            prop_assert_eq!(out_src.port, src.port, "ports (and identifiers) kept");
+            let (v, back_src, back_dst) =
+                send(&mut e, t(1), Side::Outside, &mut reply(out_dst, out_src));
+            prop_assert_eq!(v, Verdict::Forward(Side::Inside));
+            prop_assert_eq!(back_dst, src);
+            prop_assert_eq!(back_src.addr, dst.addr);
+            if proto != 2 {
+                prop_assert_eq!(back_src, dst);
+            }
+            prop_assert_eq!(e.mapping_count(), 0);
+        }
+    }
+}
