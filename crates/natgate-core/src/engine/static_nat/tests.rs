@@ -779,3 +779,39 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn rfc4787_req9_hairpin_to_a_port_forward_on_a_pool_address() {
+    // TCP 198.51.100.1:80 (a pool address) forwards to 10.0.0.5:8888.
+    let rules = PORT_FORWARD.replace("198.51.100.10/32", "198.51.100.1/32");
+    let mut e = engine(&rules, |_| {});
+    let client = ep(SUB, 40000);
+    let web = ep(POOL[0], 80);
+    let server = ep(a([10, 0, 0, 5]), 8888);
+    // The subscriber's SYN goes back in, to the server, from the subscriber's external endpoint.
+    let (v, src, dst) = send(&mut e, t(0), Side::Inside, &mut tcp(client, web, "S"));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(dst, server);
+    assert!(
+        POOL.contains(&src.addr) && src != web,
+        "external source {src}"
+    );
+    let client_ext = src;
+    // The server's answer is hairpinned back to the subscriber, from the forwarded endpoint.
+    let (v, src, dst) = send(
+        &mut e,
+        t(0),
+        Side::Inside,
+        &mut tcp(server, client_ext, "SA"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!((src, dst), (web, client));
+    let (v, _, dst) = send(&mut e, t(1), Side::Inside, &mut tcp(client, web, "A"));
+    assert_eq!((v, dst), (Verdict::Forward(Side::Inside), server));
+    assert_eq!(e.counters().hairpinned_packets, 3);
+    assert_eq!(e.static_session_count(), 1);
+    // The TTL went down by one on each trip, not two.
+    let mut p = tcp(client, web, "A");
+    send(&mut e, t(1), Side::Inside, &mut p);
+    assert_eq!(p.bytes()[8], 63);
+}
