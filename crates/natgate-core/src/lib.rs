@@ -32,7 +32,7 @@ pub use config::{
 };
 pub use counters::{Counters, DropReason};
 pub use endpoint::{Direction, Endpoint, Protocol, Side};
-pub use engine::Engine;
+pub use engine::{Engine, SessionInfo, SessionOrigin};
 pub use event::Event;
 pub use rng::Rng;
 pub use time::Instant;

@@ -163,6 +163,7 @@ pub struct LimitsSpec {
     /// Most bytes the engine's state may take; with `max-sessions` left out, `max-sessions` is
     /// derived to fit (see `Config::fit_sessions_to_memory`).
     pub max_memory: Option<u64>,
+    pub max_static_sessions: Option<u32>,
     /// `[limits.subscriber]`: per-subscriber quotas and creation rate (RFC 6888 REQ-4, REQ-5);
     /// every field optional, zero meaning no limit.
     pub subscriber: Option<SubscriberLimits>,
@@ -183,7 +184,8 @@ impl LimitsSpec {
             max_held_fragments,
             max_held_fragments_per_source,
             event_queue,
-            max_ports_in_hold_down
+            max_ports_in_hold_down,
+            max_static_sessions
         );
         if let Some(sub) = self.subscriber {
             l.subscriber = sub;
@@ -673,6 +675,8 @@ impl Settings {
             behavior: self.behavior,
             limits: self.limits,
             lab: self.lab,
+            rules: Default::default(),
+            virtual_servers: Vec::new(),
         };
         if config.limits.max_memory.is_some() && self.file.limits.max_sessions.is_none() {
             config.fit_sessions_to_memory()?;

@@ -17,6 +17,9 @@ pub use preset::Preset;
 pub use timers::Timers;
 
 use crate::engine::MemoryModel;
+use crate::endpoint::{Endpoint, Protocol};
+use crate::rules::{RuleChain, RuleId};
+use crate::vserver::{VirtualServerError, VirtualServerSpec};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -176,6 +179,14 @@ pub struct Limits {
     /// more, and [`Config::fit_sessions_to_memory`] derives `max-sessions` from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<u64>,
+    /// Most sessions that static NAT rules and virtual servers hold at once (their own table,
+    /// allocated only when the config has a rule or a virtual server).
+    #[serde(default = "default_max_static_sessions")]
+    pub max_static_sessions: u32,
+}
+
+const fn default_max_static_sessions() -> u32 {
+    65536
 }
 
 /// What one subscriber (internal address) may hold and open (RFC 6888 REQ-4, REQ-5). Zero
@@ -221,6 +232,7 @@ impl Default for Limits {
             max_ports_in_hold_down: 1 << 20,
             subscriber: SubscriberLimits::default(),
             max_memory: None,
+            max_static_sessions: default_max_static_sessions(),
         }
     }
 }
@@ -243,11 +255,24 @@ pub struct Config {
     pub allocation: Allocation,
     /// Allow values the RFCs forbid (short timers, no hairpinning, dependent mapping...).
     pub lab: bool,
+    /// Static NAT rules (`[[rule]]`), checked for validity and conflicts as they load. They win
+    /// over dynamic NAPT; see `docs/static-nat.md`.
+    #[serde(default, rename = "rule", skip_serializing_if = "RuleChain::is_empty")]
+    pub rules: RuleChain,
+    /// Virtual servers (`[[virtual-server]]`): a virtual address and port spread over real
+    /// servers; see `docs/virtual-servers.md`.
+    #[serde(
+        default,
+        rename = "virtual-server",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub virtual_servers: Vec<VirtualServerSpec>,
 }
 
-/// A config that passed [`Config::validate`]; it cannot be built any other way.
+/// A config that passed [`Config::validate`]; it cannot be built any other way. Boxed, so
+/// that drivers can pass it around in messages (a reload) without a large value in every one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidConfig(Config);
+pub struct ValidConfig(Box<Config>);
 
 impl ValidConfig {
     /// The validated config.
@@ -302,6 +327,36 @@ pub enum ConfigError {
         /// Where the bytes go.
         detail: String,
     },
+    /// A virtual server's own settings are wrong.
+    #[error("virtual-server {proto} {address}: {error}")]
+    VirtualServer {
+        /// Its protocol.
+        proto: Protocol,
+        /// Its virtual address and port.
+        address: Endpoint,
+        /// What is wrong.
+        error: VirtualServerError,
+    },
+    /// Two virtual servers with one protocol, address and port: a new connection could not
+    /// tell which one it is for.
+    #[error("virtual-server {proto} {address}: listed twice")]
+    DuplicateVirtualServer {
+        /// The protocol.
+        proto: Protocol,
+        /// The virtual address and port.
+        address: Endpoint,
+    },
+    /// A virtual server's address and port is also an external endpoint a static rule binds,
+    /// so an inbound packet to it would have two meanings.
+    #[error("virtual-server {proto} {address}: rule {rule} already binds this external endpoint")]
+    VirtualServerBoundByRule {
+        /// The protocol.
+        proto: Protocol,
+        /// The virtual address and port.
+        address: Endpoint,
+        /// The rule that binds it.
+        rule: RuleId,
+    },
 }
 
 impl Config {
@@ -314,6 +369,8 @@ impl Config {
             limits: Limits::default(),
             allocation: Allocation::Dynamic,
             lab: false,
+            rules: RuleChain::new(),
+            virtual_servers: Vec::new(),
         }
     }
 
@@ -338,7 +395,34 @@ impl Config {
         self.check_limits()?;
         self.allocation.check(&self.pool)?;
         self.check_memory()?;
-        Ok(ValidConfig(self))
+        self.check_virtual_servers()?;
+        Ok(ValidConfig(Box::new(self)))
+    }
+
+    /// Each virtual server valid on its own, no two on one protocol, address and port, and
+    /// none on an external endpoint that a static rule binds. (The rule chain was checked as
+    /// it loaded: a `RuleChain` holds only valid, non-conflicting rules.)
+    fn check_virtual_servers(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for v in &self.virtual_servers {
+            let (proto, address) = (v.protocol, Endpoint::new(v.address, v.port));
+            v.validate().map_err(|error| ConfigError::VirtualServer {
+                proto,
+                address,
+                error,
+            })?;
+            if !seen.insert((proto, address)) {
+                return Err(ConfigError::DuplicateVirtualServer { proto, address });
+            }
+            if let Some(rule) = self.rules.binding_of_external(proto, address) {
+                return Err(ConfigError::VirtualServerBoundByRule {
+                    proto,
+                    address,
+                    rule,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Sets `max-sessions` to the most that `max-memory` has room for, for a config file that
@@ -512,6 +596,7 @@ impl Config {
                 l.max_held_fragments_per_source,
             ),
             ("event-queue", l.event_queue),
+            ("max-static-sessions", l.max_static_sessions),
         ];
         for (setting, v) in positive {
             if v == 0 {
@@ -525,6 +610,7 @@ impl Config {
         for (setting, v) in [
             ("max-sessions", l.max_sessions),
             ("max-mappings", l.max_mappings),
+            ("max-static-sessions", l.max_static_sessions),
         ] {
             if v > MAX_TABLE_ENTRIES {
                 return Err(ConfigError::OutOfRange {
@@ -722,6 +808,192 @@ mod tests {
         assert!(matches!(
             tiny.fit_sessions_to_memory(),
             Err(ConfigError::MemoryLimit { .. })
+        ));
+    }
+
+    fn vserver(addr: [u8; 4], port: u16, proto: Protocol) -> VirtualServerSpec {
+        VirtualServerSpec {
+            address: Ipv4Addr::from(addr),
+            port,
+            protocol: proto,
+            scheduler: crate::vserver::Algorithm::RoundRobin,
+            affinity: None,
+            health: None,
+            real_servers: vec![crate::vserver::RealServerSpec {
+                address: Ipv4Addr::new(10, 0, 0, 1),
+                port: None,
+                weight: 1,
+            }],
+        }
+    }
+
+    /// A config as the file states it: the `[[rule]]` and `[[virtual-server]]` tables load
+    /// into the chain and the specs, and write back the same.
+    #[test]
+    fn rules_and_virtual_servers_load_from_toml() {
+        let mut text = toml::to_string(&cfg()).expect("serialize");
+        text.push_str(
+            r#"
+[[rule]]
+id = 10
+direction = "inbound"
+bidirectional = true
+proto = "tcp"
+dst = "198.51.100.10/32"
+dst-ports = 80
+action.translate.dst = { addr = "10.0.0.5/32", port = 8888 }
+
+[[virtual-server]]
+address = "198.51.100.20"
+port = 80
+protocol = "tcp"
+scheduler = "weighted-round-robin"
+
+[[virtual-server.real-servers]]
+address = "10.0.0.1"
+
+[[virtual-server.real-servers]]
+address = "10.0.0.2"
+weight = 2
+"#,
+        );
+        let c: Config = toml::from_str(&text).expect("parse");
+        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.virtual_servers.len(), 1);
+        assert_eq!(c.virtual_servers[0].real_servers[1].weight, 2);
+        let again: Config =
+            toml::from_str(&toml::to_string(&c).expect("serialize")).expect("reparse");
+        assert_eq!(again, c);
+        assert!(c.validate().is_ok());
+        // Without them the config is as before: both are optional and empty by default.
+        let plain: Config =
+            toml::from_str(&toml::to_string(&cfg()).expect("serialize")).expect("parse");
+        assert!(plain.rules.is_empty() && plain.virtual_servers.is_empty());
+    }
+
+    #[test]
+    fn invalid_virtual_server_is_refused_naming_it() {
+        let mut c = cfg();
+        let mut v = vserver([198, 51, 100, 20], 80, Protocol::Tcp);
+        v.real_servers[0].weight = 0;
+        c.virtual_servers.push(v);
+        let err = c.validate().expect_err("weight 0 refused");
+        assert!(
+            matches!(
+                err,
+                ConfigError::VirtualServer {
+                    proto: Protocol::Tcp,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("virtual-server tcp 198.51.100.20:80: "),
+            "{msg}"
+        );
+        assert!(msg.contains("weight"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_virtual_server_is_refused() {
+        let mut c = cfg();
+        c.virtual_servers
+            .push(vserver([198, 51, 100, 20], 80, Protocol::Tcp));
+        // Another protocol or port on the same address is a different virtual server.
+        c.virtual_servers
+            .push(vserver([198, 51, 100, 20], 80, Protocol::Udp));
+        c.virtual_servers
+            .push(vserver([198, 51, 100, 20], 81, Protocol::Tcp));
+        assert!(c.clone().validate().is_ok());
+        c.virtual_servers
+            .push(vserver([198, 51, 100, 20], 80, Protocol::Tcp));
+        let err = c
+            .validate()
+            .expect_err("same proto, address and port twice");
+        assert_eq!(
+            err,
+            ConfigError::DuplicateVirtualServer {
+                proto: Protocol::Tcp,
+                address: Endpoint::new(Ipv4Addr::new(198, 51, 100, 20), 80),
+            }
+        );
+        assert!(err.to_string().contains("tcp 198.51.100.20:80"), "{err}");
+    }
+
+    #[test]
+    fn virtual_server_on_an_endpoint_a_rule_binds_is_refused() {
+        use crate::endpoint::Direction;
+        use crate::rules::{Action, Ipv4Prefix, PortRange, Rule, Target, Translate};
+        let prefix = |a: [u8; 4], len| Ipv4Prefix::new(Ipv4Addr::from(a), len).expect("prefix");
+        // Port forward tcp 198.51.100.10:80 -> 10.0.0.5:8888.
+        let mut forward = Rule::new(
+            Direction::Inbound,
+            prefix([0, 0, 0, 0], 0),
+            prefix([198, 51, 100, 10], 32),
+            Action::Translate(Translate {
+                src: None,
+                dst: Some(Target {
+                    addr: Some(prefix([10, 0, 0, 5], 32)),
+                    port: Some(8888),
+                }),
+            }),
+        );
+        forward.proto = Some(Protocol::Tcp);
+        forward.dst_ports = Some(PortRange {
+            first: 80,
+            last: 80,
+        });
+        // 1:1 host NAT of a whole address, every protocol and port.
+        let mut host = Rule::new(
+            Direction::Outbound,
+            prefix([10, 0, 0, 7], 32),
+            prefix([0, 0, 0, 0], 0),
+            Action::Translate(Translate {
+                src: Some(Target {
+                    addr: Some(prefix([198, 51, 100, 7], 32)),
+                    port: None,
+                }),
+                dst: None,
+            }),
+        );
+        host.bidirectional = true;
+        let mut c = cfg();
+        c.rules
+            .insert(crate::rules::RuleId(3), forward)
+            .expect("rule");
+        c.rules.insert(crate::rules::RuleId(5), host).expect("rule");
+        // Beside the forward: another port, another protocol.
+        c.virtual_servers
+            .push(vserver([198, 51, 100, 10], 81, Protocol::Tcp));
+        c.virtual_servers
+            .push(vserver([198, 51, 100, 10], 80, Protocol::Udp));
+        assert!(c.clone().validate().is_ok());
+        let mut on_forward = c.clone();
+        on_forward
+            .virtual_servers
+            .push(vserver([198, 51, 100, 10], 80, Protocol::Tcp));
+        let err = on_forward
+            .validate()
+            .expect_err("the port forward binds it");
+        assert_eq!(
+            err,
+            ConfigError::VirtualServerBoundByRule {
+                proto: Protocol::Tcp,
+                address: Endpoint::new(Ipv4Addr::new(198, 51, 100, 10), 80),
+                rule: crate::rules::RuleId(3),
+            }
+        );
+        assert!(err.to_string().contains("rule 3"), "{err}");
+        c.virtual_servers
+            .push(vserver([198, 51, 100, 7], 443, Protocol::Udp));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::VirtualServerBoundByRule {
+                rule: crate::rules::RuleId(5),
+                ..
+            })
         ));
     }
 }

@@ -1,7 +1,7 @@
 //! The ordered rule chain: ids, renumbering on insert, conflict checks, reserved ports.
 
 use super::{Binding, CompiledRules, PortRange, Rule, RuleError, RuleId};
-use crate::endpoint::Protocol;
+use crate::endpoint::{Endpoint, Protocol};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -146,6 +146,23 @@ impl RuleChain {
                     .map(move |&p| (Ipv4Addr::from_bits(a), p, ports))
             })
         })
+    }
+
+    /// The first rule (in id order) with a binding whose external endpoints include `external`
+    /// for `proto`: what a virtual server on that endpoint would collide with. Cheaper than
+    /// searching [`RuleChain::reserved_external`], which lists every address of a prefix.
+    pub fn binding_of_external(&self, proto: Protocol, external: Endpoint) -> Option<RuleId> {
+        self.rules
+            .iter()
+            .zip(&self.bindings)
+            .find(|(_, bs)| {
+                bs.iter().flatten().any(|b| {
+                    b.proto.is_none_or(|p| p == proto)
+                        && b.ext.0.contains(external.addr)
+                        && b.ext.1.contains(external.port)
+                })
+            })
+            .map(|(r, _)| r.id)
     }
 
     /// The chain compiled for matching; `seed` keys its hash tables (see

@@ -314,6 +314,91 @@ impl VirtualServer {
         }
     }
 
+    /// Applies a changed config (a reload) at `now`, keeping what the operator and the traffic
+    /// built up: a real server still listed (same address and real port) keeps its id,
+    /// counters, drain and health state and takes the new weight; a new one is added (level
+    /// with the others, as [`add`](Self::add) does); one no longer listed is removed even with
+    /// live connections (their sessions run on; their callbacks get
+    /// [`VirtualServerError::UnknownServer`]). A changed algorithm restarts the scheduler, a
+    /// changed affinity empties the affinity table, and changed health checks restart every
+    /// server's checker (up, first probe at `now`). `spec` must have the same protocol,
+    /// address and port (it is the same virtual server); the virtual server is unchanged if
+    /// `spec` is invalid.
+    pub fn update(
+        &mut self,
+        spec: &VirtualServerSpec,
+        now: Instant,
+    ) -> Result<(), VirtualServerError> {
+        spec.validate()?;
+        let port = self.address.port;
+        let wanted = |r: &RealServerSpec| Endpoint::new(r.address, r.port.unwrap_or(port));
+        let gone: Vec<RealServerId> = self
+            .servers
+            .iter()
+            .filter(|s| !spec.real_servers.iter().any(|r| wanted(r) == s.target))
+            .map(|s| s.id)
+            .collect();
+        let fresh = spec
+            .real_servers
+            .iter()
+            .filter(|r| self.find(r.address, wanted(r).port).is_none())
+            .count();
+        if self.servers.len() - gone.len() + fresh > spec::MAX_REAL_SERVERS {
+            return Err(VirtualServerError::TooManyServers);
+        }
+        if u32::try_from(fresh)
+            .ok()
+            .and_then(|n| self.next_id.checked_add(n))
+            .is_none()
+        {
+            return Err(VirtualServerError::IdsExhausted);
+        }
+        if spec.scheduler != self.algorithm() {
+            self.scheduler = Scheduler::new(spec.scheduler);
+        }
+        if spec.affinity != self.affinity_spec {
+            self.affinity_spec = spec.affinity;
+            self.affinity = spec.affinity.map(|a| {
+                AffinityTable::new(
+                    Duration::from_secs(u64::from(a.timeout)),
+                    a.max_entries as usize,
+                )
+            });
+        }
+        if spec.health != self.health {
+            self.health = spec.health.clone();
+            for s in &mut self.servers {
+                s.checker = self.health.as_ref().map(|h| {
+                    HealthChecker::new(
+                        HealthParams {
+                            interval: h.interval(),
+                            rise: h.rise,
+                            fall: h.fall,
+                        },
+                        now,
+                    )
+                });
+            }
+        }
+        for id in gone {
+            self.remove(id, true)?;
+        }
+        for r in &spec.real_servers {
+            match self.find(r.address, wanted(r).port) {
+                Some(id) => {
+                    if self.server(id).is_some_and(|s| s.weight != r.weight) {
+                        self.set_weight(id, r.weight)?;
+                    }
+                }
+                None => {
+                    self.add(*r, now)?;
+                }
+            }
+        }
+        self.reset_rotation();
+        Ok(())
+    }
+
     /// Picks the real server for a new connection from `client` at `now`; `None` when no server
     /// is active. With affinity, a client whose entry is live (last used less than the timeout
     /// ago) and whose server is still active goes back to it; otherwise the scheduler picks and

@@ -1033,6 +1033,7 @@ mod tests {
             tcp: (proto == Protocol::Tcp).then_some(TcpPhase::Established),
             last_seen: Instant::from_secs(100),
             expires: Instant::from_secs(400),
+            origin: natgate_core::SessionOrigin::Dynamic,
         }
     }
 
