@@ -16,8 +16,8 @@ pub use behavior::*;
 pub use preset::Preset;
 pub use timers::Timers;
 
-use crate::engine::MemoryModel;
 use crate::endpoint::{Endpoint, Protocol};
+use crate::engine::MemoryModel;
 use crate::rules::{RuleChain, RuleId};
 use crate::vserver::{VirtualServerError, VirtualServerSpec};
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,7 @@ use super::{Engine, TRANSMIT_SLOT, fragment_limits, transmit_slots};
 use crate::alloc::PortAllocator;
 use crate::config::{Config, FilteringBehavior};
 use crate::fragment::FragmentTracker;
-use crate::table::{AddressFilter, MappingTable, SessionTable};
+use crate::table::{AddressFilter, MappingTable, SessionTable, StaticSessionTable};
 use core::fmt;
 
 /// Bytes of an engine's state, by part.
@@ -34,6 +34,9 @@ pub struct MemoryUsage {
     pub subscribers: usize,
     /// The event, transmit and held-SYN queues.
     pub queues: usize,
+    /// The table of sessions made by static rules and virtual servers (only when the config
+    /// has any).
+    pub static_sessions: usize,
 }
 
 impl MemoryUsage {
@@ -46,6 +49,7 @@ impl MemoryUsage {
             self.fragments,
             self.subscribers,
             self.queues,
+            self.static_sessions,
         ]
         .iter()
         .fold(0u64, |sum, &b| sum.saturating_add(b as u64))
@@ -57,14 +61,15 @@ impl fmt::Display for MemoryUsage {
         write!(
             f,
             "{} bytes: sessions {}, mappings {}, address filter {}, fragments {}, subscribers {}, \
-             queues {}",
+             queues {}, static sessions {}",
             self.total(),
             self.sessions,
             self.mappings,
             self.address_filter,
             self.fragments,
             self.subscribers,
-            self.queues
+            self.queues,
+            self.static_sessions
         )
     }
 }
@@ -109,6 +114,7 @@ pub struct MemoryModel {
     fragments: usize,
     subscribers: usize,
     queues: usize,
+    static_sessions: usize,
 }
 
 impl MemoryModel {
@@ -128,6 +134,12 @@ impl MemoryModel {
             queues: EventQueue::new(l.event_queue as usize).memory_bytes()
                 + TransmitQueue::new(transmit_slots(l)).memory_bytes()
                 + SynHold::new(l.max_held_syns as usize).memory_bytes(),
+            static_sessions: if cfg.rules.is_empty() && cfg.virtual_servers.is_empty() {
+                0
+            } else {
+                Linear::measure(|n| StaticSessionTable::new(n, 0).memory_bytes())
+                    .at(l.max_static_sessions)
+            },
         }
     }
 
@@ -157,6 +169,7 @@ impl MemoryModel {
             fragments: self.fragments,
             subscribers: self.subscribers,
             queues: self.queues,
+            static_sessions: self.static_sessions,
         }
     }
 }
@@ -174,6 +187,7 @@ impl<A: PortAllocator> Engine<A> {
             queues: self.events.memory_bytes()
                 + self.transmit.memory_bytes()
                 + self.held_syns.memory_bytes(),
+            static_sessions: self.statics.table.as_ref().map_or(0, |t| t.memory_bytes()),
         }
     }
 }
@@ -213,8 +227,22 @@ mod tests {
             max_subscribers: 5000,
             ..SubscriberLimits::default()
         };
+        let any = crate::rules::Ipv4Prefix::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix");
+        c.rules
+            .append(crate::rules::Rule::new(
+                crate::Direction::Outbound,
+                any,
+                any,
+                crate::rules::Action::Exempt,
+            ))
+            .expect("an exemption");
+        c.limits.max_static_sessions = 1000;
         let real = built(&c);
         assert!(real.address_filter > 0 && real.subscribers > 0 && real.fragments > 0);
+        assert!(
+            real.static_sessions > 0,
+            "a rule brings the static session table"
+        );
         assert_eq!(MemoryModel::of(&c).usage(40_000, 20_000), real);
         assert!(MemoryModel::floor(&c) <= real.total());
     }
