@@ -14,6 +14,7 @@ mod configured;
 mod deterministic;
 mod dynamic;
 mod hold;
+mod pool_choice;
 mod pool_index;
 mod ports;
 mod reserved;
