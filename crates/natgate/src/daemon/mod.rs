@@ -36,7 +36,7 @@ use std::time::Duration;
 use std::net::Ipv4Addr;
 
 use natgate_core::alloc::{
-    AddressUsage, AllocSettings, ConfiguredAllocator, DynamicAllocator, PortRange,
+    AddressUsage, AllocSettings, ConfiguredAllocator, DynamicAllocator, PortRange, PortSetUsage,
 };
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
@@ -176,6 +176,8 @@ pub struct WorkerSnapshot {
     pub mappings: Vec<MappingInfo>,
     /// Pool utilisation.
     pub pools: Vec<AddressUsage>,
+    /// Port blocks or deterministic ranges per address (empty with dynamic allocation).
+    pub port_sets: Vec<PortSetUsage>,
     /// Live sessions.
     pub session_count: usize,
     /// Live mappings.
@@ -201,6 +203,9 @@ pub struct Snapshot {
     pub mappings: Vec<MappingInfo>,
     /// Pool utilisation per external address.
     pub pools: Vec<AddressUsage>,
+    /// Port blocks or deterministic ranges per external address, summed over the workers'
+    /// shares (empty with dynamic allocation).
+    pub port_sets: Vec<PortSetUsage>,
     /// Live sessions.
     pub session_count: usize,
     /// Live mappings.
@@ -338,6 +343,7 @@ impl DaemonHandle {
             total.sessions.extend(s.sessions);
             total.mappings.extend(s.mappings);
             merge_usage(&mut total.pools, s.pools);
+            merge_port_sets(&mut total.port_sets, s.port_sets);
             total.session_count += s.session_count;
             total.mapping_count += s.mapping_count;
             total.held_syns += s.held_syns;
@@ -439,6 +445,24 @@ fn merge_usage(total: &mut Vec<AddressUsage>, more: Vec<AddressUsage>) {
                 t.subscribers += u.subscribers;
             }
             None => total.push(u),
+        }
+    }
+}
+
+/// Adds a worker's port sets to the total: workers own disjoint sets of an address, so its
+/// counts add up.
+fn merge_port_sets(total: &mut Vec<PortSetUsage>, more: Vec<PortSetUsage>) {
+    for s in more {
+        match total
+            .iter_mut()
+            .find(|t| t.addr == s.addr && t.kind == s.kind)
+        {
+            Some(t) => {
+                t.in_use += s.in_use;
+                t.held_down += s.held_down;
+                t.free += s.free;
+            }
+            None => total.push(s),
         }
     }
 }
