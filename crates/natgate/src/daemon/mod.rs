@@ -733,6 +733,18 @@ fn open_json_lines(
     })
 }
 
+/// The block log of `[log.block-log]`, if configured, with `[log] durable`.
+fn block_log_config(settings: &Settings) -> Option<BlockLogConfig> {
+    let b = settings.log.block_log.as_ref()?;
+    Some(BlockLogConfig {
+        path: b.path.clone(),
+        max_intervals: b.max_intervals,
+        // Without blocks, a mapping's single port is the unit of allocation.
+        mappings: matches!(settings.allocation, Allocation::Dynamic),
+        durable: settings.log.durable,
+    })
+}
+
 /// Opens the configured sinks and starts the pipeline; `None` when no sink is configured (events
 /// are then only counted by the engines).
 fn open_logs(settings: &Settings, clock: &Clock) -> Result<Option<Logs>, DaemonError> {
@@ -772,15 +784,8 @@ fn open_logs(settings: &Settings, clock: &Clock) -> Result<Option<Logs>, DaemonE
             IpfixExporter::open(config, time).map_err(log_error("ipfix"))?,
         ));
     }
-    let block_log = match &log.block_log {
-        Some(b) => {
-            let config = BlockLogConfig {
-                path: b.path.clone(),
-                max_intervals: b.max_intervals,
-                // Without blocks, a mapping's single port is the unit of allocation.
-                mappings: matches!(settings.allocation, Allocation::Dynamic),
-                durable: log.durable,
-            };
+    let block_log = match block_log_config(settings) {
+        Some(config) => {
             let shared =
                 SharedBlockLog::new(BlockLog::open(config, time).map_err(log_error("block-log"))?);
             sinks.push(Box::new(shared.clone()));
@@ -952,6 +957,16 @@ mod tests {
             .expect("opens")
             .expect("configured");
         assert!(sink.options().durable, "durable = true: sync per batch");
+        let with_blocks = format!(
+            "{text}\n[log.block-log]\npath = {:?}\n",
+            dir.path().join("blocks").display().to_string()
+        );
+        let b =
+            block_log_config(&Settings::parse(&with_blocks).expect("valid")).expect("configured");
+        assert!(
+            b.durable && b.mappings,
+            "durable; dynamic allocation logs mappings"
+        );
         assert_eq!(
             sink.rotation(),
             Some(crate::eventlog::Rotation {
