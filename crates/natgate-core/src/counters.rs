@@ -133,6 +133,9 @@ pub struct Counters {
     pub static_sessions_deleted: u64,
     /// Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).
     pub exempted_packets: u64,
+    /// Refusals not reported as `MappingFailed` events because the same subscriber was
+    /// refused for the same reason earlier in the same second (each is still a counted drop).
+    pub refusal_reports_suppressed: u64,
 }
 
 impl Default for Counters {
@@ -154,6 +157,7 @@ impl Default for Counters {
             vserver_sessions_created: 0,
             static_sessions_deleted: 0,
             exempted_packets: 0,
+            refusal_reports_suppressed: 0,
         }
     }
 }
@@ -215,6 +219,7 @@ impl Counters {
         self.vserver_sessions_created += other.vserver_sessions_created;
         self.static_sessions_deleted += other.static_sessions_deleted;
         self.exempted_packets += other.exempted_packets;
+        self.refusal_reports_suppressed += other.refusal_reports_suppressed;
     }
 }
 

@@ -103,6 +103,12 @@ impl MetricsSnapshot {
                 st.tcp_resets_generated,
             ),
             (
+                "natgate_refusal_reports_suppressed_total",
+                "Refusals not logged because the subscriber was refused for the same reason \
+                 earlier in the same second (RFC 6888 REQ-11c, rate-limited).",
+                st.refusal_reports_suppressed,
+            ),
+            (
                 "natgate_held_packets_total",
                 "Packets held (early fragments, unsolicited SYNs).",
                 st.held_packets,

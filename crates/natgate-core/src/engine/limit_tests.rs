@@ -491,3 +491,53 @@ fn rfc6888_req11_inbound_session_refused_by_a_limit_is_reported() {
         }
     }
 }
+
+/// A subscriber hammering its quota is refused every time (each refusal counted and answered)
+/// but reported once per second, so refusals cannot flood the log and push out block records.
+#[test]
+fn rfc6888_req11_refusals_are_reported_once_per_subscriber_reason_and_second() {
+    let limit = &limits()[2];
+    let mut e = engine(limit, MappingFailureReply::HostUnreachable);
+    for k in 0..3 {
+        let (i, r) = own_remote(k);
+        run(&mut e, t0(), Side::Inside, &mut first(Protocol::Udp, i, r));
+    }
+    let failures = |e: &mut Engine<ConfiguredAllocator>| {
+        std::iter::from_fn(|| e.poll_event())
+            .filter(|ev| matches!(ev, Event::MappingFailed { .. }))
+            .count()
+    };
+    failures(&mut e);
+    let before = e.counters().clone();
+    let mut second = Instant::from_millis(t0().as_millis() + 10);
+    for round in 0..3u64 {
+        for k in 3..103 {
+            let (i, r) = own_remote(k);
+            let v = run(
+                &mut e,
+                second,
+                Side::Inside,
+                &mut first(Protocol::Udp, i, r),
+            );
+            assert!(matches!(v, Verdict::Reply { .. }), "{round}/{k}: {v:?}");
+        }
+        assert_eq!(failures(&mut e), 1, "round {round}: one report per second");
+        second = Instant::from_millis(second.as_millis() + 1000);
+    }
+    let c = e.counters();
+    let reason = DropReason::SubscriberSessionLimit;
+    assert_eq!(
+        c.drops(reason) - before.drops(reason),
+        300,
+        "every refusal counted"
+    );
+    assert_eq!(
+        c.icmp_generated - before.icmp_generated,
+        300,
+        "every one answered"
+    );
+    assert_eq!(
+        c.refusal_reports_suppressed - before.refusal_reports_suppressed,
+        297
+    );
+}

@@ -11,6 +11,7 @@
 //! engine holds from the start, not what it might grow to.
 
 use super::queues::{EventQueue, SynHold, TransmitQueue};
+use super::report_limit::RefusalReports;
 use super::subscriber::SubscriberTable;
 use super::{Engine, TRANSMIT_SLOT, fragment_limits, transmit_slots};
 use crate::alloc::PortAllocator;
@@ -32,7 +33,7 @@ pub struct MemoryUsage {
     pub fragments: usize,
     /// Per-subscriber limit state (only when a per-subscriber limit is set).
     pub subscribers: usize,
-    /// The event, transmit and held-SYN queues.
+    /// The event, transmit and held-SYN queues, and the refusal-report table.
     pub queues: usize,
     /// The table of sessions made by static rules and virtual servers (only when the config
     /// has any).
@@ -133,7 +134,8 @@ impl MemoryModel {
             subscribers: SubscriberTable::new(l.subscriber).map_or(0, |s| s.memory_bytes()),
             queues: EventQueue::new(l.event_queue as usize).memory_bytes()
                 + TransmitQueue::new(transmit_slots(l)).memory_bytes()
-                + SynHold::new(l.max_held_syns as usize).memory_bytes(),
+                + SynHold::new(l.max_held_syns as usize).memory_bytes()
+                + RefusalReports::new().memory_bytes(),
             static_sessions: if cfg.rules.is_empty() && cfg.virtual_servers.is_empty() {
                 0
             } else {
@@ -186,7 +188,8 @@ impl<A: PortAllocator> Engine<A> {
             subscribers: self.subscribers.as_ref().map_or(0, |s| s.memory_bytes()),
             queues: self.events.memory_bytes()
                 + self.transmit.memory_bytes()
-                + self.held_syns.memory_bytes(),
+                + self.held_syns.memory_bytes()
+                + self.refusal_reports.memory_bytes(),
             static_sessions: self.statics.table.as_ref().map_or(0, |t| t.memory_bytes()),
         }
     }

@@ -13,6 +13,7 @@ mod memory;
 mod packet;
 mod queues;
 mod reload;
+mod report_limit;
 mod static_nat;
 mod subscriber;
 mod translate;
@@ -112,6 +113,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     held_syns: SynHold,
     transmit: TransmitQueue,
     events: EventQueue,
+    /// Which refusals become `MappingFailed` events (one per subscriber, reason and second).
+    refusal_reports: report_limit::RefusalReports,
     counters: Counters,
     /// Static NAT rules and virtual servers.
     statics: static_nat::StaticNat,
@@ -146,6 +149,7 @@ impl<A: PortAllocator> Engine<A> {
             alloc,
             fragments: FragmentTracker::new(fragment_limits(&limits, &behavior)),
             held_syns: SynHold::new(limits.max_held_syns as usize),
+            refusal_reports: report_limit::RefusalReports::new(),
             transmit: TransmitQueue::new(transmit_slots(&limits)),
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
@@ -596,6 +600,26 @@ impl<A: PortAllocator> Engine<A> {
     fn emit(&mut self, e: Event) {
         if !self.events.push(e) {
             self.counters.events_lost += 1;
+        }
+    }
+
+    /// Tells management that `subscriber` was refused a mapping or session for `reason`
+    /// (RFC 6888 REQ-11c), at most once per subscriber, reason and second (see
+    /// [`report_limit`]); the refused packet itself is counted by the caller either way.
+    fn report_refusal(
+        &mut self,
+        now: Instant,
+        subscriber: Ipv4Addr,
+        reason: DropReason,
+        event: Event,
+    ) {
+        if self
+            .refusal_reports
+            .should_report(subscriber, reason, now.as_secs())
+        {
+            self.emit(event);
+        } else {
+            self.counters.refusal_reports_suppressed += 1;
         }
     }
 

@@ -427,13 +427,18 @@ impl<A: PortAllocator> Engine<A> {
         internal: Endpoint,
         reason: DropReason,
     ) -> Refused {
-        self.emit(Event::MappingFailed {
-            at: now,
-            proto: p.proto,
-            internal,
-            remote: p.src,
+        self.report_refusal(
+            now,
+            internal.addr,
             reason,
-        });
+            Event::MappingFailed {
+                at: now,
+                proto: p.proto,
+                internal,
+                remote: p.src,
+                reason,
+            },
+        );
         Refused::Drop(reason)
     }
 
@@ -476,13 +481,18 @@ impl<A: PortAllocator> Engine<A> {
         if reason == DropReason::TcpNoSession {
             return Verdict::Drop(reason);
         }
-        self.emit(Event::MappingFailed {
-            at: now,
-            proto: p.proto,
-            internal: p.src,
-            remote: p.dst,
+        self.report_refusal(
+            now,
+            p.src.addr,
             reason,
-        });
+            Event::MappingFailed {
+                at: now,
+                proto: p.proto,
+                internal: p.src,
+                remote: p.dst,
+                reason,
+            },
+        );
         match self.behavior.mapping_failure_reply.answer(p.proto) {
             FailureAnswer::Nothing => Verdict::Drop(reason),
             FailureAnswer::IcmpUnreachable(code) => {

@@ -846,6 +846,10 @@ pub struct StatsInfo {
     /// TCP resets generated (the `tcp-reset` answer to a refused mapping).
     #[serde(default)]
     pub tcp_resets_generated: u64,
+    /// Refusals not reported as events because the same subscriber was refused for the same
+    /// reason earlier in the same second (the drops are counted all the same).
+    #[serde(default)]
+    pub refusal_reports_suppressed: u64,
     /// Packets held (early fragments, unsolicited SYNs).
     pub held_packets: u64,
     /// Dropped packets, every reason.
@@ -885,6 +889,7 @@ impl StatsInfo {
         self.hairpinned_packets += c.hairpinned_packets;
         self.icmp_generated += c.icmp_generated;
         self.tcp_resets_generated += c.tcp_resets_generated;
+        self.refusal_reports_suppressed += c.refusal_reports_suppressed;
         self.held_packets += c.held_packets;
         self.dropped_packets += c.total_drops();
         self.sessions_created += c.sessions_created;
