@@ -85,9 +85,13 @@ impl ControlHandler for Fake {
             })),
             Request::Stats => panic!("handler bug"),
             Request::LogLevel(a) => Ok(Response::LogLevel(a)),
-            Request::Mappings(_) | Request::Drops(_) | Request::Whois(_) => {
-                Ok(Response::Pools(PoolList::default()))
-            }
+            Request::Mappings(_)
+            | Request::Drops(_)
+            | Request::Whois(_)
+            | Request::Rules
+            | Request::Rule(_)
+            | Request::VirtualServers
+            | Request::VirtualServer(_) => Ok(Response::Pools(PoolList::default())),
         }
     }
 }

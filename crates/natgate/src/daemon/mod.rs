@@ -13,13 +13,17 @@
 //! its TTL, and traceroute shows the gateway as two hops (inside address, then outside address).
 
 pub mod control;
+pub mod external;
+pub mod health;
 pub mod plumbing;
 pub mod steer;
+pub mod vservers;
 pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -117,6 +121,8 @@ pub enum Command {
         /// Answered when done.
         reply: SyncSender<()>,
     },
+    /// List, change or health-check the virtual servers.
+    VirtualServers(vservers::VsCommand),
 }
 
 /// One worker's state.
@@ -204,6 +210,10 @@ pub enum DaemonError {
     /// A worker's mailbox could not be made.
     #[error("worker mailbox: {0}")]
     Mailbox(#[source] std::io::Error),
+    /// A worker refused a virtual-server change that was checked beforehand: the workers'
+    /// copies are out of step.
+    #[error("a worker refused a checked change (copies out of step): {0}")]
+    OutOfStep(String),
 }
 
 /// How long a control request waits for the workers.
@@ -216,9 +226,25 @@ pub struct DaemonHandle {
     stop: Arc<AtomicBool>,
     resolved: Arc<Resolved>,
     started: std::time::Instant,
+    /// Routes and proxy entries of the static rules' and virtual servers' addresses.
+    external: Arc<Mutex<external::ExternalAddresses>>,
 }
 
 impl DaemonHandle {
+    /// Plumbs the external addresses `rules` and `virtual_servers` need that are not plumbed
+    /// yet (before the engines start using them; see [`external`] for why none are removed
+    /// while running).
+    pub fn add_external(
+        &self,
+        rules: &natgate_core::rules::RuleChain,
+        virtual_servers: &[natgate_core::vserver::VirtualServerSpec],
+    ) -> Result<(), PlumbingError> {
+        self.external
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(rules, virtual_servers)
+    }
+
     /// Asks every worker to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -335,6 +361,7 @@ pub struct Daemon {
     handle: DaemonHandle,
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
     plumbing: Option<Plumbing>,
+    health: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -367,6 +394,13 @@ impl Daemon {
     pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
         let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
         let engine_cfg = engine_config(settings, &resolved)?;
+        let mut external = external::ExternalAddresses::new(
+            &settings.outside,
+            &settings.inside,
+            &plumbing.tun_out,
+            &resolved.pool,
+        )?;
+        external.add(&settings.rules, &settings.virtual_servers)?;
         let clock = Clock::new();
         let log = open_event_log(settings, &clock)?;
         let mut senders = Vec::new();
@@ -426,16 +460,22 @@ impl Daemon {
                 .map_err(|e| DaemonError::Thread(e.to_string()))?;
             workers.push(h);
         }
-        Ok(Daemon {
-            handle: DaemonHandle {
-                workers: senders,
-                stop,
-                resolved: Arc::new(resolved),
-                started: std::time::Instant::now(),
-            },
+        let handle = DaemonHandle {
+            workers: senders,
+            stop: stop.clone(),
+            resolved: Arc::new(resolved),
+            started: std::time::Instant::now(),
+            external: Arc::new(Mutex::new(external)),
+        };
+        let mut daemon = Daemon {
+            handle: handle.clone(),
             workers,
             plumbing: Some(plumbing),
-        })
+            health: None,
+        };
+        // On failure, dropping `daemon` stops the workers and removes the plumbing.
+        daemon.health = Some(health::spawn(handle, clock, stop)?);
+        Ok(daemon)
     }
 
     /// The handle for control and metrics.
@@ -459,6 +499,11 @@ impl Daemon {
     pub fn shutdown(&mut self) -> Result<(), DaemonError> {
         self.handle.stop();
         let mut first: Result<(), DaemonError> = Ok(());
+        if let Some(h) = self.health.take()
+            && h.join().is_err()
+        {
+            first = Err(DaemonError::Thread("the health prober panicked".into()));
+        }
         for w in self.workers.drain(..) {
             let r = match w.join() {
                 Ok(r) => r.map_err(DaemonError::from),
@@ -469,6 +514,15 @@ impl Daemon {
             }
         }
         // The workers dropped their TUN queues, so the devices are gone; now the rest.
+        let ext = self
+            .handle
+            .external
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .teardown();
+        if let (Err(e), true) = (ext, first.is_ok()) {
+            first = Err(e.into());
+        }
         if let Some(mut p) = self.plumbing.take()
             && let Err(e) = p.teardown()
             && first.is_ok()

@@ -19,6 +19,9 @@
 //! - hairpinning needs the mappings of both subscribers in one engine, so with more than one
 //!   queue it works only when both subscribers' ports belong to the same worker. Keep
 //!   `queues = 1` (the default) where hairpinning between arbitrary subscribers matters.
+//! - static NAT rules and virtual servers are not followed: an inbound flow to a static external
+//!   endpoint would go by its port and its replies by the inside host, two different engines.
+//!   The config refuses `[[rule]]` and `[[virtual-server]]` with more than one queue.
 //!
 //! A packet read by a worker that does not own it is copied into the owner's [`Mailbox`] (a
 //! bounded lock-free queue; full means dropped and counted) and the owner is woken through its

@@ -441,6 +441,10 @@ impl Worker {
                     self.engine.flush(self.clock.now());
                     let _ = reply.send(());
                 }
+                Ok(Command::VirtualServers(c)) => {
+                    let now = self.clock.now();
+                    super::vservers::serve(&mut self.engine, c, now, self.id == 0);
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
