@@ -166,7 +166,7 @@ pub(super) fn serve(engine: &mut Engine, cmd: VsCommand, now: Instant, log: bool
                         tracing::warn!(
                             virtual_server = %format!("{}/{}", r.address, r.protocol),
                             real_server = %target.map_or_else(|| r.server.to_string(), |t| t.to_string()),
-                            health = ?health,
+                            health = crate::control::protocol::HealthName::from(health).name(),
                             "real server health changed"
                         );
                     }
