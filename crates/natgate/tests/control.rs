@@ -44,6 +44,7 @@ fn row(internal: &str, proto: Protocol) -> SessionRow {
         tcp_state: None,
         idle_secs: 1,
         expires_in_secs: 299,
+        origin: "dynamic".into(),
     }
 }
 

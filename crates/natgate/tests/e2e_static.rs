@@ -12,6 +12,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use common::http::{HttpClient, HttpServer, get_once};
 use common::{Gateway, T, config, ctl, ctl_json, in_pool, is_root, recv, topology, udp_socket, v4};
@@ -262,7 +263,8 @@ action.translate.dst = { addr = "100.64.0.11/32", port = 8888 }
         assert!(c.get().unwrap().starts_with("web "));
     }
     // Only port 80 is forwarded.
-    assert!(get_once(&topo.wan1, SocketAddrV4::new(ext(2, 80), 8888), T).is_err());
+    let other_port = SocketAddrV4::new(ext(2, 80), 8888);
+    assert!(get_once(&topo.wan1, other_port, Duration::from_millis(500)).is_err());
 }
 
 /// A second site numbered like our subscribers (100.64.0.0/16), behind the upstream router.

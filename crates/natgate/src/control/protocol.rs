@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use natgate_core::alloc::AddressUsage;
 use natgate_core::engine::{MappingInfo, SessionInfo};
 use natgate_core::tcp_state::TcpPhase;
-use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol};
+use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol, SessionOrigin};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -544,6 +544,24 @@ pub struct SessionRow {
     pub idle_secs: u64,
     /// Seconds until it expires unless refreshed.
     pub expires_in_secs: u64,
+    /// What made it: `dynamic`, `rule ID` or `vserver ADDR:PORT server ID`.
+    #[serde(default = "dynamic")]
+    pub origin: String,
+}
+
+fn dynamic() -> String {
+    "dynamic".to_owned()
+}
+
+/// How `ctl` names what made a session.
+pub fn origin_name(o: &SessionOrigin) -> String {
+    match o {
+        SessionOrigin::Dynamic => dynamic(),
+        SessionOrigin::Rule(id) => format!("rule {id}"),
+        SessionOrigin::VirtualServer { address, server } => {
+            format!("vserver {address} server {server}")
+        }
+    }
 }
 
 impl SessionRow {
@@ -557,6 +575,7 @@ impl SessionRow {
             tcp_state: s.tcp.map(TcpStateName::from),
             idle_secs: now.saturating_since(s.last_seen).as_secs(),
             expires_in_secs: s.expires.saturating_since(now).as_secs(),
+            origin: origin_name(&s.origin),
         }
     }
 
@@ -1191,6 +1210,32 @@ mod tests {
                 level: LogLevel::Warn
             })
         );
+    }
+
+    #[test]
+    fn session_origins_are_named() {
+        let vs = SessionOrigin::VirtualServer {
+            address: ep([203, 0, 113, 80], 80),
+            server: natgate_core::vserver::RealServerId(1),
+        };
+        assert_eq!(origin_name(&vs), "vserver 203.0.113.80:80 server 1");
+        assert_eq!(
+            origin_name(&SessionOrigin::Rule(natgate_core::rules::RuleId(10))),
+            "rule 10"
+        );
+        let mut s = session(ep([100, 64, 0, 10], 5000), Protocol::Udp, 40000);
+        s.origin = SessionOrigin::Rule(natgate_core::rules::RuleId(3));
+        assert_eq!(
+            SessionRow::new(&s, Instant::from_secs(100)).origin,
+            "rule 3"
+        );
+        // A reply from an older daemon without the field reads as dynamic.
+        let row: SessionRow = serde_json::from_str(
+            r#"{"proto":"udp","internal":"100.64.0.10:1","external":"198.51.100.1:2",
+               "remote":"203.0.113.10:3","tcp_state":null,"idle_secs":0,"expires_in_secs":1}"#,
+        )
+        .expect("row");
+        assert_eq!(row.origin, "dynamic");
     }
 
     #[test]

@@ -144,6 +144,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("STATE", false),
                 ("IDLE", true),
                 ("EXPIRES", true),
+                ("ORIGIN", false),
             ]);
             for s in &l.sessions {
                 t.row(vec![
@@ -154,6 +155,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                     s.tcp_state.map_or("-", |t| t.name()).to_owned(),
                     format!("{}s", s.idle_secs),
                     format!("{}s", s.expires_in_secs),
+                    s.origin.clone(),
                 ]);
             }
             t.render(&mut out);
@@ -478,6 +480,7 @@ mod tests {
             tcp_state: Some(TcpStateName::Established),
             idle_secs: 3,
             expires_in_secs: 7437,
+            origin: "dynamic".into(),
         };
         let resp = Response::Sessions(SessionList {
             count: 5,
@@ -488,7 +491,7 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("PROTO  INTERNAL"));
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(cells[4..], ["established", "3s", "7437s"]);
+        assert_eq!(cells[4..], ["established", "3s", "7437s", "dynamic"]);
         // Right-aligned under their headers.
         assert_eq!(
             lines[0].find("IDLE").map(|i| i + 4),
