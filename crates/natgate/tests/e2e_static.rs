@@ -262,6 +262,10 @@ action.translate.dst = { addr = "100.64.0.11/32", port = 8888 }
     for _ in 0..5 {
         assert!(c.get().unwrap().starts_with("web "));
     }
+    // ctl names the rule that made its session.
+    let s = ctl_json(&topo, &["sessions", "--proto", "tcp"]);
+    let rows = s["sessions"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["origin"] == "rule 1"), "{s}");
     // Only port 80 is forwarded.
     let other_port = SocketAddrV4::new(ext(2, 80), 8888);
     assert!(get_once(&topo.wan1, other_port, Duration::from_millis(500)).is_err());

@@ -121,6 +121,14 @@ fn virtual_web_server_splits_drains_removes_and_health_checks() {
     let first = long.get().unwrap();
     let x = first.split(' ').next().unwrap().to_owned();
     let y = if x == "a" { "b" } else { "a" };
+    let s = ctl_json(&topo, &["sessions", "--proto", "tcp"]);
+    let rows = s["sessions"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["origin"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("vserver 198.18.3.80:80 server "))),
+        "{s}"
+    );
     let drained = ctl_json(&topo, &["vserver", "drain", VIP, target(&x)]);
     let row = &drained["virtual_servers"][0]["real_servers"];
     assert!(
