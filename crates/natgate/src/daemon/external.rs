@@ -123,6 +123,10 @@ impl ExternalAddresses {
         virtual_servers: &[VirtualServerSpec],
     ) -> Result<(), PlumbingError> {
         for (net, len) in external_prefixes(rules, virtual_servers, &self.inside) {
+            if len == 32 && self.pool.contains(&net) {
+                // A pool address (or the home gateway's own): routed and answered already.
+                continue;
+            }
             if !self.routed.contains(&(net, len)) {
                 self.nl
                     .replace_route_v4(&RouteV4::dev(net, len, &self.tun_out))?;

@@ -405,10 +405,9 @@ impl Daemon {
         let log = open_event_log(settings, &clock)?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
-        let home = resolved.nat_ports.map(|nat_ports| HomeAddress {
-            addrs: resolved.pool.clone(),
-            nat_ports,
-        });
+        let home = resolved
+            .nat_ports
+            .map(|nat_ports| HomeAddress::new(resolved.pool.clone(), nat_ports, engine_cfg.get()));
         let n = queues.len();
         let steering = Arc::new(steer::Steering::new(n));
         let mailboxes: Arc<[steer::Mailbox]> = (0..n)

@@ -14,9 +14,11 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
 use natgate_core::alloc::PortAllocator;
+use natgate_core::alloc::PortRange;
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
-use natgate_core::{DropReason, Event, Side, Verdict};
+use natgate_core::rules::{Action, Rule};
+use natgate_core::{Config, Direction, DropReason, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::steer::{MAILBOX_LEN, Mailbox, Steered, Steering};
@@ -66,6 +68,67 @@ pub struct HomeAddress {
     pub addrs: Vec<Ipv4Addr>,
     /// The ports the NAT may use; TCP and UDP to other ports belong to the host.
     pub nat_ports: (u16, u16),
+    /// Ports of the host's addresses that static rules and virtual servers claim (a port
+    /// forward of 80 on the home gateway's own address): these go to the engine whatever
+    /// their number. `None` protocol: all of them.
+    pub claimed: Vec<(Ipv4Addr, Option<Protocol>, PortRange)>,
+}
+
+impl HomeAddress {
+    /// The host's addresses `addrs` with the NAT's ports, and what `config` claims of them.
+    pub fn new(addrs: Vec<Ipv4Addr>, nat_ports: (u16, u16), config: &Config) -> Self {
+        let mut h = HomeAddress {
+            addrs,
+            nat_ports,
+            claimed: Vec::new(),
+        };
+        h.claim(config);
+        h
+    }
+
+    /// Re-reads what the static rules and virtual servers of `config` claim of the host's
+    /// addresses: the external side of every binding (an inbound destination rewrite, an
+    /// outbound source rewrite) and every virtual address and port.
+    pub fn claim(&mut self, config: &Config) {
+        const ALL: PortRange = PortRange {
+            first: 0,
+            last: u16::MAX,
+        };
+        self.claimed.clear();
+        for one in config.rules.iter().flat_map(Rule::one_way) {
+            let Action::Translate(t) = one.action else {
+                continue;
+            };
+            let (prefix, ports) = match (one.direction, t.src, t.dst) {
+                (Direction::Inbound, _, Some(_)) => (one.dst, one.dst_ports),
+                (Direction::Outbound, Some(ts), _) => {
+                    let ports = match (ts.port, one.src_ports) {
+                        (Some(p), Some(r)) => Some(PortRange {
+                            first: p,
+                            last: p.saturating_add(r.last - r.first),
+                        }),
+                        (_, r) => r,
+                    };
+                    (ts.addr.unwrap_or(one.src), ports)
+                }
+                _ => continue,
+            };
+            for &a in &self.addrs {
+                if prefix.contains(a) {
+                    self.claimed.push((a, one.proto, ports.unwrap_or(ALL)));
+                }
+            }
+        }
+        for v in &config.virtual_servers {
+            if self.addrs.contains(&v.address) {
+                let port = PortRange {
+                    first: v.port,
+                    last: v.port,
+                };
+                self.claimed.push((v.address, Some(v.protocol), port));
+            }
+        }
+    }
 }
 
 /// Everything one worker owns.
@@ -435,6 +498,11 @@ impl Worker {
                 }
                 Ok(Command::Reload { config, reply }) => {
                     let r = self.engine.reconfigure(&config).map_err(|e| e.to_string());
+                    if r.is_ok()
+                        && let Some(home) = &mut self.home
+                    {
+                        home.claim(config.get());
+                    }
                     let _ = reply.send(r);
                 }
                 Ok(Command::Flush { reply }) => {
@@ -482,7 +550,8 @@ fn is_for(pkt: &[u8], addrs: &[Ipv4Addr]) -> bool {
 }
 
 /// Whether `pkt` is TCP or UDP to one of the host's addresses on a port outside the NAT's
-/// range (a non-first fragment has no port, and goes to the engine).
+/// range that no static rule or virtual server claims (a non-first fragment has no port, and
+/// goes to the engine).
 fn for_host_port(pkt: &[u8], home: &HomeAddress) -> bool {
     if !is_for(pkt, &home.addrs) {
         return false;
@@ -495,7 +564,11 @@ fn for_host_port(pkt: &[u8], home: &HomeAddress) -> bool {
     }
     let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
     let (lo, hi) = home.nat_ports;
-    !(lo..=hi).contains(&dport)
+    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    let claimed = home.claimed.iter().any(|&(a, p, r)| {
+        a == dst && p.is_none_or(|p| p.ip_number() == proto) && r.contains(dport)
+    });
+    !(lo..=hi).contains(&dport) && !claimed
 }
 
 #[cfg(test)]
@@ -514,14 +587,46 @@ mod tests {
 
     #[test]
     fn host_ports_are_recognised() {
-        let home = HomeAddress {
+        let mut home = HomeAddress {
             addrs: vec![Ipv4Addr::new(192, 0, 2, 1)],
             nat_ports: (20_000, 65_535),
+            claimed: Vec::new(),
         };
         assert!(for_host_port(&udp_to([192, 0, 2, 1], 22, 0), &home));
         assert!(!for_host_port(&udp_to([192, 0, 2, 1], 20_000, 0), &home));
         assert!(!for_host_port(&udp_to([192, 0, 2, 2], 22, 0), &home));
         assert!(!for_host_port(&udp_to([192, 0, 2, 1], 22, 185), &home));
         assert!(is_for(&udp_to([255, 255, 255, 255], 68, 0), &home.addrs));
+        // A port forward of UDP 53-54 on the host's address, and a virtual server on TCP 80:
+        // those ports go to the engine.
+        let mut config =
+            natgate_core::Config::new(home.addrs.clone(), Ipv4Addr::new(100, 64, 0, 1));
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: natgate_core::rules::RuleChain,
+            #[serde(rename = "virtual-server")]
+            vs: Vec<natgate_core::vserver::VirtualServerSpec>,
+        }
+        let f: File = toml::from_str(
+            "[[rule]]\nid = 1\ndirection = \"inbound\"\nproto = \"udp\"\n\
+             dst = \"192.0.2.1/32\"\ndst-ports = \"53-54\"\n\
+             action.translate.dst = { addr = \"100.64.0.5/32\" }\n\
+             [[virtual-server]]\naddress = \"192.0.2.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             scheduler = \"round-robin\"\n",
+        )
+        .expect("config");
+        config.rules = f.rule;
+        config.virtual_servers = f.vs;
+        home.claim(&config);
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 53, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 54, 0), &home));
+        assert!(for_host_port(&udp_to([192, 0, 2, 1], 55, 0), &home));
+        let mut tcp80 = udp_to([192, 0, 2, 1], 80, 0);
+        tcp80[9] = 6;
+        assert!(!for_host_port(&tcp80, &home));
+        assert!(
+            for_host_port(&udp_to([192, 0, 2, 1], 80, 0), &home),
+            "UDP 80 is the host's"
+        );
     }
 }
