@@ -1,6 +1,7 @@
 //! Static NAT rules end to end (issue 4): 1:1 host NAT both ways and run-time rule changes, a
 //! network renumbered by one bidirectional rule, port forwarding of a web server (80 to a real
-//! 8888), and two networks that use the same address space joined by twice-NAT. Real sockets
+//! 8888, also on a home gateway's own address, one-way), and two networks that use the same
+//! address space joined by twice-NAT. Real sockets
 //! in the standard topology's namespaces; needs root, skips otherwise.
 //!
 //! The static external addresses are taken from 198.18.0.0/16 (RFC 2544 benchmarking space,
@@ -363,4 +364,29 @@ action.translate.dst = { addr = "100.64.0.0/24" }
     );
     // Flows anywhere else still use dynamic NAPT.
     assert!(in_pool(*seen_by_wan1(&topo, &topo.sub1, 3478).ip()));
+}
+
+#[test]
+fn port_forward_on_the_home_gateways_own_address() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    // The pool is the outside interface's own address; port 80 of it is below the NAT's
+    // ports, so without the rule it would be the host's.
+    let text = format!(
+        "[interfaces]\ninside = \"{}\"\noutside = \"{}\"\n\n[pool]\noutside-address = true\n\n\
+         [control]\nsocket = \"{}\"\n\n[[rule]]\nid = 1\ndirection = \"inbound\"\n\
+         proto = \"tcp\"\ndst = \"192.0.2.1/32\"\ndst-ports = 80\n\
+         action.translate.dst = {{ addr = \"100.64.0.11/32\", port = 8888 }}\n",
+        topo.ifaces.lan0,
+        topo.ifaces.wan0,
+        common::control_socket(&topo).display()
+    );
+    let _gw = Gateway::start(&topo, &text);
+    let _web = HttpServer::start(&topo.sub2, SocketAddrV4::new(addr::SUB2, 8888), "web");
+    let body = get_once(&topo.wan1, SocketAddrV4::new(addr::GW_WAN, 80), T).unwrap();
+    assert!(body.starts_with(&format!("web {}:", addr::WAN1)), "{body}");
+    // The subscribers' own flows still leave as the outside address.
+    assert_eq!(*seen_by_wan1(&topo, &topo.sub1, 3478).ip(), addr::GW_WAN);
 }
