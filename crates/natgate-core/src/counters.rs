@@ -87,6 +87,16 @@ drop_reasons! {
     FragmentLimit => "fragment_limit",
     /// A held fragment's datagram never got its first fragment in time.
     FragmentExpired => "fragment_expired",
+    /// A rule or virtual server would make a session, and the static session table
+    /// (`limits.max-static-sessions`) is full; no live session is evicted.
+    StaticTableFull => "static_table_full",
+    /// A new connection to a virtual server found no real server to take it: every one is
+    /// down, draining or removed.
+    NoRealServer => "no_real_server",
+    /// A rule or virtual server would make a session whose other view already belongs to a
+    /// live static session (two virtual servers sharing a real server, reached from one client
+    /// port): one key must name one flow.
+    StaticSessionClash => "static_session_clash",
 }
 
 /// Plain-value counters of one engine, readable at any time.
@@ -113,6 +123,14 @@ pub struct Counters {
     pub mappings_deleted: u64,
     /// Events lost because the event queue was full.
     pub events_lost: u64,
+    /// Sessions static NAT rules created.
+    pub static_sessions_created: u64,
+    /// Sessions virtual servers created.
+    pub vserver_sessions_created: u64,
+    /// Sessions of rules and virtual servers deleted.
+    pub static_sessions_deleted: u64,
+    /// Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).
+    pub exempted_packets: u64,
 }
 
 impl Default for Counters {
@@ -129,6 +147,10 @@ impl Default for Counters {
             mappings_created: 0,
             mappings_deleted: 0,
             events_lost: 0,
+            static_sessions_created: 0,
+            vserver_sessions_created: 0,
+            static_sessions_deleted: 0,
+            exempted_packets: 0,
         }
     }
 }
@@ -185,6 +207,10 @@ impl Counters {
         self.mappings_created += other.mappings_created;
         self.mappings_deleted += other.mappings_deleted;
         self.events_lost += other.events_lost;
+        self.static_sessions_created += other.static_sessions_created;
+        self.vserver_sessions_created += other.vserver_sessions_created;
+        self.static_sessions_deleted += other.static_sessions_deleted;
+        self.exempted_packets += other.exempted_packets;
     }
 }
 

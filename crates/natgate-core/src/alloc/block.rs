@@ -32,6 +32,7 @@
 use super::hold::{Held, HoldQueue};
 use super::pool_index::PoolIndex;
 use super::ports::{Parity, PortSet};
+use super::reserved::Reserved;
 use super::share::Share;
 use super::{
     AddressUsage, AllocError, AllocEvent, AllocRequest, PortAllocator, PortBlock, PortRange,
@@ -221,6 +222,8 @@ pub struct BlockAllocator {
     events: VecDeque<AllocEvent>,
     max_events: usize,
     events_lost: u64,
+    /// Ports static rules and virtual servers hold (issue 4).
+    reserved: Reserved,
 }
 
 impl fmt::Debug for BlockAllocator {
@@ -275,6 +278,7 @@ impl BlockAllocator {
             events: VecDeque::new(),
             max_events,
             events_lost: 0,
+            reserved: Reserved::default(),
         }
     }
 
@@ -453,8 +457,9 @@ impl BlockAllocator {
     }
 }
 
-impl PortAllocator for BlockAllocator {
-    fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
+impl BlockAllocator {
+    /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
+    fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
         let subscriber = SubscriberId::of(req.internal);
         let parity = if self.settings.port_parity && req.proto != Protocol::Icmp {
@@ -497,6 +502,27 @@ impl PortAllocator for BlockAllocator {
         let port = take_in_block(&self.settings, a, b, req.proto, parity, rng)
             .ok_or(AllocError::Exhausted)?;
         Ok(Endpoint::new(a.addr, port))
+    }
+}
+
+impl PortAllocator for BlockAllocator {
+    fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
+        if self.reserved.is_empty() {
+            return self.pick(req, rng);
+        }
+        let mut reserved = core::mem::take(&mut self.reserved);
+        let e = reserved.allocate(req, rng, |req, rng| self.pick(req, rng));
+        self.reserved = reserved;
+        e
+    }
+
+    fn set_reserved(&mut self, list: &[(Ipv4Addr, Protocol, PortRange)], now: Instant) {
+        let mut reserved = core::mem::take(&mut self.reserved);
+        let freed = reserved.set(list, |a| self.owns(a));
+        self.reserved = reserved;
+        for p in freed {
+            self.release(p.proto, p.internal, p.external, now);
+        }
     }
 
     fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {

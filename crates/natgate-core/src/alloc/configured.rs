@@ -3,7 +3,7 @@
 
 use super::{
     AddressUsage, AllocError, AllocEvent, AllocRequest, AllocSettings, BlockAllocator,
-    BlockSettings, DeterministicAllocator, DynamicAllocator, PortAllocator, Share,
+    BlockSettings, DeterministicAllocator, DynamicAllocator, PortAllocator, PortRange, Share,
 };
 use crate::config::{Allocation, ValidConfig};
 use crate::endpoint::{Endpoint, Protocol};
@@ -14,6 +14,9 @@ use std::net::Ipv4Addr;
 /// One of the allocators, as `[allocation]` chose it. Each call is one `match` away from the
 /// allocator's own.
 #[derive(Debug)]
+// One allocator per engine, built once and never moved on the packet path: boxing the larger
+// variant would only add an indirection to every allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum ConfiguredAllocator {
     /// Any free port of the pool.
     Dynamic(DynamicAllocator),
@@ -82,6 +85,10 @@ impl PortAllocator for ConfiguredAllocator {
 
     fn handle_timeout(&mut self, now: Instant) {
         each!(self, a => a.handle_timeout(now))
+    }
+
+    fn set_reserved(&mut self, list: &[(Ipv4Addr, Protocol, PortRange)], now: Instant) {
+        each!(self, a => a.set_reserved(list, now))
     }
 }
 

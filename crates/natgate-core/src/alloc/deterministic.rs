@@ -6,8 +6,9 @@
 use super::block::{BLOCK_PORTS, BlockAllocator, BlockSettings, FIRST_BLOCK_PORT, random_in};
 use super::hold::{Held, HoldQueue};
 use super::ports::{Parity, PortSet};
+use super::reserved::Reserved;
 use super::share::Share;
-use super::{AddressUsage, AllocError, AllocEvent, AllocRequest, PortAllocator};
+use super::{AddressUsage, AllocError, AllocEvent, AllocRequest, PortAllocator, PortRange};
 use crate::config::{Config, DeterministicSpec, Ipv4Prefix};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
@@ -180,6 +181,8 @@ pub struct DeterministicAllocator {
     live: HashMap<u32, u32>,
     held: HoldQueue,
     overflow: Option<BlockAllocator>,
+    /// Ports static rules and virtual servers hold (issue 4).
+    reserved: Reserved,
 }
 
 impl fmt::Debug for DeterministicAllocator {
@@ -213,6 +216,7 @@ impl DeterministicAllocator {
             held: HoldQueue::new(settings.hold_down, settings.max_held_down, ports),
             settings,
             overflow,
+            reserved: Reserved::default(),
         }
     }
 
@@ -288,8 +292,9 @@ impl DeterministicAllocator {
     }
 }
 
-impl PortAllocator for DeterministicAllocator {
-    fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
+impl DeterministicAllocator {
+    /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
+    fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
         let i = self
             .map
@@ -318,6 +323,30 @@ impl PortAllocator for DeterministicAllocator {
         match self.overflow.as_mut() {
             Some(o) => o.allocate(req, rng),
             None => Err(AllocError::SubscriberPortLimit),
+        }
+    }
+}
+
+impl PortAllocator for DeterministicAllocator {
+    fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
+        if self.reserved.is_empty() {
+            return self.pick(req, rng);
+        }
+        let mut reserved = core::mem::take(&mut self.reserved);
+        let e = reserved.allocate(req, rng, |req, rng| self.pick(req, rng));
+        self.reserved = reserved;
+        e
+    }
+
+    fn set_reserved(&mut self, list: &[(Ipv4Addr, Protocol, PortRange)], now: Instant) {
+        let mut reserved = core::mem::take(&mut self.reserved);
+        let freed = reserved.set(list, |a| self.owns(a));
+        self.reserved = reserved;
+        for p in freed {
+            self.release(p.proto, p.internal, p.external, now);
+        }
+        if let Some(o) = self.overflow.as_mut() {
+            o.set_reserved(list, now);
         }
     }
 

@@ -7,7 +7,8 @@
 
 use super::pool_index::PoolIndex;
 use super::ports::{Parity, PortSet};
-use super::{AddressUsage, AllocError, AllocRequest, PortAllocator};
+use super::reserved::Reserved;
+use super::{AddressUsage, AllocError, AllocRequest, PortAllocator, PortRange};
 use crate::config::{Config, Pooling, PortAssignment};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
@@ -168,6 +169,11 @@ pub struct DynamicAllocator {
     /// Ports per protocol that [`DynamicAllocator::withhold_ports`] took out of use on every
     /// address; `usage` does not count them.
     withheld: [u32; 3],
+    /// Ports static rules and virtual servers hold (issue 4).
+    reserved: Reserved,
+    /// The reserved ports `set_reserved` took out of use: (address index, protocol, port).
+    /// `usage` does not count them.
+    reserved_taken: Vec<(u32, Protocol, u16)>,
 }
 
 impl fmt::Debug for DynamicAllocator {
@@ -209,6 +215,8 @@ impl DynamicAllocator {
             subscribers: KeyMap::default(),
             links: KeyMap::default(),
             withheld: [0; 3],
+            reserved: Reserved::default(),
+            reserved_taken: Vec::new(),
         }
     }
 
@@ -373,8 +381,9 @@ impl DynamicAllocator {
     }
 }
 
-impl PortAllocator for DynamicAllocator {
-    fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
+impl DynamicAllocator {
+    /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
+    fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
         let paired = self.settings.pooling != Pooling::Arbitrary;
         let (i, port) = if paired {
@@ -399,6 +408,49 @@ impl PortAllocator for DynamicAllocator {
         }
         *live = live.saturating_add(1);
         Ok(Endpoint::new(a.addr, port))
+    }
+}
+
+impl PortAllocator for DynamicAllocator {
+    fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
+        if self.reserved.is_empty() {
+            return self.pick(req, rng);
+        }
+        let mut reserved = core::mem::take(&mut self.reserved);
+        let e = reserved.allocate(req, rng, |req, rng| self.pick(req, rng));
+        self.reserved = reserved;
+        e
+    }
+
+    /// Reserved ports that are free are taken out of use at once, as `withhold_ports` does, so
+    /// the search never meets them (a subscriber paired to an address with many reserved
+    /// ports is not sent round them); ports in use now keep their mapping and are caught by
+    /// the allocation-time check if they come back. The ports the previous list took go back.
+    fn set_reserved(&mut self, list: &[(Ipv4Addr, Protocol, PortRange)], now: Instant) {
+        for (i, proto, port) in self.reserved_taken.drain(..) {
+            if let Some(a) = self.addresses.get_mut(i as usize) {
+                a.ports[proto.index()].free_in_use(port);
+            }
+        }
+        for &(addr, proto, r) in list {
+            let Some(i) = self.index.get(addr) else {
+                continue;
+            };
+            let Some(a) = self.addresses.get_mut(i) else {
+                continue;
+            };
+            for port in r.first..=r.last {
+                if a.ports[proto.index()].take(port) {
+                    self.reserved_taken.push((i as u32, proto, port));
+                }
+            }
+        }
+        let mut reserved = core::mem::take(&mut self.reserved);
+        let freed = reserved.set(list, |a| self.owns(a));
+        self.reserved = reserved;
+        for p in freed {
+            self.release(p.proto, p.internal, p.external, now);
+        }
     }
 
     fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
@@ -453,11 +505,23 @@ impl PortAllocator for DynamicAllocator {
     }
 
     fn usage(&self) -> Vec<AddressUsage> {
+        let mut reserved = vec![[0u32; 3]; self.addresses.len()];
+        for &(i, proto, _) in &self.reserved_taken {
+            if let Some(r) = reserved.get_mut(i as usize) {
+                r[proto.index()] += 1;
+            }
+        }
         self.addresses
             .iter()
-            .map(|a| AddressUsage {
+            .zip(reserved)
+            .map(|(a, r)| AddressUsage {
                 addr: a.addr,
-                in_use: [0, 1, 2].map(|p| a.ports[p].in_use().saturating_sub(self.withheld[p])),
+                in_use: [0, 1, 2].map(|p| {
+                    a.ports[p]
+                        .in_use()
+                        .saturating_sub(self.withheld[p])
+                        .saturating_sub(r[p])
+                }),
                 held_down: a.ports.each_ref().map(PortSet::held_down),
                 subscribers: a.subscribers,
             })

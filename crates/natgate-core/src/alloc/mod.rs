@@ -16,12 +16,14 @@ mod dynamic;
 mod hold;
 mod pool_index;
 mod ports;
+mod reserved;
 mod share;
 
 pub use block::{BlockAllocator, BlockSettings};
 pub use configured::ConfiguredAllocator;
 pub use deterministic::{DeterministicAllocator, DeterministicMap, DeterministicSettings};
 pub use dynamic::{AllocSettings, DynamicAllocator};
+pub use reserved::{Parked, Reserved};
 pub use share::Share;
 
 use crate::endpoint::{Endpoint, Protocol};
@@ -184,6 +186,16 @@ pub trait PortAllocator {
     /// whenever this is called; calling it with the engine's timers keeps the log prompt.
     fn handle_timeout(&mut self, now: Instant) {
         let _ = now;
+    }
+
+    /// Withholds these external ports (address, protocol, ports) from new allocations from now
+    /// on: static NAT rules and virtual servers hold them (issue 4: static rules win over
+    /// dynamic NAPT). Replaces the previous list; addresses the allocator does not own are
+    /// ignored. Live mappings keep their ports. Not for the packet path: it rebuilds a list.
+    /// Allocators that hand out no ports of their own (a test double) may keep the default,
+    /// which withholds nothing.
+    fn set_reserved(&mut self, reserved: &[(Ipv4Addr, Protocol, PortRange)], now: Instant) {
+        let _ = (reserved, now);
     }
 }
 

@@ -169,6 +169,14 @@ pub struct Limits {
     /// Per-subscriber limits (RFC 6888 REQ-4, REQ-5).
     #[serde(default)]
     pub subscriber: SubscriberLimits,
+    /// Most sessions that static NAT rules and virtual servers hold at once (their own table,
+    /// allocated only when the config has a rule or a virtual server).
+    #[serde(default = "default_max_static_sessions")]
+    pub max_static_sessions: u32,
+}
+
+const fn default_max_static_sessions() -> u32 {
+    65536
 }
 
 /// What one subscriber (internal address) may hold and open (RFC 6888 REQ-4, REQ-5). Zero
@@ -213,6 +221,7 @@ impl Default for Limits {
             event_queue: 65536,
             max_ports_in_hold_down: 1 << 20,
             subscriber: SubscriberLimits::default(),
+            max_static_sessions: default_max_static_sessions(),
         }
     }
 }
@@ -490,6 +499,7 @@ impl Config {
                 l.max_held_fragments_per_source,
             ),
             ("event-queue", l.event_queue),
+            ("max-static-sessions", l.max_static_sessions),
         ];
         for (setting, v) in positive {
             if v == 0 {
@@ -503,6 +513,7 @@ impl Config {
         for (setting, v) in [
             ("max-sessions", l.max_sessions),
             ("max-mappings", l.max_mappings),
+            ("max-static-sessions", l.max_static_sessions),
         ] {
             if v > 1 << 30 {
                 return Err(ConfigError::OutOfRange {

@@ -170,11 +170,22 @@ impl<A: PortAllocator> Engine<A> {
             local: inner.src,
             remote,
         };
-        let Some(sid) = self.sessions.find_in(&key) else {
-            return Verdict::Drop(DropReason::IcmpErrorNoSession);
+        let (internal, peer) = match self.sessions.find_in(&key) {
+            Some(sid) => (self.sessions.get(sid).internal, None),
+            // A flow of a rule or virtual server: its inside view may name the peer
+            // differently too (twice-NAT).
+            None => match self.static_error_inbound(inner.proto, inner.src, remote) {
+                Some((local, peer)) => (local, Some(peer)),
+                None if !self.alloc.owns(p.dst.addr) => {
+                    return Verdict::Drop(DropReason::NotPoolAddress);
+                }
+                None => return Verdict::Drop(DropReason::IcmpErrorNoSession),
+            },
         };
-        let internal = self.sessions.get(sid).internal;
         rewrite_inner(buf, p, &mut inner, Which::Src, internal);
+        if let Some(peer) = peer {
+            rewrite_inner(buf, p, &mut inner, Which::Dst, peer);
+        }
         packet::rewrite_addr(buf, Which::Dst, internal.addr);
         p.dst.addr = internal.addr;
         self.finish(buf, Side::Inside)
@@ -202,7 +213,7 @@ impl<A: PortAllocator> Engine<A> {
             remote,
         };
         let Some(sid) = self.sessions.find_out(&key) else {
-            return Verdict::Drop(DropReason::IcmpErrorNoSession);
+            return self.static_icmp_error_outbound(buf, p, inner, remote);
         };
         let external = self.sessions.get(sid).external;
         rewrite_inner(buf, p, &mut inner, Which::Dst, external);
@@ -218,5 +229,29 @@ impl<A: PortAllocator> Engine<A> {
         }
         self.counters.hairpinned_packets += 1;
         self.icmp_error_inbound(buf, p)
+    }
+
+    /// An error from inside about a packet of a rule's or virtual server's flow: the quoted
+    /// packet (from `remote`, as the inside saw it) is put back in the outside view, and the
+    /// error leaves from the inside host's outside address to the peer's outside address.
+    fn static_icmp_error_outbound(
+        &mut self,
+        buf: &mut [u8],
+        p: &mut Parsed,
+        mut inner: Inner,
+        remote: Endpoint,
+    ) -> Verdict {
+        let Some((local, peer)) = self.static_error_outbound(inner.proto, remote, inner.dst) else {
+            return Verdict::Drop(DropReason::IcmpErrorNoSession);
+        };
+        rewrite_inner(buf, p, &mut inner, Which::Dst, local);
+        rewrite_inner(buf, p, &mut inner, Which::Src, peer);
+        packet::rewrite_addr(buf, Which::Src, local.addr);
+        p.src.addr = local.addr;
+        if p.dst.addr == remote.addr {
+            packet::rewrite_addr(buf, Which::Dst, peer.addr);
+            p.dst.addr = peer.addr;
+        }
+        self.finish(buf, Side::Outside)
     }
 }

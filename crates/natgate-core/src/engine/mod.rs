@@ -133,7 +133,7 @@ impl<A: PortAllocator> Engine<A> {
         let limits = cfg.limits;
         let behavior = cfg.behavior;
         let max_sessions = limits.max_sessions as usize;
-        Engine {
+        let mut engine = Engine {
             behavior,
             inside_address: cfg.inside_address,
             sessions: SessionTable::new(max_sessions, rng.next_u64()),
@@ -157,7 +157,9 @@ impl<A: PortAllocator> Engine<A> {
             counters: Counters::default(),
             statics: static_nat::StaticNat::new(cfg, seed),
             rng,
-        }
+        };
+        engine.reserve_static_ports();
+        engine
     }
 
     /// Translates one packet in place. `buf[..len]` holds an IPv4 datagram that arrived on
@@ -278,7 +280,9 @@ impl<A: PortAllocator> Engine<A> {
         to_pool: bool,
         hint: Option<Option<SessionId>>,
     ) -> Verdict {
-        if side == Side::Outside && !to_pool {
+        // Static rules and virtual servers may own addresses outside the pool; `inbound` and
+        // `icmp_error_inbound` then drop what none of them claims.
+        if side == Side::Outside && !to_pool && !self.statics.may_claim_inbound() {
             return Verdict::Drop(DropReason::NotPoolAddress);
         }
         // RFC 5508 REQ-10 / RFC 1812 5.3.1: a packet whose TTL would reach zero is answered
@@ -427,7 +431,7 @@ impl<A: PortAllocator> Engine<A> {
     /// Runs timers: expires sessions (and with their last session, mappings), fragment state and
     /// held SYNs. Call when `now` reaches [`Engine::next_timeout`]; calling more often is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.statics.last_now = now;
+        self.expire_statics(now);
         let now_s = now.as_secs();
         let behavior = self.behavior;
         let mut gone = Gone {
@@ -487,6 +491,8 @@ impl<A: PortAllocator> Engine<A> {
             self.sessions
                 .next_due()
                 .map(|s| Instant::from_secs(u64::from(s))),
+            self.static_next_due()
+                .map(|s| Instant::from_secs(u64::from(s))),
             self.fragments.next_expiry(),
             self.held_syns.next_expiry(hold),
         ]
@@ -523,9 +529,9 @@ impl<A: PortAllocator> Engine<A> {
         &self.alloc
     }
 
-    /// Live sessions.
+    /// Live sessions: dynamic ones and those static rules and virtual servers made.
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() + self.static_session_count()
     }
 
     /// Live mappings.
@@ -538,10 +544,11 @@ impl<A: PortAllocator> Engine<A> {
         self.held_syns.len()
     }
 
-    /// Every live session, in table order.
+    /// Every live session, in table order: dynamic ones, then those of rules and virtual
+    /// servers.
     pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
         let b = self.behavior;
-        self.sessions.iter().map(move |(_, s)| SessionInfo {
+        let dynamic = self.sessions.iter().map(move |(_, s)| SessionInfo {
             proto: s.proto,
             internal: s.internal,
             external: s.external,
@@ -550,7 +557,8 @@ impl<A: PortAllocator> Engine<A> {
             last_seen: Instant::from_secs(u64::from(s.last_seen)),
             expires: Instant::from_secs(u64::from(s.last_seen) + u64::from(idle_timeout(&b, s))),
             origin: SessionOrigin::Dynamic,
-        })
+        });
+        dynamic.chain(self.static_sessions())
     }
 
     /// Every live mapping, in table order.
@@ -566,6 +574,7 @@ impl<A: PortAllocator> Engine<A> {
     /// Bytes held by the session and mapping tables and their indexes.
     pub fn table_memory_bytes(&self) -> usize {
         self.sessions.memory_bytes()
+            + self.statics.table.as_ref().map_or(0, |t| t.memory_bytes())
             + self.mappings.memory_bytes()
             + self.address_filter.as_ref().map_or(0, |f| f.memory_bytes())
     }
@@ -587,6 +596,7 @@ impl<A: PortAllocator> Engine<A> {
                 gone.session(&s);
             }
         }
+        self.flush_statics(now);
         self.held_syns.clear();
         self.fragments.clear();
     }

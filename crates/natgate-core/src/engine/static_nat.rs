@@ -4,15 +4,42 @@
 //! [`VirtualServer`]s with their per-server state. Both come from the config and change only
 //! through [`Engine::reconfigure`], which keeps every session: a session keeps the translation
 //! it was made with until it ends.
+//!
+//! Sessions that a rule or a virtual server makes live in their own [`StaticSessionTable`],
+//! which records both views of a flow, so that rules rewriting the remote side (twice-NAT,
+//! network-to-network, virtual servers) translate replies exactly. The per-packet order:
+//!
+//! 1. the dynamic session table, unchanged: established dynamic flows pay nothing new;
+//! 2. on a miss, the static table, when it holds any session;
+//! 3. for a packet that may start a flow, [`CompiledRules::lookup`] (skipped when no rule
+//!    matches that direction): an exemption (`Rewrite::NONE`) goes through untranslated with no
+//!    session and is never seen by dynamic NAPT (RFC 6888 REQ-6); a translation makes a session;
+//! 4. inbound only, the virtual servers: a new connection to a virtual address and port gets a
+//!    real server and a session that rewrites the destination to it (and its replies' source
+//!    back to the virtual endpoint);
+//! 5. dynamic NAPT as before.
+//!
+//! A rule or virtual server match is an explicit permit: it comes before inbound filtering and
+//! the unsolicited-SYN hold, and its external addresses need not be pool addresses. As for
+//! dynamic mappings, only a SYN opens a TCP session (RFC 5382).
 
 use super::Engine;
-use crate::alloc::PortAllocator;
-use crate::config::Config;
-use crate::endpoint::{Endpoint, Protocol};
+use super::packet::{self, Parsed, Which};
+use super::queues::EventQueue;
+use super::translate::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::alloc::{PortAllocator, PortRange};
+use crate::config::{Behavior, Config};
+use crate::counters::DropReason;
+use crate::endpoint::{Direction, Endpoint, Protocol, Side};
+use crate::event::Event;
 use crate::rng::Rng;
-use crate::rules::{CompiledRules, RuleChain, RuleId};
+use crate::rules::{CompiledRules, Rewrite, RuleChain, RuleId};
+use crate::table::{FlowKey, StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};
+use crate::tcp_state::TcpState;
 use crate::time::Instant;
+use crate::verdict::Verdict;
 use crate::vserver::{RealServerId, VirtualServer, VirtualServerError};
+use std::net::Ipv4Addr;
 
 /// What made a session: dynamic NAPT, a static rule, or a virtual server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +58,17 @@ pub enum SessionOrigin {
     },
 }
 
+impl From<StaticOrigin> for SessionOrigin {
+    fn from(o: StaticOrigin) -> Self {
+        match o {
+            StaticOrigin::Rule(id) => SessionOrigin::Rule(id),
+            StaticOrigin::VirtualServer { address, server } => {
+                SessionOrigin::VirtualServer { address, server }
+            }
+        }
+    }
+}
+
 /// The rules and virtual servers the engine runs, and what it needs to rebuild them.
 #[derive(Debug)]
 pub(super) struct StaticNat {
@@ -45,6 +83,13 @@ pub(super) struct StaticNat {
     /// The latest time the engine was given, for work that happens outside a call with a
     /// time (a reload adding a virtual server starts its health checks then).
     pub(super) last_now: Instant,
+    /// Sessions made by rules and virtual servers; built (at `limits.max_static_sessions`)
+    /// once the config has any rule or virtual server, so a plain NAPT spends no memory on it.
+    pub(super) table: Option<StaticSessionTable>,
+    /// The table's size.
+    capacity: usize,
+    /// The ports the allocator was last told to withhold.
+    reserved: Vec<(Ipv4Addr, Protocol, PortRange)>,
 }
 
 impl StaticNat {
@@ -53,7 +98,7 @@ impl StaticNat {
     /// so configuring rules does not change which ports dynamic NAPT picks.
     pub(super) fn new(cfg: &Config, seed: u64) -> Self {
         let seed = Rng::new(seed ^ RULES_SEED_SALT).next_u64();
-        StaticNat {
+        let mut statics = StaticNat {
             compiled: cfg.rules.compile(seed),
             chain: cfg.rules.clone(),
             seed,
@@ -65,7 +110,57 @@ impl StaticNat {
                 .filter_map(|s| VirtualServer::new(s, Instant::ZERO).ok())
                 .collect(),
             last_now: Instant::ZERO,
+            table: None,
+            capacity: cfg.limits.max_static_sessions as usize,
+            reserved: Vec::new(),
+        };
+        statics.ensure_table(cfg);
+        statics
+    }
+
+    /// Builds the session table if `cfg` has rules or virtual servers and it is not there yet.
+    /// Never on the packet path: at construction and on reload.
+    fn ensure_table(&mut self, cfg: &Config) {
+        if self.table.is_none() && (!cfg.rules.is_empty() || !cfg.virtual_servers.is_empty()) {
+            let seed = Rng::new(self.seed ^ TABLE_SEED_SALT).next_u64();
+            self.table = Some(StaticSessionTable::new(self.capacity, seed));
         }
+    }
+
+    /// The external ports to withhold from dynamic allocation: every external endpoint a rule
+    /// binds and every virtual endpoint, on addresses `owns` accepts (the allocator's), sorted.
+    fn reserved_ports(
+        chain: &RuleChain,
+        vservers: &[VirtualServer],
+        owns: impl Fn(Ipv4Addr) -> bool,
+    ) -> Vec<(Ipv4Addr, Protocol, PortRange)> {
+        let mut list: Vec<_> = chain
+            .reserved_external()
+            .filter(|(a, _, _)| owns(*a))
+            .chain(vservers.iter().filter(|v| owns(v.address().addr)).map(|v| {
+                let port = v.address().port;
+                (
+                    v.address().addr,
+                    v.protocol(),
+                    PortRange {
+                        first: port,
+                        last: port,
+                    },
+                )
+            }))
+            .collect();
+        list.sort_unstable();
+        list.dedup();
+        list
+    }
+
+    /// Whether an inbound packet to an address outside the pool may still be ours: a static
+    /// session, an inbound rule or a virtual server could claim it.
+    #[inline]
+    pub(super) fn may_claim_inbound(&self) -> bool {
+        self.table.as_ref().is_some_and(|t| !t.is_empty())
+            || !self.compiled.is_empty(Direction::Inbound)
+            || !self.vservers.is_empty()
     }
 
     /// The virtual server for `proto` at `address`.
@@ -103,6 +198,58 @@ impl StaticNat {
 
 /// Mixed into the engine's seed for the rule tables' key.
 const RULES_SEED_SALT: u64 = 0x7275_6c65_735f_6b65;
+/// Mixed into the engine's seed for the static session table's key.
+const TABLE_SEED_SALT: u64 = 0x7374_6174_6963_5f74;
+
+/// A static session's idle timeout in seconds: the same timers, and for TCP the same phases,
+/// as dynamic sessions (RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2).
+fn idle_timeout(b: &Behavior, s: &StaticSession) -> u32 {
+    match s.proto {
+        Protocol::Udp => b.timers.udp,
+        Protocol::Icmp => b.timers.icmp_query,
+        Protocol::Tcp => TcpState::from_byte(s.tcp).timeout(&b.timers),
+    }
+}
+
+/// When the wheel should look at a static session again (as `session_due` for dynamic ones).
+fn static_due(b: &Behavior, s: &StaticSession) -> u32 {
+    s.last_seen
+        .saturating_add(idle_timeout(b, s))
+        .saturating_add(1)
+}
+
+/// A TCP segment that may open a session: a SYN without RST (RFC 5382: only a SYN creates
+/// state). Inbound it must also be without ACK, as for dynamic sessions.
+fn opens(p: &Parsed, dir: Direction) -> bool {
+    if p.proto != Protocol::Tcp {
+        return true;
+    }
+    let mask = match dir {
+        Direction::Outbound => TCP_SYN | TCP_RST,
+        Direction::Inbound => TCP_SYN | TCP_ACK | TCP_RST,
+    };
+    p.tcp_flags & mask == TCP_SYN
+}
+
+/// What a new static session translates, as its two views.
+struct Views {
+    inside_local: Endpoint,
+    inside_remote: Endpoint,
+    outside_local: Endpoint,
+    outside_remote: Endpoint,
+}
+
+impl Views {
+    /// An ICMP query's "port" is its identifier, which names the inside host only; the peer's
+    /// side has none (port 0 in every key), so a rule's port rewrite of it is not applied.
+    fn for_proto(mut self, proto: Protocol) -> Self {
+        if proto == Protocol::Icmp {
+            self.inside_remote.port = 0;
+            self.outside_remote.port = 0;
+        }
+        self
+    }
+}
 
 /// A virtual server of a reload that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,5 +299,427 @@ impl<A: PortAllocator> Engine<A> {
             self.statics.compiled = cfg.rules.compile(self.statics.seed);
         }
         self.statics.vservers = vservers;
+        self.statics.ensure_table(cfg);
+        self.reserve_static_ports();
     }
 }
+
+impl<A: PortAllocator> Engine<A> {
+    /// An outbound flow packet that missed the dynamic table: a static session's, a rule's,
+    /// or (`None`) dynamic NAPT's.
+    pub(super) fn static_outbound(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+    ) -> Option<Verdict> {
+        let key = FlowKey {
+            proto: p.proto,
+            local: p.src,
+            remote: p.dst,
+        };
+        if let Some(id) = self
+            .statics
+            .table
+            .as_ref()
+            .and_then(|t| t.find_inside(&key))
+        {
+            return Some(self.static_forward(now, buf, p, id, Direction::Outbound));
+        }
+        if self.statics.compiled.is_empty(Direction::Outbound) {
+            return None;
+        }
+        let (rule, rw) =
+            self.statics
+                .compiled
+                .lookup(Direction::Outbound, p.proto, p.src, p.dst)?;
+        if rw == Rewrite::NONE {
+            return Some(self.exempt(buf, Side::Outside));
+        }
+        if !opens(p, Direction::Outbound) {
+            return Some(Verdict::Drop(DropReason::TcpNoSession));
+        }
+        let views = Views {
+            inside_local: p.src,
+            inside_remote: p.dst,
+            outside_local: rw.new_src.unwrap_or(p.src),
+            outside_remote: rw.new_dst.unwrap_or(p.dst),
+        };
+        let origin = StaticOrigin::Rule(rule);
+        Some(
+            match self.new_static_session(now, p, views, origin, Direction::Outbound) {
+                Ok(id) => self.static_forward(now, buf, p, id, Direction::Outbound),
+                Err(reason) => Verdict::Drop(reason),
+            },
+        )
+    }
+
+    /// An inbound flow packet that missed the dynamic table: a static session's, a rule's, a
+    /// virtual server's, or (`None`) dynamic NAPT's.
+    pub(super) fn static_inbound(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+    ) -> Option<Verdict> {
+        let key = FlowKey {
+            proto: p.proto,
+            local: p.dst,
+            remote: p.src,
+        };
+        if let Some(id) = self
+            .statics
+            .table
+            .as_ref()
+            .and_then(|t| t.find_outside(&key))
+        {
+            return Some(self.static_forward(now, buf, p, id, Direction::Inbound));
+        }
+        if !self.statics.compiled.is_empty(Direction::Inbound)
+            && let Some((rule, rw)) =
+                self.statics
+                    .compiled
+                    .lookup(Direction::Inbound, p.proto, p.src, p.dst)
+        {
+            if rw == Rewrite::NONE {
+                return Some(self.exempt(buf, Side::Inside));
+            }
+            if !opens(p, Direction::Inbound) {
+                return Some(Verdict::Drop(DropReason::TcpNoSession));
+            }
+            let views = Views {
+                inside_local: rw.new_dst.unwrap_or(p.dst),
+                inside_remote: rw.new_src.unwrap_or(p.src),
+                outside_local: p.dst,
+                outside_remote: p.src,
+            };
+            let origin = StaticOrigin::Rule(rule);
+            return Some(
+                match self.new_static_session(now, p, views, origin, Direction::Inbound) {
+                    Ok(id) => self.static_forward(now, buf, p, id, Direction::Inbound),
+                    Err(reason) => Verdict::Drop(reason),
+                },
+            );
+        }
+        let v = self.statics.vserver_index(p.proto, p.dst)?;
+        if !opens(p, Direction::Inbound) {
+            return Some(Verdict::Drop(DropReason::TcpNoSession));
+        }
+        let vs = &mut self.statics.vservers[v];
+        let Some(server) = vs.select(p.src, now, &mut self.rng) else {
+            return Some(Verdict::Drop(DropReason::NoRealServer));
+        };
+        let Some(target) = vs.server(server).map(|s| s.target()) else {
+            return Some(Verdict::Drop(DropReason::NoRealServer));
+        };
+        let views = Views {
+            inside_local: target,
+            inside_remote: p.src,
+            outside_local: p.dst,
+            outside_remote: p.src,
+        };
+        let origin = StaticOrigin::VirtualServer {
+            address: p.dst,
+            server,
+        };
+        Some(
+            match self.new_static_session(now, p, views, origin, Direction::Inbound) {
+                Ok(id) => self.static_forward(now, buf, p, id, Direction::Inbound),
+                Err(reason) => Verdict::Drop(reason),
+            },
+        )
+    }
+
+    /// An exempted packet (RFC 6888 REQ-6): forwarded untranslated, no state.
+    fn exempt(&mut self, buf: &mut [u8], out: Side) -> Verdict {
+        self.counters.exempted_packets += 1;
+        self.finish(buf, out)
+    }
+
+    /// Makes a static session opened by `p` going `dir`. Counts it, queues its event and, for a
+    /// virtual server, tells it the connection is open.
+    fn new_static_session(
+        &mut self,
+        now: Instant,
+        p: &Parsed,
+        views: Views,
+        origin: StaticOrigin,
+        dir: Direction,
+    ) -> Result<StaticSessionId, DropReason> {
+        let Views {
+            inside_local,
+            inside_remote,
+            outside_local,
+            outside_remote,
+        } = views.for_proto(p.proto);
+        let mut tcp = TcpState::default();
+        if p.proto == Protocol::Tcp {
+            tcp.on_segment(dir, p.tcp_flags);
+        }
+        let s = StaticSession {
+            inside_local,
+            inside_remote,
+            outside_local,
+            outside_remote,
+            proto: p.proto,
+            tcp: tcp.to_byte(),
+            last_seen: now.as_secs(),
+            origin,
+        };
+        let due = static_due(&self.behavior, &s);
+        let table = self
+            .statics
+            .table
+            .as_mut()
+            .ok_or(DropReason::StaticTableFull)?;
+        // The view this packet did not come by may be a live session's: two virtual servers
+        // with a common real server, reached from one client port; a rule onto the endpoint
+        // of another flow. One key must name one flow, so the newcomer is refused.
+        let clash = match dir {
+            Direction::Outbound => table.find_outside(&s.outside_key()),
+            Direction::Inbound => table.find_inside(&s.inside_key()),
+        };
+        if clash.is_some() {
+            return Err(DropReason::StaticSessionClash);
+        }
+        let id = table
+            .insert(s, due)
+            .map_err(|_| DropReason::StaticTableFull)?;
+        self.statics.last_now = now;
+        match origin {
+            StaticOrigin::Rule(_) => self.counters.static_sessions_created += 1,
+            StaticOrigin::VirtualServer { address, server } => {
+                self.counters.vserver_sessions_created += 1;
+                if let Some(i) = self.statics.vserver_index(p.proto, address) {
+                    // The server was just selected, so it is there.
+                    let _ = self.statics.vservers[i].on_connection_open(server);
+                }
+            }
+        }
+        self.emit(Event::SessionCreated {
+            at: now,
+            proto: p.proto,
+            internal: inside_local,
+            external: outside_local,
+            remote: outside_remote,
+        });
+        Ok(id)
+    }
+
+    /// Refreshes static session `id` with `p` going `dir` and translates `p` to the other
+    /// view: both endpoints, then the TTL, with incremental checksum updates.
+    fn static_forward(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+        id: StaticSessionId,
+        dir: Direction,
+    ) -> Verdict {
+        let refresh = self.behavior.refresh.refreshes(dir);
+        let behavior = self.behavior;
+        let Some(table) = self.statics.table.as_mut() else {
+            return Verdict::Drop(DropReason::StaticTableFull);
+        };
+        let Some(s) = table.get_mut(id) else {
+            return Verdict::Drop(DropReason::StaticTableFull);
+        };
+        if refresh {
+            s.last_seen = now.as_secs();
+        }
+        let mut reschedule = None;
+        if s.proto == Protocol::Tcp {
+            let before = TcpState::from_byte(s.tcp);
+            let mut st = before;
+            st.on_segment(dir, p.tcp_flags);
+            s.tcp = st.to_byte();
+            // As for dynamic sessions: a phase change that shortens the timeout moves the
+            // session's check forward.
+            if p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 && st.phase() != before.phase() {
+                reschedule = Some(static_due(&behavior, s));
+            }
+        }
+        let s = *s;
+        if let Some(due) = reschedule {
+            table.reschedule(id, due);
+        }
+        if let StaticOrigin::VirtualServer { address, server } = s.origin
+            && let Some(i) = self.statics.vserver_index(s.proto, address)
+        {
+            // A server removed by force no longer counts; its connections run on.
+            let _ = self.statics.vservers[i].on_bytes(server, p.len as u64);
+        }
+        let (src, dst, out) = match dir {
+            Direction::Outbound => (s.outside_local, s.outside_remote, Side::Outside),
+            Direction::Inbound => (s.inside_remote, s.inside_local, Side::Inside),
+        };
+        // ICMP queries: the identifier is the inside host's "port" and sits in one field, so
+        // only the local side's rewrite may touch it; the remote side changes its address.
+        let (src, dst) = match (s.proto, dir) {
+            (Protocol::Icmp, Direction::Outbound) => (src, Endpoint::new(dst.addr, p.dst.port)),
+            (Protocol::Icmp, Direction::Inbound) => (Endpoint::new(src.addr, p.src.port), dst),
+            _ => (src, dst),
+        };
+        if src != p.src {
+            packet::rewrite(buf, p, Which::Src, src);
+        }
+        packet::translate(buf, p, Which::Dst, dst, self.behavior.decrement_ttl);
+        Verdict::Forward(out)
+    }
+
+    /// The static session an ICMP error from outside is about: the quoted packet left by
+    /// `quoted_src` (our outside view) to `quoted_dst`. Returns the inside view (local,
+    /// remote) to translate the quoted packet back to.
+    pub(super) fn static_error_inbound(
+        &self,
+        proto: Protocol,
+        quoted_src: Endpoint,
+        quoted_dst: Endpoint,
+    ) -> Option<(Endpoint, Endpoint)> {
+        let key = FlowKey {
+            proto,
+            local: quoted_src,
+            remote: quoted_dst,
+        };
+        let t = self.statics.table.as_ref()?;
+        let s = t.get(t.find_outside(&key)?)?;
+        Some((s.inside_local, s.inside_remote))
+    }
+
+    /// The static session an ICMP error from inside is about: the quoted packet came in to
+    /// `quoted_dst` (the inside host) from `quoted_src`. Returns the outside view (local,
+    /// remote).
+    pub(super) fn static_error_outbound(
+        &self,
+        proto: Protocol,
+        quoted_src: Endpoint,
+        quoted_dst: Endpoint,
+    ) -> Option<(Endpoint, Endpoint)> {
+        let key = FlowKey {
+            proto,
+            local: quoted_dst,
+            remote: quoted_src,
+        };
+        let t = self.statics.table.as_ref()?;
+        let s = t.get(t.find_inside(&key)?)?;
+        Some((s.outside_local, s.outside_remote))
+    }
+
+    /// Expires idle static sessions (called from `handle_timeout`).
+    pub(super) fn expire_statics(&mut self, now: Instant) {
+        self.statics.last_now = now;
+        let behavior = self.behavior;
+        let StaticNat {
+            vservers, table, ..
+        } = &mut self.statics;
+        let Some(table) = table.as_mut() else {
+            return;
+        };
+        let events = &mut self.events;
+        let counters = &mut self.counters;
+        table.expire(
+            now.as_secs(),
+            |s| static_due(&behavior, s),
+            |s| static_gone(vservers, events, counters, &s, now),
+        );
+    }
+
+    /// Deletes every static session (from `flush`), with their events.
+    pub(super) fn flush_statics(&mut self, now: Instant) {
+        let Some(table) = self.statics.table.as_mut() else {
+            return;
+        };
+        let ids: Vec<StaticSessionId> = table.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            if let Some(s) = table.remove(id) {
+                static_gone(
+                    &mut self.statics.vservers,
+                    &mut self.events,
+                    &mut self.counters,
+                    &s,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// When the static table next has expiry work.
+    pub(super) fn static_next_due(&self) -> Option<u32> {
+        self.statics.table.as_ref()?.next_due()
+    }
+
+    /// Live static sessions.
+    pub fn static_session_count(&self) -> usize {
+        self.statics
+            .table
+            .as_ref()
+            .map_or(0, StaticSessionTable::len)
+    }
+
+    /// Every live static session as operators see it: internal is the inside host's endpoint,
+    /// external its outside endpoint, remote the peer as the outside sees it.
+    pub(super) fn static_sessions(&self) -> impl Iterator<Item = super::SessionInfo> + '_ {
+        let b = self.behavior;
+        self.statics
+            .table
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(move |(_, s)| super::SessionInfo {
+                proto: s.proto,
+                internal: s.inside_local,
+                external: s.outside_local,
+                remote: s.outside_remote,
+                tcp: (s.proto == Protocol::Tcp).then(|| TcpState::from_byte(s.tcp).phase()),
+                last_seen: Instant::from_secs(u64::from(s.last_seen)),
+                expires: Instant::from_secs(
+                    u64::from(s.last_seen) + u64::from(idle_timeout(&b, s)),
+                ),
+                origin: s.origin.into(),
+            })
+    }
+
+    /// Withholds the ports the rules and virtual servers hold from the allocator, if they
+    /// changed since it was last told.
+    pub(super) fn reserve_static_ports(&mut self) {
+        let alloc = &self.alloc;
+        let list = StaticNat::reserved_ports(&self.statics.chain, &self.statics.vservers, |a| {
+            alloc.owns(a)
+        });
+        if list != self.statics.reserved {
+            self.alloc.set_reserved(&list, self.statics.last_now);
+            self.statics.reserved = list;
+        }
+    }
+}
+
+/// A static session ended: its event, its counter, and its virtual server's connection count.
+fn static_gone(
+    vservers: &mut [VirtualServer],
+    events: &mut EventQueue,
+    counters: &mut crate::counters::Counters,
+    s: &StaticSession,
+    now: Instant,
+) {
+    counters.static_sessions_deleted += 1;
+    if let StaticOrigin::VirtualServer { address, server } = s.origin
+        && let Some(v) = vservers
+            .iter_mut()
+            .find(|v| v.protocol() == s.proto && v.address() == address)
+    {
+        // After a forced removal (or a reload without the server) there is nothing to close.
+        let _ = v.on_connection_close(server);
+    }
+    let e = Event::SessionDeleted {
+        at: now,
+        proto: s.proto,
+        internal: s.inside_local,
+        external: s.outside_local,
+        remote: s.outside_remote,
+    };
+    if !events.push(e) {
+        counters.events_lost += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;

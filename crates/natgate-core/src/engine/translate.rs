@@ -13,10 +13,10 @@ use crate::tcp_state::TcpState;
 use crate::time::Instant;
 use crate::verdict::Verdict;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+pub(super) const TCP_FIN: u8 = 0x01;
+pub(super) const TCP_SYN: u8 = 0x02;
+pub(super) const TCP_RST: u8 = 0x04;
+pub(super) const TCP_ACK: u8 = 0x10;
 
 impl<A: PortAllocator> Engine<A> {
     /// A flow packet from the inside: find or make its session, translate the source, and
@@ -55,10 +55,17 @@ impl<A: PortAllocator> Engine<A> {
                 self.touch(sid, now, Direction::Outbound, p.tcp_flags);
                 sid
             }
-            None => match self.new_outbound_session(now, p) {
-                Ok(sid) => sid,
-                Err(reason) => return self.mapping_failed(now, buf, p, reason),
-            },
+            None => {
+                // Static rules win over dynamic NAPT for new flows (issue 4); hairpinned
+                // packets stay with the dynamic mappings they are addressed to.
+                if !hairpin && let Some(v) = self.static_outbound(now, buf, p) {
+                    return v;
+                }
+                match self.new_outbound_session(now, p) {
+                    Ok(sid) => sid,
+                    Err(reason) => return self.mapping_failed(now, buf, p, reason),
+                }
+            }
         };
         let internal = p.src;
         let external = self.sessions.get(sid).external;
@@ -93,11 +100,21 @@ impl<A: PortAllocator> Engine<A> {
                 self.touch(sid, now, Direction::Inbound, p.tcp_flags);
                 sid
             }
-            None => match self.new_inbound_session(now, p) {
-                Ok(sid) => sid,
-                Err(Refused::Drop(reason)) => return Verdict::Drop(reason),
-                Err(Refused::UnsolicitedSyn) => return self.hold_syn(now, buf, p),
-            },
+            None => {
+                // A rule or virtual server match is an explicit permit, before filtering and
+                // the unsolicited-SYN hold; its address need not be in the pool.
+                if let Some(v) = self.static_inbound(now, buf, p) {
+                    return v;
+                }
+                if !self.alloc.owns(p.dst.addr) {
+                    return Verdict::Drop(DropReason::NotPoolAddress);
+                }
+                match self.new_inbound_session(now, p) {
+                    Ok(sid) => sid,
+                    Err(Refused::Drop(reason)) => return Verdict::Drop(reason),
+                    Err(Refused::UnsolicitedSyn) => return self.hold_syn(now, buf, p),
+                }
+            }
         };
         let internal = self.sessions.get(sid).internal;
         packet::translate(buf, p, Which::Dst, internal, self.behavior.decrement_ttl);

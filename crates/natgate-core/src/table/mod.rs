@@ -11,6 +11,7 @@ mod index;
 mod mapping;
 mod session;
 mod slab;
+mod static_session;
 mod wheel;
 
 pub use hash::FlowHasher;
@@ -18,6 +19,7 @@ pub use index::{HashIndex, IndexFull};
 pub use mapping::{AddressFilter, Mapping, MappingId, MappingTable};
 pub use session::{FlowKey, Session, SessionId, SessionTable, TableFull};
 pub use slab::Slab;
+pub use static_session::{StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};
 pub use wheel::TimerWheel;
 
 /// Asks the CPU to start loading the cache line holding `p`, so that a later read does not stall.
