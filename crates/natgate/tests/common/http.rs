@@ -8,6 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -39,12 +40,21 @@ impl HttpServer {
         let acceptor = std::thread::spawn(move || {
             let mut conns = Vec::new();
             while l2.load(Ordering::Relaxed) && conns.len() < MAX_CONNECTIONS {
+                // Wait for a connection at most a tick, so the flag is seen; accept at once when
+                // one comes.
+                let mut pfd = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the listener, which outlives the call.
+                unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as i32) };
                 match listener.accept() {
                     Ok((s, peer)) => {
                         let (stop, name) = (s2.clone(), name.clone());
                         conns.push(std::thread::spawn(move || serve(s, peer, &name, &stop)));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(TICK),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => break,
                 }
             }
