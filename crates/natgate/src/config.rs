@@ -168,6 +168,7 @@ pub struct LimitsSpec {
     pub max_held_fragments_per_source: Option<u32>,
     pub event_queue: Option<u32>,
     pub max_ports_in_hold_down: Option<u32>,
+    pub max_static_sessions: Option<u32>,
     /// `[limits.subscriber]`: per-subscriber quotas and creation rate (RFC 6888 REQ-4, REQ-5);
     /// every field optional, zero meaning no limit.
     pub subscriber: Option<SubscriberLimits>,
@@ -188,7 +189,8 @@ impl LimitsSpec {
             max_held_fragments,
             max_held_fragments_per_source,
             event_queue,
-            max_ports_in_hold_down
+            max_ports_in_hold_down,
+            max_static_sessions
         );
         if let Some(sub) = self.subscriber {
             l.subscriber = sub;
