@@ -487,21 +487,6 @@ impl Settings {
             virtual_servers: file.virtual_server.clone(),
             file,
         };
-        if settings.queues > 1
-            && !(settings.rules.is_empty() && settings.virtual_servers.is_empty())
-        {
-            // Multi-queue steering sends an inbound packet to the worker owning its external
-            // port's block and an outbound one to its subscriber's worker; a static rule's or a
-            // virtual server's flow would have its two directions in two engines.
-            return Err(invalid(
-                "queues",
-                format!(
-                    "{} queues with [[rule]] or [[virtual-server]]: static translations need \
-                     queues = 1 (multi-queue steering does not follow them yet)",
-                    settings.queues
-                ),
-            ));
-        }
         // Check everything the engine checks now, with stand-in addresses where the real ones
         // are only known at start.
         let pool = match &settings.pool {
@@ -916,14 +901,6 @@ weight = 2
             .expect_err("bound by a rule")
             .to_string();
         assert!(e.contains("rule 10"), "{e}");
-    }
-
-    #[test]
-    fn static_translations_need_one_queue() {
-        let text = format!("{MIN}\n[tun]\nqueues = 2\n{RULE}");
-        let e = Settings::parse(&text).expect_err("2 queues").to_string();
-        assert!(e.contains("queues") && e.contains("line 10"), "{e}");
-        assert!(Settings::parse(&format!("{MIN}\n[tun]\nqueues = 2\n")).is_ok());
     }
 
     #[test]

@@ -390,3 +390,74 @@ fn port_forward_on_the_home_gateways_own_address() {
     // The subscribers' own flows still leave as the outside address.
     assert_eq!(*seen_by_wan1(&topo, &topo.sub1, 3478).ip(), addr::GW_WAN);
 }
+
+#[test]
+fn two_queues_keep_static_flows_in_one_engine() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    route_to_gateway(&topo, ext(0, 0), 16);
+    // Two workers: the kernel spreads packets over both queues by its own hash, and steering
+    // must bring both directions of every static flow to the engine that holds it.
+    let extra = format!(
+        "[tun]\nqueues = 2\n{HOST_NAT}{}",
+        r#"
+[[rule]]
+id = 20
+direction = "inbound"
+proto = "tcp"
+dst = "198.18.2.80/32"
+dst-ports = 80
+action.translate.dst = { addr = "100.64.0.11/32", port = 8888 }
+
+[[virtual-server]]
+address = "198.18.3.80"
+port = 80
+protocol = "tcp"
+scheduler = "round-robin"
+
+[[virtual-server.real-servers]]
+address = "100.64.0.10"
+port = 8080
+
+[[virtual-server.real-servers]]
+address = "100.64.0.11"
+port = 8080
+"#
+    );
+    let _web = HttpServer::start(&topo.sub2, SocketAddrV4::new(addr::SUB2, 8888), "web");
+    let _a = HttpServer::start(&topo.sub1, SocketAddrV4::new(addr::SUB1, 8080), "a");
+    let _b = HttpServer::start(&topo.sub2, SocketAddrV4::new(addr::SUB2, 8080), "b");
+    let _gw = Gateway::start(&topo, &config(&topo, &extra));
+    assert_eq!(ctl_json(&topo, &["status"])["workers"], 2);
+    for i in 0..16 {
+        let seen = seen_by_wan1(&topo, &topo.sub1, 4000 + i);
+        assert_eq!(*seen.ip(), ext(1, 10));
+        let to = SocketAddrV4::new(ext(1, 10), 7000 + i);
+        let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000 + i);
+        let (_, from, _) = echo(&topo.wan1, &topo.sub1, bind, to);
+        assert_eq!(from, to);
+    }
+    let forward = SocketAddrV4::new(ext(2, 80), 80);
+    let vip = SocketAddrV4::new(ext(3, 80), 80);
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..16 {
+        assert!(
+            get_once(&topo.wan1, forward, T)
+                .unwrap()
+                .starts_with("web ")
+        );
+        let body = get_once(&topo.wan2, vip, T).unwrap();
+        names.insert(body.split(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(names.len(), 2, "both real servers answered: {names:?}");
+    let v = ctl_json(&topo, &["vservers"]);
+    let bytes: u64 = v["virtual_servers"][0]["real_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["bytes"].as_u64().unwrap())
+        .sum();
+    assert!(bytes > 0, "{v}");
+}

@@ -2,7 +2,9 @@
 //! server, and the copies are kept identical replicas (`docs/virtual-servers.md`, "What the
 //! engine and daemon call"): every run-time change and every health-probe result goes to every
 //! copy, in the same order, through the workers' command channels, so ids and states agree and
-//! only the connection and byte counts are per worker (`ctl vservers` sums them).
+//! only the connection and byte counts are per worker (`ctl vservers` sums them). Steering
+//! sends every virtual-server flow to one worker ([`super::steer::STATIC_OWNER`]), so in practice
+//! that copy carries the counts; the others stay ready replicas.
 //!
 //! A change is all or nothing: the control service checks it against the running specs first
 //! (the same checks each copy makes: [`check_change`]), so a change that reaches the workers

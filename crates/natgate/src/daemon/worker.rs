@@ -21,7 +21,7 @@ use natgate_core::rules::{Action, Rule};
 use natgate_core::{Config, Direction, DropReason, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use super::steer::{MAILBOX_LEN, Mailbox, Steered, Steering};
+use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering};
 use super::{Clock, Command, Detail, IoCounters, WorkerSnapshot};
 use crate::tun::TunQueue;
 
@@ -182,8 +182,13 @@ impl Worker {
         let mut lens = [0usize; BATCH];
         let mut verdicts = [Verdict::Held; BATCH];
         let mut scratch = vec![0u8; SLOT];
+        // Keys the static-claim table: lookup keys are chosen by whoever sends us packets.
+        let seed = super::os_seed();
+        let mut statics = self.static_steer(seed);
         while !self.stop.load(Ordering::Relaxed) {
-            self.commands();
+            if self.commands() {
+                statics = self.static_steer(seed);
+            }
             let now = self.clock.now();
             let wait = match self.engine.next_timeout() {
                 Some(t) if t <= now => Duration::ZERO,
@@ -200,7 +205,7 @@ impl Worker {
                 }
                 let n = self.read(side, &mut bufs, &mut lens)?;
                 let mut local = [0usize; BATCH];
-                let k = self.steer(side, &bufs, &lens[..n], &mut local);
+                let k = self.steer(side, &bufs, &lens[..n], &mut local, &statics);
                 self.process(side, &mut bufs, &lens, &local[..k], &mut verdicts);
             }
             let now = self.clock.now();
@@ -293,13 +298,14 @@ impl Worker {
         bufs: &[u8],
         lens: &[usize],
         local: &mut [usize; BATCH],
+        statics: &StaticSteer,
     ) -> usize {
         let mut k = 0;
         let multi = self.steering.workers() > 1;
         let mut woken = 0u64;
         for (i, slot) in bufs.chunks(SLOT).take(lens.len()).enumerate() {
             let pkt = &slot[..lens[i]];
-            match self.steering.owner(side, pkt).filter(|_| multi) {
+            match self.steering.owner(side, pkt, statics).filter(|_| multi) {
                 Some(w) if w != self.id => {
                     let m = &self.mailboxes[w];
                     let item = Steered {
@@ -461,7 +467,18 @@ impl Worker {
         }
     }
 
-    fn commands(&mut self) {
+    /// What static translations claim, for steering: from the engine's running rules and
+    /// virtual servers (none with one worker, where nothing is steered).
+    fn static_steer(&self, seed: u64) -> StaticSteer {
+        if self.steering.workers() == 1 {
+            return StaticSteer::none();
+        }
+        StaticSteer::new(self.engine.rules(), self.engine.virtual_servers(), seed)
+    }
+
+    /// Serves pending commands; whether the rules or virtual servers may have changed.
+    fn commands(&mut self) -> bool {
+        let mut changed = false;
         for _ in 0..COMMANDS_PER_TURN {
             match self.commands.try_recv() {
                 Ok(Command::Snapshot { detail, reply }) => {
@@ -498,10 +515,11 @@ impl Worker {
                 }
                 Ok(Command::Reload { config, reply }) => {
                     let r = self.engine.reconfigure(&config).map_err(|e| e.to_string());
-                    if r.is_ok()
-                        && let Some(home) = &mut self.home
-                    {
-                        home.claim(config.get());
+                    if r.is_ok() {
+                        changed = true;
+                        if let Some(home) = &mut self.home {
+                            home.claim(config.get());
+                        }
                     }
                     let _ = reply.send(r);
                 }
@@ -511,11 +529,13 @@ impl Worker {
                 }
                 Ok(Command::VirtualServers(c)) => {
                     let now = self.clock.now();
+                    changed |= matches!(c, super::vservers::VsCommand::Change { .. });
                     super::vservers::serve(&mut self.engine, c, now, self.id == 0);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        changed
     }
 }
 
