@@ -124,8 +124,8 @@ impl StaticSteer {
     }
 }
 
-/// A prefix with optional ports.
-type Part = (Ipv4Prefix, Option<PortRange>);
+/// A prefix with optional ports: one side of a binding.
+pub type Part = (Ipv4Prefix, Option<PortRange>);
 
 /// An exemption matching `side` as the destination (inbound) or the source (outbound).
 fn claim(dir: Direction, proto: Option<Protocol>, (prefix, ports): Part) -> Rule {
@@ -148,7 +148,7 @@ fn claim(dir: Direction, proto: Option<Protocol>, (prefix, ports): Part) -> Rule
 /// The binding of a one-way rule (`docs/static-nat.md`, "Conflicts"): its external and its
 /// internal endpoints, if it rewrites the gateway's side (an inbound destination, an outbound
 /// source).
-fn binding(one: &Rule) -> Option<(Part, Part)> {
+pub fn binding(one: &Rule) -> Option<(Part, Part)> {
     let Action::Translate(t) = one.action else {
         return None;
     };

@@ -17,11 +17,11 @@ use natgate_core::alloc::PortAllocator;
 use natgate_core::alloc::PortRange;
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
-use natgate_core::rules::{Action, Rule};
-use natgate_core::{Config, Direction, DropReason, Event, Protocol, Side, Verdict};
+use natgate_core::rules::Rule;
+use natgate_core::{Config, DropReason, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering};
+use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering, binding};
 use super::{Clock, Command, Detail, IoCounters, WorkerSnapshot};
 use crate::tun::TunQueue;
 
@@ -96,22 +96,8 @@ impl HomeAddress {
         };
         self.claimed.clear();
         for one in config.rules.iter().flat_map(Rule::one_way) {
-            let Action::Translate(t) = one.action else {
+            let Some(((prefix, ports), _)) = binding(&one) else {
                 continue;
-            };
-            let (prefix, ports) = match (one.direction, t.src, t.dst) {
-                (Direction::Inbound, _, Some(_)) => (one.dst, one.dst_ports),
-                (Direction::Outbound, Some(ts), _) => {
-                    let ports = match (ts.port, one.src_ports) {
-                        (Some(p), Some(r)) => Some(PortRange {
-                            first: p,
-                            last: p.saturating_add(r.last - r.first),
-                        }),
-                        (_, r) => r,
-                    };
-                    (ts.addr.unwrap_or(one.src), ports)
-                }
-                _ => continue,
             };
             for &a in &self.addrs {
                 if prefix.contains(a) {
