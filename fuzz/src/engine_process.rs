@@ -7,6 +7,10 @@
 //! packet is IPv4 of unchanged length with a valid header checksum; an answer is an ICMP error
 //! of at most 576 bytes with valid checksums; the verdict's own counter moved by one; tables
 //! stay within their limits and every mapping is in use by a session.
+//!
+//! When the top bit of `preset` is set the engine also runs static NAT rules and a virtual
+//! server over the same addresses ([`STATIC_RULES`]), so that packets reach the static session
+//! table, exemptions and real-server selection too.
 
 use arbitrary::{Arbitrary, Unstructured};
 use natgate_core::config::{Config, Preset};
@@ -33,6 +37,59 @@ const PORTS: [u16; 4] = [5000, 5001, 40000, 53];
 /// Packets the engine forwarded, kept to answer or complain about.
 const HISTORY: usize = 16;
 const MAX_BATCH: usize = 40;
+
+/// A 1:1 host NAT of the first subscriber (outside the pool), a bidirectional port forward on
+/// the second pool address, and an exemption of the third remote; with a virtual server on the
+/// second pool address (below) when the input asks for static NAT.
+const STATIC_RULES: &str = r#"
+[[rule]]
+id = 1
+direction = "outbound"
+bidirectional = true
+src = "100.64.0.10/32"
+action.translate.src = { addr = "192.0.2.10/32" }
+
+[[rule]]
+id = 2
+direction = "inbound"
+bidirectional = true
+proto = "udp"
+dst = "198.51.100.2/32"
+dst-ports = 53
+action.translate.dst = { addr = "100.64.0.11/32", port = 5000 }
+
+[[rule]]
+id = 3
+direction = "outbound"
+bidirectional = true
+dst = "192.0.2.254/32"
+action = "exempt"
+
+[[virtual-server]]
+address = "198.51.100.2"
+port = 40000
+protocol = "tcp"
+scheduler = "weighted-round-robin"
+
+[[virtual-server.real-servers]]
+address = "100.64.0.10"
+port = 5000
+
+[[virtual-server.real-servers]]
+address = "100.64.0.11"
+port = 5001
+weight = 2
+"#;
+/// Static sessions at most, so that the table fills.
+const MAX_STATIC_SESSIONS: u32 = 8;
+
+/// The rules and virtual servers of [`STATIC_RULES`].
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Statics {
+    rule: natgate_core::rules::RuleChain,
+    virtual_server: Vec<natgate_core::vserver::VirtualServerSpec>,
+}
 
 /// The fuzz input: an engine setting and what happens to it.
 #[derive(Debug, Arbitrary)]
@@ -198,6 +255,14 @@ pub fn run(data: &[u8]) -> Reached {
     c.limits.max_held_fragments_per_source = 4;
     c.limits.event_queue = 16;
     c.limits.max_ports_in_hold_down = 8;
+    c.limits.max_static_sessions = MAX_STATIC_SESSIONS;
+    if input.preset & 0x80 != 0 {
+        let Ok(statics) = toml::from_str::<Statics>(STATIC_RULES) else {
+            panic!("the static rules parse");
+        };
+        c.rules = statics.rule;
+        c.virtual_servers = statics.virtual_server;
+    }
     let Ok(config) = c.validate() else {
         panic!("the fuzz config is valid");
     };
@@ -354,13 +419,12 @@ impl Harness {
 
     fn check_tables(&self) {
         let e = &self.engine;
-        assert!(e.session_count() <= 16 && e.mapping_count() <= 8);
+        let statics = e.static_session_count();
+        let dynamic = e.session_count() - statics;
+        assert!(dynamic <= 16 && e.mapping_count() <= 8);
+        assert!(statics <= MAX_STATIC_SESSIONS as usize);
         let in_use: u64 = e.mappings().map(|m| u64::from(m.sessions)).sum();
-        assert_eq!(
-            in_use,
-            e.session_count() as u64,
-            "sessions per mapping add up"
-        );
+        assert_eq!(in_use, dynamic as u64, "sessions per mapping add up");
         assert!(
             e.mappings().all(|m| m.sessions > 0),
             "no mapping without a session"

@@ -1,12 +1,18 @@
-//! Static rule lookup: the time to find the first matching rule for a new flow, with 0, 1, 4,
-//! 50 and 10 000 rules in the chain (a quarter each: network NAT /24, host NAT /32, TCP port
-//! forwards, /16 exemptions; all but the exemptions bidirectional).
+//! Static rules, with 0, 1, 4, 50 and 10 000 rules in the chain (a quarter each: network NAT
+//! /24, host NAT /32, TCP port forwards, /16 exemptions; all but the exemptions bidirectional):
+//!
+//! - `rules_N/{miss,hit}`: the compiled lookup alone, the time to find the first matching rule
+//!   for a new flow. `miss`: no rule matches (a new dynamic flow, the common case); `hit`:
+//!   every packet matches some rule.
+//! - `engine_rules_N/batch/{out,in}`: the engine's fast path for established *dynamic* flows
+//!   (64 Ki sessions, batches of 32, both directions) with the chain configured: issue 4's
+//!   proof that the number of rules does not slow established traffic.
+//! - `first_packet_N/{rule,dynamic}`: the first packet of a new flow, matched by a rule (a
+//!   static session is made) or by none (dynamic NAPT after a rule miss).
 //!
 //! `cargo bench -p natgate-core --bench rules -- --warm-up-time 1 --measurement-time 3`
 //!
-//! Two packet mixes: `miss` (no rule matches: a new dynamic flow, the common case) and `hit`
-//! (every packet matches some rule). Like the engine bench, it measures the thread's CPU time,
-//! since the machine is shared.
+//! Like the engine bench, it measures the thread's CPU time, since the machine is shared.
 
 #![allow(clippy::expect_used)] // a bench: a broken fixture should fail loudly
 
@@ -15,11 +21,13 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use etherparse::PacketBuilder;
+use natgate_core::engine::{BATCH as ENGINE_BATCH, Engine, PacketBuf};
 use natgate_core::rules::{
     Action, CompiledRules, Ipv4Prefix, PortRange, Rule, RuleChain, Target, Translate,
 };
-use natgate_core::{Direction, Endpoint, Protocol};
+use natgate_core::{Config, Direction, Endpoint, Instant, Protocol, Side, Verdict};
 
 /// Lookups per measured iteration.
 const BATCH: usize = 256;
@@ -156,8 +164,8 @@ fn rule(i: u32) -> (Rule, (Direction, Protocol, Endpoint, Endpoint)) {
 
 type Packet = (Direction, Protocol, Endpoint, Endpoint);
 
-/// The compiled chain of `n` rules, packets matching them, and packets matching none.
-fn setup(n: u32) -> (CompiledRules, Vec<Packet>, Vec<Packet>) {
+/// The chain of `n` rules and a packet matching each.
+fn build_chain(n: u32) -> (RuleChain, Vec<Packet>) {
     let mut chain = RuleChain::new();
     let mut hits = Vec::new();
     for i in 0..n {
@@ -165,6 +173,12 @@ fn setup(n: u32) -> (CompiledRules, Vec<Packet>, Vec<Packet>) {
         chain.append(r).expect("bench rules do not conflict");
         hits.push(p);
     }
+    (chain, hits)
+}
+
+/// The compiled chain of `n` rules, packets matching them, and packets matching none.
+fn setup(n: u32) -> (CompiledRules, Vec<Packet>, Vec<Packet>) {
+    let (chain, hits) = build_chain(n);
     // Spread the hits over the chain in a fixed pseudo-random order.
     let hits: Vec<Packet> = (0..4096u32)
         .filter_map(|j| {
@@ -212,9 +226,218 @@ fn lookups(c: &mut Criterion<CpuTime>) {
     }
 }
 
+/// Every engine packet is 64 bytes: IPv4 (20) + UDP (8) + 36, or IPv4 + TCP (20) + 24.
+const PKT: usize = 64;
+type Template = [u8; PKT];
+/// Established dynamic flows in the fast-path engines.
+const FLOWS: u32 = 1 << 16;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+fn now() -> Instant {
+    Instant::from_secs(1_000)
+}
+
+/// Dynamic flow `i`: odd TCP, even UDP, each from its own internal endpoint in 100.100/16 (no
+/// rule's match), to 203.0.113.0/24.
+fn flow(i: u32) -> (Protocol, Endpoint, Endpoint) {
+    let proto = if i & 1 == 1 {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let internal = Endpoint::new(
+        Ipv4Addr::from_bits(0x6464_0000 + i / 64),
+        10_000 + (i % 64) as u16,
+    );
+    let remote = Endpoint::new(Ipv4Addr::from_bits(0xcb00_7100 + (i % 251)), 443);
+    (proto, internal, remote)
+}
+
+fn packet(proto: Protocol, src: Endpoint, dst: Endpoint, tcp_flags: u8) -> Template {
+    let ip = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64);
+    let mut v = Vec::with_capacity(PKT);
+    let r = match proto {
+        Protocol::Tcp => {
+            let mut b = ip.tcp(src.port, dst.port, 1, 65_535);
+            if tcp_flags & TCP_SYN != 0 {
+                b = b.syn();
+            }
+            if tcp_flags & TCP_ACK != 0 {
+                b = b.ack(1);
+            }
+            b.write(&mut v, &[0x5a; 24])
+        }
+        _ => ip.udp(src.port, dst.port).write(&mut v, &[0x5a; 36]),
+    };
+    r.expect("build packet");
+    v.try_into().expect("64-byte packet")
+}
+
+/// An engine with `chain` configured, over a pool (11.0.0.0-11.0.0.63) that no rule touches.
+fn rules_engine(chain: &RuleChain, max_static_sessions: u32) -> Engine {
+    let pool = (0..64)
+        .map(|i| Ipv4Addr::from_bits(0x0b00_0000 + i))
+        .collect();
+    let mut c = Config::new(pool, Ipv4Addr::new(100, 64, 0, 1));
+    c.limits.max_sessions = 2 * FLOWS;
+    c.limits.max_mappings = 2 * FLOWS;
+    c.limits.max_static_sessions = max_static_sessions;
+    c.rules = chain.clone();
+    Engine::new(c.validate().expect("bench config"), 0x5eed)
+}
+
+/// Runs `packets` through `e` in batches of 32 (the rest one at a time), draining events as a
+/// driver would; returns how many were forwarded.
+fn run(e: &mut Engine, side: Side, packets: &mut [Template]) -> usize {
+    let mut verdicts = [Verdict::Held; ENGINE_BATCH];
+    let mut forwarded = 0;
+    let mut chunks = packets.chunks_exact_mut(ENGINE_BATCH);
+    for chunk in &mut chunks {
+        let chunk: &mut [Template; ENGINE_BATCH] = chunk.try_into().expect("exact chunk");
+        let mut bufs = chunk.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
+        e.process_batch(now(), side, &mut bufs, &mut verdicts);
+        forwarded += verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Forward(_)))
+            .count();
+        while e.poll_event().is_some() {}
+    }
+    for b in chunks.into_remainder() {
+        forwarded += usize::from(matches!(
+            e.process(now(), side, b, PKT),
+            Verdict::Forward(_)
+        ));
+    }
+    while e.poll_event().is_some() {}
+    forwarded
+}
+
+/// An engine with `chain` and [`FLOWS`] established dynamic sessions, and templates of their
+/// established traffic both ways.
+fn established(chain: &RuleChain) -> (Engine, Vec<Template>, Vec<Template>) {
+    let mut e = rules_engine(chain, 1024);
+    let flows: Vec<_> = (0..FLOWS).map(flow).collect();
+    let mut syns: Vec<Template> = flows
+        .iter()
+        .map(|&(p, int, rem)| packet(p, int, rem, TCP_SYN))
+        .collect();
+    assert_eq!(run(&mut e, Side::Inside, &mut syns), flows.len());
+    let external: std::collections::HashMap<Endpoint, Endpoint> =
+        e.sessions().map(|s| (s.internal, s.external)).collect();
+    let mut syn_acks: Vec<Template> = flows
+        .iter()
+        .filter(|f| f.0 == Protocol::Tcp)
+        .map(|&(p, int, rem)| packet(p, rem, external[&int], TCP_SYN | TCP_ACK))
+        .collect();
+    assert_eq!(run(&mut e, Side::Outside, &mut syn_acks), syn_acks.len());
+    // A fixed pseudo-random order, so consecutive packets hit unrelated sessions.
+    let order: Vec<usize> = (0..FLOWS)
+        .map(|j| (j.wrapping_mul(2_654_435_761) % FLOWS) as usize)
+        .collect();
+    let out = order
+        .iter()
+        .map(|&i| {
+            let (p, int, rem) = flows[i];
+            packet(p, int, rem, TCP_ACK)
+        })
+        .collect();
+    let inb = order
+        .iter()
+        .map(|&i| {
+            let (p, int, rem) = flows[i];
+            packet(p, rem, external[&int], TCP_ACK)
+        })
+        .collect();
+    assert_eq!(e.static_session_count(), 0);
+    (e, out, inb)
+}
+
+/// Established dynamic traffic, batched, with chains of 0 to 10 000 rules.
+fn engine_fast_path(c: &mut Criterion<CpuTime>) {
+    for n in [0u32, 1, 4, 50, 10_000] {
+        let (chain, _) = build_chain(n);
+        let (mut e, out, inb) = established(&chain);
+        let mut group = c.benchmark_group(format!("engine_rules_{n}"));
+        group.throughput(Throughput::Elements(ENGINE_BATCH as u64));
+        let mut work = [[0u8; PKT]; ENGINE_BATCH];
+        let mut verdicts = [Verdict::Held; ENGINE_BATCH];
+        for (name, side, templates) in [("out", Side::Inside, &out), ("in", Side::Outside, &inb)] {
+            let mut cursor = 0;
+            group.bench_function(BenchmarkId::new("batch", name), |b| {
+                b.iter(|| {
+                    cursor = (cursor + ENGINE_BATCH) % (templates.len() - ENGINE_BATCH);
+                    work.copy_from_slice(&templates[cursor..cursor + ENGINE_BATCH]);
+                    let mut bufs = work.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
+                    e.process_batch(now(), side, &mut bufs, &mut verdicts);
+                    black_box(&verdicts);
+                });
+            });
+            assert!(verdicts.iter().all(|v| matches!(v, Verdict::Forward(_))));
+        }
+        assert_eq!(e.static_session_count(), 0, "no rule was consulted");
+        group.finish();
+    }
+}
+
+/// First packets of new flows: matched by rule 0 (network NAT of 10.0.0.0/24; a static
+/// session is made) or by no rule (dynamic NAPT after the rule miss). Each engine takes at
+/// most 32 Ki new flows; building engines and packets is not timed.
+fn first_packets(c: &mut Criterion<CpuTime>) {
+    const CHUNK: u32 = 1 << 15;
+    for n in [1u32, 10_000] {
+        let (chain, _) = build_chain(n);
+        let mut group = c.benchmark_group(format!("first_packet_{n}"));
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(1));
+        for kind in ["rule", "dynamic"] {
+            group.bench_function(kind, |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    let mut left = iters;
+                    while left > 0 {
+                        let chunk = left.min(u64::from(CHUNK)) as u32;
+                        let mut e = rules_engine(&chain, CHUNK);
+                        let mut fresh: Vec<Template> = (0..chunk)
+                            .map(|i| {
+                                let remote = Endpoint::new(Ipv4Addr::new(8, 8, 8, 8), 443);
+                                let src = match kind {
+                                    // 10.0.0.0/24, the first rule's network.
+                                    "rule" => Endpoint::new(
+                                        Ipv4Addr::from_bits(0x0a00_0000 + (i & 0xff)),
+                                        1024 + (i >> 8) as u16,
+                                    ),
+                                    _ => flow(i).1,
+                                };
+                                packet(Protocol::Udp, src, remote, 0)
+                            })
+                            .collect();
+                        let start = CpuTime.start();
+                        let made = run(&mut e, Side::Inside, &mut fresh);
+                        total += CpuTime.end(start);
+                        assert_eq!(made, chunk as usize);
+                        let statics = if kind == "rule" { chunk as usize } else { 0 };
+                        assert_eq!(e.static_session_count(), statics);
+                        left -= u64::from(chunk);
+                    }
+                    total
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Lookups first (they need no engine), then the engine runs; one criterion run.
+fn all(c: &mut Criterion<CpuTime>) {
+    lookups(c);
+    engine_fast_path(c);
+    first_packets(c);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(CpuTime);
-    targets = lookups
+    targets = all
 }
 criterion_main!(benches);

@@ -10,7 +10,7 @@ use super::packet::{self, Parsed, Which, read16, write16};
 use crate::alloc::PortAllocator;
 use crate::config::Hairpinning;
 use crate::counters::DropReason;
-use crate::endpoint::{Endpoint, Protocol, Side};
+use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::table::FlowKey;
 use crate::verdict::Verdict;
 use crate::wire::checksum::{self, Delta};
@@ -176,6 +176,10 @@ impl<A: PortAllocator> Engine<A> {
             // differently too (twice-NAT).
             None => match self.static_error_inbound(inner.proto, inner.src, remote) {
                 Some((local, peer)) => (local, Some(peer)),
+                // An error about exempted traffic passes untranslated, like that traffic.
+                None if self.exempted(Direction::Inbound, p) => {
+                    return self.exempt(buf, Side::Inside);
+                }
                 None if !self.alloc.owns(p.dst.addr) => {
                     return Verdict::Drop(DropReason::NotPoolAddress);
                 }
@@ -242,6 +246,9 @@ impl<A: PortAllocator> Engine<A> {
         remote: Endpoint,
     ) -> Verdict {
         let Some((local, peer)) = self.static_error_outbound(inner.proto, remote, inner.dst) else {
+            if self.exempted(Direction::Outbound, p) {
+                return self.exempt(buf, Side::Outside);
+            }
             return Verdict::Drop(DropReason::IcmpErrorNoSession);
         };
         rewrite_inner(buf, p, &mut inner, Which::Dst, local);

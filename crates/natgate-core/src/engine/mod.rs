@@ -280,9 +280,8 @@ impl<A: PortAllocator> Engine<A> {
         to_pool: bool,
         hint: Option<Option<SessionId>>,
     ) -> Verdict {
-        // Static rules and virtual servers may own addresses outside the pool; `inbound` and
-        // `icmp_error_inbound` then drop what none of them claims.
-        if side == Side::Outside && !to_pool && !self.statics.may_claim_inbound() {
+        // Static rules and virtual servers may own addresses outside the pool.
+        if side == Side::Outside && !to_pool && !self.statics.claims_inbound(&p) {
             return Verdict::Drop(DropReason::NotPoolAddress);
         }
         // RFC 5508 REQ-10 / RFC 1812 5.3.1: a packet whose TTL would reach zero is answered

@@ -24,7 +24,7 @@
 //! dynamic mappings, only a SYN opens a TCP session (RFC 5382).
 
 use super::Engine;
-use super::packet::{self, Parsed, Which};
+use super::packet::{self, Fragment, Kind, Parsed, Which};
 use super::queues::EventQueue;
 use super::translate::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::alloc::{PortAllocator, PortRange};
@@ -154,13 +154,31 @@ impl StaticNat {
         list
     }
 
-    /// Whether an inbound packet to an address outside the pool may still be ours: a static
-    /// session, an inbound rule or a virtual server could claim it.
-    #[inline]
-    pub(super) fn may_claim_inbound(&self) -> bool {
-        self.table.as_ref().is_some_and(|t| !t.is_empty())
-            || !self.compiled.is_empty(Direction::Inbound)
-            || !self.vservers.is_empty()
+    /// Whether an inbound packet to an address outside the pool is ours after all: a static
+    /// session, an inbound rule or a virtual server claims it. Errors and later fragments carry
+    /// no ports to decide by and are let through when any of them could (`icmp_error_inbound`
+    /// and the fragment tracker decide). Only packets to non-pool addresses pay for this.
+    pub(super) fn claims_inbound(&self, p: &Parsed) -> bool {
+        let table = self.table.as_ref().filter(|t| !t.is_empty());
+        if table.is_none() && self.compiled.is_empty(Direction::Inbound) && self.vservers.is_empty()
+        {
+            return false;
+        }
+        if p.kind != Kind::Flow || p.frag == Fragment::Later {
+            return true;
+        }
+        let key = FlowKey {
+            proto: p.proto,
+            local: p.dst,
+            remote: p.src,
+        };
+        table.is_some_and(|t| t.find_outside(&key).is_some())
+            || (!self.compiled.is_empty(Direction::Inbound)
+                && self
+                    .compiled
+                    .lookup(Direction::Inbound, p.proto, p.src, p.dst)
+                    .is_some())
+            || self.vserver_index(p.proto, p.dst).is_some()
     }
 
     /// The virtual server for `proto` at `address`.
@@ -430,8 +448,19 @@ impl<A: PortAllocator> Engine<A> {
         )
     }
 
+    /// Whether an exemption covers `p` going `dir`: for ICMP errors about exempted traffic,
+    /// which have no session to be found by (the rule's protocol must allow ICMP).
+    pub(super) fn exempted(&self, dir: Direction, p: &Parsed) -> bool {
+        !self.statics.compiled.is_empty(dir)
+            && self
+                .statics
+                .compiled
+                .lookup(dir, p.proto, p.src, p.dst)
+                .is_some_and(|(_, rw)| rw == Rewrite::NONE)
+    }
+
     /// An exempted packet (RFC 6888 REQ-6): forwarded untranslated, no state.
-    fn exempt(&mut self, buf: &mut [u8], out: Side) -> Verdict {
+    pub(super) fn exempt(&mut self, buf: &mut [u8], out: Side) -> Verdict {
         self.counters.exempted_packets += 1;
         self.finish(buf, out)
     }

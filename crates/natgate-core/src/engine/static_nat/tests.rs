@@ -113,6 +113,14 @@ fn host_nat_1to1_both_directions() {
         &mut udp(ep(WAN, 53), ep(a([192, 0, 2, 8]), 5000), b"x"),
     );
     assert_eq!(v, Verdict::Drop(DropReason::NotPoolAddress));
+    // Not even answered when its TTL runs out: the address is nobody's here.
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(WAN.octets(), [192, 0, 2, 8], 1)
+        .udp(53, 5000)
+        .write(&mut v, b"x")
+        .expect("build udp");
+    let (v, _, _) = send(&mut e, t(3), Side::Outside, &mut Pkt::new(&v));
+    assert_eq!(v, Verdict::Drop(DropReason::NotPoolAddress));
 }
 
 #[test]
@@ -308,6 +316,11 @@ action = "exempt"
     assert_eq!(e.mapping_count(), 0, "dynamic NAPT never saw them");
     assert_eq!(e.session_count(), 0);
     assert_eq!(e.counters().exempted_packets, 3);
+    // An ICMP error from the service about a subscriber's packet passes untranslated too.
+    let mut err = icmp_error(service.addr, sub.addr, udp(sub, service, b"q").bytes());
+    let (v, _, _) = send(&mut e, t(0), Side::Outside, &mut err);
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(e.counters().exempted_packets, 4);
     // Everything else still goes through dynamic NAPT.
     let (src, _) = fwd(&mut e, t(0), Side::Inside, udp(sub, ep(WAN, 53), b"q"));
     assert!(POOL.contains(&src.addr));
