@@ -12,7 +12,8 @@
 //! probe reaches a real server the way the gateway does, from its inside address, without
 //! passing through the NAT. A round lasts at most the longest probe timeout; between rounds the
 //! thread sleeps until the next probe is due, at most [`POLL`] (so servers added by `ctl` or a
-//! reload are seen promptly), and it stops within [`POLL`] of the stop flag.
+//! reload are seen promptly), and it stops within [`POLL`] of the stop flag, or after the
+//! round it is in ([`stopped`] does not wait for that longer than [`STOP_WAIT`]).
 
 use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -41,6 +42,26 @@ pub fn spawn(
         .name("natgate-health".into())
         .spawn(move || run(&handle, clock, &stop))
         .map_err(|e| DaemonError::Thread(e.to_string()))
+}
+
+/// Longest wait for the prober to end after the stop flag is set.
+pub const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits for the prober (started with `stop`, now set) to end. A probe cannot be interrupted, so
+/// a round with long timeouts may outlast [`STOP_WAIT`]; then the thread is left to finish its
+/// round on its own (it only talks to the workers' channels, which are closed by then) rather
+/// than hold up the shutdown for a probe timeout.
+pub fn stopped(h: JoinHandle<()>) -> Result<(), DaemonError> {
+    let deadline = std::time::Instant::now() + STOP_WAIT;
+    while !h.is_finished() {
+        if std::time::Instant::now() >= deadline {
+            tracing::debug!("health prober still probing at shutdown; not waiting for it");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.join()
+        .map_err(|_| DaemonError::Thread("the health prober panicked".into()))
 }
 
 fn run(handle: &DaemonHandle, clock: Clock, stop: &AtomicBool) {

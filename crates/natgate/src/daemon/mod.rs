@@ -498,10 +498,8 @@ impl Daemon {
     pub fn shutdown(&mut self) -> Result<(), DaemonError> {
         self.handle.stop();
         let mut first: Result<(), DaemonError> = Ok(());
-        if let Some(h) = self.health.take()
-            && h.join().is_err()
-        {
-            first = Err(DaemonError::Thread("the health prober panicked".into()));
+        if let Some(Err(e)) = self.health.take().map(health::stopped) {
+            first = Err(e);
         }
         for w in self.workers.drain(..) {
             let r = match w.join() {
