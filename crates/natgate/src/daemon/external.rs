@@ -16,7 +16,7 @@
 //! which is also what an upstream that still routes it to us should see. Everything goes at
 //! exit: the routes with the TUN device, the proxy entries explicitly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use natgate_core::Direction;
@@ -76,7 +76,7 @@ pub struct ExternalAddresses {
     nl: Netlink,
     outside: String,
     tun_out: String,
-    pool: Vec<Ipv4Addr>,
+    pool: HashSet<Ipv4Addr>,
     inside: Vec<(Ipv4Addr, u8)>,
     routed: BTreeSet<(Ipv4Addr, u8)>,
     proxied: BTreeSet<Ipv4Addr>,
@@ -108,7 +108,7 @@ impl ExternalAddresses {
             nl,
             outside: outside.to_owned(),
             tun_out: tun_out.to_owned(),
-            pool: pool.to_vec(),
+            pool: pool.iter().copied().collect(),
             inside,
             routed: BTreeSet::new(),
             proxied: BTreeSet::new(),
@@ -123,36 +123,37 @@ impl ExternalAddresses {
         virtual_servers: &[VirtualServerSpec],
     ) -> Result<(), PlumbingError> {
         for (net, len) in external_prefixes(rules, virtual_servers, &self.inside) {
-            if len == 32 && self.pool.contains(&net) {
-                // A pool address (or the home gateway's own): routed and answered already.
+            if self.routed.contains(&(net, len)) || len == 32 && self.pool.contains(&net) {
+                // Plumbed already, or a pool address (the home gateway's own too), which is
+                // routed and answered with the pool.
                 continue;
             }
-            if !self.routed.contains(&(net, len)) {
-                self.nl
-                    .replace_route_v4(&RouteV4::dev(net, len, &self.tun_out))?;
-                self.routed.insert((net, len));
-                tracing::info!(prefix = %format!("{net}/{len}"), "static external prefix routed into natgate");
-            }
+            self.nl
+                .replace_route_v4(&RouteV4::dev(net, len, &self.tun_out))?;
             if len < MAX_PROXY_PREFIX_LEN {
                 tracing::warn!(
                     prefix = %format!("{net}/{len}"),
                     "no proxy ARP for a prefix this large: route it to the gateway upstream"
                 );
-                continue;
-            }
-            let first = net.to_bits();
-            let last = first | u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
-            for a in (first..=last).map(Ipv4Addr::from_bits) {
-                if self.pool.contains(&a) || self.proxied.contains(&a) {
-                    continue;
+            } else {
+                let first = net.to_bits();
+                let last = first | u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                for a in (first..=last).map(Ipv4Addr::from_bits) {
+                    if self.pool.contains(&a) || self.proxied.contains(&a) {
+                        continue;
+                    }
+                    // A run killed with SIGKILL leaves its entries: take one over rather than
+                    // fail.
+                    match self.nl.add_proxy_neigh_v4(&self.outside, a) {
+                        Err(e) if is_errno(&e, libc::EEXIST) => {}
+                        r => r?,
+                    }
+                    self.proxied.insert(a);
                 }
-                // A run killed with SIGKILL leaves its entries: take one over rather than fail.
-                match self.nl.add_proxy_neigh_v4(&self.outside, a) {
-                    Err(e) if is_errno(&e, libc::EEXIST) => {}
-                    r => r?,
-                }
-                self.proxied.insert(a);
             }
+            // Recorded once complete, so a failure half-way is retried by the next change.
+            self.routed.insert((net, len));
+            tracing::info!(prefix = %format!("{net}/{len}"), "static external prefix routed into natgate");
         }
         Ok(())
     }
