@@ -324,12 +324,15 @@ impl<A: PortAllocator> Engine<A> {
 
 impl<A: PortAllocator> Engine<A> {
     /// An outbound flow packet that missed the dynamic table: a static session's, a rule's,
-    /// or (`None`) dynamic NAPT's.
+    /// or (`None`) dynamic NAPT's. `hairpin`: it is addressed to a pool address; translated to
+    /// the outside view, it then goes back in as hairpinned traffic (RFC 4787 REQ-9, RFC 5382
+    /// REQ-8), and exemptions do not apply to it (it cannot leave untranslated to ourselves).
     pub(super) fn static_outbound(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         p: &mut Parsed,
+        hairpin: bool,
     ) -> Option<Verdict> {
         let key = FlowKey {
             proto: p.proto,
@@ -342,7 +345,7 @@ impl<A: PortAllocator> Engine<A> {
             .as_ref()
             .and_then(|t| t.find_inside(&key))
         {
-            return Some(self.static_forward(now, buf, p, id, Direction::Outbound));
+            return Some(self.static_out(now, buf, p, id, hairpin));
         }
         if self.statics.compiled.is_empty(Direction::Outbound) {
             return None;
@@ -352,6 +355,9 @@ impl<A: PortAllocator> Engine<A> {
                 .compiled
                 .lookup(Direction::Outbound, p.proto, p.src, p.dst)?;
         if rw == Rewrite::NONE {
+            if hairpin {
+                return None;
+            }
             return Some(self.exempt(buf, Side::Outside));
         }
         if !opens(p, Direction::Outbound) {
@@ -366,19 +372,49 @@ impl<A: PortAllocator> Engine<A> {
         let origin = StaticOrigin::Rule(rule);
         Some(
             match self.new_static_session(now, p, views, origin, Direction::Outbound) {
-                Ok(id) => self.static_forward(now, buf, p, id, Direction::Outbound),
+                Ok(id) => self.static_out(now, buf, p, id, hairpin),
                 Err(reason) => Verdict::Drop(reason),
             },
         )
     }
 
+    /// Translates an outbound packet of static session `id` to its outside view and sends it
+    /// out, or, hairpinned and still addressed to the pool, back in through the dynamic (or
+    /// static) session of its destination, with one TTL decrement either way.
+    fn static_out(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+        id: StaticSessionId,
+        hairpin: bool,
+    ) -> Verdict {
+        if !hairpin {
+            let decrement = self.behavior.decrement_ttl;
+            return self.static_forward(now, buf, p, id, Direction::Outbound, decrement);
+        }
+        let internal = p.src;
+        let v = self.static_forward(now, buf, p, id, Direction::Outbound, false);
+        if !matches!(v, Verdict::Forward(_)) {
+            return v;
+        }
+        if self.alloc.owns(p.dst.addr) {
+            self.hairpin(now, buf, p, internal)
+        } else {
+            // A twice-NAT rule sent it elsewhere: it leaves after all.
+            self.finish(buf, Side::Outside)
+        }
+    }
+
     /// An inbound flow packet that missed the dynamic table: a static session's, a rule's, a
-    /// virtual server's, or (`None`) dynamic NAPT's.
+    /// virtual server's, or (`None`) dynamic NAPT's. `hairpin`: it is the second half of a
+    /// hairpinned packet, to which exemptions do not apply.
     pub(super) fn static_inbound(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         p: &mut Parsed,
+        hairpin: bool,
     ) -> Option<Verdict> {
         let key = FlowKey {
             proto: p.proto,
@@ -391,7 +427,7 @@ impl<A: PortAllocator> Engine<A> {
             .as_ref()
             .and_then(|t| t.find_outside(&key))
         {
-            return Some(self.static_forward(now, buf, p, id, Direction::Inbound));
+            return Some(self.static_in(now, buf, p, id));
         }
         if !self.statics.compiled.is_empty(Direction::Inbound)
             && let Some((rule, rw)) =
@@ -400,6 +436,9 @@ impl<A: PortAllocator> Engine<A> {
                     .lookup(Direction::Inbound, p.proto, p.src, p.dst)
         {
             if rw == Rewrite::NONE {
+                if hairpin {
+                    return None;
+                }
                 return Some(self.exempt(buf, Side::Inside));
             }
             if !opens(p, Direction::Inbound) {
@@ -414,7 +453,7 @@ impl<A: PortAllocator> Engine<A> {
             let origin = StaticOrigin::Rule(rule);
             return Some(
                 match self.new_static_session(now, p, views, origin, Direction::Inbound) {
-                    Ok(id) => self.static_forward(now, buf, p, id, Direction::Inbound),
+                    Ok(id) => self.static_in(now, buf, p, id),
                     Err(reason) => Verdict::Drop(reason),
                 },
             );
@@ -442,7 +481,7 @@ impl<A: PortAllocator> Engine<A> {
         };
         Some(
             match self.new_static_session(now, p, views, origin, Direction::Inbound) {
-                Ok(id) => self.static_forward(now, buf, p, id, Direction::Inbound),
+                Ok(id) => self.static_in(now, buf, p, id),
                 Err(reason) => Verdict::Drop(reason),
             },
         )
@@ -535,8 +574,21 @@ impl<A: PortAllocator> Engine<A> {
         Ok(id)
     }
 
+    /// An inbound packet of static session `id`, to the inside view.
+    fn static_in(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &mut Parsed,
+        id: StaticSessionId,
+    ) -> Verdict {
+        let decrement = self.behavior.decrement_ttl;
+        self.static_forward(now, buf, p, id, Direction::Inbound, decrement)
+    }
+
     /// Refreshes static session `id` with `p` going `dir` and translates `p` to the other
-    /// view: both endpoints, then the TTL, with incremental checksum updates.
+    /// view: both endpoints, then (with `decrement`) the TTL, with incremental checksum
+    /// updates.
     fn static_forward(
         &mut self,
         now: Instant,
@@ -544,6 +596,7 @@ impl<A: PortAllocator> Engine<A> {
         p: &mut Parsed,
         id: StaticSessionId,
         dir: Direction,
+        decrement: bool,
     ) -> Verdict {
         let refresh = self.behavior.refresh.refreshes(dir);
         let behavior = self.behavior;
@@ -592,7 +645,7 @@ impl<A: PortAllocator> Engine<A> {
         if src != p.src {
             packet::rewrite(buf, p, Which::Src, src);
         }
-        packet::translate(buf, p, Which::Dst, dst, self.behavior.decrement_ttl);
+        packet::translate(buf, p, Which::Dst, dst, decrement);
         Verdict::Forward(out)
     }
 

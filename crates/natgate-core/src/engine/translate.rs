@@ -56,9 +56,8 @@ impl<A: PortAllocator> Engine<A> {
                 sid
             }
             None => {
-                // Static rules win over dynamic NAPT for new flows (issue 4); hairpinned
-                // packets stay with the dynamic mappings they are addressed to.
-                if !hairpin && let Some(v) = self.static_outbound(now, buf, p) {
+                // Static rules win over dynamic NAPT for new flows (issue 4).
+                if let Some(v) = self.static_outbound(now, buf, p, hairpin) {
                     return v;
                 }
                 match self.new_outbound_session(now, p) {
@@ -103,7 +102,7 @@ impl<A: PortAllocator> Engine<A> {
             None => {
                 // A rule or virtual server match is an explicit permit, before filtering and
                 // the unsolicited-SYN hold; its address need not be in the pool.
-                if let Some(v) = self.static_inbound(now, buf, p) {
+                if let Some(v) = self.static_inbound(now, buf, p, false) {
                     return v;
                 }
                 if !self.alloc.owns(p.dst.addr) {
@@ -124,7 +123,7 @@ impl<A: PortAllocator> Engine<A> {
     /// The second half of a hairpinned packet (RFC 4787 REQ-9, RFC 5382 REQ-8): its source is
     /// already the sender's external endpoint; now it is an inbound packet to the destination's
     /// external endpoint, under the same filtering as any other.
-    fn hairpin(
+    pub(super) fn hairpin(
         &mut self,
         now: Instant,
         buf: &mut [u8],
@@ -141,12 +140,22 @@ impl<A: PortAllocator> Engine<A> {
                 self.touch(sid, now, Direction::Inbound, p.tcp_flags);
                 sid
             }
-            None => match self.new_inbound_session(now, p) {
-                Ok(sid) => sid,
-                Err(Refused::Drop(reason)) => return Verdict::Drop(reason),
-                // Holding is for SYNs from the Internet; a subscriber's SYN is refused at once.
-                Err(Refused::UnsolicitedSyn) => return Verdict::Drop(DropReason::Filtered),
-            },
+            None => {
+                // A port forward or virtual server on a pool address, reached from inside.
+                if let Some(v) = self.static_inbound(now, buf, p, true) {
+                    if let Verdict::Forward(_) = v {
+                        self.counters.hairpinned_packets += 1;
+                    }
+                    return v;
+                }
+                match self.new_inbound_session(now, p) {
+                    Ok(sid) => sid,
+                    Err(Refused::Drop(reason)) => return Verdict::Drop(reason),
+                    // Holding is for SYNs from the Internet; a subscriber's SYN is refused at
+                    // once.
+                    Err(Refused::UnsolicitedSyn) => return Verdict::Drop(DropReason::Filtered),
+                }
+            }
         };
         let target = self.sessions.get(sid).internal;
         packet::rewrite(buf, p, Which::Dst, target);

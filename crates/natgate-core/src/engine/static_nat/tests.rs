@@ -513,16 +513,51 @@ fn drain_keeps_connections_new_ones_go_elsewhere_then_remove() {
 
 #[test]
 fn all_real_servers_down_is_a_counted_drop() {
-    let mut e = vs_engine(&[(R1, None, 1)], Algorithm::RoundRobin);
-    let id = e.virtual_servers()[0].servers()[0].id();
-    e.virtual_server_mut(Protocol::Tcp, VIP)
-        .expect("vserver")
-        .drain(id)
-        .expect("drain");
-    let (v, _, _) = send(&mut e, t(0), Side::Outside, &mut tcp(ep(WAN, 1), VIP, "S"));
-    assert_eq!(v, Verdict::Drop(DropReason::NoRealServer));
+    // Three servers: one fails its health check, one is drained, one is removed.
+    let r3 = Ipv4Addr::new(10, 0, 1, 3);
+    let mut e = engine("", |c| {
+        let mut spec = web(
+            &[(R1, None, 1), (R2, None, 1), (r3, None, 1)],
+            Algorithm::RoundRobin,
+        );
+        spec.health = Some(crate::vserver::HealthSpec {
+            probe: crate::vserver::ProbeSpec::TcpConnect,
+            interval: 5,
+            timeout: 1,
+            rise: 1,
+            fall: 1,
+        });
+        c.virtual_servers.push(spec);
+    });
+    let ids: Vec<_> = e.virtual_servers()[0]
+        .servers()
+        .iter()
+        .map(|s| s.id())
+        .collect();
+    let v = e.virtual_server_mut(Protocol::Tcp, VIP).expect("vserver");
+    // At start the probes are spread over one interval; by then every one is due.
+    let mut probes = Vec::new();
+    while let Some(req) = v.next_probe(t(5)) {
+        probes.push(req.server);
+    }
+    assert_eq!(probes.len(), 3);
+    for id in probes {
+        v.on_probe_result(id, id != ids[0], t(5))
+            .expect("probe in flight");
+    }
+    assert_eq!(v.server(ids[0]).map(|s| s.state()), Some(ServerState::Down));
+    v.drain(ids[1]).expect("drain");
+    v.remove(ids[2], false).expect("remove");
+    let (verdict, _, _) = send(&mut e, t(5), Side::Outside, &mut tcp(ep(WAN, 1), VIP, "S"));
+    assert_eq!(verdict, Verdict::Drop(DropReason::NoRealServer));
     assert_eq!(e.counters().drops(DropReason::NoRealServer), 1);
     assert_eq!(e.static_session_count(), 0);
+    // The server coming back up takes the next connection.
+    let v = e.virtual_server_mut(Protocol::Tcp, VIP).expect("vserver");
+    let req = v.next_probe(t(10)).expect("the down server's next probe");
+    assert_eq!(req.server, ids[0]);
+    v.on_probe_result(ids[0], true, t(10)).expect("in flight");
+    assert_eq!(connect(&mut e, t(10), ep(WAN, 2)), ep(R1, 80));
 }
 
 /// An ICMP error from `from` to `to` quoting the first 28 bytes of `quoted`.
@@ -668,4 +703,115 @@ fn icmp_echo_through_a_host_rule_keeps_its_identifier() {
     let (v, _, dst) = send(&mut e, t(0), Side::Outside, &mut r);
     assert_eq!(v, Verdict::Forward(Side::Inside));
     assert_eq!(dst, ep(a([10, 0, 0, 7]), 77));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A bidirectional rule mapping `src_net/len` onto `172.20.0.0/len` (same length, host
+    /// bits kept), and with `twice` also `192.0.2.0/24` onto `203.0.113.0/24` as destination.
+    fn rule_text(len: u8, twice: bool) -> String {
+        let dst = if twice {
+            "dst = \"192.0.2.0/24\"\naction.translate.dst = { addr = \"203.0.113.0/24\" }\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[rule]]\nid = 1\ndirection = \"outbound\"\nbidirectional = true\n\
+             src = \"10.32.0.0/{len}\"\n{dst}action.translate.src = {{ addr = \"172.20.0.0/{len}\" }}\n"
+        )
+    }
+
+    fn mask(len: u8) -> u32 {
+        if len >= 32 { 0 } else { u32::MAX >> len }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Through a random prefix rule (with or without twice-NAT), any TCP, UDP or ICMP echo
+        /// flow goes out with the host bits kept and valid checksums, and its reply comes back
+        /// to exactly the original endpoints.
+        #[test]
+        fn a_rule_translated_flow_and_its_reply_round_trip(
+            len in 16u8..=32,
+            twice in any::<bool>(),
+            host in any::<u32>(),
+            peer in any::<u8>(),
+            sport in 1u16..,
+            dport in 1u16..,
+            proto in 0u8..3,
+        ) {
+            let mut e = engine(&rule_text(len, twice), |_| {});
+            let inside = Ipv4Addr::from_bits(0x0a20_0000 | (host & mask(len)));
+            let outside = Ipv4Addr::from_bits(0xac14_0000 | (host & mask(len)));
+            let (peer_in, peer_out) = if twice {
+                (a([192, 0, 2, peer]), a([203, 0, 113, peer]))
+            } else {
+                (a([198, 18, 0, peer]), a([198, 18, 0, peer]))
+            };
+            let (src, dst) = (ep(inside, sport), ep(peer_in, dport));
+            let (request, reply): (Pkt, Box<dyn Fn(Endpoint, Endpoint) -> Pkt>) = match proto {
+                0 => (tcp(src, dst, "S"), Box::new(|s, d| tcp(s, d, "SA"))),
+                1 => (udp(src, dst, b"q"), Box::new(|s, d| udp(s, d, b"a"))),
+                _ => (
+                    super::super::super::tests::echo(inside, peer_in, sport, true),
+                    Box::new(move |s: Endpoint, d: Endpoint| {
+                        super::super::super::tests::echo(s.addr, d.addr, sport, false)
+                    }),
+                ),
+            };
+            let (v, out_src, out_dst) = send(&mut e, t(0), Side::Inside, &mut request.clone());
+            prop_assert_eq!(v, Verdict::Forward(Side::Outside));
+            prop_assert_eq!(out_src.addr, outside, "host bits kept");
+            prop_assert_eq!(out_dst.addr, peer_out);
+            prop_assert_eq!(out_src.port, src.port, "ports (and identifiers) kept");
+            let (v, back_src, back_dst) =
+                send(&mut e, t(1), Side::Outside, &mut reply(out_dst, out_src));
+            prop_assert_eq!(v, Verdict::Forward(Side::Inside));
+            prop_assert_eq!(back_dst, src);
+            prop_assert_eq!(back_src.addr, dst.addr);
+            if proto != 2 {
+                prop_assert_eq!(back_src, dst);
+            }
+            prop_assert_eq!(e.mapping_count(), 0);
+        }
+    }
+}
+
+#[test]
+fn rfc4787_req9_hairpin_to_a_port_forward_on_a_pool_address() {
+    // TCP 198.51.100.1:80 (a pool address) forwards to 10.0.0.5:8888.
+    let rules = PORT_FORWARD.replace("198.51.100.10/32", "198.51.100.1/32");
+    let mut e = engine(&rules, |_| {});
+    let client = ep(SUB, 40000);
+    let web = ep(POOL[0], 80);
+    let server = ep(a([10, 0, 0, 5]), 8888);
+    // The subscriber's SYN goes back in, to the server, from the subscriber's external endpoint.
+    let (v, src, dst) = send(&mut e, t(0), Side::Inside, &mut tcp(client, web, "S"));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(dst, server);
+    assert!(
+        POOL.contains(&src.addr) && src != web,
+        "external source {src}"
+    );
+    let client_ext = src;
+    // The server's answer is hairpinned back to the subscriber, from the forwarded endpoint.
+    let (v, src, dst) = send(
+        &mut e,
+        t(0),
+        Side::Inside,
+        &mut tcp(server, client_ext, "SA"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!((src, dst), (web, client));
+    let (v, _, dst) = send(&mut e, t(1), Side::Inside, &mut tcp(client, web, "A"));
+    assert_eq!((v, dst), (Verdict::Forward(Side::Inside), server));
+    assert_eq!(e.counters().hairpinned_packets, 3);
+    assert_eq!(e.static_session_count(), 1);
+    // The TTL went down by one on each trip, not two.
+    let mut p = tcp(client, web, "A");
+    send(&mut e, t(1), Side::Inside, &mut p);
+    assert_eq!(p.bytes()[8], 63);
 }
