@@ -452,6 +452,15 @@ port = 8080
         names.insert(body.split(' ').next().unwrap().to_owned());
     }
     assert_eq!(names.len(), 2, "both real servers answered: {names:?}");
+    // A subscriber reaches the port forward and the virtual server too (hairpinned).
+    for _ in 0..8 {
+        assert!(
+            get_once(&topo.sub1, forward, T)
+                .unwrap()
+                .starts_with("web ")
+        );
+        get_once(&topo.sub2, vip, T).unwrap();
+    }
     let v = ctl_json(&topo, &["vservers"]);
     let bytes: u64 = v["virtual_servers"][0]["real_servers"]
         .as_array()

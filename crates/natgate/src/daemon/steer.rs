@@ -51,8 +51,9 @@ pub const STATIC_OWNER: usize = 0;
 /// A first-match rule set compiled like the engine's own chain (so the cost does not grow with
 /// the number of rules): every one-way rule of the chain as it is (what it matches, not what it
 /// does), plus, for each binding, its external endpoints as destinations (replies and inbound
-/// flows arrive there) and its internal endpoints as sources (replies to inbound flows leave
-/// from there), plus every virtual address (inbound) and real server target (outbound).
+/// flows arrive there, and subscribers' flows hairpinned to it) and its internal endpoints as
+/// sources (replies to inbound flows leave from there), plus every virtual address (as a
+/// destination either way) and real server target (as an outbound source).
 #[derive(Debug, Clone)]
 pub struct StaticSteer {
     matcher: Option<CompiledRules>,
@@ -74,8 +75,10 @@ impl StaticSteer {
                 ..one
             });
             if let Some((ext, int)) = binding(&one) {
-                claims.push(claim(Direction::Inbound, one.proto, ext));
-                claims.push(claim(Direction::Outbound, one.proto, int));
+                claims.push(claim(Direction::Inbound, End::Dst, one.proto, ext));
+                claims.push(claim(Direction::Outbound, End::Src, one.proto, int));
+                // A subscriber reaching the binding's external side is hairpinned to it.
+                claims.push(claim(Direction::Outbound, End::Dst, one.proto, ext));
             }
         }
         for v in virtual_servers {
@@ -87,9 +90,14 @@ impl StaticSteer {
                 };
                 Ipv4Prefix::new(e.addr, 32).map(|p| (p, Some(port)))
             };
-            claims.extend(host(v.address()).map(|a| claim(Direction::Inbound, proto, a)));
+            if let Some(a) = host(v.address()) {
+                claims.push(claim(Direction::Inbound, End::Dst, proto, a));
+                claims.push(claim(Direction::Outbound, End::Dst, proto, a));
+            }
             for s in v.servers() {
-                claims.extend(host(s.target()).map(|t| claim(Direction::Outbound, proto, t)));
+                claims.extend(
+                    host(s.target()).map(|t| claim(Direction::Outbound, End::Src, proto, t)),
+                );
             }
         }
         if claims.is_empty() {
@@ -127,20 +135,27 @@ impl StaticSteer {
 /// A prefix with optional ports: one side of a binding.
 pub type Part = (Ipv4Prefix, Option<PortRange>);
 
-/// An exemption matching `side` as the destination (inbound) or the source (outbound).
-fn claim(dir: Direction, proto: Option<Protocol>, (prefix, ports): Part) -> Rule {
+/// Which end of a packet a claim matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Src,
+    Dst,
+}
+
+/// An exemption matching packets in `dir` whose `end` is in `part`.
+fn claim(dir: Direction, end: End, proto: Option<Protocol>, (prefix, ports): Part) -> Rule {
     const ANY: Ipv4Prefix = match Ipv4Prefix::new(Ipv4Addr::UNSPECIFIED, 0) {
         Some(p) => p,
         None => unreachable!(),
     };
-    let mut r = match dir {
-        Direction::Inbound => Rule::new(dir, ANY, prefix, Action::Exempt),
-        Direction::Outbound => Rule::new(dir, prefix, ANY, Action::Exempt),
+    let mut r = match end {
+        End::Dst => Rule::new(dir, ANY, prefix, Action::Exempt),
+        End::Src => Rule::new(dir, prefix, ANY, Action::Exempt),
     };
     r.proto = proto;
-    match dir {
-        Direction::Inbound => r.dst_ports = ports,
-        Direction::Outbound => r.src_ports = ports,
+    match end {
+        End::Dst => r.dst_ports = ports,
+        End::Src => r.src_ports = ports,
     }
     r
 }
@@ -473,6 +488,15 @@ mod tests {
             // The virtual server and its real server's reply.
             (Side::Outside, tcp(client, 40001, [198, 18, 3, 80], 80)),
             (Side::Inside, tcp([100, 64, 0, 20], 8080, client, 40001)),
+            // Subscribers hairpinned to the forward and to the virtual server.
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 30], 5000, [198, 18, 2, 80], 80),
+            ),
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 30], 5001, [198, 18, 3, 80], 80),
+            ),
         ];
         for (side, p) in &cases {
             assert_eq!(
