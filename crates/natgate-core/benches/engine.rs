@@ -8,21 +8,19 @@
 //! Translation is in place, so every iteration first copies its 32 packets from templates into
 //! the working buffers; `copy_only` measures that copy alone, to be subtracted.
 //!
-//! Times are the benchmark thread's own CPU time ([`CpuTime`]), not wall time: the machine this
-//! runs on is shared, and wall time would charge us for other processes' time slices.
-//!
-//! Tables are backed by transparent huge pages, as a deployment should have them: the global
-//! allocator here asks for them on every large allocation ([`HugePageAlloc`]). With
-//! `NATGATE_BENCH_HUGEPAGES=0` it does not, and random lookups pay 4 KiB-page TLB misses.
+//! Times are the benchmark thread's own CPU time, tables are on huge pages
+//! (`NATGATE_BENCH_HUGEPAGES=0` turns them off): see `common/mod.rs`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod common;
+
 use std::cell::Cell;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use common::{CpuTime, HUGE_PAGES, rss_bytes};
+use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH, Engine, PacketBuf};
@@ -41,94 +39,6 @@ const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 type Template = [u8; PKT];
-
-/// The system allocator, plus `madvise(MADV_HUGEPAGE)` on allocations of 4 MiB and more while
-/// [`HUGE_PAGES`] is set. Large allocations are fresh mappings whose pages are not touched yet,
-/// so the advice takes effect as the engine first writes its tables.
-struct HugePageAlloc;
-
-static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
-
-const HUGE_PAGE: usize = 2 << 20;
-
-// SAFETY: every call is forwarded to `System` with the caller's arguments; `madvise` only
-// advises on whole pages inside the block just allocated.
-unsafe impl GlobalAlloc for HugePageAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        advise_huge(p, layout.size());
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        advise_huge(p, layout.size());
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` came from `System` with this layout (through `alloc`/`alloc_zeroed`).
-        unsafe { System.dealloc(p, layout) }
-    }
-}
-
-fn advise_huge(p: *mut u8, size: usize) {
-    if p.is_null() || size < 2 * HUGE_PAGE || !HUGE_PAGES.load(Ordering::Relaxed) {
-        return;
-    }
-    let start = (p as usize).next_multiple_of(HUGE_PAGE);
-    let end = (p as usize + size) / HUGE_PAGE * HUGE_PAGE;
-    if end > start {
-        // SAFETY: [start, end) lies inside the block just allocated; MADV_HUGEPAGE changes no
-        // contents. A failure (THP disabled) leaves ordinary pages, which is fine for a hint.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[global_allocator]
-static ALLOC: HugePageAlloc = HugePageAlloc;
-
-/// Time this thread has spent on a CPU, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A criterion measurement of the benchmark thread's CPU time, formatted like wall time.
-struct CpuTime;
-
-/// Lends its duration formatter to [`CpuTime`].
-static WALL: WallTime = WallTime;
-
-impl Measurement for CpuTime {
-    type Intermediate = u64;
-    type Value = Duration;
-
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, start: u64) -> Duration {
-        Duration::from_nanos(thread_cpu_ns() - start)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, v: &Duration) -> f64 {
-        v.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        WALL.formatter()
-    }
-}
 
 fn now() -> Instant {
     Instant::from_secs(1_000)
@@ -217,18 +127,6 @@ fn run(e: &mut Engine, side: Side, packets: &mut [Template]) -> usize {
     }
     while e.poll_event().is_some() {}
     forwarded
-}
-
-/// Resident set size of this process, from /proc/self/status.
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// An engine with `n` established sessions (TCP handshakes done both ways) and packet templates
@@ -436,8 +334,7 @@ fn creation(c: &mut Criterion<CpuTime>) {
 }
 
 fn benches(c: &mut Criterion<CpuTime>) {
-    let huge = std::env::var("NATGATE_BENCH_HUGEPAGES").map_or(true, |v| v != "0");
-    HUGE_PAGES.store(huge, Ordering::Relaxed);
+    common::init_huge_pages();
     fast_path(c, "1M", 1 << 20);
     creation(c);
     fast_path(c, "16M", 1 << 24);

@@ -111,6 +111,8 @@ pub struct Counters {
     pub hairpinned_packets: u64,
     /// ICMP errors the engine generated.
     pub icmp_generated: u64,
+    /// TCP resets the engine generated (the `tcp-reset` answer to a refused SYN).
+    pub tcp_resets_generated: u64,
     /// Packets held (early fragments, unsolicited SYNs).
     pub held_packets: u64,
     /// Sessions created.
@@ -141,6 +143,7 @@ impl Default for Counters {
             forwarded_bytes: [0; 2],
             hairpinned_packets: 0,
             icmp_generated: 0,
+            tcp_resets_generated: 0,
             held_packets: 0,
             sessions_created: 0,
             sessions_deleted: 0,
@@ -201,6 +204,7 @@ impl Counters {
         }
         self.hairpinned_packets += other.hairpinned_packets;
         self.icmp_generated += other.icmp_generated;
+        self.tcp_resets_generated += other.tcp_resets_generated;
         self.held_packets += other.held_packets;
         self.sessions_created += other.sessions_created;
         self.sessions_deleted += other.sessions_deleted;

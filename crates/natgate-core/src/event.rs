@@ -2,6 +2,7 @@
 //! [`Engine::poll_event`](crate::Engine::poll_event): the raw material of translation logs.
 
 use crate::alloc::{AllocEvent, PortBlock, PortRange, SubscriberId};
+use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::time::Instant;
 use std::net::Ipv4Addr;
@@ -67,6 +68,9 @@ pub enum Event {
         internal: Endpoint,
         /// Whom it tried to reach.
         remote: Endpoint,
+        /// Which limit refused it (also the drop counter), so that a log can tell pool
+        /// exhaustion from a subscriber's quota (RFC 8158 natEvent 3 vs 13).
+        reason: DropReason,
     },
     /// A subscriber was given a port block (RFC 6888 port-block logging; RFC 8158 natEvent 22).
     /// A block serves every protocol, so there is no protocol field.

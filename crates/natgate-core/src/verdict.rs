@@ -7,13 +7,13 @@ use crate::endpoint::Side;
 ///
 /// The engine works in place: on `Forward` the packet's bytes were rewritten in the caller's
 /// buffer (its length does not change); on `Reply` the buffer now holds a packet the engine built
-/// (an ICMP error) and the original is gone.
+/// (an ICMP error, or a TCP reset) and the original is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Send the translated packet out on `Side`.
     Forward(Side),
     /// The packet was dropped for `reason`, and the first `len` bytes of the buffer now hold an
-    /// answer (ICMP error) to send out on `side`.
+    /// answer (ICMP error, or TCP reset) to send out on `side`.
     Reply {
         /// Where the answer goes.
         side: Side,

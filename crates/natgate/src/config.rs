@@ -24,7 +24,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use natgate_core::config::{Behavior, BehaviorSpec, Limits, SubscriberLimits};
+use natgate_core::config::{Allocation, Behavior, BehaviorSpec, Limits, SubscriberLimits};
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::VirtualServerSpec;
 use natgate_core::{Config, ConfigError, ValidConfig};
@@ -65,9 +65,13 @@ pub struct FileConfig {
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
-    /// Translation event log.
+    /// How external ports are handed out: `mode = "dynamic"` (default), `"port-block"` or
+    /// `"deterministic"`, with the core's parameters in kebab-case.
     #[serde(default)]
-    pub events: EventsSection,
+    pub allocation: Allocation,
+    /// Translation logs: the queue, and any combination of sinks.
+    #[serde(default)]
+    pub log: LogSection,
     /// Allow values the RFCs forbid (short timers, dependent mapping, ...).
     #[serde(default)]
     pub lab: bool,
@@ -168,6 +172,9 @@ pub struct LimitsSpec {
     pub max_held_fragments_per_source: Option<u32>,
     pub event_queue: Option<u32>,
     pub max_ports_in_hold_down: Option<u32>,
+    /// Most bytes the engine's state may take; with `max-sessions` left out, `max-sessions` is
+    /// derived to fit (see `Config::fit_sessions_to_memory`).
+    pub max_memory: Option<u64>,
     pub max_static_sessions: Option<u32>,
     /// `[limits.subscriber]`: per-subscriber quotas and creation rate (RFC 6888 REQ-4, REQ-5);
     /// every field optional, zero meaning no limit.
@@ -195,6 +202,7 @@ impl LimitsSpec {
         if let Some(sub) = self.subscriber {
             l.subscriber = sub;
         }
+        l.max_memory = self.max_memory;
         l
     }
 }
@@ -236,23 +244,188 @@ pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
 }
 
-/// `[events]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[log]`: translation logs (RFC 6888 REQ-12). Events leave the workers through one bounded
+/// queue; each configured sink gets every event that passes the record filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct EventsSection {
-    /// Where translation events go as JSON lines: `"stderr"`, `"stdout"` or a file path;
-    /// none means they are only counted.
+pub struct LogSection {
+    /// Events the queue holds; past it events are lost (and counted), never waited for.
+    #[serde(default = "default_log_queue")]
+    pub queue: usize,
+    /// Log every session and mapping. Default: on with dynamic allocation (a mapping is the
+    /// unit of allocation there), off with port blocks and deterministic NAT, whose block
+    /// records (or formula) already answer "who had this port" (RFC 6888 REQ-14, RFC 7422).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    /// Include remote endpoints (RFC 6888 REQ-12: off unless asked for).
+    pub per_session: Option<bool>,
+    /// Put remote endpoints in session records (RFC 6888 REQ-12: off unless asked for).
     #[serde(default)]
     pub log_destinations: bool,
-    /// Rotate a file output when it would pass this size; 0 never rotates.
+    /// fsync the files (JSON lines, block log) after every batch.
+    #[serde(default)]
+    pub durable: bool,
+    /// JSON lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<LogFileSection>,
+    /// Syslog, RFC 5424.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syslog: Option<SyslogSection>,
+    /// IPFIX, RFC 7011 with the RFC 8158 elements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipfix: Option<IpfixSection>,
+    /// The block log behind `natgate ctl whois`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_log: Option<BlockLogSection>,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            queue: default_log_queue(),
+            per_session: None,
+            log_destinations: false,
+            durable: false,
+            file: None,
+            syslog: None,
+            ipfix: None,
+            block_log: None,
+        }
+    }
+}
+
+fn default_log_queue() -> usize {
+    65_536
+}
+
+/// `[log.file]`: JSON lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogFileSection {
+    /// `"stderr"`, `"stdout"` or a file path.
+    pub path: String,
+    /// Rotate a file when it would pass this size; 0 never rotates.
     #[serde(default)]
     pub max_bytes: u64,
     /// Rotated files to keep (`PATH.1` ...).
     #[serde(default)]
     pub keep: u32,
+}
+
+/// `[log.syslog]`: exactly one of `udp` and `unix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SyslogSection {
+    /// A collector, `ADDRESS:PORT` (RFC 5426).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<SocketAddr>,
+    /// A local datagram socket such as `/dev/log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<PathBuf>,
+    /// `kern`, `user`, ..., `local0`..`local7`, or the code 0-23.
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    /// The HOSTNAME field; default: the machine's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The enterprise number in the SD-ID `nat@N`.
+    #[serde(default = "default_enterprise")]
+    pub enterprise: u32,
+}
+
+fn default_facility() -> String {
+    "local0".to_owned()
+}
+fn default_enterprise() -> u32 {
+    crate::logsink::syslog::DOCUMENTATION_ENTERPRISE
+}
+
+/// `[log.ipfix]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IpfixSection {
+    /// The collector, `ADDRESS:PORT` (UDP).
+    pub collector: SocketAddr,
+    /// Seconds between template retransmissions (RFC 7011 section 8.4).
+    #[serde(default = "default_template_refresh")]
+    pub template_refresh: u32,
+    /// Observation domain id.
+    #[serde(default)]
+    pub observation_domain: u32,
+    /// Largest message, bytes (keep it under the path MTU).
+    #[serde(default = "default_max_message")]
+    pub max_message: usize,
+}
+
+fn default_template_refresh() -> u32 {
+    60
+}
+fn default_max_message() -> usize {
+    1400
+}
+
+/// `[log.block-log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BlockLogSection {
+    /// The append-only file.
+    pub path: PathBuf,
+    /// Released blocks kept in memory for `whois`; older ones are read from the file.
+    #[serde(default = "default_max_intervals")]
+    pub max_intervals: usize,
+}
+
+fn default_max_intervals() -> usize {
+    1 << 20
+}
+
+/// Syslog facility names (RFC 5424 table 1), by code.
+const FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+/// The validated `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Queue capacity.
+    pub queue: usize,
+    /// Session and mapping records pass the filter.
+    pub per_session: bool,
+    /// Remote endpoints in session records.
+    pub log_destinations: bool,
+    /// fsync per batch.
+    pub durable: bool,
+    /// JSON lines.
+    pub file: Option<LogFileSection>,
+    /// Syslog.
+    pub syslog: Option<SyslogSettings>,
+    /// IPFIX.
+    pub ipfix: Option<IpfixSection>,
+    /// Block log.
+    pub block_log: Option<BlockLogSection>,
+}
+
+impl LogSettings {
+    /// Whether any sink is configured (without one, events are only counted).
+    pub fn any_sink(&self) -> bool {
+        self.file.is_some()
+            || self.syslog.is_some()
+            || self.ipfix.is_some()
+            || self.block_log.is_some()
+    }
+}
+
+/// The validated `[log.syslog]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogSettings {
+    /// Where messages go.
+    pub target: crate::logsink::syslog::SyslogTarget,
+    /// Facility.
+    pub facility: crate::logsink::syslog::Facility,
+    /// HOSTNAME, if configured.
+    pub hostname: Option<String>,
+    /// SD-ID enterprise number.
+    pub enterprise: u32,
 }
 
 /// Which addresses the NAT hands out.
@@ -296,14 +469,10 @@ pub struct Settings {
     pub control_socket: Option<PathBuf>,
     /// Metrics listen address.
     pub metrics_listen: Option<SocketAddr>,
-    /// Event output.
-    pub events_output: Option<String>,
-    /// Log remote endpoints in events.
-    pub events_log_destinations: bool,
-    /// Event file rotation size.
-    pub events_max_bytes: u64,
-    /// Rotated event files kept.
-    pub events_keep: u32,
+    /// How external ports are handed out.
+    pub allocation: Allocation,
+    /// Translation logs.
+    pub log: LogSettings,
     /// The static NAT rule chain. Starts as the file's; `natgate ctl rule ...` changes the
     /// running copy (and `ctl reload` puts the file's back).
     pub rules: RuleChain,
@@ -459,6 +628,14 @@ impl Settings {
                 PoolSource::Addresses(all)
             }
         };
+        if !matches!(file.allocation, Allocation::Dynamic) && file.pool.outside_address {
+            return Err(invalid(
+                "mode",
+                "port blocks and deterministic NAT need pool addresses of their own: on the \
+                 outside interface's address the host's sockets share the ports"
+                    .into(),
+            ));
+        }
         let mut behavior = file.behavior.resolve();
         // The kernel decrements the TTL routing into the TUN and again out of it, so the
         // engine does not, unless the file asks (see README: TTL).
@@ -479,10 +656,8 @@ impl Settings {
             lab: file.lab,
             control_socket: file.control.enabled.then(|| file.control.socket.clone()),
             metrics_listen: file.metrics.listen,
-            events_output: file.events.output.clone(),
-            events_log_destinations: file.events.log_destinations,
-            events_max_bytes: file.events.max_bytes,
-            events_keep: file.events.keep,
+            allocation: file.allocation,
+            log: log_settings(&file, &invalid)?,
             rules: file.rule.clone(),
             virtual_servers: file.virtual_server.clone(),
             file,
@@ -517,10 +692,8 @@ impl Settings {
         pool: Vec<Ipv4Addr>,
         inside_address: Ipv4Addr,
     ) -> Result<ValidConfig, ConfigError> {
-        Config {
-            // The daemon drives the dynamic allocator (with per-worker port shares); port
-            // blocks and deterministic NAT are not wired into the config file yet.
-            allocation: natgate_core::config::Allocation::Dynamic,
+        let mut config = Config {
+            allocation: self.allocation,
             pool,
             inside_address,
             behavior: self.behavior,
@@ -528,8 +701,11 @@ impl Settings {
             lab: self.lab,
             rules: self.rules.clone(),
             virtual_servers: self.virtual_servers.clone(),
+        };
+        if config.limits.max_memory.is_some() && self.file.limits.max_sessions.is_none() {
+            config.fit_sessions_to_memory()?;
         }
-        .validate()
+        config.validate()
     }
 
     /// The effective config as TOML: presets expanded, defaults filled in.
@@ -542,7 +718,8 @@ impl Settings {
             limits: &self.limits,
             control: &self.file.control,
             metrics: &self.file.metrics,
-            events: &self.file.events,
+            allocation: &self.allocation,
+            log: &self.file.log,
             lab: self.lab,
             rule: &self.rules,
             virtual_server: &self.virtual_servers,
@@ -563,7 +740,8 @@ struct Effective<'a> {
     limits: &'a Limits,
     control: &'a ControlSection,
     metrics: &'a MetricsSection,
-    events: &'a EventsSection,
+    allocation: &'a Allocation,
+    log: &'a LogSection,
     // Arrays of tables last: TOML cannot put plain tables after them.
     #[serde(skip_serializing_if = "RuleChain::is_empty")]
     rule: &'a RuleChain,
@@ -601,6 +779,90 @@ fn find_virtual_server_line(text: &str, addr: Ipv4Addr) -> Option<usize> {
     first
 }
 
+/// Validates `[log]` against the allocation mode.
+fn log_settings(
+    file: &FileConfig,
+    invalid: &dyn Fn(&str, String) -> ConfigFileError,
+) -> Result<LogSettings, ConfigFileError> {
+    use crate::logsink::syslog::{Facility, SyslogTarget};
+    let l = &file.log;
+    if l.queue == 0 || l.queue > 1 << 24 {
+        return Err(invalid(
+            "queue",
+            format!("{} is not in 1..=16777216", l.queue),
+        ));
+    }
+    let dynamic = matches!(file.allocation, Allocation::Dynamic);
+    let per_session = l.per_session.unwrap_or(dynamic);
+    if dynamic && !per_session {
+        return Err(invalid(
+            "per-session",
+            "dynamic allocation has no port blocks: without per-session records nothing would \
+             say who held a port"
+                .into(),
+        ));
+    }
+    let syslog = match &l.syslog {
+        None => None,
+        Some(s) => {
+            let target = match (s.udp, &s.unix) {
+                (Some(a), None) => SyslogTarget::Udp(a),
+                (None, Some(p)) => SyslogTarget::Unix(p.clone()),
+                _ => {
+                    return Err(invalid(
+                        "syslog",
+                        "give exactly one of udp = \"ADDRESS:PORT\" and unix = \"PATH\"".into(),
+                    ));
+                }
+            };
+            let code = match s.facility.parse::<u8>() {
+                Ok(n) => Some(n),
+                Err(_) => FACILITIES
+                    .iter()
+                    .position(|f| *f == s.facility)
+                    .and_then(|i| u8::try_from(i).ok()),
+            };
+            let facility = code.and_then(Facility::new).ok_or_else(|| {
+                invalid(
+                    "facility",
+                    format!("{:?} is not a facility name or a code 0-23", s.facility),
+                )
+            })?;
+            Some(SyslogSettings {
+                target,
+                facility,
+                hostname: s.hostname.clone(),
+                enterprise: s.enterprise,
+            })
+        }
+    };
+    if let Some(x) = &l.ipfix
+        && x.template_refresh == 0
+    {
+        return Err(invalid(
+            "template-refresh",
+            "must be at least 1 s: over UDP a collector that missed the templates must get \
+             them again (RFC 7011 section 8.4)"
+                .into(),
+        ));
+    }
+    if let Some(b) = &l.block_log
+        && b.max_intervals == 0
+    {
+        return Err(invalid("max-intervals", "must be at least 1".into()));
+    }
+    Ok(LogSettings {
+        queue: l.queue,
+        per_session,
+        log_destinations: l.log_destinations,
+        durable: l.durable,
+        file: l.file.clone(),
+        syslog,
+        ipfix: l.ipfix.clone(),
+        block_log: l.block_log.clone(),
+    })
+}
+
 /// The key an engine error names, and the rest of its message.
 fn split_engine_error(e: &ConfigError) -> (String, String) {
     let msg = e.to_string();
@@ -610,8 +872,26 @@ fn split_engine_error(e: &ConfigError) -> (String, String) {
     }
 }
 
-/// The 1-based line where `key = ...` (or a `[key]` table) first appears.
+/// The 1-based line where `key = ...` (or a `[key]` table) first appears. A dotted key
+/// (`allocation.block-size`) is looked for after its table's header (`[allocation]`), then
+/// anywhere.
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    if let Some((table, leaf)) = key.rsplit_once('.') {
+        let header = format!("[{table}]");
+        let start = text.lines().position(|l| l.trim() == header);
+        if let Some(start) = start {
+            let after: String = text.lines().skip(start).collect::<Vec<_>>().join("\n");
+            if let Some(n) = find_plain_key_line(&after, leaf) {
+                return Some(start + n);
+            }
+            return Some(start + 1);
+        }
+        return find_plain_key_line(text, leaf).or_else(|| find_plain_key_line(text, key));
+    }
+    find_plain_key_line(text, key)
+}
+
+fn find_plain_key_line(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
@@ -724,6 +1004,25 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
     }
 
     #[test]
+    fn max_memory_derives_max_sessions_or_refuses_with_the_need() {
+        let fit = format!("{MIN}\n[limits]\nmax-memory = 67108864\n");
+        let s = Settings::parse(&fit).expect("64 MiB holds some sessions");
+        let cfg = s
+            .engine_config(
+                vec![Ipv4Addr::new(198, 51, 100, 1)],
+                Ipv4Addr::new(100, 64, 0, 1),
+            )
+            .expect("fits");
+        let derived = cfg.get().limits.max_sessions;
+        assert!((8..1 << 20).contains(&derived), "{derived}");
+        let tight = format!("{MIN}\n[limits]\nmax-sessions = 1048576\nmax-memory = 1048576\n");
+        let e = Settings::parse(&tight)
+            .expect_err("1 M sessions in 1 MiB")
+            .to_string();
+        assert!(e.contains("max-memory") || e.contains("memory"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let text = format!("{MIN}\n[behavior]\nfilterin = \"endpoint-independent\"\n");
         let e = Settings::parse(&text).expect_err("unknown key").to_string();
@@ -787,6 +1086,10 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
                 include_str!("../../../examples/home-gateway.toml"),
             ),
             ("cgn", include_str!("../../../examples/cgn.toml")),
+            (
+                "cgn-deterministic",
+                include_str!("../../../examples/cgn-deterministic.toml"),
+            ),
             ("lab", include_str!("../../../examples/lab.toml")),
             (
                 "static-exempt",
@@ -901,6 +1204,87 @@ weight = 2
             .expect_err("bound by a rule")
             .to_string();
         assert!(e.contains("rule 10"), "{e}");
+    }
+
+    #[test]
+    fn port_blocks_and_every_sink_from_the_file() {
+        let text = format!(
+            "{MIN}\n[allocation]\nmode = \"port-block\"\nblock-size = 512\n\
+             max-blocks-per-subscriber = 4\n\n[log]\nqueue = 1000\nlog-destinations = true\n\
+             durable = true\n\n[log.file]\npath = \"/tmp/x.jsonl\"\nmax-bytes = 100\nkeep = 2\n\n\
+             [log.syslog]\nunix = \"/dev/log\"\nfacility = \"local3\"\n\n[log.ipfix]\n\
+             collector = \"192.0.2.20:4739\"\ntemplate-refresh = 5\n\n[log.block-log]\n\
+             path = \"/tmp/blocks\"\n"
+        );
+        let s = Settings::parse(&text).expect("valid");
+        assert_eq!(
+            s.allocation,
+            Allocation::PortBlock(natgate_core::config::PortBlockSpec {
+                block_size: 512,
+                max_blocks_per_subscriber: 4
+            })
+        );
+        let l = &s.log;
+        assert_eq!(
+            (l.queue, l.per_session, l.log_destinations, l.durable),
+            (1000, false, true, true)
+        );
+        let sys = l.syslog.as_ref().expect("syslog");
+        assert_eq!(
+            sys.target,
+            crate::logsink::syslog::SyslogTarget::Unix("/dev/log".into())
+        );
+        assert_eq!(sys.facility.code(), 19);
+        assert_eq!(l.ipfix.as_ref().expect("ipfix").template_refresh, 5);
+        assert_eq!(l.file.as_ref().expect("file").keep, 2);
+        assert!(l.block_log.is_some() && l.any_sink());
+        let eff = s.effective_toml().expect("toml");
+        assert_eq!(
+            Settings::parse(&eff).expect("effective re-parses").log,
+            s.log
+        );
+        // Dynamic allocation logs sessions unless told otherwise, and cannot be told otherwise.
+        let d = Settings::parse(MIN).expect("valid");
+        assert!(d.log.per_session && !d.log.any_sink());
+        let off = format!("{MIN}\n[log]\nper-session = false\n");
+        let e = Settings::parse(&off).expect_err("no blocks").to_string();
+        assert!(e.starts_with("line 10: per-session:"), "{e}");
+    }
+
+    #[test]
+    fn allocation_and_log_errors_name_key_and_line() {
+        let small = format!(
+            "{MIN}\n[allocation]\nmode = \"port-block\"\nblock-size = 1\nmax-blocks-per-subscriber = 1\n"
+        );
+        let e = Settings::parse(&small).expect_err("block of 1").to_string();
+        assert!(e.starts_with("line 11: allocation.block-size:"), "{e}");
+        let typo = format!("{MIN}\n[allocation]\nmode = \"port-blocks\"\n");
+        let e = Settings::parse(&typo)
+            .expect_err("unknown mode")
+            .to_string();
+        assert!(e.contains("line 10") && e.contains("port-blocks"), "{e}");
+        let det = format!(
+            "{MIN}\n[allocation]\nmode = \"deterministic\"\ninside = \"100.64.0.0/24\"\n\
+             outside = \"198.51.100.0/27\"\n"
+        );
+        let e = Settings::parse(&det)
+            .expect_err("outside not in pool")
+            .to_string();
+        assert!(e.starts_with("line 12: allocation.outside:"), "{e}");
+        let both = format!("{MIN}\n[log.syslog]\nudp = \"192.0.2.1:514\"\nunix = \"/dev/log\"\n");
+        let e = Settings::parse(&both).expect_err("two targets").to_string();
+        assert!(e.starts_with("line 9: syslog:"), "{e}");
+        let fac = format!("{MIN}\n[log.syslog]\nunix = \"/dev/log\"\nfacility = \"local9\"\n");
+        let e = Settings::parse(&fac).expect_err("facility").to_string();
+        assert!(e.starts_with("line 11: facility:"), "{e}");
+        let home = MIN.replace(
+            "addresses = [\"198.51.100.0/28\", \"203.0.113.7\"]",
+            "outside-address = true",
+        ) + "\n[allocation]\nmode = \"port-block\"\nblock-size = 64\nmax-blocks-per-subscriber = 1\n";
+        let e = Settings::parse(&home)
+            .expect_err("home gateway")
+            .to_string();
+        assert!(e.starts_with("line 10: mode:"), "{e}");
     }
 
     #[test]

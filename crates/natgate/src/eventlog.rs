@@ -247,6 +247,9 @@ struct Line {
     external: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remote: Option<String>,
+    /// Why a mapping failed: the drop counter's name (a quota, or the pool running out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 impl Line {
@@ -318,6 +321,7 @@ impl Line {
                 proto,
                 internal,
                 remote,
+                reason: _,
             } => (
                 at,
                 "mapping-failed",
@@ -360,6 +364,10 @@ impl Line {
             internal,
             external,
             remote: remote.filter(|_| log_destinations).map(|e| e.to_string()),
+            reason: match *ev {
+                Event::MappingFailed { reason, .. } => Some(reason.name()),
+                _ => None,
+            },
         }
     }
 }
@@ -497,6 +505,7 @@ mod tests {
             proto: Protocol::Tcp,
             internal: ep([100, 64, 0, 11], 6000),
             remote: ep([203, 0, 113, 10], 80),
+            reason: natgate_core::DropReason::SubscriberSessionLimit,
         })
         .expect("record");
         // Batched: nothing is written before the flush.
@@ -507,7 +516,7 @@ mod tests {
             concat!(
                 r#"{"ts":"2026-11-22T16:14:30.123Z","event":"session-created","proto":"udp","internal":"100.64.0.10:5000","external":"198.51.100.1:40000"}"#,
                 "\n",
-                r#"{"ts":"2026-11-22T16:14:30.123Z","event":"mapping-failed","proto":"tcp","internal":"100.64.0.11:6000"}"#,
+                r#"{"ts":"2026-11-22T16:14:30.123Z","event":"mapping-failed","proto":"tcp","internal":"100.64.0.11:6000","reason":"subscriber_session_limit"}"#,
                 "\n"
             )
         );
@@ -560,6 +569,7 @@ mod tests {
                 proto: p,
                 internal: i,
                 remote: r,
+                reason: natgate_core::DropReason::MappingFailed,
             },
         ];
         for e in &events {

@@ -98,6 +98,11 @@ impl MetricsSnapshot {
                 st.icmp_generated,
             ),
             (
+                "natgate_tcp_resets_generated_total",
+                "TCP resets the gateway sent to refuse a mapping (mapping-failure-reply = tcp-reset).",
+                st.tcp_resets_generated,
+            ),
+            (
                 "natgate_held_packets_total",
                 "Packets held (early fragments, unsolicited SYNs).",
                 st.held_packets,
@@ -126,6 +131,11 @@ impl MetricsSnapshot {
                 "natgate_events_lost_total",
                 "Translation events lost because the event queue was full.",
                 st.events_lost,
+            ),
+            (
+                "natgate_log_events_lost_total",
+                "Translation events lost because the log pipeline's queue was full.",
+                st.log_events_lost,
             ),
         ] {
             e.family(name, "counter", help);
@@ -505,6 +515,7 @@ mod tests {
             udp: 3,
         };
         s.mappings = 4;
+        s.stats.log_events_lost = 7;
         let usage = AddressUsage {
             addr: Ipv4Addr::new(198, 51, 100, 1),
             in_use: [0, 6451, 3],
@@ -632,6 +643,7 @@ mod tests {
             2.0
         );
         assert_eq!(get(&s, "natgate_mapping_failures_total", &[]), 4.0);
+        assert_eq!(get(&s, "natgate_log_events_lost_total", &[]), 7.0);
         // Every reason, zero ones too.
         for r in DropReason::ALL {
             get(&s, "natgate_drops_total", &[("reason", r.name())]);

@@ -127,7 +127,7 @@ fn metrics_endpoint_and_event_log() {
     let events = std::env::temp_dir().join(format!("natgate-e2e-{}.events", topo.suffix));
     let _ = std::fs::remove_file(&events);
     let extra = format!(
-        "[metrics]\nlisten = \"127.0.0.1:9120\"\n\n[events]\noutput = \"{}\"\n",
+        "[metrics]\nlisten = \"127.0.0.1:9120\"\n\n[log.file]\npath = \"{}\"\n",
         events.display()
     );
     let mut gw = Gateway::start(&topo, &config(&topo, &extra));

@@ -217,6 +217,7 @@ fn port_blocks_use_their_own_template() {
             first: 2048,
             last: 2559,
         }),
+        quota: None,
     });
     x.send_pending().expect("send");
     let d = decode(&mut NetflowParser::default(), &recv(&rx));
@@ -228,6 +229,35 @@ fn port_blocks_use_their_own_template() {
     assert_eq!(field(r, "PostNatsourceIpv4address"), "198.51.100.7");
     assert_eq!(field(r, "PortRangeStart"), "2048");
     assert_eq!(field(r, "PortRangeEnd"), "2559");
+}
+
+#[test]
+fn quota_records_use_their_own_template_with_rfc_8158_element_466() {
+    let rx = collector();
+    let mut x = IpfixExporter::open(IpfixConfig::new(rx.local_addr().expect("addr")), base())
+        .expect("open");
+    x.add(&Record::from_event(&natgate_core::Event::MappingFailed {
+        at: Instant::from_secs(10),
+        proto: natgate_core::Protocol::Udp,
+        internal: Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000),
+        remote: Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 53),
+        reason: natgate_core::DropReason::SubscriberTableFull,
+    }));
+    x.send_pending().expect("send");
+    let d = decode(&mut NetflowParser::default(), &recv(&rx));
+    assert_eq!(d.records.len(), 1);
+    let (id, r) = &d.records[0];
+    assert_eq!(*id, 260);
+    assert_eq!(field(r, "NatEvent"), "QuotaExceeded");
+    assert_eq!(
+        field(r, "NatQuotaExceededEvent"),
+        "4",
+        "maximum active subscribers"
+    );
+    assert_eq!(field(r, "ProtocolIdentifier"), "Udp");
+    assert_eq!(field(r, "SourceIpv4address"), "100.64.0.10");
+    assert_eq!(field(r, "SourceTransportPort"), "5000");
+    assert!(!r.contains_key("DestinationIpv4address"));
 }
 
 #[test]

@@ -30,6 +30,7 @@
 //!   oldest early, as in [`DynamicAllocator`](super::DynamicAllocator).
 
 use super::hold::{Held, HoldQueue};
+use super::pool_choice::{Extreme, PoolChoice};
 use super::pool_index::PoolIndex;
 use super::ports::{Parity, PortSet};
 use super::reserved::Reserved;
@@ -143,6 +144,13 @@ struct Address {
     subscribers: u32,
 }
 
+impl Address {
+    /// Free blocks, the key by which a new subscriber's address is chosen.
+    fn room(&self) -> u32 {
+        u32::try_from(self.free.len()).unwrap_or(u32::MAX)
+    }
+}
+
 /// A subscriber's blocks, all on one address (paired pooling).
 struct Subscriber {
     address: u32,
@@ -210,12 +218,16 @@ fn take_in_block(
 
 /// Port-block allocation (see the module documentation for the rules).
 ///
-/// Memory: 48 KiB per pool address for the port maps plus 14 bytes per block, a hash entry per
-/// subscriber holding blocks, and 16 bytes per held-down port.
+/// Memory: 48 KiB per pool address for the port maps plus 14 bytes per block and 8 bytes (at
+/// most 16) for the choice of a new subscriber's address, a hash entry per subscriber holding
+/// blocks, and 16 bytes per held-down port.
 pub struct BlockAllocator {
     settings: BlockSettings,
     index: PoolIndex,
     addresses: Vec<Address>,
+    /// Each address's free blocks, kept equal to `Address::room` wherever a block is taken or
+    /// returned, so that `roomiest` is O(log n).
+    room: PoolChoice,
     held: HoldQueue,
     subscribers: IdMap<Subscriber>,
     /// Block records for the log, drained by `poll_event`; at most `max_events` are kept.
@@ -262,6 +274,7 @@ impl BlockAllocator {
                 subscribers: 0,
             })
             .collect();
+        let room = PoolChoice::new(Extreme::Most, addresses.iter().map(Address::room));
         let ports = addresses.len().saturating_mul(3 * BLOCK_PORTS as usize);
         // Every block can be allocated and released once between two drains.
         let max_events = addresses
@@ -274,6 +287,7 @@ impl BlockAllocator {
             settings,
             index,
             addresses,
+            room,
             subscribers: IdMap::default(),
             events: VecDeque::new(),
             max_events,
@@ -311,10 +325,7 @@ impl BlockAllocator {
 
     /// Free blocks (of this allocator's share) on each address, in pool order.
     pub fn free_blocks(&self) -> Vec<(Ipv4Addr, u32)> {
-        self.addresses
-            .iter()
-            .map(|a| (a.addr, u32::try_from(a.free.len()).unwrap_or(u32::MAX)))
-            .collect()
+        self.addresses.iter().map(|a| (a.addr, a.room())).collect()
     }
 
     /// Block records dropped because `poll_event` was not called for too long.
@@ -379,6 +390,7 @@ impl BlockAllocator {
             return;
         };
         a.free.push(b);
+        self.room.set(i, a.room());
         if let Some(s) = self.subscribers.get_mut(&owner) {
             s.blocks.retain(|&x| x != b);
             if s.blocks.is_empty() {
@@ -396,23 +408,17 @@ impl BlockAllocator {
     }
 
     /// The address with the most free blocks, for a new subscriber (RFC 6888 REQ-2: spread
-    /// evenly). The scan starts at a random address and keeps the first maximum, so ties go to a
-    /// random one of them. `None` when no address has a free block.
+    /// evenly): the first maximum in pool order from a random address on, so ties go to a
+    /// random one of them. `None` when no address has a free block. O(log n) in the pool.
     fn roomiest(&self, rng: &mut Rng) -> Option<usize> {
         let n = u32::try_from(self.addresses.len())
             .ok()
             .filter(|&n| n > 0)?;
         let start = rng.below(n) as usize;
-        let n = n as usize;
-        let mut best: Option<(usize, usize)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let free = self.addresses.get(i).map_or(0, |a| a.free.len());
-            if free > best.map_or(0, |(_, f)| f) {
-                best = Some((i, free));
-            }
-        }
-        best.map(|(i, _)| i)
+        self.room
+            .choose(start)
+            .filter(|&(_, free)| free > 0)
+            .map(|(i, _)| i)
     }
 
     /// Gives `subscriber` a uniformly random free block of address `i`; `None` if it has none.
@@ -426,6 +432,7 @@ impl BlockAllocator {
         let a = self.addresses.get_mut(i)?;
         let n = u32::try_from(a.free.len()).ok().filter(|&n| n > 0)?;
         let b = a.free.swap_remove(rng.below(n) as usize);
+        self.room.set(i, a.room());
         if let Some(block) = a.blocks.get_mut(usize::from(b)) {
             block.owner = Some(subscriber);
         }
@@ -454,6 +461,36 @@ impl BlockAllocator {
             ports,
         }));
         Some(b)
+    }
+
+    /// Bytes the allocator holds, by the structures' own sizes: the port maps, block table and
+    /// free list of every address, the choice of a new subscriber's address, the hold-down
+    /// queue, each subscriber's entry and block list, and the event queue. What one more
+    /// subscriber costs is its entry and block list; the rest is fixed by the pool.
+    pub fn memory_bytes(&self) -> usize {
+        use core::mem::size_of;
+        let addresses: usize = self
+            .addresses
+            .iter()
+            .map(|a| {
+                a.ports.iter().map(PortSet::heap_bytes).sum::<usize>()
+                    + size_of_val(&*a.blocks)
+                    + a.free.capacity() * size_of::<u16>()
+            })
+            .sum();
+        let blocks: usize = self
+            .subscribers
+            .values()
+            .map(|s| s.blocks.capacity() * size_of::<u16>())
+            .sum();
+        self.addresses.capacity() * size_of::<Address>()
+            + addresses
+            + self.index.memory_bytes()
+            + self.room.memory_bytes()
+            + self.held.memory_bytes()
+            + super::map_bytes(&self.subscribers)
+            + blocks
+            + self.events.capacity() * size_of::<AllocEvent>()
     }
 }
 
@@ -1170,6 +1207,73 @@ mod tests {
                     }
                     prop_assert_eq!(u.in_use, in_use);
                 }
+            }
+        }
+    }
+
+    /// The first address with the most free blocks from `start` on, by a scan of the pool: what
+    /// `roomiest` answered before the tree.
+    fn roomiest_by_scan(a: &BlockAllocator, start: usize) -> Option<usize> {
+        let n = a.addresses.len();
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let free = a.addresses[i].free.len();
+            if free > best.map_or(0, |(_, f)| f) {
+                best = Some((i, free));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    proptest! {
+        /// RFC 6888 REQ-2: whatever blocks are taken and returned (released at once, after the
+        /// hold-down, or pushed out by the cap), each address's key in the tree is its free
+        /// blocks and a new subscriber's address is the one the scan of the pool would choose.
+        #[test]
+        fn rfc6888_req2_roomiest_follows_every_block_taken_and_returned(
+            seed in any::<u64>(),
+            hold_ms in proptest::prelude::prop_oneof![proptest::prelude::Just(0u64), 1u64..100_000],
+            cap in 0usize..8,
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let mut s = settings(12_000, 2);
+            s.hold_down = Duration::from_millis(hold_ms);
+            s.max_held_down = cap;
+            // Five blocks per address, five addresses: blocks run out and come back often.
+            let mut a = BlockAllocator::new(&[X1, X2, X3, X4, Ipv4Addr::new(198, 51, 100, 5)], s);
+            let mut rng = Rng::new(seed);
+            let mut now = Instant::ZERO;
+            let mut live: Vec<(Protocol, Endpoint, Endpoint)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Allocate { proto, sub, port } => {
+                        let proto = Protocol::ALL[proto];
+                        // Many subscribers, so that new ones keep arriving.
+                        let who = subscriber(sub * 7 + u32::from(port % 7));
+                        let internal = Endpoint::new(who, port);
+                        if let Ok(e) = a.allocate(&req(proto, internal.addr, port, now), &mut rng) {
+                            live.push((proto, internal, e));
+                        }
+                    }
+                    Op::Release { pick } => {
+                        if !live.is_empty() {
+                            let (proto, internal, e) = live.swap_remove(pick % live.len());
+                            a.release(proto, internal, e, now);
+                        }
+                    }
+                    Op::Bogus { .. } => {}
+                    Op::Advance { millis } => now = now + Duration::from_millis(millis),
+                    Op::Tick => a.handle_timeout(now),
+                }
+                while a.poll_event().is_some() {}
+                for (i, addr) in a.addresses.iter().enumerate() {
+                    prop_assert_eq!(a.room.get(i), Some(addr.room()), "{}", addr.addr);
+                }
+                let n = a.addresses.len() as u32;
+                let (mut tree_rng, mut scan_rng) = (rng.clone(), rng.clone());
+                let start = scan_rng.below(n) as usize;
+                prop_assert_eq!(a.roomiest(&mut tree_rng), roomiest_by_scan(&a, start));
             }
         }
     }

@@ -62,6 +62,13 @@ macro_rules! each {
     };
 }
 
+impl ConfiguredAllocator {
+    /// Bytes the allocator holds (see each allocator's `memory_bytes`).
+    pub fn memory_bytes(&self) -> usize {
+        each!(self, a => a.memory_bytes())
+    }
+}
+
 impl PortAllocator for ConfiguredAllocator {
     fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         each!(self, a => a.allocate(req, rng))
@@ -157,5 +164,57 @@ mod tests {
             ConfiguredAllocator::from_config(&det, two),
             Some(ConfiguredAllocator::Deterministic(_))
         ));
+    }
+
+    #[test]
+    fn memory_bytes_counts_the_pool_and_each_subscriber() {
+        const PORT_MAPS: usize = 3 * 16 * 1024;
+        let mut rng = Rng::new(1);
+        let req = |n: u32| AllocRequest {
+            proto: Protocol::Udp,
+            internal: Endpoint::new(Ipv4Addr::from_bits(0x6440_0000 + n), 5000),
+            now: Instant::ZERO,
+        };
+        let blocks = cfg(
+            Allocation::PortBlock(PortBlockSpec {
+                block_size: 512,
+                max_blocks_per_subscriber: 2,
+            }),
+            4,
+        );
+        let dynamic = cfg(Allocation::Dynamic, 4);
+        for c in [&blocks, &dynamic] {
+            let Some(mut a) = ConfiguredAllocator::from_config(c, Share::WHOLE) else {
+                panic!("allocator");
+            };
+            let empty = a.memory_bytes();
+            assert!(empty >= 4 * PORT_MAPS, "{empty}: port maps of 4 addresses");
+            for n in 0..100 {
+                a.allocate(&req(n), &mut rng).expect("room");
+            }
+            assert!(a.memory_bytes() > empty, "subscribers take room");
+        }
+        // Deterministic NAT makes an address's port maps with its first subscriber.
+        let det = cfg(
+            Allocation::Deterministic(DeterministicSpec {
+                inside: "100.64.0.0/24".parse().expect("prefix"),
+                outside: "198.51.100.0/28".parse().expect("prefix"),
+                ports_per_subscriber: None,
+                overflow: None,
+            }),
+            16,
+        );
+        let Some(mut a) = ConfiguredAllocator::from_config(&det, Share::WHOLE) else {
+            panic!("deterministic");
+        };
+        let empty = a.memory_bytes();
+        a.allocate(&req(0), &mut rng).expect("in range");
+        let one = a.memory_bytes();
+        assert!(one >= empty + PORT_MAPS, "{empty} then {one}");
+        a.allocate(&req(1), &mut rng).expect("in range");
+        assert!(
+            a.memory_bytes() < one + PORT_MAPS,
+            "same address: no new port map"
+        );
     }
 }

@@ -290,6 +290,29 @@ impl DeterministicAllocator {
         let port = ports.find_free(random_in(rng, first, last), first, last, parity)?;
         ports.take(port).then_some((a, port))
     }
+
+    /// Bytes the allocator holds, by the structures' own sizes: the port maps of every outside
+    /// address in use (made with its first subscriber), the per-address and per-subscriber
+    /// counts, the hold-down queue, and the overflow allocator if any. Nothing is kept per
+    /// session, and per subscriber only a count while it has live ports.
+    pub fn memory_bytes(&self) -> usize {
+        use core::mem::size_of;
+        let port_maps: usize = self
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| size_of::<[PortSet; 3]>() + p.iter().map(PortSet::heap_bytes).sum::<usize>())
+            .sum();
+        self.ports.capacity() * size_of::<Option<Box<[PortSet; 3]>>>()
+            + port_maps
+            + self.subscribers.capacity() * size_of::<u32>()
+            + super::map_bytes(&self.live)
+            + self.held.memory_bytes()
+            + self
+                .overflow
+                .as_ref()
+                .map_or(0, BlockAllocator::memory_bytes)
+    }
 }
 
 impl DeterministicAllocator {

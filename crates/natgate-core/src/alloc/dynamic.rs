@@ -5,6 +5,7 @@
 //! for their hold-down (RFC 6888 REQ-8) and leave it lazily, on the next `allocate` or `release`,
 //! so the allocator needs no timer of its own.
 
+use super::pool_choice::{Extreme, PoolChoice};
 use super::pool_index::PoolIndex;
 use super::ports::{Parity, PortSet};
 use super::reserved::Reserved;
@@ -153,8 +154,9 @@ fn random_in(rng: &mut Rng, lo: u16, hi: u16) -> u16 {
 /// in use and that the subscriber has a live mapping on that address. `usage` counts ports in
 /// hold-down as of the last `allocate` or `release`, which is when they leave it.
 ///
-/// Memory: 48 KiB per pool address (two 65536-bit maps per protocol), plus 16 bytes per held-down
-/// port and a hash entry per subscriber and per (subscriber, address) pair with live mappings.
+/// Memory: 48 KiB per pool address (two 65536-bit maps per protocol) and 8 bytes (at most 16)
+/// for the choice of a new subscriber's address, plus 16 bytes per held-down port and a hash
+/// entry per subscriber and per (subscriber, address) pair with live mappings.
 pub struct DynamicAllocator {
     settings: AllocSettings,
     index: PoolIndex,
@@ -174,6 +176,9 @@ pub struct DynamicAllocator {
     /// The reserved ports `set_reserved` took out of use: (address index, protocol, port).
     /// `usage` does not count them.
     reserved_taken: Vec<(u32, Protocol, u16)>,
+    /// Each address's subscribers, kept equal to `Address::subscribers` wherever it changes, so
+    /// that `least_loaded` is O(log n).
+    load: PoolChoice,
 }
 
 impl fmt::Debug for DynamicAllocator {
@@ -202,6 +207,7 @@ impl DynamicAllocator {
                 subscribers: 0,
             })
             .collect();
+        let load = PoolChoice::new(Extreme::Fewest, addresses.iter().map(|a| a.subscribers));
         // Reserve the hold-down queue once, up to the number of ports that can ever be held, so
         // that releases do not allocate; a reservation that fails just leaves it growing lazily.
         let mut held = VecDeque::new();
@@ -217,6 +223,7 @@ impl DynamicAllocator {
             withheld: [0; 3],
             reserved: Reserved::default(),
             reserved_taken: Vec::new(),
+            load,
         }
     }
 
@@ -342,14 +349,11 @@ impl DynamicAllocator {
     }
 
     /// The address with the fewest subscribers, for a new subscriber (RFC 6888 REQ-2 wants them
-    /// spread evenly). The scan starts at a random address and keeps the first minimum it meets,
-    /// so ties go to a random one of them.
+    /// spread evenly): the first minimum in pool order from a random address on, so ties go to
+    /// a random one of them. O(log n) in the pool.
     fn least_loaded(&self, rng: &mut Rng) -> Option<usize> {
-        let n = self.addresses.len();
         let start = self.random_address(rng)?;
-        (0..n)
-            .map(|k| (start + k) % n)
-            .min_by_key(|&i| self.addresses.get(i).map_or(u32::MAX, |a| a.subscribers))
+        self.load.choose(start).map(|(i, _)| i)
     }
 
     /// Paired and soft-paired pooling (RFC 4787 REQ-2): the subscriber's address if it has one,
@@ -379,6 +383,26 @@ impl DynamicAllocator {
             .insert(key, Subscriber { paired: i, live: 0 });
         Ok((i, port))
     }
+
+    /// Bytes the allocator holds, by the structures' own sizes: the port maps of every address,
+    /// the choice of a new subscriber's address, the hold-down queue, and the pairing and
+    /// per-address subscriber entries.
+    pub fn memory_bytes(&self) -> usize {
+        use core::mem::size_of;
+        let port_maps: usize = self
+            .addresses
+            .iter()
+            .flat_map(|a| a.ports.iter())
+            .map(PortSet::heap_bytes)
+            .sum();
+        self.addresses.capacity() * size_of::<Address>()
+            + port_maps
+            + self.index.memory_bytes()
+            + self.load.memory_bytes()
+            + self.held.capacity() * size_of::<Held>()
+            + super::map_bytes(&self.subscribers)
+            + super::map_bytes(&self.links)
+    }
 }
 
 impl DynamicAllocator {
@@ -405,6 +429,7 @@ impl DynamicAllocator {
             .or_insert(0);
         if *live == 0 {
             a.subscribers += 1;
+            self.load.set(i, a.subscribers);
         }
         *live = live.saturating_add(1);
         Ok(Endpoint::new(a.addr, port))
@@ -478,6 +503,7 @@ impl PortAllocator for DynamicAllocator {
         if *live == 0 {
             self.links.remove(&key);
             a.subscribers -= 1;
+            self.load.set(i, a.subscribers);
         }
         let sub = u64::from(internal.addr.to_bits());
         if let Some(s) = self.subscribers.get_mut(&sub) {
@@ -649,6 +675,37 @@ mod tests {
             4,
             "the first subscriber may land on any address"
         );
+    }
+
+    #[test]
+    fn rfc6888_req2_new_subscribers_fill_the_address_others_left() {
+        // Several seeds: the first newcomer's tie-break must not be what sends it to X1.
+        for seed in 0..8 {
+            let mut a = DynamicAllocator::new(
+                &[X1, X2, X3, X4],
+                settings(Pooling::Paired, PortAssignment::Random),
+            );
+            let mut rng = Rng::new(seed);
+            let mut on_x1 = Vec::new();
+            for n in 0..40 {
+                let e = a.allocate(&udp(subscriber(n), 5000), &mut rng).expect("ok");
+                if e.addr == X1 {
+                    on_x1.push((Endpoint::new(subscriber(n), 5000), e));
+                }
+            }
+            // X1's ten subscribers leave: the next ten new ones all go there, the least loaded.
+            for (internal, e) in on_x1 {
+                a.release(Protocol::Udp, internal, e, Instant::ZERO);
+            }
+            assert_eq!(usage_of(&a, X1).subscribers, 0);
+            for n in 40..50 {
+                let e = a.allocate(&udp(subscriber(n), 5000), &mut rng).expect("ok");
+                assert_eq!(e.addr, X1, "seed {seed}, subscriber {n}");
+            }
+            for u in a.usage() {
+                assert_eq!(u.subscribers, 10, "seed {seed}: {u:?}");
+            }
+        }
     }
 
     #[test]

@@ -44,6 +44,11 @@ impl HoldQueue {
         }
     }
 
+    /// Bytes reserved for held ports.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.queue.capacity() * core::mem::size_of::<Held>()
+    }
+
     /// Whether released ports are held at all (a zero duration or cap frees them at once).
     pub(super) fn enabled(&self) -> bool {
         !self.hold_down.is_zero() && self.cap > 0

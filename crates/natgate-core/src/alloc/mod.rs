@@ -14,6 +14,7 @@ mod configured;
 mod deterministic;
 mod dynamic;
 mod hold;
+mod pool_choice;
 mod pool_index;
 mod ports;
 mod reserved;
@@ -30,6 +31,8 @@ use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
 use crate::time::Instant;
 use core::fmt;
+use core::hash::BuildHasher;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 /// Who a port allocation is charged to: the unit of pairing (RFC 6888 REQ-2) and of port limits
@@ -210,4 +213,10 @@ pub struct AddressUsage {
     pub held_down: [u32; 3],
     /// Internal addresses with at least one live mapping on this address.
     pub subscribers: u32,
+}
+
+/// Bytes a hash map reserves, counting each entry plus its control byte: the convention of every
+/// `memory_bytes` in this crate (the fragment tracker's, the engine's subscriber table's).
+fn map_bytes<K, V, S: BuildHasher>(map: &HashMap<K, V, S>) -> usize {
+    map.capacity() * (core::mem::size_of::<(K, V)>() + 1)
 }

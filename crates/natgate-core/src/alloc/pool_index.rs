@@ -14,6 +14,11 @@ pub(super) struct PoolIndex {
 }
 
 impl PoolIndex {
+    /// Bytes of the index's slots.
+    pub(super) fn memory_bytes(&self) -> usize {
+        core::mem::size_of_val(&*self.slots)
+    }
+
     /// An index of `pool`, in order; a repeated address keeps its first index. Returns the
     /// distinct addresses with the index. Addresses past `u32::MAX - 1` are left out (a pool that
     /// large cannot exist: there are only 2^32 addresses).

@@ -69,6 +69,11 @@ impl PortSet {
         }
     }
 
+    /// Bytes a port set keeps on the heap (its bitmap); the rest is inline in its owner.
+    pub(super) const fn heap_bytes(&self) -> usize {
+        core::mem::size_of::<[Word; WORDS]>()
+    }
+
     /// Ports held by live mappings.
     pub(super) const fn in_use(&self) -> u32 {
         self.in_use

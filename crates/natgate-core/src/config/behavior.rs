@@ -98,7 +98,9 @@ pub enum UnsolicitedSyn {
     Drop,
 }
 
-/// The ICMP answer sent when no mapping can be made (RFC 5508 REQ-8, RFC 6888 REQ-11).
+/// The answer sent when no mapping or session can be made: pool exhausted, a subscriber's port,
+/// session or rate limit, the session table full (RFC 5508 REQ-8, RFC 6888 REQ-11). The refused
+/// packet is dropped whatever the answer; nothing live is evicted to make room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MappingFailureReply {
@@ -108,15 +110,92 @@ pub enum MappingFailureReply {
     HostUnreachable,
     /// Destination unreachable, code 13 communication administratively prohibited.
     AdminProhibited,
+    /// A TCP reset for TCP (RFC 9293 section 3.10.7.1, as a closed port answers), so that the
+    /// subscriber's stack gives up at once instead of retrying its SYN; UDP and ICMP, which have
+    /// no reset, get host unreachable.
+    TcpReset,
+}
+
+/// What one refused packet is answered with, by [`MappingFailureReply::answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureAnswer {
+    /// Nothing.
+    Nothing,
+    /// ICMP destination unreachable with this code.
+    IcmpUnreachable(u8),
+    /// A TCP reset.
+    TcpReset,
 }
 
 impl MappingFailureReply {
-    /// The ICMP destination-unreachable code, if an answer is sent.
+    /// The ICMP destination-unreachable code for a packet that gets an ICMP answer, if any: for
+    /// [`TcpReset`](Self::TcpReset), the host unreachable that non-TCP packets get.
     pub const fn icmp_code(self) -> Option<u8> {
         match self {
             MappingFailureReply::None => None,
-            MappingFailureReply::HostUnreachable => Some(1),
+            MappingFailureReply::HostUnreachable | MappingFailureReply::TcpReset => Some(1),
             MappingFailureReply::AdminProhibited => Some(13),
         }
+    }
+
+    /// The answer to a refused packet of `proto`.
+    pub const fn answer(self, proto: crate::endpoint::Protocol) -> FailureAnswer {
+        match (self, proto) {
+            (MappingFailureReply::TcpReset, crate::endpoint::Protocol::Tcp) => {
+                FailureAnswer::TcpReset
+            }
+            _ => match self.icmp_code() {
+                Some(code) => FailureAnswer::IcmpUnreachable(code),
+                None => FailureAnswer::Nothing,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Protocol;
+
+    #[test]
+    fn rfc6888_req11_answer_per_choice_and_protocol() {
+        use FailureAnswer::*;
+        let cases = [
+            (MappingFailureReply::None, [Nothing, Nothing, Nothing]),
+            (
+                MappingFailureReply::HostUnreachable,
+                [IcmpUnreachable(1), IcmpUnreachable(1), IcmpUnreachable(1)],
+            ),
+            (
+                MappingFailureReply::AdminProhibited,
+                [
+                    IcmpUnreachable(13),
+                    IcmpUnreachable(13),
+                    IcmpUnreachable(13),
+                ],
+            ),
+            (
+                MappingFailureReply::TcpReset,
+                [TcpReset, IcmpUnreachable(1), IcmpUnreachable(1)],
+            ),
+        ];
+        for (choice, answers) in cases {
+            for (proto, want) in [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
+                .into_iter()
+                .zip(answers)
+            {
+                assert_eq!(choice.answer(proto), want, "{choice:?} {proto:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_reset_is_spelled_tcp_reset_in_config_files() {
+        #[derive(Deserialize)]
+        struct F {
+            r: MappingFailureReply,
+        }
+        let f: F = toml::from_str("r = \"tcp-reset\"").expect("parses");
+        assert_eq!(f.r, MappingFailureReply::TcpReset);
     }
 }

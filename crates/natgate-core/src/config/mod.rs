@@ -17,10 +17,15 @@ pub use preset::Preset;
 pub use timers::Timers;
 
 use crate::endpoint::{Endpoint, Protocol};
+use crate::engine::MemoryModel;
 use crate::rules::{RuleChain, RuleId};
 use crate::vserver::{VirtualServerError, VirtualServerSpec};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
+
+/// The most sessions (or mappings) a table may hold: ids are u32 slot numbers with the top
+/// values reserved.
+const MAX_TABLE_ENTRIES: u32 = 1 << 30;
 
 /// Every behaviour setting of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +174,11 @@ pub struct Limits {
     /// Per-subscriber limits (RFC 6888 REQ-4, REQ-5).
     #[serde(default)]
     pub subscriber: SubscriberLimits,
+    /// Most bytes the engine's state may take (sessions, mappings, their indexes, fragments,
+    /// subscribers, queues), all reserved up front: validation refuses a config that needs
+    /// more, and [`Config::fit_sessions_to_memory`] derives `max-sessions` from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
     /// Most sessions that static NAT rules and virtual servers hold at once (their own table,
     /// allocated only when the config has a rule or a virtual server).
     #[serde(default = "default_max_static_sessions")]
@@ -221,6 +231,7 @@ impl Default for Limits {
             event_queue: 65536,
             max_ports_in_hold_down: 1 << 20,
             subscriber: SubscriberLimits::default(),
+            max_memory: None,
             max_static_sessions: default_max_static_sessions(),
         }
     }
@@ -303,6 +314,19 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// The engine's state would take more memory than `limits.max-memory` allows.
+    #[error(
+        "max-memory: the engine needs {need} bytes, more than the {limit} allowed ({detail}); \
+         lower max-sessions (or leave it out to derive it), or raise max-memory"
+    )]
+    MemoryLimit {
+        /// Bytes needed (a lower bound when `detail` says so).
+        need: u64,
+        /// `limits.max-memory`.
+        limit: u64,
+        /// Where the bytes go.
+        detail: String,
+    },
     /// A virtual server's own settings are wrong.
     #[error("virtual-server {proto} {address}: {error}")]
     VirtualServer {
@@ -370,6 +394,7 @@ impl Config {
         self.check_behavior()?;
         self.check_limits()?;
         self.allocation.check(&self.pool)?;
+        self.check_memory()?;
         self.check_virtual_servers()?;
         Ok(ValidConfig(Box::new(self)))
     }
@@ -398,6 +423,78 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Sets `max-sessions` to the most that `max-memory` has room for, for a config file that
+    /// gives a memory limit and leaves `max-sessions` out; `max-mappings` is lowered to it if
+    /// above. Returns the value chosen. The estimate is the engine's own accounting (see
+    /// [`MemoryModel`]), so the engine built from the result fits. Fails when there is no
+    /// memory limit, or when not even 8 sessions fit.
+    pub fn fit_sessions_to_memory(&mut self) -> Result<u32, ConfigError> {
+        let Some(limit) = self.limits.max_memory else {
+            return Err(ConfigError::OutOfRange {
+                setting: "max-sessions",
+                why: "deriving it needs max-memory".into(),
+            });
+        };
+        let model = self.memory_model(limit)?;
+        let mappings = self.limits.max_mappings;
+        let need = |n: u32| model.usage(n, mappings.min(n)).total();
+        // The largest n (a multiple of 8, where the estimate is exact) whose need fits.
+        let (mut lo, mut hi) = (0u32, MAX_TABLE_ENTRIES / 8);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if need(mid * 8) <= limit {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if lo == 0 {
+            return Err(ConfigError::MemoryLimit {
+                need: need(8),
+                limit,
+                detail: model.usage(8, 8).to_string(),
+            });
+        }
+        let n = lo * 8;
+        self.limits.max_sessions = n;
+        self.limits.max_mappings = mappings.min(n);
+        Ok(n)
+    }
+
+    /// Refuses a config whose engine would take more than `max-memory` (RFC 6888 REQ-4: the
+    /// operator bounds the state, and a bound the machine cannot hold is no bound).
+    fn check_memory(&self) -> Result<(), ConfigError> {
+        let Some(limit) = self.limits.max_memory else {
+            return Ok(());
+        };
+        let model = self.memory_model(limit)?;
+        let usage = model.usage(self.limits.max_sessions, self.limits.max_mappings);
+        if usage.total() > limit {
+            return Err(ConfigError::MemoryLimit {
+                need: usage.total(),
+                limit,
+                detail: usage.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The memory model of this config, refusing first, without building anything, a config
+    /// whose fixed parts alone exceed `limit`.
+    fn memory_model(&self, limit: u64) -> Result<MemoryModel, ConfigError> {
+        let floor = MemoryModel::floor(self);
+        if floor > limit {
+            return Err(ConfigError::MemoryLimit {
+                need: floor,
+                limit,
+                detail: "at least: held fragments, transmit slots and the subscriber table \
+                         alone, before sessions and mappings"
+                    .into(),
+            });
+        }
+        Ok(MemoryModel::of(self))
     }
 
     fn check_behavior(&self) -> Result<(), ConfigError> {
@@ -515,7 +612,7 @@ impl Config {
             ("max-mappings", l.max_mappings),
             ("max-static-sessions", l.max_static_sessions),
         ] {
-            if v > 1 << 30 {
+            if v > MAX_TABLE_ENTRIES {
                 return Err(ConfigError::OutOfRange {
                     setting,
                     why: format!("{v} is more than 2^30"),
@@ -654,6 +751,64 @@ mod tests {
         c.lab = true;
         c.behavior.timers.udp = 0;
         assert!(c.validate().is_err(), "zero timer refused even in lab");
+    }
+
+    #[test]
+    fn rfc6888_req4_max_memory_refuses_with_the_computed_need() {
+        let mut c = cfg();
+        c.limits.max_sessions = 1 << 20;
+        c.limits.max_mappings = 1 << 20;
+        let need = MemoryModel::of(&c).usage(1 << 20, 1 << 20).total();
+        c.limits.max_memory = Some(need);
+        assert!(c.clone().validate().is_ok(), "exactly enough");
+        c.limits.max_memory = Some(need - 1);
+        let err = c.clone().validate().expect_err("one byte short");
+        assert!(
+            matches!(err, ConfigError::MemoryLimit { need: n, limit, .. } if n == need && limit == need - 1),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&need.to_string()) && msg.contains("sessions"),
+            "{msg}"
+        );
+        // Absurd fixed parts are refused from a bound, before anything is reserved.
+        c.limits.max_held_fragments = u32::MAX;
+        c.limits.max_memory = Some(1 << 30);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MemoryLimit { need, .. }) if need > 1 << 30
+        ));
+    }
+
+    #[test]
+    fn rfc6888_req4_max_sessions_derived_from_max_memory() {
+        let mut c = cfg();
+        assert!(c.fit_sessions_to_memory().is_err(), "needs max-memory");
+        let limit = 64 << 20;
+        c.limits.max_memory = Some(limit);
+        let n = c.fit_sessions_to_memory().expect("fits");
+        assert_eq!(c.limits.max_sessions, n);
+        assert_eq!(c.limits.max_mappings, n, "mappings lowered with it");
+        assert!(n.is_multiple_of(8) && n > 100_000, "{n}");
+        let model = MemoryModel::of(&c);
+        assert!(model.usage(n, n).total() <= limit);
+        assert!(
+            model.usage(n + 8, n + 8).total() > limit,
+            "the most that fits"
+        );
+        // The engine built from it holds what the estimate says, within the limit.
+        let v = c.validate().expect("valid");
+        let e = crate::Engine::new(v, 1);
+        assert!(e.memory_usage().total() <= limit);
+        assert_eq!(e.memory_usage(), model.usage(n, n));
+        // Too little for any table at all.
+        let mut tiny = cfg();
+        tiny.limits.max_memory = Some(1 << 20);
+        assert!(matches!(
+            tiny.fit_sessions_to_memory(),
+            Err(ConfigError::MemoryLimit { .. })
+        ));
     }
 
     fn vserver(addr: [u8; 4], port: u16, proto: Protocol) -> VirtualServerSpec {

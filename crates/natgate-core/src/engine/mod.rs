@@ -9,6 +9,7 @@
 //! - [`Engine::poll_event`] at leisure, to feed translation logs.
 
 mod icmp_error;
+mod memory;
 mod packet;
 mod queues;
 mod reload;
@@ -33,6 +34,7 @@ use queues::{EventQueue, SynHold, TransmitQueue};
 use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
+pub use memory::{MemoryModel, MemoryUsage};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
 pub use static_nat::SessionOrigin;
@@ -142,17 +144,9 @@ impl<A: PortAllocator> Engine<A> {
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
             alloc,
-            fragments: FragmentTracker::new(FragmentLimits {
-                max_datagrams: limits.max_fragment_datagrams as usize,
-                max_held: limits.max_held_fragments as usize,
-                max_held_per_source: limits.max_held_fragments_per_source as usize,
-                max_fragment_len: TRANSMIT_SLOT,
-                timeout: Duration::from_secs(u64::from(behavior.timers.fragment)),
-            }),
+            fragments: FragmentTracker::new(fragment_limits(&limits, &behavior)),
             held_syns: SynHold::new(limits.max_held_syns as usize),
-            transmit: TransmitQueue::new(
-                limits.max_held_fragments as usize + limits.max_held_syns.min(1024) as usize,
-            ),
+            transmit: TransmitQueue::new(transmit_slots(&limits)),
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
             statics: static_nat::StaticNat::new(cfg, seed),
@@ -261,10 +255,8 @@ impl<A: PortAllocator> Engine<A> {
         match verdict {
             Verdict::Forward(_) => self.counters.count_forward(side.arrival_direction(), len),
             Verdict::Drop(reason) => self.counters.count_drop(reason),
-            Verdict::Reply { reason, .. } => {
-                self.counters.count_drop(reason);
-                self.counters.icmp_generated += 1;
-            }
+            // The answer itself (ICMP error or TCP reset) was counted where it was built.
+            Verdict::Reply { reason, .. } => self.counters.count_drop(reason),
             Verdict::Held => self.counters.held_packets += 1,
         }
     }
@@ -424,6 +416,7 @@ impl<A: PortAllocator> Engine<A> {
         if len == 0 {
             return Verdict::Drop(reason);
         }
+        self.counters.icmp_generated += 1;
         Verdict::Reply { side, len, reason }
     }
 
@@ -637,6 +630,23 @@ fn fast_key(side: Side, p: &Parsed, to_pool: bool) -> Option<FlowKey> {
     }
 }
 
+/// The fragment tracker's bounds under `limits` (shared with [`MemoryModel`], which sizes it).
+fn fragment_limits(limits: &crate::config::Limits, behavior: &Behavior) -> FragmentLimits {
+    FragmentLimits {
+        max_datagrams: limits.max_fragment_datagrams as usize,
+        max_held: limits.max_held_fragments as usize,
+        max_held_per_source: limits.max_held_fragments_per_source as usize,
+        max_fragment_len: TRANSMIT_SLOT,
+        timeout: Duration::from_secs(u64::from(behavior.timers.fragment)),
+    }
+}
+
+/// Slots of the transmit queue: every held fragment may be released at once, and expired held
+/// SYNs are answered (at most 1024 at a time).
+fn transmit_slots(limits: &crate::config::Limits) -> usize {
+    limits.max_held_fragments as usize + limits.max_held_syns.min(1024) as usize
+}
+
 const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 
@@ -716,6 +726,8 @@ impl<A: PortAllocator> Gone<'_, A> {
     }
 }
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -34,6 +34,11 @@ impl EventQueue {
     pub fn pop(&mut self) -> Option<Event> {
         self.queue.pop_front()
     }
+
+    /// Bytes reserved for queued events.
+    pub fn memory_bytes(&self) -> usize {
+        self.queue.capacity() * core::mem::size_of::<Event>()
+    }
 }
 
 /// The largest packet the engine emits later (released fragments, ICMP errors); buffers passed
@@ -96,6 +101,13 @@ impl TransmitQueue {
         self.free.push(slot);
         Some((side, n))
     }
+
+    /// Bytes reserved for the slots and their bookkeeping.
+    pub fn memory_bytes(&self) -> usize {
+        self.bytes.capacity()
+            + self.meta.capacity() * core::mem::size_of::<(usize, Side, usize)>()
+            + self.free.capacity() * core::mem::size_of::<usize>()
+    }
 }
 
 /// How many bytes of a held SYN are kept: the IPv4 header (with options) and the TCP header,
@@ -124,6 +136,13 @@ pub(crate) struct SynHold {
 }
 
 impl SynHold {
+    /// Bytes reserved for held SYNs and their index, counting each hash-table entry plus its
+    /// control byte (as the fragment tracker counts its own).
+    pub fn memory_bytes(&self) -> usize {
+        self.ring.capacity() * core::mem::size_of::<HeldSyn>()
+            + self.index.capacity() * (core::mem::size_of::<((Endpoint, Endpoint), u64)>() + 1)
+    }
+
     pub fn new(cap: usize) -> Self {
         SynHold {
             ring: VecDeque::with_capacity(cap),
@@ -226,6 +245,7 @@ mod tests {
             proto: crate::Protocol::Udp,
             internal: ep(1, 1),
             remote: ep(2, 2),
+            reason: crate::DropReason::MappingFailed,
         };
         assert!(q.push(e));
         assert!(!q.push(e));

@@ -102,6 +102,15 @@ impl SubscriberTable {
         }
     }
 
+    /// Bytes reserved by the table, counting each hash-table entry plus its control byte (as the
+    /// fragment tracker counts its own). Fixed at `max-subscribers` entries: it never grows.
+    pub fn memory_bytes(&self) -> usize {
+        self.map.capacity() * (core::mem::size_of::<(Ipv4Addr, Subscriber)>() + 1)
+    }
+
+    /// Bytes one subscriber's entry takes, for a cheap bound before building a table.
+    pub const ENTRY_BYTES: usize = core::mem::size_of::<(Ipv4Addr, Subscriber)>() + 1;
+
     /// Sessions `subscriber` holds, by [`Protocol::index`].
     #[cfg(test)]
     pub fn sessions_of(&self, subscriber: Ipv4Addr) -> [u32; 3] {

@@ -1,10 +1,10 @@
 //! The NAT policy for flows (TCP, UDP, ICMP queries): which session a packet belongs to, when a
 //! mapping and a session are made, what filtering lets in, and hairpinning.
 
-use super::packet::{self, Parsed, Which};
+use super::packet::{self, Fragment, Parsed, Which};
 use super::{Engine, ICMP_DEST_UNREACHABLE, session_due};
 use crate::alloc::{AllocError, AllocRequest, PortAllocator};
-use crate::config::{FilteringBehavior, Hairpinning, MappingBehavior};
+use crate::config::{FailureAnswer, FilteringBehavior, Hairpinning, MappingBehavior};
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::Event;
@@ -438,8 +438,10 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    /// No mapping or session could be made: tell management, answer the sender if configured
-    /// (RFC 5508 REQ-8, RFC 6888 REQ-11), and never evict anything to make room.
+    /// No mapping or session could be made (every limit ends here: pool exhausted, subscriber
+    /// port, session or rate limit, subscriber table or session table full): tell management,
+    /// answer the sender as configured (RFC 5508 REQ-8, RFC 6888 REQ-11), and never evict
+    /// anything to make room. The drop is counted under `reason` by the caller.
     fn mapping_failed(
         &mut self,
         now: Instant,
@@ -455,12 +457,40 @@ impl<A: PortAllocator> Engine<A> {
             proto: p.proto,
             internal: p.src,
             remote: p.dst,
+            reason,
         });
-        match self.behavior.mapping_failure_reply.icmp_code() {
-            Some(code) => {
+        match self.behavior.mapping_failure_reply.answer(p.proto) {
+            FailureAnswer::Nothing => Verdict::Drop(reason),
+            FailureAnswer::IcmpUnreachable(code) => {
                 self.reply_error(buf, p, Side::Inside, ICMP_DEST_UNREACHABLE, code, 0, reason)
             }
-            None => Verdict::Drop(reason),
+            FailureAnswer::TcpReset => self.reply_reset(buf, p, reason),
+        }
+    }
+
+    /// Answers a refused TCP segment from the inside with the reset a closed port would send
+    /// (RFC 9293 section 3.10.7.1), built in place, from the remote it was addressed to. As for
+    /// ICMP errors (RFC 1812 4.3.2.7), nothing is sent to a source that is not unicast, and a
+    /// fragment (whose segment length is unknown) or a reset gets no answer.
+    fn reply_reset(&mut self, buf: &mut [u8], p: &Parsed, reason: DropReason) -> Verdict {
+        let src = p.src.addr;
+        if p.frag != Fragment::None
+            || src.is_unspecified()
+            || src.is_broadcast()
+            || src.is_multicast()
+            || src.is_loopback()
+        {
+            return Verdict::Drop(reason);
+        }
+        let len = crate::wire::tcp::write_tcp_reset_in_place(buf, p.len);
+        if len == 0 {
+            return Verdict::Drop(reason);
+        }
+        self.counters.tcp_resets_generated += 1;
+        Verdict::Reply {
+            side: Side::Inside,
+            len,
+            reason,
         }
     }
 }

@@ -356,6 +356,78 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPrefix<T> {
     }
 }
 
+/// The length of a reset [`write_tcp_reset_in_place`] builds: a 20-byte IPv4 header and a
+/// 20-byte TCP header, no options, no data.
+pub const RESET_LEN: usize = super::ipv4::MIN_HEADER_LEN + MIN_HEADER_LEN;
+
+/// The TTL of a reset the NAT originates: a fresh one, as for any packet it sends itself
+/// (RFC 1122 section 3.2.1.7 recommends 64).
+const RESET_TTL: u8 = 64;
+
+/// Replaces the TCP/IPv4 datagram in `buf[..orig_len]` with the reset a closed port would send
+/// back (RFC 9293 section 3.10.7.1, "If the state is CLOSED"): addresses and ports swapped; if
+/// the segment had ACK, `<SEQ=SEG.ACK><CTL=RST>`, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`
+/// where SEG.LEN counts the data and one each for SYN and FIN. The new datagram has a fresh
+/// TTL, no IP or TCP options, window 0, both checksums filled. Returns its length
+/// ([`RESET_LEN`]), or 0 (and `buf` untouched) when no reset may be sent: the datagram is not a
+/// well-formed unfragmented TCP segment, or it is itself a reset (RFC 9293: a RST is never
+/// answered).
+///
+/// It answers a segment the NAT refuses (RFC 6888 REQ-11's TCP reset choice); whether to answer
+/// at all (the source is unicast, and so on) is the caller's decision.
+pub fn write_tcp_reset_in_place(buf: &mut [u8], orig_len: usize) -> usize {
+    use super::ipv4::{self, Ipv4Packet};
+    let Some(orig) = buf.get(..orig_len) else {
+        return 0;
+    };
+    let Ok(ip) = Ipv4Packet::new_checked(orig) else {
+        return 0;
+    };
+    if ip.protocol() != PROTOCOL || ip.is_fragment() {
+        return 0;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
+        return 0;
+    };
+    let flags = seg.flags();
+    if flags.contains(TcpFlags::RST) {
+        return 0;
+    }
+    // The IP total length bounds the segment; anything after it in `buf` is not ours.
+    let data_len = u32::try_from(seg.payload().len()).unwrap_or(u32::MAX);
+    let seg_len = data_len
+        .wrapping_add(u32::from(flags.contains(TcpFlags::SYN)))
+        .wrapping_add(u32::from(flags.contains(TcpFlags::FIN)));
+    let (seq, ack, reply_flags) = if flags.contains(TcpFlags::ACK) {
+        (seg.ack(), 0, TcpFlags::RST)
+    } else {
+        (
+            0,
+            seg.seq().wrapping_add(seg_len),
+            TcpFlags::RST | TcpFlags::ACK,
+        )
+    };
+    let (sport, dport) = (seg.src_port(), seg.dst_port());
+    // The headers are rebuilt from these values; nothing of the original is read below, so
+    // writing over it in place is safe, and a valid original (IPv4 + TCP headers) is at least
+    // `RESET_LEN` long.
+    let Some(out) = buf.get_mut(..RESET_LEN) else {
+        return 0;
+    };
+    out.fill(0);
+    ipv4::write_header(out, dst, src, PROTOCOL, RESET_TTL, MIN_HEADER_LEN as u16);
+    let tcp = &mut out[ipv4::MIN_HEADER_LEN..];
+    super::set_u16(tcp, field::SRC_PORT, dport);
+    super::set_u16(tcp, field::DST_PORT, sport);
+    super::set_u32(tcp, field::SEQ, seq);
+    super::set_u32(tcp, field::ACK, ack);
+    tcp[field::DATA_OFF] = ((MIN_HEADER_LEN / 4) as u8) << 4;
+    tcp[field::FLAGS] = reply_flags.0;
+    TcpPacket::new_unchecked(tcp).fill_checksum(dst, src);
+    RESET_LEN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +561,210 @@ mod tests {
         assert_eq!(p.set_mss_option(1400), Some(1460));
         assert_eq!(p.mss_option(), Some(1400));
         assert!(p.verify_checksum(SRC, DST));
+    }
+
+    /// The reset [`write_tcp_reset_in_place`] must make of [`TCP_SYN_BYTES`], computed apart
+    /// (by a short script from RFC 791 / RFC 9293): 93.184.216.34:443 -> 192.168.1.10:51000,
+    /// TTL 64, seq 0, ack 0x3b9aca01 (the SYN's sequence number plus one), RST|ACK, window 0.
+    static RESET_FOR_SYN_BYTES: [u8; RESET_LEN] = [
+        0x45, 0x00, 0x00, 0x28, 0x00, 0x00, 0x00, 0x00, 0x40, 0x06, 0x83, 0x43, 0x5d, 0xb8, 0xd8,
+        0x22, 0xc0, 0xa8, 0x01, 0x0a, 0x01, 0xbb, 0xc7, 0x38, 0x00, 0x00, 0x00, 0x00, 0x3b, 0x9a,
+        0xca, 0x01, 0x50, 0x14, 0x00, 0x00, 0xe9, 0xb3, 0x00, 0x00,
+    ];
+
+    /// A TCP/IPv4 datagram built by etherparse: `flags` from "SAFRP", sequence and ack numbers,
+    /// `data` as payload.
+    fn segment(flags: &str, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = etherparse::PacketBuilder::ipv4(SRC.octets(), DST.octets(), 17)
+            .tcp(40000, 80, seq, 1000);
+        for f in flags.chars() {
+            b = match f {
+                'S' => b.syn(),
+                'A' => b.ack(ack),
+                'F' => b.fin(),
+                'R' => b.rst(),
+                'P' => b.psh(),
+                _ => b,
+            };
+        }
+        let mut v = Vec::new();
+        b.write(&mut v, data).unwrap();
+        v
+    }
+
+    /// The reset in `buf`, parsed by etherparse, with both checksums checked.
+    fn parsed_reset(buf: &[u8]) -> (etherparse::Ipv4Header, etherparse::TcpHeader) {
+        let (ip, rest) = etherparse::Ipv4Header::from_slice(buf).unwrap();
+        assert_eq!(
+            ip.header_checksum,
+            ip.calc_header_checksum(),
+            "IPv4 checksum"
+        );
+        assert_eq!(usize::from(ip.total_len), RESET_LEN);
+        let (tcp, payload) = etherparse::TcpHeader::from_slice(&rest[..MIN_HEADER_LEN]).unwrap();
+        assert!(payload.is_empty());
+        assert_eq!(
+            tcp.checksum,
+            tcp.calc_checksum_ipv4(&ip, payload).unwrap(),
+            "TCP checksum"
+        );
+        (ip, tcp)
+    }
+
+    #[test]
+    fn rfc9293_reset_for_a_syn_fixture() {
+        let mut buf = TCP_SYN_BYTES;
+        assert_eq!(write_tcp_reset_in_place(&mut buf, 60), RESET_LEN);
+        assert_eq!(buf[..RESET_LEN], RESET_FOR_SYN_BYTES);
+        let (ip, tcp) = parsed_reset(&buf);
+        assert_eq!((ip.source, ip.destination), (DST.octets(), SRC.octets()));
+        assert_eq!((tcp.source_port, tcp.destination_port), (443, 51000));
+        assert!(tcp.rst && tcp.ack && !tcp.syn && !tcp.fin);
+    }
+
+    #[test]
+    fn rfc9293_reset_without_ack_acknowledges_syn_fin_and_data() {
+        for (flags, data, len) in [
+            ("S", &b""[..], 1),
+            ("SF", b"", 2),
+            ("P", b"hello", 5),
+            ("SFP", b"abc", 5),
+        ] {
+            let mut buf = segment(flags, u32::MAX - 1, 0, data);
+            let n = buf.len();
+            assert_eq!(write_tcp_reset_in_place(&mut buf, n), RESET_LEN);
+            let (ip, tcp) = parsed_reset(&buf);
+            assert_eq!(
+                ip.time_to_live, RESET_TTL,
+                "a fresh TTL, not the original's 17"
+            );
+            assert_eq!(tcp.sequence_number, 0, "{flags}");
+            // Sequence space wraps (RFC 9293 section 3.4).
+            assert_eq!(
+                tcp.acknowledgment_number,
+                (u32::MAX - 1).wrapping_add(len),
+                "{flags}"
+            );
+            assert!(tcp.rst && tcp.ack, "{flags}");
+            assert_eq!((tcp.source_port, tcp.destination_port), (80, 40000));
+            assert_eq!(tcp.window_size, 0);
+        }
+    }
+
+    #[test]
+    fn rfc9293_reset_for_a_segment_with_ack_takes_its_sequence_from_the_ack() {
+        let mut buf = segment("SA", 7, 0xdead_beef, b"");
+        let n = buf.len();
+        assert_eq!(write_tcp_reset_in_place(&mut buf, n), RESET_LEN);
+        let (_, tcp) = parsed_reset(&buf);
+        assert_eq!(tcp.sequence_number, 0xdead_beef);
+        assert!(tcp.rst && !tcp.ack);
+        assert_eq!(tcp.acknowledgment_number, 0);
+    }
+
+    #[test]
+    fn reset_drops_ip_options_and_ignores_bytes_past_the_datagram() {
+        // The fixture with 4 bytes of IP options (NOP NOP NOP EOL) and 6 bytes of padding after.
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&TCP_SYN_BYTES[..20]);
+        buf.extend_from_slice(&[1, 1, 1, 0]);
+        buf.extend_from_slice(&TCP_SYN_BYTES[20..]);
+        buf[0] = 0x46;
+        buf[2..4].copy_from_slice(&64u16.to_be_bytes());
+        let mut ip = crate::wire::ipv4::Ipv4Packet::new_checked(&mut buf[..]).unwrap();
+        ip.fill_checksum();
+        buf.extend_from_slice(&[0xee; 6]);
+        assert_eq!(write_tcp_reset_in_place(&mut buf, 70), RESET_LEN);
+        assert_eq!(buf[..RESET_LEN], RESET_FOR_SYN_BYTES);
+    }
+
+    #[test]
+    fn no_reset_for_a_reset_a_fragment_or_a_malformed_segment() {
+        let rst = segment("R", 1, 0, b"");
+        let rst_ack = segment("RA", 1, 5, b"");
+        let mut fragment = TCP_SYN_BYTES;
+        fragment[6] = 0x20; // MF
+        let mut not_tcp = TCP_SYN_BYTES;
+        not_tcp[9] = 17;
+        let mut bad_offset = TCP_SYN_BYTES;
+        bad_offset[32] = 0x40;
+        for (name, orig, len) in [
+            ("rst", &rst[..], rst.len()),
+            ("rst ack", &rst_ack[..], rst_ack.len()),
+            ("fragment", &fragment[..], 60),
+            ("udp", &not_tcp[..], 60),
+            ("data offset 4", &bad_offset[..], 60),
+            ("cut short", &TCP_SYN_BYTES[..], 39),
+            ("length past the buffer", &TCP_SYN_BYTES[..], 61),
+        ] {
+            let mut buf = orig.to_vec();
+            assert_eq!(write_tcp_reset_in_place(&mut buf, len), 0, "{name}");
+            assert_eq!(buf, orig, "{name}: buffer untouched");
+        }
+    }
+
+    proptest! {
+        /// Any unfragmented TCP segment that is not a reset (any flags, IP and TCP options,
+        /// data) is answered with a reset etherparse finds valid and RFC 9293 correct.
+        #[test]
+        fn rfc9293_reset_of_any_segment_checked_by_etherparse(
+            src in any::<u32>(), dst in any::<u32>(), sport in any::<u16>(), dport in any::<u16>(),
+            seq in any::<u32>(), ack in any::<u32>(), flags in any::<u8>(), ttl in any::<u8>(),
+            ip_opts in 0usize..=10, tcp_opts in 0usize..=10,
+            data in proptest::collection::vec(any::<u8>(), 0..100),
+            slack in 0usize..16,
+        ) {
+            let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
+            let flags = TcpFlags(flags & !TcpFlags::RST.0);
+            let ihl = 20 + ip_opts * 4;
+            let thl = MIN_HEADER_LEN + tcp_opts * 4;
+            let len = ihl + thl + data.len();
+            let mut buf = vec![0u8; len + slack];
+            {
+                let mut ip = crate::wire::ipv4::Ipv4Packet::new_unchecked(&mut buf[..]);
+                ip.set_version_and_header_len(ihl);
+                ip.set_total_len(len as u16);
+                ip.set_ttl(ttl);
+                ip.set_protocol(PROTOCOL);
+                ip.set_src_addr(src);
+                ip.set_dst_addr(dst);
+                ip.fill_checksum();
+            }
+            buf[20..ihl].fill(1); // NOPs
+            {
+                let seg = &mut buf[ihl..len];
+                crate::wire::set_u16(seg, field::SRC_PORT, sport);
+                crate::wire::set_u16(seg, field::DST_PORT, dport);
+                crate::wire::set_u32(seg, field::SEQ, seq);
+                crate::wire::set_u32(seg, field::ACK, ack);
+                seg[field::DATA_OFF] = ((thl / 4) as u8) << 4;
+                seg[field::FLAGS] = flags.0;
+                seg[MIN_HEADER_LEN..thl].fill(1);
+                seg[thl..].copy_from_slice(&data);
+                TcpPacket::new_unchecked(seg).fill_checksum(src, dst);
+            }
+            prop_assert_eq!(write_tcp_reset_in_place(&mut buf, len), RESET_LEN);
+            let (ip, tcp) = parsed_reset(&buf);
+            prop_assert_eq!(ip.source, dst.octets());
+            prop_assert_eq!(ip.destination, src.octets());
+            prop_assert_eq!(ip.time_to_live, RESET_TTL);
+            prop_assert_eq!(ip.ihl(), 5);
+            prop_assert_eq!(tcp.source_port, dport);
+            prop_assert_eq!(tcp.destination_port, sport);
+            prop_assert_eq!(tcp.header_len(), MIN_HEADER_LEN);
+            prop_assert!(tcp.rst && !tcp.syn && !tcp.fin && !tcp.psh && !tcp.urg);
+            if flags.contains(TcpFlags::ACK) {
+                prop_assert_eq!(tcp.sequence_number, ack);
+                prop_assert!(!tcp.ack);
+            } else {
+                let seg_len = data.len() as u32
+                    + u32::from(flags.contains(TcpFlags::SYN))
+                    + u32::from(flags.contains(TcpFlags::FIN));
+                prop_assert_eq!(tcp.sequence_number, 0);
+                prop_assert!(tcp.ack);
+                prop_assert_eq!(tcp.acknowledgment_number, seq.wrapping_add(seg_len));
+            }
+        }
     }
 
     proptest! {

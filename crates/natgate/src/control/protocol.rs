@@ -821,6 +821,9 @@ pub struct StatsInfo {
     pub hairpinned_packets: u64,
     /// ICMP errors generated.
     pub icmp_generated: u64,
+    /// TCP resets generated (the `tcp-reset` answer to a refused mapping).
+    #[serde(default)]
+    pub tcp_resets_generated: u64,
     /// Packets held (early fragments, unsolicited SYNs).
     pub held_packets: u64,
     /// Dropped packets, every reason.
@@ -835,6 +838,10 @@ pub struct StatsInfo {
     pub mappings_deleted: u64,
     /// Events lost because the event queue was full.
     pub events_lost: u64,
+    /// Events lost between the workers and the log sinks: the log pipeline's queue was full
+    /// (it never makes a worker wait).
+    #[serde(default)]
+    pub log_events_lost: u64,
 }
 
 impl StatsInfo {
@@ -855,6 +862,7 @@ impl StatsInfo {
         self.inbound.bytes += c.forwarded_bytes[1];
         self.hairpinned_packets += c.hairpinned_packets;
         self.icmp_generated += c.icmp_generated;
+        self.tcp_resets_generated += c.tcp_resets_generated;
         self.held_packets += c.held_packets;
         self.dropped_packets += c.total_drops();
         self.sessions_created += c.sessions_created;

@@ -211,6 +211,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("inbound bytes", s.inbound.bytes),
                 ("hairpinned packets", s.hairpinned_packets),
                 ("icmp errors generated", s.icmp_generated),
+                ("tcp resets generated", s.tcp_resets_generated),
                 ("held packets", s.held_packets),
                 ("dropped packets", s.dropped_packets),
                 ("sessions created", s.sessions_created),
@@ -218,6 +219,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("mappings created", s.mappings_created),
                 ("mappings deleted", s.mappings_deleted),
                 ("events lost", s.events_lost),
+                ("log events lost", s.log_events_lost),
             ] {
                 t.row(vec![k.to_owned(), v.to_string()]);
             }

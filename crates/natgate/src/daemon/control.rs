@@ -22,9 +22,10 @@ use crate::config::Settings;
 use crate::control::protocol::{
     DropList, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow, RealServerOp,
     ReloadResult, RuleChange, RuleList, StatsInfo, StatusInfo, VirtualServerChange,
-    VirtualServerList,
+    VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
+use crate::logsink::whois::WhoisSource;
 use crate::metrics::MetricsSnapshot;
 
 /// Sets the log level; returns an error message if it cannot.
@@ -124,15 +125,8 @@ impl ControlService {
             ("limits", new.limits == cur.limits),
             ("control", new.control_socket == cur.control_socket),
             ("metrics", new.metrics_listen == cur.metrics_listen),
-            (
-                "events",
-                new.events_output == cur.events_output
-                    && new.events_log_destinations == cur.events_log_destinations,
-            ),
-            (
-                "events.max-bytes and events.keep",
-                new.events_max_bytes == cur.events_max_bytes && new.events_keep == cur.events_keep,
-            ),
+            ("allocation", new.allocation == cur.allocation),
+            ("log", new.log == cur.log),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ControlError::Rejected(format!(
@@ -237,12 +231,64 @@ impl ControlService {
         Ok(Response::VirtualServerChanged(list))
     }
 
+    /// `whois`: the engines' live state (only when asked about now), then the deterministic
+    /// formula (RFC 7422), then the block log; every row says which of them answered.
+    fn whois(&self, q: WhoisQuery) -> Result<Response, ControlError> {
+        let row = |subscriber, ports: natgate_core::alloc::PortRange, proto, source| WhoisRow {
+            subscriber,
+            external: q.address,
+            port_start: ports.first,
+            port_end: ports.last,
+            proto,
+            since_ms: None,
+            until_ms: None,
+            source,
+        };
+        let mut answers: Vec<WhoisRow> = Vec::new();
+        if q.at_ms.is_none() {
+            let live = self
+                .handle
+                .whois_live(q.address, q.port, q.proto)
+                .map_err(unavailable)?;
+            answers.extend(
+                live.into_iter()
+                    .map(|h| row(h.subscriber, h.ports, h.proto, WhoisSource::Live)),
+            );
+        }
+        if answers.is_empty()
+            && let natgate_core::config::Allocation::Deterministic(spec) =
+                self.settings().allocation
+            && let Some(map) = natgate_core::alloc::DeterministicMap::from_spec(&spec)
+            && let Some(subscriber) = map.reverse(q.address, q.port)
+            && let Some((_, range)) = map.forward(subscriber)
+        {
+            let ports = natgate_core::alloc::PortRange {
+                first: *range.start(),
+                last: *range.end(),
+            };
+            answers.push(row(subscriber, ports, None, WhoisSource::Deterministic));
+        }
+        if answers.is_empty()
+            && let Some(log) = self.handle.block_log()
+        {
+            let at = q.at_ms.map_or_else(std::time::SystemTime::now, |ms| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+            });
+            let found = log
+                .whois(q.address, q.port, q.proto, at)
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
+            answers.extend(found.iter().map(WhoisRow::from));
+        }
+        Ok(Response::Whois(WhoisList { answers }))
+    }
+
     /// What the metrics endpoint reports; an empty snapshot if the workers do not answer.
     pub fn metrics(&self) -> MetricsSnapshot {
         let Ok(snap) = self.snapshot(Detail::Counts) else {
             return MetricsSnapshot::default();
         };
         let mut m = MetricsSnapshot::from_counters([&snap.counters]);
+        m.stats.log_events_lost = self.handle.log_stats().map_or(0, |s| s.lost);
         for p in Protocol::ALL {
             *m.sessions.get_mut(p) = snap.sessions_by_proto[p.index()];
         }
@@ -294,7 +340,9 @@ impl ControlHandler for ControlService {
             }
             Request::Stats => {
                 let snap = self.snapshot(Detail::Summary)?;
-                Ok(Response::Stats(StatsInfo::from_counters([&snap.counters])))
+                let mut stats = StatsInfo::from_counters([&snap.counters]);
+                stats.log_events_lost = self.handle.log_stats().map_or(0, |s| s.lost);
+                Ok(Response::Stats(stats))
             }
             Request::Drops(q) => {
                 let snap = self.snapshot(Detail::Summary)?;
@@ -312,9 +360,7 @@ impl ControlHandler for ControlService {
                 }))
             }
             Request::Reload => self.reload(),
-            Request::Whois(_) => Err(ControlError::Unavailable(
-                "whois needs the port-block log, which this daemon does not keep yet".into(),
-            )),
+            Request::Whois(q) => self.whois(q),
             Request::Rules => Ok(Response::Rules(Self::rule_list(&self.settings(), None))),
             Request::Rule(change) => self.change_rule(change),
             Request::VirtualServers => Ok(Response::VirtualServers(

@@ -7,6 +7,16 @@
 //! holds: it asks the workers for [`Snapshot`]s and flushes over channels, so the packet path
 //! never takes a lock.
 //!
+//! Allocation: each worker's engine gets the allocator `[allocation]` chooses
+//! ([`ConfiguredAllocator::from_config`]) restricted to the worker's [`Share`] of the port space,
+//! and [`steer::Ownership`] steers inbound packets by the same split. Dynamic allocation keeps
+//! the classic allocator with the other workers' 64-port blocks (and, on a home gateway, the
+//! host's ports) withheld.
+//!
+//! Translation events leave the workers through one bounded [`LogPipeline`]: a worker never
+//! waits for a sink, and an event that finds the queue full is counted as lost (`ctl stats`,
+//! metrics). A logger thread fans the events out to the configured sinks.
+//!
 //! TTL: the kernel decrements the TTL when it routes a packet into the TUN and again when it
 //! routes the translated packet out, and answers expiry itself (from the interface address), so
 //! the engine's own `decrement-ttl` is off by default. A packet crossing natgate loses 2 from
@@ -27,12 +37,23 @@ use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use natgate_core::alloc::{AddressUsage, AllocSettings, DynamicAllocator};
+use std::net::Ipv4Addr;
+
+use natgate_core::alloc::{
+    AddressUsage, AllocSettings, ConfiguredAllocator, DynamicAllocator, PortRange,
+};
+use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
 use natgate_core::engine::{MappingInfo, SessionInfo};
 use natgate_core::{Counters, Event, Protocol};
 
 use crate::config::Settings;
+use crate::eventlog::TimeBase;
+use crate::logsink::whois::{BlockLog, BlockLogConfig, SharedBlockLog};
+use crate::logsink::{
+    LogError, LogPipeline, LogPipelineHandle, LogSender, PipelineConfig, PipelineMonitor,
+    PipelineStats, Sink,
+};
 pub use plumbing::{Plumbing, PlumbingError, Resolved};
 pub use worker::{Discard, EventOutput, EventSink, HomeAddress, Worker, WorkerError};
 
@@ -123,6 +144,29 @@ pub enum Command {
     },
     /// List, change or health-check the virtual servers.
     VirtualServers(vservers::VsCommand),
+    /// Who holds an external port now.
+    Whois {
+        /// The external address.
+        external: Ipv4Addr,
+        /// The external port (ICMP: identifier).
+        port: u16,
+        /// Only this protocol's mappings.
+        proto: Option<Protocol>,
+        /// Where to answer.
+        reply: SyncSender<Vec<LiveHolder>>,
+    },
+}
+
+/// A subscriber that holds an external port in a worker's live state: a mapping on exactly
+/// that port, or (with port blocks) the block the port is in, used or in hold-down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveHolder {
+    /// The subscriber (internal address).
+    pub subscriber: Ipv4Addr,
+    /// The mapping's port, or the block's ports.
+    pub ports: PortRange,
+    /// The mapping's protocol; `None` for a block, which serves every protocol.
+    pub proto: Option<Protocol>,
 }
 
 /// One worker's state.
@@ -214,6 +258,18 @@ pub enum DaemonError {
     /// copies are out of step.
     #[error("a worker refused a checked change (copies out of step): {0}")]
     OutOfStep(String),
+    /// A log sink could not be opened, or the logger thread failed.
+    #[error("log {what}: {source}")]
+    Log {
+        /// Which sink or step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: LogError,
+    },
+    /// The allocation settings describe no allocator (validation should have refused them).
+    #[error("allocation: {0}")]
+    Allocation(String),
 }
 
 /// How long a control request waits for the workers.
@@ -228,6 +284,23 @@ pub struct DaemonHandle {
     started: std::time::Instant,
     /// Routes and proxy entries of the static rules' and virtual servers' addresses.
     external: Arc<Mutex<external::ExternalAddresses>>,
+    logs: Arc<LogView>,
+}
+
+/// What the control plane sees of the translation logs.
+#[derive(Default)]
+struct LogView {
+    monitor: Option<PipelineMonitor>,
+    block_log: Option<SharedBlockLog>,
+}
+
+impl std::fmt::Debug for LogView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogView")
+            .field("monitor", &self.monitor)
+            .field("block_log", &self.block_log.is_some())
+            .finish()
+    }
 }
 
 impl DaemonHandle {
@@ -324,6 +397,46 @@ impl DaemonHandle {
         Ok(())
     }
 
+    /// The log pipeline's counters; `None` when no sink is configured.
+    pub fn log_stats(&self) -> Option<PipelineStats> {
+        self.logs.monitor.as_ref().map(PipelineMonitor::stats)
+    }
+
+    /// The block log behind `whois`, if one is configured.
+    pub fn block_log(&self) -> Option<&SharedBlockLog> {
+        self.logs.block_log.as_ref()
+    }
+
+    /// Who holds `external:port` now, in any worker (`proto`: only that protocol's mappings).
+    pub fn whois_live(
+        &self,
+        external: Ipv4Addr,
+        port: u16,
+        proto: Option<Protocol>,
+    ) -> Result<Vec<LiveHolder>, DaemonError> {
+        let mut waiting = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let cmd = Command::Whois {
+                external,
+                port,
+                proto,
+                reply,
+            };
+            if w.send(cmd).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        let mut all = Vec::new();
+        for rx in waiting {
+            all.extend(
+                rx.recv_timeout(REQUEST_TIMEOUT)
+                    .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?,
+            );
+        }
+        Ok(all)
+    }
+
     /// Deletes every session and mapping.
     pub fn flush(&self) -> Result<(), DaemonError> {
         let mut waiting = Vec::new();
@@ -362,6 +475,7 @@ pub struct Daemon {
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
     plumbing: Option<Plumbing>,
     health: Option<JoinHandle<()>>,
+    logs: Option<LogPipelineHandle>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -401,41 +515,35 @@ impl Daemon {
             &resolved.pool,
         )?;
         external.add(&settings.rules, &settings.virtual_servers)?;
+        let ownership = steer::Ownership::from_config(engine_cfg.get()).ok_or_else(|| {
+            DaemonError::Allocation("the deterministic prefixes describe no map".into())
+        })?;
         let clock = Clock::new();
-        let log = open_event_log(settings, &clock)?;
+        let logs = open_logs(settings, &clock)?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         let home = resolved
             .nat_ports
             .map(|nat_ports| HomeAddress::new(resolved.pool.clone(), nat_ports, engine_cfg.get()));
         let n = queues.len();
-        let steering = Arc::new(steer::Steering::new(n));
+        let steering = Arc::new(steer::Steering::new(n, ownership));
         let mailboxes: Arc<[steer::Mailbox]> = (0..n)
             .map(|_| steer::Mailbox::new())
             .collect::<Result<Vec<_>, _>>()
             .map_err(DaemonError::Mailbox)?
             .into();
         for (id, (inside, outside)) in queues.into_iter().enumerate() {
-            let mut alloc = DynamicAllocator::new(
-                &engine_cfg.get().pool,
-                AllocSettings::from_config(engine_cfg.get()),
-            );
-            let nat_ports = resolved.nat_ports;
-            if n > 1 || nat_ports.is_some() {
-                // Each worker hands out only its own port blocks; on the host's own address,
-                // only the NAT's range (ICMP identifiers are not the host's).
-                alloc.withhold_ports(|proto, port| {
-                    let mine = steer::block_owner(port, n) == id;
-                    let allowed = match nat_ports {
-                        Some((lo, hi)) => proto == Protocol::Icmp || (lo..=hi).contains(&port),
-                        None => true,
-                    };
-                    mine && allowed
-                });
-            }
+            let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
             let engine = Engine::with_allocator(engine_cfg.clone(), alloc, os_seed());
             let (tx, rx) = mpsc::channel();
             senders.push(tx);
+            let events: EventSink = match &logs {
+                Some(l) => Box::new(PipelineOutput {
+                    tx: l.sender.clone(),
+                    per_session: settings.log.per_session,
+                }),
+                None => Box::new(Discard),
+            };
             let w = Worker {
                 id,
                 engine,
@@ -443,10 +551,7 @@ impl Daemon {
                 outside,
                 clock,
                 home: home.clone(),
-                events: match &log {
-                    Some(l) => Box::new(SharedLog(l.clone())),
-                    None => Box::new(Discard),
-                },
+                events,
                 stop: stop.clone(),
                 commands: rx,
                 io: IoCounters::default(),
@@ -459,17 +564,29 @@ impl Daemon {
                 .map_err(|e| DaemonError::Thread(e.to_string()))?;
             workers.push(h);
         }
+        let (view, logs) = match logs {
+            Some(l) => (
+                LogView {
+                    monitor: Some(l.handle.monitor()),
+                    block_log: l.block_log,
+                },
+                Some(l.handle),
+            ),
+            None => (LogView::default(), None),
+        };
         let handle = DaemonHandle {
             workers: senders,
             stop: stop.clone(),
             resolved: Arc::new(resolved),
             started: std::time::Instant::now(),
+            logs: Arc::new(view),
             external: Arc::new(Mutex::new(external)),
         };
         let mut daemon = Daemon {
             handle: handle.clone(),
             workers,
             plumbing: Some(plumbing),
+            logs,
             health: None,
         };
         // On failure, dropping `daemon` stops the workers and removes the plumbing.
@@ -509,6 +626,16 @@ impl Daemon {
             if let (Err(e), true) = (r, first.is_ok()) {
                 first = Err(e);
             }
+        }
+        // The workers dropped their log senders: write what they queued, then stop the logger.
+        if let Some(l) = self.logs.take()
+            && let Err(source) = l.shutdown()
+            && first.is_ok()
+        {
+            first = Err(DaemonError::Log {
+                what: "pipeline",
+                source,
+            });
         }
         // The workers dropped their TUN queues, so the devices are gone; now the rest.
         let ext = self
@@ -551,62 +678,273 @@ pub fn engine_config(
     cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
 }
 
-/// The event log shared by the workers (a lock per batch of events, never per packet).
-type SharedEventLog = Arc<std::sync::Mutex<crate::eventlog::EventSink>>;
-
-fn open_event_log(
-    settings: &Settings,
-    clock: &Clock,
-) -> Result<Option<SharedEventLog>, DaemonError> {
-    use crate::eventlog::{Destination, EventLogOptions, EventSink as Log, Rotation, TimeBase};
-    let Some(out) = &settings.events_output else {
-        return Ok(None);
-    };
-    let time = TimeBase::new(clock.now(), std::time::SystemTime::now());
-    let opts = EventLogOptions {
-        log_destinations: settings.events_log_destinations,
-        durable: false,
-    };
-    let log = match out.as_str() {
-        "stderr" => Ok(Log::with_writer(std::io::stderr(), time, opts)),
-        "stdout" => Log::open(&Destination::Stdout, time, opts),
-        path => Log::open(
-            &Destination::File {
-                path: path.into(),
-                rotation: Rotation {
-                    max_bytes: settings.events_max_bytes,
-                    keep: settings.events_keep,
-                },
-            },
-            time,
-            opts,
-        ),
+/// The allocator of worker `id` among `n`. Dynamic allocation cannot be split by a formula
+/// over the whole pool, so each worker's dynamic allocator withholds the other workers' 64-port
+/// blocks ([`steer::block_owner`]) and, on a home gateway, the host's own ports.
+fn worker_allocator(
+    cfg: &natgate_core::ValidConfig,
+    id: usize,
+    n: usize,
+    nat_ports: Option<(u16, u16)>,
+) -> Result<ConfiguredAllocator, DaemonError> {
+    if matches!(cfg.get().allocation, Allocation::Dynamic) {
+        let mut alloc =
+            DynamicAllocator::new(&cfg.get().pool, AllocSettings::from_config(cfg.get()));
+        if n > 1 || nat_ports.is_some() {
+            // Each worker hands out only its own port blocks; on the host's own address,
+            // only the NAT's range (ICMP identifiers are not the host's).
+            alloc.withhold_ports(|proto, port| {
+                let mine = steer::block_owner(port, n) == id;
+                let allowed = match nat_ports {
+                    Some((lo, hi)) => proto == Protocol::Icmp || (lo..=hi).contains(&port),
+                    None => true,
+                };
+                mine && allowed
+            });
+        }
+        return Ok(ConfiguredAllocator::Dynamic(alloc));
     }
-    .map_err(|source| DaemonError::EventLog {
-        path: out.clone(),
-        source,
-    })?;
-    Ok(Some(Arc::new(std::sync::Mutex::new(log))))
+    let share = steer::share(id, n)
+        .ok_or_else(|| DaemonError::Allocation(format!("worker {id} of {n}")))?;
+    ConfiguredAllocator::from_config(cfg, share)
+        .ok_or_else(|| DaemonError::Allocation("the deterministic prefixes describe no map".into()))
 }
 
-/// A worker's handle on the shared event log. Write errors are dropped: the log must never
-/// stop the data plane (the engine's `events_lost` counts only queue overflows).
-struct SharedLog(SharedEventLog);
+/// The running log pipeline, as `start` hands it out.
+struct Logs {
+    sender: LogSender,
+    handle: LogPipelineHandle,
+    block_log: Option<SharedBlockLog>,
+}
 
-impl EventOutput for SharedLog {
+/// Events the logger thread records before flushing the sinks (one fsync per batch when
+/// durable, one IPFIX message per ~30 records).
+const LOG_BATCH: usize = 1024;
+
+fn log_error(what: &'static str) -> impl FnOnce(LogError) -> DaemonError {
+    move |source| DaemonError::Log { what, source }
+}
+
+/// Opens the configured sinks and starts the pipeline; `None` when no sink is configured (events
+/// are then only counted by the engines).
+fn open_logs(settings: &Settings, clock: &Clock) -> Result<Option<Logs>, DaemonError> {
+    use crate::eventlog::{Destination, EventLogOptions, EventSink as JsonLines, Rotation};
+    use crate::logsink::ipfix::{IpfixConfig, IpfixExporter};
+    use crate::logsink::syslog::{SyslogConfig, SyslogSink};
+    let log = &settings.log;
+    if !log.any_sink() {
+        return Ok(None);
+    }
+    let time = TimeBase::new(clock.now(), std::time::SystemTime::now());
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(f) = &log.file {
+        let opts = EventLogOptions {
+            log_destinations: log.log_destinations,
+            durable: log.durable,
+        };
+        let out = match f.path.as_str() {
+            "stderr" => Ok(JsonLines::with_writer(std::io::stderr(), time, opts)),
+            "stdout" => JsonLines::open(&Destination::Stdout, time, opts),
+            path => JsonLines::open(
+                &Destination::File {
+                    path: path.into(),
+                    rotation: Rotation {
+                        max_bytes: f.max_bytes,
+                        keep: f.keep,
+                    },
+                },
+                time,
+                opts,
+            ),
+        }
+        .map_err(|source| DaemonError::EventLog {
+            path: f.path.clone(),
+            source,
+        })?;
+        sinks.push(Box::new(out));
+    }
+    if let Some(s) = &log.syslog {
+        let config = SyslogConfig {
+            target: s.target.clone(),
+            facility: s.facility,
+            hostname: s.hostname.clone().unwrap_or_else(host_name),
+            procid: std::process::id(),
+            enterprise: s.enterprise,
+            log_destinations: log.log_destinations,
+        };
+        sinks.push(Box::new(
+            SyslogSink::open(config, time).map_err(log_error("syslog"))?,
+        ));
+    }
+    if let Some(x) = &log.ipfix {
+        let config = IpfixConfig {
+            collector: x.collector,
+            observation_domain: x.observation_domain,
+            template_refresh: Duration::from_secs(u64::from(x.template_refresh)),
+            max_message: x.max_message,
+            log_destinations: log.log_destinations,
+        };
+        sinks.push(Box::new(
+            IpfixExporter::open(config, time).map_err(log_error("ipfix"))?,
+        ));
+    }
+    let block_log = match &log.block_log {
+        Some(b) => {
+            let config = BlockLogConfig {
+                path: b.path.clone(),
+                max_intervals: b.max_intervals,
+                // Without blocks, a mapping's single port is the unit of allocation.
+                mappings: matches!(settings.allocation, Allocation::Dynamic),
+                durable: log.durable,
+            };
+            let shared =
+                SharedBlockLog::new(BlockLog::open(config, time).map_err(log_error("block-log"))?);
+            sinks.push(Box::new(shared.clone()));
+            Some(shared)
+        }
+        None => None,
+    };
+    let (sender, handle) = LogPipeline::start(PipelineConfig {
+        capacity: log.queue,
+        max_batch: LOG_BATCH,
+        sinks,
+    })
+    .map_err(log_error("pipeline"))?;
+    Ok(Some(Logs {
+        sender,
+        handle,
+        block_log,
+    }))
+}
+
+/// The machine's host name for syslog's HOSTNAME, or empty (sent as the NILVALUE).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A worker's end of the log pipeline: never blocks; a full queue loses the event and the
+/// pipeline counts it.
+struct PipelineOutput {
+    tx: LogSender,
+    /// Whether session and mapping records are wanted; without them only block records and
+    /// failures are queued (RFC 6888 REQ-14: one record per block, not per session).
+    per_session: bool,
+}
+
+impl EventOutput for PipelineOutput {
     fn record(&mut self, e: &Event) {
-        let mut log = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = log.record(e);
+        let per_session = matches!(
+            e,
+            Event::MappingCreated { .. }
+                | Event::MappingDeleted { .. }
+                | Event::SessionCreated { .. }
+                | Event::SessionDeleted { .. }
+        );
+        if self.per_session || !per_session {
+            // A refusal is counted by the pipeline (`lost`).
+            let _ = self.tx.send(*e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgate_core::alloc::SubscriberId;
+    use natgate_core::{DropReason, Endpoint, Instant};
+    use std::sync::Mutex;
+
+    /// Keeps what reaches it.
+    struct Keep(Arc<Mutex<Vec<Event>>>);
+
+    impl Sink for Keep {
+        fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+            self.0.lock().expect("lock").push(*ev);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), LogError> {
+            Ok(())
+        }
     }
 
-    fn flush(&mut self) {
-        let mut log = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = log.flush();
+    fn events() -> Vec<Event> {
+        let at = Instant::from_secs(1);
+        let internal = Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000);
+        let external = Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 2000);
+        let remote = Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 53);
+        let proto = Protocol::Udp;
+        vec![
+            Event::PortBlockAllocated {
+                at,
+                subscriber: SubscriberId::Ipv4(internal.addr),
+                external: external.addr,
+                ports: PortRange {
+                    first: 1536,
+                    last: 2047,
+                },
+            },
+            Event::MappingCreated {
+                at,
+                proto,
+                internal,
+                external,
+            },
+            Event::SessionCreated {
+                at,
+                proto,
+                internal,
+                external,
+                remote,
+            },
+            Event::MappingFailed {
+                at,
+                proto,
+                internal,
+                remote,
+                reason: DropReason::SubscriberSessionLimit,
+            },
+        ]
+    }
+
+    fn through(per_session: bool) -> (Vec<Event>, PipelineStats) {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let (sender, handle) = LogPipeline::start(PipelineConfig {
+            capacity: 64,
+            max_batch: 16,
+            sinks: vec![Box::new(Keep(kept.clone()))],
+        })
+        .expect("start");
+        let mut out = PipelineOutput {
+            tx: sender,
+            per_session,
+        };
+        for e in events() {
+            out.record(&e);
+        }
+        drop(out);
+        let stats = handle.shutdown().expect("shutdown");
+        let got = kept.lock().expect("lock").clone();
+        (got, stats)
+    }
+
+    #[test]
+    fn block_only_logging_keeps_blocks_and_failures_and_drops_per_session_records() {
+        let (all, stats) = through(true);
+        assert_eq!(all, events());
+        assert_eq!(stats.lost, 0);
+        let (blocks, stats) = through(false);
+        let e = events();
+        assert_eq!(
+            blocks,
+            vec![e[0], e[3]],
+            "RFC 6888 REQ-14: one record per block"
+        );
+        assert_eq!(
+            (stats.queued, stats.lost),
+            (2, 0),
+            "filtered before the queue"
+        );
     }
 }

@@ -6,10 +6,17 @@
 //!
 //! - outbound (read from the inside TUN): the worker `hash(source address) % N`. All of one
 //!   subscriber's state (paired pooling, EIM mappings, per-subscriber limits) lives in one engine.
-//! - inbound (outside TUN): the worker that owns the destination port. Each worker's allocator
-//!   hands out only the 64-port blocks `b` with `b % N == worker` ([`block_owner`]), so parity and
-//!   range preservation still hold within every block. ICMP query replies go by identifier; ICMP
-//!   errors by the port (identifier) of the packet they quote, which is the external endpoint.
+//!   With deterministic NAT (RFC 7422) it is the subscriber's offset in the inside prefix
+//!   modulo N instead, the rule the allocator's [`Share`] uses.
+//! - inbound (outside TUN): the worker whose allocator gave out the destination port, by the
+//!   same formula the allocators use to split the port space ([`Ownership`]): with dynamic
+//!   allocation each worker's allocator hands out only the 64-port blocks `b` with
+//!   `b % N == worker` ([`block_owner`]), so parity and range preservation still hold within
+//!   every block; with port blocks, block `b` of the configured size belongs to worker
+//!   `b % N` ([`BlockSettings::worker_of`]); with deterministic NAT, the port's subscriber's
+//!   worker ([`DeterministicMap::worker_of_external`]), and overflow blocks by their block. ICMP
+//!   query replies go by identifier; ICMP errors by the port (identifier) of the packet they
+//!   quote, which is the external endpoint.
 //! - inbound non-first fragments carry no port: the worker that steered the first fragment
 //!   writes a hint (source, destination, protocol, IP id -> worker) into a small lock-free table
 //!   ([`Steering`]); later fragments follow it. A later fragment that arrives before its first
@@ -37,6 +44,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
+use natgate_core::alloc::{BlockSettings, DeterministicMap, Share};
+use natgate_core::config::{Allocation, Config};
 use natgate_core::rules::{
     Action, CompiledRules, Ipv4Prefix, PortRange, Rule, RuleChain, RuleId, Target,
 };
@@ -236,10 +245,81 @@ pub fn subscriber_owner(addr: Ipv4Addr, n: usize) -> usize {
     (h >> 16) as usize % n.max(1)
 }
 
+/// Which worker's allocator gave out an external port: the split of the port space the
+/// allocators of a multi-worker gateway use, so that the return traffic of a port reaches the
+/// engine that holds its mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Dynamic allocation: 64-port blocks round robin ([`block_owner`]); the daemon withholds
+    /// the other workers' blocks from each worker's allocator.
+    Blocks64,
+    /// Port blocks: the allocator's own blocks, `b % N` ([`BlockSettings::worker_of`]).
+    PortBlock(BlockSettings),
+    /// Deterministic NAT: by subscriber both ways; overflow blocks (on the other pool
+    /// addresses) by their block.
+    Deterministic {
+        /// The RFC 7422 formula.
+        map: DeterministicMap,
+        /// The overflow blocks' layout, if there is an overflow.
+        overflow: Option<BlockSettings>,
+    },
+}
+
+impl Ownership {
+    /// The split a validated engine config's allocators use; `None` if its deterministic
+    /// section describes no map (validation refuses that).
+    pub fn from_config(cfg: &Config) -> Option<Ownership> {
+        Some(match &cfg.allocation {
+            Allocation::Dynamic => Ownership::Blocks64,
+            Allocation::PortBlock(spec) => {
+                Ownership::PortBlock(BlockSettings::from_config(cfg, spec))
+            }
+            Allocation::Deterministic(spec) => Ownership::Deterministic {
+                map: DeterministicMap::from_spec(spec)?,
+                overflow: spec.overflow.map(|o| BlockSettings::from_config(cfg, &o)),
+            },
+        })
+    }
+
+    /// The worker that owns outbound traffic of subscriber `src` among `n`.
+    fn outbound(&self, src: Ipv4Addr, n: usize) -> usize {
+        match self {
+            Ownership::Deterministic { map, .. } => map
+                .worker_of_internal(src, workers(n))
+                .map_or_else(|| subscriber_owner(src, n), usize::from),
+            Ownership::Blocks64 | Ownership::PortBlock(_) => subscriber_owner(src, n),
+        }
+    }
+
+    /// The worker that gave out external `dst:port` among `n`, if any did.
+    fn inbound(&self, dst: Ipv4Addr, port: u16, n: usize) -> Option<usize> {
+        let n16 = workers(n);
+        match self {
+            Ownership::Blocks64 => Some(block_owner(port, n)),
+            Ownership::PortBlock(b) => b.worker_of(port, n16).map(usize::from),
+            Ownership::Deterministic { map, overflow } => map
+                .worker_of_external(dst, port, n16)
+                .or_else(|| overflow.and_then(|o| o.worker_of(port, n16)))
+                .map(usize::from),
+        }
+    }
+}
+
+/// `n` workers as the allocators' [`Share`] count (the config allows at most 64).
+fn workers(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+/// The [`Share`] of worker `id` among `n`.
+pub fn share(id: usize, n: usize) -> Option<Share> {
+    Share::new(u16::try_from(id).ok()?, u16::try_from(n).ok()?)
+}
+
 /// Ownership rules and the fragment hints, shared by all workers.
 #[derive(Debug)]
 pub struct Steering {
     n: usize,
+    ownership: Ownership,
     hints: Box<[AtomicU64]>,
 }
 
@@ -293,10 +373,11 @@ impl AsFd for Mailbox {
 }
 
 impl Steering {
-    /// Rules for `n` workers.
-    pub fn new(n: usize) -> Self {
+    /// Rules for `n` workers whose allocators split the ports by `ownership`.
+    pub fn new(n: usize, ownership: Ownership) -> Self {
         Steering {
             n: n.max(1),
+            ownership,
             hints: (0..HINTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -321,13 +402,15 @@ impl Steering {
             return Some(STATIC_OWNER);
         }
         match side {
-            Side::Inside => Some(subscriber_owner(h.src, self.n)),
+            Side::Inside => Some(self.ownership.outbound(h.src, self.n)),
             Side::Outside => {
                 if h.frag_offset != 0 {
                     return self.hint(&h);
                 }
                 let port = inbound_port(pkt, &h)?;
-                let owner = block_owner(port, self.n);
+                // ICMP errors are addressed to the external endpoint they quote, so the
+                // destination address is the external address in every case.
+                let owner = self.ownership.inbound(h.dst, port, self.n)?;
                 if h.more_fragments {
                     self.set_hint(&h, owner);
                 }
@@ -475,7 +558,7 @@ mod tests {
                 .collect();
         let statics = StaticSteer::new(&f.rule, &vs, 7);
         let none = StaticSteer::none();
-        let s = Steering::new(2);
+        let s = Steering::new(2, Ownership::Blocks64);
         let client = [203, 0, 113, 10];
         let cases = [
             // Inbound to the forwarded port (dynamically: port 80's block, worker 1) and the
@@ -533,7 +616,7 @@ mod tests {
 
     #[test]
     fn inbound_goes_to_the_port_owner_and_fragments_follow() {
-        let s = Steering::new(2);
+        let s = Steering::new(2, Ownership::Blocks64);
         let udp = |dport: u16| [0, 53, (dport >> 8) as u8, dport as u8, 0, 8, 0, 0];
         let pool = [198, 51, 100, 1];
         let wan = [203, 0, 113, 10];
@@ -566,7 +649,7 @@ mod tests {
 
     #[test]
     fn icmp_replies_and_errors_go_by_identifier_and_quoted_port() {
-        let s = Steering::new(2);
+        let s = Steering::new(2, Ownership::Blocks64);
         let pool = [198, 51, 100, 1];
         let wan = [203, 0, 113, 10];
         let echo_reply = ip(ICMP, wan, pool, 0, &[0, 0, 0, 0, 0, 64, 0, 1]);
@@ -592,5 +675,104 @@ mod tests {
             None,
             "not IPv4"
         );
+    }
+
+    fn udp_to(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let l4 = [0, 53, (dport >> 8) as u8, dport as u8, 0, 8, 0, 0];
+        ip(UDP, [203, 0, 113, 10], dst.octets(), 0, &l4)
+    }
+
+    fn udp_from(src: Ipv4Addr) -> Vec<u8> {
+        ip(
+            UDP,
+            src.octets(),
+            [203, 0, 113, 10],
+            0,
+            &[0, 1, 0, 2, 0, 8, 0, 0],
+        )
+    }
+
+    fn config(allocation: Allocation, pool: u32) -> natgate_core::ValidConfig {
+        let pool = (0..pool)
+            .map(|i| Ipv4Addr::from_bits(0xC633_6400 + i))
+            .collect();
+        let mut c = Config::new(pool, Ipv4Addr::new(100, 64, 255, 1));
+        c.allocation = allocation;
+        c.validate().expect("valid")
+    }
+
+    /// For every worker, the ports its allocator gives out are steered back to it, and its
+    /// subscribers' outbound packets reach it: the allocators and steering agree.
+    fn steering_agrees_with_the_allocators(cfg: &natgate_core::ValidConfig, subscribers: u32) {
+        use natgate_core::alloc::{AllocRequest, ConfiguredAllocator, PortAllocator};
+        use natgate_core::{Endpoint, Instant, Protocol, Rng};
+        let n = 3;
+        let steering = Steering::new(n, Ownership::from_config(cfg.get()).expect("map"));
+        let mut allocs: Vec<ConfiguredAllocator> = (0..n)
+            .map(|i| {
+                ConfiguredAllocator::from_config(cfg, share(i, n).expect("share")).expect("alloc")
+            })
+            .collect();
+        let mut rng = Rng::new(7);
+        let mut checked = 0;
+        for s in 0..subscribers {
+            let sub = Ipv4Addr::from_bits(0x6440_0000 + s);
+            let w = steering
+                .owner(Side::Inside, &udp_from(sub), &StaticSteer::none())
+                .expect("owner");
+            for port in 0..40u16 {
+                let req = AllocRequest {
+                    proto: Protocol::Udp,
+                    internal: Endpoint::new(sub, 5000 + port),
+                    now: Instant::ZERO,
+                };
+                let Ok(ext) = allocs[w].allocate(&req, &mut rng) else {
+                    continue;
+                };
+                assert_eq!(
+                    steering.owner(
+                        Side::Outside,
+                        &udp_to(ext.addr, ext.port),
+                        &StaticSteer::none()
+                    ),
+                    Some(w),
+                    "{sub} got {ext} from worker {w}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "only {checked} ports allocated");
+    }
+
+    #[test]
+    fn port_block_steering_agrees_with_the_allocators() {
+        use natgate_core::config::PortBlockSpec;
+        let cfg = config(
+            Allocation::PortBlock(PortBlockSpec {
+                block_size: 16,
+                max_blocks_per_subscriber: 4,
+            }),
+            2,
+        );
+        steering_agrees_with_the_allocators(&cfg, 50);
+    }
+
+    #[test]
+    fn deterministic_steering_agrees_with_the_allocators_and_overflow() {
+        use natgate_core::config::{DeterministicSpec, PortBlockSpec};
+        let cfg = config(
+            Allocation::Deterministic(DeterministicSpec {
+                inside: "100.64.0.0/26".parse().expect("prefix"),
+                outside: "198.51.100.0/31".parse().expect("prefix"),
+                // 40 ports each do not fit in 20: every subscriber overflows.
+                ports_per_subscriber: Some(20),
+                overflow: Some(PortBlockSpec {
+                    block_size: 32,
+                    max_blocks_per_subscriber: 2,
+                }),
+            }),
+            3,
+        );
+        steering_agrees_with_the_allocators(&cfg, 64);
     }
 }

@@ -14,6 +14,7 @@
 
 use std::sync::mpsc::{self, SyncSender};
 
+use natgate_core::alloc::PortAllocator;
 use natgate_core::engine::Engine;
 use natgate_core::vserver::{
     ProbeRequest, RealServerId, RealServerSpec, VirtualServer, VirtualServerError,
@@ -117,7 +118,12 @@ fn row(v: &VirtualServer) -> VirtualServerRow {
 
 /// Serves one request on a worker's engine. `log` is set on one worker only, so a health
 /// change is logged once, not once per copy.
-pub(super) fn serve(engine: &mut Engine, cmd: VsCommand, now: Instant, log: bool) {
+pub(super) fn serve<A: PortAllocator>(
+    engine: &mut Engine<A>,
+    cmd: VsCommand,
+    now: Instant,
+    log: bool,
+) {
     match cmd {
         VsCommand::List { reply } => {
             let list = VirtualServerList {
@@ -196,8 +202,8 @@ fn find(
         })
 }
 
-fn apply(
-    engine: &mut Engine,
+fn apply<A: PortAllocator>(
+    engine: &mut Engine<A>,
     change: &VirtualServerChange,
     now: Instant,
 ) -> Result<(), VirtualServerError> {

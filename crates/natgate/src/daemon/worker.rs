@@ -13,16 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
-use natgate_core::alloc::PortAllocator;
-use natgate_core::alloc::PortRange;
+use natgate_core::alloc::{ConfiguredAllocator, PortAllocator, PortRange};
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
 use natgate_core::rules::Rule;
-use natgate_core::{Config, DropReason, Event, Protocol, Side, Verdict};
+use natgate_core::{Config, DropReason, Endpoint, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering, binding};
-use super::{Clock, Command, Detail, IoCounters, WorkerSnapshot};
+use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
 use crate::tun::TunQueue;
 
 /// Longest wait in `poll`, so commands and the stop flag are seen within this time.
@@ -40,6 +39,12 @@ const TRANSMITS_PER_TURN: usize = 4096;
 
 /// Most commands handled per loop turn.
 const COMMANDS_PER_TURN: usize = 16;
+
+/// Longest time between two runs of the engine's timers. `next_timeout` does not cover the
+/// allocator's hold-downs (a port block goes back to the pool, with its log record, when the
+/// hold-down of its last port ends: RFC 6888 REQ-8), so an idle worker still runs them this
+/// often and block releases reach the log within this time.
+const TIMER_TICK: Duration = Duration::from_secs(1);
 
 /// Where a worker's translation events go.
 pub trait EventOutput: Send {
@@ -121,8 +126,8 @@ impl HomeAddress {
 pub struct Worker {
     /// Worker number (for logs).
     pub id: usize,
-    /// The engine.
-    pub engine: Engine,
+    /// The engine, with the allocator `[allocation]` chose for this worker's share.
+    pub engine: Engine<ConfiguredAllocator>,
     /// Inside TUN queue.
     pub inside: TunQueue,
     /// Outside TUN queue.
@@ -171,6 +176,7 @@ impl Worker {
         // Keys the static-claim table: lookup keys are chosen by whoever sends us packets.
         let seed = super::os_seed();
         let mut statics = self.static_steer(seed);
+        let mut last_timers = self.clock.now();
         while !self.stop.load(Ordering::Relaxed) {
             if self.commands() {
                 statics = self.static_steer(seed);
@@ -195,8 +201,11 @@ impl Worker {
                 self.process(side, &mut bufs, &lens, &local[..k], &mut verdicts);
             }
             let now = self.clock.now();
-            if self.engine.next_timeout().is_some_and(|t| t <= now) {
+            if self.engine.next_timeout().is_some_and(|t| t <= now)
+                || now.saturating_since(last_timers) >= TIMER_TICK
+            {
                 self.engine.handle_timeout(now);
+                last_timers = now;
             }
             self.transmit(&mut scratch);
             let mut any = false;
@@ -518,11 +527,69 @@ impl Worker {
                     changed |= matches!(c, super::vservers::VsCommand::Change { .. });
                     super::vservers::serve(&mut self.engine, c, now, self.id == 0);
                 }
+                Ok(Command::Whois {
+                    external,
+                    port,
+                    proto,
+                    reply,
+                }) => {
+                    let _ = reply.send(live_holders(&self.engine, external, port, proto));
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
         changed
     }
+}
+
+/// Who holds `external:port` in `engine` now: the mappings on exactly that endpoint, or else the
+/// subscriber whose port block (live or in hold-down) contains it. One pass over the mappings:
+/// a control-plane question, never asked on the packet path.
+fn live_holders(
+    engine: &Engine<ConfiguredAllocator>,
+    external: Ipv4Addr,
+    port: u16,
+    proto: Option<Protocol>,
+) -> Vec<LiveHolder> {
+    let at = Endpoint::new(external, port);
+    let single = PortRange {
+        first: port,
+        last: port,
+    };
+    let mappings: Vec<LiveHolder> = engine
+        .mappings()
+        .filter(|m| m.external == at && proto.is_none_or(|p| p == m.proto))
+        .map(|m| LiveHolder {
+            subscriber: m.internal.addr,
+            ports: single,
+            proto: Some(m.proto),
+        })
+        .collect();
+    if !mappings.is_empty() {
+        return mappings;
+    }
+    let blocks = match engine.allocator() {
+        ConfiguredAllocator::PortBlock(b) => Some(b),
+        ConfiguredAllocator::Deterministic(d) => d.overflow(),
+        ConfiguredAllocator::Dynamic(_) => None,
+    };
+    let Some(blocks) = blocks else {
+        return Vec::new();
+    };
+    let Some(owner) = blocks.owner_of(at) else {
+        return Vec::new();
+    };
+    let natgate_core::alloc::SubscriberId::Ipv4(subscriber) = owner;
+    blocks
+        .blocks_of(owner)
+        .into_iter()
+        .filter(|(addr, range)| *addr == external && range.contains(port))
+        .map(|(_, ports)| LiveHolder {
+            subscriber,
+            ports,
+            proto: None,
+        })
+        .collect()
 }
 
 fn write(q: &TunQueue, pkt: &[u8], io: &mut IoCounters) {

@@ -14,6 +14,7 @@
 //! | 257 | session with destination     | 256's fields, destinationIPv4Address (12), destinationTransportPort (11) |
 //! | 258 | addresses exhausted          | observationTimeMilliseconds, natEvent, protocolIdentifier, sourceIPv4Address, sourceTransportPort |
 //! | 259 | port block                   | observationTimeMilliseconds, natEvent, sourceIPv4Address, postNATSourceIPv4Address, portRangeStart (361), portRangeEnd (362) |
+//! | 260 | quota exceeded               | observationTimeMilliseconds, natEvent (13), natQuotaExceededEvent (466), protocolIdentifier, sourceIPv4Address, sourceTransportPort |
 //!
 //! Destinations are exported only if configured (RFC 6888 REQ-12).
 
@@ -38,6 +39,7 @@ mod ie {
     pub const OBSERVATION_TIME_MILLISECONDS: u16 = 323;
     pub const PORT_RANGE_START: u16 = 361;
     pub const PORT_RANGE_END: u16 = 362;
+    pub const NAT_QUOTA_EXCEEDED_EVENT: u16 = 466;
 }
 
 /// A template: its id and its (element id, length) fields, in record order.
@@ -103,8 +105,20 @@ const BLOCK: Template = Template {
     ],
 };
 
+const QUOTA: Template = Template {
+    id: 260,
+    fields: &[
+        (ie::OBSERVATION_TIME_MILLISECONDS, 8),
+        (ie::NAT_EVENT, 1),
+        (ie::NAT_QUOTA_EXCEEDED_EVENT, 4),
+        (ie::PROTOCOL_IDENTIFIER, 1),
+        (ie::SOURCE_IPV4_ADDRESS, 4),
+        (ie::SOURCE_TRANSPORT_PORT, 2),
+    ],
+};
+
 /// Every template, in the order of the template set.
-const TEMPLATES: [&Template; 4] = [&SESSION, &SESSION_DEST, &EXHAUSTED, &BLOCK];
+const TEMPLATES: [&Template; 5] = [&SESSION, &SESSION_DEST, &EXHAUSTED, &BLOCK, &QUOTA];
 
 /// Message header length (RFC 7011 section 3.1).
 const HEADER_LEN: usize = 16;
@@ -151,9 +165,9 @@ pub struct IpfixExporter {
     /// When the templates were last sent; `None` before the first message.
     templates_sent: Option<std::time::Instant>,
     /// The batch's records, encoded, per template (index into [`TEMPLATES`]).
-    pending: [Vec<u8>; 4],
+    pending: [Vec<u8>; 5],
     /// Records in `pending`, per template.
-    counts: [u32; 4],
+    counts: [u32; 5],
     /// Messages sent.
     messages: u64,
 }
@@ -178,7 +192,7 @@ impl IpfixExporter {
             sequence: 0,
             templates_sent: None,
             pending: Default::default(),
-            counts: [0; 4],
+            counts: [0; 5],
             messages: 0,
         })
     }
@@ -199,6 +213,17 @@ impl IpfixExporter {
         let ext = rec.external.unwrap_or(natgate_core::Endpoint::UNSPECIFIED);
         let remote = rec.remote_if(self.config.log_destinations);
         let (slot, fields): (usize, Vec<Field>) = match (rec.block, rec.external, remote) {
+            _ if rec.quota.is_some() => (
+                4,
+                vec![
+                    Field::U64(millis),
+                    Field::U8(rec.event.value()),
+                    Field::U32(rec.quota.map_or(0, |q| q.value())),
+                    Field::U8(proto),
+                    Field::Addr(rec.internal.addr),
+                    Field::U16(rec.internal.port),
+                ],
+            ),
             (Some(b), _, _) => (
                 3,
                 vec![
@@ -338,6 +363,7 @@ fn set_length(msg: &mut [u8], start: usize) {
 enum Field {
     U8(u8),
     U16(u16),
+    U32(u32),
     U64(u64),
     Addr(Ipv4Addr),
 }
@@ -347,6 +373,7 @@ impl Field {
         match self {
             Field::U8(v) => out.push(v),
             Field::U16(v) => out.extend_from_slice(&v.to_be_bytes()),
+            Field::U32(v) => out.extend_from_slice(&v.to_be_bytes()),
             Field::U64(v) => out.extend_from_slice(&v.to_be_bytes()),
             Field::Addr(a) => out.extend_from_slice(&a.octets()),
         }

@@ -17,11 +17,13 @@ pub mod whois;
 use std::io;
 use std::net::Ipv4Addr;
 
-use natgate_core::{Endpoint, Event, Instant, Protocol};
+use natgate_core::{DropReason, Endpoint, Event, Instant, Protocol};
 
 use crate::eventlog::EventSink;
 
-pub use pipeline::{LogPipeline, LogPipelineHandle, LogSender, PipelineConfig, PipelineStats};
+pub use pipeline::{
+    LogPipeline, LogPipelineHandle, LogSender, PipelineConfig, PipelineMonitor, PipelineStats,
+};
 
 /// Why a sink could not take or write an event.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,8 @@ pub enum NatEvent {
     Nat44BibCreate = 8,
     /// 9: NAT44 BIB (mapping) delete.
     Nat44BibDelete = 9,
+    /// 13: a quota was exceeded; which one is [`QuotaLimit`] (`natQuotaExceededEvent`).
+    QuotaExceeded = 13,
     /// 16: port block allocation.
     PortBlockAllocation = 16,
     /// 17: port block de-allocation.
@@ -103,6 +107,7 @@ impl NatEvent {
             NatEvent::Nat44SessionDelete => "SESSION-DELETE",
             NatEvent::Nat44BibCreate => "MAPPING-CREATE",
             NatEvent::Nat44BibDelete => "MAPPING-DELETE",
+            NatEvent::QuotaExceeded => "QUOTA-EXCEEDED",
             NatEvent::PortBlockAllocation => "PORTBLOCK-ALLOC",
             NatEvent::PortBlockDeallocation => "PORTBLOCK-FREE",
         }
@@ -116,6 +121,7 @@ impl NatEvent {
             NatEvent::Nat44SessionDelete => "NAT44 session delete",
             NatEvent::Nat44BibCreate => "NAT44 BIB create",
             NatEvent::Nat44BibDelete => "NAT44 BIB delete",
+            NatEvent::QuotaExceeded => "Quota exceeded",
             NatEvent::PortBlockAllocation => "Port block allocation",
             NatEvent::PortBlockDeallocation => "Port block de-allocation",
         }
@@ -123,7 +129,39 @@ impl NatEvent {
 
     /// Whether the event reports a failure (syslog severity warning, not informational).
     pub const fn is_failure(self) -> bool {
-        matches!(self, NatEvent::AddressesExhausted)
+        matches!(self, NatEvent::AddressesExhausted | NatEvent::QuotaExceeded)
+    }
+}
+
+/// The `natQuotaExceededEvent` values of RFC 8158 section 4.1.2 (IANA "NAT Quota Exceeded
+/// Event Type") that natgate emits with [`NatEvent::QuotaExceeded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaLimit {
+    /// 1: the global session table is full.
+    MaxSessionEntries = 1,
+    /// 3: one subscriber's limit (sessions per protocol, ports, or its session-creation rate,
+    /// RFC 6888 REQ-4, REQ-5; RFC 8158 has no value of its own for a rate).
+    MaxEntriesPerUser = 3,
+    /// 4: the per-subscriber table is full: no room for another active subscriber.
+    MaxSubscribers = 4,
+}
+
+impl QuotaLimit {
+    /// The limit behind a drop, if the drop is a quota (rather than the pool running out).
+    pub const fn of(reason: DropReason) -> Option<QuotaLimit> {
+        match reason {
+            DropReason::SessionTableFull => Some(QuotaLimit::MaxSessionEntries),
+            DropReason::SubscriberSessionLimit
+            | DropReason::SubscriberPortLimit
+            | DropReason::SubscriberRateLimit => Some(QuotaLimit::MaxEntriesPerUser),
+            DropReason::SubscriberTableFull => Some(QuotaLimit::MaxSubscribers),
+            _ => None,
+        }
+    }
+
+    /// The value on the wire (IPFIX IE 466, syslog `natQuotaExceededEvent`).
+    pub const fn value(self) -> u32 {
+        self as u32
     }
 }
 
@@ -151,6 +189,8 @@ pub struct Record {
     pub remote: Option<Endpoint>,
     /// The port block, for block events.
     pub block: Option<PortRange>,
+    /// Which quota, for [`NatEvent::QuotaExceeded`].
+    pub quota: Option<QuotaLimit>,
 }
 
 impl Record {
@@ -170,6 +210,7 @@ impl Record {
                 external: Some(external),
                 remote: None,
                 block: None,
+                quota: None,
             },
             Event::MappingDeleted {
                 at,
@@ -184,6 +225,7 @@ impl Record {
                 external: Some(external),
                 remote: None,
                 block: None,
+                quota: None,
             },
             Event::SessionCreated {
                 at,
@@ -199,6 +241,7 @@ impl Record {
                 external: Some(external),
                 remote: Some(remote),
                 block: None,
+                quota: None,
             },
             Event::SessionDeleted {
                 at,
@@ -214,21 +257,31 @@ impl Record {
                 external: Some(external),
                 remote: Some(remote),
                 block: None,
+                quota: None,
             },
             Event::MappingFailed {
                 at,
                 proto,
                 internal,
                 remote,
-            } => Record {
-                at,
-                event: NatEvent::AddressesExhausted,
-                proto: Some(proto),
-                internal,
-                external: None,
-                remote: Some(remote),
-                block: None,
-            },
+                reason,
+            } => {
+                let quota = QuotaLimit::of(reason);
+                Record {
+                    at,
+                    event: if quota.is_some() {
+                        NatEvent::QuotaExceeded
+                    } else {
+                        NatEvent::AddressesExhausted
+                    },
+                    proto: Some(proto),
+                    internal,
+                    external: None,
+                    remote: Some(remote),
+                    block: None,
+                    quota,
+                }
+            }
             Event::PortBlockAllocated {
                 at,
                 subscriber,
@@ -255,6 +308,7 @@ impl Record {
                 external: Some(Endpoint::new(external, ports.first)),
                 remote: None,
                 block: Some(ports),
+                quota: None,
             },
         }
     }
@@ -282,6 +336,7 @@ mod tests {
             (NatEvent::Nat44SessionDelete, 5),
             (NatEvent::Nat44BibCreate, 8),
             (NatEvent::Nat44BibDelete, 9),
+            (NatEvent::QuotaExceeded, 13),
             (NatEvent::PortBlockAllocation, 16),
             (NatEvent::PortBlockDeallocation, 17),
         ];
@@ -351,6 +406,7 @@ mod tests {
                     proto,
                     internal: i,
                     remote: r,
+                    reason: DropReason::MappingFailed,
                 },
                 NatEvent::AddressesExhausted,
                 None,
@@ -366,5 +422,31 @@ mod tests {
             assert_eq!(rec.remote_if(false), None);
             assert_eq!(rec.remote_if(true), remote);
         }
+    }
+
+    #[test]
+    fn a_refusal_at_a_quota_is_quota_exceeded_not_exhaustion() {
+        let failed = |reason| {
+            Record::from_event(&Event::MappingFailed {
+                at: Instant::from_secs(1),
+                proto: Protocol::Udp,
+                internal: Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000),
+                remote: Endpoint::new(Ipv4Addr::new(203, 0, 113, 1), 53),
+                reason,
+            })
+        };
+        let quota = failed(DropReason::SubscriberSessionLimit);
+        assert_eq!(
+            (quota.event, quota.quota),
+            (NatEvent::QuotaExceeded, Some(QuotaLimit::MaxEntriesPerUser))
+        );
+        assert_eq!(QuotaLimit::MaxEntriesPerUser.value(), 3);
+        let full = failed(DropReason::SubscriberTableFull);
+        assert_eq!(full.quota.map(QuotaLimit::value), Some(4));
+        let pool = failed(DropReason::MappingFailed);
+        assert_eq!(
+            (pool.event, pool.quota),
+            (NatEvent::AddressesExhausted, None)
+        );
     }
 }

@@ -92,6 +92,25 @@ impl LogSender {
     }
 }
 
+/// A read-only view of the counters, for `ctl stats` and metrics while the pipeline runs.
+#[derive(Clone)]
+pub struct PipelineMonitor(Arc<Counters>);
+
+impl PipelineMonitor {
+    /// All counters now.
+    pub fn stats(&self) -> PipelineStats {
+        self.0.snapshot()
+    }
+}
+
+impl std::fmt::Debug for PipelineMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PipelineMonitor")
+            .field(&self.stats())
+            .finish()
+    }
+}
+
 /// The control end: counters and shutdown.
 pub struct LogPipelineHandle {
     counters: Arc<Counters>,
@@ -107,6 +126,11 @@ impl LogPipelineHandle {
     /// All counters.
     pub fn stats(&self) -> PipelineStats {
         self.counters.snapshot()
+    }
+
+    /// A view of the counters that outlives this handle's shutdown.
+    pub fn monitor(&self) -> PipelineMonitor {
+        PipelineMonitor(Arc::clone(&self.counters))
     }
 
     /// Writes every event already queued, flushes the sinks, stops the logger thread and returns

@@ -138,6 +138,9 @@ impl SyslogSink {
             self.config.enterprise
         );
         param(out, "natEvent", rec.event.value());
+        if let Some(q) = rec.quota {
+            param(out, "natQuotaExceededEvent", q.value());
+        }
         if let Some(p) = rec.proto {
             param(out, "protocolIdentifier", p.ip_number());
         }
@@ -299,6 +302,7 @@ mod tests {
                 first: 2048,
                 last: 2559,
             }),
+            quota: None,
         };
         let mut m = String::new();
         sink(false).format(&rec, &mut m);
@@ -311,10 +315,24 @@ mod tests {
             proto: Protocol::Tcp,
             internal: Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000),
             remote: Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 80),
+            reason: natgate_core::DropReason::MappingFailed,
         });
         sink(false).format(&fail, &mut m);
         // local0 (16) * 8 + warning (4).
         assert!(m.starts_with("<132>1 "), "{m}");
         assert!(!m.contains("destination"));
+        let quota = Record::from_event(&Event::MappingFailed {
+            at: Instant::from_secs(10),
+            proto: Protocol::Udp,
+            internal: Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000),
+            remote: Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 80),
+            reason: natgate_core::DropReason::SubscriberSessionLimit,
+        });
+        sink(false).format(&quota, &mut m);
+        assert!(m.starts_with("<132>1 "), "{m}");
+        assert!(
+            m.contains(" QUOTA-EXCEEDED [nat@32473 natEvent=\"13\" natQuotaExceededEvent=\"3\" protocolIdentifier=\"17\""),
+            "{m}"
+        );
     }
 }

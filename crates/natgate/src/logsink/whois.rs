@@ -437,7 +437,8 @@ impl Sink for BlockLog {
             | NatEvent::Nat44BibDelete
             | NatEvent::Nat44SessionCreate
             | NatEvent::Nat44SessionDelete
-            | NatEvent::AddressesExhausted => {}
+            | NatEvent::AddressesExhausted
+            | NatEvent::QuotaExceeded => {}
         }
         Ok(())
     }

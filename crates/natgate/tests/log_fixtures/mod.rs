@@ -42,6 +42,7 @@ pub fn events() -> Vec<Event> {
             proto: Protocol::Tcp,
             internal: i,
             remote: r,
+            reason: natgate_core::DropReason::MappingFailed,
         },
     ]
 }
