@@ -60,8 +60,9 @@ pub const STATIC_OWNER: usize = 0;
 /// A first-match rule set compiled like the engine's own chain (so the cost does not grow with
 /// the number of rules): every one-way rule of the chain as it is (what it matches, not what it
 /// does), plus, for each binding, its external endpoints as destinations (replies and inbound
-/// flows arrive there, and subscribers' flows hairpinned to it) and its internal endpoints as
-/// sources (replies to inbound flows leave from there), plus every virtual address (as a
+/// flows arrive there, and subscribers' flows hairpinned to it) and, for inbound bindings, its
+/// internal endpoints as sources (replies to inbound flows leave from there), plus every
+/// virtual address (as a
 /// destination either way) and real server target (as an outbound source).
 #[derive(Debug, Clone)]
 pub struct StaticSteer {
@@ -85,7 +86,12 @@ impl StaticSteer {
             });
             if let Some((ext, int)) = binding(&one) {
                 claims.push(claim(Direction::Inbound, End::Dst, one.proto, ext));
-                claims.push(claim(Direction::Outbound, End::Src, one.proto, int));
+                if one.direction == Direction::Inbound {
+                    // Replies of flows it let in. (An outbound binding's own flows match the
+                    // rule itself; claiming its inside host would also pull the host's other,
+                    // dynamic flows away from the worker that owns its ports.)
+                    claims.push(claim(Direction::Outbound, End::Src, one.proto, int));
+                }
                 // A subscriber reaching the binding's external side is hairpinned to it.
                 claims.push(claim(Direction::Outbound, End::Dst, one.proto, ext));
             }
