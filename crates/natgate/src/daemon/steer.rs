@@ -60,8 +60,8 @@ pub const STATIC_OWNER: usize = 0;
 /// A first-match rule set compiled like the engine's own chain (so the cost does not grow with
 /// the number of rules): every one-way rule of the chain as it is (what it matches, not what it
 /// does), plus, for each binding, its external endpoints as destinations (replies and inbound
-/// flows arrive there, and subscribers' flows hairpinned to it) and, for inbound bindings, its
-/// internal endpoints as sources (replies to inbound flows leave from there), plus every
+/// flows arrive there, and subscribers' flows hairpinned to it) and, for one-way inbound rules,
+/// its internal endpoints as sources (replies to the flows it let in leave from there), plus every
 /// virtual address (as a
 /// destination either way) and real server target (as an outbound source).
 #[derive(Debug, Clone)]
@@ -78,22 +78,26 @@ impl StaticSteer {
     /// The set for `rules` and `virtual_servers`.
     pub fn new(rules: &RuleChain, virtual_servers: &[VirtualServer], seed: u64) -> Self {
         let mut claims: Vec<Rule> = Vec::new();
-        for one in rules.iter().flat_map(Rule::one_way) {
-            // What the rule matches, whatever it does to it.
-            claims.push(Rule {
-                action: Action::Exempt,
-                ..one
-            });
-            if let Some((ext, int)) = binding(&one) {
+        for rule in rules.iter() {
+            for one in rule.one_way() {
+                // What the rule matches, whatever it does to it.
+                claims.push(Rule {
+                    action: Action::Exempt,
+                    ..one
+                });
+                let Some((ext, int)) = binding(&one) else {
+                    continue;
+                };
                 claims.push(claim(Direction::Inbound, End::Dst, one.proto, ext));
-                if one.direction == Direction::Inbound {
-                    // Replies of flows it let in. (An outbound binding's own flows match the
-                    // rule itself; claiming its inside host would also pull the host's other,
-                    // dynamic flows away from the worker that owns its ports.)
-                    claims.push(claim(Direction::Outbound, End::Src, one.proto, int));
-                }
                 // A subscriber reaching the binding's external side is hairpinned to it.
                 claims.push(claim(Direction::Outbound, End::Dst, one.proto, ext));
+                if one.direction == Direction::Inbound && !rule.bidirectional {
+                    // The replies of flows a one-way inbound rule let in match no rule. (Those
+                    // of other bindings match the rule or its reverse; claiming a whole inside
+                    // side would also pull its hosts' dynamic flows away from the worker that
+                    // owns their ports.)
+                    claims.push(claim(Direction::Outbound, End::Src, one.proto, int));
+                }
             }
         }
         for v in virtual_servers {
@@ -553,6 +557,10 @@ mod tests {
              action.translate.dst = { addr = \"100.64.0.11/32\", port = 8888 }\n\
              [[rule]]\nid = 2\ndirection = \"outbound\"\nsrc = \"100.64.0.10/32\"\n\
              action.translate.src = { addr = \"198.18.1.10/32\" }\n\
+             [[rule]]\nid = 3\ndirection = \"outbound\"\nbidirectional = true\n\
+             src = \"100.64.0.0/24\"\ndst = \"172.16.0.0/24\"\n\
+             action.translate.src = { addr = \"192.168.50.0/24\" }\n\
+             action.translate.dst = { addr = \"10.0.0.0/24\" }\n\
              [[virtual-server]]\naddress = \"198.18.3.80\"\nport = 80\nprotocol = \"tcp\"\n\
              scheduler = \"round-robin\"\n\
              [[virtual-server.real-servers]]\naddress = \"100.64.0.20\"\nport = 8080\n",
@@ -577,6 +585,19 @@ mod tests {
             // The virtual server and its real server's reply.
             (Side::Outside, tcp(client, 40001, [198, 18, 3, 80], 80)),
             (Side::Inside, tcp([100, 64, 0, 20], 8080, client, 40001)),
+            // Twice-NAT: out, in from the far side, and the reply to that.
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 40], 5000, [172, 16, 0, 8], 443),
+            ),
+            (
+                Side::Outside,
+                tcp([10, 0, 0, 8], 6000, [192, 168, 50, 40], 22),
+            ),
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 40], 22, [172, 16, 0, 8], 6000),
+            ),
             // Subscribers hairpinned to the forward and to the virtual server.
             (
                 Side::Inside,
@@ -599,11 +620,16 @@ mod tests {
         // another port of the forward's inside host.
         let pool = tcp(client, 443, [198, 51, 100, 1], 64);
         assert_eq!(s.owner(Side::Outside, &pool, &statics), Some(1));
-        let other = tcp([100, 64, 0, 11], 5000, client, 443);
-        assert_eq!(
-            s.owner(Side::Inside, &other, &statics),
-            s.owner(Side::Inside, &other, &none)
-        );
+        for other in [
+            tcp([100, 64, 0, 11], 5000, client, 443),
+            // A host of the twice-NAT network going anywhere else is dynamic.
+            tcp([100, 64, 0, 40], 5000, client, 443),
+        ] {
+            assert_eq!(
+                s.owner(Side::Inside, &other, &statics),
+                s.owner(Side::Inside, &other, &none)
+            );
+        }
     }
 
     #[test]
