@@ -58,21 +58,24 @@ pub enum Event {
         /// The remote endpoint.
         remote: Endpoint,
     },
-    /// A mapping could not be made; the packet was dropped (RFC 6888 REQ-11: tell management).
+    /// A mapping or session could not be made because of a limit; the packet was dropped (RFC
+    /// 6888 REQ-11: tell management). Outbound, the subscriber's packet found no mapping or
+    /// session; inbound, a remote's packet to a live mapping was refused a session by the
+    /// subscriber's quota or the session table.
     MappingFailed {
         /// When.
         at: Instant,
         /// Protocol.
         proto: Protocol,
-        /// The subscriber's endpoint.
+        /// The subscriber's endpoint (inbound: the mapping's internal endpoint).
         internal: Endpoint,
-        /// Whom it tried to reach.
+        /// Whom it tried to reach (inbound: the remote that sent the packet).
         remote: Endpoint,
         /// Which limit refused it (also the drop counter), so that a log can tell pool
         /// exhaustion from a subscriber's quota (RFC 8158 natEvent 3 vs 13).
         reason: DropReason,
     },
-    /// A subscriber was given a port block (RFC 6888 port-block logging; RFC 8158 natEvent 22).
+    /// A subscriber was given a port block (RFC 6888 port-block logging; RFC 8158 natEvent 16).
     /// A block serves every protocol, so there is no protocol field.
     PortBlockAllocated {
         /// When.
@@ -85,7 +88,7 @@ pub enum Event {
         ports: PortRange,
     },
     /// A port block went back to the pool: its last port was released and the hold-down passed
-    /// (RFC 6888 REQ-8; RFC 8158 natEvent 23).
+    /// (RFC 6888 REQ-8; RFC 8158 natEvent 17).
     PortBlockReleased {
         /// When the hold-down of its last port ended.
         at: Instant,

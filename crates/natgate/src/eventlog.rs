@@ -195,6 +195,19 @@ impl EventSink {
         }
     }
 
+    /// What goes into each line and whether every flush syncs.
+    pub fn options(&self) -> EventLogOptions {
+        self.opts
+    }
+
+    /// The file's rotation; `None` for standard output or a writer, which are never rotated.
+    pub fn rotation(&self) -> Option<Rotation> {
+        match &self.out {
+            Output::File(f) => Some(f.rotation),
+            Output::Writer(_) => None,
+        }
+    }
+
     /// Adds one event to the current batch.
     pub fn record(&mut self, ev: &Event) -> io::Result<()> {
         let mut line = serde_json::to_vec(&Line::new(ev, &self.time, self.opts.log_destinations))

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use natgate_core::{Counters, DropReason, Protocol};
 
-use crate::control::protocol::{PerProtocol, PoolRow, StatsInfo};
+use crate::control::protocol::{PerProtocol, PoolRow, PortSetRowKind, StatsInfo};
 
 /// Everything one scrape reports.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -193,6 +193,32 @@ impl MetricsSnapshot {
                 &[("address", &row.address.to_string())],
                 row.subscribers,
             );
+        }
+        e.family(
+            "natgate_pool_port_sets",
+            "gauge",
+            "Port blocks or deterministic ranges of an external address, by state (in use, held down per RFC 6888 REQ-8, free).",
+        );
+        for row in &self.pools {
+            let Some(sets) = &row.port_sets else {
+                continue;
+            };
+            let addr = row.address.to_string();
+            let kind = match sets.kind {
+                PortSetRowKind::Block => "block",
+                PortSetRowKind::Deterministic => "deterministic",
+            };
+            for (state, n) in [
+                ("in-use", sets.in_use),
+                ("held-down", sets.held_down),
+                ("free", sets.free),
+            ] {
+                e.sample(
+                    "natgate_pool_port_sets",
+                    &[("address", &addr), ("kind", kind), ("state", state)],
+                    n,
+                );
+            }
         }
         e.family(
             "natgate_pool_utilisation_ratio",
@@ -523,6 +549,21 @@ mod tests {
             subscribers: 2,
         };
         s.pools = vec![PoolRow::new(&usage, PerProtocol::port_capacity(false))];
+        let blocks = AddressUsage {
+            addr: Ipv4Addr::new(198, 51, 100, 2),
+            ..usage
+        };
+        s.pools.push(PoolRow::with_port_sets(
+            &blocks,
+            &natgate_core::alloc::PortSetUsage {
+                addr: blocks.addr,
+                kind: natgate_core::alloc::PortSetKind::Block,
+                size: 512,
+                in_use: 5,
+                held_down: 1,
+                free: 120,
+            },
+        ));
         s
     }
 
@@ -626,6 +667,22 @@ mod tests {
         let text = snapshot().render();
         assert!(text.ends_with('\n'));
         let s = parse(&text);
+        // Port blocks: the sets by state, and the capacity is the ports inside them.
+        let b = ("address", "198.51.100.2");
+        for (state, n) in [("in-use", 5.0), ("held-down", 1.0), ("free", 120.0)] {
+            assert_eq!(
+                get(
+                    &s,
+                    "natgate_pool_port_sets",
+                    &[b, ("kind", "block"), ("state", state)]
+                ),
+                n
+            );
+        }
+        assert_eq!(
+            get(&s, "natgate_pool_ports_capacity", &[b, ("protocol", "udp")]),
+            126.0 * 512.0
+        );
         assert_eq!(
             get(&s, "natgate_packets_total", &[("direction", "outbound")]),
             2.0

@@ -561,6 +561,21 @@ fn port_blocks_quota_logs_and_whois() {
     let stats = ctl_json(&topo, &["stats"]);
     assert_eq!(stats["log_events_lost"], 0, "{stats}");
 
+    // ctl pools counts blocks: the first subscriber's blocks on its address are in use.
+    let pools = ctl_json(&topo, &["pools"]);
+    let row = pools["addresses"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["address"] == ext1.ip().to_string()))
+        .unwrap_or_else(|| panic!("{pools}"));
+    assert_eq!(row["port_sets"]["kind"], "block", "{row}");
+    assert_eq!(row["port_sets"]["size"], BLOCK, "{row}");
+    assert!(row["port_sets"]["in_use"].as_u64() >= Some(1), "{row}");
+    assert_eq!(
+        row["capacity"]["udp"].as_u64(),
+        Some(u64::from(64_512 / BLOCK * BLOCK)),
+        "{row}"
+    );
+
     // whois, logged: once the first subscriber's sessions expire (udp = 10 s) and the hold-down
     // (1 s) has passed, its block goes back to the pool; the block log still knows who had it.
     let released = poll(Duration::from_secs(20), || {
@@ -735,4 +750,21 @@ fn deterministic_whois_by_formula_on_two_workers() {
     }
     // Well-known ports belong to nobody (RFC 7422 section 2).
     assert!(whois(&topo, pool0, 80, None).is_empty());
+
+    // ctl pools: the address's 16 ranges of 4032 ports (the two workers' shares added up), two
+    // of them in use; its capacity is the ports inside them, not 1024-65535.
+    let pools = ctl_json(&topo, &["pools"]);
+    let row = pools["addresses"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["address"] == pool0.to_string()))
+        .unwrap_or_else(|| panic!("{pools}"));
+    let sets = &row["port_sets"];
+    assert_eq!(sets["kind"], "deterministic", "{row}");
+    assert_eq!(sets["size"], 4032, "{row}");
+    assert_eq!(
+        (sets["in_use"].as_u64(), sets["free"].as_u64()),
+        (Some(2), Some(14)),
+        "{row}"
+    );
+    assert_eq!(row["capacity"]["udp"], 16 * 4032, "{row}");
 }

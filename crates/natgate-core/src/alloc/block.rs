@@ -37,7 +37,7 @@ use super::reserved::Reserved;
 use super::share::Share;
 use super::{
     AddressUsage, AllocError, AllocEvent, AllocRequest, PortAllocator, PortBlock, PortRange,
-    SubscriberId,
+    PortSetKind, PortSetUsage, SubscriberId,
 };
 use crate::config::{Config, PortBlockSpec};
 use crate::endpoint::{Endpoint, Protocol};
@@ -614,6 +614,39 @@ impl PortAllocator for BlockAllocator {
             .collect()
     }
 
+    fn port_sets(&self) -> Vec<PortSetUsage> {
+        self.addresses
+            .iter()
+            .map(|a| {
+                let (mut in_use, mut held_down) = (0, 0);
+                for (b, state) in a.blocks.iter().enumerate() {
+                    if state.owner.is_none() {
+                        continue;
+                    }
+                    // An owned block stays its subscriber's until the hold-down of its last
+                    // port ends; with no port in use it is only waiting for that.
+                    let live = u16::try_from(b)
+                        .ok()
+                        .and_then(|b| self.settings.block_ports(b))
+                        .is_some_and(|r| a.ports.iter().any(|p| p.any_in_use(r)));
+                    if live {
+                        in_use += 1;
+                    } else {
+                        held_down += 1;
+                    }
+                }
+                PortSetUsage {
+                    addr: a.addr,
+                    kind: PortSetKind::Block,
+                    size: self.settings.block_size,
+                    in_use,
+                    held_down,
+                    free: a.room(),
+                }
+            })
+            .collect()
+    }
+
     fn poll_event(&mut self) -> Option<AllocEvent> {
         self.events.pop_front()
     }
@@ -675,6 +708,50 @@ mod tests {
                 last: first + (size - 1),
             },
         }
+    }
+
+    /// What `ctl pools` shows for port blocks: blocks in use, in hold-down (RFC 6888 REQ-8) and
+    /// free, per address, adding up over the workers' shares to the address's blocks.
+    #[test]
+    fn port_sets_are_blocks_in_use_held_down_and_free() {
+        let mut a = BlockAllocator::new(&[X1, X2], settings(512, 2));
+        let mut rng = Rng::new(3);
+        let sets = |a: &BlockAllocator, x: Ipv4Addr| {
+            let s = a
+                .port_sets()
+                .into_iter()
+                .find(|s| s.addr == x)
+                .expect("listed");
+            assert_eq!((s.kind, s.size), (PortSetKind::Block, 512));
+            (s.in_use, s.held_down, s.free)
+        };
+        assert_eq!(sets(&a, X1), (0, 0, 126), "64512 / 512 blocks");
+        let me = subscriber(1);
+        let e = a.allocate(&udp(me, 5000), &mut rng).expect("a block");
+        let other = if e.addr == X1 { X2 } else { X1 };
+        // Ports of two protocols in one block: still one block.
+        let t = a
+            .allocate(&req(Protocol::Tcp, me, 5000, Instant::ZERO), &mut rng)
+            .expect("same block");
+        assert_eq!(sets(&a, e.addr), (1, 0, 125));
+        assert_eq!(sets(&a, other), (0, 0, 126));
+        let released = Instant::from_secs(10);
+        a.release(Protocol::Tcp, Endpoint::new(me, 5000), t, released);
+        assert_eq!(sets(&a, e.addr), (1, 0, 125), "a UDP port is still in use");
+        a.release(Protocol::Udp, Endpoint::new(me, 5000), e, released);
+        assert_eq!(sets(&a, e.addr), (0, 1, 125), "only held ports left");
+        a.handle_timeout(released + Duration::from_secs(120));
+        assert_eq!(sets(&a, e.addr), (0, 0, 126), "back in the pool");
+
+        // Workers' shares split the blocks; their figures add up.
+        let free: u32 = (0..3)
+            .map(|i| {
+                let mut s = settings(512, 2);
+                s.share = Share::new(i, 3).expect("share");
+                sets(&BlockAllocator::new(&[X1], s), X1).2
+            })
+            .sum();
+        assert_eq!(free, 126);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use super::{
     AddressUsage, AllocError, AllocEvent, AllocRequest, AllocSettings, BlockAllocator,
-    BlockSettings, DeterministicAllocator, DynamicAllocator, PortAllocator, PortRange, Share,
+    BlockSettings, DeterministicAllocator, DynamicAllocator, PortAllocator, PortRange,
+    PortSetUsage, Share,
 };
 use crate::config::{Allocation, ValidConfig};
 use crate::endpoint::{Endpoint, Protocol};
@@ -84,6 +85,10 @@ impl PortAllocator for ConfiguredAllocator {
 
     fn usage(&self) -> Vec<AddressUsage> {
         each!(self, a => a.usage())
+    }
+
+    fn port_sets(&self) -> Vec<PortSetUsage> {
+        each!(self, a => a.port_sets())
     }
 
     fn poll_event(&mut self) -> Option<AllocEvent> {

@@ -8,7 +8,10 @@ use super::hold::{Held, HoldQueue};
 use super::ports::{Parity, PortSet};
 use super::reserved::Reserved;
 use super::share::Share;
-use super::{AddressUsage, AllocError, AllocEvent, AllocRequest, PortAllocator, PortRange};
+use super::{
+    AddressUsage, AllocError, AllocEvent, AllocRequest, PortAllocator, PortRange, PortSetKind,
+    PortSetUsage,
+};
 use crate::config::{Config, DeterministicSpec, Ipv4Prefix};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
@@ -453,6 +456,39 @@ impl PortAllocator for DeterministicAllocator {
         v
     }
 
+    fn port_sets(&self) -> Vec<PortSetUsage> {
+        let per = u64::from(self.map.per_address);
+        let hosts = self.map.inside.size();
+        let share = self.settings.share;
+        let mut v: Vec<PortSetUsage> = self
+            .subscribers
+            .iter()
+            .enumerate()
+            .filter_map(|(a, live)| {
+                let a = u32::try_from(a).ok()?;
+                let addr = self.map.outside.nth(a)?;
+                // The formula puts subscribers a * S .. (a + 1) * S on address a; the last
+                // address may have fewer, and this allocator serves only its share of them.
+                let first = u64::from(a) * per;
+                let end = (first + per).min(hosts);
+                let ranges = share.owned_below(end) - share.owned_below(first.min(end));
+                let ranges = u32::try_from(ranges).unwrap_or(u32::MAX);
+                Some(PortSetUsage {
+                    addr,
+                    kind: PortSetKind::DeterministicRange,
+                    size: self.map.ports,
+                    in_use: *live,
+                    held_down: 0,
+                    free: ranges.saturating_sub(*live),
+                })
+            })
+            .collect();
+        if let Some(o) = &self.overflow {
+            v.extend(o.port_sets());
+        }
+        v
+    }
+
     fn poll_event(&mut self) -> Option<AllocEvent> {
         self.overflow.as_mut()?.poll_event()
     }
@@ -617,6 +653,50 @@ mod tests {
             ),
             Err(AllocError::UnknownSubscriber)
         );
+    }
+
+    /// What `ctl pools` shows for deterministic NAT: per address, the ranges the formula puts
+    /// there (this share's), those of subscribers with a port in use, and the range size.
+    #[test]
+    fn port_sets_are_the_formulas_ranges_per_address() {
+        let m = map("100.64.0.0/24", "198.51.100.0/28", Some(64));
+        let mut a = DeterministicAllocator::new(m, settings(), None);
+        let mut rng = Rng::new(1);
+        let sets = a.port_sets();
+        assert_eq!(sets.len(), 16);
+        assert!(sets.iter().all(|s| {
+            (s.kind, s.size, s.in_use, s.held_down, s.free)
+                == (PortSetKind::DeterministicRange, 64, 0, 0, 16)
+        }));
+        let (x, _) = m.forward(host(37)).expect("in");
+        a.allocate(&req(Protocol::Udp, host(37), 1, Instant::ZERO), &mut rng)
+            .expect("in range");
+        a.allocate(&req(Protocol::Tcp, host(37), 1, Instant::ZERO), &mut rng)
+            .expect("in range");
+        let mine = a
+            .port_sets()
+            .into_iter()
+            .find(|s| s.addr == x)
+            .expect("listed");
+        assert_eq!((mine.in_use, mine.free), (1, 15));
+
+        // 16 subscribers on 64 addresses: one each on the first 16, none on the rest; three
+        // workers' shares add up to that.
+        let m = map("100.64.0.0/28", "198.51.100.0/26", None);
+        let mut ranges = [0u32; 64];
+        for i in 0..3 {
+            let mut s = settings();
+            s.share = Share::new(i, 3).expect("share");
+            for (n, set) in DeterministicAllocator::new(m, s, None)
+                .port_sets()
+                .iter()
+                .enumerate()
+            {
+                ranges[n] += set.free;
+            }
+        }
+        assert!(ranges[..16].iter().all(|r| *r == 1), "{ranges:?}");
+        assert!(ranges[16..].iter().all(|r| *r == 0), "{ranges:?}");
     }
 
     #[test]

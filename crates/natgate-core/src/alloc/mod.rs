@@ -176,6 +176,14 @@ pub trait PortAllocator {
     /// Utilisation per external address, for `ctl pools` and metrics.
     fn usage(&self) -> Vec<AddressUsage>;
 
+    /// How each external address's ports are divided into port sets (port blocks, RFC 7422
+    /// ranges), for allocators that divide them; empty for those that hand out single ports.
+    /// Only ports inside a set can ever be handed out, so the sets, not the port numbers, are
+    /// an address's capacity in `ctl pools`. Not for the packet path: it scans every block.
+    fn port_sets(&self) -> Vec<PortSetUsage> {
+        Vec::new()
+    }
+
     /// The next port-block record for the translation log, if any. Call it after every
     /// `allocate`, `release` and `handle_timeout` until it returns `None`; each of those calls
     /// queues at most a few. Allocators without blocks never have any.
@@ -213,6 +221,36 @@ pub struct AddressUsage {
     pub held_down: [u32; 3],
     /// Internal addresses with at least one live mapping on this address.
     pub subscribers: u32,
+}
+
+/// What a port set of [`PortSetUsage`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortSetKind {
+    /// A port block, given to a subscriber on demand and back to the pool after its hold-down
+    /// (RFC 6888 REQ-8, REQ-14).
+    Block,
+    /// A deterministic range, the formula's for one subscriber and never anyone else's (RFC 7422).
+    DeterministicRange,
+}
+
+/// How the port sets of one external address are used, as one allocator sees them (workers'
+/// allocators own disjoint sets, so their figures add up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSetUsage {
+    /// The external address.
+    pub addr: Ipv4Addr,
+    /// Blocks or deterministic ranges.
+    pub kind: PortSetKind,
+    /// Ports in each set (of every protocol: a set serves TCP, UDP and ICMP alike).
+    pub size: u16,
+    /// Sets of a subscriber with a port in use.
+    pub in_use: u32,
+    /// Blocks whose ports are all in hold-down (RFC 6888 REQ-8): back in the pool when it ends.
+    /// Always 0 for deterministic ranges, which never change hands.
+    pub held_down: u32,
+    /// Blocks any new subscriber can be given; for deterministic ranges, those whose subscriber
+    /// has no port in use.
+    pub free: u32,
 }
 
 /// Bytes a hash map reserves, counting each entry plus its control byte: the convention of every

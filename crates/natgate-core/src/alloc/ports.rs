@@ -91,6 +91,19 @@ impl PortSet {
         word.used & !word.held & bit != 0
     }
 
+    /// Whether any port of `range` is held by a live mapping: a word at a time, so that `ctl
+    /// pools` can tell a port block in use from one only in hold-down without a per-port scan.
+    pub(super) fn any_in_use(&self, range: super::PortRange) -> bool {
+        let (first, last) = (usize::from(range.first), usize::from(range.last));
+        (first >> 6..=last >> 6).any(|w| {
+            let lo = if w == first >> 6 { first & 63 } else { 0 };
+            let hi = if w == last >> 6 { last & 63 } else { 63 };
+            let mask = (u64::MAX >> (63 - (hi - lo))) << lo;
+            let word = &self.words[w];
+            word.used & !word.held & mask != 0
+        })
+    }
+
     /// Marks a free port in use. Returns false, changing nothing, if it was not free.
     pub(super) fn take(&mut self, port: u16) -> bool {
         let (w, bit) = split(port);

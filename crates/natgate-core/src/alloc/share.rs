@@ -57,6 +57,23 @@ impl Share {
     pub const fn owns(self, n: u32) -> bool {
         Share::worker_of(self.count, n) == self.index
     }
+
+    /// How many of the items `0..n` this share owns.
+    pub const fn owned_below(self, n: u64) -> u64 {
+        let (index, count) = (
+            self.index as u64,
+            if self.count == 0 {
+                1
+            } else {
+                self.count as u64
+            },
+        );
+        if n <= index {
+            0
+        } else {
+            (n - index - 1) / count + 1
+        }
+    }
 }
 
 #[cfg(test)]

@@ -426,3 +426,68 @@ fn tcp_reset_answer_needs_a_unicast_source() {
     );
     assert_eq!(e.counters().tcp_resets_generated, 0);
 }
+
+/// RFC 6888 REQ-11 for the other direction: under endpoint-independent filtering a remote may
+/// open a session through a live mapping, and that session counts against the subscriber's
+/// quota and the session table. A remote refused by either is dropped, counted under the
+/// limit's reason and reported with a `MappingFailed` event naming the mapping's internal
+/// endpoint and the remote; the remote gets no answer, and nothing live is evicted.
+#[test]
+fn rfc6888_req11_inbound_session_refused_by_a_limit_is_reported() {
+    for limit in [&limits()[2], &limits()[5]] {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let what = format!("{} / {proto:?}", limit.name);
+            let mut e = engine(limit, MappingFailureReply::HostUnreachable);
+            assert_eq!(
+                e.behavior().filtering,
+                crate::config::FilteringBehavior::EndpointIndependent,
+                "{what}"
+            );
+            let mut external = None;
+            for k in 0..limit.n {
+                let (internal, remote) = own_remote(k);
+                let mut p = first(proto, internal, remote);
+                let v = run(&mut e, t0(), Side::Inside, &mut p);
+                assert_eq!(v, Verdict::Forward(Side::Outside), "{what}: flow {k}");
+                external = Some(endpoints(p.bytes()).0);
+            }
+            let external = external.expect("flows");
+            while e.poll_event().is_some() {}
+            let before = e.counters().clone();
+            let sessions = e.session_count();
+
+            let (internal, _) = own_remote(0);
+            let stranger = own_remote(limit.n).1;
+            let mut p = match proto {
+                Protocol::Tcp => tcp(stranger, external, "S"),
+                _ => udp(stranger, external, b"in"),
+            };
+            let v = run(&mut e, t0(), Side::Outside, &mut p);
+            assert_eq!(v, Verdict::Drop(limit.reason), "{what}: no answer outside");
+            let c = e.counters();
+            assert_eq!(
+                c.drops(limit.reason) - before.drops(limit.reason),
+                1,
+                "{what}"
+            );
+            assert_eq!(c.icmp_generated, before.icmp_generated, "{what}");
+            assert_eq!(
+                c.tcp_resets_generated, before.tcp_resets_generated,
+                "{what}"
+            );
+            let events: Vec<Event> = std::iter::from_fn(|| e.poll_event()).collect();
+            assert_eq!(
+                events,
+                vec![Event::MappingFailed {
+                    at: t0(),
+                    proto,
+                    internal,
+                    remote: stranger,
+                    reason: limit.reason,
+                }],
+                "{what}: management is told, once, with the reason"
+            );
+            assert_eq!(e.session_count(), sessions, "{what}: nothing evicted");
+        }
+    }
+}

@@ -402,15 +402,39 @@ impl<A: PortAllocator> Engine<A> {
         // Sessions that inbound packets open count against the subscriber's quota too (state
         // memory, RFC 6888 REQ-5), but not against its creation rate.
         let internal = self.mappings.get(mid).internal;
-        if let Some(subs) = self.subscribers.as_mut() {
-            subs.admit(internal.addr, p.proto, now, false)
-                .map_err(Refused::Drop)?;
+        if let Some(subs) = self.subscribers.as_mut()
+            && let Err(reason) = subs.admit(internal.addr, p.proto, now, false)
+        {
+            return Err(self.inbound_refused(now, p, internal, reason));
         }
-        self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags)
-            .map_err(|reason| {
+        match self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags) {
+            Ok(sid) => Ok(sid),
+            Err(reason) => {
                 self.unadmit(internal.addr, p.proto);
-                Refused::Drop(reason)
-            })
+                Err(self.inbound_refused(now, p, internal, reason))
+            }
+        }
+    }
+
+    /// An inbound packet that a limit (the subscriber's quota, the session table) kept from
+    /// opening a session through its mapping: management is told as for an outbound one (RFC
+    /// 6888 REQ-11), with the mapping's internal endpoint as the subscriber's. Nothing is
+    /// answered: the sender is outside, and REQ-11's answer is for the subscriber.
+    fn inbound_refused(
+        &mut self,
+        now: Instant,
+        p: &Parsed,
+        internal: Endpoint,
+        reason: DropReason,
+    ) -> Refused {
+        self.emit(Event::MappingFailed {
+            at: now,
+            proto: p.proto,
+            internal,
+            remote: p.src,
+            reason,
+        });
+        Refused::Drop(reason)
     }
 
     /// Whether the filtering behaviour lets `remote` open a session through `mid`. Under

@@ -12,7 +12,7 @@ use core::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use natgate_core::alloc::AddressUsage;
+use natgate_core::alloc::{AddressUsage, PortSetKind, PortSetUsage};
 use natgate_core::engine::{MappingInfo, SessionInfo};
 use natgate_core::tcp_state::TcpPhase;
 use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol, SessionOrigin};
@@ -744,8 +744,76 @@ pub struct PoolRow {
     /// Subscribers with a mapping on this address.
     pub subscribers: u64,
     /// Of the busiest protocol, the share of ports in use or held down, in percent: how close the
-    /// address is to refusing new mappings.
+    /// address is to refusing new mappings. With port sets, the share of sets in use or held
+    /// down instead: how close the address is to refusing a new subscriber a block.
     pub utilisation_percent: f64,
+    /// How the address's ports are divided into port blocks or deterministic ranges; absent
+    /// with dynamic allocation, which hands out single ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_sets: Option<PortSetRow>,
+}
+
+/// What a [`PortSetRow`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortSetRowKind {
+    /// Port blocks (`[allocation] mode = "port-block"`, or deterministic overflow blocks).
+    Block,
+    /// RFC 7422 deterministic ranges, one per subscriber.
+    Deterministic,
+}
+
+/// The port sets of one external address: the part of its port space subscribers can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSetRow {
+    /// Blocks or deterministic ranges.
+    pub kind: PortSetRowKind,
+    /// Ports in each set (of every protocol).
+    pub size: u16,
+    /// Sets of a subscriber with a port in use.
+    pub in_use: u64,
+    /// Blocks waiting out the hold-down of their last ports (RFC 6888 REQ-8); 0 for ranges.
+    pub held_down: u64,
+    /// Blocks free for any subscriber; for ranges, those of subscribers with no port in use.
+    pub free: u64,
+}
+
+impl PortSetRow {
+    /// The row of one allocator's sets on an address.
+    pub fn new(s: &PortSetUsage) -> Self {
+        PortSetRow {
+            kind: match s.kind {
+                PortSetKind::Block => PortSetRowKind::Block,
+                PortSetKind::DeterministicRange => PortSetRowKind::Deterministic,
+            },
+            size: s.size,
+            in_use: u64::from(s.in_use),
+            held_down: u64::from(s.held_down),
+            free: u64::from(s.free),
+        }
+    }
+
+    /// Every set of the address.
+    pub const fn total(&self) -> u64 {
+        self.in_use + self.held_down + self.free
+    }
+
+    /// Ports per protocol inside the sets: the address's real capacity (a set serves every
+    /// protocol).
+    pub const fn capacity(&self) -> PerProtocol {
+        let ports = self.total() * self.size as u64;
+        PerProtocol {
+            icmp: ports,
+            tcp: ports,
+            udp: ports,
+        }
+    }
+
+    fn add(&mut self, other: &PortSetRow) {
+        self.in_use += other.in_use;
+        self.held_down += other.held_down;
+        self.free += other.free;
+    }
 }
 
 impl PoolRow {
@@ -758,12 +826,31 @@ impl PoolRow {
             capacity,
             subscribers: u64::from(u.subscribers),
             utilisation_percent: 0.0,
+            port_sets: None,
         };
         row.update_utilisation();
         row
     }
 
+    /// The row for an address whose ports are divided into `sets` (port blocks, deterministic
+    /// ranges): its capacity is the ports inside them, not the port numbers.
+    pub fn with_port_sets(u: &AddressUsage, sets: &PortSetUsage) -> Self {
+        let sets = PortSetRow::new(sets);
+        let mut row = PoolRow::new(u, sets.capacity());
+        row.port_sets = Some(sets);
+        row.update_utilisation();
+        row
+    }
+
     fn update_utilisation(&mut self) {
+        if let Some(s) = &self.port_sets {
+            self.capacity = s.capacity();
+            self.utilisation_percent = match s.total() {
+                0 => 0.0,
+                n => 100.0 * (s.in_use + s.held_down) as f64 / n as f64,
+            };
+            return;
+        }
         self.utilisation_percent = Protocol::ALL
             .into_iter()
             .filter(|p| self.capacity.get(*p) > 0)
@@ -784,7 +871,8 @@ pub struct PoolList {
 
 impl PoolList {
     /// Adds another engine's use of the same pool: rows for the same address add up. Engines
-    /// that share an address split its ports, so the capacity is not added.
+    /// that share an address split its ports, so the capacity is not added; with port sets each
+    /// engine owns its own sets, which add up, and the capacity follows them.
     pub fn merge(&mut self, other: PoolList) {
         for row in other.addresses {
             match self.addresses.iter_mut().find(|r| r.address == row.address) {
@@ -792,6 +880,11 @@ impl PoolList {
                     r.in_use.add(&row.in_use);
                     r.held_down.add(&row.held_down);
                     r.subscribers += row.subscribers;
+                    match (&mut r.port_sets, &row.port_sets) {
+                        (Some(mine), Some(theirs)) => mine.add(theirs),
+                        (mine @ None, Some(theirs)) => *mine = Some(*theirs),
+                        (_, None) => {}
+                    }
                     r.update_utilisation();
                 }
                 None => self.addresses.push(row),
@@ -1451,6 +1544,55 @@ mod tests {
         assert_eq!(merged.in_use.tcp, 2 * 6451);
         assert_eq!(merged.subscribers, 4);
         assert!((merged.utilisation_percent - 20.0).abs() < 0.01);
+    }
+
+    /// With port blocks the capacity is the ports inside the blocks, the utilisation the share
+    /// of blocks taken, and two workers' rows (disjoint shares of the blocks) add up.
+    #[test]
+    fn pools_with_port_blocks_count_blocks_and_their_ports() {
+        let usage = AddressUsage {
+            addr: Ipv4Addr::new(198, 51, 100, 1),
+            in_use: [0, 3, 700],
+            held_down: [0, 1, 0],
+            subscribers: 2,
+        };
+        let sets = |in_use, held_down, free| PortSetUsage {
+            addr: usage.addr,
+            kind: PortSetKind::Block,
+            size: 512,
+            in_use,
+            held_down,
+            free,
+        };
+        let mut pools = PoolList {
+            addresses: vec![PoolRow::with_port_sets(&usage, &sets(2, 1, 60))],
+        };
+        let row = &pools.addresses[0];
+        assert_eq!(row.capacity.udp, 63 * 512);
+        assert_eq!(row.capacity.icmp, 63 * 512, "a block serves every protocol");
+        assert!((row.utilisation_percent - 100.0 * 3.0 / 63.0).abs() < 0.01);
+        pools.merge(PoolList {
+            addresses: vec![PoolRow::with_port_sets(&usage, &sets(0, 0, 63))],
+        });
+        let row = &pools.addresses[0];
+        let s = row.port_sets.expect("sets");
+        assert_eq!(
+            (s.kind, s.in_use, s.held_down, s.free, s.total()),
+            (PortSetRowKind::Block, 2, 1, 123, 126)
+        );
+        assert_eq!(row.capacity.tcp, 126 * 512, "64512 / 512 blocks of 512");
+        assert!((row.utilisation_percent - 100.0 * 3.0 / 126.0).abs() < 0.01);
+        let json = serde_json::to_value(row).expect("json");
+        assert_eq!(json["port_sets"]["kind"], "block");
+        assert_eq!(json["port_sets"]["free"], 123);
+        let plain = PoolRow::new(&usage, PerProtocol::port_capacity(false));
+        assert!(
+            serde_json::to_value(&plain)
+                .expect("json")
+                .get("port_sets")
+                .is_none(),
+            "dynamic allocation has no port sets"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use natgate_core::rules::{Action, Ipv4Prefix, PortRange, Target};
 use natgate_core::{Direction, Protocol};
 
 use super::protocol::{
-    Request, Response, RuleList, ServerStateName, StatusInfo, VirtualServerList, WhoisList,
+    PortSetRowKind, Request, Response, RuleList, ServerStateName, StatusInfo, VirtualServerList,
+    WhoisList,
 };
 use crate::logsink::whois::WhoisSource;
 
@@ -180,7 +181,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
             footer(&mut out, l.mappings.len(), l.count, "mapping", "mappings");
         }
         Response::Pools(p) => {
-            let mut t = Table::new(&[
+            let mut cols = vec![
                 ("ADDRESS", false),
                 ("TCP", true),
                 ("UDP", true),
@@ -188,9 +189,21 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("HELD-DOWN", true),
                 ("SUBSCRIBERS", true),
                 ("UTIL", true),
-            ]);
+            ];
+            // With port blocks or deterministic NAT the sets, not the ports, are what runs out.
+            let sets = p.addresses.iter().any(|r| r.port_sets.is_some());
+            if sets {
+                cols.extend([
+                    ("SETS", false),
+                    ("SIZE", true),
+                    ("IN-USE", true),
+                    ("HELD", true),
+                    ("FREE", true),
+                ]);
+            }
+            let mut t = Table::new(&cols);
             for r in &p.addresses {
-                t.row(vec![
+                let mut row = vec![
                     r.address.to_string(),
                     r.in_use.tcp.to_string(),
                     r.in_use.udp.to_string(),
@@ -198,7 +211,23 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                     r.held_down.total().to_string(),
                     r.subscribers.to_string(),
                     format!("{:.1}%", r.utilisation_percent),
-                ]);
+                ];
+                match &r.port_sets {
+                    Some(s) => row.extend([
+                        match s.kind {
+                            PortSetRowKind::Block => "blocks",
+                            PortSetRowKind::Deterministic => "ranges",
+                        }
+                        .to_owned(),
+                        s.size.to_string(),
+                        s.in_use.to_string(),
+                        s.held_down.to_string(),
+                        s.free.to_string(),
+                    ]),
+                    None if sets => row.extend(["-", "-", "-", "-", "-"].map(String::from)),
+                    None => {}
+                }
+                t.row(row);
             }
             t.render(&mut out);
         }
@@ -460,6 +489,54 @@ mod tests {
                 "log"
             ]
         );
+    }
+
+    #[test]
+    fn pools_table_shows_port_sets_when_an_address_has_them() {
+        use crate::control::protocol::{PerProtocol, PoolList, PoolRow};
+        use natgate_core::alloc::{AddressUsage, PortSetKind, PortSetUsage};
+        use std::net::Ipv4Addr;
+        let usage = AddressUsage {
+            addr: Ipv4Addr::new(198, 51, 100, 1),
+            in_use: [0, 3, 700],
+            held_down: [0, 1, 0],
+            subscribers: 2,
+        };
+        let blocks = PoolRow::with_port_sets(
+            &usage,
+            &PortSetUsage {
+                addr: usage.addr,
+                kind: PortSetKind::Block,
+                size: 512,
+                in_use: 3,
+                held_down: 1,
+                free: 122,
+            },
+        );
+        let text = human(
+            &Request::Pools,
+            &Response::Pools(PoolList {
+                addresses: vec![blocks],
+            }),
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>()[7..],
+            ["SETS", "SIZE", "IN-USE", "HELD", "FREE"],
+            "{text}"
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>()[6..],
+            ["3.2%", "blocks", "512", "3", "1", "122"]
+        );
+        let plain = PoolRow::new(&usage, PerProtocol::port_capacity(false));
+        let text = human(
+            &Request::Pools,
+            &Response::Pools(PoolList {
+                addresses: vec![plain],
+            }),
+        );
+        assert!(!text.contains("SETS"), "dynamic allocation: {text}");
     }
 
     #[test]

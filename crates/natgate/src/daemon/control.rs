@@ -95,7 +95,11 @@ impl ControlService {
             addresses: snap
                 .pools
                 .iter()
-                .map(|u| PoolRow::new(u, capacity))
+                .map(|u| match snap.port_sets.iter().find(|s| s.addr == u.addr) {
+                    // Only ports inside a block or range can be handed out.
+                    Some(sets) => PoolRow::with_port_sets(u, sets),
+                    None => PoolRow::new(u, capacity),
+                })
                 .collect(),
         });
         list

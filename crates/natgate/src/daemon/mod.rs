@@ -40,7 +40,7 @@ use std::time::Duration;
 use std::net::Ipv4Addr;
 
 use natgate_core::alloc::{
-    AddressUsage, AllocSettings, ConfiguredAllocator, DynamicAllocator, PortRange,
+    AddressUsage, AllocSettings, ConfiguredAllocator, DynamicAllocator, PortRange, PortSetUsage,
 };
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
@@ -182,6 +182,8 @@ pub struct WorkerSnapshot {
     pub mappings: Vec<MappingInfo>,
     /// Pool utilisation.
     pub pools: Vec<AddressUsage>,
+    /// Port blocks or deterministic ranges per address (empty with dynamic allocation).
+    pub port_sets: Vec<PortSetUsage>,
     /// Live sessions.
     pub session_count: usize,
     /// Live mappings.
@@ -207,6 +209,9 @@ pub struct Snapshot {
     pub mappings: Vec<MappingInfo>,
     /// Pool utilisation per external address.
     pub pools: Vec<AddressUsage>,
+    /// Port blocks or deterministic ranges per external address, summed over the workers'
+    /// shares (empty with dynamic allocation).
+    pub port_sets: Vec<PortSetUsage>,
     /// Live sessions.
     pub session_count: usize,
     /// Live mappings.
@@ -282,8 +287,9 @@ pub struct DaemonHandle {
     stop: Arc<AtomicBool>,
     resolved: Arc<Resolved>,
     started: std::time::Instant,
-    /// Routes and proxy entries of the static rules' and virtual servers' addresses.
-    external: Arc<Mutex<external::ExternalAddresses>>,
+    /// Routes and proxy entries of the static rules' and virtual servers' addresses; `None`
+    /// in a handle made without a data plane (unit tests of the control service).
+    external: Arc<Mutex<Option<external::ExternalAddresses>>>,
     logs: Arc<LogView>,
 }
 
@@ -312,10 +318,15 @@ impl DaemonHandle {
         rules: &natgate_core::rules::RuleChain,
         virtual_servers: &[natgate_core::vserver::VirtualServerSpec],
     ) -> Result<(), PlumbingError> {
-        self.external
+        match self
+            .external
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .add(rules, virtual_servers)
+            .as_mut()
+        {
+            Some(e) => e.add(rules, virtual_servers),
+            None => Ok(()),
+        }
     }
 
     /// Asks every worker to stop.
@@ -364,6 +375,7 @@ impl DaemonHandle {
             total.sessions.extend(s.sessions);
             total.mappings.extend(s.mappings);
             merge_usage(&mut total.pools, s.pools);
+            merge_port_sets(&mut total.port_sets, s.port_sets);
             total.session_count += s.session_count;
             total.mapping_count += s.mapping_count;
             total.held_syns += s.held_syns;
@@ -465,6 +477,24 @@ fn merge_usage(total: &mut Vec<AddressUsage>, more: Vec<AddressUsage>) {
                 t.subscribers += u.subscribers;
             }
             None => total.push(u),
+        }
+    }
+}
+
+/// Adds a worker's port sets to the total: workers own disjoint sets of an address, so its
+/// counts add up.
+fn merge_port_sets(total: &mut Vec<PortSetUsage>, more: Vec<PortSetUsage>) {
+    for s in more {
+        match total
+            .iter_mut()
+            .find(|t| t.addr == s.addr && t.kind == s.kind)
+        {
+            Some(t) => {
+                t.in_use += s.in_use;
+                t.held_down += s.held_down;
+                t.free += s.free;
+            }
+            None => total.push(s),
         }
     }
 }
@@ -580,7 +610,7 @@ impl Daemon {
             resolved: Arc::new(resolved),
             started: std::time::Instant::now(),
             logs: Arc::new(view),
-            external: Arc::new(Mutex::new(external)),
+            external: Arc::new(Mutex::new(Some(external))),
         };
         let mut daemon = Daemon {
             handle: handle.clone(),
@@ -643,7 +673,8 @@ impl Daemon {
             .external
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .teardown();
+            .as_mut()
+            .map_or(Ok(()), external::ExternalAddresses::teardown);
         if let (Err(e), true) = (ext, first.is_ok()) {
             first = Err(e.into());
         }
@@ -725,10 +756,56 @@ fn log_error(what: &'static str) -> impl FnOnce(LogError) -> DaemonError {
     move |source| DaemonError::Log { what, source }
 }
 
+/// The JSON-lines sink of `[log.file]`, if configured, with its rotation and `[log] durable`.
+fn open_json_lines(
+    log: &crate::config::LogSettings,
+    time: TimeBase,
+) -> Result<Option<crate::eventlog::EventSink>, DaemonError> {
+    use crate::eventlog::{Destination, EventLogOptions, EventSink as JsonLines, Rotation};
+    let Some(f) = &log.file else {
+        return Ok(None);
+    };
+    let opts = EventLogOptions {
+        log_destinations: log.log_destinations,
+        durable: log.durable,
+    };
+    match f.path.as_str() {
+        "stderr" => Ok(JsonLines::with_writer(std::io::stderr(), time, opts)),
+        "stdout" => JsonLines::open(&Destination::Stdout, time, opts),
+        path => JsonLines::open(
+            &Destination::File {
+                path: path.into(),
+                rotation: Rotation {
+                    max_bytes: f.max_bytes,
+                    keep: f.keep,
+                },
+            },
+            time,
+            opts,
+        ),
+    }
+    .map(Some)
+    .map_err(|source| DaemonError::EventLog {
+        path: f.path.clone(),
+        source,
+    })
+}
+
+/// The block log of `[log.block-log]`, if configured, with `[log] durable`.
+fn block_log_config(settings: &Settings) -> Option<BlockLogConfig> {
+    let b = settings.log.block_log.as_ref()?;
+    Some(BlockLogConfig {
+        path: b.path.clone(),
+        max_intervals: b.max_intervals,
+        // Without blocks, a mapping's single port is the unit of allocation.
+        mappings: matches!(settings.allocation, Allocation::Dynamic),
+        durable: settings.log.durable,
+    })
+}
+
 /// Opens the configured sinks and starts the pipeline; `None` when no sink is configured (events
 /// are then only counted by the engines).
 fn open_logs(settings: &Settings, clock: &Clock) -> Result<Option<Logs>, DaemonError> {
-    use crate::eventlog::{Destination, EventLogOptions, EventSink as JsonLines, Rotation};
     use crate::logsink::ipfix::{IpfixConfig, IpfixExporter};
     use crate::logsink::syslog::{SyslogConfig, SyslogSink};
     let log = &settings.log;
@@ -737,30 +814,7 @@ fn open_logs(settings: &Settings, clock: &Clock) -> Result<Option<Logs>, DaemonE
     }
     let time = TimeBase::new(clock.now(), std::time::SystemTime::now());
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if let Some(f) = &log.file {
-        let opts = EventLogOptions {
-            log_destinations: log.log_destinations,
-            durable: log.durable,
-        };
-        let out = match f.path.as_str() {
-            "stderr" => Ok(JsonLines::with_writer(std::io::stderr(), time, opts)),
-            "stdout" => JsonLines::open(&Destination::Stdout, time, opts),
-            path => JsonLines::open(
-                &Destination::File {
-                    path: path.into(),
-                    rotation: Rotation {
-                        max_bytes: f.max_bytes,
-                        keep: f.keep,
-                    },
-                },
-                time,
-                opts,
-            ),
-        }
-        .map_err(|source| DaemonError::EventLog {
-            path: f.path.clone(),
-            source,
-        })?;
+    if let Some(out) = open_json_lines(log, time)? {
         sinks.push(Box::new(out));
     }
     if let Some(s) = &log.syslog {
@@ -788,15 +842,8 @@ fn open_logs(settings: &Settings, clock: &Clock) -> Result<Option<Logs>, DaemonE
             IpfixExporter::open(config, time).map_err(log_error("ipfix"))?,
         ));
     }
-    let block_log = match &log.block_log {
-        Some(b) => {
-            let config = BlockLogConfig {
-                path: b.path.clone(),
-                max_intervals: b.max_intervals,
-                // Without blocks, a mapping's single port is the unit of allocation.
-                mappings: matches!(settings.allocation, Allocation::Dynamic),
-                durable: log.durable,
-            };
+    let block_log = match block_log_config(settings) {
+        Some(config) => {
             let shared =
                 SharedBlockLog::new(BlockLog::open(config, time).map_err(log_error("block-log"))?);
             sinks.push(Box::new(shared.clone()));
@@ -946,5 +993,154 @@ mod tests {
             (2, 0),
             "filtered before the queue"
         );
+    }
+
+    const MIN: &str = "[interfaces]\ninside = \"lan0\"\noutside = \"wan0\"\n\n\
+                       [pool]\naddresses = [\"198.51.100.1\"]\n";
+
+    /// `[log] durable` and `[log.file]`'s rotation reach the JSON-lines sink the daemon opens,
+    /// and the file the pipeline writes rotates at the configured size.
+    #[test]
+    fn json_lines_rotation_and_durable_come_from_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        let text = format!(
+            "{MIN}\n[log]\ndurable = true\n\n[log.file]\npath = {:?}\nmax-bytes = 400\nkeep = 2\n",
+            path.display().to_string()
+        );
+        let settings = Settings::parse(&text).expect("valid");
+        let clock = Clock::new();
+        let time = TimeBase::new(clock.now(), std::time::SystemTime::now());
+        let sink = open_json_lines(&settings.log, time)
+            .expect("opens")
+            .expect("configured");
+        assert!(sink.options().durable, "durable = true: sync per batch");
+        let with_blocks = format!(
+            "{text}\n[log.block-log]\npath = {:?}\n",
+            dir.path().join("blocks").display().to_string()
+        );
+        let b =
+            block_log_config(&Settings::parse(&with_blocks).expect("valid")).expect("configured");
+        assert!(
+            b.durable && b.mappings,
+            "durable; dynamic allocation logs mappings"
+        );
+        assert_eq!(
+            sink.rotation(),
+            Some(crate::eventlog::Rotation {
+                max_bytes: 400,
+                keep: 2
+            })
+        );
+        drop(sink);
+
+        let logs = open_logs(&settings, &clock)
+            .expect("opens")
+            .expect("a sink is configured");
+        let n = 40;
+        for e in events().iter().cycle().take(n) {
+            assert!(logs.sender.send(*e));
+        }
+        let stats = logs.handle.shutdown().expect("shutdown");
+        assert_eq!((stats.written, stats.lost), (n as u64, 0));
+        let lines = |p: &std::path::Path| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            assert!(text.len() <= 400, "{}: {} bytes", p.display(), text.len());
+            text.lines().count()
+        };
+        let numbered = |k: u32| dir.path().join(format!("events.jsonl.{k}"));
+        assert!(numbered(1).exists() && numbered(2).exists(), "rotated");
+        assert!(!numbered(3).exists(), "keep = 2");
+        let kept = lines(&path) + lines(&numbered(1)) + lines(&numbered(2));
+        assert!(kept > 0 && kept < n, "older files were dropped: {kept}");
+    }
+
+    /// Blocks in its first `record` until the test lets it go, so that the queue fills.
+    struct Stuck {
+        entered: Option<mpsc::Sender<()>>,
+        gate: Receiver<()>,
+    }
+
+    impl Sink for Stuck {
+        fn record(&mut self, _: &Event) -> Result<(), LogError> {
+            if let Some(tx) = self.entered.take() {
+                let _ = tx.send(());
+                let _ = self.gate.recv_timeout(Duration::from_secs(10));
+            }
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), LogError> {
+            Ok(())
+        }
+    }
+
+    /// A worker's log output never waits for a full queue, and every event it loses is in
+    /// `ctl stats` and the metrics, through the same control service the daemon runs.
+    #[test]
+    fn lost_log_events_reach_ctl_stats_and_metrics_and_the_worker_never_waits() {
+        use crate::control::{ControlHandler, Request, Response};
+        let (open, gate) = mpsc::channel();
+        let (entered_tx, entered) = mpsc::channel();
+        let (sender, pipeline) = LogPipeline::start(PipelineConfig {
+            capacity: 2,
+            max_batch: 16,
+            sinks: vec![Box::new(Stuck {
+                entered: Some(entered_tx),
+                gate,
+            })],
+        })
+        .expect("start");
+        let mut out = PipelineOutput {
+            tx: sender,
+            per_session: true,
+        };
+        let e = events()[0];
+        out.record(&e);
+        entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the logger took the first event and is stuck");
+        // On another thread, so that a blocking send fails the test instead of hanging it.
+        let (done_tx, done) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            for _ in 0..10 {
+                out.record(&e);
+            }
+            let _ = done_tx.send(());
+        });
+        done.recv_timeout(Duration::from_secs(5))
+            .expect("the worker's sends did not wait for the stuck logger");
+        worker.join().expect("worker");
+
+        let handle = DaemonHandle {
+            workers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            resolved: Arc::new(Resolved {
+                pool: vec![Ipv4Addr::new(198, 51, 100, 1)],
+                inside_address: Ipv4Addr::new(100, 64, 0, 1),
+                nat_ports: None,
+                stale_removed: 0,
+            }),
+            started: std::time::Instant::now(),
+            logs: Arc::new(LogView {
+                monitor: Some(pipeline.monitor()),
+                block_log: None,
+            }),
+            external: Arc::default(),
+        };
+        let service =
+            control::ControlService::new(handle, Settings::parse(MIN).expect("valid"), None, None);
+        // 2 queued behind the stuck one, 8 lost.
+        let Ok(Response::Stats(stats)) = service.handle(Request::Stats) else {
+            panic!("stats");
+        };
+        assert_eq!(stats.log_events_lost, 8);
+        let text = service.metrics().render();
+        assert!(
+            text.lines().any(|l| l == "natgate_log_events_lost_total 8"),
+            "{text}"
+        );
+        open.send(()).expect("open the gate");
+        let end = pipeline.shutdown().expect("shutdown");
+        assert_eq!((end.written, end.lost), (3, 8));
     }
 }

@@ -499,6 +499,7 @@ impl Worker {
                             Vec::new()
                         },
                         pools: e.allocator().usage(),
+                        port_sets: e.allocator().port_sets(),
                         session_count: e.session_count(),
                         mapping_count: e.mapping_count(),
                         held_syns: e.held_syn_count(),
