@@ -16,11 +16,17 @@
 //! [behavior]
 //! preset = "rfc6888-cgn"
 //! ```
+//!
+//! Static NAT rules (`[[rule]]`, `docs/static-nat.md`) and virtual servers
+//! (`[[virtual-server]]`, `docs/virtual-servers.md`) are the core's own serde types, so the file
+//! says exactly what the core checks.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use natgate_core::config::{Allocation, Behavior, BehaviorSpec, Limits, SubscriberLimits};
+use natgate_core::rules::RuleChain;
+use natgate_core::vserver::VirtualServerSpec;
 use natgate_core::{Config, ConfigError, ValidConfig};
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +75,12 @@ pub struct FileConfig {
     /// Allow values the RFCs forbid (short timers, dependent mapping, ...).
     #[serde(default)]
     pub lab: bool,
+    /// Static NAT rules (`[[rule]]`), checked for validity and conflicts as they load.
+    #[serde(default, skip_serializing_if = "RuleChain::is_empty")]
+    pub rule: RuleChain,
+    /// Virtual servers (`[[virtual-server]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_server: Vec<VirtualServerSpec>,
 }
 
 /// `[interfaces]`.
@@ -461,6 +473,12 @@ pub struct Settings {
     pub allocation: Allocation,
     /// Translation logs.
     pub log: LogSettings,
+    /// The static NAT rule chain. Starts as the file's; `natgate ctl rule ...` changes the
+    /// running copy (and `ctl reload` puts the file's back).
+    pub rules: RuleChain,
+    /// The virtual servers. Start as the file's; `natgate ctl vserver ...` changes the running
+    /// copy's real servers.
+    pub virtual_servers: Vec<VirtualServerSpec>,
     /// The file as parsed (for printing the effective config).
     pub file: FileConfig,
 }
@@ -640,6 +658,8 @@ impl Settings {
             metrics_listen: file.metrics.listen,
             allocation: file.allocation,
             log: log_settings(&file, &invalid)?,
+            rules: file.rule.clone(),
+            virtual_servers: file.virtual_server.clone(),
             file,
         };
         // Check everything the engine checks now, with stand-in addresses where the real ones
@@ -653,11 +673,15 @@ impl Settings {
             .unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
         settings.engine_config(pool, inside).map_err(|e| {
             let (key, why) = split_engine_error(&e);
-            ConfigFileError::Invalid {
-                line: find_key_line(text, &key),
-                key,
-                why,
-            }
+            let line = match &e {
+                ConfigError::VirtualServer { address, .. }
+                | ConfigError::DuplicateVirtualServer { address, .. }
+                | ConfigError::VirtualServerBoundByRule { address, .. } => {
+                    find_virtual_server_line(text, address.addr)
+                }
+                _ => find_key_line(text, &key),
+            };
+            ConfigFileError::Invalid { line, key, why }
         })?;
         Ok(settings)
     }
@@ -675,8 +699,8 @@ impl Settings {
             behavior: self.behavior,
             limits: self.limits,
             lab: self.lab,
-            rules: Default::default(),
-            virtual_servers: Vec::new(),
+            rules: self.rules.clone(),
+            virtual_servers: self.virtual_servers.clone(),
         };
         if config.limits.max_memory.is_some() && self.file.limits.max_sessions.is_none() {
             config.fit_sessions_to_memory()?;
@@ -697,6 +721,8 @@ impl Settings {
             allocation: &self.allocation,
             log: &self.file.log,
             lab: self.lab,
+            rule: &self.rules,
+            virtual_server: &self.virtual_servers,
         };
         toml::to_string(&eff)
     }
@@ -716,6 +742,41 @@ struct Effective<'a> {
     metrics: &'a MetricsSection,
     allocation: &'a Allocation,
     log: &'a LogSection,
+    // Arrays of tables last: TOML cannot put plain tables after them.
+    #[serde(skip_serializing_if = "RuleChain::is_empty")]
+    rule: &'a RuleChain,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    virtual_server: &'a [VirtualServerSpec],
+}
+
+/// The 1-based line of the `[[virtual-server]]` table whose `address` is `addr` (the first
+/// such table if none says so: the address may be written differently).
+fn find_virtual_server_line(text: &str, addr: Ipv4Addr) -> Option<usize> {
+    // The line of the `[[virtual-server]]` header we are directly under, if any (not under
+    // one of its sub-tables, whose `address` keys are real servers').
+    let mut table = None;
+    let mut first = None;
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.starts_with("[[virtual-server]]") {
+            table = Some(i + 1);
+            first = first.or(table);
+        } else if l.starts_with('[') {
+            table = None;
+        } else if let Some(t) = table
+            && let Some((k, v)) = l.split_once('=')
+            && k.trim() == "address"
+            && v.split('#')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches('"')
+                == addr.to_string()
+        {
+            return Some(t);
+        }
+    }
+    first
 }
 
 /// Validates `[log]` against the allocation mode.
@@ -1030,11 +1091,119 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
                 include_str!("../../../examples/cgn-deterministic.toml"),
             ),
             ("lab", include_str!("../../../examples/lab.toml")),
+            (
+                "static-exempt",
+                include_str!("../../../examples/static-exempt.toml"),
+            ),
+            (
+                "static-host-nat",
+                include_str!("../../../examples/static-host-nat.toml"),
+            ),
+            (
+                "static-network-nat",
+                include_str!("../../../examples/static-network-nat.toml"),
+            ),
+            (
+                "static-port-forward",
+                include_str!("../../../examples/static-port-forward.toml"),
+            ),
+            (
+                "static-twice-nat",
+                include_str!("../../../examples/static-twice-nat.toml"),
+            ),
+            (
+                "virtual-server",
+                include_str!("../../../examples/virtual-server.toml"),
+            ),
         ] {
             let s = Settings::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            Settings::parse(&s.effective_toml().expect("toml"))
+            let again = Settings::parse(&s.effective_toml().expect("toml"))
                 .unwrap_or_else(|e| panic!("{name} effective: {e}"));
+            assert_eq!(
+                again.rules, s.rules,
+                "{name}: rules survive the effective config"
+            );
+            assert_eq!(again.virtual_servers, s.virtual_servers, "{name}");
+            if name.starts_with("static-") {
+                assert!(!s.rules.is_empty(), "{name}");
+            }
         }
+    }
+
+    const RULE: &str = r#"
+[[rule]]
+id = 10
+direction = "inbound"
+proto = "tcp"
+dst = "198.51.100.10/32"
+dst-ports = 80
+action.translate.dst = { addr = "100.64.0.5/32", port = 8888 }
+"#;
+
+    const VSERVER: &str = r#"
+[[virtual-server]]
+address = "203.0.113.80"
+port = 80
+protocol = "tcp"
+scheduler = "round-robin"
+
+[[virtual-server.real-servers]]
+address = "100.64.0.20"
+weight = 2
+"#;
+
+    #[test]
+    fn rules_and_virtual_servers_reach_the_engine_config() {
+        let s = Settings::parse(&format!("{MIN}{RULE}{VSERVER}")).expect("valid");
+        assert_eq!(s.rules.len(), 1);
+        assert_eq!(s.virtual_servers.len(), 1);
+        assert_eq!(s.virtual_servers[0].real_servers[0].weight, 2);
+        let cfg = s
+            .engine_config(
+                vec![Ipv4Addr::new(198, 51, 100, 1)],
+                Ipv4Addr::new(100, 64, 0, 1),
+            )
+            .expect("engine config");
+        assert_eq!(cfg.get().rules, s.rules);
+        assert_eq!(cfg.get().virtual_servers, s.virtual_servers);
+    }
+
+    #[test]
+    fn conflicting_rules_name_both_and_a_line() {
+        let other = RULE
+            .replace("id = 10", "id = 11")
+            .replace("100.64.0.5/32", "100.64.0.6/32");
+        let e = Settings::parse(&format!("{MIN}{RULE}{other}"))
+            .expect_err("conflict")
+            .to_string();
+        assert!(e.contains("rule 11 conflicts with rule 10"), "{e}");
+        assert!(e.contains("line "), "{e}");
+        let bad = RULE.replace("dst-ports = 80", "dst-prts = 80");
+        let e = Settings::parse(&format!("{MIN}{bad}"))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("dst-prts") && e.contains("line 14"), "{e}");
+    }
+
+    #[test]
+    fn bad_virtual_servers_name_their_table_line() {
+        let zero = VSERVER.replace("weight = 2", "weight = 0");
+        let e = Settings::parse(&format!("{MIN}{zero}"))
+            .expect_err("weight 0")
+            .to_string();
+        assert!(
+            e.starts_with("line 9: virtual-server tcp 203.0.113.80:80"),
+            "{e}"
+        );
+        let twice = format!("{MIN}{VSERVER}{VSERVER}");
+        let e = Settings::parse(&twice).expect_err("twice").to_string();
+        assert!(e.contains("203.0.113.80:80"), "{e}");
+        // A virtual server on an endpoint a rule binds: two meanings for one packet.
+        let on_rule = VSERVER.replace("203.0.113.80", "198.51.100.10");
+        let e = Settings::parse(&format!("{MIN}{RULE}{on_rule}"))
+            .expect_err("bound by a rule")
+            .to_string();
+        assert!(e.contains("rule 10"), "{e}");
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn row(internal: &str, proto: Protocol) -> SessionRow {
         tcp_state: None,
         idle_secs: 1,
         expires_in_secs: 299,
+        origin: "dynamic".into(),
     }
 }
 
@@ -85,9 +86,13 @@ impl ControlHandler for Fake {
             })),
             Request::Stats => panic!("handler bug"),
             Request::LogLevel(a) => Ok(Response::LogLevel(a)),
-            Request::Mappings(_) | Request::Drops(_) | Request::Whois(_) => {
-                Ok(Response::Pools(PoolList::default()))
-            }
+            Request::Mappings(_)
+            | Request::Drops(_)
+            | Request::Whois(_)
+            | Request::Rules
+            | Request::Rule(_)
+            | Request::VirtualServers
+            | Request::VirtualServer(_) => Ok(Response::Pools(PoolList::default())),
         }
     }
 }

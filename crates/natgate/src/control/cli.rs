@@ -11,13 +11,21 @@ use std::process::ExitCode;
 
 use natgate_core::Protocol;
 
-use super::protocol::{DropsQuery, LogLevel, LogLevelArgs, TableQuery, WhoisQuery};
-use super::{Client, DEFAULT_SOCKET, Request, render};
+use natgate_core::rules::{Rule, RuleId};
+
+use super::protocol::{
+    DropsQuery, LogLevel, LogLevelArgs, RealServerOp, RealServerRef, RuleChange, TableQuery,
+    VirtualServerChange, VirtualServerRef, WhoisQuery,
+};
+use super::static_nat::parse_rule_toml;
+use super::{Client, DEFAULT_SOCKET, Request, Response, render};
 
 /// Exit status: the request succeeded.
 pub const EXIT_OK: u8 = 0;
 /// Exit status: the daemon answered with an error, or the exchange broke after connecting.
 pub const EXIT_ERROR: u8 = 1;
+/// Exit status: the command line is wrong (clap's own usage errors exit with 2 too).
+pub const EXIT_USAGE: u8 = 2;
 /// Exit status: the control socket could not be reached.
 pub const EXIT_NO_DAEMON: u8 = 3;
 
@@ -78,6 +86,292 @@ pub enum CtlCommand {
         #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
         proto: Option<Protocol>,
     },
+    /// List the static NAT rules in match order, with their ids.
+    Rules {
+        /// Print the running chain as `[[rule]]` tables for the config file.
+        #[arg(long)]
+        toml: bool,
+    },
+    /// Change the static NAT rules (applied like `reload`: all workers or none).
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// List the virtual servers with their real servers' state, health, connections and bytes.
+    Vservers,
+    /// Change a virtual server's real servers (all workers or none).
+    #[command(subcommand)]
+    Vserver(VserverCommand),
+}
+
+/// `natgate ctl rule ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RuleCommand {
+    /// Insert a rule at ID; the rule there and the ones after it move up by one.
+    Insert {
+        /// Where the rule goes.
+        id: u32,
+        /// The rule.
+        #[command(flatten)]
+        rule: Box<RuleSpec>,
+    },
+    /// Append a rule after the last one.
+    Append {
+        /// The rule.
+        #[command(flatten)]
+        rule: Box<RuleSpec>,
+    },
+    /// Delete the rule ID (the other ids do not change).
+    Delete {
+        /// The rule to delete.
+        id: u32,
+    },
+}
+
+/// A rule: as TOML (`'direction = "inbound", dst = "198.51.100.10/32", ...'`, the keys of a
+/// `[[rule]]` table) or as flags, not both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RuleSpec {
+    /// The rule as TOML: the keys of a `[[rule]]` table, inline (comma-separated) or one per
+    /// line; `id` may be left out.
+    #[arg(value_name = "TOML")]
+    pub toml: Option<String>,
+    /// outbound (inside to outside) or inbound.
+    #[arg(long, value_name = "DIR")]
+    pub direction: Option<String>,
+    /// Also translate replies and flows started from the other side.
+    #[arg(long)]
+    pub bidirectional: bool,
+    /// Only this protocol: udp, tcp or icmp.
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+    /// Source prefix (default 0.0.0.0/0).
+    #[arg(long, value_name = "PREFIX")]
+    pub src: Option<String>,
+    /// Source port or FIRST-LAST.
+    #[arg(long, value_name = "PORTS")]
+    pub src_ports: Option<String>,
+    /// Destination prefix (default 0.0.0.0/0).
+    #[arg(long, value_name = "PREFIX")]
+    pub dst: Option<String>,
+    /// Destination port or FIRST-LAST.
+    #[arg(long, value_name = "PORTS")]
+    pub dst_ports: Option<String>,
+    /// Rewrite the source to PREFIX, PREFIX:PORT or :PORT.
+    #[arg(long, value_name = "TARGET")]
+    pub translate_src: Option<String>,
+    /// Rewrite the destination to PREFIX, PREFIX:PORT or :PORT.
+    #[arg(long, value_name = "TARGET")]
+    pub translate_dst: Option<String>,
+    /// Translate nothing (by rules or dynamic NAPT).
+    #[arg(long)]
+    pub exempt: bool,
+}
+
+impl RuleSpec {
+    /// The rule these arguments describe.
+    pub fn rule(&self) -> Result<Rule, String> {
+        let flags = self.direction.is_some()
+            || self.bidirectional
+            || self.proto.is_some()
+            || self.src.is_some()
+            || self.src_ports.is_some()
+            || self.dst.is_some()
+            || self.dst_ports.is_some()
+            || self.translate_src.is_some()
+            || self.translate_dst.is_some()
+            || self.exempt;
+        match (&self.toml, flags) {
+            (Some(_), true) => Err("give the rule as TOML or as flags, not both".into()),
+            (Some(t), false) => parse_rule_toml(t),
+            (None, false) => Err("no rule: give it as TOML or with --direction ...".into()),
+            (None, true) => {
+                // The flags become the same table a config file holds, so the core checks
+                // them in one place.
+                let mut t = toml::Table::new();
+                let mut put = |k: &str, v: &Option<String>| {
+                    if let Some(v) = v {
+                        let value = v
+                            .parse::<i64>()
+                            .map_or_else(|_| toml::Value::String(v.clone()), toml::Value::Integer);
+                        t.insert(k.to_owned(), value);
+                    }
+                };
+                put("direction", &self.direction);
+                put("proto", &self.proto);
+                put("src", &self.src);
+                put("src-ports", &self.src_ports);
+                put("dst", &self.dst);
+                put("dst-ports", &self.dst_ports);
+                if self.bidirectional {
+                    t.insert("bidirectional".into(), toml::Value::Boolean(true));
+                }
+                let action = if self.exempt {
+                    if self.translate_src.is_some() || self.translate_dst.is_some() {
+                        return Err("--exempt translates nothing: drop --translate-*".into());
+                    }
+                    toml::Value::String("exempt".into())
+                } else {
+                    let mut tr = toml::Table::new();
+                    for (k, v) in [("src", &self.translate_src), ("dst", &self.translate_dst)] {
+                        if let Some(v) = v {
+                            tr.insert(k.into(), toml::Value::Table(target_table(v)?));
+                        }
+                    }
+                    let mut a = toml::Table::new();
+                    a.insert("translate".into(), toml::Value::Table(tr));
+                    toml::Value::Table(a)
+                };
+                t.insert("action".into(), action);
+                parse_rule_toml(&toml::to_string(&t).map_err(|e| e.to_string())?)
+            }
+        }
+    }
+}
+
+/// `PREFIX`, `PREFIX:PORT` or `:PORT` as a rule target table.
+fn target_table(s: &str) -> Result<toml::Table, String> {
+    let mut t = toml::Table::new();
+    let (addr, port) = match s.split_once(':') {
+        Some((a, p)) => (
+            a,
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("{s:?}: {p:?} is not a port"))?,
+            ),
+        ),
+        None => (s, None),
+    };
+    if !addr.is_empty() {
+        t.insert("addr".into(), toml::Value::String(addr.to_owned()));
+    }
+    if let Some(p) = port {
+        t.insert("port".into(), toml::Value::Integer(i64::from(p)));
+    }
+    Ok(t)
+}
+
+/// `natgate ctl vserver ...`: VIRTUAL is `ADDR:PORT/PROTO`, REAL is `ADDR` or `ADDR:PORT`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum VserverCommand {
+    /// Add a real server (it starts level with the others).
+    Add {
+        /// The virtual server, e.g. 203.0.113.80:80/tcp.
+        #[arg(value_name = "VIRTUAL")]
+        virtual_server: VirtualServerRef,
+        /// The real server, e.g. 10.0.0.3 or 10.0.0.3:8888.
+        #[arg(value_name = "REAL")]
+        real_server: RealServerRef,
+        /// Its weight, 1..=1000000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Stop new connections to a real server; existing ones finish.
+    Drain {
+        /// The virtual server.
+        #[arg(value_name = "VIRTUAL")]
+        virtual_server: VirtualServerRef,
+        /// The real server.
+        #[arg(value_name = "REAL")]
+        real_server: RealServerRef,
+    },
+    /// Let a drained real server take new connections again.
+    Undrain {
+        /// The virtual server.
+        #[arg(value_name = "VIRTUAL")]
+        virtual_server: VirtualServerRef,
+        /// The real server.
+        #[arg(value_name = "REAL")]
+        real_server: RealServerRef,
+    },
+    /// Remove a real server; refused while it has connections unless --force.
+    Remove {
+        /// The virtual server.
+        #[arg(value_name = "VIRTUAL")]
+        virtual_server: VirtualServerRef,
+        /// The real server.
+        #[arg(value_name = "REAL")]
+        real_server: RealServerRef,
+        /// Remove it even with open connections (they keep working until they end).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change a real server's weight.
+    Weight {
+        /// The virtual server.
+        #[arg(value_name = "VIRTUAL")]
+        virtual_server: VirtualServerRef,
+        /// The real server.
+        #[arg(value_name = "REAL")]
+        real_server: RealServerRef,
+        /// The new weight, 1..=1000000.
+        weight: u32,
+    },
+}
+
+impl From<&VserverCommand> for VirtualServerChange {
+    fn from(c: &VserverCommand) -> Self {
+        let change = |virtual_server, real_server, op, weight, force| VirtualServerChange {
+            virtual_server,
+            real_server,
+            op,
+            weight,
+            force,
+        };
+        match *c {
+            VserverCommand::Add {
+                virtual_server,
+                real_server,
+                weight,
+            } => change(
+                virtual_server,
+                real_server,
+                RealServerOp::Add,
+                Some(weight),
+                false,
+            ),
+            VserverCommand::Drain {
+                virtual_server,
+                real_server,
+            } => change(
+                virtual_server,
+                real_server,
+                RealServerOp::Drain,
+                None,
+                false,
+            ),
+            VserverCommand::Undrain {
+                virtual_server,
+                real_server,
+            } => change(
+                virtual_server,
+                real_server,
+                RealServerOp::Undrain,
+                None,
+                false,
+            ),
+            VserverCommand::Remove {
+                virtual_server,
+                real_server,
+                force,
+            } => change(
+                virtual_server,
+                real_server,
+                RealServerOp::Remove,
+                None,
+                force,
+            ),
+            VserverCommand::Weight {
+                virtual_server,
+                real_server,
+                weight,
+            } => change(
+                virtual_server,
+                real_server,
+                RealServerOp::Weight,
+                Some(weight),
+                false,
+            ),
+        }
+    }
 }
 
 /// Filters of `sessions` and `mappings`.
@@ -177,9 +471,12 @@ impl From<&TableArgs> for TableQuery {
     }
 }
 
-impl From<&CtlCommand> for Request {
-    fn from(c: &CtlCommand) -> Self {
-        match c {
+impl TryFrom<&CtlCommand> for Request {
+    type Error = String;
+
+    /// The request for a command line; fails only for a rule that cannot be read.
+    fn try_from(c: &CtlCommand) -> Result<Self, String> {
+        Ok(match c {
             CtlCommand::Status => Request::Status,
             CtlCommand::Sessions(a) => Request::Sessions(a.into()),
             CtlCommand::Mappings(a) => Request::Mappings(a.into()),
@@ -200,7 +497,22 @@ impl From<&CtlCommand> for Request {
                 proto: *proto,
                 at_ms: *at,
             }),
-        }
+            CtlCommand::Rules { .. } => Request::Rules,
+            CtlCommand::Rule(RuleCommand::Insert { id, rule }) => {
+                Request::Rule(RuleChange::Insert {
+                    id: RuleId(*id),
+                    rule: rule.rule()?,
+                })
+            }
+            CtlCommand::Rule(RuleCommand::Append { rule }) => {
+                Request::Rule(RuleChange::Append { rule: rule.rule()? })
+            }
+            CtlCommand::Rule(RuleCommand::Delete { id }) => {
+                Request::Rule(RuleChange::Delete { id: RuleId(*id) })
+            }
+            CtlCommand::Vservers => Request::VirtualServers,
+            CtlCommand::Vserver(v) => Request::VirtualServer(v.into()),
+        })
     }
 }
 
@@ -213,11 +525,19 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<ExitCode> {
 /// Runs `natgate ctl`, writing the answer to `out` and messages to `err`; returns the exit
 /// status. Fails only if writing to `out` or `err` fails.
 pub fn run_with(args: &CtlArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<u8> {
-    let req = Request::from(&args.command);
+    let req = match Request::try_from(&args.command) {
+        Ok(r) => r,
+        Err(e) => {
+            writeln!(err, "natgate ctl: {e}")?;
+            return Ok(EXIT_USAGE);
+        }
+    };
     let answer = Client::connect(&args.socket).and_then(|mut c| c.request(&req));
     match answer {
         Ok(resp) => {
-            if args.json {
+            if let (CtlCommand::Rules { toml: true }, Response::Rules(l)) = (&args.command, &resp) {
+                out.write_all(l.to_toml().map_err(io::Error::other)?.as_bytes())?;
+            } else if args.json {
                 let v = resp.to_value().map_err(io::Error::other)?;
                 let text = serde_json::to_string_pretty(&v).map_err(io::Error::other)?;
                 writeln!(out, "{text}")?;
@@ -255,6 +575,10 @@ mod tests {
         Ctl(CtlArgs),
     }
 
+    fn req(a: &CtlArgs) -> Request {
+        Request::try_from(&a.command).expect("request")
+    }
+
     fn parse(args: &[&str]) -> Result<CtlArgs, clap::Error> {
         let argv = ["natgate", "ctl"].into_iter().chain(args.iter().copied());
         Top::try_parse_from(argv).map(|t| match t.cmd {
@@ -279,7 +603,7 @@ mod tests {
         .expect("parse");
         assert_eq!(a.socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(
-            Request::from(&a.command),
+            req(&a),
             Request::Sessions(TableQuery {
                 subscriber: Some(Ipv4Addr::new(100, 64, 0, 10)),
                 proto: Some(Protocol::Udp),
@@ -292,7 +616,7 @@ mod tests {
         assert!(a.json);
         assert_eq!(a.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(
-            Request::from(&a.command),
+            req(&a),
             Request::LogLevel(LogLevelArgs {
                 level: LogLevel::Debug
             })
@@ -300,10 +624,7 @@ mod tests {
         // --socket and --json go before or after the command.
         let a = parse(&["--socket", "/a", "drops", "--all", "--json"]).expect("parse");
         assert_eq!((a.socket.to_str(), a.json), (Some("/a"), true));
-        assert_eq!(
-            Request::from(&a.command),
-            Request::Drops(DropsQuery { all: true })
-        );
+        assert_eq!(req(&a), Request::Drops(DropsQuery { all: true }));
     }
 
     #[test]
@@ -317,7 +638,7 @@ mod tests {
         ])
         .expect("parse");
         assert_eq!(
-            Request::from(&a.command),
+            req(&a),
             Request::Whois(WhoisQuery {
                 address: std::net::Ipv4Addr::new(198, 51, 100, 7),
                 port: 40123,
@@ -339,6 +660,112 @@ mod tests {
         }
         assert!(parse(&["whois", "198.51.100.7"]).is_err());
         assert!(parse(&["whois", "198.51.100.7", "70000"]).is_err());
+    }
+
+    #[test]
+    fn rules_from_toml_or_flags_are_the_same_request() {
+        let toml = parse(&[
+            "rule",
+            "insert",
+            "5",
+            "direction = \"inbound\", bidirectional = true, proto = \"tcp\", \
+             dst = \"198.51.100.10/32\", dst-ports = 80, \
+             action.translate.dst = { addr = \"100.64.0.11/32\", port = 8888 }",
+        ])
+        .expect("toml");
+        let flags = parse(&[
+            "rule",
+            "insert",
+            "5",
+            "--direction",
+            "inbound",
+            "--bidirectional",
+            "--proto",
+            "tcp",
+            "--dst",
+            "198.51.100.10/32",
+            "--dst-ports",
+            "80",
+            "--translate-dst",
+            "100.64.0.11/32:8888",
+        ])
+        .expect("flags");
+        assert_eq!(req(&toml), req(&flags));
+        let Request::Rule(RuleChange::Insert { id, rule }) = req(&flags) else {
+            panic!("insert")
+        };
+        assert_eq!(id, RuleId(5));
+        assert!(rule.bidirectional);
+        let exempt = parse(&[
+            "rule",
+            "append",
+            "--direction",
+            "outbound",
+            "--dst",
+            "192.0.2.0/24",
+            "--exempt",
+        ])
+        .expect("exempt");
+        assert!(matches!(
+            req(&exempt),
+            Request::Rule(RuleChange::Append { .. })
+        ));
+        // Both forms at once, neither, or a bad value: refused before anything is sent.
+        let both = parse(&["rule", "append", "direction = \"inbound\"", "--exempt"]).expect("p");
+        assert!(Request::try_from(&both.command).is_err());
+        let none = parse(&["rule", "append"]).expect("parse");
+        assert!(Request::try_from(&none.command).is_err());
+        let bad = parse(&["rule", "append", "--direction", "up", "--exempt"]).expect("parse");
+        assert!(Request::try_from(&bad.command).is_err());
+        assert_eq!(
+            req(&parse(&["rule", "delete", "3"]).expect("parse")),
+            Request::Rule(RuleChange::Delete { id: RuleId(3) })
+        );
+        assert!(matches!(
+            parse(&["rules", "--toml"]).expect("parse").command,
+            CtlCommand::Rules { toml: true }
+        ));
+    }
+
+    #[test]
+    fn vserver_commands_name_the_virtual_and_the_real_server() {
+        let a = parse(&[
+            "vserver",
+            "add",
+            "203.0.113.80:80/tcp",
+            "10.0.0.3:8888",
+            "--weight",
+            "3",
+        ])
+        .expect("add");
+        let Request::VirtualServer(c) = req(&a) else {
+            panic!("vserver")
+        };
+        assert_eq!(c.virtual_server.to_string(), "203.0.113.80:80/tcp");
+        assert_eq!(c.real_server.port, Some(8888));
+        assert_eq!((c.op, c.weight), (RealServerOp::Add, Some(3)));
+        let a = parse(&[
+            "vserver",
+            "remove",
+            "203.0.113.80:80/tcp",
+            "10.0.0.3",
+            "--force",
+        ])
+        .expect("remove");
+        let Request::VirtualServer(c) = req(&a) else {
+            panic!("vserver")
+        };
+        assert_eq!(
+            (c.op, c.force, c.real_server.port),
+            (RealServerOp::Remove, true, None)
+        );
+        let a = parse(&["vserver", "weight", "203.0.113.80:80/tcp", "10.0.0.3", "7"]).expect("w");
+        let Request::VirtualServer(c) = req(&a) else {
+            panic!("vserver")
+        };
+        assert_eq!((c.op, c.weight), (RealServerOp::Weight, Some(7)));
+        assert!(parse(&["vserver", "drain", "203.0.113.80:80", "10.0.0.3"]).is_err());
+        assert!(parse(&["vservers"]).is_ok());
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod client;
 pub mod protocol;
 mod render;
 mod server;
+pub mod static_nat;
 
 pub use client::{Client, ClientError};
 pub use protocol::{Command, Request, Response};

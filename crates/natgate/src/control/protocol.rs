@@ -15,11 +15,15 @@ use std::path::PathBuf;
 use natgate_core::alloc::{AddressUsage, PortSetKind, PortSetUsage};
 use natgate_core::engine::{MappingInfo, SessionInfo};
 use natgate_core::tcp_state::TcpPhase;
-use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol};
+use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol, SessionOrigin};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ControlError;
+pub use super::static_nat::{
+    HealthName, RealServerOp, RealServerRef, RealServerRow, RuleChange, RuleList, ServerStateName,
+    VirtualServerChange, VirtualServerList, VirtualServerRef, VirtualServerRow,
+};
 
 /// The longest request line the server reads, newline included; longer ones are refused.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -47,11 +51,19 @@ pub enum Command {
     LogLevel,
     /// `whois`.
     Whois,
+    /// `rules`.
+    Rules,
+    /// `rule`.
+    Rule,
+    /// `vservers`.
+    VirtualServers,
+    /// `vserver`.
+    VirtualServer,
 }
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 10] = [
+    pub const ALL: [Command; 14] = [
         Command::Status,
         Command::Sessions,
         Command::Mappings,
@@ -62,6 +74,10 @@ impl Command {
         Command::Reload,
         Command::LogLevel,
         Command::Whois,
+        Command::Rules,
+        Command::Rule,
+        Command::VirtualServers,
+        Command::VirtualServer,
     ];
 
     /// The `cmd` string on the wire.
@@ -77,6 +93,10 @@ impl Command {
             Command::Reload => "reload",
             Command::LogLevel => "log-level",
             Command::Whois => "whois",
+            Command::Rules => "rules",
+            Command::Rule => "rule",
+            Command::VirtualServers => "vservers",
+            Command::VirtualServer => "vserver",
         }
     }
 
@@ -116,6 +136,14 @@ pub enum Request {
     /// Who held an external address and port (at a time): from live state, the deterministic
     /// formula, or the block log.
     Whois(WhoisQuery),
+    /// The static NAT rule chain.
+    Rules,
+    /// Insert, append or delete a static NAT rule (applied like `reload`: all workers or none).
+    Rule(RuleChange),
+    /// The virtual servers with their real servers' states and counts.
+    VirtualServers,
+    /// Add, drain, undrain, remove or reweigh a real server (all workers or none).
+    VirtualServer(VirtualServerChange),
 }
 
 impl Request {
@@ -132,6 +160,10 @@ impl Request {
             Request::Reload => Command::Reload,
             Request::LogLevel(_) => Command::LogLevel,
             Request::Whois(_) => Command::Whois,
+            Request::Rules => Command::Rules,
+            Request::Rule(_) => Command::Rule,
+            Request::VirtualServers => Command::VirtualServers,
+            Request::VirtualServer(_) => Command::VirtualServer,
         }
     }
 }
@@ -360,6 +392,14 @@ pub enum Response {
     LogLevel(LogLevelArgs),
     /// For `whois`.
     Whois(WhoisList),
+    /// For `rules`.
+    Rules(RuleList),
+    /// For `rule`: the chain after the change.
+    RuleChanged(RuleList),
+    /// For `vservers`.
+    VirtualServers(VirtualServerList),
+    /// For `vserver`: the changed virtual server after the change.
+    VirtualServerChanged(VirtualServerList),
 }
 
 impl Response {
@@ -376,6 +416,10 @@ impl Response {
             Response::Reloaded(_) => Command::Reload,
             Response::LogLevel(_) => Command::LogLevel,
             Response::Whois(_) => Command::Whois,
+            Response::Rules(_) => Command::Rules,
+            Response::RuleChanged(_) => Command::Rule,
+            Response::VirtualServers(_) => Command::VirtualServers,
+            Response::VirtualServerChanged(_) => Command::VirtualServer,
         }
     }
 
@@ -392,6 +436,10 @@ impl Response {
             Response::Reloaded(r) => serde_json::to_value(r),
             Response::LogLevel(r) => serde_json::to_value(r),
             Response::Whois(r) => serde_json::to_value(r),
+            Response::Rules(r) | Response::RuleChanged(r) => serde_json::to_value(r),
+            Response::VirtualServers(r) | Response::VirtualServerChanged(r) => {
+                serde_json::to_value(r)
+            }
         }
     }
 
@@ -409,6 +457,10 @@ impl Response {
             Command::Reload => Response::Reloaded(from(v)?),
             Command::LogLevel => Response::LogLevel(from(v)?),
             Command::Whois => Response::Whois(from(v)?),
+            Command::Rules => Response::Rules(from(v)?),
+            Command::Rule => Response::RuleChanged(from(v)?),
+            Command::VirtualServers => Response::VirtualServers(from(v)?),
+            Command::VirtualServer => Response::VirtualServerChanged(from(v)?),
         })
     }
 }
@@ -492,6 +544,24 @@ pub struct SessionRow {
     pub idle_secs: u64,
     /// Seconds until it expires unless refreshed.
     pub expires_in_secs: u64,
+    /// What made it: `dynamic`, `rule ID` or `vserver ADDR:PORT server ID`.
+    #[serde(default = "dynamic")]
+    pub origin: String,
+}
+
+fn dynamic() -> String {
+    "dynamic".to_owned()
+}
+
+/// How `ctl` names what made a session.
+pub fn origin_name(o: &SessionOrigin) -> String {
+    match o {
+        SessionOrigin::Dynamic => dynamic(),
+        SessionOrigin::Rule(id) => format!("rule {id}"),
+        SessionOrigin::VirtualServer { address, server } => {
+            format!("vserver {address} server {server}")
+        }
+    }
 }
 
 impl SessionRow {
@@ -505,6 +575,7 @@ impl SessionRow {
             tcp_state: s.tcp.map(TcpStateName::from),
             idle_secs: now.saturating_since(s.last_seen).as_secs(),
             expires_in_secs: s.expires.saturating_since(now).as_secs(),
+            origin: origin_name(&s.origin),
         }
     }
 
@@ -993,13 +1064,19 @@ struct WireError {
 /// One request as a line (without the newline).
 pub fn encode_request(id: u64, req: &Request) -> Result<String, serde_json::Error> {
     let args = match req {
-        Request::Status | Request::Pools | Request::Stats | Request::Flush | Request::Reload => {
-            None
-        }
+        Request::Status
+        | Request::Pools
+        | Request::Stats
+        | Request::Flush
+        | Request::Reload
+        | Request::Rules
+        | Request::VirtualServers => None,
         Request::Sessions(q) | Request::Mappings(q) => Some(serde_json::to_value(q)?),
         Request::Drops(q) => Some(serde_json::to_value(q)?),
         Request::LogLevel(a) => Some(serde_json::to_value(a)?),
         Request::Whois(q) => Some(serde_json::to_value(q)?),
+        Request::Rule(c) => Some(serde_json::to_value(c)?),
+        Request::VirtualServer(c) => Some(serde_json::to_value(c)?),
     };
     serde_json::to_string(&WireRequest {
         id: Some(id),
@@ -1029,7 +1106,13 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
     };
     let bad = |e: serde_json::Error| ControlError::BadRequest(format!("{cmd}: args: {e}"));
     Ok(match cmd {
-        Command::Status | Command::Pools | Command::Stats | Command::Flush | Command::Reload => {
+        Command::Status
+        | Command::Pools
+        | Command::Stats
+        | Command::Flush
+        | Command::Reload
+        | Command::Rules
+        | Command::VirtualServers => {
             if args.as_object().is_none_or(|o| !o.is_empty()) {
                 return Err(ControlError::BadRequest(format!(
                     "{cmd} takes no arguments"
@@ -1040,6 +1123,8 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
                 Command::Pools => Request::Pools,
                 Command::Stats => Request::Stats,
                 Command::Flush => Request::Flush,
+                Command::Rules => Request::Rules,
+                Command::VirtualServers => Request::VirtualServers,
                 _ => Request::Reload,
             }
         }
@@ -1048,6 +1133,10 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
         Command::Drops => Request::Drops(serde_json::from_value(args).map_err(bad)?),
         Command::LogLevel => Request::LogLevel(serde_json::from_value(args).map_err(bad)?),
         Command::Whois => Request::Whois(serde_json::from_value(args).map_err(bad)?),
+        Command::Rule => Request::Rule(serde_json::from_value(args).map_err(bad)?),
+        Command::VirtualServer => {
+            Request::VirtualServer(serde_json::from_value(args).map_err(bad)?)
+        }
     })
 }
 
@@ -1167,6 +1256,26 @@ mod tests {
                 proto: Some(Protocol::Tcp),
                 at_ms: None,
             }),
+            Request::Rules,
+            Request::Rule(RuleChange::Insert {
+                id: natgate_core::rules::RuleId(3),
+                rule: super::super::static_nat::parse_rule_toml(
+                    "direction = \"outbound\", bidirectional = true, src = \"100.64.0.10/32\", \
+                     action.translate.src = { addr = \"198.18.1.10/32\" }",
+                )
+                .expect("rule"),
+            }),
+            Request::Rule(RuleChange::Delete {
+                id: natgate_core::rules::RuleId(1),
+            }),
+            Request::VirtualServers,
+            Request::VirtualServer(VirtualServerChange {
+                virtual_server: "203.0.113.80:80/tcp".parse().expect("vip"),
+                real_server: "100.64.0.10:8080".parse().expect("real"),
+                op: RealServerOp::Add,
+                weight: Some(2),
+                force: false,
+            }),
         ];
         for (i, r) in reqs.iter().enumerate() {
             let line = encode_request(i as u64, r).expect("encode");
@@ -1207,6 +1316,65 @@ mod tests {
                 level: LogLevel::Warn
             })
         );
+    }
+
+    #[test]
+    fn session_origins_are_named() {
+        let vs = SessionOrigin::VirtualServer {
+            address: ep([203, 0, 113, 80], 80),
+            server: natgate_core::vserver::RealServerId(1),
+        };
+        assert_eq!(origin_name(&vs), "vserver 203.0.113.80:80 server 1");
+        assert_eq!(
+            origin_name(&SessionOrigin::Rule(natgate_core::rules::RuleId(10))),
+            "rule 10"
+        );
+        let mut s = session(ep([100, 64, 0, 10], 5000), Protocol::Udp, 40000);
+        s.origin = SessionOrigin::Rule(natgate_core::rules::RuleId(3));
+        assert_eq!(
+            SessionRow::new(&s, Instant::from_secs(100)).origin,
+            "rule 3"
+        );
+        // A reply from an older daemon without the field reads as dynamic.
+        let row: SessionRow = serde_json::from_str(
+            r#"{"proto":"udp","internal":"100.64.0.10:1","external":"198.51.100.1:2",
+               "remote":"203.0.113.10:3","tcp_state":null,"idle_secs":0,"expires_in_secs":1}"#,
+        )
+        .expect("row");
+        assert_eq!(row.origin, "dynamic");
+    }
+
+    #[test]
+    fn documented_rule_and_vserver_shapes_parse() {
+        let (_, r) = decode_request(
+            br#"{"cmd":"rule","args":{"op":"append","rule":{"id":0,"direction":"inbound","proto":"tcp","dst":"198.51.100.10/32","dst-ports":80,"action":{"translate":{"dst":{"addr":"100.64.0.11/32","port":8888}}}}}}"#,
+        )
+        .expect("decode");
+        assert!(
+            matches!(r, Request::Rule(RuleChange::Append { .. })),
+            "{r:?}"
+        );
+        let (_, r) =
+            decode_request(br#"{"cmd":"rule","args":{"op":"delete","id":4}}"#).expect("decode");
+        assert_eq!(
+            r,
+            Request::Rule(RuleChange::Delete {
+                id: natgate_core::rules::RuleId(4)
+            })
+        );
+        let (_, r) = decode_request(
+            br#"{"cmd":"vserver","args":{"virtual_server":{"protocol":"tcp","address":"203.0.113.80:80"},"real_server":{"address":"100.64.0.10"},"op":"remove","force":true}}"#,
+        )
+        .expect("decode");
+        let Request::VirtualServer(c) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (c.op, c.force, c.real_server.port),
+            (RealServerOp::Remove, true, None)
+        );
+        assert!(decode_request(br#"{"cmd":"rule","args":{"op":"move","id":4}}"#).is_err());
+        assert!(decode_request(br#"{"cmd":"vservers","args":{"x":1}}"#).is_err());
     }
 
     #[test]

@@ -2,7 +2,13 @@
 
 use std::fmt::Write as _;
 
-use super::protocol::{PortSetRowKind, Request, Response, StatusInfo, WhoisList};
+use natgate_core::rules::{Action, Ipv4Prefix, PortRange, Target};
+use natgate_core::{Direction, Protocol};
+
+use super::protocol::{
+    PortSetRowKind, Request, Response, RuleList, ServerStateName, StatusInfo, VirtualServerList,
+    WhoisList,
+};
 use crate::logsink::whois::WhoisSource;
 
 /// A table with a header row; columns are as wide as their widest cell.
@@ -139,6 +145,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("STATE", false),
                 ("IDLE", true),
                 ("EXPIRES", true),
+                ("ORIGIN", false),
             ]);
             for s in &l.sessions {
                 t.row(vec![
@@ -149,6 +156,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                     s.tcp_state.map_or("-", |t| t.name()).to_owned(),
                     format!("{}s", s.idle_secs),
                     format!("{}s", s.expires_in_secs),
+                    s.origin.clone(),
                 ]);
             }
             t.render(&mut out);
@@ -270,8 +278,122 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
             let _ = writeln!(out, "log level is now {}", l.level);
         }
         Response::Whois(w) => whois(req, w, &mut out),
+        Response::Rules(l) | Response::RuleChanged(l) => rules(l, &mut out),
+        Response::VirtualServers(l) | Response::VirtualServerChanged(l) => {
+            virtual_servers(l, &mut out);
+        }
     }
     out
+}
+
+/// A match field: the prefix, and `:PORTS` when the rule matches ports.
+fn matched(prefix: Ipv4Prefix, ports: Option<PortRange>) -> String {
+    match ports {
+        Some(r) if r.first == r.last => format!("{prefix}:{}", r.first),
+        Some(r) => format!("{prefix}:{}-{}", r.first, r.last),
+        None => prefix.to_string(),
+    }
+}
+
+fn target(t: &Target) -> String {
+    match (t.addr, t.port) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        (None, Some(p)) => format!(":{p}"),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+fn rules(l: &RuleList, out: &mut String) {
+    let mut t = Table::new(&[
+        ("ID", true),
+        ("DIRECTION", false),
+        ("BIDIR", false),
+        ("PROTO", false),
+        ("SRC", false),
+        ("DST", false),
+        ("ACTION", false),
+    ]);
+    for r in &l.rules {
+        let action = match r.action {
+            Action::Exempt => "exempt".to_owned(),
+            Action::Translate(tr) => [("src", tr.src), ("dst", tr.dst)]
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} -> {}", target(v))))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        t.row(vec![
+            r.id.to_string(),
+            match r.direction {
+                Direction::Outbound => "outbound",
+                Direction::Inbound => "inbound",
+            }
+            .to_owned(),
+            if r.bidirectional { "yes" } else { "no" }.to_owned(),
+            r.proto.map_or("any", Protocol::name).to_owned(),
+            matched(r.src, r.src_ports),
+            matched(r.dst, r.dst_ports),
+            action,
+        ]);
+    }
+    t.render(out);
+    if let Some(id) = l.changed {
+        let _ = writeln!(out, "changed rule {id}");
+    }
+    footer(out, l.rules.len(), l.rules.len() as u64, "rule", "rules");
+}
+
+fn virtual_servers(l: &VirtualServerList, out: &mut String) {
+    for (i, v) in l.virtual_servers.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "{}/{}  {}{}",
+            v.address,
+            v.protocol,
+            v.scheduler,
+            if v.affinity_entries > 0 {
+                format!(
+                    "  ({} with affinity)",
+                    plural(v.affinity_entries, "client", "clients")
+                )
+            } else {
+                String::new()
+            }
+        );
+        let mut t = Table::new(&[
+            ("ID", true),
+            ("REAL SERVER", false),
+            ("WEIGHT", true),
+            ("STATE", false),
+            ("HEALTH", false),
+            ("CONNECTIONS", true),
+            ("BYTES", true),
+        ]);
+        for r in &v.real_servers {
+            let state = if r.draining && r.state != ServerStateName::Draining {
+                format!("{} (draining)", r.state.name())
+            } else {
+                r.state.name().to_owned()
+            };
+            t.row(vec![
+                r.id.to_string(),
+                r.target.to_string(),
+                r.weight.to_string(),
+                state,
+                r.health.name().to_owned(),
+                r.connections.to_string(),
+                r.bytes.to_string(),
+            ]);
+        }
+        t.render(out);
+    }
+    if l.virtual_servers.is_empty() {
+        out.push_str("no virtual servers\n");
+    }
 }
 
 fn time_ms(ms: u64) -> String {
@@ -438,6 +560,7 @@ mod tests {
             tcp_state: Some(TcpStateName::Established),
             idle_secs: 3,
             expires_in_secs: 7437,
+            origin: "dynamic".into(),
         };
         let resp = Response::Sessions(SessionList {
             count: 5,
@@ -448,7 +571,7 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("PROTO  INTERNAL"));
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(cells[4..], ["established", "3s", "7437s"]);
+        assert_eq!(cells[4..], ["established", "3s", "7437s", "dynamic"]);
         // Right-aligned under their headers.
         assert_eq!(
             lines[0].find("IDLE").map(|i| i + 4),

@@ -4,7 +4,9 @@
 //! `reload` is transactional: the new file is read and validated, the settings that size the
 //! tables or the plumbing must be unchanged, and the engines' own check
 //! ([`check_reload`]) must pass, all before any worker is touched; a refused reload changes
-//! nothing and its error names the key.
+//! nothing and its error names the key. Rule changes (`ctl rule ...`) take the same path with
+//! the running chain changed; virtual-server changes (`ctl vserver ...`) are checked against
+//! the running specs and then reach every worker's copy ([`super::vservers`]).
 
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
@@ -12,11 +14,15 @@ use std::sync::{Mutex, PoisonError};
 use natgate_core::Protocol;
 use natgate_core::engine::check_reload;
 
+use natgate_core::rules::RuleId;
+
+use super::vservers::check_change;
 use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
-    DropList, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow, ReloadResult,
-    StatsInfo, StatusInfo, WhoisList, WhoisQuery, WhoisRow,
+    DropList, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow, RealServerOp,
+    ReloadResult, RuleChange, RuleList, StatsInfo, StatusInfo, VirtualServerChange,
+    VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
 use crate::logsink::whois::WhoisSource;
@@ -131,17 +137,102 @@ impl ControlService {
                 "{key} cannot change while running; restart natgate to change it"
             )));
         }
+        // The file wins over run-time changes: rules and real servers changed with `ctl` since
+        // the last load are replaced by the file's (`ctl rules --toml` writes them out first).
+        self.apply(&mut cur, new)?;
+        tracing::info!(path = %path.display(), "config reloaded");
+        Ok(Response::Reloaded(ReloadResult { config_path: path }))
+    }
+
+    /// The one transactional path of `reload` and of rule changes: the new engine config is
+    /// built and validated and the engines' own check passes before anything changes; the
+    /// external addresses it needs are plumbed; then every worker applies it. A refusal
+    /// changes nothing.
+    fn apply(&self, cur: &mut Settings, new: Settings) -> Result<(), ControlError> {
         let resolved = self.handle.resolved();
         let old_cfg =
-            engine_config(&cur, resolved).map_err(|e| ControlError::Internal(e.to_string()))?;
+            engine_config(cur, resolved).map_err(|e| ControlError::Internal(e.to_string()))?;
         let new_cfg =
             engine_config(&new, resolved).map_err(|e| ControlError::Rejected(e.to_string()))?;
         check_reload(&old_cfg.get().behavior, &new_cfg.get().behavior)
             .map_err(|e| ControlError::Rejected(e.to_string()))?;
+        self.handle
+            .add_external(&new.rules, &new.virtual_servers)
+            .map_err(unavailable)?;
         self.handle.reload(&new_cfg).map_err(unavailable)?;
         *cur = new;
-        tracing::info!(path = %path.display(), "config reloaded");
-        Ok(Response::Reloaded(ReloadResult { config_path: path }))
+        Ok(())
+    }
+
+    fn rule_list(cur: &Settings, changed: Option<RuleId>) -> RuleList {
+        RuleList {
+            changed,
+            rules: cur.rules.iter().copied().collect(),
+        }
+    }
+
+    /// `rule`: the running chain with one change, applied like a reload.
+    fn change_rule(&self, change: RuleChange) -> Result<Response, ControlError> {
+        let rejected = |e: natgate_core::rules::RuleError| ControlError::Rejected(e.to_string());
+        let mut cur = self.settings();
+        let mut new = cur.clone();
+        let (op, id) = match change {
+            RuleChange::Insert { id, rule } => {
+                new.rules.insert(id, rule).map_err(rejected)?;
+                ("inserted", id)
+            }
+            RuleChange::Append { rule } => ("appended", new.rules.append(rule).map_err(rejected)?),
+            RuleChange::Delete { id } => {
+                new.rules.delete(id).map_err(rejected)?;
+                ("deleted", id)
+            }
+        };
+        self.apply(&mut cur, new)?;
+        tracing::info!(rule = %id, rules = cur.rules.len(), "static NAT rule {op}");
+        Ok(Response::RuleChanged(Self::rule_list(&cur, Some(id))))
+    }
+
+    /// `vserver`: one change to one real server, checked against the running specs, then
+    /// applied to every worker's copy.
+    fn change_virtual_server(&self, change: VirtualServerChange) -> Result<Response, ControlError> {
+        let mut cur = self.settings();
+        let vs = change.virtual_server;
+        let only = |list: VirtualServerList| VirtualServerList {
+            virtual_servers: list
+                .virtual_servers
+                .into_iter()
+                .filter(|v| v.protocol == vs.protocol && v.address == vs.address)
+                .collect(),
+        };
+        let connections = if change.op == RealServerOp::Remove {
+            let target = std::net::SocketAddrV4::new(
+                change.real_server.address,
+                change.real_server.port_or(vs.address.port()),
+            );
+            let list = only(self.handle.virtual_servers().map_err(unavailable)?);
+            list.virtual_servers
+                .iter()
+                .flat_map(|v| &v.real_servers)
+                .filter(|r| r.target == target)
+                .map(|r| r.connections)
+                .sum()
+        } else {
+            0
+        };
+        let specs = check_change(&cur.virtual_servers, &change, connections)
+            .map_err(ControlError::Rejected)?;
+        self.handle
+            .change_virtual_server(&change)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        cur.virtual_servers = specs;
+        tracing::info!(
+            virtual_server = %vs,
+            real_server = %change.real_server,
+            op = change.op.name(),
+            "virtual server changed"
+        );
+        let list = only(self.handle.virtual_servers().map_err(unavailable)?);
+        Ok(Response::VirtualServerChanged(list))
     }
 
     /// `whois`: the engines' live state (only when asked about now), then the deterministic
@@ -274,6 +365,12 @@ impl ControlHandler for ControlService {
             }
             Request::Reload => self.reload(),
             Request::Whois(q) => self.whois(q),
+            Request::Rules => Ok(Response::Rules(Self::rule_list(&self.settings(), None))),
+            Request::Rule(change) => self.change_rule(change),
+            Request::VirtualServers => Ok(Response::VirtualServers(
+                self.handle.virtual_servers().map_err(unavailable)?,
+            )),
+            Request::VirtualServer(change) => self.change_virtual_server(change),
             Request::LogLevel(LogLevelArgs { level }) => {
                 let set = self.log_level.as_ref().ok_or_else(|| {
                     ControlError::Unavailable("this daemon cannot change its log level".into())

@@ -23,13 +23,17 @@
 //! its TTL, and traceroute shows the gateway as two hops (inside address, then outside address).
 
 pub mod control;
+pub mod external;
+pub mod health;
 pub mod plumbing;
 pub mod steer;
+pub mod vservers;
 pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -138,6 +142,8 @@ pub enum Command {
         /// Answered when done.
         reply: SyncSender<()>,
     },
+    /// List, change or health-check the virtual servers.
+    VirtualServers(vservers::VsCommand),
     /// Who holds an external port now.
     Whois {
         /// The external address.
@@ -253,6 +259,10 @@ pub enum DaemonError {
     /// A worker's mailbox could not be made.
     #[error("worker mailbox: {0}")]
     Mailbox(#[source] std::io::Error),
+    /// A worker refused a virtual-server change that was checked beforehand: the workers'
+    /// copies are out of step.
+    #[error("a worker refused a checked change (copies out of step): {0}")]
+    OutOfStep(String),
     /// A log sink could not be opened, or the logger thread failed.
     #[error("log {what}: {source}")]
     Log {
@@ -277,6 +287,9 @@ pub struct DaemonHandle {
     stop: Arc<AtomicBool>,
     resolved: Arc<Resolved>,
     started: std::time::Instant,
+    /// Routes and proxy entries of the static rules' and virtual servers' addresses; `None`
+    /// in a handle made without a data plane (unit tests of the control service).
+    external: Arc<Mutex<Option<external::ExternalAddresses>>>,
     logs: Arc<LogView>,
 }
 
@@ -297,6 +310,25 @@ impl std::fmt::Debug for LogView {
 }
 
 impl DaemonHandle {
+    /// Plumbs the external addresses `rules` and `virtual_servers` need that are not plumbed
+    /// yet (before the engines start using them; see [`external`] for why none are removed
+    /// while running).
+    pub fn add_external(
+        &self,
+        rules: &natgate_core::rules::RuleChain,
+        virtual_servers: &[natgate_core::vserver::VirtualServerSpec],
+    ) -> Result<(), PlumbingError> {
+        match self
+            .external
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            Some(e) => e.add(rules, virtual_servers),
+            None => Ok(()),
+        }
+    }
+
     /// Asks every worker to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -472,6 +504,7 @@ pub struct Daemon {
     handle: DaemonHandle,
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
     plumbing: Option<Plumbing>,
+    health: Option<JoinHandle<()>>,
     logs: Option<LogPipelineHandle>,
 }
 
@@ -505,6 +538,13 @@ impl Daemon {
     pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
         let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
         let engine_cfg = engine_config(settings, &resolved)?;
+        let mut external = external::ExternalAddresses::new(
+            &settings.outside,
+            &settings.inside,
+            &plumbing.tun_out,
+            &resolved.pool,
+        )?;
+        external.add(&settings.rules, &settings.virtual_servers)?;
         let ownership = steer::Ownership::from_config(engine_cfg.get()).ok_or_else(|| {
             DaemonError::Allocation("the deterministic prefixes describe no map".into())
         })?;
@@ -512,10 +552,9 @@ impl Daemon {
         let logs = open_logs(settings, &clock)?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
-        let home = resolved.nat_ports.map(|nat_ports| HomeAddress {
-            addrs: resolved.pool.clone(),
-            nat_ports,
-        });
+        let home = resolved
+            .nat_ports
+            .map(|nat_ports| HomeAddress::new(resolved.pool.clone(), nat_ports, engine_cfg.get()));
         let n = queues.len();
         let steering = Arc::new(steer::Steering::new(n, ownership));
         let mailboxes: Arc<[steer::Mailbox]> = (0..n)
@@ -565,18 +604,24 @@ impl Daemon {
             ),
             None => (LogView::default(), None),
         };
-        Ok(Daemon {
-            handle: DaemonHandle {
-                workers: senders,
-                stop,
-                resolved: Arc::new(resolved),
-                started: std::time::Instant::now(),
-                logs: Arc::new(view),
-            },
+        let handle = DaemonHandle {
+            workers: senders,
+            stop: stop.clone(),
+            resolved: Arc::new(resolved),
+            started: std::time::Instant::now(),
+            logs: Arc::new(view),
+            external: Arc::new(Mutex::new(Some(external))),
+        };
+        let mut daemon = Daemon {
+            handle: handle.clone(),
             workers,
             plumbing: Some(plumbing),
             logs,
-        })
+            health: None,
+        };
+        // On failure, dropping `daemon` stops the workers and removes the plumbing.
+        daemon.health = Some(health::spawn(handle, clock, stop)?);
+        Ok(daemon)
     }
 
     /// The handle for control and metrics.
@@ -600,6 +645,9 @@ impl Daemon {
     pub fn shutdown(&mut self) -> Result<(), DaemonError> {
         self.handle.stop();
         let mut first: Result<(), DaemonError> = Ok(());
+        if let Some(Err(e)) = self.health.take().map(health::stopped) {
+            first = Err(e);
+        }
         for w in self.workers.drain(..) {
             let r = match w.join() {
                 Ok(r) => r.map_err(DaemonError::from),
@@ -620,6 +668,16 @@ impl Daemon {
             });
         }
         // The workers dropped their TUN queues, so the devices are gone; now the rest.
+        let ext = self
+            .handle
+            .external
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .map_or(Ok(()), external::ExternalAddresses::teardown);
+        if let (Err(e), true) = (ext, first.is_ok()) {
+            first = Err(e.into());
+        }
         if let Some(mut p) = self.plumbing.take()
             && let Err(e) = p.teardown()
             && first.is_ok()
@@ -1067,6 +1125,7 @@ mod tests {
                 monitor: Some(pipeline.monitor()),
                 block_log: None,
             }),
+            external: Arc::default(),
         };
         let service =
             control::ControlService::new(handle, Settings::parse(MIN).expect("valid"), None, None);

@@ -26,6 +26,13 @@
 //! - hairpinning needs the mappings of both subscribers in one engine, so with more than one
 //!   queue it works only when both subscribers' ports belong to the same worker. Keep
 //!   `queues = 1` (the default) where hairpinning between arbitrary subscribers matters.
+//! - static NAT rules and virtual servers ([`StaticSteer`]): their flows have no allocated port
+//!   and their two directions have different keys (an inbound flow to a port forward goes by a
+//!   static port, its replies come from an inside host), so every packet that a rule, a rule's
+//!   binding or a virtual server could claim goes to worker [`STATIC_OWNER`], which therefore
+//!   holds every static session. The set follows the running rules and virtual servers (each
+//!   worker rebuilds it from its engine after a reload, a rule change or a real-server change).
+//!   ICMP errors about a static flow still go by the quoted port and may reach the wrong worker.
 //!
 //! A packet read by a worker that does not own it is copied into the owner's [`Mailbox`] (a
 //! bounded lock-free queue; full means dropped and counted) and the owner is woken through its
@@ -37,9 +44,195 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
-use natgate_core::Side;
 use natgate_core::alloc::{BlockSettings, DeterministicMap, Share};
 use natgate_core::config::{Allocation, Config};
+use natgate_core::rules::{
+    Action, CompiledRules, Ipv4Prefix, PortRange, Rule, RuleChain, RuleId, Target,
+};
+use natgate_core::vserver::VirtualServer;
+use natgate_core::{Direction, Endpoint, Protocol, Side};
+
+/// The worker that holds every static (rule or virtual-server) session.
+pub const STATIC_OWNER: usize = 0;
+
+/// Which packets belong to static translations, for steering them to [`STATIC_OWNER`].
+///
+/// A first-match rule set compiled like the engine's own chain (so the cost does not grow with
+/// the number of rules): every one-way rule of the chain as it is (what it matches, not what it
+/// does), plus, for each binding, its external endpoints as destinations (replies and inbound
+/// flows arrive there, and subscribers' flows hairpinned to it) and, for one-way inbound rules,
+/// its internal endpoints as sources (replies to the flows it let in leave from there), plus every
+/// virtual address (as a
+/// destination either way) and real server target (as an outbound source).
+#[derive(Debug, Clone)]
+pub struct StaticSteer {
+    matcher: Option<CompiledRules>,
+}
+
+impl StaticSteer {
+    /// Nothing static: every packet goes by the dynamic rules.
+    pub fn none() -> Self {
+        StaticSteer { matcher: None }
+    }
+
+    /// The set for `rules` and `virtual_servers`.
+    pub fn new(rules: &RuleChain, virtual_servers: &[VirtualServer], seed: u64) -> Self {
+        let mut claims: Vec<Rule> = Vec::new();
+        for rule in rules.iter() {
+            for one in rule.one_way() {
+                // What the rule matches, whatever it does to it.
+                claims.push(Rule {
+                    action: Action::Exempt,
+                    ..one
+                });
+                let Some((ext, int)) = binding(&one) else {
+                    continue;
+                };
+                claims.push(claim(Direction::Inbound, End::Dst, one.proto, ext));
+                // A subscriber reaching the binding's external side is hairpinned to it.
+                claims.push(claim(Direction::Outbound, End::Dst, one.proto, ext));
+                if one.direction == Direction::Inbound && !rule.bidirectional {
+                    // The replies of flows a one-way inbound rule let in match no rule. (Those
+                    // of other bindings match the rule or its reverse; claiming a whole inside
+                    // side would also pull its hosts' dynamic flows away from the worker that
+                    // owns their ports.)
+                    claims.push(claim(Direction::Outbound, End::Src, one.proto, int));
+                }
+            }
+        }
+        for v in virtual_servers {
+            let proto = Some(v.protocol());
+            let host = |e: Endpoint| {
+                let port = PortRange {
+                    first: e.port,
+                    last: e.port,
+                };
+                Ipv4Prefix::new(e.addr, 32).map(|p| (p, Some(port)))
+            };
+            if let Some(a) = host(v.address()) {
+                claims.push(claim(Direction::Inbound, End::Dst, proto, a));
+                claims.push(claim(Direction::Outbound, End::Dst, proto, a));
+            }
+            for s in v.servers() {
+                claims.extend(
+                    host(s.target()).map(|t| claim(Direction::Outbound, End::Src, proto, t)),
+                );
+            }
+        }
+        if claims.is_empty() {
+            return StaticSteer::none();
+        }
+        for (i, r) in claims.iter_mut().enumerate() {
+            r.id = RuleId(u32::try_from(i + 1).unwrap_or(u32::MAX));
+        }
+        // Exemptions bind nothing, so they never conflict; only more than 2^32 entries could
+        // fail, and then nothing is claimed.
+        match RuleChain::from_rules(claims) {
+            Ok(chain) => StaticSteer {
+                matcher: Some(chain.compile(seed)),
+            },
+            Err(_) => StaticSteer::none(),
+        }
+    }
+
+    /// Whether `pkt` (arrived on `side`) may belong to a static translation.
+    fn claims(&self, side: Side, pkt: &[u8], h: &Header) -> bool {
+        let Some(m) = &self.matcher else {
+            return false;
+        };
+        let Some((proto, src, dst)) = endpoints(pkt, h) else {
+            return false;
+        };
+        let dir = match side {
+            Side::Inside => Direction::Outbound,
+            Side::Outside => Direction::Inbound,
+        };
+        m.lookup(dir, proto, src, dst).is_some()
+    }
+}
+
+/// A prefix with optional ports: one side of a binding.
+pub type Part = (Ipv4Prefix, Option<PortRange>);
+
+/// Which end of a packet a claim matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Src,
+    Dst,
+}
+
+/// An exemption matching packets in `dir` whose `end` is in `part`.
+fn claim(dir: Direction, end: End, proto: Option<Protocol>, (prefix, ports): Part) -> Rule {
+    const ANY: Ipv4Prefix = match Ipv4Prefix::new(Ipv4Addr::UNSPECIFIED, 0) {
+        Some(p) => p,
+        None => unreachable!(),
+    };
+    let mut r = match end {
+        End::Dst => Rule::new(dir, ANY, prefix, Action::Exempt),
+        End::Src => Rule::new(dir, prefix, ANY, Action::Exempt),
+    };
+    r.proto = proto;
+    match end {
+        End::Dst => r.dst_ports = ports,
+        End::Src => r.src_ports = ports,
+    }
+    r
+}
+
+/// The binding of a one-way rule (`docs/static-nat.md`, "Conflicts"): its external and its
+/// internal endpoints, if it rewrites the gateway's side (an inbound destination, an outbound
+/// source).
+pub fn binding(one: &Rule) -> Option<(Part, Part)> {
+    let Action::Translate(t) = one.action else {
+        return None;
+    };
+    let image = |prefix: Ipv4Prefix, ports: Option<PortRange>, target: &Target| {
+        let ports = match (target.port, ports) {
+            (Some(p), Some(r)) => Some(PortRange {
+                first: p,
+                last: p.saturating_add(r.last - r.first),
+            }),
+            (_, r) => r,
+        };
+        (target.addr.unwrap_or(prefix), ports)
+    };
+    match (one.direction, t.src, t.dst) {
+        (Direction::Inbound, _, Some(td)) => {
+            Some(((one.dst, one.dst_ports), image(one.dst, one.dst_ports, &td)))
+        }
+        (Direction::Outbound, Some(ts), _) => {
+            Some((image(one.src, one.src_ports, &ts), (one.src, one.src_ports)))
+        }
+        _ => None,
+    }
+}
+
+/// Protocol, source and destination endpoints of a whole packet or first fragment; ICMP
+/// queries use their identifier as the port on both sides (RFC 5508), ICMP errors are not
+/// claimed.
+fn endpoints(pkt: &[u8], h: &Header) -> Option<(Protocol, Endpoint, Endpoint)> {
+    let l4 = pkt.get(h.ihl..)?;
+    let (proto, sp, dp) = match h.proto {
+        TCP | UDP => (
+            if h.proto == TCP {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+            u16::from_be_bytes([*l4.first()?, *l4.get(1)?]),
+            u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
+        ),
+        ICMP => match *l4.first()? {
+            0 | 8 | 13 | 14 | 15 | 16 | 17 | 18 => {
+                let id = u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]);
+                (Protocol::Icmp, id, id)
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some((proto, Endpoint::new(h.src, sp), Endpoint::new(h.dst, dp)))
+}
 
 /// Ports per allocation block; block `b` (ports `64b..64b+63`) belongs to worker `b % N`.
 pub const BLOCK: u16 = 64;
@@ -205,12 +398,19 @@ impl Steering {
     }
 
     /// The worker that owns `pkt`, which arrived on `side`; `None` when it cannot be told (a
-    /// malformed packet, an unknown protocol): then whoever read it processes it.
-    pub fn owner(&self, side: Side, pkt: &[u8]) -> Option<usize> {
+    /// malformed packet, an unknown protocol): then whoever read it processes it. Packets that
+    /// `statics` claims go to [`STATIC_OWNER`].
+    pub fn owner(&self, side: Side, pkt: &[u8], statics: &StaticSteer) -> Option<usize> {
         if self.n == 1 {
             return Some(0);
         }
         let h = Header::parse(pkt)?;
+        if h.frag_offset == 0 && statics.claims(side, pkt, &h) {
+            if side == Side::Outside && h.more_fragments {
+                self.set_hint(&h, STATIC_OWNER);
+            }
+            return Some(STATIC_OWNER);
+        }
         match side {
             Side::Inside => Some(self.ownership.outbound(h.src, self.n)),
             Side::Outside => {
@@ -334,6 +534,104 @@ mod tests {
         p
     }
 
+    fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        ip(TCP, src, dst, 0, &l4)
+    }
+
+    #[test]
+    fn static_flows_go_to_one_worker_both_ways() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: RuleChain,
+            #[serde(rename = "virtual-server")]
+            vs: Vec<natgate_core::vserver::VirtualServerSpec>,
+        }
+        // A one-way port forward, a one-way 1:1 host rule and a virtual server: their replies
+        // match no rule, only their bindings.
+        let f: File = toml::from_str(
+            "[[rule]]\nid = 1\ndirection = \"inbound\"\nproto = \"tcp\"\n\
+             dst = \"198.18.2.80/32\"\ndst-ports = 80\n\
+             action.translate.dst = { addr = \"100.64.0.11/32\", port = 8888 }\n\
+             [[rule]]\nid = 2\ndirection = \"outbound\"\nsrc = \"100.64.0.10/32\"\n\
+             action.translate.src = { addr = \"198.18.1.10/32\" }\n\
+             [[rule]]\nid = 3\ndirection = \"outbound\"\nbidirectional = true\n\
+             src = \"100.64.0.0/24\"\ndst = \"172.16.0.0/24\"\n\
+             action.translate.src = { addr = \"192.168.50.0/24\" }\n\
+             action.translate.dst = { addr = \"10.0.0.0/24\" }\n\
+             [[virtual-server]]\naddress = \"198.18.3.80\"\nport = 80\nprotocol = \"tcp\"\n\
+             scheduler = \"round-robin\"\n\
+             [[virtual-server.real-servers]]\naddress = \"100.64.0.20\"\nport = 8080\n",
+        )
+        .expect("config");
+        let vs: Vec<VirtualServer> =
+            f.vs.iter()
+                .map(|v| VirtualServer::new(v, natgate_core::Instant::from_secs(0)).expect("vs"))
+                .collect();
+        let statics = StaticSteer::new(&f.rule, &vs, 7);
+        let none = StaticSteer::none();
+        let s = Steering::new(2, Ownership::Blocks64);
+        let client = [203, 0, 113, 10];
+        let cases = [
+            // Inbound to the forwarded port (dynamically: port 80's block, worker 1) and the
+            // server's reply.
+            (Side::Outside, tcp(client, 40000, [198, 18, 2, 80], 80)),
+            (Side::Inside, tcp([100, 64, 0, 11], 8888, client, 40000)),
+            // The 1:1 host's flow out and its reply.
+            (Side::Inside, tcp([100, 64, 0, 10], 5000, client, 443)),
+            (Side::Outside, tcp(client, 443, [198, 18, 1, 10], 5000)),
+            // The virtual server and its real server's reply.
+            (Side::Outside, tcp(client, 40001, [198, 18, 3, 80], 80)),
+            (Side::Inside, tcp([100, 64, 0, 20], 8080, client, 40001)),
+            // Twice-NAT: out, in from the far side, and the reply to that.
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 40], 5000, [172, 16, 0, 8], 443),
+            ),
+            (
+                Side::Outside,
+                tcp([10, 0, 0, 8], 6000, [192, 168, 50, 40], 22),
+            ),
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 40], 22, [172, 16, 0, 8], 6000),
+            ),
+            // Subscribers hairpinned to the forward and to the virtual server.
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 30], 5000, [198, 18, 2, 80], 80),
+            ),
+            (
+                Side::Inside,
+                tcp([100, 64, 0, 30], 5001, [198, 18, 3, 80], 80),
+            ),
+        ];
+        for (side, p) in &cases {
+            assert_eq!(
+                s.owner(*side, p, &statics),
+                Some(STATIC_OWNER),
+                "{side:?} {p:?}"
+            );
+        }
+        assert_eq!(s.owner(Side::Outside, &cases[0].1, &none), Some(1));
+        // Dynamic flows keep their owners: the pool by port block, subscribers by address, and
+        // another port of the forward's inside host.
+        let pool = tcp(client, 443, [198, 51, 100, 1], 64);
+        assert_eq!(s.owner(Side::Outside, &pool, &statics), Some(1));
+        for other in [
+            tcp([100, 64, 0, 11], 5000, client, 443),
+            // A host of the twice-NAT network going anywhere else is dynamic.
+            tcp([100, 64, 0, 40], 5000, client, 443),
+        ] {
+            assert_eq!(
+                s.owner(Side::Inside, &other, &statics),
+                s.owner(Side::Inside, &other, &none)
+            );
+        }
+    }
+
     #[test]
     fn blocks_spread_over_workers() {
         assert_eq!(block_owner(0, 2), 0);
@@ -355,18 +653,30 @@ mod tests {
         let pool = [198, 51, 100, 1];
         let wan = [203, 0, 113, 10];
         let p = ip(UDP, wan, pool, 0, &udp(64));
-        assert_eq!(s.owner(Side::Outside, &p), Some(1));
+        assert_eq!(s.owner(Side::Outside, &p, &StaticSteer::none()), Some(1));
         // First fragment (MF) to a worker-0 port, then a later fragment: same worker.
         let first = ip(UDP, wan, pool, 0x2000, &udp(128));
-        assert_eq!(s.owner(Side::Outside, &first), Some(0));
+        assert_eq!(
+            s.owner(Side::Outside, &first, &StaticSteer::none()),
+            Some(0)
+        );
         let later = ip(UDP, wan, pool, 185, &[0; 8]);
-        assert_eq!(s.owner(Side::Outside, &later), Some(0));
+        assert_eq!(
+            s.owner(Side::Outside, &later, &StaticSteer::none()),
+            Some(0)
+        );
         let first = ip(UDP, wan, pool, 0x2000, &udp(64));
-        assert_eq!(s.owner(Side::Outside, &first), Some(1));
-        assert_eq!(s.owner(Side::Outside, &later), Some(1));
+        assert_eq!(
+            s.owner(Side::Outside, &first, &StaticSteer::none()),
+            Some(1)
+        );
+        assert_eq!(
+            s.owner(Side::Outside, &later, &StaticSteer::none()),
+            Some(1)
+        );
         // An unknown datagram's later fragment: no hint.
         let other = ip(UDP, [203, 0, 113, 20], pool, 185, &[0; 8]);
-        assert_eq!(s.owner(Side::Outside, &other), None);
+        assert_eq!(s.owner(Side::Outside, &other, &StaticSteer::none()), None);
     }
 
     #[test]
@@ -375,18 +685,28 @@ mod tests {
         let pool = [198, 51, 100, 1];
         let wan = [203, 0, 113, 10];
         let echo_reply = ip(ICMP, wan, pool, 0, &[0, 0, 0, 0, 0, 64, 0, 1]);
-        assert_eq!(s.owner(Side::Outside, &echo_reply), Some(1));
+        assert_eq!(
+            s.owner(Side::Outside, &echo_reply, &StaticSteer::none()),
+            Some(1)
+        );
         // Port unreachable quoting UDP from pool:65 (worker 1) to wan:53.
         let quoted = ip(UDP, pool, wan, 0, &[0, 65, 0, 53, 0, 8, 0, 0]);
         let mut err = vec![3, 3, 0, 0, 0, 0, 0, 0];
         err.extend_from_slice(&quoted);
         let e = ip(ICMP, [192, 0, 2, 254], pool, 0, &err);
-        assert_eq!(s.owner(Side::Outside, &e), Some(1));
+        assert_eq!(s.owner(Side::Outside, &e, &StaticSteer::none()), Some(1));
         // Outbound goes by subscriber, whatever the ports.
         let out = ip(UDP, [100, 64, 0, 10], wan, 0, &[0, 1, 0, 2, 0, 8, 0, 0]);
         let owner = subscriber_owner(Ipv4Addr::new(100, 64, 0, 10), 2);
-        assert_eq!(s.owner(Side::Inside, &out), Some(owner));
-        assert_eq!(s.owner(Side::Inside, &[0x60; 40]), None, "not IPv4");
+        assert_eq!(
+            s.owner(Side::Inside, &out, &StaticSteer::none()),
+            Some(owner)
+        );
+        assert_eq!(
+            s.owner(Side::Inside, &[0x60; 40], &StaticSteer::none()),
+            None,
+            "not IPv4"
+        );
     }
 
     fn udp_to(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
@@ -429,7 +749,9 @@ mod tests {
         let mut checked = 0;
         for s in 0..subscribers {
             let sub = Ipv4Addr::from_bits(0x6440_0000 + s);
-            let w = steering.owner(Side::Inside, &udp_from(sub)).expect("owner");
+            let w = steering
+                .owner(Side::Inside, &udp_from(sub), &StaticSteer::none())
+                .expect("owner");
             for port in 0..40u16 {
                 let req = AllocRequest {
                     proto: Protocol::Udp,
@@ -440,7 +762,11 @@ mod tests {
                     continue;
                 };
                 assert_eq!(
-                    steering.owner(Side::Outside, &udp_to(ext.addr, ext.port)),
+                    steering.owner(
+                        Side::Outside,
+                        &udp_to(ext.addr, ext.port),
+                        &StaticSteer::none()
+                    ),
                     Some(w),
                     "{sub} got {ext} from worker {w}"
                 );

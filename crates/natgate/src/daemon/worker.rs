@@ -16,10 +16,11 @@ use std::time::Duration;
 use natgate_core::alloc::{ConfiguredAllocator, PortAllocator, PortRange};
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
-use natgate_core::{DropReason, Endpoint, Event, Protocol, Side, Verdict};
+use natgate_core::rules::Rule;
+use natgate_core::{Config, DropReason, Endpoint, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use super::steer::{MAILBOX_LEN, Mailbox, Steered, Steering};
+use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering, binding};
 use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
 use crate::tun::TunQueue;
 
@@ -72,6 +73,53 @@ pub struct HomeAddress {
     pub addrs: Vec<Ipv4Addr>,
     /// The ports the NAT may use; TCP and UDP to other ports belong to the host.
     pub nat_ports: (u16, u16),
+    /// Ports of the host's addresses that static rules and virtual servers claim (a port
+    /// forward of 80 on the home gateway's own address): these go to the engine whatever
+    /// their number. `None` protocol: all of them.
+    pub claimed: Vec<(Ipv4Addr, Option<Protocol>, PortRange)>,
+}
+
+impl HomeAddress {
+    /// The host's addresses `addrs` with the NAT's ports, and what `config` claims of them.
+    pub fn new(addrs: Vec<Ipv4Addr>, nat_ports: (u16, u16), config: &Config) -> Self {
+        let mut h = HomeAddress {
+            addrs,
+            nat_ports,
+            claimed: Vec::new(),
+        };
+        h.claim(config);
+        h
+    }
+
+    /// Re-reads what the static rules and virtual servers of `config` claim of the host's
+    /// addresses: the external side of every binding (an inbound destination rewrite, an
+    /// outbound source rewrite) and every virtual address and port.
+    pub fn claim(&mut self, config: &Config) {
+        const ALL: PortRange = PortRange {
+            first: 0,
+            last: u16::MAX,
+        };
+        self.claimed.clear();
+        for one in config.rules.iter().flat_map(Rule::one_way) {
+            let Some(((prefix, ports), _)) = binding(&one) else {
+                continue;
+            };
+            for &a in &self.addrs {
+                if prefix.contains(a) {
+                    self.claimed.push((a, one.proto, ports.unwrap_or(ALL)));
+                }
+            }
+        }
+        for v in &config.virtual_servers {
+            if self.addrs.contains(&v.address) {
+                let port = PortRange {
+                    first: v.port,
+                    last: v.port,
+                };
+                self.claimed.push((v.address, Some(v.protocol), port));
+            }
+        }
+    }
 }
 
 /// Everything one worker owns.
@@ -125,9 +173,14 @@ impl Worker {
         let mut lens = [0usize; BATCH];
         let mut verdicts = [Verdict::Held; BATCH];
         let mut scratch = vec![0u8; SLOT];
+        // Keys the static-claim table: lookup keys are chosen by whoever sends us packets.
+        let seed = super::os_seed();
+        let mut statics = self.static_steer(seed);
         let mut last_timers = self.clock.now();
         while !self.stop.load(Ordering::Relaxed) {
-            self.commands();
+            if self.commands() {
+                statics = self.static_steer(seed);
+            }
             let now = self.clock.now();
             let wait = match self.engine.next_timeout() {
                 Some(t) if t <= now => Duration::ZERO,
@@ -144,7 +197,7 @@ impl Worker {
                 }
                 let n = self.read(side, &mut bufs, &mut lens)?;
                 let mut local = [0usize; BATCH];
-                let k = self.steer(side, &bufs, &lens[..n], &mut local);
+                let k = self.steer(side, &bufs, &lens[..n], &mut local, &statics);
                 self.process(side, &mut bufs, &lens, &local[..k], &mut verdicts);
             }
             let now = self.clock.now();
@@ -240,13 +293,14 @@ impl Worker {
         bufs: &[u8],
         lens: &[usize],
         local: &mut [usize; BATCH],
+        statics: &StaticSteer,
     ) -> usize {
         let mut k = 0;
         let multi = self.steering.workers() > 1;
         let mut woken = 0u64;
         for (i, slot) in bufs.chunks(SLOT).take(lens.len()).enumerate() {
             let pkt = &slot[..lens[i]];
-            match self.steering.owner(side, pkt).filter(|_| multi) {
+            match self.steering.owner(side, pkt, statics).filter(|_| multi) {
                 Some(w) if w != self.id => {
                     let m = &self.mailboxes[w];
                     let item = Steered {
@@ -408,7 +462,18 @@ impl Worker {
         }
     }
 
-    fn commands(&mut self) {
+    /// What static translations claim, for steering: from the engine's running rules and
+    /// virtual servers (none with one worker, where nothing is steered).
+    fn static_steer(&self, seed: u64) -> StaticSteer {
+        if self.steering.workers() == 1 {
+            return StaticSteer::none();
+        }
+        StaticSteer::new(self.engine.rules(), self.engine.virtual_servers(), seed)
+    }
+
+    /// Serves pending commands; whether the rules or virtual servers may have changed.
+    fn commands(&mut self) -> bool {
+        let mut changed = false;
         for _ in 0..COMMANDS_PER_TURN {
             match self.commands.try_recv() {
                 Ok(Command::Snapshot { detail, reply }) => {
@@ -446,11 +511,22 @@ impl Worker {
                 }
                 Ok(Command::Reload { config, reply }) => {
                     let r = self.engine.reconfigure(&config).map_err(|e| e.to_string());
+                    if r.is_ok() {
+                        changed = true;
+                        if let Some(home) = &mut self.home {
+                            home.claim(config.get());
+                        }
+                    }
                     let _ = reply.send(r);
                 }
                 Ok(Command::Flush { reply }) => {
                     self.engine.flush(self.clock.now());
                     let _ = reply.send(());
+                }
+                Ok(Command::VirtualServers(c)) => {
+                    let now = self.clock.now();
+                    changed |= matches!(c, super::vservers::VsCommand::Change { .. });
+                    super::vservers::serve(&mut self.engine, c, now, self.id == 0);
                 }
                 Ok(Command::Whois {
                     external,
@@ -463,6 +539,7 @@ impl Worker {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        changed
     }
 }
 
@@ -547,7 +624,8 @@ fn is_for(pkt: &[u8], addrs: &[Ipv4Addr]) -> bool {
 }
 
 /// Whether `pkt` is TCP or UDP to one of the host's addresses on a port outside the NAT's
-/// range (a non-first fragment has no port, and goes to the engine).
+/// range that no static rule or virtual server claims (a non-first fragment has no port, and
+/// goes to the engine).
 fn for_host_port(pkt: &[u8], home: &HomeAddress) -> bool {
     if !is_for(pkt, &home.addrs) {
         return false;
@@ -560,7 +638,11 @@ fn for_host_port(pkt: &[u8], home: &HomeAddress) -> bool {
     }
     let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
     let (lo, hi) = home.nat_ports;
-    !(lo..=hi).contains(&dport)
+    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    let claimed = home.claimed.iter().any(|&(a, p, r)| {
+        a == dst && p.is_none_or(|p| p.ip_number() == proto) && r.contains(dport)
+    });
+    !(lo..=hi).contains(&dport) && !claimed
 }
 
 #[cfg(test)]
@@ -579,14 +661,46 @@ mod tests {
 
     #[test]
     fn host_ports_are_recognised() {
-        let home = HomeAddress {
+        let mut home = HomeAddress {
             addrs: vec![Ipv4Addr::new(192, 0, 2, 1)],
             nat_ports: (20_000, 65_535),
+            claimed: Vec::new(),
         };
         assert!(for_host_port(&udp_to([192, 0, 2, 1], 22, 0), &home));
         assert!(!for_host_port(&udp_to([192, 0, 2, 1], 20_000, 0), &home));
         assert!(!for_host_port(&udp_to([192, 0, 2, 2], 22, 0), &home));
         assert!(!for_host_port(&udp_to([192, 0, 2, 1], 22, 185), &home));
         assert!(is_for(&udp_to([255, 255, 255, 255], 68, 0), &home.addrs));
+        // A port forward of UDP 53-54 on the host's address, and a virtual server on TCP 80:
+        // those ports go to the engine.
+        let mut config =
+            natgate_core::Config::new(home.addrs.clone(), Ipv4Addr::new(100, 64, 0, 1));
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: natgate_core::rules::RuleChain,
+            #[serde(rename = "virtual-server")]
+            vs: Vec<natgate_core::vserver::VirtualServerSpec>,
+        }
+        let f: File = toml::from_str(
+            "[[rule]]\nid = 1\ndirection = \"inbound\"\nproto = \"udp\"\n\
+             dst = \"192.0.2.1/32\"\ndst-ports = \"53-54\"\n\
+             action.translate.dst = { addr = \"100.64.0.5/32\" }\n\
+             [[virtual-server]]\naddress = \"192.0.2.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             scheduler = \"round-robin\"\n",
+        )
+        .expect("config");
+        config.rules = f.rule;
+        config.virtual_servers = f.vs;
+        home.claim(&config);
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 53, 0), &home));
+        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 54, 0), &home));
+        assert!(for_host_port(&udp_to([192, 0, 2, 1], 55, 0), &home));
+        let mut tcp80 = udp_to([192, 0, 2, 1], 80, 0);
+        tcp80[9] = 6;
+        assert!(!for_host_port(&tcp80, &home));
+        assert!(
+            for_host_port(&udp_to([192, 0, 2, 1], 80, 0), &home),
+            "UDP 80 is the host's"
+        );
     }
 }
