@@ -90,6 +90,8 @@ pub(super) struct StaticNat {
     capacity: usize,
     /// The ports the allocator was last told to withhold.
     reserved: Vec<(Ipv4Addr, Protocol, PortRange)>,
+    /// The pool: the addresses whose ports can be reserved (fixed for the engine's life).
+    pool: Vec<Ipv4Addr>,
 }
 
 impl StaticNat {
@@ -113,6 +115,7 @@ impl StaticNat {
             table: None,
             capacity: cfg.limits.max_static_sessions as usize,
             reserved: Vec::new(),
+            pool: cfg.pool.clone(),
         };
         statics.ensure_table(cfg);
         statics
@@ -132,10 +135,12 @@ impl StaticNat {
     fn reserved_ports(
         chain: &RuleChain,
         vservers: &[VirtualServer],
+        pool: &[Ipv4Addr],
         owns: impl Fn(Ipv4Addr) -> bool,
     ) -> Vec<(Ipv4Addr, Protocol, PortRange)> {
         let mut list: Vec<_> = chain
-            .reserved_external()
+            .reserved_external(pool)
+            .into_iter()
             .filter(|(a, _, _)| owns(*a))
             .chain(vservers.iter().filter(|v| owns(v.address().addr)).map(|v| {
                 let port = v.address().port;
@@ -764,9 +769,12 @@ impl<A: PortAllocator> Engine<A> {
     /// changed since it was last told.
     pub(super) fn reserve_static_ports(&mut self) {
         let alloc = &self.alloc;
-        let list = StaticNat::reserved_ports(&self.statics.chain, &self.statics.vservers, |a| {
-            alloc.owns(a)
-        });
+        let list = StaticNat::reserved_ports(
+            &self.statics.chain,
+            &self.statics.vservers,
+            &self.statics.pool,
+            |a| alloc.owns(a),
+        );
         if list != self.statics.reserved {
             self.alloc.set_reserved(&list, self.statics.last_now);
             self.statics.reserved = list;

@@ -119,33 +119,35 @@ impl RuleChain {
     /// The external endpoints static rules hold, per address and protocol, so that the dynamic
     /// allocator never hands them out (issue 4: static rules win over dynamic NAPT). These are
     /// the targets of outbound source rewrites and the matched destinations of inbound
-    /// destination rewrites; a rule without ports holds the whole range 0-65535. Each address
-    /// of a prefix is listed; addresses outside the pool can be ignored by the caller.
-    pub fn reserved_external(&self) -> impl Iterator<Item = (Ipv4Addr, Protocol, PortRange)> {
-        let mut held: Vec<_> = self
-            .bindings
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|b| (b.ext.0.addr(), b.ext.0.prefix_len(), b.proto, b.ext.1))
-            .collect();
-        held.sort_unstable();
-        held.dedup();
-        held.into_iter().flat_map(|(addr, len, proto, ports)| {
-            let protos: &'static [Protocol] = match proto {
+    /// destination rewrites; a rule without ports holds the whole range 0-65535.
+    ///
+    /// Only the addresses of `among` (the pool: the only addresses an allocator hands out) are
+    /// listed, each address of a binding's prefix that is in it, sorted and without
+    /// duplicates. Asking per pool address keeps the cost at the pool's size, not the rules'
+    /// prefixes: a network rule over a /8 would otherwise list 16 M addresses.
+    pub fn reserved_external(&self, among: &[Ipv4Addr]) -> Vec<(Ipv4Addr, Protocol, PortRange)> {
+        let mut pool = among.to_vec();
+        pool.sort_unstable();
+        pool.dedup();
+        let mut held = Vec::new();
+        for b in self.bindings.iter().flatten().flatten() {
+            let protos: &'static [Protocol] = match b.proto {
                 Some(Protocol::Icmp) => &[Protocol::Icmp],
                 Some(Protocol::Tcp) => &[Protocol::Tcp],
                 Some(Protocol::Udp) => &[Protocol::Udp],
                 None => &Protocol::ALL,
             };
-            let first = addr.to_bits();
-            let last = first | super::host_mask(len);
-            (first..=last).flat_map(move |a| {
-                protos
-                    .iter()
-                    .map(move |&p| (Ipv4Addr::from_bits(a), p, ports))
-            })
-        })
+            let first = b.ext.0.addr().to_bits();
+            let last = first | super::host_mask(b.ext.0.prefix_len());
+            let start = pool.partition_point(|a| a.to_bits() < first);
+            let inside = pool.get(start..).unwrap_or_default();
+            for &a in inside.iter().take_while(|a| a.to_bits() <= last) {
+                held.extend(protos.iter().map(|&p| (a, p, b.ext.1)));
+            }
+        }
+        held.sort_unstable();
+        held.dedup();
+        held
     }
 
     /// The first rule (in id order) with a binding whose external endpoints include `external`

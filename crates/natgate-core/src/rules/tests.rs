@@ -465,7 +465,10 @@ fn exemption_before_nat_wins_and_reports_no_rewrite() {
         (RuleId(2), Some(ep("198.51.100.4", 1000)))
     );
     // The exemption makes no external binding: nothing reserved for it.
-    assert_eq!(c.reserved_external().count(), 256 * 3);
+    let around: Vec<Ipv4Addr> = (0..1024u32)
+        .map(|i| Ipv4Addr::from_bits(0xC633_6200 + i))
+        .collect();
+    assert_eq!(c.reserved_external(&around).len(), 256 * 3);
     assert!(m.is_empty(Inbound));
     assert!(!m.is_empty(Outbound));
 }
@@ -504,7 +507,14 @@ fn first_match_is_the_lowest_id_across_classes() {
 #[test]
 fn reserved_external_lists_static_ports() {
     let c = chain_of(&[host_nat(), port_forward()]);
-    let got: Vec<_> = c.reserved_external().collect();
+    let a5: Ipv4Addr = "203.0.113.5".parse().expect("addr");
+    let a10: Ipv4Addr = "198.51.100.10".parse().expect("addr");
+    let other: Ipv4Addr = "198.51.100.11".parse().expect("addr");
+    let got = c.reserved_external(&[a5, other, a10]);
+    assert!(
+        c.reserved_external(&[other]).is_empty(),
+        "only bound addresses"
+    );
     let all = PortRange {
         first: 0,
         last: u16::MAX,
@@ -513,8 +523,6 @@ fn reserved_external_lists_static_ports() {
         first: 80,
         last: 80,
     };
-    let a5: Ipv4Addr = "203.0.113.5".parse().expect("addr");
-    let a10: Ipv4Addr = "198.51.100.10".parse().expect("addr");
     assert_eq!(
         got,
         [
@@ -524,6 +532,26 @@ fn reserved_external_lists_static_ports() {
             (a5, Udp, all)
         ]
     );
+}
+
+#[test]
+fn reserved_ports_of_a_slash_8_cost_the_pool_not_the_prefix() {
+    // 10.0.0.0/8 <-> 100.0.0.0/8 both ways: 16 M external addresses, of which the pool holds
+    // two; only those two are listed (three protocols each).
+    let c = chain_of(&[nat(
+        Outbound,
+        "10.0.0.0/8",
+        "0.0.0.0/0",
+        to(Some("100.0.0.0/8"), None),
+        None,
+    )]);
+    let pool: Vec<Ipv4Addr> = ["100.1.2.3", "100.255.0.1", "198.51.100.1"]
+        .iter()
+        .map(|a| a.parse().expect("addr"))
+        .collect();
+    let got = c.reserved_external(&pool);
+    assert_eq!(got.len(), 2 * 3, "{got:?}");
+    assert!(got.iter().all(|(a, _, _)| a.octets()[0] == 100));
 }
 
 #[test]
