@@ -11,21 +11,20 @@
 //! Times are the benchmark thread's own CPU time ([`CpuTime`]), not wall time: the machine this
 //! runs on is shared, and wall time would charge us for other processes' time slices.
 //!
-//! Tables are backed by transparent huge pages, as a deployment should have them: the global
-//! allocator here asks for them on every large allocation ([`HugePageAlloc`]). With
+//! Tables are backed by transparent huge pages, as the daemon has them: the global allocator is
+//! the daemon's [`HugePageAlloc`], which asks for them on every large allocation. With
 //! `NATGATE_BENCH_HUGEPAGES=0` it does not, and random lookups pay 4 KiB-page TLB misses.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH, Engine, PacketBuf};
+use natgate_core::huge_pages::HugePageAlloc;
 use natgate_core::{Config, Endpoint, Instant, Protocol, Rng, Side, Verdict};
 
 /// Every packet is 64 bytes: IPv4 (20) + UDP (8) + 36 payload, or IPv4 + TCP (20) + 24.
@@ -42,51 +41,10 @@ const TCP_ACK: u8 = 0x10;
 
 type Template = [u8; PKT];
 
-/// The system allocator, plus `madvise(MADV_HUGEPAGE)` on allocations of 4 MiB and more while
-/// [`HUGE_PAGES`] is set. Large allocations are fresh mappings whose pages are not touched yet,
-/// so the advice takes effect as the engine first writes its tables.
-struct HugePageAlloc;
-
-static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
-
-const HUGE_PAGE: usize = 2 << 20;
-
-// SAFETY: every call is forwarded to `System` with the caller's arguments; `madvise` only
-// advises on whole pages inside the block just allocated.
-unsafe impl GlobalAlloc for HugePageAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        advise_huge(p, layout.size());
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        advise_huge(p, layout.size());
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` came from `System` with this layout (through `alloc`/`alloc_zeroed`).
-        unsafe { System.dealloc(p, layout) }
-    }
-}
-
-fn advise_huge(p: *mut u8, size: usize) {
-    if p.is_null() || size < 2 * HUGE_PAGE || !HUGE_PAGES.load(Ordering::Relaxed) {
-        return;
-    }
-    let start = (p as usize).next_multiple_of(HUGE_PAGE);
-    let end = (p as usize + size) / HUGE_PAGE * HUGE_PAGE;
-    if end > start {
-        // SAFETY: [start, end) lies inside the block just allocated; MADV_HUGEPAGE changes no
-        // contents. A failure (THP disabled) leaves ordinary pages, which is fine for a hint.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
+/// The tables on transparent huge pages, as the daemon has them (see [`HugePageAlloc`]); the
+/// advice is switched off with `NATGATE_BENCH_HUGEPAGES=0`.
 #[global_allocator]
-static ALLOC: HugePageAlloc = HugePageAlloc;
+static ALLOC: HugePageAlloc = HugePageAlloc::new();
 
 /// Time this thread has spent on a CPU, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
 fn thread_cpu_ns() -> u64 {
@@ -282,10 +240,10 @@ impl Fixture {
         let table = e.table_memory_bytes();
         eprintln!(
             "engine with {n} sessions ({} mappings, huge pages {}): table accounting \
-             {} B/session; RSS delta after Engine::new {} B/session, after filling {} B/session",
+             {:.1} B/session; RSS delta after Engine::new {} B/session, after filling {} B/session",
             e.mapping_count(),
-            HUGE_PAGES.load(Ordering::Relaxed),
-            table / n as usize,
+            ALLOC.enabled(),
+            table as f64 / f64::from(n),
             rss_tables / n as usize,
             rss_filled / n as usize,
         );
@@ -437,7 +395,7 @@ fn creation(c: &mut Criterion<CpuTime>) {
 
 fn benches(c: &mut Criterion<CpuTime>) {
     let huge = std::env::var("NATGATE_BENCH_HUGEPAGES").map_or(true, |v| v != "0");
-    HUGE_PAGES.store(huge, Ordering::Relaxed);
+    ALLOC.set_enabled(huge);
     fast_path(c, "1M", 1 << 20);
     creation(c);
     fast_path(c, "16M", 1 << 24);
