@@ -568,7 +568,9 @@ impl<A: PortAllocator> Engine<A> {
         })
     }
 
-    /// Bytes held by the session and mapping tables and their indexes.
+    /// Bytes held by the session table (sessions, the mappings folded into them or shared,
+    /// both indexes, the expiry wheel) and the address filter: the memory that grows with
+    /// `max_sessions`.
     pub fn table_memory_bytes(&self) -> usize {
         self.sessions.memory_bytes() + self.address_filter.as_ref().map_or(0, |f| f.memory_bytes())
     }

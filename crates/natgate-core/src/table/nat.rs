@@ -30,7 +30,9 @@
 //! (a shared mapping, or a dependent mapping behaviour, where a session opened inbound may sit
 //! under another mapping) the full key is probed too. Inbound: probe (proto, external); the
 //! mapping that owns the external endpoint owns every session on it, so only a shared mapping
-//! needs the second probe.
+//! needs the second probe. A shared mapping's record is never read on the way: its entry alone
+//! says "probe the full key", so a session of a shared mapping costs two buckets and its
+//! record (the batch path prefetches the second bucket), a folded one a bucket and its record.
 //!
 //! # Memory
 //! Per session slot: 32 (record) + 4 (free list) + 8 (wheel links) + 2 x 8 (one entry in each
@@ -266,20 +268,30 @@ impl Tables {
     fn find_out_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
         let rk = self.remote_key(key.remote);
         let eim = self.behavior == MappingBehavior::EndpointIndependent;
-        let mapping = self.out_index.find(hash, |v| {
+        // One pass over the mapping key's tag matches. A folded session of this mapping settles
+        // the question; a shared mapping's entry (ours, or a tag collision) sends the look-up
+        // to the full flow key without reading the mapping record, which the answer does not
+        // need.
+        let mut maybe_shared = false;
+        let folded = self.out_index.find(hash, |v| {
+            if v & SHARED != 0 {
+                maybe_shared = true;
+                return false;
+            }
             self.is_internal_mapping(v, key.proto, key.local, rk)
         });
-        match mapping {
-            Some(v) if v & SHARED == 0 => {
+        match folded {
+            Some(v) => {
                 if self.sessions.get(v).is_some_and(|s| s.remote == key.remote) {
                     return Some(SessionId(v));
                 }
+                // Under EIM every session of the internal endpoint is this mapping's one.
                 if eim {
                     return None;
                 }
             }
-            Some(_) => {}
-            None if eim => return None,
+            // Under EIM no mapping means no session from the internal endpoint at all.
+            None if eim && !maybe_shared => return None,
             None => {}
         }
         self.out_index
@@ -297,15 +309,25 @@ impl Tables {
     /// [`Self::find_in`] with the hash from [`Self::lookup_hash`].
     #[inline(always)]
     fn find_in_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
-        let mapping = self
-            .in_index
-            .find(hash, |v| self.is_external_mapping(v, key.proto, key.local))?;
-        if mapping & SHARED == 0 {
+        // As outbound: a folded mapping owning the external endpoint owns its one session; a
+        // shared one sends the look-up to the full key. No mapping, no session.
+        let mut maybe_shared = false;
+        let folded = self.in_index.find(hash, |v| {
+            if v & SHARED != 0 {
+                maybe_shared = true;
+                return false;
+            }
+            self.is_external_mapping(v, key.proto, key.local)
+        });
+        if let Some(v) = folded {
             return self
                 .sessions
-                .get(mapping)
+                .get(v)
                 .is_some_and(|s| s.remote == key.remote)
-                .then_some(SessionId(mapping));
+                .then_some(SessionId(v));
+        }
+        if !maybe_shared {
+            return None;
         }
         self.in_index
             .find(self.flow_hash(key), |v| {
