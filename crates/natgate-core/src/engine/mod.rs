@@ -39,10 +39,6 @@ pub use reload::{ReloadError, check_reload};
 /// latency behind prefetches, small enough that the batch's state stays in L1.
 pub const BATCH: usize = 32;
 
-/// How many packets behind the parse pass of a batch the second prefetch stage runs: about
-/// one memory latency's worth of parsing.
-const PREFETCH_LAG: usize = 16;
-
 /// One packet of a batch: a buffer and the length of the datagram at its start. The buffer may
 /// be longer than the datagram; the extra room lets the engine answer with an ICMP error in place.
 #[derive(Debug)]
@@ -200,10 +196,9 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    /// Up to [`BATCH`] packets in two passes, so that the cache misses of different packets
-    /// overlap: parse each and start loading its index bucket, and [`PREFETCH_LAG`] packets
-    /// behind, the session record the bucket points to; then look up and translate each in
-    /// order. The look-up is done
+    /// Up to [`BATCH`] packets in three passes, so that the cache misses of different packets
+    /// overlap: parse each and start loading its index bucket; start loading the session record
+    /// each bucket points to; then look up and translate each in order. The look-up is done
     /// just before its packet is translated, so a session made by an earlier packet of the
     /// batch is found by a later one.
     fn process_chunk(
@@ -229,15 +224,8 @@ impl<A: PortAllocator> Engine<A> {
                 }
             }
             parsed[i] = p;
-            // The bucket of the packet `PREFETCH_LAG` back has had that many parses' time to
-            // arrive: start loading what its look-up reads next, so that the record misses
-            // overlap this pass's work instead of stalling the translate pass.
-            if let Some(Some((key, hash))) = i.checked_sub(PREFETCH_LAG).map(|j| &fast[j]) {
-                self.sessions.prefetch_next(inbound, *hash, key);
-            }
         }
-        let tail = packets.len().saturating_sub(PREFETCH_LAG);
-        for (key, hash) in fast[tail..packets.len()].iter().flatten() {
+        for (key, hash) in fast[..packets.len()].iter().flatten() {
             self.sessions.prefetch_next(inbound, *hash, key);
         }
         for (i, pkt) in packets.iter_mut().enumerate() {
