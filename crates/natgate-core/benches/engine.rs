@@ -177,16 +177,22 @@ fn run(e: &mut Engine, side: Side, packets: &mut [Template]) -> usize {
     forwarded
 }
 
-/// Resident set size of this process, from /proc/self/status.
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/status")
+/// A size in kB from a `/proc/self` file (`VmRSS:` of `status`, `AnonHugePages:` of
+/// `smaps_rollup`), in bytes; 0 if it cannot be read.
+fn proc_bytes(file: &str, field: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/self/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident set size of this process.
+fn rss_bytes() -> usize {
+    proc_bytes("status", "VmRSS:")
 }
 
 /// An engine with `n` established sessions (TCP handshakes done both ways) and packet templates
@@ -240,12 +246,16 @@ impl Fixture {
         let table = e.table_memory_bytes();
         eprintln!(
             "engine with {n} sessions ({} mappings, huge pages {}): table accounting \
-             {:.1} B/session; RSS delta after Engine::new {} B/session, after filling {} B/session",
+             {:.1} B/session; RSS delta after Engine::new {} B/session, after filling {} B/session; \
+             {} MiB of the process on huge pages",
             e.mapping_count(),
             ALLOC.enabled(),
             table as f64 / f64::from(n),
             rss_tables / n as usize,
             rss_filled / n as usize,
+            // Huge pages are a hint the kernel may not honour (fragmented memory): this says
+            // how far it did, which moves random-access timings by tens of percent.
+            proc_bytes("smaps_rollup", "AnonHugePages:") >> 20,
         );
         let mut rng = Rng::new(42);
         let count = (n as usize).min(MAX_TEMPLATES);
