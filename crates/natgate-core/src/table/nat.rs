@@ -266,33 +266,25 @@ impl Tables {
     /// [`Self::find_out`] with the hash from [`Self::lookup_hash`].
     #[inline(always)]
     fn find_out_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
-        let rk = self.remote_key(key.remote);
-        let eim = self.behavior == MappingBehavior::EndpointIndependent;
-        // One pass over the mapping key's tag matches. A folded session of this mapping settles
-        // the question; a shared mapping's entry (ours, or a tag collision) sends the look-up
-        // to the full flow key without reading the mapping record, which the answer does not
-        // need.
+        // One pass over the mapping key's tag matches. A session there with the packet's out
+        // key is the answer (out keys are unique, so no need to check that it is folded or
+        // that the entry is its mapping's); a shared mapping's entry (ours, or a tag
+        // collision) sends the look-up to the full flow key, without reading the record.
         let mut maybe_shared = false;
-        let folded = self.out_index.find(hash, |v| {
+        let hit = self.out_index.find(hash, |v| {
             if v & SHARED != 0 {
                 maybe_shared = true;
                 return false;
             }
-            self.is_internal_mapping(v, key.proto, key.local, rk)
+            self.sessions.get(v).is_some_and(|s| out_matches(s, key))
         });
-        match folded {
-            Some(v) => {
-                if self.sessions.get(v).is_some_and(|s| s.remote == key.remote) {
-                    return Some(SessionId(v));
-                }
-                // Under EIM every session of the internal endpoint is this mapping's one.
-                if eim {
-                    return None;
-                }
-            }
-            // Under EIM no mapping means no session from the internal endpoint at all.
-            None if eim && !maybe_shared => return None,
-            None => {}
+        if hit.is_some() {
+            return hit.map(SessionId);
+        }
+        // Under EIM every session of the internal endpoint belongs to its one mapping: folded,
+        // it would have been the hit, so only a shared one can hold the session.
+        if self.behavior == MappingBehavior::EndpointIndependent && !maybe_shared {
+            return None;
         }
         self.out_index
             .find(self.flow_hash(key), |v| {
@@ -309,25 +301,18 @@ impl Tables {
     /// [`Self::find_in`] with the hash from [`Self::lookup_hash`].
     #[inline(always)]
     fn find_in_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
-        // As outbound: a folded mapping owning the external endpoint owns its one session; a
-        // shared one sends the look-up to the full key. No mapping, no session.
+        // As outbound: the mapping that owns the external endpoint owns every session on it,
+        // so a folded one is the hit or there is none; only a shared one needs the full key.
         let mut maybe_shared = false;
-        let folded = self.in_index.find(hash, |v| {
+        let hit = self.in_index.find(hash, |v| {
             if v & SHARED != 0 {
                 maybe_shared = true;
                 return false;
             }
-            self.is_external_mapping(v, key.proto, key.local)
+            self.sessions.get(v).is_some_and(|s| in_matches(s, key))
         });
-        if let Some(v) = folded {
-            return self
-                .sessions
-                .get(v)
-                .is_some_and(|s| s.remote == key.remote)
-                .then_some(SessionId(v));
-        }
-        if !maybe_shared {
-            return None;
+        if hit.is_some() || !maybe_shared {
+            return hit.map(SessionId);
         }
         self.in_index
             .find(self.flow_hash(key), |v| {
