@@ -944,6 +944,47 @@ mod tests {
     }
 
     #[test]
+    fn past_the_reserve_only_a_mapping_s_second_session_is_refused() {
+        let (n, reserve) = (1 << 14, NatTable::shared_reserve(1 << 14, 1 << 14));
+        assert!(reserve < n / 2, "a big table's reserve is not exact");
+        let mut t = NatTable::new(n, n, EIM, 1, 2);
+        let s = |i: u32, r: u8| Session {
+            internal: Endpoint::new(Ipv4Addr::from_bits(0x0a00_0000 + i), 5000),
+            external: Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 1024 + i as u16),
+            ..session(0, 0, r)
+        };
+        let mut first = Vec::new();
+        for i in 0..=reserve as u32 {
+            first.push(t.insert_with_new_mapping(s(i, 1), 30).unwrap());
+        }
+        for (i, id) in first.iter().enumerate().take(reserve) {
+            t.insert_with_mapping(s(i as u32, 2), MappingId(id.0), 30)
+                .unwrap();
+        }
+        let last = *first.last().unwrap();
+        assert_eq!(
+            t.insert_with_mapping(s(reserve as u32, 2), MappingId(last.0), 30),
+            Err(TableFull),
+            "no record left to share one more mapping"
+        );
+        assert_eq!(
+            found_both_ways(&t, &s(reserve as u32, 1)),
+            Some(last),
+            "unchanged"
+        );
+        let shared = t.get(first[0]).mapping;
+        t.insert_with_mapping(s(0, 3), shared, 30).unwrap();
+        t.insert_with_new_mapping(s(reserve as u32 + 1, 1), 30)
+            .unwrap();
+        // A shared mapping that goes gives its record back.
+        t.remove(first[1]).unwrap();
+        let gone = t.find_out(&s(1, 2).out_key()).unwrap();
+        assert!(t.remove(gone).unwrap().1.is_some());
+        t.insert_with_mapping(s(reserve as u32, 2), MappingId(last.0), 30)
+            .unwrap();
+    }
+
+    #[test]
     fn memory_per_session_with_a_mapping_each() {
         let n = 1 << 20;
         let t = NatTable::new(n, n, EIM, 1, 2);
