@@ -99,11 +99,11 @@ struct Tables {
 
 impl NatTable {
     /// How many shared-mapping records a table keeps for `max_sessions` sessions and
-    /// `max_mappings` mappings. Every mapping may be shared only when it has two sessions, so
-    /// `max_sessions / 2` is never short; that worst case would cost 22 bytes per session more
-    /// in every table, so big tables reserve one record per 8 sessions (plus 1024, which makes
-    /// small tables exact). A session that would make one more mapping shared past the reserve
-    /// is refused as if the table were full.
+    /// `max_mappings` mappings. A shared mapping has at least two sessions, so
+    /// `max_sessions / 2` records always suffice; reserving that many would cost 22 more bytes
+    /// per session in every table, so big tables reserve one record per 8 sessions (plus 1024,
+    /// which keeps small tables exact). Past the reserve, a session that would make one more
+    /// mapping shared is refused as if the table were full.
     pub fn shared_reserve(max_sessions: usize, max_mappings: usize) -> usize {
         let exact = max_mappings.min(max_sessions / 2);
         exact.min(max_sessions / 8 + 1024)
