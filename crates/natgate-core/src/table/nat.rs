@@ -35,12 +35,14 @@
 //! record (the batch path prefetches the second bucket), a folded one a bucket and its record.
 //!
 //! # Memory
-//! Per session slot: 32 (record) + 4 (free list) + 8 (wheel links) + 2 x 8 (one entry in each
-//! index at load 0.8) = 60 bytes. Shared mappings take a 28-byte record each from a reserve of
-//! [`NatTable::shared_reserve`] records, and one more entry in each index, which may raise the
-//! index load to 0.9 when the reserve is full. With one mapping per session that is about 64
-//! bytes per session at capacity (the test `memory_per_session_with_a_mapping_each` checks it),
-//! against 104 with a mapping record and index entries per mapping.
+//! Per session: 32 (record; the slab's free list lives in vacant records) + 8 (wheel links) +
+//! one entry in each index (buckets sized for the sessions plus a ninth of the reserve's
+//! entries: about 17.8 bytes). Shared mappings take a 24-byte record each from a reserve of
+//! [`NatTable::shared_reserve`] records (a quarter of the sessions: 6 bytes per session) and
+//! one more entry in each index, which raises the index load from 0.72 to at most 0.9 when the
+//! reserve is full. With one mapping per session that is 63.8 bytes per session at capacity
+//! (the test `memory_per_session_with_a_mapping_each` checks it is at most 64), against 104
+//! with a mapping record and index entries per mapping.
 
 use super::{
     FlowHasher, FlowKey, HashIndex, Mapping, MappingId, Session, SessionId, Slab, TableFull,
@@ -100,13 +102,13 @@ struct Tables {
 impl NatTable {
     /// How many shared-mapping records a table keeps for `max_sessions` sessions and
     /// `max_mappings` mappings. A shared mapping has at least two sessions, so
-    /// `max_sessions / 2` records always suffice; reserving that many would cost 22 more bytes
-    /// per session in every table, so big tables reserve one record per 8 sessions (plus 1024,
+    /// `max_sessions / 2` records always suffice; reserving that many would cost 14 more bytes
+    /// per session in every table, so big tables reserve one record per 4 sessions (plus 1024,
     /// which keeps small tables exact). Past the reserve, a session that would make one more
     /// mapping shared is refused as if the table were full.
     pub fn shared_reserve(max_sessions: usize, max_mappings: usize) -> usize {
         let exact = max_mappings.min(max_sessions / 2);
-        exact.min(max_sessions / 8 + 1024)
+        exact.min(max_sessions / 4 + 1024)
     }
 
     /// A table for up to `max_sessions` sessions and `max_mappings` mappings under the mapping
@@ -123,9 +125,10 @@ impl NatTable {
         mapping_seed: u64,
     ) -> Self {
         let reserve = Self::shared_reserve(max_sessions, max_mappings);
-        // Buckets for the sessions at load 0.8; the reserve's entries may fill them to 0.9.
+        // Buckets for at least the sessions at load 0.8, and enough that the reserve's entries
+        // take them to 0.9 at most.
         let entries = max_sessions + reserve;
-        let design = max_sessions.max(entries.saturating_sub(max_sessions / 8));
+        let design = max_sessions.max(entries - entries / 9);
         NatTable {
             t: Tables {
                 sessions: Slab::new(max_sessions),
@@ -937,15 +940,15 @@ mod tests {
     }
 
     #[test]
-    fn the_reserve_is_exact_for_small_tables_and_an_eighth_for_big_ones() {
+    fn the_reserve_is_exact_for_small_tables_and_a_quarter_for_big_ones() {
         assert_eq!(NatTable::shared_reserve(1000, 1000), 500);
         assert_eq!(NatTable::shared_reserve(1000, 10), 10);
-        assert_eq!(NatTable::shared_reserve(1 << 20, 1 << 20), (1 << 17) + 1024);
+        assert_eq!(NatTable::shared_reserve(1 << 20, 1 << 20), (1 << 18) + 1024);
     }
 
     #[test]
     fn past_the_reserve_only_a_mapping_s_second_session_is_refused() {
-        let (n, reserve) = (1 << 14, NatTable::shared_reserve(1 << 14, 1 << 14));
+        let (n, reserve) = (1 << 15, NatTable::shared_reserve(1 << 15, 1 << 15));
         assert!(reserve < n / 2, "a big table's reserve is not exact");
         let mut t = NatTable::new(n, n, EIM, 1, 2);
         let s = |i: u32, r: u8| Session {
