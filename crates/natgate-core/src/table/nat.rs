@@ -102,8 +102,8 @@ struct Tables {
 impl NatTable {
     /// How many shared-mapping records a table keeps for `max_sessions` sessions and
     /// `max_mappings` mappings. A shared mapping has at least two sessions, so
-    /// `max_sessions / 2` records always suffice; reserving that many would cost 14 more bytes
-    /// per session in every table, so big tables reserve one record per 4 sessions (plus 1024,
+    /// `max_sessions / 2` records always suffice; reserving that many would cost about 10 more
+    /// bytes per session in every table, so big tables reserve one record per 4 sessions (plus 1024,
     /// which keeps small tables exact). Past the reserve, a session that would make one more
     /// mapping shared is refused as if the table were full.
     pub fn shared_reserve(max_sessions: usize, max_mappings: usize) -> usize {
