@@ -73,6 +73,10 @@ drop_reasons! {
     SubscriberTableFull => "subscriber_table_full",
     /// The session table is full; no live session is evicted to make room (RFC 6888 REQ-11).
     SessionTableFull => "session_table_full",
+    /// The session table has room, but a mapping's second session needs a shared-mapping
+    /// record and the table's reserve of them is used up (`NatTable::shared_reserve`: a quarter
+    /// of the sessions, plus 1024). No live session is evicted.
+    SharedMappingReserveFull => "shared_mapping_reserve_full",
     /// Hairpinning is switched off and the packet was addressed to the external pool.
     HairpinDisabled => "hairpin_disabled",
     /// TTL would reach zero; answered with ICMP time exceeded (RFC 5508 REQ-10).

@@ -18,6 +18,8 @@ pub mod endpoint;
 pub mod engine;
 pub mod event;
 pub mod fragment;
+#[cfg(feature = "huge-pages")]
+pub mod huge_pages;
 pub mod rng;
 pub mod rules;
 pub mod table;

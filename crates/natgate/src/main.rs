@@ -15,6 +15,12 @@ use natgate::control::cli::CtlArgs;
 use natgate::control::protocol::LogLevel;
 use natgate::daemon::Daemon;
 use natgate::daemon::control::{ControlService, LogLevelFn};
+use natgate_core::huge_pages::HugePageAlloc;
+
+/// The engine's tables on transparent huge pages (with THP in `madvise` or `always` mode):
+/// random session look-ups over hundreds of megabytes otherwise miss the TLB on most packets.
+#[global_allocator]
+static ALLOC: HugePageAlloc = HugePageAlloc::new();
 
 /// natgate: a user-space NAT gateway (NAPT44, RFC 4787/5382/5508/6888).
 #[derive(Debug, Parser)]

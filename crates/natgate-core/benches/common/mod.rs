@@ -10,57 +10,15 @@
 //! [`init_huge_pages`] has read `NATGATE_BENCH_HUGEPAGES` (`0` turns them off, and random
 //! lookups then pay 4 KiB-page TLB misses).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use natgate_core::huge_pages::HugePageAlloc;
 
-/// The system allocator, plus `madvise(MADV_HUGEPAGE)` on allocations of 4 MiB and more while
-/// [`HUGE_PAGES`] is set. Large allocations are fresh mappings whose pages are not touched yet,
-/// so the advice takes effect as the engine first writes its tables.
-struct HugePageAlloc;
-
-pub static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
-
-const HUGE_PAGE: usize = 2 << 20;
-
-// SAFETY: every call is forwarded to `System` with the caller's arguments; `madvise` only
-// advises on whole pages inside the block just allocated.
-unsafe impl GlobalAlloc for HugePageAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        advise_huge(p, layout.size());
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        advise_huge(p, layout.size());
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` came from `System` with this layout (through `alloc`/`alloc_zeroed`).
-        unsafe { System.dealloc(p, layout) }
-    }
-}
-
-fn advise_huge(p: *mut u8, size: usize) {
-    if p.is_null() || size < 2 * HUGE_PAGE || !HUGE_PAGES.load(Ordering::Relaxed) {
-        return;
-    }
-    let start = (p as usize).next_multiple_of(HUGE_PAGE);
-    let end = (p as usize + size) / HUGE_PAGE * HUGE_PAGE;
-    if end > start {
-        // SAFETY: [start, end) lies inside the block just allocated; MADV_HUGEPAGE changes no
-        // contents. A failure (THP disabled) leaves ordinary pages, which is fine for a hint.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
+/// The daemon's allocator: `madvise(MADV_HUGEPAGE)` on large allocations once
+/// [`init_huge_pages`] has switched it on.
 #[global_allocator]
-static ALLOC: HugePageAlloc = HugePageAlloc;
+pub static ALLOC: HugePageAlloc = HugePageAlloc::new();
 
 /// Time this thread has spent on a CPU, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
 fn thread_cpu_ns() -> u64 {
@@ -107,19 +65,26 @@ impl Measurement for CpuTime {
 /// Turns huge pages on unless `NATGATE_BENCH_HUGEPAGES=0`; returns whether they are on.
 pub fn init_huge_pages() -> bool {
     let huge = std::env::var("NATGATE_BENCH_HUGEPAGES").map_or(true, |v| v != "0");
-    HUGE_PAGES.store(huge, Ordering::Relaxed);
+    ALLOC.set_enabled(huge);
     huge
 }
 
-/// Resident set size of this process, from /proc/self/status.
-#[allow(dead_code)] // not every bench reports its RSS
-pub fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/status")
+/// A size in kB from a `/proc/self` file (`VmRSS:` of `status`, `AnonHugePages:` of
+/// `smaps_rollup`), in bytes; 0 if it cannot be read.
+#[allow(dead_code)] // not every bench reports memory
+pub fn proc_bytes(file: &str, field: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/self/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident set size of this process.
+#[allow(dead_code)] // not every bench reports its RSS
+pub fn rss_bytes() -> usize {
+    proc_bytes("status", "VmRSS:")
 }

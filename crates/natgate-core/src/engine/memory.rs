@@ -4,8 +4,10 @@
 //! CGN keeps; memory is the one that bounds all others).
 //!
 //! Both use the same accounting, the structures' own `memory_bytes`, so the estimate is honest:
-//! the session and mapping tables (and the address filter) grow linearly with their capacity,
-//! so the model builds each at two small capacities and extrapolates; the parts whose size does
+//! the session table (which holds the mappings) has its size by formula
+//! ([`NatTable::memory_for`], tested equal to the built table's), the address filter and the
+//! static session table grow linearly with their capacity, so the model builds each at two
+//! small capacities and extrapolates; the parts whose size does
 //! not scale with sessions (fragment tracker, subscriber table, queues) are built at their
 //! configured size and measured. Tables reserve everything up front, so the figure is what the
 //! engine holds from the start, not what it might grow to.
@@ -17,16 +19,15 @@ use super::{Engine, TRANSMIT_SLOT, fragment_limits, transmit_slots};
 use crate::alloc::PortAllocator;
 use crate::config::{Config, FilteringBehavior};
 use crate::fragment::FragmentTracker;
-use crate::table::{AddressFilter, MappingTable, SessionTable, StaticSessionTable};
+use crate::table::{AddressFilter, NatTable, StaticSessionTable};
 use core::fmt;
 
 /// Bytes of an engine's state, by part.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryUsage {
-    /// The session table: records, free list, both indexes and the timer wheel.
+    /// The session table, which holds the mappings too: session records (a mapping with one
+    /// session lives in it), the shared-mapping reserve, both indexes and the timer wheel.
     pub sessions: usize,
-    /// The mapping table and its two indexes.
-    pub mappings: usize,
     /// The address filter (address-dependent filtering only).
     pub address_filter: usize,
     /// Fragment state and held fragments.
@@ -45,7 +46,6 @@ impl MemoryUsage {
     pub fn total(&self) -> u64 {
         [
             self.sessions,
-            self.mappings,
             self.address_filter,
             self.fragments,
             self.subscribers,
@@ -61,11 +61,10 @@ impl fmt::Display for MemoryUsage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} bytes: sessions {}, mappings {}, address filter {}, fragments {}, subscribers {}, \
+            "{} bytes: sessions and mappings {}, address filter {}, fragments {}, subscribers {}, \
              queues {}, static sessions {}",
             self.total(),
             self.sessions,
-            self.mappings,
             self.address_filter,
             self.fragments,
             self.subscribers,
@@ -108,8 +107,6 @@ impl Linear {
 /// `max-sessions` is derived from when it is left out.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryModel {
-    sessions: Linear,
-    mappings: Linear,
     /// Present under address-dependent filtering; sized like the session table.
     address_filter: Option<Linear>,
     fragments: usize,
@@ -126,8 +123,6 @@ impl MemoryModel {
         let l = &cfg.limits;
         let dependent = cfg.behavior.filtering == FilteringBehavior::AddressDependent;
         MemoryModel {
-            sessions: Linear::measure(|n| SessionTable::new(n, 0).memory_bytes()),
-            mappings: Linear::measure(|n| MappingTable::new(n, 0).memory_bytes()),
             address_filter: dependent
                 .then(|| Linear::measure(|n| AddressFilter::new(n, 0).memory_bytes())),
             fragments: FragmentTracker::new(fragment_limits(l, &cfg.behavior)).memory_bytes(),
@@ -165,8 +160,7 @@ impl MemoryModel {
     /// The memory with room for `max_sessions` sessions and `max_mappings` mappings.
     pub fn usage(&self, max_sessions: u32, max_mappings: u32) -> MemoryUsage {
         MemoryUsage {
-            sessions: self.sessions.at(max_sessions),
-            mappings: self.mappings.at(max_mappings),
+            sessions: NatTable::memory_for(max_sessions as usize, max_mappings as usize),
             address_filter: self.address_filter.map_or(0, |f| f.at(max_sessions)),
             fragments: self.fragments,
             subscribers: self.subscribers,
@@ -182,7 +176,6 @@ impl<A: PortAllocator> Engine<A> {
     pub fn memory_usage(&self) -> MemoryUsage {
         MemoryUsage {
             sessions: self.sessions.memory_bytes(),
-            mappings: self.mappings.memory_bytes(),
             address_filter: self.address_filter.as_ref().map_or(0, |f| f.memory_bytes()),
             fragments: self.fragments.memory_bytes(),
             subscribers: self.subscribers.as_ref().map_or(0, |s| s.memory_bytes()),
@@ -251,13 +244,12 @@ mod tests {
     }
 
     #[test]
-    fn off_multiples_of_8_the_estimate_is_an_upper_bound_within_8_entries() {
+    fn off_multiples_of_8_the_estimate_is_still_exact() {
+        // The session table's size is a formula, exact for any capacity (the parts that are
+        // extrapolated, the address filter and the static table, are absent here).
         for n in [1, 7, 9, 1001, 65_537] {
             let est = MemoryModel::of(&config(n, n)).usage(n, n);
-            let real = built(&config(n, n));
-            assert!(est.total() >= real.total(), "{n}");
-            let up = n.div_ceil(8) * 8;
-            assert_eq!(est, built(&config(up, up)), "{n}: the figure for {up}");
+            assert_eq!(est, built(&config(n, n)), "{n}");
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::endpoint::{Endpoint, Protocol, Side};
 use crate::event::Event;
 use crate::fragment::{FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation};
 use crate::rng::Rng;
-use crate::table::{AddressFilter, FlowKey, MappingTable, Session, SessionId, SessionTable};
+use crate::table::{AddressFilter, FlowKey, Mapping, NatTable, Session, SessionId};
 use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -101,8 +101,8 @@ pub struct MappingInfo {
 pub struct Engine<A: PortAllocator = DynamicAllocator> {
     behavior: Behavior,
     inside_address: Ipv4Addr,
-    sessions: SessionTable,
-    mappings: MappingTable,
+    /// Sessions and their mappings.
+    sessions: NatTable,
     /// Present only under address-dependent filtering, the one mode that needs it.
     address_filter: Option<AddressFilter>,
     /// Present only when a per-subscriber limit is configured.
@@ -141,8 +141,15 @@ impl<A: PortAllocator> Engine<A> {
         let mut engine = Engine {
             behavior,
             inside_address: cfg.inside_address,
-            sessions: SessionTable::new(max_sessions, rng.next_u64()),
-            mappings: MappingTable::new(limits.max_mappings as usize, rng.next_u64()),
+            // Two seeds, drawn in the order the session and mapping tables always drew them,
+            // so that port choices for a given engine seed stay as they were.
+            sessions: NatTable::new(
+                max_sessions,
+                limits.max_mappings as usize,
+                behavior.mapping,
+                rng.next_u64(),
+                rng.next_u64(),
+            ),
             subscribers: SubscriberTable::new(limits.subscriber),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
@@ -218,19 +225,15 @@ impl<A: PortAllocator> Engine<A> {
             if let Ok(p) = &p {
                 to_pool[i] = self.alloc.owns(p.dst.addr);
                 if let Some(key) = fast_key(side, p, to_pool[i]) {
-                    let hash = self.sessions.hash(&key);
-                    if inbound {
-                        self.sessions.prefetch_in(hash);
-                    } else {
-                        self.sessions.prefetch_out(hash);
-                    }
+                    let hash = self.sessions.lookup_hash(inbound, &key);
+                    self.sessions.prefetch(inbound, hash);
                     fast[i] = Some((key, hash));
                 }
             }
             parsed[i] = p;
         }
-        for &(_, hash) in fast[..packets.len()].iter().flatten() {
-            self.sessions.prefetch_record(inbound, hash);
+        for (key, hash) in fast[..packets.len()].iter().flatten() {
+            self.sessions.prefetch_next(inbound, *hash, key);
         }
         for (i, pkt) in packets.iter_mut().enumerate() {
             let len = pkt.len.min(pkt.buf.len());
@@ -431,7 +434,6 @@ impl<A: PortAllocator> Engine<A> {
         let now_s = now.as_secs();
         let behavior = self.behavior;
         let mut gone = Gone {
-            mappings: &mut self.mappings,
             address_filter: &mut self.address_filter,
             subscribers: &mut self.subscribers,
             alloc: &mut self.alloc,
@@ -442,7 +444,7 @@ impl<A: PortAllocator> Engine<A> {
         self.sessions.expire(
             now_s,
             |s| session_due(&behavior, s),
-            |_, s| gone.session(&s),
+            |_, s, m| gone.session(&s, m),
         );
         // Hold-downs that ended return port blocks to the pool, with a log record each.
         self.alloc.handle_timeout(now);
@@ -532,7 +534,7 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Live mappings.
     pub fn mapping_count(&self) -> usize {
-        self.mappings.len()
+        self.sessions.mapping_count()
     }
 
     /// Unsolicited SYNs being held.
@@ -559,7 +561,7 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Every live mapping, in table order.
     pub fn mappings(&self) -> impl Iterator<Item = MappingInfo> + '_ {
-        self.mappings.iter().map(|(_, m)| MappingInfo {
+        self.sessions.mappings().map(|(_, m)| MappingInfo {
             proto: m.proto,
             internal: m.internal,
             external: m.external,
@@ -567,11 +569,12 @@ impl<A: PortAllocator> Engine<A> {
         })
     }
 
-    /// Bytes held by the session and mapping tables and their indexes.
+    /// Bytes held by the session table (sessions, the mappings folded into them or shared,
+    /// both indexes, the expiry wheel) and the address filter: the memory that grows with
+    /// `max_sessions`.
     pub fn table_memory_bytes(&self) -> usize {
         self.sessions.memory_bytes()
             + self.statics.table.as_ref().map_or(0, |t| t.memory_bytes())
-            + self.mappings.memory_bytes()
             + self.address_filter.as_ref().map_or(0, |f| f.memory_bytes())
     }
 
@@ -579,7 +582,6 @@ impl<A: PortAllocator> Engine<A> {
     pub fn flush(&mut self, now: Instant) {
         let ids: Vec<SessionId> = self.sessions.iter().map(|(id, _)| id).collect();
         let mut gone = Gone {
-            mappings: &mut self.mappings,
             address_filter: &mut self.address_filter,
             subscribers: &mut self.subscribers,
             alloc: &mut self.alloc,
@@ -588,8 +590,8 @@ impl<A: PortAllocator> Engine<A> {
             now,
         };
         for id in ids {
-            if let Some(s) = self.sessions.remove(id) {
-                gone.session(&s);
+            if let Some((s, m)) = self.sessions.remove(id) {
+                gone.session(&s, m);
             }
         }
         self.flush_statics(now);
@@ -698,7 +700,6 @@ fn session_due(b: &Behavior, s: &Session) -> u32 {
 /// the address filter forgets the remote, the port enters hold-down, events are queued. Borrows
 /// only the parts of the engine it touches, so it can run inside the session table's expiry.
 struct Gone<'a, A: PortAllocator> {
-    mappings: &'a mut MappingTable,
     address_filter: &'a mut Option<AddressFilter>,
     subscribers: &'a mut Option<SubscriberTable>,
     alloc: &'a mut A,
@@ -708,7 +709,8 @@ struct Gone<'a, A: PortAllocator> {
 }
 
 impl<A: PortAllocator> Gone<'_, A> {
-    fn session(&mut self, s: &Session) {
+    /// Session `s` is gone, and with it `mapping` if it was the mapping's last session.
+    fn session(&mut self, s: &Session, mapping: Option<Mapping>) {
         self.counters.sessions_deleted += 1;
         self.event(Event::SessionDeleted {
             at: self.now,
@@ -723,11 +725,7 @@ impl<A: PortAllocator> Gone<'_, A> {
         if let Some(subs) = self.subscribers.as_mut() {
             subs.release(s.internal.addr, s.proto);
         }
-        let m = self.mappings.get_mut(s.mapping);
-        m.sessions = m.sessions.saturating_sub(1);
-        if m.sessions == 0
-            && let Some(m) = self.mappings.remove(s.mapping)
-        {
+        if let Some(m) = mapping {
             self.alloc
                 .release(m.proto, m.internal, m.external, self.now);
             self.counters.mappings_deleted += 1;

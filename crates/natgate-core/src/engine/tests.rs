@@ -1426,3 +1426,34 @@ fn a_mapping_undone_for_want_of_a_session_is_counted_like_its_events() {
     assert_eq!(e.counters().mappings_created, made as u64);
     assert_eq!(e.counters().mappings_deleted, gone as u64);
 }
+
+/// A mapping with one session lives in its session; a second session makes it shared, and
+/// shared mappings come from a reserve of a quarter of the sessions (plus 1024). Past it, a
+/// mapping's second session is refused under its own reason, with room left in the table and
+/// nothing evicted; new mappings still work.
+#[test]
+fn past_the_shared_mapping_reserve_a_second_session_is_refused_under_its_own_reason() {
+    let mut e = engine_with(|c| {
+        c.limits.max_sessions = 8192;
+        c.limits.max_mappings = 8192;
+    });
+    // 8192 / 4 + 1024 = 3072 shared mappings, each with two sessions.
+    let sub = |i: u16| ep(Ipv4Addr::new(100, 64, (i >> 8) as u8, i as u8), 5000);
+    let (r1, r2) = (ep(WAN1, 1), ep(WAN1, 2));
+    for i in 0..3072 {
+        for r in [r1, r2] {
+            let v = run(&mut e, t(1), Side::Inside, &mut udp(sub(i), r, b"x"));
+            assert_eq!(v, Verdict::Forward(Side::Outside), "{i}");
+        }
+    }
+    let v = run(&mut e, t(1), Side::Inside, &mut udp(sub(3072), r1, b"x"));
+    assert_eq!(
+        v,
+        Verdict::Forward(Side::Outside),
+        "a new mapping still fits"
+    );
+    let v = run(&mut e, t(1), Side::Inside, &mut udp(sub(3072), r2, b"x"));
+    assert_eq!(v.drop_reason(), Some(DropReason::SharedMappingReserveFull));
+    assert_eq!(e.session_count(), 2 * 3072 + 1, "nothing evicted");
+    assert_eq!(e.counters().drops(DropReason::SharedMappingReserveFull), 1);
+}

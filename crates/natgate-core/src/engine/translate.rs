@@ -198,15 +198,6 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    /// The mapping key's remote part under the mapping behaviour (RFC 4787 section 4.1).
-    fn remote_key(&self, remote: Endpoint) -> Endpoint {
-        match self.behavior.mapping {
-            MappingBehavior::EndpointIndependent => Endpoint::UNSPECIFIED,
-            MappingBehavior::AddressDependent => Endpoint::new(remote.addr, 0),
-            MappingBehavior::AddressAndPortDependent => remote,
-        }
-    }
-
     /// First packet of an outbound flow: reuse or make the mapping, then make the session.
     fn new_outbound_session(&mut self, now: Instant, p: &Parsed) -> Result<SessionId, DropReason> {
         // RFC 5382: only a SYN opens a TCP mapping; anything else without a session is stray.
@@ -217,21 +208,13 @@ impl<A: PortAllocator> Engine<A> {
         if let Some(subs) = self.subscribers.as_mut() {
             subs.admit(p.src.addr, p.proto, now, true)?;
         }
-        let remote_key = self.remote_key(p.dst);
-        let mapping = match self.mappings.find_by_internal(p.proto, p.src, remote_key) {
-            Some(mid) => Ok((mid, false)),
-            None => self
-                .new_mapping(now, p.proto, p.src, remote_key)
-                .map(|mid| (mid, true)),
+        // The look-up that just missed read this bucket: the mapping probe hits the cache.
+        let remote_key = self.sessions.remote_key(p.dst);
+        let made = match self.sessions.find_by_internal(p.proto, p.src, remote_key) {
+            Some(mid) => self.new_session(now, mid, p.dst, Direction::Outbound, p.tcp_flags),
+            None => self.new_mapping(now, p.proto, p.src, p.dst, p.tcp_flags),
         };
-        let (mid, fresh) = match mapping {
-            Ok(m) => m,
-            Err(reason) => {
-                self.unadmit(p.src.addr, p.proto);
-                return Err(reason);
-            }
-        };
-        match self.new_session(now, mid, p.dst, Direction::Outbound, p.tcp_flags) {
+        match made {
             Ok(sid) => {
                 if p.proto == Protocol::Tcp {
                     // RFC 5382 REQ-4: an outbound SYN claims a held inbound SYN for the same
@@ -242,9 +225,6 @@ impl<A: PortAllocator> Engine<A> {
                 Ok(sid)
             }
             Err(reason) => {
-                if fresh {
-                    self.delete_unused_mapping(now, mid);
-                }
                 self.unadmit(p.src.addr, p.proto);
                 Err(reason)
             }
@@ -258,13 +238,17 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
+    /// A new mapping for `internal` and its first session, with `remote`, opened by an
+    /// outbound packet with `tcp_flags`. The session carries the mapping (see
+    /// [`NatTable`](crate::table::NatTable)).
     fn new_mapping(
         &mut self,
         now: Instant,
         proto: Protocol,
         internal: Endpoint,
-        remote_key: Endpoint,
-    ) -> Result<MappingId, DropReason> {
+        remote: Endpoint,
+        tcp_flags: u8,
+    ) -> Result<SessionId, DropReason> {
         let req = AllocRequest {
             proto,
             internal,
@@ -278,48 +262,51 @@ impl<A: PortAllocator> Engine<A> {
             AllocError::UnknownSubscriber => DropReason::UnknownSubscriber,
             AllocError::OtherShare => DropReason::WrongShard,
         })?;
+        if self.sessions.mappings_full() {
+            self.alloc.release(proto, internal, external, now);
+            return Err(DropReason::MappingFailed);
+        }
+        self.counters.mappings_created += 1;
+        self.emit(Event::MappingCreated {
+            at: now,
+            proto,
+            internal,
+            external,
+        });
         let mapping = Mapping {
             internal,
             external,
-            remote_key,
+            remote_key: self.sessions.remote_key(remote),
             proto,
             sessions: 0,
         };
-        match self.mappings.insert(mapping) {
-            Ok(mid) => {
-                self.counters.mappings_created += 1;
-                self.emit(Event::MappingCreated {
-                    at: now,
-                    proto,
-                    internal,
-                    external,
-                });
-                Ok(mid)
-            }
+        let s = self.session_record(now, &mapping, remote, Direction::Outbound, tcp_flags);
+        let due = session_due(&self.behavior, &s);
+        match self.sessions.insert_with_new_mapping(s, due) {
+            Ok(sid) => self.session_made(now, sid),
             Err(_) => {
-                self.alloc.release(proto, internal, external, now);
-                Err(DropReason::MappingFailed)
+                self.delete_unused_mapping(now, mapping);
+                Err(DropReason::SessionTableFull)
             }
         }
     }
 
     /// Removes a mapping made for a session that could not be made after all.
-    fn delete_unused_mapping(&mut self, now: Instant, mid: MappingId) {
-        if let Some(m) = self.mappings.remove(mid) {
-            self.alloc.release(m.proto, m.internal, m.external, now);
-            self.drain_alloc_events();
-            // Counted as made and deleted, like its two events, so counters and logs agree.
-            self.counters.mappings_deleted += 1;
-            self.emit(Event::MappingDeleted {
-                at: now,
-                proto: m.proto,
-                internal: m.internal,
-                external: m.external,
-            });
-        }
+    fn delete_unused_mapping(&mut self, now: Instant, m: Mapping) {
+        self.alloc.release(m.proto, m.internal, m.external, now);
+        self.drain_alloc_events();
+        // Counted as made and deleted, like its two events, so counters and logs agree.
+        self.counters.mappings_deleted += 1;
+        self.emit(Event::MappingDeleted {
+            at: now,
+            proto: m.proto,
+            internal: m.internal,
+            external: m.external,
+        });
     }
 
-    /// A session through mapping `mid` with `remote`, opened by a packet going `dir`.
+    /// A session through the existing mapping `mid` with `remote`, opened by a packet going
+    /// `dir`.
     fn new_session(
         &mut self,
         now: Instant,
@@ -328,12 +315,38 @@ impl<A: PortAllocator> Engine<A> {
         dir: Direction,
         tcp_flags: u8,
     ) -> Result<SessionId, DropReason> {
-        let m = *self.mappings.get(mid);
+        let m = self.sessions.mapping(mid);
+        let s = self.session_record(now, &m, remote, dir, tcp_flags);
+        let due = session_due(&self.behavior, &s);
+        let sid = self
+            .sessions
+            .insert_with_mapping(s, mid, due)
+            .map_err(|_| {
+                // With room left, only the shared-mapping reserve can have refused it.
+                if self.sessions.len() < self.sessions.capacity() {
+                    DropReason::SharedMappingReserveFull
+                } else {
+                    DropReason::SessionTableFull
+                }
+            })?;
+        self.session_made(now, sid)
+    }
+
+    /// The record of a new session through mapping `m` with `remote`, opened by a packet going
+    /// `dir` (its `mapping` field is set by the table).
+    fn session_record(
+        &self,
+        now: Instant,
+        m: &Mapping,
+        remote: Endpoint,
+        dir: Direction,
+        tcp_flags: u8,
+    ) -> Session {
         let mut tcp = TcpState::default();
         if m.proto == Protocol::Tcp {
             tcp.on_segment(dir, tcp_flags);
         }
-        let s = Session {
+        Session {
             internal: m.internal,
             external: m.external,
             remote,
@@ -341,27 +354,30 @@ impl<A: PortAllocator> Engine<A> {
             tcp: tcp.to_byte(),
             flags: 0,
             last_seen: now.as_secs(),
-            mapping: mid,
-        };
-        let due = session_due(&self.behavior, &s);
-        let sid = self
-            .sessions
-            .insert(s, due)
-            .map_err(|_| DropReason::SessionTableFull)?;
+            mapping: MappingId(u32::MAX),
+        }
+    }
+
+    /// The rest of making session `sid`: the address filter learns its remote, the counters
+    /// and the log learn of it. If the filter is full the session is taken out again, with its
+    /// mapping if that was new.
+    fn session_made(&mut self, now: Instant, sid: SessionId) -> Result<SessionId, DropReason> {
+        let s = *self.sessions.get(sid);
         if let Some(f) = self.address_filter.as_mut()
-            && f.add(m.proto, m.external, remote.addr).is_err()
+            && f.add(s.proto, s.external, s.remote.addr).is_err()
         {
-            self.sessions.remove(sid);
+            if let Some((_, Some(m))) = self.sessions.remove(sid) {
+                self.delete_unused_mapping(now, m);
+            }
             return Err(DropReason::SessionTableFull);
         }
-        self.mappings.get_mut(mid).sessions += 1;
         self.counters.sessions_created += 1;
         self.emit(Event::SessionCreated {
             at: now,
-            proto: m.proto,
-            internal: m.internal,
-            external: m.external,
-            remote,
+            proto: s.proto,
+            internal: s.internal,
+            external: s.external,
+            remote: s.remote,
         });
         Ok(sid)
     }
@@ -370,7 +386,7 @@ impl<A: PortAllocator> Engine<A> {
     fn new_inbound_session(&mut self, now: Instant, p: &Parsed) -> Result<SessionId, Refused> {
         let syn =
             p.proto == Protocol::Tcp && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
-        let mid = self.mappings.find_by_external(p.proto, p.dst);
+        let mid = self.sessions.find_by_external(p.proto, p.dst);
         let allowed = mid.is_some_and(|mid| self.filter_allows(mid, p.src));
         let Some(mid) = mid.filter(|_| allowed) else {
             if syn {
@@ -392,7 +408,7 @@ impl<A: PortAllocator> Engine<A> {
         if self.behavior.mapping != MappingBehavior::EndpointIndependent {
             let pair = FlowKey {
                 proto: p.proto,
-                local: self.mappings.get(mid).internal,
+                local: self.sessions.mapping(mid).internal,
                 remote: p.src,
             };
             if self.sessions.find_out(&pair).is_some() {
@@ -401,7 +417,7 @@ impl<A: PortAllocator> Engine<A> {
         }
         // Sessions that inbound packets open count against the subscriber's quota too (state
         // memory, RFC 6888 REQ-5), but not against its creation rate.
-        let internal = self.mappings.get(mid).internal;
+        let internal = self.sessions.mapping(mid).internal;
         if let Some(subs) = self.subscribers.as_mut()
             && let Err(reason) = subs.admit(internal.addr, p.proto, now, false)
         {
@@ -449,7 +465,7 @@ impl<A: PortAllocator> Engine<A> {
         match self.behavior.filtering {
             FilteringBehavior::EndpointIndependent => true,
             FilteringBehavior::AddressDependent => {
-                let m = self.mappings.get(mid);
+                let m = self.sessions.mapping(mid);
                 self.address_filter
                     .as_ref()
                     .is_some_and(|f| f.contains(m.proto, m.external, remote.addr))

@@ -122,11 +122,27 @@ impl HashIndex {
     /// # Panics
     /// If `entries` does not fit in a `u32` (values are `u32` slot numbers).
     pub fn with_capacity(entries: usize) -> Self {
+        Self::with_capacity_sized_for(entries, entries)
+    }
+
+    /// An index that accepts up to `entries` entries but has buckets for `sized_for` entries at
+    /// load 0.8, for a caller whose last `entries - sized_for` entries are rare enough to be
+    /// worth a higher load (up to 0.9 when `entries` is `sized_for` plus an eighth; a
+    /// bucketized cuckoo table with 10-slot buckets still places entries there easily).
+    ///
+    /// # Panics
+    /// If `entries` does not fit in a `u32` (values are `u32` slot numbers), or `sized_for`
+    /// is less than `entries` less an eighth of `sized_for`.
+    pub fn with_capacity_sized_for(entries: usize, sized_for: usize) -> Self {
         assert!(
             u32::try_from(entries).is_ok(),
             "index capacity {entries} exceeds u32"
         );
-        let n = entries.div_ceil(ENTRIES_PER_BUCKET).max(1);
+        assert!(
+            entries <= sized_for + sized_for / 8,
+            "index for {entries} entries sized for only {sized_for}"
+        );
+        let n = sized_for.div_ceil(ENTRIES_PER_BUCKET).max(1);
         HashIndex {
             buckets: vec![Bucket::EMPTY; n],
             len: 0,
@@ -242,22 +258,38 @@ impl HashIndex {
         Ok(())
     }
 
-    /// Removes the entry `(hash, value)`; false if there is none.
-    pub fn remove(&mut self, hash: u64, value: u32) -> bool {
+    /// The bucket and slot of the entry `(hash, value)`.
+    fn locate(&self, hash: u64, value: u32) -> Option<(usize, usize)> {
         let fp = fingerprint(hash);
         let b1 = self.primary(hash);
-        let found = match self.buckets[b1].slot_of(fp, value) {
+        match self.buckets[b1].slot_of(fp, value) {
             Some(s) => Some((b1, s)),
             None if self.buckets[b1].overflow != 0 => {
                 let b2 = self.alternate(b1, fp);
                 self.buckets[b2].slot_of(fp | ALT, value).map(|s| (b2, s))
             }
             None => None,
-        };
-        match found {
+        }
+    }
+
+    /// Removes the entry `(hash, value)`; false if there is none.
+    pub fn remove(&mut self, hash: u64, value: u32) -> bool {
+        match self.locate(hash, value) {
             Some((b, s)) => {
                 self.take(b, s);
                 self.len -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Changes the value of the entry `(hash, old)` to `new` in place (no probe for room, no
+    /// displacement); false if there is no such entry.
+    pub fn replace(&mut self, hash: u64, old: u32, new: u32) -> bool {
+        match self.locate(hash, old) {
+            Some((b, s)) => {
+                self.buckets[b].values[s] = new;
                 true
             }
             None => false,
@@ -273,6 +305,12 @@ impl HashIndex {
     /// Bytes of the bucket array, the only allocation.
     pub fn memory_bytes(&self) -> usize {
         self.buckets.capacity() * core::mem::size_of::<Bucket>()
+    }
+
+    /// What [`HashIndex::memory_bytes`] is for an index sized for `sized_for` entries (see
+    /// [`HashIndex::with_capacity_sized_for`]), without building it.
+    pub fn memory_for(sized_for: usize) -> usize {
+        sized_for.div_ceil(ENTRIES_PER_BUCKET).max(1) * core::mem::size_of::<Bucket>()
     }
 
     /// Writes an entry into an empty slot, counting it in its primary bucket if it is displaced.

@@ -3,12 +3,14 @@
 //! Everything here is allocated once, at its maximum size, when the engine is built: the packet
 //! path never allocates and never rehashes. The building blocks are a keyed [`FlowHasher`], a
 //! cache-line [`HashIndex`] that maps a hash to a slot number, a fixed-capacity [`Slab`] that holds
-//! the records, and a lazy [`TimerWheel`] that finds idle records. [`SessionTable`],
-//! [`MappingTable`] and [`AddressFilter`] combine them into the NAT state.
+//! the records, and a lazy [`TimerWheel`] that finds idle records. [`NatTable`] (sessions and
+//! their mappings, the engine's state), [`SessionTable`] (sessions alone) and [`AddressFilter`]
+//! combine them.
 
 mod hash;
 mod index;
 mod mapping;
+mod nat;
 mod session;
 mod slab;
 mod static_session;
@@ -16,7 +18,8 @@ mod wheel;
 
 pub use hash::FlowHasher;
 pub use index::{HashIndex, IndexFull};
-pub use mapping::{AddressFilter, Mapping, MappingId, MappingTable};
+pub use mapping::{AddressFilter, Mapping, MappingId};
+pub use nat::NatTable;
 pub use session::{FlowKey, Session, SessionId, SessionTable, TableFull};
 pub use slab::Slab;
 pub use static_session::{StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};

@@ -2,8 +2,9 @@
 //!
 //! A session lives in a [`Slab`]; the outbound index finds it by (proto, internal, remote), the
 //! inbound index by (proto, external, remote), and the [`TimerWheel`] finds it when idle. Memory
-//! per session at capacity: 32 (record) + 4 (free list) + 8 (wheel links) + 2 x 8 (index entries
-//! at load 0.8) = 60 bytes; the test `memory_per_session_at_one_million` checks the total.
+//! per session at capacity: 32 (record, the free list living in vacant ones) + 8 (wheel links) +
+//! 2 x 8 (index entries at load 0.8) = 56 bytes; the test `memory_per_session_at_one_million`
+//! checks the total.
 
 use super::{FlowHasher, HashIndex, MappingId, Slab, TimerWheel};
 use crate::endpoint::{Endpoint, Protocol};

@@ -5,16 +5,24 @@ use super::prefetch_read;
 /// End of the free list.
 const NIL: u32 = u32::MAX;
 
+/// A slot: a record, or when vacant the next vacant slot (or [`NIL`]). The free list lives in
+/// the vacant slots themselves, so it costs no memory when a record has room for a `u32`
+/// beside its niche (the table records do: `Slot<Session>` is as big as `Session`).
+#[derive(Debug, Clone)]
+enum Slot<T> {
+    Full(T),
+    Free(u32),
+}
+
 /// Fixed-capacity storage with O(1) insert and remove through an intrusive free list.
 ///
-/// Per-slot overhead is the 4-byte free-list link, plus whatever `Option<T>` adds to `T`: nothing
-/// when `T` has a niche (the table records do, through their `Protocol` field). Freed slots are
-/// reused last-in first-out, so a churning table keeps reusing warm cache lines.
+/// Per-slot overhead is whatever `Slot<T>` adds to `T`: nothing when `T` has a niche and room
+/// for a `u32` beside it (the table records do, through their `Protocol` field), else a tag
+/// and a `u32`. Freed slots are reused last-in first-out, so a churning table keeps reusing
+/// warm cache lines.
 #[derive(Debug, Clone)]
 pub struct Slab<T> {
-    slots: Vec<Option<T>>,
-    /// For a free slot, the next free slot (or [`NIL`]); unused for an occupied slot.
-    next_free: Vec<u32>,
+    slots: Vec<Slot<T>>,
     free_head: u32,
     len: usize,
 }
@@ -31,20 +39,19 @@ impl<T> Slab<T> {
         );
         let mut slab = Slab {
             slots: Vec::with_capacity(capacity),
-            next_free: Vec::with_capacity(capacity),
             free_head: NIL,
             len: 0,
         };
-        slab.slots.resize_with(capacity, || None);
-        slab.next_free.resize(capacity, NIL);
+        slab.slots.resize_with(capacity, || Slot::Free(NIL));
         slab.reset_free_list();
         slab
     }
 
+    /// Every slot vacant, the free list in slot order.
     fn reset_free_list(&mut self) {
-        let cap = self.next_free.len() as u32;
-        for (i, next) in (1..).zip(self.next_free.iter_mut()) {
-            *next = if i < cap { i } else { NIL };
+        let cap = self.slots.len() as u32;
+        for (i, slot) in (1..).zip(self.slots.iter_mut()) {
+            *slot = Slot::Free(if i < cap { i } else { NIL });
         }
         self.free_head = if cap > 0 { 0 } else { NIL };
         self.len = 0;
@@ -53,19 +60,26 @@ impl<T> Slab<T> {
     /// Stores `value` and returns its slot, or `None` when the slab is full.
     pub fn insert(&mut self, value: T) -> Option<u32> {
         let slot = self.free_head;
-        let i = slot as usize;
-        let entry = self.slots.get_mut(i)?;
-        *entry = Some(value);
-        self.free_head = self.next_free[i];
+        let entry = self.slots.get_mut(slot as usize)?;
+        let Slot::Free(next) = *entry else {
+            // The free list only links vacant slots; a full one here would be a slab bug.
+            return None;
+        };
+        *entry = Slot::Full(value);
+        self.free_head = next;
         self.len += 1;
         Some(slot)
     }
 
     /// Takes the record out of `slot`; `None` if the slot is vacant.
     pub fn remove(&mut self, slot: u32) -> Option<T> {
-        let i = slot as usize;
-        let value = self.slots.get_mut(i)?.take()?;
-        self.next_free[i] = self.free_head;
+        let entry = self.slots.get_mut(slot as usize)?;
+        if let Slot::Free(_) = entry {
+            return None;
+        }
+        let Slot::Full(value) = core::mem::replace(entry, Slot::Free(self.free_head)) else {
+            return None;
+        };
         self.free_head = slot;
         self.len -= 1;
         Some(value)
@@ -74,13 +88,19 @@ impl<T> Slab<T> {
     /// The record in `slot`, if occupied.
     #[inline(always)]
     pub fn get(&self, slot: u32) -> Option<&T> {
-        self.slots.get(slot as usize)?.as_ref()
+        match self.slots.get(slot as usize)? {
+            Slot::Full(v) => Some(v),
+            Slot::Free(_) => None,
+        }
     }
 
     /// The record in `slot`, if occupied, for update.
     #[inline(always)]
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
-        self.slots.get_mut(slot as usize)?.as_mut()
+        match self.slots.get_mut(slot as usize)? {
+            Slot::Full(v) => Some(v),
+            Slot::Free(_) => None,
+        }
     }
 
     /// Whether `slot` is occupied.
@@ -105,9 +125,10 @@ impl<T> Slab<T> {
 
     /// Occupied slots and their records, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        (0..)
-            .zip(self.slots.iter())
-            .filter_map(|(i, s)| s.as_ref().map(|v| (i, v)))
+        (0..).zip(self.slots.iter()).filter_map(|(i, s)| match s {
+            Slot::Full(v) => Some((i, v)),
+            Slot::Free(_) => None,
+        })
     }
 
     /// Starts loading the cache line of `slot`, ahead of a [`Self::get`].
@@ -118,14 +139,17 @@ impl<T> Slab<T> {
 
     /// Drops every record (O(capacity)).
     pub fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|s| *s = None);
         self.reset_free_list();
     }
 
-    /// Bytes of the two slot arrays.
+    /// Bytes of the slot array.
     pub fn memory_bytes(&self) -> usize {
-        self.slots.capacity() * core::mem::size_of::<Option<T>>()
-            + self.next_free.capacity() * core::mem::size_of::<u32>()
+        self.slots.capacity() * core::mem::size_of::<Slot<T>>()
+    }
+
+    /// What [`Slab::memory_bytes`] is for a slab of `capacity`, without building it.
+    pub fn memory_for(capacity: usize) -> usize {
+        capacity * core::mem::size_of::<Slot<T>>()
     }
 }
 
@@ -162,6 +186,15 @@ mod tests {
         let mut s: Slab<u8> = Slab::new(0);
         assert_eq!(s.insert(1), None);
         assert_eq!(s.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn table_records_keep_the_free_list_in_their_niche() {
+        use crate::table::{Mapping, Session};
+        assert_eq!(core::mem::size_of::<Slot<Session>>(), 32);
+        assert_eq!(core::mem::size_of::<Slot<Mapping>>(), 24);
+        let s: Slab<Session> = Slab::new(100);
+        assert_eq!(s.memory_bytes(), 100 * 32);
     }
 
     #[test]

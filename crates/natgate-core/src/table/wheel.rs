@@ -176,6 +176,11 @@ impl TimerWheel {
     pub fn memory_bytes(&self) -> usize {
         self.links.capacity() * 8 + self.heads.capacity() * 4 + self.occupied.capacity() * 8
     }
+
+    /// What [`TimerWheel::memory_bytes`] is for a wheel of `max_items`, without building it.
+    pub fn memory_for(max_items: usize) -> usize {
+        max_items * 8 + SLOTS * 4 + SLOTS / 64 * 8
+    }
 }
 
 #[cfg(test)]
