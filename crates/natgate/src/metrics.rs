@@ -18,7 +18,7 @@ use natgate_core::{Counters, DropReason, Protocol};
 use crate::control::protocol::{PerProtocol, PoolRow, PortSetRowKind, StatsInfo};
 
 /// Everything one scrape reports.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsSnapshot {
     /// Traffic and state counters, summed over engines.
     pub stats: StatsInfo,
@@ -31,6 +31,20 @@ pub struct MetricsSnapshot {
     pub mappings: u64,
     /// Use of each external address (as `ctl pools` shows it).
     pub pools: Vec<PoolRow>,
+}
+
+// By hand: `Default` is derived for arrays of at most 32 elements, and there are more drop
+// reasons than that.
+impl Default for MetricsSnapshot {
+    fn default() -> Self {
+        MetricsSnapshot {
+            stats: StatsInfo::default(),
+            drops: [0; DropReason::COUNT],
+            sessions: PerProtocol::default(),
+            mappings: 0,
+            pools: Vec::new(),
+        }
+    }
 }
 
 impl MetricsSnapshot {
