@@ -105,7 +105,7 @@ impl NatTable {
     /// `max_sessions / 2` records always suffice; reserving that many would cost about 10 more
     /// bytes per session in every table, so big tables reserve one record per 4 sessions (plus 1024,
     /// which keeps small tables exact). Past the reserve, a session that would make one more
-    /// mapping shared is refused as if the table were full.
+    /// mapping shared is refused (the engine counts it as `shared_mapping_reserve_full`).
     pub fn shared_reserve(max_sessions: usize, max_mappings: usize) -> usize {
         let exact = max_mappings.min(max_sessions / 2);
         exact.min(max_sessions / 4 + 1024)

@@ -139,6 +139,9 @@ impl NatEvent {
 pub enum QuotaLimit {
     /// 1: the global session table is full.
     MaxSessionEntries = 1,
+    /// 2: no room for another mapping (BIB entry) record: the session table's reserve of
+    /// shared-mapping records is used up.
+    MaxBibEntries = 2,
     /// 3: one subscriber's limit (sessions per protocol, ports, or its session-creation rate,
     /// RFC 6888 REQ-4, REQ-5; RFC 8158 has no value of its own for a rate).
     MaxEntriesPerUser = 3,
@@ -151,6 +154,7 @@ impl QuotaLimit {
     pub const fn of(reason: DropReason) -> Option<QuotaLimit> {
         match reason {
             DropReason::SessionTableFull => Some(QuotaLimit::MaxSessionEntries),
+            DropReason::SharedMappingReserveFull => Some(QuotaLimit::MaxBibEntries),
             DropReason::SubscriberSessionLimit
             | DropReason::SubscriberPortLimit
             | DropReason::SubscriberRateLimit => Some(QuotaLimit::MaxEntriesPerUser),
@@ -443,6 +447,12 @@ mod tests {
         assert_eq!(QuotaLimit::MaxEntriesPerUser.value(), 3);
         let full = failed(DropReason::SubscriberTableFull);
         assert_eq!(full.quota.map(QuotaLimit::value), Some(4));
+        let bib = failed(DropReason::SharedMappingReserveFull);
+        assert_eq!(
+            bib.quota.map(QuotaLimit::value),
+            Some(2),
+            "maximum BIB entries"
+        );
         let pool = failed(DropReason::MappingFailed);
         assert_eq!(
             (pool.event, pool.quota),
