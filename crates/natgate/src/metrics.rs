@@ -153,6 +153,26 @@ impl MetricsSnapshot {
                 st.events_lost,
             ),
             (
+                "natgate_static_sessions_created_total",
+                "Sessions static NAT rules created (apart from dynamic sessions).",
+                st.static_sessions_created,
+            ),
+            (
+                "natgate_vserver_sessions_created_total",
+                "Sessions virtual servers created (apart from dynamic sessions).",
+                st.vserver_sessions_created,
+            ),
+            (
+                "natgate_static_sessions_deleted_total",
+                "Sessions of static NAT rules and virtual servers deleted.",
+                st.static_sessions_deleted,
+            ),
+            (
+                "natgate_exempted_packets_total",
+                "Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).",
+                st.exempted_packets,
+            ),
+            (
                 "natgate_log_events_lost_total",
                 "Translation events lost because the log pipeline's queue was full.",
                 st.log_events_lost,
@@ -562,6 +582,10 @@ mod tests {
         };
         s.mappings = 4;
         s.stats.log_events_lost = 7;
+        s.stats.static_sessions_created = 8;
+        s.stats.vserver_sessions_created = 9;
+        s.stats.static_sessions_deleted = 10;
+        s.stats.exempted_packets = 11;
         let usage = AddressUsage {
             addr: Ipv4Addr::new(198, 51, 100, 1),
             in_use: [0, 6451, 3],
@@ -721,6 +745,14 @@ mod tests {
         );
         assert_eq!(get(&s, "natgate_mapping_failures_total", &[]), 4.0);
         assert_eq!(get(&s, "natgate_log_events_lost_total", &[]), 7.0);
+        for (name, v) in [
+            ("natgate_static_sessions_created_total", 8.0),
+            ("natgate_vserver_sessions_created_total", 9.0),
+            ("natgate_static_sessions_deleted_total", 10.0),
+            ("natgate_exempted_packets_total", 11.0),
+        ] {
+            assert_eq!(get(&s, name, &[]), v, "{name}");
+        }
         // Every reason, zero ones too.
         for r in DropReason::ALL {
             get(&s, "natgate_drops_total", &[("reason", r.name())]);

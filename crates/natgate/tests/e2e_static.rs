@@ -166,8 +166,18 @@ fn host_nat_both_directions_and_rule_changes_at_run_time() {
         "{text}"
     );
 
-    // Delete 10: sub2's new flows are dynamic again; other ids do not move.
-    ctl_json(&topo, &["rule", "delete", "10"]);
+    // Delete 10 with --flush: sub2's sessions through it (out to 3480, in from 7001) end at
+    // once and its new flows are dynamic again; other ids do not move.
+    let r = ctl_json(&topo, &["rule", "delete", "10", "--flush"]);
+    assert!(r["flushed"].as_u64().is_some_and(|n| n >= 2), "{r}");
+    let stats = ctl_json(&topo, &["stats"]);
+    assert!(
+        stats["static_sessions_deleted"].as_u64() >= r["flushed"].as_u64()
+            && stats["static_sessions_created"]
+                .as_u64()
+                .is_some_and(|n| n >= 4),
+        "{stats}"
+    );
     assert_eq!(rule_ids(&topo), [11]);
     assert!(in_pool(*seen_by_wan1(&topo, &topo.sub2, 3481).ip()));
     let (code, _, _) = ctl(&topo, &["rule", "delete", "10"]);

@@ -318,6 +318,7 @@ impl<A: PortAllocator> Engine<A> {
     /// servers. Existing sessions keep the translation they were made with.
     pub(super) fn apply_statics(&mut self, cfg: &Config, vservers: Vec<VirtualServer>) {
         if cfg.rules != self.statics.chain {
+            self.renumber_rule_sessions(&cfg.rules);
             self.statics.chain = cfg.rules.clone();
             self.statics.compiled = cfg.rules.compile(self.statics.seed);
         }
@@ -325,7 +326,67 @@ impl<A: PortAllocator> Engine<A> {
         self.statics.ensure_table(cfg);
         self.reserve_static_ports();
     }
+
+    /// Moves the rule id of every live session made by a rule that `new` keeps under another
+    /// id (an insert moves the rules after it up by one), so a session always names the rule
+    /// that made it, as `ctl` lists it, and [`Self::flush_rule_sessions`] finds it.
+    fn renumber_rule_sessions(&mut self, new: &RuleChain) {
+        let Some(table) = self.statics.table.as_mut() else {
+            return;
+        };
+        if table.is_empty() {
+            return;
+        }
+        let moves = renumbering(&self.statics.chain, new);
+        if moves.is_empty() {
+            return;
+        }
+        let ids: Vec<(StaticSessionId, RuleId)> = table
+            .iter()
+            .filter_map(|(sid, s)| match s.origin {
+                StaticOrigin::Rule(old) => moves
+                    .binary_search_by_key(&old, |m| m.0)
+                    .ok()
+                    .map(|i| (sid, moves[i].1)),
+                StaticOrigin::VirtualServer { .. } => None,
+            })
+            .collect();
+        for (sid, id) in ids {
+            if let Some(s) = table.get_mut(sid) {
+                s.origin = StaticOrigin::Rule(id);
+            }
+        }
+    }
 }
+
+/// The rules of `old` that `new` holds under another id, as `(old id, new id)` sorted by old
+/// id. Both chains are in id order and a change keeps the order of the rules it does not touch,
+/// so one walk pairs each old rule with the next equal one (ids aside) at most
+/// [`RENUMBER_LOOKAHEAD`] rules on: linear in the chain, however many rules a reload rewrites
+/// (a rule replaced beyond that reach keeps its session's old id, which names no moved rule).
+fn renumbering(old: &RuleChain, new: &RuleChain) -> Vec<(RuleId, RuleId)> {
+    let new: Vec<&crate::rules::Rule> = new.iter().collect();
+    let mut next = 0;
+    let mut moves = Vec::new();
+    for r in old.iter() {
+        let rest = new.get(next..).unwrap_or_default();
+        let same = rest
+            .iter()
+            .take(RENUMBER_LOOKAHEAD)
+            .position(|n| crate::rules::Rule { id: r.id, ..**n } == *r);
+        if let Some(k) = same {
+            let moved = rest[k].id;
+            if moved != r.id {
+                moves.push((r.id, moved));
+            }
+            next += k + 1;
+        }
+    }
+    moves
+}
+
+/// How far past its old place [`renumbering`] looks for a rule in the new chain.
+const RENUMBER_LOOKAHEAD: usize = 64;
 
 impl<A: PortAllocator> Engine<A> {
     /// An outbound flow packet that missed the dynamic table: a static session's, a rule's,
@@ -713,10 +774,34 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Deletes every static session (from `flush`), with their events.
     pub(super) fn flush_statics(&mut self, now: Instant) {
+        self.flush_static_where(now, |_| true);
+    }
+
+    /// Deletes the sessions that the rule `id` made (either direction of a bidirectional rule),
+    /// each with its `SessionDeleted` event, and returns how many. Deleting a rule stops new
+    /// flows but leaves its sessions to their timers; an operator who wants the translation
+    /// gone at once (a host renumbered, a forward withdrawn for security) calls this after
+    /// the delete. Sessions follow their rule when an insert renumbers the chain, so `id` is
+    /// the rule's id in the running chain (or the id it had when it was deleted).
+    pub fn flush_rule_sessions(&mut self, id: RuleId, now: Instant) -> usize {
+        self.flush_static_where(now, |s| s.origin == StaticOrigin::Rule(id))
+    }
+
+    /// Deletes the static sessions `which` picks, with their events; returns how many.
+    fn flush_static_where(
+        &mut self,
+        now: Instant,
+        which: impl Fn(&StaticSession) -> bool,
+    ) -> usize {
         let Some(table) = self.statics.table.as_mut() else {
-            return;
+            return 0;
         };
-        let ids: Vec<StaticSessionId> = table.iter().map(|(id, _)| id).collect();
+        let ids: Vec<StaticSessionId> = table
+            .iter()
+            .filter(|(_, s)| which(s))
+            .map(|(id, _)| id)
+            .collect();
+        let n = ids.len();
         for id in ids {
             if let Some(s) = table.remove(id) {
                 static_gone(
@@ -728,6 +813,7 @@ impl<A: PortAllocator> Engine<A> {
                 );
             }
         }
+        n
     }
 
     /// When the static table next has expiry work.

@@ -119,10 +119,14 @@ pub enum RuleCommand {
         #[command(flatten)]
         rule: Box<RuleSpec>,
     },
-    /// Delete the rule ID (the other ids do not change).
+    /// Delete the rule ID (the other ids do not change). New flows stop; the rule's open
+    /// sessions run on until their timers end, unless --flush.
     Delete {
         /// The rule to delete.
         id: u32,
+        /// Also end every session the rule made, at once.
+        #[arg(long)]
+        flush: bool,
     },
 }
 
@@ -507,8 +511,11 @@ impl TryFrom<&CtlCommand> for Request {
             CtlCommand::Rule(RuleCommand::Append { rule }) => {
                 Request::Rule(RuleChange::Append { rule: rule.rule()? })
             }
-            CtlCommand::Rule(RuleCommand::Delete { id }) => {
-                Request::Rule(RuleChange::Delete { id: RuleId(*id) })
+            CtlCommand::Rule(RuleCommand::Delete { id, flush }) => {
+                Request::Rule(RuleChange::Delete {
+                    id: RuleId(*id),
+                    flush: *flush,
+                })
             }
             CtlCommand::Vservers => Request::VirtualServers,
             CtlCommand::Vserver(v) => Request::VirtualServer(v.into()),
@@ -719,7 +726,17 @@ mod tests {
         assert!(Request::try_from(&bad.command).is_err());
         assert_eq!(
             req(&parse(&["rule", "delete", "3"]).expect("parse")),
-            Request::Rule(RuleChange::Delete { id: RuleId(3) })
+            Request::Rule(RuleChange::Delete {
+                id: RuleId(3),
+                flush: false
+            })
+        );
+        assert_eq!(
+            req(&parse(&["rule", "delete", "3", "--flush"]).expect("parse")),
+            Request::Rule(RuleChange::Delete {
+                id: RuleId(3),
+                flush: true
+            })
         );
         assert!(matches!(
             parse(&["rules", "--toml"]).expect("parse").command,

@@ -939,6 +939,19 @@ pub struct StatsInfo {
     /// (it never makes a worker wait).
     #[serde(default)]
     pub log_events_lost: u64,
+    /// Sessions that static NAT rules created. Static sessions live in their own table, so
+    /// they are not in `sessions_created`, which counts dynamic NAPT sessions only.
+    #[serde(default)]
+    pub static_sessions_created: u64,
+    /// Sessions that virtual servers created (their own table, like the rules' sessions).
+    #[serde(default)]
+    pub vserver_sessions_created: u64,
+    /// Sessions of rules and virtual servers deleted.
+    #[serde(default)]
+    pub static_sessions_deleted: u64,
+    /// Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).
+    #[serde(default)]
+    pub exempted_packets: u64,
 }
 
 impl StatsInfo {
@@ -968,6 +981,10 @@ impl StatsInfo {
         self.mappings_created += c.mappings_created;
         self.mappings_deleted += c.mappings_deleted;
         self.events_lost += c.events_lost;
+        self.static_sessions_created += c.static_sessions_created;
+        self.vserver_sessions_created += c.vserver_sessions_created;
+        self.static_sessions_deleted += c.static_sessions_deleted;
+        self.exempted_packets += c.exempted_packets;
     }
 }
 
@@ -1267,6 +1284,11 @@ mod tests {
             }),
             Request::Rule(RuleChange::Delete {
                 id: natgate_core::rules::RuleId(1),
+                flush: false,
+            }),
+            Request::Rule(RuleChange::Delete {
+                id: natgate_core::rules::RuleId(2),
+                flush: true,
             }),
             Request::VirtualServers,
             Request::VirtualServer(VirtualServerChange {
@@ -1359,7 +1381,18 @@ mod tests {
         assert_eq!(
             r,
             Request::Rule(RuleChange::Delete {
-                id: natgate_core::rules::RuleId(4)
+                id: natgate_core::rules::RuleId(4),
+                flush: false
+            })
+        );
+        let (_, r) =
+            decode_request(br#"{"cmd":"rule","args":{"op":"delete","id":4,"flush":true}}"#)
+                .expect("decode");
+        assert_eq!(
+            r,
+            Request::Rule(RuleChange::Delete {
+                id: natgate_core::rules::RuleId(4),
+                flush: true
             })
         );
         let (_, r) = decode_request(
@@ -1624,6 +1657,24 @@ mod tests {
             }
         );
         assert_eq!(s.dropped_packets, 6);
+
+        // The static NAT counters are summed too, apart from the dynamic sessions.
+        let mut st = Counters::default();
+        st.static_sessions_created = 3;
+        st.vserver_sessions_created = 2;
+        st.static_sessions_deleted = 1;
+        st.exempted_packets = 5;
+        let s = StatsInfo::from_counters([&st, &st]);
+        assert_eq!(
+            (
+                s.static_sessions_created,
+                s.vserver_sessions_created,
+                s.static_sessions_deleted,
+                s.exempted_packets,
+                s.sessions_created
+            ),
+            (6, 4, 2, 10, 0)
+        );
 
         let d = DropList::from_counters([&c, &c], &DropsQuery::default());
         assert_eq!(d.total, 6);

@@ -250,6 +250,10 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("mappings deleted", s.mappings_deleted),
                 ("events lost", s.events_lost),
                 ("log events lost", s.log_events_lost),
+                ("static sessions created", s.static_sessions_created),
+                ("vserver sessions created", s.vserver_sessions_created),
+                ("static sessions deleted", s.static_sessions_deleted),
+                ("exempted packets", s.exempted_packets),
             ] {
                 t.row(vec![k.to_owned(), v.to_string()]);
             }
@@ -340,6 +344,9 @@ fn rules(l: &RuleList, out: &mut String) {
     t.render(out);
     if let Some(id) = l.changed {
         let _ = writeln!(out, "changed rule {id}");
+    }
+    if let Some(n) = l.flushed {
+        let _ = writeln!(out, "ended {}", plural(n, "session", "sessions"));
     }
     footer(out, l.rules.len(), l.rules.len() as u64, "rule", "rules");
 }

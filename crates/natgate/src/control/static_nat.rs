@@ -22,6 +22,9 @@ pub struct RuleList {
     pub changed: Option<RuleId>,
     /// The rules, lowest id (first match) first.
     pub rules: Vec<Rule>,
+    /// Sessions ended by `rule delete` with `flush` (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flushed: Option<u64>,
 }
 
 impl RuleList {
@@ -51,10 +54,15 @@ pub enum RuleChange {
         /// The rule; its own `id` is ignored.
         rule: Rule,
     },
-    /// The rule with this id goes; the other ids do not change.
+    /// The rule with this id goes; the other ids do not change. Its sessions run on until
+    /// their timers end, as with most NATs, unless `flush`.
     Delete {
         /// The rule to delete.
         id: RuleId,
+        /// Also end every session the rule made, at once (sent only when true, so an older
+        /// daemon still reads a plain delete).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        flush: bool,
     },
 }
 

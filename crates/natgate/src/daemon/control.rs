@@ -168,6 +168,7 @@ impl ControlService {
         RuleList {
             changed,
             rules: cur.rules.iter().copied().collect(),
+            flushed: None,
         }
     }
 
@@ -176,20 +177,30 @@ impl ControlService {
         let rejected = |e: natgate_core::rules::RuleError| ControlError::Rejected(e.to_string());
         let mut cur = self.settings();
         let mut new = cur.clone();
+        let mut flush = false;
         let (op, id) = match change {
             RuleChange::Insert { id, rule } => {
                 new.rules.insert(id, rule).map_err(rejected)?;
                 ("inserted", id)
             }
             RuleChange::Append { rule } => ("appended", new.rules.append(rule).map_err(rejected)?),
-            RuleChange::Delete { id } => {
+            RuleChange::Delete { id, flush: f } => {
                 new.rules.delete(id).map_err(rejected)?;
+                flush = f;
                 ("deleted", id)
             }
         };
         self.apply(&mut cur, new)?;
         tracing::info!(rule = %id, rules = cur.rules.len(), "static NAT rule {op}");
-        Ok(Response::RuleChanged(Self::rule_list(&cur, Some(id))))
+        let mut list = Self::rule_list(&cur, Some(id));
+        if flush {
+            // After the delete is applied everywhere, so no new session of the rule can start
+            // between the flush and the delete.
+            let ended = self.handle.flush_rule(id).map_err(unavailable)?;
+            tracing::info!(rule = %id, sessions = ended, "sessions of deleted rule ended");
+            list.flushed = Some(ended);
+        }
+        Ok(Response::RuleChanged(list))
     }
 
     /// `vserver`: one change to one real server, checked against the running specs, then

@@ -142,6 +142,13 @@ pub enum Command {
         /// Answered when done.
         reply: SyncSender<()>,
     },
+    /// End the sessions one static NAT rule made (`ctl rule delete ID --flush`).
+    FlushRule {
+        /// The rule.
+        id: natgate_core::rules::RuleId,
+        /// Answered with how many sessions ended.
+        reply: SyncSender<usize>,
+    },
     /// List, change or health-check the virtual servers.
     VirtualServers(vservers::VsCommand),
     /// Who holds an external port now.
@@ -463,6 +470,26 @@ impl DaemonHandle {
                 .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?;
         }
         Ok(())
+    }
+
+    /// Ends every session the rule `id` made, in every worker (static sessions live in
+    /// [`steer::STATIC_OWNER`], but asking all keeps this right whatever the steering), and
+    /// returns how many ended.
+    pub fn flush_rule(&self, id: natgate_core::rules::RuleId) -> Result<u64, DaemonError> {
+        let mut waiting = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            if w.send(Command::FlushRule { id, reply }).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        let mut ended = 0;
+        for rx in waiting {
+            ended += rx
+                .recv_timeout(REQUEST_TIMEOUT)
+                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))? as u64;
+        }
+        Ok(ended)
     }
 }
 

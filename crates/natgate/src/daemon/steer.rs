@@ -32,7 +32,9 @@
 //!   binding or a virtual server could claim goes to worker [`STATIC_OWNER`], which therefore
 //!   holds every static session. The set follows the running rules and virtual servers (each
 //!   worker rebuilds it from its engine after a reload, a rule change or a real-server change).
-//!   ICMP errors about a static flow still go by the quoted port and may reach the wrong worker.
+//!   An ICMP error goes where the flow it quotes goes: its quoted packet, turned around, is a
+//!   packet of that flow arriving on the same side, so when that one is claimed the error goes
+//!   to [`STATIC_OWNER`] too (RFC 5508 REQ-4/5: the error must find the session it is about).
 //!
 //! A packet read by a worker that does not own it is copied into the owner's [`Mailbox`] (a
 //! bounded lock-free queue; full means dropped and counted) and the owner is woken through its
@@ -208,9 +210,24 @@ pub fn binding(one: &Rule) -> Option<(Part, Part)> {
 }
 
 /// Protocol, source and destination endpoints of a whole packet or first fragment; ICMP
-/// queries use their identifier as the port on both sides (RFC 5508), ICMP errors are not
-/// claimed.
+/// queries use their identifier as the port on both sides (RFC 5508). An ICMP error stands for
+/// the flow it quotes: its quoted packet went the other way, so its endpoints are swapped
+/// (an error about an error is not claimed).
 fn endpoints(pkt: &[u8], h: &Header) -> Option<(Protocol, Endpoint, Endpoint)> {
+    let l4 = pkt.get(h.ihl..)?;
+    if h.proto == ICMP && matches!(*l4.first()?, 3 | 4 | 5 | 11 | 12) {
+        let inner = l4.get(8..)?;
+        let ih = Header::parse(inner)?;
+        if ih.frag_offset != 0 {
+            return None;
+        }
+        return query_endpoints(inner, &ih).map(|(proto, src, dst)| (proto, dst, src));
+    }
+    query_endpoints(pkt, h)
+}
+
+/// [`endpoints`] of a packet that is not an ICMP error.
+fn query_endpoints(pkt: &[u8], h: &Header) -> Option<(Protocol, Endpoint, Endpoint)> {
     let l4 = pkt.get(h.ihl..)?;
     let (proto, sp, dp) = match h.proto {
         TCP | UDP => (
@@ -616,6 +633,40 @@ mod tests {
             );
         }
         assert_eq!(s.owner(Side::Outside, &cases[0].1, &none), Some(1));
+
+        // ICMP errors go where the flow they quote goes. From outside they quote what the
+        // gateway sent out: the forward's and the virtual server's replies from port 80 (port
+        // 80's block is worker 1's) and the 1:1 host's flow from 5100 (worker 1's too).
+        let error = |src: [u8; 4], dst: [u8; 4], quoted: Vec<u8>| {
+            let mut l4 = vec![3, 3, 0, 0, 0, 0, 0, 0];
+            l4.extend_from_slice(&quoted[..28]);
+            ip(ICMP, src, dst, 0, &l4)
+        };
+        let router = [192, 0, 2, 254];
+        for quoted in [
+            tcp([198, 18, 2, 80], 80, client, 40000),
+            tcp([198, 18, 3, 80], 80, client, 40001),
+            tcp([198, 18, 1, 10], 5100, client, 443),
+        ] {
+            let dst = [quoted[12], quoted[13], quoted[14], quoted[15]];
+            let e = error(router, dst, quoted);
+            assert_eq!(s.owner(Side::Outside, &e, &none), Some(1));
+            assert_eq!(s.owner(Side::Outside, &e, &statics), Some(STATIC_OWNER));
+        }
+        // From inside, the forward's server refuses what the gateway let in to it.
+        let e = error(
+            [100, 64, 0, 11],
+            client,
+            tcp(client, 40000, [100, 64, 0, 11], 8888),
+        );
+        assert_eq!(s.owner(Side::Inside, &e, &statics), Some(STATIC_OWNER));
+        // An error about a dynamic flow keeps its owner: the pool port's worker.
+        let e = error(
+            router,
+            [198, 51, 100, 1],
+            tcp([198, 51, 100, 1], 64, client, 443),
+        );
+        assert_eq!(s.owner(Side::Outside, &e, &statics), Some(1));
         // Dynamic flows keep their owners: the pool by port block, subscribers by address, and
         // another port of the forward's inside host.
         let pool = tcp(client, 443, [198, 51, 100, 1], 64);

@@ -523,6 +523,10 @@ impl Worker {
                     self.engine.flush(self.clock.now());
                     let _ = reply.send(());
                 }
+                Ok(Command::FlushRule { id, reply }) => {
+                    let ended = self.engine.flush_rule_sessions(id, self.clock.now());
+                    let _ = reply.send(ended);
+                }
                 Ok(Command::VirtualServers(c)) => {
                     let now = self.clock.now();
                     changed |= matches!(c, super::vservers::VsCommand::Change { .. });

@@ -815,3 +815,107 @@ fn rfc4787_req9_hairpin_to_a_port_forward_on_a_pool_address() {
     send(&mut e, t(1), Side::Inside, &mut p);
     assert_eq!(p.bytes()[8], 63);
 }
+
+#[test]
+fn a_deleted_rules_sessions_run_on_until_flushed_then_only_they_end() {
+    let both = format!("{HOST_NAT}{PORT_FORWARD}");
+    let mut e = engine(&both, |_| {});
+    let host = a([10, 0, 0, 7]);
+    for port in [5000, 5001] {
+        fwd(
+            &mut e,
+            t(0),
+            Side::Inside,
+            udp(ep(host, port), ep(WAN, 53), b"q"),
+        );
+    }
+    let client = ep(WAN, 40000);
+    let web = ep(a([198, 51, 100, 10]), 80);
+    fwd(&mut e, t(0), Side::Outside, tcp(client, web, "S"));
+    while e.poll_event().is_some() {}
+    // `ctl rule delete 1`: new flows stop, the existing ones keep their translation.
+    e.reconfigure(&config(PORT_FORWARD, |_| {}).validate().expect("valid"))
+        .expect("reload");
+    assert_eq!(e.static_session_count(), 3);
+    let (src, _) = fwd(
+        &mut e,
+        t(1),
+        Side::Inside,
+        udp(ep(host, 5000), ep(WAN, 53), b"q"),
+    );
+    assert_eq!(src, ep(a([192, 0, 2, 7]), 5000));
+    // `--flush`: the deleted rule's sessions end, each with its event; the forward's stays.
+    assert_eq!(e.flush_rule_sessions(RuleId(1), t(2)), 2);
+    assert_eq!(e.static_session_count(), 1);
+    assert_eq!(e.counters().static_sessions_deleted, 2);
+    let mut ended = Vec::new();
+    while let Some(ev) = e.poll_event() {
+        if let Event::SessionDeleted { internal, .. } = ev {
+            ended.push(internal);
+        }
+    }
+    ended.sort_by_key(|i| i.port);
+    assert_eq!(ended, [ep(host, 5000), ep(host, 5001)]);
+    assert_eq!(e.flush_rule_sessions(RuleId(1), t(2)), 0);
+    let (_, dst) = fwd(&mut e, t(2), Side::Outside, tcp(client, web, "A"));
+    assert_eq!(dst, ep(a([10, 0, 0, 5]), 8888));
+    // The host's next packet is no longer the rule's: it leaves by dynamic NAPT.
+    let (src, _) = fwd(
+        &mut e,
+        t(3),
+        Side::Inside,
+        udp(ep(host, 5000), ep(WAN, 53), b"q"),
+    );
+    assert!(POOL.contains(&src.addr), "{src:?}");
+}
+
+#[test]
+fn sessions_follow_their_rule_when_an_insert_renumbers_the_chain() {
+    let mut e = engine(HOST_NAT, |_| {});
+    let host = a([10, 0, 0, 7]);
+    fwd(
+        &mut e,
+        t(0),
+        Side::Inside,
+        udp(ep(host, 5000), ep(WAN, 53), b"q"),
+    );
+    // `ctl rule insert 1 ...`: the host rule moves up to id 2.
+    let exempt = chain(
+        "[[rule]]\nid = 1\ndirection = \"outbound\"\ndst = \"192.0.2.0/24\"\naction = \"exempt\"\n",
+    );
+    let mut rules = chain(HOST_NAT);
+    let first = *exempt.iter().next().expect("one rule");
+    rules.insert(RuleId(1), first).expect("insert");
+    let host_rule = *rules.get(RuleId(2)).expect("moved");
+    e.reconfigure(&config("", |c| c.rules = rules).validate().expect("valid"))
+        .expect("reload");
+    assert_eq!(e.rules().get(RuleId(2)), Some(&host_rule));
+    assert_eq!(
+        e.flush_rule_sessions(RuleId(1), t(1)),
+        0,
+        "not the new rule's"
+    );
+    assert_eq!(e.flush_rule_sessions(RuleId(2), t(1)), 1);
+    assert_eq!(e.static_session_count(), 0);
+}
+
+#[test]
+fn renumbering_pairs_rules_in_order_ignoring_ids() {
+    let old = chain(&format!("{HOST_NAT}{PORT_FORWARD}"));
+    let mut new = old.clone();
+    let exempt = chain(
+        "[[rule]]\nid = 1\ndirection = \"outbound\"\ndst = \"192.0.2.0/24\"\naction = \"exempt\"\n",
+    );
+    new.insert(RuleId(1), *exempt.iter().next().expect("one rule"))
+        .expect("insert");
+    // Ids 1 and 10 become 2 and 11: the forward (id 10) moved too, since it follows.
+    assert_eq!(
+        renumbering(&old, &new),
+        [(RuleId(1), RuleId(2)), (RuleId(10), RuleId(11))]
+    );
+    // A delete moves nothing; an unchanged chain moves nothing.
+    let mut deleted = old.clone();
+    deleted.delete(RuleId(1)).expect("delete");
+    assert!(renumbering(&old, &deleted).is_empty());
+    assert!(renumbering(&old, &old).is_empty());
+}
