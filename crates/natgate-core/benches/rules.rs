@@ -12,15 +12,19 @@
 //!
 //! `cargo bench -p natgate-core --bench rules -- --warm-up-time 1 --measurement-time 3`
 //!
-//! Like the engine bench, it measures the thread's CPU time, since the machine is shared.
+//! Like the engine bench, it measures the thread's CPU time, since the machine is shared, and
+//! keeps the tables on huge pages (`common/mod.rs`).
 
 #![allow(clippy::expect_used)] // a bench: a broken fixture should fail loudly
+
+mod common;
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use common::CpuTime;
+use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH as ENGINE_BATCH, Engine, PacketBuf};
@@ -31,48 +35,6 @@ use natgate_core::{Config, Direction, Endpoint, Instant, Protocol, Side, Verdict
 
 /// Lookups per measured iteration.
 const BATCH: usize = 256;
-
-/// Time this thread has spent on a CPU, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A criterion measurement of the benchmark thread's CPU time, formatted like wall time.
-struct CpuTime;
-
-/// Lends its duration formatter to [`CpuTime`].
-static WALL: WallTime = WallTime;
-
-impl Measurement for CpuTime {
-    type Intermediate = u64;
-    type Value = Duration;
-
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, start: u64) -> Duration {
-        Duration::from_nanos(thread_cpu_ns() - start)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, v: &Duration) -> f64 {
-        v.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        WALL.formatter()
-    }
-}
 
 fn prefix(bits: u32, len: u8) -> Ipv4Prefix {
     Ipv4Prefix::new(Ipv4Addr::from_bits(bits), len).expect("aligned prefix")
@@ -505,6 +467,7 @@ fn first_packets(c: &mut Criterion<CpuTime>) {
 
 /// Lookups first (they need no engine), then the engine runs; one criterion run.
 fn all(c: &mut Criterion<CpuTime>) {
+    common::init_huge_pages();
     lookups(c);
     engine_fast_path(c);
     engine_static_fast_path(c);

@@ -4,56 +4,13 @@
 
 #![allow(clippy::expect_used)] // a test: a broken fixture should fail loudly
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod counting;
+
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH, Engine, PacketBuf};
 use natgate_core::{Config, Endpoint, Instant, Side, Verdict};
-
-/// Counts allocations made by threads that have switched counting on.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded to `System` with the caller's arguments; counting touches
-// only an atomic and a const-initialised thread local, neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `p` came from `System` with `layout`; the caller's contract is passed on.
-        unsafe { System.realloc(p, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` came from `System` with `layout`.
-        unsafe { System.dealloc(p, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 const FLOWS: u32 = 1 << 16;
 const PACKETS: usize = 1 << 20;
@@ -179,10 +136,10 @@ fn fast_path_does_not_allocate_once_warm() {
     };
     run(&mut e, false); // warm
 
-    COUNTING.with(|c| c.set(true));
+    counting::start();
     // The counter works: one allocation is seen.
     drop(std::hint::black_box(vec![0u8; 10]));
-    assert_eq!(ALLOCATIONS.swap(0, Ordering::Relaxed), 1);
+    assert_eq!(counting::take(), 1);
     let mut forwarded = 0;
     let mut packets = 0;
     while packets < PACKETS {
@@ -190,12 +147,12 @@ fn fast_path_does_not_allocate_once_warm() {
         forwarded += run(&mut e, true);
         packets += 3 * FLOWS as usize;
     }
-    COUNTING.with(|c| c.set(false));
+    counting::stop();
 
     assert_eq!(forwarded, packets, "every packet took the established path");
     assert_eq!(e.session_count(), FLOWS as usize, "no session was made");
     assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed),
+        counting::allocations(),
         0,
         "allocations while translating {packets} established packets"
     );

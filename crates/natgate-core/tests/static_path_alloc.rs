@@ -4,58 +4,15 @@
 
 #![allow(clippy::expect_used)] // a test: a broken fixture should fail loudly
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod counting;
+
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH, Engine, PacketBuf};
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::{Algorithm, RealServerSpec, VirtualServerSpec};
 use natgate_core::{Config, Endpoint, Instant, Protocol, Side, Verdict};
-
-/// Counts allocations made by threads that have switched counting on.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded to `System` with the caller's arguments; counting touches
-// only an atomic and a const-initialised thread local, neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `p` came from `System` with `layout`; the caller's contract is passed on.
-        unsafe { System.realloc(p, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` came from `System` with `layout`.
-        unsafe { System.dealloc(p, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 const FLOWS: u32 = 1 << 12;
 
@@ -197,25 +154,21 @@ action.translate.src = { addr = "192.0.0.0/16" }
     );
     let mut counted: Vec<Round> = rounds.collect();
 
-    COUNTING.with(|c| c.set(true));
+    counting::start();
     drop(std::hint::black_box(vec![0u8; 10]));
-    assert_eq!(
-        ALLOCATIONS.swap(0, Ordering::Relaxed),
-        1,
-        "the counter works"
-    );
+    assert_eq!(counting::take(), 1, "the counter works");
     let mut forwarded = 0;
     for r in counted.iter_mut() {
         forwarded += play(&mut e, r);
     }
-    COUNTING.with(|c| c.set(false));
+    counting::stop();
 
     assert_eq!(forwarded, 2 * 5 * FLOWS as usize, "every packet forwarded");
     assert_eq!(e.static_session_count(), 3 * 2 * FLOWS as usize);
     assert_eq!(e.mapping_count(), 0, "dynamic NAPT saw nothing");
     assert_eq!(e.counters().exempted_packets, 3 * u64::from(FLOWS));
     assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed),
+        counting::allocations(),
         0,
         "allocations on the static packet path"
     );
