@@ -205,7 +205,9 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Up to [`BATCH`] packets in three passes, so that the cache misses of different packets
     /// overlap: parse each and start loading its index bucket; start loading the session record
-    /// each bucket points to; then look up and translate each in order. The look-up is done
+    /// each bucket points to (kept as the packet's candidate); then look up (confirming the
+    /// candidate against its record, without a second pass over the bucket) and translate each
+    /// in order. The look-up is done
     /// just before its packet is translated, so a session made by an earlier packet of the
     /// batch is found by a later one.
     fn process_chunk(
@@ -232,19 +234,19 @@ impl<A: PortAllocator> Engine<A> {
             }
             parsed[i] = p;
         }
-        for (key, hash) in fast[..packets.len()].iter().flatten() {
-            self.sessions.prefetch_next(inbound, *hash, key);
+        let mut candidates: [Option<SessionId>; BATCH] = [None; BATCH];
+        for (fast, candidate) in fast[..packets.len()].iter().zip(&mut candidates) {
+            if let Some((key, hash)) = fast {
+                *candidate = self.sessions.prefetch_next(inbound, *hash, key);
+            }
         }
         for (i, pkt) in packets.iter_mut().enumerate() {
             let len = pkt.len.min(pkt.buf.len());
             let (verdict, len) = match parsed[i] {
                 Ok(mut p) => {
                     let hint = fast[i].map(|(key, hash)| {
-                        if inbound {
-                            self.sessions.find_in_hashed(hash, &key)
-                        } else {
-                            self.sessions.find_out_hashed(hash, &key)
-                        }
+                        self.sessions
+                            .find_hashed(inbound, hash, &key, candidates[i])
                     });
                     if let Some(Some(sid)) = hint
                         && self.established_passes(side, &p)
