@@ -526,6 +526,8 @@ impl PortAllocator for DynamicAllocator {
         }
     }
 
+    /// Inlined: the batch path asks this of every packet before its look-up.
+    #[inline]
     fn owns(&self, addr: Ipv4Addr) -> bool {
         self.index.get(addr).is_some()
     }

@@ -1162,6 +1162,48 @@ fn batch_gives_the_same_verdicts_as_one_by_one() {
 }
 
 #[test]
+fn batch_checks_ttl_and_size_of_established_flows() {
+    // The batch path translates packets of found sessions directly; it must still answer an
+    // expiring TTL (RFC 5508 REQ-10) and a DF packet over the MTU (RFC 4787 REQ-13) first.
+    let mut e = engine_with(|c| c.behavior.outside_mtu = 1400);
+    let mut first = udp(ep(SUB1, 5000), ep(WAN1, 9), b"x");
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut first),
+        Verdict::Forward(Side::Outside)
+    );
+    let mut packets = vec![udp(ep(SUB1, 5000), ep(WAN1, 9), b"x"); 4];
+    packets[1].buf[8] = 1;
+    packets[2] = udp(ep(SUB1, 5000), ep(WAN1, 9), &[0u8; 1400]);
+    packets[2].buf[6] |= 0x40;
+    for p in &mut packets {
+        fix_ip_checksum(p);
+    }
+    let mut bufs: Vec<PacketBuf<'_>> = packets
+        .iter_mut()
+        .map(|p| PacketBuf {
+            len: p.len,
+            buf: &mut p.buf,
+        })
+        .collect();
+    let mut got = vec![Verdict::Held; bufs.len()];
+    e.process_batch(t(1), Side::Inside, &mut bufs, &mut got);
+    let reasons: Vec<_> = got.iter().map(Verdict::drop_reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            None,
+            Some(DropReason::TtlExceeded),
+            Some(DropReason::TooBig),
+            None
+        ]
+    );
+    assert_eq!(got[0], Verdict::Forward(Side::Outside));
+    assert_eq!(got[3], Verdict::Forward(Side::Outside));
+    assert_eq!(packets[0].buf[8], 63, "forwarded with its TTL decremented");
+    assert_checksums(packets[0].bytes());
+}
+
+#[test]
 fn batch_with_a_flow_twice_makes_one_session() {
     // The first packet of a flow creates its session; the second, in the same batch, must find
     // it rather than make another (a lookup done for the whole batch up front would miss it).

@@ -259,9 +259,10 @@ impl Tables {
 
     /// The second stage, once the bucket of `hash` is in cache: starts loading what the look-up
     /// reads next, the candidate session's record, or the bucket of `key`'s full flow key when
-    /// the mapping is shared (or may not be the session's, under a dependent mapping).
+    /// the mapping is shared (or may not be the session's, under a dependent mapping). Returns
+    /// the candidate session, for [`Self::find_hashed`].
     #[inline(always)]
-    fn prefetch_next(&self, inbound: bool, hash: u64, key: &FlowKey) {
+    fn prefetch_next(&self, inbound: bool, hash: u64, key: &FlowKey) -> Option<SessionId> {
         let (index, other) = if inbound {
             (&self.in_index, false)
         } else {
@@ -271,10 +272,45 @@ impl Tables {
             )
         };
         match index.prefetch_candidate(hash) {
-            Some(v) if v & SHARED == 0 => self.sessions.prefetch(v),
+            Some(v) if v & SHARED == 0 => {
+                self.sessions.prefetch(v);
+                return Some(SessionId(v));
+            }
             Some(_) => index.prefetch(self.flow_hash(key)),
             None if other => index.prefetch(self.flow_hash(key)),
             None => {}
+        }
+        None
+    }
+
+    /// The third stage: `candidate` (from [`Self::prefetch_next`]) if it is a session whose
+    /// out key (or in key, `inbound`) is `key`, without reading the bucket again; otherwise
+    /// the full look-up. Keys are unique among live sessions, so a live session with the key is
+    /// the answer whichever entry led to it, even if sessions came and went since the second
+    /// stage.
+    #[inline(always)]
+    fn find_hashed(
+        &self,
+        inbound: bool,
+        hash: u64,
+        key: &FlowKey,
+        candidate: Option<SessionId>,
+    ) -> Option<SessionId> {
+        if let Some(sid) = candidate
+            && self.sessions.get(sid.0).is_some_and(|s| {
+                if inbound {
+                    in_matches(s, key)
+                } else {
+                    out_matches(s, key)
+                }
+            })
+        {
+            return Some(sid);
+        }
+        if inbound {
+            self.find_in_hashed(hash, key)
+        } else {
+            self.find_out_hashed(hash, key)
         }
     }
 
@@ -571,9 +607,25 @@ impl NatTable {
     /// The second stage, once the bucket of `hash` is in cache: starts loading what the look-up
     /// reads next, the candidate session's record, or the bucket of `key`'s full flow key when
     /// the mapping is shared (or may not be the session's, under a dependent mapping).
+    /// Returns the candidate session (a tag match, not yet checked), for [`Self::find_hashed`].
     #[inline(always)]
-    pub fn prefetch_next(&self, inbound: bool, hash: u64, key: &FlowKey) {
-        self.t.prefetch_next(inbound, hash, key);
+    pub fn prefetch_next(&self, inbound: bool, hash: u64, key: &FlowKey) -> Option<SessionId> {
+        self.t.prefetch_next(inbound, hash, key)
+    }
+
+    /// The third stage of a batched look-up: the session whose out key (or in key, when
+    /// `inbound`) is `key`, confirming the second stage's `candidate` first (no second pass
+    /// over the bucket when it is the one), else [`Self::find_out_hashed`] or
+    /// [`Self::find_in_hashed`]. Correct for any `candidate`, even a stale one.
+    #[inline(always)]
+    pub fn find_hashed(
+        &self,
+        inbound: bool,
+        hash: u64,
+        key: &FlowKey,
+        candidate: Option<SessionId>,
+    ) -> Option<SessionId> {
+        self.t.find_hashed(inbound, hash, key, candidate)
     }
 
     /// The session whose out key (proto, internal, remote) is `key`.
@@ -833,6 +885,36 @@ mod tests {
         let out = t.find_out(&s.out_key());
         assert_eq!(out, t.find_in(&s.in_key()), "both ways agree for {s:?}");
         out
+    }
+
+    #[test]
+    fn find_hashed_confirms_its_candidate_or_looks_up() {
+        // The batch path passes the second stage's candidate, which earlier packets of the
+        // batch may have made stale: any candidate, right, wrong, freed or absent, must give
+        // the look-up's answer.
+        let mut t = NatTable::new(16, 16, EIM, 1, 2);
+        let a = session(1, 40_000, 1);
+        let b = session(2, 40_001, 1);
+        let ia = t.insert_with_new_mapping(a, 30).unwrap();
+        let ib = t.insert_with_new_mapping(b, 30).unwrap();
+        let gone = t
+            .insert_with_new_mapping(session(3, 40_002, 1), 30)
+            .unwrap();
+        assert!(t.remove(gone).is_some());
+        for (inbound, key) in [(false, a.out_key()), (true, a.in_key())] {
+            let hash = t.lookup_hash(inbound, &key);
+            assert_eq!(t.prefetch_next(inbound, hash, &key), Some(ia));
+            for candidate in [Some(ia), Some(ib), Some(gone), Some(SessionId(15)), None] {
+                assert_eq!(
+                    t.find_hashed(inbound, hash, &key, candidate),
+                    Some(ia),
+                    "inbound {inbound}, candidate {candidate:?}"
+                );
+            }
+        }
+        let absent = session(4, 40_003, 1).out_key();
+        let hash = t.lookup_hash(false, &absent);
+        assert_eq!(t.find_hashed(false, hash, &absent, Some(ia)), None);
     }
 
     #[test]
