@@ -4,6 +4,7 @@
 use crate::alloc::{AllocEvent, PortBlock, PortRange, SubscriberId};
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol};
+use crate::engine::SessionOrigin;
 use crate::time::Instant;
 use std::net::Ipv4Addr;
 
@@ -44,6 +45,9 @@ pub enum Event {
         external: Endpoint,
         /// The remote endpoint.
         remote: Endpoint,
+        /// What made it (dynamic NAPT, a static rule, a virtual server), so that a log ties a
+        /// translation to the configuration that made it.
+        origin: SessionOrigin,
     },
     /// A session was deleted (timed out or flushed).
     SessionDeleted {
@@ -57,6 +61,8 @@ pub enum Event {
         external: Endpoint,
         /// The remote endpoint.
         remote: Endpoint,
+        /// What made it: the same origin as its `SessionCreated`.
+        origin: SessionOrigin,
     },
     /// A mapping or session could not be made because of a limit; the packet was dropped (RFC
     /// 6888 REQ-11: tell management). Outbound, the subscriber's packet found no mapping or

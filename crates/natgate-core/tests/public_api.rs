@@ -9,7 +9,9 @@ use etherparse::{Icmpv4Header, Ipv4Header, PacketBuilder, TcpHeader, UdpHeader};
 use natgate_core::config::{FilteringBehavior, MappingBehavior, Preset};
 use natgate_core::engine::Engine;
 use natgate_core::tcp_state::TcpPhase;
-use natgate_core::{Config, DropReason, Endpoint, Event, Instant, Protocol, Side, Verdict};
+use natgate_core::{
+    Config, DropReason, Endpoint, Event, Instant, Protocol, SessionOrigin, Side, Verdict,
+};
 use std::net::Ipv4Addr;
 
 const POOL: [Ipv4Addr; 2] = [
@@ -339,6 +341,7 @@ fn a_day_at_the_cgn_counted_and_logged_exactly() {
         internal,
         external,
         remote,
+        origin: SessionOrigin::Dynamic,
     };
     let a0 = ep(ALICE, 5000);
     let a1 = ep(ALICE, 5001);

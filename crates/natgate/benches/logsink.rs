@@ -46,6 +46,7 @@ fn session(n: u64) -> Event {
         internal: Endpoint::new(Ipv4Addr::from(0x6440_0000 + (n as u32 & 0xffff)), 5000),
         external: Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), (n % 60_000) as u16 + 1024),
         remote: Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 53),
+        origin: natgate_core::SessionOrigin::Dynamic,
     }
 }
 

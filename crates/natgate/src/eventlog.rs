@@ -2,7 +2,7 @@
 //! size-based rotation.
 //!
 //! One line per event, e.g.
-//! `{"ts":"2026-11-21T16:14:30.123Z","event":"session-created","proto":"udp","internal":"100.64.0.10:5000","external":"198.51.100.1:40000"}`.
+//! `{"ts":"2026-11-21T16:14:30.123Z","event":"session-created","proto":"udp","internal":"100.64.0.10:5000","external":"198.51.100.1:40000","origin":"dynamic"}`.
 //! The remote endpoint is left out unless [`EventLogOptions::log_destinations`] is set: RFC 6888
 //! REQ-12 asks a CGN not to log destinations by default, for the subscribers' privacy.
 //!
@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::control::protocol::OriginName;
 use natgate_core::{Endpoint, Event, Instant, Protocol};
 use serde::Serialize;
 
@@ -263,6 +264,9 @@ struct Line {
     /// Why a mapping failed: the drop counter's name (a quota, or the pool running out).
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// What made a session (session events only), named as `ctl sessions` names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
 }
 
 impl Line {
@@ -307,6 +311,7 @@ impl Line {
                 internal,
                 external,
                 remote,
+                origin: _,
             } => (
                 at,
                 "session-created",
@@ -321,6 +326,7 @@ impl Line {
                 internal,
                 external,
                 remote,
+                origin: _,
             } => (
                 at,
                 "session-deleted",
@@ -379,6 +385,12 @@ impl Line {
             remote: remote.filter(|_| log_destinations).map(|e| e.to_string()),
             reason: match *ev {
                 Event::MappingFailed { reason, .. } => Some(reason.name()),
+                _ => None,
+            },
+            origin: match *ev {
+                Event::SessionCreated { origin, .. } | Event::SessionDeleted { origin, .. } => {
+                    Some(OriginName(&origin).to_string())
+                }
                 _ => None,
             },
         }
@@ -440,6 +452,7 @@ mod tests {
             internal: ep([100, 64, 0, 10], 5000),
             external: ep([198, 51, 100, 1], 40000),
             remote: ep([203, 0, 113, 10], 3478),
+            origin: natgate_core::SessionOrigin::Dynamic,
         }
     }
 
@@ -527,7 +540,7 @@ mod tests {
         assert_eq!(
             buf.text(),
             concat!(
-                r#"{"ts":"2026-11-22T16:14:30.123Z","event":"session-created","proto":"udp","internal":"100.64.0.10:5000","external":"198.51.100.1:40000"}"#,
+                r#"{"ts":"2026-11-22T16:14:30.123Z","event":"session-created","proto":"udp","internal":"100.64.0.10:5000","external":"198.51.100.1:40000","origin":"dynamic"}"#,
                 "\n",
                 r#"{"ts":"2026-11-22T16:14:30.123Z","event":"mapping-failed","proto":"tcp","internal":"100.64.0.11:6000","reason":"subscriber_session_limit"}"#,
                 "\n"
@@ -569,6 +582,7 @@ mod tests {
                 internal: i,
                 external: x,
                 remote: r,
+                origin: natgate_core::SessionOrigin::Dynamic,
             },
             Event::SessionDeleted {
                 at,
@@ -576,6 +590,7 @@ mod tests {
                 internal: i,
                 external: x,
                 remote: r,
+                origin: natgate_core::SessionOrigin::Dynamic,
             },
             Event::MappingFailed {
                 at,

@@ -1,5 +1,6 @@
 //! A virtual web server end to end (issue 4): two real HTTP servers of weight 1 and 2 behind
-//! one virtual address, real requests split about 1:2, one server drained and removed while a
+//! one virtual address, real requests split about 1:2, a third server added at run time with
+//! `natgate ctl vserver add` taking its weight's share, one server drained and removed while a
 //! long-lived connection to it keeps working, and a health check taking a dead server out.
 //! Needs root; skips otherwise.
 
@@ -46,18 +47,25 @@ fn vip() -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 80), 80)
 }
 
-/// Which server answered `n` new connections from wan1: (answers of "a", answers of "b").
-fn spread(topo: &Topology, n: usize) -> (usize, usize) {
-    let (mut a, mut b) = (0, 0);
+/// Which server answered `n` new connections from wan1: the answers of each of `names`, in
+/// order; an answer from any other server fails the test.
+fn tally(topo: &Topology, n: usize, names: &[&str]) -> Vec<usize> {
+    let mut counts = vec![0; names.len()];
     for i in 0..n {
         let body = get_once(&topo.wan1, vip(), T).unwrap_or_else(|e| panic!("request {i}: {e}"));
-        match body.split(' ').next() {
-            Some("a") => a += 1,
-            Some("b") => b += 1,
-            _ => panic!("{body}"),
+        let name = body.split(' ').next();
+        match names.iter().position(|&x| Some(x) == name) {
+            Some(k) => counts[k] += 1,
+            None => panic!("{body}"),
         }
     }
-    (a, b)
+    counts
+}
+
+/// Which of "a" and "b" answered `n` new connections from wan1.
+fn spread(topo: &Topology, n: usize) -> (usize, usize) {
+    let c = tally(topo, n, &["a", "b"]);
+    (c[0], c[1])
 }
 
 /// The real server rows of the virtual server, by target.
@@ -114,6 +122,61 @@ fn virtual_web_server_splits_drains_removes_and_health_checks() {
         table.contains("100.64.0.11:8080") && table.contains("CONNECTIONS"),
         "{table}"
     );
+
+    // A third real server added at run time, of weight 3, listening beside "a" on another port
+    // (a distinct target). The add resets the rotation, so smooth weighted round robin gives
+    // exactly 10:20:30 over 60 new connections on one engine; allow 3 either way for each.
+    // Every connection it took is still counted: closed TCP sessions stay until their
+    // transitory timeout (240 s), far beyond this test.
+    const C: &str = "100.64.0.10:8081";
+    let c = HttpServer::start(&topo.sub1, SocketAddrV4::new(addr::SUB1, 8081), "c");
+    let added = ctl_json(&topo, &["vserver", "add", VIP, C, "--weight", "3"]);
+    let row = added["virtual_servers"][0]["real_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["target"] == C)
+        .cloned();
+    assert!(
+        row.is_some_and(|r| r["weight"] == 3 && r["state"] == "active" && r["connections"] == 0),
+        "{added}"
+    );
+    let n = tally(&topo, 60, &["a", "b", "c"]);
+    assert_eq!(n.iter().sum::<usize>(), 60);
+    for (got, want) in n.iter().zip([10, 20, 30]) {
+        assert!(got.abs_diff(want) <= 3, "a:b:c = {n:?}, want 10:20:30");
+    }
+    let r = server(&topo, C).unwrap();
+    assert_eq!(
+        (
+            r["weight"].as_u64(),
+            r["state"].as_str(),
+            r["health"].as_str()
+        ),
+        (Some(3), Some("active"), Some("up")),
+        "{r}"
+    );
+    assert_eq!(r["connections"].as_u64(), Some(n[2] as u64), "{r}");
+    assert!(r["bytes"].as_u64().unwrap() > 0, "{r}");
+    let (code, table, _) = ctl(&topo, &["vservers"]);
+    assert_eq!(code, 0);
+    let line = table
+        .lines()
+        .find(|l| l.contains(C))
+        .unwrap_or_else(|| panic!("{table}"));
+    // ID, REAL SERVER, WEIGHT, STATE, HEALTH, CONNECTIONS, BYTES.
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    let conns = n[2].to_string();
+    assert_eq!(
+        (cols.get(1), cols.get(2), cols.get(5)),
+        (Some(&C), Some(&"3"), Some(&conns.as_str())),
+        "{table}"
+    );
+    // Out again, so the rest splits between "a" and "b"; its closed connections still count,
+    // so the removal needs --force.
+    ctl_json(&topo, &["vserver", "remove", VIP, C, "--force"]);
+    assert!(server(&topo, C).is_none());
+    drop(c);
 
     // A long-lived connection; then its server is drained: new connections all go to the
     // other one, the open one keeps being answered.

@@ -218,6 +218,7 @@ fn port_blocks_use_their_own_template() {
             last: 2559,
         }),
         quota: None,
+        origin: None,
     });
     x.send_pending().expect("send");
     let d = decode(&mut NetflowParser::default(), &recv(&rx));

@@ -323,6 +323,12 @@ fn udp_messages_through_the_pipeline_are_valid_rfc_5424_with_the_nat_fields() {
             assert_eq!(params(&msgs[1])["destinationTransportPort"], "3478");
         }
         assert_eq!(msgs[1].msg.as_deref(), Some("NAT44 session create"));
+        // What made the session, on session messages only.
+        for (i, m) in msgs.iter().enumerate() {
+            let origin = params(m).get("origin").copied();
+            let want = [1, 2].contains(&i).then_some("dynamic");
+            assert_eq!(origin, want, "message {i}");
+        }
     }
 }
 

@@ -774,6 +774,7 @@ impl<A: PortAllocator> Gone<'_, A> {
             internal: s.internal,
             external: s.external,
             remote: s.remote,
+            origin: SessionOrigin::Dynamic,
         });
         if let Some(f) = self.address_filter.as_mut() {
             f.remove(s.proto, s.external, s.remote.addr);

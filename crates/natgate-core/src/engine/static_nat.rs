@@ -636,6 +636,7 @@ impl<A: PortAllocator> Engine<A> {
             internal: inside_local,
             external: outside_local,
             remote: outside_remote,
+            origin: origin.into(),
         });
         Ok(id)
     }
@@ -891,6 +892,7 @@ fn static_gone(
         internal: s.inside_local,
         external: s.outside_local,
         remote: s.outside_remote,
+        origin: s.origin.into(),
     };
     if !events.push(e) {
         counters.events_lost += 1;

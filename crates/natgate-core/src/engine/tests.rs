@@ -1119,8 +1119,17 @@ fn events_tell_the_story_of_a_session() {
     e.handle_timeout(t(400));
     let evs: Vec<_> = std::iter::from_fn(|| e.poll_event()).collect();
     assert!(matches!(evs[0], Event::MappingCreated { external, .. } if external == x));
-    assert!(matches!(evs[1], Event::SessionCreated { remote, .. } if remote == ep(WAN1, 9)));
-    assert!(matches!(evs[2], Event::SessionDeleted { .. }));
+    assert!(matches!(
+        evs[1],
+        Event::SessionCreated { remote, origin: SessionOrigin::Dynamic, .. } if remote == ep(WAN1, 9)
+    ));
+    assert!(matches!(
+        evs[2],
+        Event::SessionDeleted {
+            origin: SessionOrigin::Dynamic,
+            ..
+        }
+    ));
     assert!(matches!(evs[3], Event::MappingDeleted { .. }));
     assert_eq!(evs.len(), 4);
 }

@@ -2,7 +2,7 @@
 //! mapping and a session are made, what filtering lets in, and hairpinning.
 
 use super::packet::{self, Fragment, Parsed, Which};
-use super::{Engine, ICMP_DEST_UNREACHABLE, session_due};
+use super::{Engine, ICMP_DEST_UNREACHABLE, SessionOrigin, session_due};
 use crate::alloc::{AllocError, AllocRequest, PortAllocator};
 use crate::config::{FailureAnswer, FilteringBehavior, Hairpinning, MappingBehavior};
 use crate::counters::DropReason;
@@ -378,6 +378,7 @@ impl<A: PortAllocator> Engine<A> {
             internal: s.internal,
             external: s.external,
             remote: s.remote,
+            origin: SessionOrigin::Dynamic,
         });
         Ok(sid)
     }

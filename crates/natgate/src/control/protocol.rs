@@ -555,11 +555,21 @@ fn dynamic() -> String {
 
 /// How `ctl` names what made a session.
 pub fn origin_name(o: &SessionOrigin) -> String {
-    match o {
-        SessionOrigin::Dynamic => dynamic(),
-        SessionOrigin::Rule(id) => format!("rule {id}"),
-        SessionOrigin::VirtualServer { address, server } => {
-            format!("vserver {address} server {server}")
+    OriginName(o).to_string()
+}
+
+/// What made a session, as `ctl` and the translation logs name it: `dynamic`, `rule ID` or
+/// `vserver ADDR:PORT server ID`. A `Display` so the syslog sink writes it without allocating.
+pub struct OriginName<'a>(pub &'a SessionOrigin);
+
+impl std::fmt::Display for OriginName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            SessionOrigin::Dynamic => f.write_str("dynamic"),
+            SessionOrigin::Rule(id) => write!(f, "rule {id}"),
+            SessionOrigin::VirtualServer { address, server } => {
+                write!(f, "vserver {address} server {server}")
+            }
         }
     }
 }

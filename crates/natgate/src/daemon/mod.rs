@@ -971,6 +971,7 @@ mod tests {
                 internal,
                 external,
                 remote,
+                origin: natgate_core::SessionOrigin::Dynamic,
             },
             Event::MappingFailed {
                 at,

@@ -17,7 +17,7 @@ pub mod whois;
 use std::io;
 use std::net::Ipv4Addr;
 
-use natgate_core::{DropReason, Endpoint, Event, Instant, Protocol};
+use natgate_core::{DropReason, Endpoint, Event, Instant, Protocol, SessionOrigin};
 
 use crate::eventlog::EventSink;
 
@@ -195,6 +195,9 @@ pub struct Record {
     pub block: Option<PortRange>,
     /// Which quota, for [`NatEvent::QuotaExceeded`].
     pub quota: Option<QuotaLimit>,
+    /// What made the session, for session events. No RFC 8158 information element names a
+    /// static rule or a real server, so IPFIX leaves it out; the syslog and JSON sinks carry it.
+    pub origin: Option<SessionOrigin>,
 }
 
 impl Record {
@@ -215,6 +218,7 @@ impl Record {
                 remote: None,
                 block: None,
                 quota: None,
+                origin: None,
             },
             Event::MappingDeleted {
                 at,
@@ -230,6 +234,7 @@ impl Record {
                 remote: None,
                 block: None,
                 quota: None,
+                origin: None,
             },
             Event::SessionCreated {
                 at,
@@ -237,6 +242,7 @@ impl Record {
                 internal,
                 external,
                 remote,
+                origin,
             } => Record {
                 at,
                 event: NatEvent::Nat44SessionCreate,
@@ -246,6 +252,7 @@ impl Record {
                 remote: Some(remote),
                 block: None,
                 quota: None,
+                origin: Some(origin),
             },
             Event::SessionDeleted {
                 at,
@@ -253,6 +260,7 @@ impl Record {
                 internal,
                 external,
                 remote,
+                origin,
             } => Record {
                 at,
                 event: NatEvent::Nat44SessionDelete,
@@ -262,6 +270,7 @@ impl Record {
                 remote: Some(remote),
                 block: None,
                 quota: None,
+                origin: Some(origin),
             },
             Event::MappingFailed {
                 at,
@@ -284,6 +293,7 @@ impl Record {
                     remote: Some(remote),
                     block: None,
                     quota,
+                    origin: None,
                 }
             }
             Event::PortBlockAllocated {
@@ -313,6 +323,7 @@ impl Record {
                 remote: None,
                 block: Some(ports),
                 quota: None,
+                origin: None,
             },
         }
     }
@@ -387,6 +398,7 @@ mod tests {
                     internal: i,
                     external: x,
                     remote: r,
+                    origin: SessionOrigin::Dynamic,
                 },
                 NatEvent::Nat44SessionCreate,
                 Some(x),
@@ -399,6 +411,7 @@ mod tests {
                     internal: i,
                     external: x,
                     remote: r,
+                    origin: SessionOrigin::Dynamic,
                 },
                 NatEvent::Nat44SessionDelete,
                 Some(x),
@@ -425,6 +438,12 @@ mod tests {
             );
             assert_eq!(rec.remote_if(false), None);
             assert_eq!(rec.remote_if(true), remote);
+            // Only session records say what made the session.
+            let session = matches!(
+                ev,
+                Event::SessionCreated { .. } | Event::SessionDeleted { .. }
+            );
+            assert_eq!(rec.origin, session.then_some(SessionOrigin::Dynamic));
         }
     }
 

@@ -2,7 +2,7 @@
 //! Unix datagram socket (`/dev/log`).
 //!
 //! ```text
-//! <134>1 2026-11-22T16:14:30.123Z gw1 natgate 4242 SESSION-CREATE [nat@32473 natEvent="4" protocolIdentifier="17" sourceIPv4Address="100.64.0.10" sourceTransportPort="5000" postNATSourceIPv4Address="198.51.100.1" postNAPTSourceTransportPort="40000"] NAT44 session create
+//! <134>1 2026-11-22T16:14:30.123Z gw1 natgate 4242 SESSION-CREATE [nat@32473 natEvent="4" protocolIdentifier="17" sourceIPv4Address="100.64.0.10" sourceTransportPort="5000" postNATSourceIPv4Address="198.51.100.1" postNAPTSourceTransportPort="40000" origin="dynamic"] NAT44 session create
 //! ```
 //!
 //! The structured data carries the NAT logging information model (RFC 8158 section 4, the
@@ -10,7 +10,9 @@
 //! element names as SD-PARAM names, so a collector that reads both formats sees one vocabulary.
 //! No SD-ID for NAT logging is registered with IANA, so the SD-ID is `nat@<enterprise number>`
 //! (RFC 5424 section 7.2.2); the default 32473 is the documentation number of RFC 5612.
-//! Destinations are left out unless configured (RFC 6888 REQ-12).
+//! Destinations are left out unless configured (RFC 6888 REQ-12). Session messages also carry
+//! `origin` (what made the session: `dynamic`, `rule ID`, `vserver ADDR:PORT server ID`), a
+//! parameter of our own since no IPFIX element names a static rule or a real server.
 
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 use natgate_core::Event;
 
 use super::{LogError, Record, Sink};
+use crate::control::protocol::OriginName;
 use crate::eventlog::{TimeBase, rfc3339};
 
 /// The example enterprise number of RFC 5612, the default SD-ID suffix.
@@ -162,6 +165,10 @@ impl SyslogSink {
             param(out, "destinationIPv4Address", r.addr);
             param(out, "destinationTransportPort", r.port);
         }
+        // Not an IPFIX element: our own SD-PARAM in our SD-ID, named as the JSON-lines field.
+        if let Some(o) = &rec.origin {
+            param(out, "origin", OriginName(o));
+        }
         out.push_str("] ");
         out.push_str(rec.event.description());
     }
@@ -273,6 +280,7 @@ mod tests {
             internal: Endpoint::new(Ipv4Addr::new(100, 64, 0, 10), 5000),
             external: Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 40000),
             remote: Endpoint::new(Ipv4Addr::new(203, 0, 113, 10), 3478),
+            origin: natgate_core::SessionOrigin::Rule(natgate_core::rules::RuleId(10)),
         });
         let mut m = String::new();
         sink(false).format(&rec, &mut m);
@@ -281,11 +289,12 @@ mod tests {
             "<134>1 2026-11-22T16:14:30.123Z gw_1 natgate 4242 SESSION-CREATE [nat@32473 \
              natEvent=\"4\" protocolIdentifier=\"17\" sourceIPv4Address=\"100.64.0.10\" \
              sourceTransportPort=\"5000\" postNATSourceIPv4Address=\"198.51.100.1\" \
-             postNAPTSourceTransportPort=\"40000\"] NAT44 session create"
+             postNAPTSourceTransportPort=\"40000\" origin=\"rule 10\"] NAT44 session create"
         );
         sink(true).format(&rec, &mut m);
         assert!(m.ends_with(
-            " destinationIPv4Address=\"203.0.113.10\" destinationTransportPort=\"3478\"] NAT44 session create"
+            " destinationIPv4Address=\"203.0.113.10\" destinationTransportPort=\"3478\" \
+             origin=\"rule 10\"] NAT44 session create"
         ));
     }
 
@@ -303,6 +312,7 @@ mod tests {
                 last: 2559,
             }),
             quota: None,
+            origin: None,
         };
         let mut m = String::new();
         sink(false).format(&rec, &mut m);

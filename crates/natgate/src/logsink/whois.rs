@@ -647,6 +647,7 @@ mod tests {
                 internal: i,
                 external: x,
                 remote: r,
+                origin: natgate_core::SessionOrigin::Dynamic,
             },
             Event::MappingDeleted {
                 at: Instant::from_secs(20),

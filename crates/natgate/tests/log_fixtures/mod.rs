@@ -23,6 +23,7 @@ pub fn events() -> Vec<Event> {
             internal: i,
             external: x,
             remote: r,
+            origin: natgate_core::SessionOrigin::Dynamic,
         },
         Event::SessionDeleted {
             at,
@@ -30,6 +31,7 @@ pub fn events() -> Vec<Event> {
             internal: i,
             external: x,
             remote: r,
+            origin: natgate_core::SessionOrigin::Dynamic,
         },
         Event::MappingDeleted {
             at,

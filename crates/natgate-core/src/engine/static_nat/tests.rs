@@ -672,6 +672,32 @@ fn static_sessions_expire_with_the_dynamic_timers_and_say_so() {
 }
 
 #[test]
+fn a_rule_made_session_is_logged_with_its_rule_id() {
+    let mut e = engine(HOST_NAT, |_| {});
+    let host = ep(a([10, 0, 0, 7]), 5000);
+    fwd(&mut e, t(0), Side::Inside, udp(host, ep(WAN, 53), b"q"));
+    let created: Vec<Event> = std::iter::from_fn(|| e.poll_event()).collect();
+    assert!(
+        matches!(
+            created.as_slice(),
+            [Event::SessionCreated { internal, origin: SessionOrigin::Rule(RuleId(1)), .. }]
+                if *internal == host
+        ),
+        "{created:?}"
+    );
+    e.handle_timeout(t(301));
+    let deleted: Vec<Event> = std::iter::from_fn(|| e.poll_event()).collect();
+    assert!(
+        matches!(
+            deleted.as_slice(),
+            [Event::SessionDeleted { internal, origin: SessionOrigin::Rule(RuleId(1)), .. }]
+                if *internal == host
+        ),
+        "{deleted:?}"
+    );
+}
+
+#[test]
 fn a_full_static_table_is_a_counted_drop() {
     let mut e = engine(HOST_NAT, |c| c.limits.max_static_sessions = 2);
     for port in 1..=2 {
