@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Gateway, T, config, ctl, ctl_json, in_pool, is_root, recv, topology, udp_socket, v4};
@@ -70,13 +70,15 @@ fn reload_under_traffic_keeps_sessions_and_a_bad_config_changes_nothing() {
     let (_, ext) = recv(&server, T).unwrap();
     // Traffic in the background while we reload: one datagram every 10 ms, at most 3 s.
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
+    let sent = Arc::new(AtomicU64::new(0));
+    let (s2, sent2) = (stop.clone(), sent.clone());
     let sender = std::thread::spawn(move || {
         for _ in 0..300 {
             if s2.load(Ordering::Relaxed) {
                 break;
             }
             client.send_to(b"more", dst).unwrap();
+            sent2.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(10));
         }
         client
@@ -104,6 +106,12 @@ fn reload_under_traffic_keeps_sessions_and_a_bad_config_changes_nothing() {
     let (code, out, err) = ctl(&topo, &["reload"]);
     assert_ne!(code, 0);
     assert!(format!("{out}{err}").contains("filtering"), "{out}{err}");
+    // The reloads can take less time than a dozen datagrams: let the traffic run on until at
+    // least 30 were sent (at most the sender's own 3 s), so the count below means something.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while sent.load(Ordering::Relaxed) < 30 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::Relaxed);
     let _client = sender.join().unwrap();
     // Every datagram, before, during and after, came from the same external endpoint.
