@@ -103,32 +103,6 @@ fn engine(max_sessions: u32) -> Engine {
     )
 }
 
-/// Runs `packets` through `e` in batches of 32 (the rest one at a time), draining events as a
-/// driver would; returns how many were forwarded.
-fn run(e: &mut Engine, side: Side, packets: &mut [Template]) -> usize {
-    let mut verdicts = [Verdict::Held; BATCH];
-    let mut forwarded = 0;
-    let mut chunks = packets.chunks_exact_mut(BATCH);
-    for chunk in &mut chunks {
-        let chunk: &mut [Template; BATCH] = chunk.try_into().unwrap_or_else(|_| unreachable!());
-        let mut bufs = chunk.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
-        e.process_batch(now(), side, &mut bufs, &mut verdicts);
-        forwarded += verdicts
-            .iter()
-            .filter(|v| matches!(v, Verdict::Forward(_)))
-            .count();
-        while e.poll_event().is_some() {}
-    }
-    for b in chunks.into_remainder() {
-        forwarded += usize::from(matches!(
-            e.process(now(), side, b, PKT),
-            Verdict::Forward(_)
-        ));
-    }
-    while e.poll_event().is_some() {}
-    forwarded
-}
-
 /// An engine with `n` established sessions (TCP handshakes done both ways) and packet templates
 /// of established traffic for a random sample of them, both directions.
 struct Fixture {
@@ -155,7 +129,10 @@ impl Fixture {
                 .iter()
                 .map(|&(_, p, int, rem)| packet(p, int, rem, TCP_SYN))
                 .collect();
-            assert_eq!(run(&mut e, Side::Inside, &mut pkts), part.len());
+            assert_eq!(
+                common::run(&mut e, now(), Side::Inside, &mut pkts),
+                part.len()
+            );
         }
         assert_eq!(e.session_count(), n as usize);
         let rss_filled = rss_bytes() - rss0;
@@ -170,11 +147,17 @@ impl Fixture {
                 .clone()
                 .map(|&(i, p, _, rem)| packet(p, rem, external[i as usize], TCP_SYN | TCP_ACK))
                 .collect();
-            assert_eq!(run(&mut e, Side::Outside, &mut syn_acks), syn_acks.len());
+            assert_eq!(
+                common::run(&mut e, now(), Side::Outside, &mut syn_acks),
+                syn_acks.len()
+            );
             let mut acks: Vec<Template> = tcp
                 .map(|&(_, p, int, rem)| packet(p, int, rem, TCP_ACK))
                 .collect();
-            assert_eq!(run(&mut e, Side::Inside, &mut acks), acks.len());
+            assert_eq!(
+                common::run(&mut e, now(), Side::Inside, &mut acks),
+                acks.len()
+            );
         }
         drop(opening);
         let table = e.table_memory_bytes();
@@ -319,7 +302,7 @@ fn creation(c: &mut Criterion<CpuTime>) {
                         packet(p, int, rem, TCP_SYN)
                     })
                     .collect();
-                run(&mut e, Side::Inside, &mut pre);
+                common::run(&mut e, now(), Side::Inside, &mut pre);
                 let mut fresh: Vec<Template> = (PREFILL..PREFILL + CREATE_CHUNK)
                     .map(|i| {
                         let (p, int, rem) = flow(i);
@@ -327,7 +310,7 @@ fn creation(c: &mut Criterion<CpuTime>) {
                     })
                     .collect();
                 let start = CpuTime.start();
-                let made = run(&mut e, Side::Inside, &mut fresh);
+                let made = common::run(&mut e, now(), Side::Inside, &mut fresh);
                 total += CpuTime.end(start);
                 assert_eq!(made, CREATE_CHUNK as usize);
             }

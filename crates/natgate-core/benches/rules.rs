@@ -249,32 +249,6 @@ fn rules_engine(chain: &RuleChain, max_static_sessions: u32) -> Engine {
     Engine::new(c.validate().expect("bench config"), 0x5eed)
 }
 
-/// Runs `packets` through `e` in batches of 32 (the rest one at a time), draining events as a
-/// driver would; returns how many were forwarded.
-fn run(e: &mut Engine, side: Side, packets: &mut [Template]) -> usize {
-    let mut verdicts = [Verdict::Held; ENGINE_BATCH];
-    let mut forwarded = 0;
-    let mut chunks = packets.chunks_exact_mut(ENGINE_BATCH);
-    for chunk in &mut chunks {
-        let chunk: &mut [Template; ENGINE_BATCH] = chunk.try_into().expect("exact chunk");
-        let mut bufs = chunk.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
-        e.process_batch(now(), side, &mut bufs, &mut verdicts);
-        forwarded += verdicts
-            .iter()
-            .filter(|v| matches!(v, Verdict::Forward(_)))
-            .count();
-        while e.poll_event().is_some() {}
-    }
-    for b in chunks.into_remainder() {
-        forwarded += usize::from(matches!(
-            e.process(now(), side, b, PKT),
-            Verdict::Forward(_)
-        ));
-    }
-    while e.poll_event().is_some() {}
-    forwarded
-}
-
 /// An engine with `chain` and [`FLOWS`] established dynamic sessions, and templates of their
 /// established traffic both ways.
 fn established(chain: &RuleChain) -> (Engine, Vec<Template>, Vec<Template>) {
@@ -284,7 +258,10 @@ fn established(chain: &RuleChain) -> (Engine, Vec<Template>, Vec<Template>) {
         .iter()
         .map(|&(p, int, rem)| packet(p, int, rem, TCP_SYN))
         .collect();
-    assert_eq!(run(&mut e, Side::Inside, &mut syns), flows.len());
+    assert_eq!(
+        common::run(&mut e, now(), Side::Inside, &mut syns),
+        flows.len()
+    );
     let external: std::collections::HashMap<Endpoint, Endpoint> =
         e.sessions().map(|s| (s.internal, s.external)).collect();
     let mut syn_acks: Vec<Template> = flows
@@ -292,7 +269,10 @@ fn established(chain: &RuleChain) -> (Engine, Vec<Template>, Vec<Template>) {
         .filter(|f| f.0 == Protocol::Tcp)
         .map(|&(p, int, rem)| packet(p, rem, external[&int], TCP_SYN | TCP_ACK))
         .collect();
-    assert_eq!(run(&mut e, Side::Outside, &mut syn_acks), syn_acks.len());
+    assert_eq!(
+        common::run(&mut e, now(), Side::Outside, &mut syn_acks),
+        syn_acks.len()
+    );
     // A fixed pseudo-random order, so consecutive packets hit unrelated sessions.
     let order: Vec<usize> = (0..FLOWS)
         .map(|j| (j.wrapping_mul(2_654_435_761) % FLOWS) as usize)
@@ -364,7 +344,10 @@ fn established_static(chain: &RuleChain) -> (Engine, Vec<Template>, Vec<Template
     let mut first: Vec<Template> = (0..STATIC_FLOWS)
         .map(|i| packet(Protocol::Udp, internal(i), remote, 0))
         .collect();
-    assert_eq!(run(&mut e, Side::Inside, &mut first), first.len());
+    assert_eq!(
+        common::run(&mut e, now(), Side::Inside, &mut first),
+        first.len()
+    );
     assert_eq!(e.static_session_count(), STATIC_FLOWS as usize);
     let external: std::collections::HashMap<Endpoint, Endpoint> =
         e.sessions().map(|s| (s.internal, s.external)).collect();
@@ -450,7 +433,7 @@ fn first_packets(c: &mut Criterion<CpuTime>) {
                             })
                             .collect();
                         let start = CpuTime.start();
-                        let made = run(&mut e, Side::Inside, &mut fresh);
+                        let made = common::run(&mut e, now(), Side::Inside, &mut fresh);
                         total += CpuTime.end(start);
                         assert_eq!(made, chunk as usize);
                         let statics = if kind == "rule" { chunk as usize } else { 0 };

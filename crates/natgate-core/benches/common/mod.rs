@@ -13,7 +13,9 @@
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use natgate_core::engine::{BATCH, Engine, PacketBuf};
 use natgate_core::huge_pages::HugePageAlloc;
+use natgate_core::{Instant, Side, Verdict};
 
 /// The daemon's allocator: `madvise(MADV_HUGEPAGE)` on large allocations once
 /// [`init_huge_pages`] has switched it on.
@@ -87,4 +89,34 @@ pub fn proc_bytes(file: &str, field: &str) -> usize {
 #[allow(dead_code)] // not every bench reports its RSS
 pub fn rss_bytes() -> usize {
     proc_bytes("status", "VmRSS:")
+}
+
+/// Runs `packets` (each a whole packet of `N` bytes) through `e` at `now` in batches of
+/// [`BATCH`] (the rest one at a time), draining events as a driver would; returns how many were
+/// forwarded.
+#[allow(dead_code)] // not every bench replays packets
+pub fn run<const N: usize>(
+    e: &mut Engine,
+    now: Instant,
+    side: Side,
+    packets: &mut [[u8; N]],
+) -> usize {
+    let mut verdicts = [Verdict::Held; BATCH];
+    let mut forwarded = 0;
+    let mut chunks = packets.chunks_exact_mut(BATCH);
+    for chunk in &mut chunks {
+        let chunk: &mut [[u8; N]; BATCH] = chunk.try_into().unwrap_or_else(|_| unreachable!());
+        let mut bufs = chunk.each_mut().map(|b| PacketBuf { buf: b, len: N });
+        e.process_batch(now, side, &mut bufs, &mut verdicts);
+        forwarded += verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Forward(_)))
+            .count();
+        while e.poll_event().is_some() {}
+    }
+    for b in chunks.into_remainder() {
+        forwarded += usize::from(matches!(e.process(now, side, b, N), Verdict::Forward(_)));
+    }
+    while e.poll_event().is_some() {}
+    forwarded
 }
