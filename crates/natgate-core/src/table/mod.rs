@@ -4,8 +4,8 @@
 //! path never allocates and never rehashes. The building blocks are a keyed [`FlowHasher`], a
 //! cache-line [`HashIndex`] that maps a hash to a slot number, a fixed-capacity [`Slab`] that holds
 //! the records, and a lazy [`TimerWheel`] that finds idle records. [`NatTable`] (sessions and
-//! their mappings, the engine's state), [`SessionTable`] (sessions alone) and [`AddressFilter`]
-//! combine them.
+//! their mappings, the engine's state), [`StaticSessionTable`] (sessions of static rules and
+//! virtual servers) and [`AddressFilter`] combine them.
 
 mod hash;
 mod index;
@@ -20,7 +20,7 @@ pub use hash::FlowHasher;
 pub use index::{HashIndex, IndexFull};
 pub use mapping::{AddressFilter, Mapping, MappingId};
 pub use nat::NatTable;
-pub use session::{FlowKey, Session, SessionId, SessionTable, TableFull};
+pub use session::{FlowKey, Session, SessionId, TableFull};
 pub use slab::Slab;
 pub use static_session::{StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};
 pub use wheel::TimerWheel;

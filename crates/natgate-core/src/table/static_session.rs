@@ -1,6 +1,6 @@
 //! The table of sessions that static NAT rules and virtual servers make.
 //!
-//! Dynamic sessions (see [`SessionTable`](super::SessionTable)) translate only the inside
+//! Dynamic sessions (see [`NatTable`](super::NatTable)) translate only the inside
 //! host's endpoint and share one remote endpoint between both sides, which keeps them 32 bytes.
 //! A rule may also rewrite the remote side (twice-NAT, network-to-network rules, a virtual
 //! server's replies), so a static session records both views of the flow in full: the inside
