@@ -30,7 +30,7 @@ use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
 use crate::verdict::Verdict;
 use core::time::Duration;
-use packet::{Fragment, Kind, Parsed, Which};
+use packet::{FlowHead, Fragment, Kind, Parsed, Which};
 use queues::{EventQueue, SynHold, TransmitQueue};
 use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
@@ -170,18 +170,29 @@ impl<A: PortAllocator> Engine<A> {
     /// Translates one packet in place. `buf[..len]` holds an IPv4 datagram that arrived on
     /// `side`; room after it lets the engine answer in place. See [`Verdict`].
     pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
+        let (verdict, len) = self.process_one(now, side, buf, len);
+        self.account(side, len, verdict);
+        verdict
+    }
+
+    /// [`Self::process`] without the accounting: the verdict, and the length to count it under.
+    fn process_one(
+        &mut self,
+        now: Instant,
+        side: Side,
+        buf: &mut [u8],
+        len: usize,
+    ) -> (Verdict, usize) {
         let len = len.min(buf.len());
         // Forwarded bytes are the datagram's IPv4 total length, not the buffer's (which may
         // carry link-layer padding).
-        let (verdict, len) = match packet::parse(&buf[..len], side) {
+        match packet::parse(&buf[..len], side) {
             Ok(p) => {
                 let to_pool = self.alloc.owns(p.dst.addr);
                 (self.process_parsed(now, side, buf, p, to_pool, None), p.len)
             }
             Err(reason) => (Verdict::Drop(reason), len),
-        };
-        self.account(side, len, verdict);
-        verdict
+        }
     }
 
     /// Translates packets that arrived on one side, `verdicts[i]` for `packets[i]`. Look-ups of
@@ -204,12 +215,16 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Up to [`BATCH`] packets in three passes, so that the cache misses of different packets
-    /// overlap: parse each and start loading its index bucket; start loading the session record
-    /// each bucket points to (kept as the packet's candidate); then look up (confirming the
-    /// candidate against its record, without a second pass over the bucket) and translate each
-    /// in order. The look-up is done
-    /// just before its packet is translated, so a session made by an earlier packet of the
-    /// batch is found by a later one.
+    /// overlap. First pass: read each packet's head ([`packet::flow_head`]); a whole TCP or UDP
+    /// datagram going the fast lane's way (inside to a non-pool address, or outside to a pool
+    /// address) gets its look-up hash and starts loading its index bucket. Second pass: start
+    /// loading the session record each bucket points to (kept as the packet's candidate).
+    /// Third pass, in order: look each lane packet up (confirming the candidate against its
+    /// record, without a second pass over the bucket); a found session whose packet passes the
+    /// TTL and size checks is translated on the spot ([`Self::forward_established`]); every
+    /// other packet takes the general path, lane packets with their look-up's answer. The
+    /// look-up is done just before its packet is translated, so a session made by an earlier
+    /// packet of the batch is found by a later one.
     fn process_chunk(
         &mut self,
         now: Instant,
@@ -218,73 +233,71 @@ impl<A: PortAllocator> Engine<A> {
         verdicts: &mut [Verdict],
     ) {
         let inbound = side == Side::Outside;
-        let mut parsed = [Err(DropReason::Ipv4Malformed); BATCH];
-        let mut to_pool = [false; BATCH];
-        let mut fast: [Option<(FlowKey, u64)>; BATCH] = [None; BATCH];
-        for (i, pkt) in packets.iter().enumerate() {
+        let mut lanes: [Option<Lane>; BATCH] = [None; BATCH];
+        for (pkt, lane) in packets.iter().zip(&mut lanes) {
             let len = pkt.len.min(pkt.buf.len());
-            let p = packet::parse(&pkt.buf[..len], side);
-            if let Ok(p) = &p {
-                to_pool[i] = self.alloc.owns(p.dst.addr);
-                if let Some(key) = fast_key(side, p, to_pool[i]) {
-                    let hash = self.sessions.lookup_hash(inbound, &key);
-                    self.sessions.prefetch(inbound, hash);
-                    fast[i] = Some((key, hash));
-                }
+            if let Some(head) = packet::flow_head(&pkt.buf[..len])
+                && self.alloc.owns(head.dst.addr) == inbound
+            {
+                let hash = self.sessions.lookup_hash(inbound, &lane_key(side, &head));
+                self.sessions.prefetch(inbound, hash);
+                *lane = Some(Lane { head, hash });
             }
-            parsed[i] = p;
         }
         let mut candidates: [Option<SessionId>; BATCH] = [None; BATCH];
-        for (fast, candidate) in fast[..packets.len()].iter().zip(&mut candidates) {
-            if let Some((key, hash)) = fast {
-                *candidate = self.sessions.prefetch_next(inbound, *hash, key);
+        for (lane, candidate) in lanes.iter().zip(&mut candidates) {
+            if let Some(l) = lane {
+                *candidate = self
+                    .sessions
+                    .prefetch_next(inbound, l.hash, &lane_key(side, &l.head));
             }
         }
         for (i, pkt) in packets.iter_mut().enumerate() {
-            let len = pkt.len.min(pkt.buf.len());
-            let (verdict, len) = match parsed[i] {
-                Ok(mut p) => {
-                    let hint = fast[i].map(|(key, hash)| {
-                        self.sessions
-                            .find_hashed(inbound, hash, &key, candidates[i])
-                    });
-                    if let Some(Some(sid)) = hint
-                        && self.established_passes(side, &p)
+            let (verdict, len) = match lanes[i] {
+                Some(Lane { head, hash }) => {
+                    let key = lane_key(side, &head);
+                    let found = self
+                        .sessions
+                        .find_hashed(inbound, hash, &key, candidates[i]);
+                    if let Some(sid) = found
+                        && self.established_passes(side, &head)
                     {
-                        verdicts[i] = self.forward_established(now, side, pkt.buf, &mut p, sid);
-                        self.counters.count_forward(side.arrival_direction(), p.len);
+                        verdicts[i] = self.forward_established(now, side, pkt.buf, &head, sid);
+                        self.counters
+                            .count_forward(side.arrival_direction(), usize::from(head.len));
                         continue;
                     }
+                    let p = head.parsed();
                     (
-                        self.process_parsed(now, side, pkt.buf, p, to_pool[i], hint),
+                        self.process_parsed(now, side, pkt.buf, p, inbound, Some(found)),
                         p.len,
                     )
                 }
-                Err(reason) => (Verdict::Drop(reason), len),
+                None => self.process_one(now, side, pkt.buf, pkt.len),
             };
             self.account(side, len, verdict);
             verdicts[i] = verdict;
         }
     }
 
-    /// Whether a flow packet whose session the batch look-up found passes the checks that
+    /// Whether a lane packet whose session the batch look-up found passes the checks that
     /// [`Self::process_parsed`] makes before translating it (TTL, RFC 4787 REQ-13 size), so
-    /// that [`Self::forward_established`] may translate it directly. Only for packets with a
-    /// fast key: a flow, unfragmented, inside to a non-pool address or outside to a pool
-    /// address (so neither hairpinned nor a static rule's).
+    /// that [`Self::forward_established`] may translate it directly. A lane packet is a whole
+    /// flow datagram, inside to a non-pool address or outside to a pool address, so neither
+    /// hairpinned nor a static rule's: the other branches of `process_parsed` cannot apply.
     #[inline(always)]
-    fn established_passes(&self, side: Side, p: &Parsed) -> bool {
+    fn established_passes(&self, side: Side, head: &FlowHead) -> bool {
         let mtu = match side {
             Side::Inside => self.behavior.outside_mtu,
             Side::Outside => self.behavior.inside_mtu,
         };
-        let ttl_expires = self.behavior.decrement_ttl && p.ttl <= 1;
-        let too_big = p.df && p.len > usize::from(mtu);
+        let ttl_expires = self.behavior.decrement_ttl && head.ttl <= 1;
+        let too_big = head.df && head.len > mtu;
         !ttl_expires && !too_big
     }
 
-    /// The established-flow fast path: what [`Self::process_parsed`] does for a packet that
-    /// passed [`Self::established_passes`] and whose session is `sid`, without the checks
+    /// The established-flow fast path: what [`Self::process_parsed`] does for a lane packet
+    /// that passed [`Self::established_passes`] and whose session is `sid`, without the checks
     /// and the call that most packets do not need (at small tables they are a third of a
     /// packet's time). Refreshes the session and rewrites the internal endpoint to the
     /// external one (outbound) or back (inbound).
@@ -294,21 +307,21 @@ impl<A: PortAllocator> Engine<A> {
         now: Instant,
         side: Side,
         buf: &mut [u8],
-        p: &mut Parsed,
+        head: &FlowHead,
         sid: SessionId,
     ) -> Verdict {
         let decrement = self.behavior.decrement_ttl;
         match side {
             Side::Inside => {
-                self.touch(sid, now, Direction::Outbound, p.tcp_flags);
+                self.touch(sid, now, Direction::Outbound, head.tcp_flags);
                 let external = self.sessions.get(sid).external;
-                packet::translate(buf, p, Which::Src, external, decrement);
+                packet::translate_flow(buf, head, Which::Src, external, decrement);
                 Verdict::Forward(Side::Outside)
             }
             Side::Outside => {
-                self.touch(sid, now, Direction::Inbound, p.tcp_flags);
+                self.touch(sid, now, Direction::Inbound, head.tcp_flags);
                 let internal = self.sessions.get(sid).internal;
-                packet::translate(buf, p, Which::Dst, internal, decrement);
+                packet::translate_flow(buf, head, Which::Dst, internal, decrement);
                 Verdict::Forward(Side::Inside)
             }
         }
@@ -690,25 +703,28 @@ impl<A: PortAllocator> Engine<A> {
     }
 }
 
-/// The session key of a packet that may take the fast path: a whole TCP, UDP or ICMP query
-/// datagram, outbound and not hairpinned or inbound to the pool (`to_pool`: the destination is
-/// a pool address).
-fn fast_key(side: Side, p: &Parsed, to_pool: bool) -> Option<FlowKey> {
-    if p.kind != Kind::Flow || p.frag != Fragment::None {
-        return None;
-    }
+/// A packet that takes the batch's fast lane: its head, and the hash of its look-up key.
+#[derive(Clone, Copy)]
+struct Lane {
+    head: FlowHead,
+    hash: u64,
+}
+
+/// The session key of a lane packet: outbound, the internal endpoint is the source; inbound, the
+/// external endpoint is the destination.
+#[inline(always)]
+fn lane_key(side: Side, head: &FlowHead) -> FlowKey {
     match side {
-        Side::Inside if !to_pool => Some(FlowKey {
-            proto: p.proto,
-            local: p.src,
-            remote: p.dst,
-        }),
-        Side::Outside if to_pool => Some(FlowKey {
-            proto: p.proto,
-            local: p.dst,
-            remote: p.src,
-        }),
-        _ => None,
+        Side::Inside => FlowKey {
+            proto: head.proto,
+            local: head.src,
+            remote: head.dst,
+        },
+        Side::Outside => FlowKey {
+            proto: head.proto,
+            local: head.dst,
+            remote: head.src,
+        },
     }
 }
 

@@ -176,7 +176,7 @@ impl<A: PortAllocator> Engine<A> {
 
     /// A packet of an existing session: refresh per the refresh behaviour (RFC 4787 REQ-6) and
     /// track TCP. This is all the state the fast path writes.
-    #[inline]
+    #[inline(always)]
     pub(super) fn touch(&mut self, sid: SessionId, now: Instant, dir: Direction, tcp_flags: u8) {
         let refresh = self.behavior.refresh.refreshes(dir);
         let s = self.sessions.get_mut(sid);

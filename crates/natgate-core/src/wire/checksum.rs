@@ -103,41 +103,52 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
 /// the TCP/UDP checksum sees both (the address through the pseudo header). Accumulate once, apply
 /// to each checksum that covers the fields: `~m + m'` of every change is summed here, and
 /// [`Delta::apply`] adds `~HC` and complements (RFC 1624 eqn. 3).
+///
+/// The accumulator is 64 bits wide and folded only when applied: a rewrite adds a few fields,
+/// and folding after each (as a 32-bit accumulator must) was a fifth of a translation's
+/// arithmetic. It cannot overflow (each field adds less than 2^17).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Delta(u32);
+pub struct Delta(u64);
 
 impl Delta {
     /// Records that a 16-bit field changed from `old` to `new`.
-    #[inline]
+    #[inline(always)]
     pub fn add16(&mut self, old: u16, new: u16) {
-        let s = self.0 + u32::from(!old) + u32::from(new);
-        // Keep the accumulator below 0x2_0000 so any number of additions cannot overflow.
-        self.0 = (s & 0xFFFF) + (s >> 16);
+        self.0 += u64::from(!old) + u64::from(new);
     }
 
     /// Records that a 32-bit field (big-endian value) changed from `old` to `new`.
-    #[inline]
+    #[inline(always)]
     pub fn add32(&mut self, old: u32, new: u32) {
         self.add16((old >> 16) as u16, (new >> 16) as u16);
         self.add16(old as u16, new as u16);
     }
 
     /// Records that an IPv4 address changed from `old` to `new`.
-    #[inline]
+    #[inline(always)]
     pub fn add_addr(&mut self, old: Ipv4Addr, new: Ipv4Addr) {
         self.add32(old.to_bits(), new.to_bits());
     }
 
     /// The checksum `check` updated for every recorded change.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {
-        !fold(u32::from(!check) + self.0)
+        !fold64(u64::from(!check) + self.0)
     }
+}
+
+/// [`fold`] for a 64-bit sum: the carries of the high half go around into the low one twice
+/// (the first addition can carry once more), then the 32-bit fold.
+#[inline(always)]
+fn fold64(sum: u64) -> u16 {
+    let s = (sum & 0xFFFF_FFFF) + (sum >> 32);
+    let s = (s & 0xFFFF_FFFF) + (s >> 32);
+    fold(s as u32)
 }
 
 /// Applies `delta` to a UDP checksum, keeping RFC 768's special values: a transmitted 0 means
 /// "no checksum" and stays 0, and a computed 0 is transmitted as `0xFFFF`.
-#[inline]
+#[inline(always)]
 pub fn apply_udp(delta: Delta, check: u16) -> u16 {
     if check == 0 {
         return 0;
