@@ -11,6 +11,11 @@ pub(super) struct PoolIndex {
     slots: Box<[u64]>,
     /// log2 of the number of slots, at least 1.
     bits: u32,
+    /// The lowest and highest address in the pool (`lo > hi` for an empty one). Most packets
+    /// leaving the subscribers go to addresses outside this range, and are answered by two
+    /// comparisons instead of a probe: outbound, every packet asks.
+    lo: u32,
+    hi: u32,
 }
 
 impl PoolIndex {
@@ -32,6 +37,8 @@ impl PoolIndex {
         let mut index = PoolIndex {
             slots: vec![0; 1 << bits].into_boxed_slice(),
             bits,
+            lo: u32::MAX,
+            hi: 0,
         };
         let mut distinct = Vec::with_capacity(pool.len());
         for &addr in pool {
@@ -50,6 +57,9 @@ impl PoolIndex {
     /// The index of `addr`, if it is in the pool.
     #[inline]
     pub(super) fn get(&self, addr: Ipv4Addr) -> Option<usize> {
+        if !(self.lo..=self.hi).contains(&addr.to_bits()) {
+            return None;
+        }
         let key = u64::from(addr.to_bits());
         let mask = self.slots.len() - 1;
         let mut i = self.home(key);
@@ -66,6 +76,8 @@ impl PoolIndex {
     }
 
     fn insert(&mut self, addr: Ipv4Addr, index: u32) {
+        self.lo = self.lo.min(addr.to_bits());
+        self.hi = self.hi.max(addr.to_bits());
         let key = u64::from(addr.to_bits());
         let mask = self.slots.len() - 1;
         let mut i = self.home(key);
@@ -103,6 +115,17 @@ mod tests {
         }
         assert_eq!(index.get(Ipv4Addr::from_bits(0xC633_6401)), None);
         assert_eq!(index.get(Ipv4Addr::new(203, 0, 113, 10)), None);
+    }
+
+    #[test]
+    fn the_range_check_keeps_both_bounds_and_the_probe_the_gaps() {
+        let lo = Ipv4Addr::new(10, 0, 0, 5);
+        let hi = Ipv4Addr::new(10, 0, 0, 9);
+        let (index, _) = PoolIndex::new(&[hi, lo]);
+        assert_eq!((index.get(lo), index.get(hi)), (Some(1), Some(0)));
+        for outside in [4, 7, 10] {
+            assert_eq!(index.get(Ipv4Addr::new(10, 0, 0, outside)), None);
+        }
     }
 
     #[test]
