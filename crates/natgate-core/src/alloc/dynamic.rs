@@ -90,6 +90,12 @@ struct Address {
     next: [[u16; 2]; 3],
     /// Internal addresses with at least one live mapping here.
     subscribers: u32,
+    /// Random-start assignment, per protocol: the random bits of the next search's start (RFC
+    /// 6056 algorithm 1), drawn at the search before, whose bitmap word was prefetched then
+    /// (`None` before the first search). A bitmap word is a random access into 48 KiB per
+    /// address that no cache keeps for a big pool; drawn ahead, its miss overlaps the rest of
+    /// a session's creation instead of stalling it.
+    draws: [Option<u32>; 3],
 }
 
 /// A released port waiting out its hold-down.
@@ -141,9 +147,10 @@ fn link_key(internal: Ipv4Addr, address: usize) -> u64 {
     (u64::from(internal.to_bits()) << 32) | (address as u64 & 0xffff_ffff)
 }
 
-/// A uniform value in `lo..=hi` (`lo <= hi`).
-fn random_in(rng: &mut Rng, lo: u16, hi: u16) -> u16 {
-    let offset = rng.below(u32::from(hi - lo) + 1);
+/// The value in `lo..=hi` (`lo <= hi`) that 32 random bits `r` pick, as [`Rng::below`] scales
+/// them: uniform for uniform `r`.
+fn scale_into(r: u32, lo: u16, hi: u16) -> u16 {
+    let offset = (u64::from(r) * (u64::from(hi - lo) + 1)) >> 32;
     lo.saturating_add(u16::try_from(offset).unwrap_or(0))
 }
 
@@ -205,6 +212,7 @@ impl DynamicAllocator {
                 ports: [PortSet::new(), PortSet::new(), PortSet::new()],
                 next: [[0; 2]; 3],
                 subscribers: 0,
+                draws: [None; 3],
             })
             .collect();
         let load = PoolChoice::new(Extreme::Fewest, addresses.iter().map(|a| a.subscribers));
@@ -291,13 +299,21 @@ impl DynamicAllocator {
             return Some(port);
         }
         let (lo, hi, parity) = self.settings.constraints(req.proto, req.internal.port);
+        // Where the next search on this address starts if its internal port is not a
+        // well-known one (the common case, so the one worth prefetching).
+        let (next_lo, next_hi, _) = self.settings.constraints(req.proto, u16::MAX);
         let a = self.addresses.get_mut(i)?;
         let p = req.proto.index();
         let ports = &mut a.ports[p];
         let port = match assignment {
-            // RFC 6056 algorithm 1: a random start, then the next free port.
+            // RFC 6056 algorithm 1: a random start, then the next free port. The start's bits
+            // were drawn at the previous search (see `Address::draws`); this one draws the next.
             PortAssignment::Preserve | PortAssignment::Random => {
-                ports.find_free(random_in(rng, lo, hi), lo, hi, parity)?
+                let r = a.draws[p].unwrap_or_else(|| rng.next_u32());
+                let next = rng.next_u32();
+                a.draws[p] = Some(next);
+                ports.prefetch(scale_into(next, next_lo, next_hi));
+                ports.find_free(scale_into(r, lo, hi), lo, hi, parity)?
             }
             PortAssignment::Sequential => {
                 let next = &mut a.next[p][usize::from(lo >= 1024)];
@@ -972,6 +988,48 @@ mod tests {
         for b in buckets {
             assert!((800..1200).contains(&b), "{buckets:?}");
         }
+    }
+
+    #[test]
+    fn rfc6056_starts_drawn_ahead_keep_each_range_and_repeat_with_the_seed() {
+        // The next start is drawn (and prefetched) for the common range, 1024-65535; a request
+        // for the other range scales the same bits into its own, so it stays random there too.
+        let run = |seed| {
+            let mut a =
+                DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Random));
+            let mut rng = Rng::new(seed);
+            (0..600u16)
+                .map(|n| {
+                    let proto = if n % 3 == 0 {
+                        Protocol::Tcp
+                    } else {
+                        Protocol::Udp
+                    };
+                    let internal = if n % 2 == 0 { 100 + n } else { 30_000 + n };
+                    let r = req(proto, subscriber(0), internal, Instant::ZERO);
+                    (internal, a.allocate(&r, &mut rng).expect("ok").port)
+                })
+                .collect::<Vec<_>>()
+        };
+        let ports = run(21);
+        for &(internal, port) in &ports {
+            assert_eq!(
+                internal < 1024,
+                port < 1024,
+                "REQ-3a for {internal} -> {port}"
+            );
+            assert_ne!(port, 0);
+        }
+        let low_halves = ports
+            .iter()
+            .filter(|(i, _)| *i < 1024)
+            .fold([0; 2], |mut h, (_, p)| {
+                h[usize::from(*p >= 512)] += 1;
+                h
+            });
+        assert!(low_halves.iter().all(|&h| h > 100), "{low_halves:?}");
+        assert_eq!(run(21), ports, "same seed, same ports (RFC 4787 REQ-11)");
+        assert_ne!(run(22), ports);
     }
 
     #[test]
