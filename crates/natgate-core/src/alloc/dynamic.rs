@@ -90,12 +90,15 @@ struct Address {
     next: [[u16; 2]; 3],
     /// Internal addresses with at least one live mapping here.
     subscribers: u32,
-    /// Random-start assignment, per protocol: the random bits of the next search's start (RFC
-    /// 6056 algorithm 1), drawn at the search before, whose bitmap word was prefetched then
-    /// (`None` before the first search). A bitmap word is a random access into 48 KiB per
-    /// address that no cache keeps for a big pool; drawn ahead, its miss overlaps the rest of
-    /// a session's creation instead of stalling it.
-    draws: [Option<u32>; 3],
+    /// Random-start assignment, per protocol: the random bits of the next two searches'
+    /// starts (RFC 6056 algorithm 1), drawn ahead (`None` before the first search). A search
+    /// uses the first, moves the second up and draws a new second, whose bitmap word it starts
+    /// loading; the first's word, loaded at the search before, is by then in cache, so the
+    /// search can also tell which port the next one will most likely hand out (see
+    /// [`DynamicAllocator::likely`]). A bitmap word is a random access into 48 KiB per address
+    /// that no cache keeps for a big pool, as is the inbound index entry of a new external
+    /// endpoint: drawn ahead, their misses overlap other work instead of stalling a creation.
+    draws: [Option<[u32; 2]>; 3],
 }
 
 /// A released port waiting out its hold-down.
@@ -186,6 +189,9 @@ pub struct DynamicAllocator {
     /// Each address's subscribers, kept equal to `Address::subscribers` wherever it changes, so
     /// that `least_loaded` is O(log n).
     load: PoolChoice,
+    /// What [`PortAllocator::likely_next`] answers: the port the next random search on the
+    /// address and protocol of the last one will most likely find.
+    likely: Option<(Protocol, Endpoint)>,
 }
 
 impl fmt::Debug for DynamicAllocator {
@@ -232,6 +238,7 @@ impl DynamicAllocator {
             reserved: Reserved::default(),
             reserved_taken: Vec::new(),
             load,
+            likely: None,
         }
     }
 
@@ -307,13 +314,28 @@ impl DynamicAllocator {
         let ports = &mut a.ports[p];
         let port = match assignment {
             // RFC 6056 algorithm 1: a random start, then the next free port. The start's bits
-            // were drawn at the previous search (see `Address::draws`); this one draws the next.
+            // were drawn ahead (see `Address::draws`).
             PortAssignment::Preserve | PortAssignment::Random => {
-                let r = a.draws[p].unwrap_or_else(|| rng.next_u32());
-                let next = rng.next_u32();
-                a.draws[p] = Some(next);
-                ports.prefetch(scale_into(next, next_lo, next_hi));
-                ports.find_free(scale_into(r, lo, hi), lo, hi, parity)?
+                let d = a.draws[p].get_or_insert_with(|| [rng.next_u32(), rng.next_u32()]);
+                let r = d[0];
+                *d = [d[1], rng.next_u32()];
+                let [upcoming, later] = *d;
+                ports.prefetch(scale_into(later, next_lo, next_hi));
+                let port = ports.find_free(scale_into(r, lo, hi), lo, hi, parity)?;
+                if !ports.take(port) {
+                    return None;
+                }
+                // Parity is the next request's, unknown yet: under parity preservation the
+                // guess is right about half the time, which costs only a wasted prefetch.
+                self.likely = ports
+                    .find_free(
+                        scale_into(upcoming, next_lo, next_hi),
+                        next_lo,
+                        next_hi,
+                        Parity::Any,
+                    )
+                    .map(|port| (req.proto, Endpoint::new(a.addr, port)));
+                return Some(port);
             }
             PortAssignment::Sequential => {
                 let next = &mut a.next[p][usize::from(lo >= 1024)];
@@ -425,6 +447,7 @@ impl DynamicAllocator {
     /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
     fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
+        self.likely = None;
         let paired = self.settings.pooling != Pooling::Arbitrary;
         let (i, port) = if paired {
             self.take_paired(req, rng)?
@@ -540,6 +563,10 @@ impl PortAllocator for DynamicAllocator {
                 self.free_oldest_held();
             }
         }
+    }
+
+    fn likely_next(&self) -> Option<(Protocol, Endpoint)> {
+        self.likely
     }
 
     /// Inlined: the batch path asks this of every packet before its look-up.
@@ -1030,6 +1057,38 @@ mod tests {
         assert!(low_halves.iter().all(|&h| h > 100), "{low_halves:?}");
         assert_eq!(run(21), ports, "same seed, same ports (RFC 4787 REQ-11)");
         assert_ne!(run(22), ports);
+    }
+
+    #[test]
+    fn likely_next_names_the_port_the_next_random_search_finds() {
+        let mut a =
+            DynamicAllocator::new(&[X1, X2], settings(Pooling::Paired, PortAssignment::Random));
+        let mut rng = Rng::new(23);
+        assert_eq!(a.likely_next(), None, "nothing is known before a search");
+        for n in 0..200u16 {
+            let proto = if n % 2 == 0 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let e = a
+                .allocate(
+                    &req(proto, subscriber(0), 20_000 + n, Instant::ZERO),
+                    &mut rng,
+                )
+                .expect("ok");
+            let (p, next) = a.likely_next().expect("a random search makes a guess");
+            assert_eq!((p, next.addr), (proto, e.addr));
+            assert_ne!(next, e, "the port just taken is not free");
+            // With nothing taken in between and no parity to keep, the guess is right.
+            let r = req(proto, subscriber(0), 40_000 + n, Instant::ZERO);
+            assert_eq!(a.allocate(&r, &mut rng), Ok(next));
+        }
+        // A sequential port comes from no random search: no guess.
+        let mut s =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Sequential));
+        s.allocate(&udp(subscriber(0), 5000), &mut rng).expect("ok");
+        assert_eq!(s.likely_next(), None);
     }
 
     #[test]

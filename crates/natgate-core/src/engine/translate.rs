@@ -255,6 +255,11 @@ impl<A: PortAllocator> Engine<A> {
             now,
         };
         let allocated = self.alloc.allocate(&req, &mut self.rng);
+        // The inbound bucket of the allocator's guess at its next endpoint: a miss of the next
+        // new mapping's, taken now while this one is being made.
+        if let Some((proto, external)) = self.alloc.likely_next() {
+            self.sessions.prefetch_external(proto, external);
+        }
         self.drain_alloc_events();
         let external = allocated.map_err(|e| match e {
             AllocError::Exhausted | AllocError::PairedAddressFull => DropReason::MappingFailed,

@@ -678,6 +678,15 @@ impl NatTable {
         self.t.mappings_full()
     }
 
+    /// Starts loading the inbound index bucket that a new mapping on `(proto, external)` will
+    /// be inserted into, for a caller that knows the endpoint ahead of the insert.
+    #[inline(always)]
+    pub fn prefetch_external(&self, proto: Protocol, external: Endpoint) {
+        self.t
+            .in_index
+            .prefetch(self.t.external_hash(proto, external));
+    }
+
     /// Adds the first session of a new mapping, folded into it, and schedules its first expiry
     /// check at `due_secs`. `s.mapping` is set. The caller guarantees that the mapping's keys
     /// are unused (it looked the internal one up, and the allocator handed out the external
