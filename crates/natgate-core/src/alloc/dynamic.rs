@@ -395,7 +395,8 @@ impl DynamicAllocator {
     }
 
     /// Paired and soft-paired pooling (RFC 4787 REQ-2): the subscriber's address if it has one,
-    /// otherwise the least loaded, which becomes its address.
+    /// otherwise the least loaded, which becomes its address. Counts the new mapping among the
+    /// subscriber's live ones when it returns a port.
     fn take_paired(
         &mut self,
         req: &AllocRequest,
@@ -403,12 +404,22 @@ impl DynamicAllocator {
     ) -> Result<(usize, u16), AllocError> {
         let key = u64::from(req.internal.addr.to_bits());
         let soft = self.settings.pooling == Pooling::SoftPaired;
-        if let Some(paired) = self.subscribers.get(&key).map(|s| s.paired) {
-            return match self.take_port(paired, req, rng) {
+        if let Some(s) = self.subscribers.get_mut(&key) {
+            // The new mapping is counted before it is made, so that the common case looks the
+            // subscriber up once; a failure takes it back.
+            s.live = s.live.saturating_add(1);
+            let paired = s.paired;
+            let taken = match self.take_port(paired, req, rng) {
                 Some(port) => Ok((paired, port)),
                 None if soft => self.take_anywhere(req, rng, Some(paired)),
                 None => Err(AllocError::PairedAddressFull),
             };
+            if taken.is_err()
+                && let Some(s) = self.subscribers.get_mut(&key)
+            {
+                s.live = s.live.saturating_sub(1);
+            }
+            return taken;
         }
         let first = self.least_loaded(rng).ok_or(AllocError::Exhausted)?;
         // A new subscriber is not paired yet: if the least loaded address is full for this
@@ -418,7 +429,7 @@ impl DynamicAllocator {
             None => self.take_anywhere(req, rng, Some(first))?,
         };
         self.subscribers
-            .insert(key, Subscriber { paired: i, live: 0 });
+            .insert(key, Subscriber { paired: i, live: 1 });
         Ok((i, port))
     }
 
@@ -448,19 +459,11 @@ impl DynamicAllocator {
     fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
         self.likely = None;
-        let paired = self.settings.pooling != Pooling::Arbitrary;
-        let (i, port) = if paired {
+        let (i, port) = if self.settings.pooling != Pooling::Arbitrary {
             self.take_paired(req, rng)?
         } else {
             self.take_anywhere(req, rng, None)?
         };
-        if paired
-            && let Some(s) = self
-                .subscribers
-                .get_mut(&u64::from(req.internal.addr.to_bits()))
-        {
-            s.live = s.live.saturating_add(1);
-        }
         let a = self.addresses.get_mut(i).ok_or(AllocError::Exhausted)?;
         let live = self
             .links
@@ -1180,6 +1183,15 @@ mod tests {
             &mut rng,
         );
         assert_ne!(other.expect("ok").addr, home);
+        // The refused request left no live mapping behind: once the subscriber's mappings are
+        // all released, its pairing ends and its home address has no subscriber left.
+        for (i, e) in (0u16..).zip(&all) {
+            let internal = Endpoint::new(subscriber(0), 1024 + i);
+            a.release(Protocol::Tcp, internal, *e, Instant::ZERO);
+        }
+        assert_eq!(usage_of(&a, home).subscribers, 0);
+        let key = u64::from(subscriber(0).to_bits());
+        assert!(!a.subscribers.contains_key(&key), "the pairing ended");
     }
 
     #[test]
