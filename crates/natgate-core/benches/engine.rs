@@ -291,32 +291,45 @@ fn creation(c: &mut Criterion<CpuTime>) {
     let mut group = c.benchmark_group("create");
     group.sample_size(10);
     group.throughput(Throughput::Elements(u64::from(CREATE_CHUNK)));
-    group.bench_function("session", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let mut e = engine(CAP);
-                let mut pre: Vec<Template> = (0..PREFILL)
-                    .map(|i| {
-                        let (p, int, rem) = flow(i);
-                        packet(p, int, rem, TCP_SYN)
-                    })
-                    .collect();
-                common::run(&mut e, now(), Side::Inside, &mut pre);
-                let mut fresh: Vec<Template> = (PREFILL..PREFILL + CREATE_CHUNK)
-                    .map(|i| {
-                        let (p, int, rem) = flow(i);
-                        packet(p, int, rem, TCP_SYN)
-                    })
-                    .collect();
-                let start = CpuTime.start();
-                let made = common::run(&mut e, now(), Side::Inside, &mut fresh);
-                total += CpuTime.end(start);
-                assert_eq!(made, CREATE_CHUNK as usize);
-            }
-            total
+    // "session": flows in order, so 64 in a row come from one subscriber (one paired address);
+    // "shuffled": the same flows in random order, so consecutive ones come from different
+    // subscribers and addresses, as a busy gateway sees them.
+    for (name, shuffled) in [("session", false), ("shuffled", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut e = engine(CAP);
+                    let mut pre: Vec<Template> = (0..PREFILL)
+                        .map(|i| {
+                            let (p, int, rem) = flow(i);
+                            packet(p, int, rem, TCP_SYN)
+                        })
+                        .collect();
+                    common::run(&mut e, now(), Side::Inside, &mut pre);
+                    let mut order: Vec<u32> = (PREFILL..PREFILL + CREATE_CHUNK).collect();
+                    if shuffled {
+                        let mut rng = Rng::new(7);
+                        for i in (1..order.len()).rev() {
+                            order.swap(i, rng.below(i as u32 + 1) as usize);
+                        }
+                    }
+                    let mut fresh: Vec<Template> = order
+                        .iter()
+                        .map(|&i| {
+                            let (p, int, rem) = flow(i);
+                            packet(p, int, rem, TCP_SYN)
+                        })
+                        .collect();
+                    let start = CpuTime.start();
+                    let made = common::run(&mut e, now(), Side::Inside, &mut fresh);
+                    total += CpuTime.end(start);
+                    assert_eq!(made, CREATE_CHUNK as usize);
+                }
+                total
+            });
         });
-    });
+    }
     group.finish();
 }
 

@@ -87,6 +87,10 @@ impl PortAllocator for ConfiguredAllocator {
         each!(self, a => a.usage())
     }
 
+    fn likely_next(&self) -> Option<(Protocol, Endpoint)> {
+        each!(self, a => a.likely_next())
+    }
+
     fn port_sets(&self) -> Vec<PortSetUsage> {
         each!(self, a => a.port_sets())
     }

@@ -90,6 +90,15 @@ struct Address {
     next: [[u16; 2]; 3],
     /// Internal addresses with at least one live mapping here.
     subscribers: u32,
+    /// Random-start assignment, per protocol: the random bits of the next two searches'
+    /// starts (RFC 6056 algorithm 1), drawn ahead (`None` before the first search). A search
+    /// uses the first, moves the second up and draws a new second, whose bitmap word it starts
+    /// loading; the first's word, loaded at the search before, is by then in cache, so the
+    /// search can also tell which port the next one will most likely hand out (see
+    /// [`DynamicAllocator::likely`]). A bitmap word is a random access into 48 KiB per address
+    /// that no cache keeps for a big pool, as is the inbound index entry of a new external
+    /// endpoint: drawn ahead, their misses overlap other work instead of stalling a creation.
+    draws: [Option<[u32; 2]>; 3],
 }
 
 /// A released port waiting out its hold-down.
@@ -141,9 +150,10 @@ fn link_key(internal: Ipv4Addr, address: usize) -> u64 {
     (u64::from(internal.to_bits()) << 32) | (address as u64 & 0xffff_ffff)
 }
 
-/// A uniform value in `lo..=hi` (`lo <= hi`).
-fn random_in(rng: &mut Rng, lo: u16, hi: u16) -> u16 {
-    let offset = rng.below(u32::from(hi - lo) + 1);
+/// The value in `lo..=hi` (`lo <= hi`) that 32 random bits `r` pick, as [`Rng::below`] scales
+/// them: uniform for uniform `r`.
+fn scale_into(r: u32, lo: u16, hi: u16) -> u16 {
+    let offset = (u64::from(r) * (u64::from(hi - lo) + 1)) >> 32;
     lo.saturating_add(u16::try_from(offset).unwrap_or(0))
 }
 
@@ -179,6 +189,9 @@ pub struct DynamicAllocator {
     /// Each address's subscribers, kept equal to `Address::subscribers` wherever it changes, so
     /// that `least_loaded` is O(log n).
     load: PoolChoice,
+    /// What [`PortAllocator::likely_next`] answers: the port the next random search on the
+    /// address and protocol of the last one will most likely find.
+    likely: Option<(Protocol, Endpoint)>,
 }
 
 impl fmt::Debug for DynamicAllocator {
@@ -205,6 +218,7 @@ impl DynamicAllocator {
                 ports: [PortSet::new(), PortSet::new(), PortSet::new()],
                 next: [[0; 2]; 3],
                 subscribers: 0,
+                draws: [None; 3],
             })
             .collect();
         let load = PoolChoice::new(Extreme::Fewest, addresses.iter().map(|a| a.subscribers));
@@ -224,6 +238,7 @@ impl DynamicAllocator {
             reserved: Reserved::default(),
             reserved_taken: Vec::new(),
             load,
+            likely: None,
         }
     }
 
@@ -291,13 +306,36 @@ impl DynamicAllocator {
             return Some(port);
         }
         let (lo, hi, parity) = self.settings.constraints(req.proto, req.internal.port);
+        // Where the next search on this address starts if its internal port is not a
+        // well-known one (the common case, so the one worth prefetching).
+        let (next_lo, next_hi, _) = self.settings.constraints(req.proto, u16::MAX);
         let a = self.addresses.get_mut(i)?;
         let p = req.proto.index();
         let ports = &mut a.ports[p];
         let port = match assignment {
-            // RFC 6056 algorithm 1: a random start, then the next free port.
+            // RFC 6056 algorithm 1: a random start, then the next free port. The start's bits
+            // were drawn ahead (see `Address::draws`).
             PortAssignment::Preserve | PortAssignment::Random => {
-                ports.find_free(random_in(rng, lo, hi), lo, hi, parity)?
+                let d = a.draws[p].get_or_insert_with(|| [rng.next_u32(), rng.next_u32()]);
+                let r = d[0];
+                *d = [d[1], rng.next_u32()];
+                let [upcoming, later] = *d;
+                ports.prefetch(scale_into(later, next_lo, next_hi));
+                let port = ports.find_free(scale_into(r, lo, hi), lo, hi, parity)?;
+                if !ports.take(port) {
+                    return None;
+                }
+                // Parity is the next request's, unknown yet: under parity preservation the
+                // guess is right about half the time, which costs only a wasted prefetch.
+                self.likely = ports
+                    .find_free(
+                        scale_into(upcoming, next_lo, next_hi),
+                        next_lo,
+                        next_hi,
+                        Parity::Any,
+                    )
+                    .map(|port| (req.proto, Endpoint::new(a.addr, port)));
+                return Some(port);
             }
             PortAssignment::Sequential => {
                 let next = &mut a.next[p][usize::from(lo >= 1024)];
@@ -357,7 +395,8 @@ impl DynamicAllocator {
     }
 
     /// Paired and soft-paired pooling (RFC 4787 REQ-2): the subscriber's address if it has one,
-    /// otherwise the least loaded, which becomes its address.
+    /// otherwise the least loaded, which becomes its address. Counts the new mapping among the
+    /// subscriber's live ones when it returns a port.
     fn take_paired(
         &mut self,
         req: &AllocRequest,
@@ -365,12 +404,22 @@ impl DynamicAllocator {
     ) -> Result<(usize, u16), AllocError> {
         let key = u64::from(req.internal.addr.to_bits());
         let soft = self.settings.pooling == Pooling::SoftPaired;
-        if let Some(paired) = self.subscribers.get(&key).map(|s| s.paired) {
-            return match self.take_port(paired, req, rng) {
+        if let Some(s) = self.subscribers.get_mut(&key) {
+            // The new mapping is counted before it is made, so that the common case looks the
+            // subscriber up once; a failure takes it back.
+            s.live = s.live.saturating_add(1);
+            let paired = s.paired;
+            let taken = match self.take_port(paired, req, rng) {
                 Some(port) => Ok((paired, port)),
                 None if soft => self.take_anywhere(req, rng, Some(paired)),
                 None => Err(AllocError::PairedAddressFull),
             };
+            if taken.is_err()
+                && let Some(s) = self.subscribers.get_mut(&key)
+            {
+                s.live = s.live.saturating_sub(1);
+            }
+            return taken;
         }
         let first = self.least_loaded(rng).ok_or(AllocError::Exhausted)?;
         // A new subscriber is not paired yet: if the least loaded address is full for this
@@ -380,7 +429,7 @@ impl DynamicAllocator {
             None => self.take_anywhere(req, rng, Some(first))?,
         };
         self.subscribers
-            .insert(key, Subscriber { paired: i, live: 0 });
+            .insert(key, Subscriber { paired: i, live: 1 });
         Ok((i, port))
     }
 
@@ -409,19 +458,12 @@ impl DynamicAllocator {
     /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
     fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
-        let paired = self.settings.pooling != Pooling::Arbitrary;
-        let (i, port) = if paired {
+        self.likely = None;
+        let (i, port) = if self.settings.pooling != Pooling::Arbitrary {
             self.take_paired(req, rng)?
         } else {
             self.take_anywhere(req, rng, None)?
         };
-        if paired
-            && let Some(s) = self
-                .subscribers
-                .get_mut(&u64::from(req.internal.addr.to_bits()))
-        {
-            s.live = s.live.saturating_add(1);
-        }
         let a = self.addresses.get_mut(i).ok_or(AllocError::Exhausted)?;
         let live = self
             .links
@@ -524,6 +566,10 @@ impl PortAllocator for DynamicAllocator {
                 self.free_oldest_held();
             }
         }
+    }
+
+    fn likely_next(&self) -> Option<(Protocol, Endpoint)> {
+        self.likely
     }
 
     /// Inlined: the batch path asks this of every packet before its look-up.
@@ -975,6 +1021,80 @@ mod tests {
     }
 
     #[test]
+    fn rfc6056_starts_drawn_ahead_keep_each_range_and_repeat_with_the_seed() {
+        // The next start is drawn (and prefetched) for the common range, 1024-65535; a request
+        // for the other range scales the same bits into its own, so it stays random there too.
+        let run = |seed| {
+            let mut a =
+                DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Random));
+            let mut rng = Rng::new(seed);
+            (0..600u16)
+                .map(|n| {
+                    let proto = if n % 3 == 0 {
+                        Protocol::Tcp
+                    } else {
+                        Protocol::Udp
+                    };
+                    let internal = if n % 2 == 0 { 100 + n } else { 30_000 + n };
+                    let r = req(proto, subscriber(0), internal, Instant::ZERO);
+                    (internal, a.allocate(&r, &mut rng).expect("ok").port)
+                })
+                .collect::<Vec<_>>()
+        };
+        let ports = run(21);
+        for &(internal, port) in &ports {
+            assert_eq!(
+                internal < 1024,
+                port < 1024,
+                "REQ-3a for {internal} -> {port}"
+            );
+            assert_ne!(port, 0);
+        }
+        let low_halves = ports
+            .iter()
+            .filter(|(i, _)| *i < 1024)
+            .fold([0; 2], |mut h, (_, p)| {
+                h[usize::from(*p >= 512)] += 1;
+                h
+            });
+        assert!(low_halves.iter().all(|&h| h > 100), "{low_halves:?}");
+        assert_eq!(run(21), ports, "same seed, same ports (RFC 4787 REQ-11)");
+        assert_ne!(run(22), ports);
+    }
+
+    #[test]
+    fn likely_next_names_the_port_the_next_random_search_finds() {
+        let mut a =
+            DynamicAllocator::new(&[X1, X2], settings(Pooling::Paired, PortAssignment::Random));
+        let mut rng = Rng::new(23);
+        assert_eq!(a.likely_next(), None, "nothing is known before a search");
+        for n in 0..200u16 {
+            let proto = if n % 2 == 0 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let e = a
+                .allocate(
+                    &req(proto, subscriber(0), 20_000 + n, Instant::ZERO),
+                    &mut rng,
+                )
+                .expect("ok");
+            let (p, next) = a.likely_next().expect("a random search makes a guess");
+            assert_eq!((p, next.addr), (proto, e.addr));
+            assert_ne!(next, e, "the port just taken is not free");
+            // With nothing taken in between and no parity to keep, the guess is right.
+            let r = req(proto, subscriber(0), 40_000 + n, Instant::ZERO);
+            assert_eq!(a.allocate(&r, &mut rng), Ok(next));
+        }
+        // A sequential port comes from no random search: no guess.
+        let mut s =
+            DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Sequential));
+        s.allocate(&udp(subscriber(0), 5000), &mut rng).expect("ok");
+        assert_eq!(s.likely_next(), None);
+    }
+
+    #[test]
     fn sequential_hands_out_the_next_free_port_in_order() {
         let mut a =
             DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Sequential));
@@ -1063,6 +1183,15 @@ mod tests {
             &mut rng,
         );
         assert_ne!(other.expect("ok").addr, home);
+        // The refused request left no live mapping behind: once the subscriber's mappings are
+        // all released, its pairing ends and its home address has no subscriber left.
+        for (i, e) in (0u16..).zip(&all) {
+            let internal = Endpoint::new(subscriber(0), 1024 + i);
+            a.release(Protocol::Tcp, internal, *e, Instant::ZERO);
+        }
+        assert_eq!(usage_of(&a, home).subscribers, 0);
+        let key = u64::from(subscriber(0).to_bits());
+        assert!(!a.subscribers.contains_key(&key), "the pairing ended");
     }
 
     #[test]

@@ -176,6 +176,15 @@ pub trait PortAllocator {
     /// Utilisation per external address, for `ctl pools` and metrics.
     fn usage(&self) -> Vec<AddressUsage>;
 
+    /// An external endpoint that a coming [`allocate`](Self::allocate) will likely hand out
+    /// (for the protocol given with it), as known since the last `allocate`: the caller may
+    /// start loading what that endpoint's mapping will touch (its inbound index bucket, a
+    /// random cache miss per new mapping) while other work goes on. A hint for speed only,
+    /// possibly wrong; allocators that cannot tell keep the default, which knows none.
+    fn likely_next(&self) -> Option<(Protocol, Endpoint)> {
+        None
+    }
+
     /// How each external address's ports are divided into port sets (port blocks, RFC 7422
     /// ranges), for allocators that divide them; empty for those that hand out single ports.
     /// Only ports inside a set can ever be handed out, so the sets, not the port numbers, are

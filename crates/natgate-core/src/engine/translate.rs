@@ -209,10 +209,15 @@ impl<A: PortAllocator> Engine<A> {
             subs.admit(p.src.addr, p.proto, now, true)?;
         }
         // The look-up that just missed read this bucket: the mapping probe hits the cache.
-        let remote_key = self.sessions.remote_key(p.dst);
-        let made = match self.sessions.find_by_internal(p.proto, p.src, remote_key) {
+        let key = FlowKey {
+            proto: p.proto,
+            local: p.src,
+            remote: p.dst,
+        };
+        let hash = self.sessions.lookup_hash(false, &key);
+        let made = match self.sessions.find_by_internal_hashed(hash, &key) {
             Some(mid) => self.new_session(now, mid, p.dst, Direction::Outbound, p.tcp_flags),
-            None => self.new_mapping(now, p.proto, p.src, p.dst, p.tcp_flags),
+            None => self.new_mapping(now, &key, hash, p.tcp_flags),
         };
         match made {
             Ok(sid) => {
@@ -238,23 +243,28 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    /// A new mapping for `internal` and its first session, with `remote`, opened by an
-    /// outbound packet with `tcp_flags`. The session carries the mapping (see
-    /// [`NatTable`](crate::table::NatTable)).
+    /// A new mapping for the out key `key`'s internal endpoint and its first session, with its
+    /// remote, opened by an outbound packet with `tcp_flags`; `hash` is the key's look-up hash.
+    /// The session carries the mapping (see [`NatTable`](crate::table::NatTable)).
     fn new_mapping(
         &mut self,
         now: Instant,
-        proto: Protocol,
-        internal: Endpoint,
-        remote: Endpoint,
+        key: &FlowKey,
+        hash: u64,
         tcp_flags: u8,
     ) -> Result<SessionId, DropReason> {
+        let (proto, internal, remote) = (key.proto, key.local, key.remote);
         let req = AllocRequest {
             proto,
             internal,
             now,
         };
         let allocated = self.alloc.allocate(&req, &mut self.rng);
+        // The inbound bucket of the allocator's guess at its next endpoint: a miss of the next
+        // new mapping's, taken now while this one is being made.
+        if let Some((proto, external)) = self.alloc.likely_next() {
+            self.sessions.prefetch_external(proto, external);
+        }
         self.drain_alloc_events();
         let external = allocated.map_err(|e| match e {
             AllocError::Exhausted | AllocError::PairedAddressFull => DropReason::MappingFailed,
@@ -282,8 +292,8 @@ impl<A: PortAllocator> Engine<A> {
         };
         let s = self.session_record(now, &mapping, remote, Direction::Outbound, tcp_flags);
         let due = session_due(&self.behavior, &s);
-        match self.sessions.insert_with_new_mapping(s, due) {
-            Ok(sid) => self.session_made(now, sid),
+        match self.sessions.insert_with_new_mapping_hashed(s, hash, due) {
+            Ok(sid) => self.session_made(now, sid, &s),
             Err(_) => {
                 self.delete_unused_mapping(now, mapping);
                 Err(DropReason::SessionTableFull)
@@ -329,7 +339,7 @@ impl<A: PortAllocator> Engine<A> {
                     DropReason::SessionTableFull
                 }
             })?;
-        self.session_made(now, sid)
+        self.session_made(now, sid, &s)
     }
 
     /// The record of a new session through mapping `m` with `remote`, opened by a packet going
@@ -358,11 +368,15 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    /// The rest of making session `sid`: the address filter learns its remote, the counters
-    /// and the log learn of it. If the filter is full the session is taken out again, with its
-    /// mapping if that was new.
-    fn session_made(&mut self, now: Instant, sid: SessionId) -> Result<SessionId, DropReason> {
-        let s = *self.sessions.get(sid);
+    /// The rest of making session `sid`, whose record `s` is (all but its `mapping`): the
+    /// address filter learns its remote, the counters and the log learn of it. If the filter
+    /// is full the session is taken out again, with its mapping if that was new.
+    fn session_made(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        s: &Session,
+    ) -> Result<SessionId, DropReason> {
         if let Some(f) = self.address_filter.as_mut()
             && f.add(s.proto, s.external, s.remote.addr).is_err()
         {

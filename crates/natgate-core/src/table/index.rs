@@ -109,9 +109,30 @@ impl Bucket {
         (0..SLOTS).find(|&i| self.tags[i] == tag && self.values[i] == value)
     }
 
+    /// The first empty slot. Inserts ask this of every new session's buckets, so it reads the
+    /// tags as words and finds the lowest zero `u16` lane with the carry trick, rather than
+    /// comparing the ten tags one by one: subtracting 1 from each lane sets a lane's top bit
+    /// where the lane was zero (a borrow can set it in higher lanes too, never in lower ones,
+    /// so the lowest flagged lane is exact).
     fn empty_slot(&self) -> Option<usize> {
-        let m = self.mask(0);
-        (m != 0).then(|| m.trailing_zeros() as usize)
+        const ONES: u64 = 0x0001_0001_0001_0001;
+        const TOPS: u64 = 0x8000_8000_8000_8000;
+        let t = &self.tags;
+        let lanes = |a: u16, b: u16, c: u16, d: u16| {
+            u64::from(a) | u64::from(b) << 16 | u64::from(c) << 32 | u64::from(d) << 48
+        };
+        let zero_lanes = |x: u64| x.wrapping_sub(ONES) & !x & TOPS;
+        let lo = zero_lanes(lanes(t[0], t[1], t[2], t[3]));
+        if lo != 0 {
+            return Some(lo.trailing_zeros() as usize / 16);
+        }
+        let mid = zero_lanes(lanes(t[4], t[5], t[6], t[7]));
+        if mid != 0 {
+            return Some(4 + mid.trailing_zeros() as usize / 16);
+        }
+        // Two lanes left; the upper two are ones, so never flagged.
+        let hi = zero_lanes(lanes(t[8], t[9], u16::MAX, u16::MAX));
+        (hi != 0).then(|| 8 + hi.trailing_zeros() as usize / 16)
     }
 }
 
@@ -516,6 +537,17 @@ mod tests {
                 }
             }
             h.check();
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn empty_slot_is_the_first_zero_tag(
+            tags in prop::array::uniform10(prop_oneof![Just(0u16), 1u16..=2, any::<u16>()])
+        ) {
+            let mut b = Bucket::EMPTY;
+            b.tags = tags;
+            prop_assert_eq!(b.empty_slot(), tags.iter().position(|&t| t == 0));
         }
     }
 

@@ -385,6 +385,19 @@ impl Tables {
         remote_key: Endpoint,
     ) -> Option<MappingId> {
         let h = self.internal_hash(proto, internal, remote_key);
+        self.find_by_internal_hashed(h, proto, internal, remote_key)
+    }
+
+    /// [`Self::find_by_internal`] with `h`, the mapping key's hash.
+    #[inline(always)]
+    fn find_by_internal_hashed(
+        &self,
+        h: u64,
+        proto: Protocol,
+        internal: Endpoint,
+        remote_key: Endpoint,
+    ) -> Option<MappingId> {
+        debug_assert_eq!(h, self.internal_hash(proto, internal, remote_key));
         self.out_index
             .find(h, |v| {
                 self.is_internal_mapping(v, proto, internal, remote_key)
@@ -436,8 +449,15 @@ impl Tables {
     /// check at `due_secs`. `s.mapping` is ignored. The caller guarantees that the mapping's
     /// keys are unused (it looked the internal one up, and the allocator handed out the
     /// external endpoint) and checked [`Self::mappings_full`].
-    fn insert_with_new_mapping(&mut self, mut s: Session) -> Result<SessionId, TableFull> {
-        let h_int = self.internal_hash(s.proto, s.internal, self.remote_key(s.remote));
+    fn insert_with_new_mapping(
+        &mut self,
+        mut s: Session,
+        h_int: u64,
+    ) -> Result<SessionId, TableFull> {
+        debug_assert_eq!(
+            h_int,
+            self.internal_hash(s.proto, s.internal, self.remote_key(s.remote))
+        );
         let h_ext = self.external_hash(s.proto, s.external);
         debug_assert!(
             self.find_by_internal(s.proto, s.internal, self.remote_key(s.remote))
@@ -660,6 +680,17 @@ impl NatTable {
         self.t.find_by_internal(proto, internal, remote_key)
     }
 
+    /// [`Self::find_by_internal`] for the mapping of a packet's out key `key` (its
+    /// `remote_key` under the table's mapping behaviour), with `hash` from
+    /// [`Self::lookup_hash`]`(false, key)`: the look-up that found no session for a new flow
+    /// has computed it already.
+    #[inline(always)]
+    pub fn find_by_internal_hashed(&self, hash: u64, key: &FlowKey) -> Option<MappingId> {
+        let rk = self.t.remote_key(key.remote);
+        self.t
+            .find_by_internal_hashed(hash, key.proto, key.local, rk)
+    }
+
     /// The mapping that owns the external endpoint.
     pub fn find_by_external(&self, proto: Protocol, external: Endpoint) -> Option<MappingId> {
         self.t.find_by_external(proto, external)
@@ -678,6 +709,15 @@ impl NatTable {
         self.t.mappings_full()
     }
 
+    /// Starts loading the inbound index bucket that a new mapping on `(proto, external)` will
+    /// be inserted into, for a caller that knows the endpoint ahead of the insert.
+    #[inline(always)]
+    pub fn prefetch_external(&self, proto: Protocol, external: Endpoint) {
+        self.t
+            .in_index
+            .prefetch(self.t.external_hash(proto, external));
+    }
+
     /// Adds the first session of a new mapping, folded into it, and schedules its first expiry
     /// check at `due_secs`. `s.mapping` is set. The caller guarantees that the mapping's keys
     /// are unused (it looked the internal one up, and the allocator handed out the external
@@ -687,7 +727,20 @@ impl NatTable {
         s: Session,
         due_secs: u32,
     ) -> Result<SessionId, TableFull> {
-        let id = self.t.insert_with_new_mapping(s)?;
+        let hash = self.t.lookup_hash(false, &s.out_key());
+        self.insert_with_new_mapping_hashed(s, hash, due_secs)
+    }
+
+    /// [`Self::insert_with_new_mapping`] with `hash`, the new session's
+    /// [`Self::lookup_hash`]`(false, &s.out_key())`, which the look-up of its mapping computed
+    /// already.
+    pub fn insert_with_new_mapping_hashed(
+        &mut self,
+        s: Session,
+        hash: u64,
+        due_secs: u32,
+    ) -> Result<SessionId, TableFull> {
+        let id = self.t.insert_with_new_mapping(s, hash)?;
         self.wheel.schedule(id.0, due_secs);
         Ok(id)
     }
