@@ -215,16 +215,16 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Up to [`BATCH`] packets in three passes, so that the cache misses of different packets
-    /// overlap. First pass: read each packet's head ([`packet::flow_head`]); a whole TCP or UDP
-    /// datagram going the fast lane's way (inside to a non-pool address, or outside to a pool
-    /// address) gets its look-up hash and starts loading its index bucket. Second pass: start
-    /// loading the session record each bucket points to (kept as the packet's candidate).
-    /// Third pass, in order: look each lane packet up (confirming the candidate against its
-    /// record, without a second pass over the bucket); a found session whose packet passes the
-    /// TTL and size checks is translated on the spot ([`Self::forward_established`]); every
-    /// other packet takes the general path, lane packets with their look-up's answer. The
-    /// look-up is done just before its packet is translated, so a session made by an earlier
-    /// packet of the batch is found by a later one.
+    /// overlap. First pass: read each packet's head ([`packet::flow_head`]); a *lane* packet (a
+    /// whole TCP or UDP datagram going the lane's way, that passes the TTL and size checks:
+    /// see [`Self::lane_head`]) gets its look-up hash and starts loading its index bucket.
+    /// Second pass: start loading the session record each bucket points to (kept as the
+    /// packet's candidate). Third pass, in order: look each lane packet up (confirming the
+    /// candidate against its record, without a second pass over the bucket) and, if its
+    /// session is found, refresh it and rewrite the packet on the spot; every other packet
+    /// takes the general path, lane packets with their look-up's answer. The look-up is done
+    /// just before its packet is translated, so a session made by an earlier packet of the
+    /// batch is found by a later one.
     fn process_chunk(
         &mut self,
         now: Instant,
@@ -236,9 +236,7 @@ impl<A: PortAllocator> Engine<A> {
         let mut lanes: [Option<Lane>; BATCH] = [None; BATCH];
         for (pkt, lane) in packets.iter().zip(&mut lanes) {
             let len = pkt.len.min(pkt.buf.len());
-            if let Some(head) = packet::flow_head(&pkt.buf[..len])
-                && self.alloc.owns(head.dst.addr) == inbound
-            {
+            if let Some(head) = self.lane_head(side, &pkt.buf[..len]) {
                 let hash = self.sessions.lookup_hash(inbound, &lane_key(side, &head));
                 self.sessions.prefetch(inbound, hash);
                 *lane = Some(Lane { head, hash });
@@ -252,6 +250,12 @@ impl<A: PortAllocator> Engine<A> {
                     .prefetch_next(inbound, l.hash, &lane_key(side, &l.head));
             }
         }
+        let (which, dir, out) = match side {
+            Side::Inside => (Which::Src, Direction::Outbound, Side::Outside),
+            Side::Outside => (Which::Dst, Direction::Inbound, Side::Inside),
+        };
+        let decrement = self.behavior.decrement_ttl;
+        let (mut forwarded, mut bytes) = (0, 0);
         for (i, pkt) in packets.iter_mut().enumerate() {
             let (verdict, len) = match lanes[i] {
                 Some(Lane { head, hash }) => {
@@ -259,12 +263,16 @@ impl<A: PortAllocator> Engine<A> {
                     let found = self
                         .sessions
                         .find_hashed(inbound, hash, &key, candidates[i]);
-                    if let Some(sid) = found
-                        && self.established_passes(side, &head)
-                    {
-                        verdicts[i] = self.forward_established(now, side, pkt.buf, &head, sid);
-                        self.counters
-                            .count_forward(side.arrival_direction(), usize::from(head.len));
+                    if let Some(sid) = found {
+                        // The established-flow fast path: what `process_parsed` does for
+                        // this packet, without the checks that cannot apply to it.
+                        self.touch(sid, now, dir, head.tcp_flags);
+                        let s = self.sessions.get(sid);
+                        let new = if inbound { s.internal } else { s.external };
+                        packet::translate_flow(pkt.buf, &head, which, new, decrement);
+                        verdicts[i] = Verdict::Forward(out);
+                        forwarded += 1;
+                        bytes += u64::from(head.len);
                         continue;
                     }
                     let p = head.parsed();
@@ -278,53 +286,24 @@ impl<A: PortAllocator> Engine<A> {
             self.account(side, len, verdict);
             verdicts[i] = verdict;
         }
+        self.counters.count_forwarded(dir, forwarded, bytes);
     }
 
-    /// Whether a lane packet whose session the batch look-up found passes the checks that
-    /// [`Self::process_parsed`] makes before translating it (TTL, RFC 4787 REQ-13 size), so
-    /// that [`Self::forward_established`] may translate it directly. A lane packet is a whole
-    /// flow datagram, inside to a non-pool address or outside to a pool address, so neither
-    /// hairpinned nor a static rule's: the other branches of `process_parsed` cannot apply.
+    /// The head of a packet that may take the batch's fast lane: a whole TCP or UDP datagram
+    /// ([`packet::flow_head`]) from inside to a non-pool address or from outside to a pool
+    /// address (so neither hairpinned nor a static rule's), whose TTL does not expire here and
+    /// that fits the MTU of its way out or may be fragmented (RFC 4787 REQ-13). For such a
+    /// packet with a session, every other branch of [`Self::process_parsed`] is moot.
     #[inline(always)]
-    fn established_passes(&self, side: Side, head: &FlowHead) -> bool {
-        let mtu = match side {
-            Side::Inside => self.behavior.outside_mtu,
-            Side::Outside => self.behavior.inside_mtu,
+    fn lane_head(&self, side: Side, datagram: &[u8]) -> Option<FlowHead> {
+        let head = packet::flow_head(datagram)?;
+        let (inbound, mtu) = match side {
+            Side::Inside => (false, self.behavior.outside_mtu),
+            Side::Outside => (true, self.behavior.inside_mtu),
         };
         let ttl_expires = self.behavior.decrement_ttl && head.ttl <= 1;
         let too_big = head.df && head.len > mtu;
-        !ttl_expires && !too_big
-    }
-
-    /// The established-flow fast path: what [`Self::process_parsed`] does for a lane packet
-    /// that passed [`Self::established_passes`] and whose session is `sid`, without the checks
-    /// and the call that most packets do not need (at small tables they are a third of a
-    /// packet's time). Refreshes the session and rewrites the internal endpoint to the
-    /// external one (outbound) or back (inbound).
-    #[inline(always)]
-    fn forward_established(
-        &mut self,
-        now: Instant,
-        side: Side,
-        buf: &mut [u8],
-        head: &FlowHead,
-        sid: SessionId,
-    ) -> Verdict {
-        let decrement = self.behavior.decrement_ttl;
-        match side {
-            Side::Inside => {
-                self.touch(sid, now, Direction::Outbound, head.tcp_flags);
-                let external = self.sessions.get(sid).external;
-                packet::translate_flow(buf, head, Which::Src, external, decrement);
-                Verdict::Forward(Side::Outside)
-            }
-            Side::Outside => {
-                self.touch(sid, now, Direction::Inbound, head.tcp_flags);
-                let internal = self.sessions.get(sid).internal;
-                packet::translate_flow(buf, head, Which::Dst, internal, decrement);
-                Verdict::Forward(Side::Inside)
-            }
-        }
+        (!ttl_expires && !too_big && self.alloc.owns(head.dst.addr) == inbound).then_some(head)
     }
 
     fn account(&mut self, side: Side, len: usize, verdict: Verdict) {

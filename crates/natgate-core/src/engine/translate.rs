@@ -175,7 +175,9 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// A packet of an existing session: refresh per the refresh behaviour (RFC 4787 REQ-6) and
-    /// track TCP. This is all the state the fast path writes.
+    /// track TCP. This is all the state the fast path writes. Only a SYN, FIN or RST changes
+    /// the TCP state ([`TcpState::on_segment`] ignores other flags), so other segments, like
+    /// UDP datagrams, only refresh.
     #[inline(always)]
     pub(super) fn touch(&mut self, sid: SessionId, now: Instant, dir: Direction, tcp_flags: u8) {
         let refresh = self.behavior.refresh.refreshes(dir);
@@ -183,15 +185,15 @@ impl<A: PortAllocator> Engine<A> {
         if refresh {
             s.last_seen = now.as_secs();
         }
-        if s.proto == Protocol::Tcp {
+        if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 && s.proto == Protocol::Tcp {
             let before = TcpState::from_byte(s.tcp);
             let mut st = before;
             st.on_segment(dir, tcp_flags);
             s.tcp = st.to_byte();
-            // A SYN, FIN or RST can change the phase and with it the timeout. A longer one the
-            // wheel finds on its own (it re-checks lazily); a shorter one (closing, reset) must
-            // move the session's check forward, or it would linger until the old, later time.
-            if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 && st.phase() != before.phase() {
+            // The phase, and with it the timeout, may have changed. A longer one the wheel
+            // finds on its own (it re-checks lazily); a shorter one (closing, reset) must move
+            // the session's check forward, or it would linger until the old, later time.
+            if st.phase() != before.phase() {
                 let due = session_due(&self.behavior, s);
                 self.sessions.reschedule(sid, due);
             }
