@@ -320,29 +320,13 @@ pub(crate) fn translate(
         Which::Src => (IP_SRC, p.src),
         Which::Dst => (IP_DST, p.dst),
     };
-    let header = &mut buf[..20];
-    let mut ip_delta = Delta::default();
-    let mut l4_delta = Delta::default();
-    if old.addr != new.addr {
-        // One delta for the address serves the IPv4 header checksum and, through the pseudo
-        // header, the TCP and UDP checksums.
-        ip_delta.add_addr(old.addr, new.addr);
-        header[addr_off..addr_off + 4].copy_from_slice(&new.addr.octets());
-        if p.proto != Protocol::Icmp {
-            l4_delta = ip_delta;
-        }
-    }
-    if decrement {
-        // The TTL shares a 16-bit word with the protocol number.
-        let old_word = read16(header, IP_TTL);
-        let new_word = old_word.wrapping_sub(0x0100);
-        write16(header, IP_TTL, new_word);
-        ip_delta.add16(old_word, new_word);
-    }
-    if old.addr != new.addr || decrement {
-        let ip_check = read16(header, IP_CHECKSUM);
-        write16(header, IP_CHECKSUM, ip_delta.apply(ip_check));
-    }
+    let addr_delta = rewrite_ip(&mut buf[..20], addr_off, old.addr, new.addr, decrement);
+    // ICMP has no pseudo header: only the TCP and UDP checksums see the address.
+    let mut l4_delta = if p.proto == Protocol::Icmp {
+        Delta::default()
+    } else {
+        addr_delta
+    };
     if p.frag != Fragment::Later {
         let (check_at, check_end) = match p.proto {
             Protocol::Tcp => (16, 18),
@@ -370,6 +354,38 @@ pub(crate) fn translate(
         Which::Src => p.src = new,
         Which::Dst => p.dst = new,
     }
+}
+
+/// The IPv4 header's part of a rewrite: the address at `addr_at` of `header` (the 20-byte fixed
+/// header) changes from `old` to `new` and, with `decrement`, the TTL drops by one, with one
+/// update of the header checksum for both. Returns the address's delta, which the TCP and UDP
+/// checksums need too (their pseudo header covers the addresses).
+#[inline(always)]
+fn rewrite_ip(
+    header: &mut [u8],
+    addr_at: usize,
+    old: Ipv4Addr,
+    new: Ipv4Addr,
+    decrement: bool,
+) -> Delta {
+    let mut addr_delta = Delta::default();
+    if old != new {
+        addr_delta.add_addr(old, new);
+        header[addr_at..addr_at + 4].copy_from_slice(&new.octets());
+    }
+    let mut ip_delta = addr_delta;
+    if decrement {
+        // The TTL shares a 16-bit word with the protocol number.
+        let old_word = read16(header, IP_TTL);
+        let new_word = old_word.wrapping_sub(0x0100);
+        write16(header, IP_TTL, new_word);
+        ip_delta.add16(old_word, new_word);
+    }
+    if old != new || decrement {
+        let ip_check = read16(header, IP_CHECKSUM);
+        write16(header, IP_CHECKSUM, ip_delta.apply(ip_check));
+    }
+    addr_delta
 }
 
 /// [`translate`] for a packet that [`flow_head`] read: a whole TCP or UDP datagram behind a
@@ -409,23 +425,7 @@ fn rewrite_head<const LEN: usize, const CHECK: usize>(
         Which::Src => (IP_SRC, 20, head.src),
         Which::Dst => (IP_DST, 22, head.dst),
     };
-    let mut ip_delta = Delta::default();
-    let mut l4_delta = Delta::default();
-    if old.addr != new.addr {
-        ip_delta.add_addr(old.addr, new.addr);
-        b[addr_at..addr_at + 4].copy_from_slice(&new.addr.octets());
-        l4_delta = ip_delta;
-    }
-    if decrement {
-        let old_word = read16(b, IP_TTL);
-        let new_word = old_word.wrapping_sub(0x0100);
-        write16(b, IP_TTL, new_word);
-        ip_delta.add16(old_word, new_word);
-    }
-    if old.addr != new.addr || decrement {
-        let ip_check = read16(b, IP_CHECKSUM);
-        write16(b, IP_CHECKSUM, ip_delta.apply(ip_check));
-    }
+    let mut l4_delta = rewrite_ip(&mut b[..20], addr_at, old.addr, new.addr, decrement);
     if old.port != new.port {
         write16(b, port_at, new.port);
         l4_delta.add16(old.port, new.port);
