@@ -308,71 +308,54 @@ impl Tables {
             return Some(sid);
         }
         if inbound {
-            self.find_in_hashed(hash, key)
+            self.find_keyed::<true>(hash, key)
         } else {
-            self.find_out_hashed(hash, key)
+            self.find_keyed::<false>(hash, key)
         }
     }
 
     /// The session whose out key (proto, internal, remote) is `key`.
     fn find_out(&self, key: &FlowKey) -> Option<SessionId> {
-        self.find_out_hashed(self.lookup_hash(false, key), key)
-    }
-
-    /// [`Self::find_out`] with the hash from [`Self::lookup_hash`].
-    #[inline(always)]
-    fn find_out_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
-        // One pass over the mapping key's tag matches. A session there with the packet's out
-        // key is the answer (out keys are unique, so no need to check that it is folded or
-        // that the entry is its mapping's); a shared mapping's entry (ours, or a tag
-        // collision) sends the look-up to the full flow key, without reading the record.
-        let mut maybe_shared = false;
-        let hit = self.out_index.find(hash, |v| {
-            if v & SHARED != 0 {
-                maybe_shared = true;
-                return false;
-            }
-            self.sessions.get(v).is_some_and(|s| out_matches(s, key))
-        });
-        if hit.is_some() {
-            return hit.map(SessionId);
-        }
-        // Under EIM every session of the internal endpoint belongs to its one mapping: folded,
-        // it would have been the hit, so only a shared one can hold the session.
-        if self.behavior == MappingBehavior::EndpointIndependent && !maybe_shared {
-            return None;
-        }
-        self.out_index
-            .find(self.flow_hash(key), |v| {
-                v & SHARED == 0 && self.sessions.get(v).is_some_and(|s| out_matches(s, key))
-            })
-            .map(SessionId)
+        self.find_keyed::<false>(self.lookup_hash(false, key), key)
     }
 
     /// The session whose in key (proto, external, remote) is `key`.
     fn find_in(&self, key: &FlowKey) -> Option<SessionId> {
-        self.find_in_hashed(self.lookup_hash(true, key), key)
+        self.find_keyed::<true>(self.lookup_hash(true, key), key)
     }
 
-    /// [`Self::find_in`] with the hash from [`Self::lookup_hash`].
+    /// The session whose out key (or in key, `INBOUND`) is `key`, from the hash of its mapping
+    /// key ([`Self::lookup_hash`]). One pass over the mapping key's tag matches: a session
+    /// there with the packet's key is the answer (keys are unique, so no need to check that
+    /// it is folded or that the entry is its mapping's); a shared mapping's entry (ours, or a
+    /// tag collision) sends the look-up to the full flow key, without reading the record.
+    /// Without one the miss is definite: inbound, because the mapping that owns the external
+    /// endpoint owns every session on it; outbound under endpoint-independent mapping, because
+    /// every session of the internal endpoint belongs to its one mapping. Under a dependent
+    /// mapping behaviour a session opened inbound may sit under another mapping, so an
+    /// outbound miss always probes the full key.
     #[inline(always)]
-    fn find_in_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
-        // As outbound: the mapping that owns the external endpoint owns every session on it,
-        // so a folded one is the hit or there is none; only a shared one needs the full key.
+    fn find_keyed<const INBOUND: bool>(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
+        let (index, matches): (&HashIndex, fn(&Session, &FlowKey) -> bool) = if INBOUND {
+            (&self.in_index, in_matches)
+        } else {
+            (&self.out_index, out_matches)
+        };
         let mut maybe_shared = false;
-        let hit = self.in_index.find(hash, |v| {
+        let hit = index.find(hash, |v| {
             if v & SHARED != 0 {
                 maybe_shared = true;
                 return false;
             }
-            self.sessions.get(v).is_some_and(|s| in_matches(s, key))
+            self.sessions.get(v).is_some_and(|s| matches(s, key))
         });
-        if hit.is_some() || !maybe_shared {
+        let definite = INBOUND || self.behavior == MappingBehavior::EndpointIndependent;
+        if hit.is_some() || (definite && !maybe_shared) {
             return hit.map(SessionId);
         }
-        self.in_index
+        index
             .find(self.flow_hash(key), |v| {
-                v & SHARED == 0 && self.sessions.get(v).is_some_and(|s| in_matches(s, key))
+                v & SHARED == 0 && self.sessions.get(v).is_some_and(|s| matches(s, key))
             })
             .map(SessionId)
     }
@@ -635,8 +618,9 @@ impl NatTable {
 
     /// The third stage of a batched look-up: the session whose out key (or in key, when
     /// `inbound`) is `key`, confirming the second stage's `candidate` first (no second pass
-    /// over the bucket when it is the one), else [`Self::find_out_hashed`] or
-    /// [`Self::find_in_hashed`]. Correct for any `candidate`, even a stale one.
+    /// over the bucket when it is the one), else the full look-up ([`Self::find_out`] or
+    /// [`Self::find_in`] with the hash already made). Correct for any `candidate`, even a
+    /// stale one.
     #[inline(always)]
     pub fn find_hashed(
         &self,
@@ -653,21 +637,9 @@ impl NatTable {
         self.t.find_out(key)
     }
 
-    /// [`Self::find_out`] with the hash from [`Self::lookup_hash`].
-    #[inline(always)]
-    pub fn find_out_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
-        self.t.find_out_hashed(hash, key)
-    }
-
     /// The session whose in key (proto, external, remote) is `key`.
     pub fn find_in(&self, key: &FlowKey) -> Option<SessionId> {
         self.t.find_in(key)
-    }
-
-    /// [`Self::find_in`] with the hash from [`Self::lookup_hash`].
-    #[inline(always)]
-    pub fn find_in_hashed(&self, hash: u64, key: &FlowKey) -> Option<SessionId> {
-        self.t.find_in_hashed(hash, key)
     }
 
     /// The mapping of `internal` for `remote_key` (see [`Mapping::remote_key`]).
