@@ -6,10 +6,12 @@
 
 mod counting;
 
+use counting::batched;
+
 use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
-use natgate_core::engine::{BATCH, Engine, PacketBuf};
+use natgate_core::engine::Engine;
 use natgate_core::{Config, Endpoint, Instant, Side, Verdict};
 
 const FLOWS: u32 = 1 << 16;
@@ -42,32 +44,6 @@ fn packet(tcp: bool, src: Endpoint, dst: Endpoint, syn: bool, ack: bool) -> Vec<
             .expect("udp packet");
     }
     v
-}
-
-/// Translates `packets` in place, in batches; returns how many were forwarded.
-fn batched(e: &mut Engine, side: Side, packets: &mut [Vec<u8>]) -> usize {
-    let mut verdicts = [Verdict::Held; BATCH];
-    let mut forwarded = 0;
-    for chunk in packets.chunks_mut(BATCH) {
-        let n = chunk.len();
-        let mut bufs = [const { None }; BATCH];
-        for (b, p) in bufs.iter_mut().zip(chunk.iter_mut()) {
-            let len = p.len();
-            *b = Some(PacketBuf { buf: p, len });
-        }
-        let mut bufs: [PacketBuf<'_>; BATCH] = bufs.map(|b| {
-            b.unwrap_or(PacketBuf {
-                buf: &mut [],
-                len: 0,
-            })
-        });
-        e.process_batch(Instant::from_secs(10), side, &mut bufs[..n], &mut verdicts);
-        forwarded += verdicts[..n]
-            .iter()
-            .filter(|v| matches!(v, Verdict::Forward(_)))
-            .count();
-    }
-    forwarded
 }
 
 #[test]

@@ -6,10 +6,12 @@
 
 mod counting;
 
+use counting::batched;
+
 use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
-use natgate_core::engine::{BATCH, Engine, PacketBuf};
+use natgate_core::engine::Engine;
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::{Algorithm, RealServerSpec, VirtualServerSpec};
 use natgate_core::{Config, Endpoint, Instant, Protocol, Side, Verdict};
@@ -33,32 +35,6 @@ fn tcp_syn(src: Endpoint, dst: Endpoint) -> Vec<u8> {
         .write(&mut v, &[0; 24])
         .expect("tcp packet");
     v
-}
-
-/// Translates `packets` in place, in batches of `BATCH` (the last one shorter).
-fn batched(e: &mut Engine, side: Side, packets: &mut [Vec<u8>]) -> usize {
-    let mut verdicts = [Verdict::Held; BATCH];
-    let mut forwarded = 0;
-    for chunk in packets.chunks_mut(BATCH) {
-        let n = chunk.len();
-        let mut bufs = [const { None }; BATCH];
-        for (b, p) in bufs.iter_mut().zip(chunk.iter_mut()) {
-            let len = p.len();
-            *b = Some(PacketBuf { buf: p, len });
-        }
-        let mut bufs: [PacketBuf<'_>; BATCH] = bufs.map(|b| {
-            b.unwrap_or(PacketBuf {
-                buf: &mut [],
-                len: 0,
-            })
-        });
-        e.process_batch(Instant::from_secs(10), side, &mut bufs[..n], &mut verdicts);
-        forwarded += verdicts[..n]
-            .iter()
-            .filter(|v| matches!(v, Verdict::Forward(_)))
-            .count();
-    }
-    forwarded
 }
 
 fn ep(bits: u32, port: u16) -> Endpoint {

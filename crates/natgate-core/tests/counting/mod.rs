@@ -1,11 +1,14 @@
 //! The counting global allocator of the no-allocation tests (`fast_path_alloc`,
-//! `static_path_alloc`): each test binary includes it with `mod counting;`, which makes it that
-//! binary's global allocator. Only threads that called [`start`] are counted, so the test
+//! `static_path_alloc`), and their batch driver: each test binary includes it with
+//! `mod counting;`, which makes it that binary's global allocator. Only threads that called [`start`] are counted, so the test
 //! harness's own allocations do not disturb the figure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use natgate_core::engine::{BATCH, Engine, PacketBuf};
+use natgate_core::{Instant, Side, Verdict};
 
 /// Counts allocations made by threads that have switched counting on.
 struct Counting;
@@ -67,4 +70,31 @@ pub fn allocations() -> u64 {
 /// Allocations counted so far, and the count back to zero.
 pub fn take() -> u64 {
     ALLOCATIONS.swap(0, Ordering::Relaxed)
+}
+
+/// Translates `packets` in place with [`Engine::process_batch`], in batches of [`BATCH`] (the
+/// last one shorter); returns how many were forwarded. Not counted: it is the tests' driver.
+pub fn batched(e: &mut Engine, side: Side, packets: &mut [Vec<u8>]) -> usize {
+    let mut verdicts = [Verdict::Held; BATCH];
+    let mut forwarded = 0;
+    for chunk in packets.chunks_mut(BATCH) {
+        let n = chunk.len();
+        let mut bufs = [const { None }; BATCH];
+        for (b, p) in bufs.iter_mut().zip(chunk.iter_mut()) {
+            let len = p.len();
+            *b = Some(PacketBuf { buf: p, len });
+        }
+        let mut bufs: [PacketBuf<'_>; BATCH] = bufs.map(|b| {
+            b.unwrap_or(PacketBuf {
+                buf: &mut [],
+                len: 0,
+            })
+        });
+        e.process_batch(Instant::from_secs(10), side, &mut bufs[..n], &mut verdicts);
+        forwarded += verdicts[..n]
+            .iter()
+            .filter(|v| matches!(v, Verdict::Forward(_)))
+            .count();
+    }
+    forwarded
 }
