@@ -21,10 +21,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::CpuTime;
+use common::{CpuTime, PKT, TCP_SYN, Template};
 use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::PacketBuilder;
 use natgate_core::alloc::{AllocRequest, ConfiguredAllocator, PortAllocator, Share};
 use natgate_core::config::{
     Allocation, DeterministicSpec, PortBlockSpec, SubscriberLimits, ValidConfig,
@@ -32,8 +31,6 @@ use natgate_core::config::{
 use natgate_core::engine::{BATCH, Engine, PacketBuf};
 use natgate_core::{Config, Endpoint, Instant, Protocol, Rng, Side, Verdict};
 
-/// Every packet is 64 bytes: IPv4 (20) + UDP (8) + 36 payload, or IPv4 + TCP (20) + 24.
-const PKT: usize = 64;
 /// Subscribers: 100.64.0.0/16.
 const SUBSCRIBERS: u32 = 1 << 16;
 /// Flows each subscriber opens.
@@ -46,8 +43,6 @@ const POOL_BASE: u32 = 0xc612_0000;
 const SUBSCRIBER_BASE: u32 = 0x6440_0000;
 /// Ports per block in the creation runs: 4 flows fit in the first block of 256.
 const BLOCK_SIZE: u16 = 256;
-
-type Template = [u8; PKT];
 
 /// The allocators compared.
 #[derive(Debug, Clone, Copy)]
@@ -137,18 +132,7 @@ fn flow(i: u32) -> (Protocol, Endpoint, Endpoint) {
 
 fn packet(i: u32) -> Template {
     let (proto, src, dst) = flow(i);
-    let ip = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64);
-    let mut v = Vec::with_capacity(PKT);
-    let r = match proto {
-        Protocol::Tcp => ip
-            .tcp(src.port, dst.port, 1, 65_535)
-            .syn()
-            .write(&mut v, &[0x5a; 24]),
-        _ => ip.udp(src.port, dst.port).write(&mut v, &[0x5a; 36]),
-    };
-    r.unwrap_or_else(|e| panic!("build packet: {e}"));
-    v.try_into()
-        .unwrap_or_else(|v: Vec<u8>| panic!("packet of {} bytes", v.len()))
+    common::packet(proto, src, dst, TCP_SYN)
 }
 
 /// Runs `packets` through `e` in batches of 32 (the rest one at a time), draining events as a

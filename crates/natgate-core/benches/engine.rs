@@ -19,15 +19,12 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{ALLOC, CpuTime, proc_bytes, rss_bytes};
+use common::{ALLOC, CpuTime, PKT, TCP_ACK, TCP_SYN, Template, packet, proc_bytes, rss_bytes};
 use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH, Engine, PacketBuf};
 use natgate_core::{Config, Endpoint, Instant, Protocol, Rng, Side, Verdict};
 
-/// Every packet is 64 bytes: IPv4 (20) + UDP (8) + 36 payload, or IPv4 + TCP (20) + 24.
-const PKT: usize = 64;
 /// External addresses in the pool (paired pooling spreads subscribers over them).
 const POOL: u32 = 512;
 /// Flows (internal endpoints) per subscriber address.
@@ -35,10 +32,6 @@ const PER_SUBSCRIBER: u32 = 64;
 /// At most this many flows get packet templates (in random order), so the templates of the
 /// 16 M case stay at 128 MB while still touching far more memory than any cache holds.
 const MAX_TEMPLATES: usize = 1 << 20;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-
-type Template = [u8; PKT];
 
 fn now() -> Instant {
     Instant::from_secs(1_000)
@@ -67,27 +60,6 @@ fn flow(i: u32) -> (Protocol, Endpoint, Endpoint) {
 fn flow_of(internal: Endpoint) -> usize {
     let sub = internal.addr.to_bits() - 0x6440_0000;
     (sub * PER_SUBSCRIBER + u32::from(internal.port - 10_000)) as usize
-}
-
-fn packet(proto: Protocol, src: Endpoint, dst: Endpoint, tcp_flags: u8) -> Template {
-    let ip = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64);
-    let mut v = Vec::with_capacity(PKT);
-    let r = match proto {
-        Protocol::Tcp => {
-            let mut b = ip.tcp(src.port, dst.port, 1, 65_535);
-            if tcp_flags & TCP_SYN != 0 {
-                b = b.syn();
-            }
-            if tcp_flags & TCP_ACK != 0 {
-                b = b.ack(1);
-            }
-            b.write(&mut v, &[0x5a; 24])
-        }
-        _ => ip.udp(src.port, dst.port).write(&mut v, &[0x5a; 36]),
-    };
-    r.unwrap_or_else(|e| panic!("build packet: {e}"));
-    v.try_into()
-        .unwrap_or_else(|v: Vec<u8>| panic!("packet of {} bytes", v.len()))
 }
 
 fn engine(max_sessions: u32) -> Engine {

@@ -23,10 +23,9 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::CpuTime;
+use common::{CpuTime, PKT, TCP_ACK, TCP_SYN, Template, packet};
 use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH as ENGINE_BATCH, Engine, PacketBuf};
 use natgate_core::rules::{
     Action, CompiledRules, Ipv4Prefix, PortRange, Rule, RuleChain, Target, Translate,
@@ -188,13 +187,8 @@ fn lookups(c: &mut Criterion<CpuTime>) {
     }
 }
 
-/// Every engine packet is 64 bytes: IPv4 (20) + UDP (8) + 36, or IPv4 + TCP (20) + 24.
-const PKT: usize = 64;
-type Template = [u8; PKT];
 /// Established dynamic flows in the fast-path engines.
 const FLOWS: u32 = 1 << 16;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 fn now() -> Instant {
     Instant::from_secs(1_000)
@@ -214,26 +208,6 @@ fn flow(i: u32) -> (Protocol, Endpoint, Endpoint) {
     );
     let remote = Endpoint::new(Ipv4Addr::from_bits(0xcb00_7100 + (i % 251)), 443);
     (proto, internal, remote)
-}
-
-fn packet(proto: Protocol, src: Endpoint, dst: Endpoint, tcp_flags: u8) -> Template {
-    let ip = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64);
-    let mut v = Vec::with_capacity(PKT);
-    let r = match proto {
-        Protocol::Tcp => {
-            let mut b = ip.tcp(src.port, dst.port, 1, 65_535);
-            if tcp_flags & TCP_SYN != 0 {
-                b = b.syn();
-            }
-            if tcp_flags & TCP_ACK != 0 {
-                b = b.ack(1);
-            }
-            b.write(&mut v, &[0x5a; 24])
-        }
-        _ => ip.udp(src.port, dst.port).write(&mut v, &[0x5a; 36]),
-    };
-    r.expect("build packet");
-    v.try_into().expect("64-byte packet")
 }
 
 /// An engine with `chain` configured, over a pool (11.0.0.0-11.0.0.63) that no rule touches.

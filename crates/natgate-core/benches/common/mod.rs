@@ -1,5 +1,5 @@
-//! What every benchmark of the engine shares: the huge-page allocator the tables live in, and
-//! the thread-CPU-time measurement criterion runs with. Included by `mod common;` from each
+//! What every benchmark of the engine shares: the huge-page allocator the tables live in, the
+//! thread-CPU-time measurement criterion runs with, and the 64-byte packets they translate. Included by `mod common;` from each
 //! bench (a directory, so cargo does not take it for a bench of its own).
 //!
 //! Times are the benchmark thread's own CPU time ([`CpuTime`]), not wall time: the machine this
@@ -13,9 +13,10 @@
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use etherparse::PacketBuilder;
 use natgate_core::engine::{BATCH, Engine, PacketBuf};
 use natgate_core::huge_pages::HugePageAlloc;
-use natgate_core::{Instant, Side, Verdict};
+use natgate_core::{Endpoint, Instant, Protocol, Side, Verdict};
 
 /// The daemon's allocator: `madvise(MADV_HUGEPAGE)` on large allocations once
 /// [`init_huge_pages`] has switched it on.
@@ -119,4 +120,39 @@ pub fn run<const N: usize>(
     }
     while e.poll_event().is_some() {}
     forwarded
+}
+
+/// Every packet of the benches is 64 bytes: IPv4 (20) + UDP (8) + 36 payload, or IPv4 + TCP
+/// (20) + 24.
+pub const PKT: usize = 64;
+
+/// A packet to copy into a working buffer before each translation (translation is in place).
+pub type Template = [u8; PKT];
+
+/// TCP flags for [`packet`].
+pub const TCP_SYN: u8 = 0x02;
+/// TCP flags for [`packet`].
+pub const TCP_ACK: u8 = 0x10;
+
+/// A 64-byte TCP segment (with the SYN and ACK bits of `tcp_flags`) or UDP datagram from `src`
+/// to `dst`, with valid checksums.
+pub fn packet(proto: Protocol, src: Endpoint, dst: Endpoint, tcp_flags: u8) -> Template {
+    let ip = PacketBuilder::ipv4(src.addr.octets(), dst.addr.octets(), 64);
+    let mut v = Vec::with_capacity(PKT);
+    let r = match proto {
+        Protocol::Tcp => {
+            let mut b = ip.tcp(src.port, dst.port, 1, 65_535);
+            if tcp_flags & TCP_SYN != 0 {
+                b = b.syn();
+            }
+            if tcp_flags & TCP_ACK != 0 {
+                b = b.ack(1);
+            }
+            b.write(&mut v, &[0x5a; 24])
+        }
+        _ => ip.udp(src.port, dst.port).write(&mut v, &[0x5a; 36]),
+    };
+    r.unwrap_or_else(|e| panic!("build packet: {e}"));
+    v.try_into()
+        .unwrap_or_else(|v: Vec<u8>| panic!("packet of {} bytes", v.len()))
 }
