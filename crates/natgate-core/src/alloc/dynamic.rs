@@ -327,10 +327,11 @@ impl DynamicAllocator {
                 }
                 // Parity is the next request's, unknown yet: under parity preservation the
                 // guess is right about half the time, which costs only a wasted prefetch.
+                // Only the start's own word is read (loaded since the search before): a start
+                // in a full word makes no guess rather than a second walk.
                 self.likely = ports
-                    .find_free(
+                    .free_in_start_word(
                         scale_into(upcoming, next_lo, next_hi),
-                        next_lo,
                         next_hi,
                         Parity::Any,
                     )

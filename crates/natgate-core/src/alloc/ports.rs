@@ -182,15 +182,8 @@ impl PortSet {
         } else {
             lo
         };
-        // Most searches end in the start's own word (a pool is rarely near full): answer
-        // those without the summary walk. This is the scan's first step, done inline.
-        let (w, _) = split(start);
-        let mut free = !self.words[w].used & parity.mask() & (u64::MAX << (start & 63));
-        if w == usize::from(hi >> 6) {
-            free &= u64::MAX >> (63 - (hi & 63));
-        }
-        if free != 0 {
-            return u16::try_from((w << 6) | free.trailing_zeros() as usize).ok();
+        if let Some(port) = self.free_in_start_word(start, hi, parity) {
+            return Some(port);
         }
         self.scan(start, hi, parity).or_else(|| {
             if start > lo {
@@ -199,6 +192,20 @@ impl PortSet {
                 None
             }
         })
+    }
+
+    /// The first free port of the given parity from `start` up to `hi` (`start <= hi`) inside
+    /// `start`'s own 64-port word, without the summary walk: most searches end there (a pool
+    /// is rarely near full), so [`Self::find_free`] tries it first, and the allocator's guess
+    /// at its next port reads only this one word.
+    #[inline]
+    pub(super) fn free_in_start_word(&self, start: u16, hi: u16, parity: Parity) -> Option<u16> {
+        let (w, _) = split(start);
+        let mut free = !self.words[w].used & parity.mask() & (u64::MAX << (start & 63));
+        if w == usize::from(hi >> 6) {
+            free &= u64::MAX >> (63 - (hi & 63));
+        }
+        (free != 0).then(|| (start & !63) | free.trailing_zeros() as u16)
     }
 
     /// The first free port of the given parity in `from..=to` (`from <= to`).
