@@ -218,9 +218,10 @@ impl FlowHead {
     }
 }
 
-/// Reads `buf` (the datagram, without link padding) as a [`FlowHead`], or `None` when it is
-/// anything else or anything [`parse`] would refuse: IPv4 options, a fragment, another protocol,
-/// a bad header checksum, a length that does not fit, a truncated transport header, a zero port.
+/// Reads `buf` (the datagram, perhaps followed by link padding) as a [`FlowHead`], or `None`
+/// when it is anything else or anything [`parse`] would refuse: IPv4 options, a fragment,
+/// another protocol, a bad header checksum, a length that does not fit, a truncated transport
+/// header, a zero port.
 #[inline(always)]
 pub(crate) fn flow_head(buf: &[u8]) -> Option<FlowHead> {
     let h = buf.first_chunk::<20>()?;
@@ -392,15 +393,18 @@ fn rewrite_ip(
 /// 20-byte header, so every offset is a constant and the ICMP and fragment cases cannot arise.
 /// It writes the very bytes `translate` writes (property-tested); the batch path's established
 /// flows take it, because there the general function's branches and bounds checks were half
-/// of a packet's rewriting.
+/// of a packet's rewriting. `buf` must be the buffer `head` was read from; false (nothing
+/// written) if it is shorter than the headers `flow_head` read, so that a caller breaking that
+/// rule drops the packet rather than forward it untranslated.
 #[inline(always)]
+#[must_use]
 pub(crate) fn translate_flow(
     buf: &mut [u8],
     head: &FlowHead,
     which: Which,
     new: Endpoint,
     decrement: bool,
-) {
+) -> bool {
     match head.proto {
         Protocol::Tcp => rewrite_head::<40, 36>(buf, head, which, new, decrement),
         _ => rewrite_head::<28, 26>(buf, head, which, new, decrement),
@@ -416,10 +420,10 @@ fn rewrite_head<const LEN: usize, const CHECK: usize>(
     which: Which,
     new: Endpoint,
     decrement: bool,
-) {
-    // `flow_head` read at least `LEN` bytes of this datagram, so this is never `None`.
+) -> bool {
+    // `flow_head` read at least `LEN` bytes of this datagram.
     let Some(b) = buf.first_chunk_mut::<LEN>() else {
-        return;
+        return false;
     };
     let (addr_at, port_at, old) = match which {
         Which::Src => (IP_SRC, 20, head.src),
@@ -436,6 +440,7 @@ fn rewrite_head<const LEN: usize, const CHECK: usize>(
         _ => l4_delta.apply(check),
     };
     write16(b, CHECK, updated);
+    true
 }
 
 /// Rewrites only an address (outer header of an ICMP error, later fragments).
@@ -565,30 +570,37 @@ mod tests {
 
         /// The fast reader accepts exactly the packets that `parse` reads as a whole TCP or UDP
         /// datagram with a 20-byte header, and summarises them the same way. Headers are random
-        /// but mostly well formed (version 4, a fitting length, a valid checksum), so both
-        /// sides of every check are reached.
+        /// but mostly well formed (version 4, a valid checksum), with the fields each check
+        /// reads drawn from their edge values (other versions and header lengths, total lengths
+        /// short of and past the buffer, every fragment and flag bit, zero and extreme ports).
         #[test]
         fn flow_head_agrees_with_parse(
             mut bytes in prop::collection::vec(any::<u8>(), 0..80),
             proto in prop::sample::select(vec![1u8, 6, 17, 47]),
-            ihl in prop::sample::select(vec![5u8, 5, 5, 6, 4]),
-            total in prop::option::weighted(0.8, 0u16..90),
+            version_ihl in prop::sample::select(vec![0x45u8, 0x45, 0x45, 0x46, 0x44, 0x55]),
+            total in prop::option::weighted(0.8, 0u16..100),
             fix in prop::bool::weighted(0.9),
-            frag in prop::sample::select(vec![0u16, 0, 0x4000, 0x2000, 0x0001]),
+            flags in prop::sample::select(vec![0u16, 0, 0x4000, 0x8000, 0x2000, 0x0001, 0xffff]),
+            ports in prop::array::uniform2(prop::sample::select(vec![0u16, 1, 0xffff, 4500])),
             side in prop::sample::select(vec![Side::Inside, Side::Outside]),
         ) {
             if bytes.len() >= 20 {
-                bytes[0] = 0x40 | ihl;
-                let total = total.map_or(bytes.len() as u16, |t| t.min(bytes.len() as u16));
+                bytes[0] = version_ihl;
+                // A total length past the buffer now and then: `parse` refuses it.
+                let total = total.unwrap_or(bytes.len() as u16);
                 bytes[2..4].copy_from_slice(&total.to_be_bytes());
-                bytes[6..8].copy_from_slice(&frag.to_be_bytes());
+                bytes[6..8].copy_from_slice(&flags.to_be_bytes());
                 bytes[9] = proto;
                 if fix {
-                    let hl = (usize::from(ihl) * 4).min(bytes.len());
+                    let hl = (usize::from(version_ihl & 0x0f) * 4).min(bytes.len());
                     bytes[10..12].copy_from_slice(&[0, 0]);
                     let c = checksum::checksum(&bytes[..hl]);
                     bytes[10..12].copy_from_slice(&c.to_be_bytes());
                 }
+            }
+            if bytes.len() >= 24 {
+                bytes[20..22].copy_from_slice(&ports[0].to_be_bytes());
+                bytes[22..24].copy_from_slice(&ports[1].to_be_bytes());
             }
             let fast = flow_head(&bytes).map(|h| h.parsed());
             let general = parse(&bytes, side).ok().filter(|p| {
@@ -628,7 +640,7 @@ mod tests {
                 port.unwrap_or(old.port),
             );
             let (mut fast, mut general) = (b.clone(), b.clone());
-            translate_flow(&mut fast, &head, which, new, decrement);
+            prop_assert!(translate_flow(&mut fast, &head, which, new, decrement));
             let mut p = head.parsed();
             translate(&mut general, &mut p, which, new, decrement);
             prop_assert_eq!(fast, general);

@@ -6,7 +6,7 @@
 
 use super::tests::{Pkt, assert_checksums, endpoints, ep};
 use super::*;
-use crate::config::{Config, FilteringBehavior, MappingBehavior, Preset};
+use crate::config::{Config, FilteringBehavior, MappingBehavior, Preset, Refresh};
 use crate::endpoint::Direction;
 use crate::tcp_state::TcpPhase;
 use etherparse::checksum::Sum16BitWords;
@@ -113,7 +113,8 @@ fn spec_with(l4: impl Strategy<Value = L4>) -> impl Strategy<Value = Spec> {
         2u8..=255,
         any::<bool>(),
         any::<u16>(),
-        proptest::collection::vec(any::<u8>(), 0..512),
+        // Up to 639 bytes: some datagrams are larger than a 576-byte MTU.
+        proptest::collection::vec(any::<u8>(), 0..640),
     )
         .prop_map(|(l4, ip_options, ttl, df, ident, payload)| Spec {
             l4,
@@ -806,6 +807,8 @@ enum Gen {
     Out(Spec, usize, u16, usize, u16),
     /// A valid packet from a remote to a pool address (an echo answers identifier `port`).
     In(Spec, usize, u16, usize, u16),
+    /// A valid packet from a subscriber to a pool address (hairpinning).
+    Hairpin(Spec, usize, u16, usize, u16),
     /// A valid packet with one byte changed.
     Flipped(Box<Gen>, usize, u8),
     /// A valid packet cut short.
@@ -827,7 +830,9 @@ fn mixed() -> impl Strategy<Value = Gen> {
         .prop_map(|(s, a, p, r, q)| Gen::Out(s, a, p, r, q));
     let inb = (any_spec(), 0..REMOTES.len(), port(), 0..POOL.len(), port())
         .prop_map(|(s, r, q, a, p)| Gen::In(s, r, q, a, p));
-    let valid = prop_oneof![out, inb];
+    let hairpin = (any_spec(), 0..SUBS.len(), port(), 0..POOL.len(), port())
+        .prop_map(|(s, a, p, x, q)| Gen::Hairpin(s, a, p, x, q));
+    let valid = prop_oneof![4 => out, 4 => inb, 1 => hairpin];
     prop_oneof![
         6 => valid.clone(),
         1 => (valid.clone(), any::<usize>(), 1u8..)
@@ -841,6 +846,9 @@ impl Gen {
     fn bytes(&self) -> Vec<u8> {
         match self {
             Gen::Out(s, a, p, r, q) => build(s, ep(SUBS[*a], *p), ep(REMOTES[*r], *q))
+                .bytes()
+                .to_vec(),
+            Gen::Hairpin(s, a, p, x, q) => build(s, ep(SUBS[*a], *p), ep(POOL[*x], *q))
                 .bytes()
                 .to_vec(),
             Gen::In(s, r, q, a, p) => match s.l4 {
@@ -875,13 +883,103 @@ impl Gen {
     }
 }
 
-fn mix_engine() -> Engine {
+/// The engines the mixed-traffic properties run: `variant` 0 is a full cone; 1 symmetric
+/// (address- and port-dependent mapping and filtering, a lab setting); 2 a full cone that refreshes on
+/// outbound packets only, keeps the TTL and has 576-byte MTUs both ways (so DF packets of the
+/// generators are sometimes too big); 3 the RFC 6888 CGN defaults.
+fn mix_engine(variant: u8) -> Engine {
     engine_with(|c| {
-        c.behavior = Preset::FullCone.behavior();
+        c.behavior = match variant {
+            1 => Preset::Symmetric.behavior(),
+            3 => Preset::Rfc6888Cgn.behavior(),
+            _ => Preset::FullCone.behavior(),
+        };
+        // Symmetric NAT is what RFC 4787 REQ-1 forbids: a lab setting.
+        c.lab = variant == 1;
+        if variant == 2 {
+            c.behavior.refresh = Refresh::Outbound;
+            c.behavior.decrement_ttl = false;
+            c.behavior.outside_mtu = 576;
+            c.behavior.inside_mtu = 576;
+        }
         c.limits.max_sessions = 64;
         c.limits.max_mappings = 32;
         c.limits.max_held_syns = 4;
     })
+}
+
+/// The flows of [`established_flows_batched_equal_one_by_one`]: (TCP, subscriber, its port,
+/// remote, its port).
+const LANE_FLOWS: [(bool, usize, u16, usize, u16); 4] = [
+    (false, 0, 5000, 0, 53),
+    (false, 1, 40_000, 1, 443),
+    (true, 0, 5001, 1, 443),
+    (true, 1, 5000, 0, 80),
+];
+
+/// Opens [`LANE_FLOWS`] (a UDP datagram out; SYN out, SYN-ACK in, ACK out) and returns each
+/// flow's external endpoint.
+fn open_lane_flows(e: &mut Engine) -> Vec<Endpoint> {
+    let segment = |flags| Spec {
+        l4: L4::Tcp {
+            flags,
+            seq: 1,
+            ack: 1,
+            window: 1000,
+            options: Vec::new(),
+        },
+        ip_options: Vec::new(),
+        ttl: 64,
+        df: true,
+        ident: 1,
+        payload: Vec::new(),
+    };
+    let datagram = Spec {
+        l4: L4::Udp {
+            zero_checksum: false,
+        },
+        ..segment(0)
+    };
+    let mut send = |side, spec: &Spec, src, dst| {
+        let mut p = build(spec, src, dst);
+        let v = e.process(Instant::ZERO, side, &mut p.buf, p.len);
+        assert!(matches!(v, Verdict::Forward(_)), "opening: {v:?}");
+    };
+    for &(tcp, a, p, r, q) in &LANE_FLOWS {
+        let (internal, remote) = (ep(SUBS[a], p), ep(REMOTES[r], q));
+        if tcp {
+            send(Side::Inside, &segment(SYN), internal, remote);
+        } else {
+            send(Side::Inside, &datagram, internal, remote);
+        }
+    }
+    let external = |e: &Engine, internal, remote| {
+        e.sessions()
+            .find(|s| s.internal == internal && s.remote == remote)
+            .map(|s| s.external)
+            .expect("opened flow")
+    };
+    let externals: Vec<Endpoint> = LANE_FLOWS
+        .iter()
+        .map(|&(_, a, p, r, q)| external(e, ep(SUBS[a], p), ep(REMOTES[r], q)))
+        .collect();
+    let mut send = |side, spec: &Spec, src, dst| {
+        let mut p = build(spec, src, dst);
+        let v = e.process(Instant::ZERO, side, &mut p.buf, p.len);
+        assert!(matches!(v, Verdict::Forward(_)), "handshake: {v:?}");
+    };
+    for (&(tcp, a, p, r, q), &x) in LANE_FLOWS.iter().zip(&externals) {
+        if tcp {
+            send(Side::Outside, &segment(SYN | ACK), ep(REMOTES[r], q), x);
+            send(
+                Side::Inside,
+                &segment(ACK),
+                ep(SUBS[a], p),
+                ep(REMOTES[r], q),
+            );
+        }
+    }
+    externals
 }
 
 /// Everything observable about an engine after a step: counters, events, transmits (with
@@ -907,20 +1005,22 @@ fn observe(e: &mut Engine) -> Observed {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// `process_batch` is `process` in a loop: same verdicts, same bytes, same counters, events,
-    /// transmits and sessions, for mixes with repeated flows, new flows, junk, both sides, and
-    /// batches longer than `BATCH`.
+    /// transmits and sessions, for mixes with repeated flows, new flows, hairpinned flows, junk,
+    /// both sides, and batches longer than `BATCH`, under each of [`mix_engine`]'s behaviours
+    /// (the batch's fast lane must decide exactly as the general path would).
     #[test]
     fn batch_equals_one_by_one(
+        variant in 0u8..4,
         batches in proptest::collection::vec(
             (any::<bool>(), proptest::collection::vec(mixed(), 1..48), 0u64..20_000),
             1..5,
         ),
     ) {
-        let mut single = mix_engine();
-        let mut batched = mix_engine();
+        let mut single = mix_engine(variant);
+        let mut batched = mix_engine(variant);
         let mut now = Instant::ZERO;
         for (outside, gens, wait) in &batches {
             let side = if *outside { Side::Outside } else { Side::Inside };
@@ -948,6 +1048,92 @@ proptest! {
         }
     }
 
+    /// The batch's fast lane decides and writes exactly what the general path does on
+    /// established flows: packets of a few open UDP and TCP flows, both ways, with any TCP flags
+    /// (FIN, RST, SYN again), TTLs down to 1, DF and sizes around a 576-byte MTU, IP options
+    /// now and then (which keep a packet off the lane), in batches with time passing between
+    /// them, under each of [`mix_engine`]'s behaviours. (The mixed-traffic property above
+    /// reaches the lane too, but rarely on an established flow.)
+    #[test]
+    fn established_flows_batched_equal_one_by_one(
+        variant in 0u8..4,
+        batches in proptest::collection::vec(
+            (
+                proptest::collection::vec(
+                    (any::<bool>(), 0..LANE_FLOWS.len(), spec_with(l4(any::<u8>(), false))),
+                    1..48,
+                ),
+                0u64..20_000,
+            ),
+            1..4,
+        ),
+    ) {
+        let mut single = mix_engine(variant);
+        let mut batched = mix_engine(variant);
+        let externals = open_lane_flows(&mut single);
+        prop_assert_eq!(open_lane_flows(&mut batched), externals.clone());
+        prop_assert_eq!(observe(&mut batched), observe(&mut single));
+        let mut now = Instant::ZERO;
+        for (steps, wait) in &batches {
+            now = now + Duration::from_millis(*wait);
+            single.handle_timeout(now);
+            batched.handle_timeout(now);
+            for side in [Side::Inside, Side::Outside] {
+                let mut one: Vec<Pkt> = steps
+                    .iter()
+                    .filter(|(outside, ..)| *outside == (side == Side::Outside))
+                    .map(|(_, f, spec)| {
+                        let (tcp, a, p, r, q) = LANE_FLOWS[*f];
+                        let mut spec = spec.clone();
+                        match (&spec.l4, tcp) {
+                            (L4::Udp { .. }, true) => {
+                                spec.l4 = L4::Tcp {
+                                    flags: ACK,
+                                    seq: 1,
+                                    ack: 1,
+                                    window: 1000,
+                                    options: Vec::new(),
+                                }
+                            }
+                            (L4::Tcp { .. }, false) => {
+                                spec.l4 = L4::Udp { zero_checksum: false }
+                            }
+                            _ => {}
+                        }
+                        // Mostly lane-shaped: no IP options, a TTL of 1 now and then.
+                        if spec.ident % 4 != 0 {
+                            spec.ip_options.clear();
+                        }
+                        if spec.ident % 16 == 1 {
+                            spec.ttl = 1;
+                        }
+                        let (internal, remote) = (ep(SUBS[a], p), ep(REMOTES[r], q));
+                        match side {
+                            Side::Inside => build(&spec, internal, remote),
+                            Side::Outside => build(&spec, remote, externals[*f]),
+                        }
+                    })
+                    .collect();
+                let mut many = one.clone();
+                let want: Vec<Verdict> = one
+                    .iter_mut()
+                    .map(|p| single.process(now, side, &mut p.buf, p.len))
+                    .collect();
+                let mut bufs: Vec<PacketBuf<'_>> = many
+                    .iter_mut()
+                    .map(|p| PacketBuf { len: p.len, buf: &mut p.buf })
+                    .collect();
+                let mut got = vec![Verdict::Held; bufs.len()];
+                batched.process_batch(now, side, &mut bufs, &mut got);
+                prop_assert_eq!(&got, &want);
+                for (a, b) in one.iter().zip(&many) {
+                    prop_assert_eq!(&a.buf, &b.buf);
+                }
+                prop_assert_eq!(observe(&mut batched), observe(&mut single));
+            }
+        }
+    }
+
     /// Any bytes on either side: no panic, and each call is counted exactly once, under the
     /// counter its verdict names. What is forwarded is IPv4 with a valid header checksum; what
     /// is answered is a valid ICMP error.
@@ -955,7 +1141,7 @@ proptest! {
     fn every_packet_counted_exactly_once(
         steps in proptest::collection::vec((any::<bool>(), mixed()), 1..64),
     ) {
-        let mut e = mix_engine();
+        let mut e = mix_engine(0);
         for (i, (outside, g)) in steps.iter().enumerate() {
             let side = if *outside { Side::Outside } else { Side::Inside };
             let before = e.counters().clone();

@@ -46,6 +46,9 @@ struct Bucket {
 }
 
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
+// `Bucket::mask`'s two 16-byte loads read the tag array at bytes 0..16 and 4..20: exactly ten
+// tags, no more and no fewer.
+const _: () = assert!(SLOTS == 10);
 
 impl Bucket {
     const EMPTY: Bucket = Bucket {

@@ -107,7 +107,9 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
 /// The accumulator is 64 bits wide and folded only when applied: a rewrite adds a few fields,
 /// and folding after each (as a 32-bit accumulator must) was a fifth of a translation's
 /// arithmetic. It cannot overflow (each field adds less than 2^17).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Not comparable: the same change can be accumulated as different unfolded values.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Delta(u64);
 
 impl Delta {
