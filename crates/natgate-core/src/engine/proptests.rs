@@ -1004,6 +1004,38 @@ fn observe(e: &mut Engine) -> Observed {
     (e.counters().clone(), events, tx, sessions)
 }
 
+/// `packets` through `single` one at a time and through `batched` with one `process_batch`
+/// call: the same verdicts, the same bytes, and the same counters, events, transmits and
+/// sessions afterwards.
+fn batch_matches_one_by_one(
+    single: &mut Engine,
+    batched: &mut Engine,
+    now: Instant,
+    side: Side,
+    mut one: Vec<Pkt>,
+) -> Result<(), TestCaseError> {
+    let mut many = one.clone();
+    let want: Vec<Verdict> = one
+        .iter_mut()
+        .map(|p| single.process(now, side, &mut p.buf, p.len))
+        .collect();
+    let mut bufs: Vec<PacketBuf<'_>> = many
+        .iter_mut()
+        .map(|p| PacketBuf {
+            len: p.len,
+            buf: &mut p.buf,
+        })
+        .collect();
+    let mut got = vec![Verdict::Held; bufs.len()];
+    batched.process_batch(now, side, &mut bufs, &mut got);
+    prop_assert_eq!(&got, &want);
+    for (a, b) in one.iter().zip(&many) {
+        prop_assert_eq!(&a.buf, &b.buf);
+    }
+    prop_assert_eq!(observe(batched), observe(single));
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -1024,23 +1056,8 @@ proptest! {
         let mut now = Instant::ZERO;
         for (outside, gens, wait) in &batches {
             let side = if *outside { Side::Outside } else { Side::Inside };
-            let mut one: Vec<Pkt> = gens.iter().map(|g| Pkt::new(&g.bytes())).collect();
-            let mut many = one.clone();
-            let want: Vec<Verdict> = one
-                .iter_mut()
-                .map(|p| single.process(now, side, &mut p.buf, p.len))
-                .collect();
-            let mut bufs: Vec<PacketBuf<'_>> = many
-                .iter_mut()
-                .map(|p| PacketBuf { len: p.len, buf: &mut p.buf })
-                .collect();
-            let mut got = vec![Verdict::Held; bufs.len()];
-            batched.process_batch(now, side, &mut bufs, &mut got);
-            prop_assert_eq!(&got, &want);
-            for (a, b) in one.iter().zip(&many) {
-                prop_assert_eq!(&a.buf, &b.buf);
-            }
-            prop_assert_eq!(observe(&mut batched), observe(&mut single));
+            let packets = gens.iter().map(|g| Pkt::new(&g.bytes())).collect();
+            batch_matches_one_by_one(&mut single, &mut batched, now, side, packets)?;
             now = now + Duration::from_millis(*wait);
             single.handle_timeout(now);
             batched.handle_timeout(now);
@@ -1079,7 +1096,7 @@ proptest! {
             single.handle_timeout(now);
             batched.handle_timeout(now);
             for side in [Side::Inside, Side::Outside] {
-                let mut one: Vec<Pkt> = steps
+                let packets: Vec<Pkt> = steps
                     .iter()
                     .filter(|(outside, ..)| *outside == (side == Side::Outside))
                     .map(|(_, f, spec)| {
@@ -1114,22 +1131,7 @@ proptest! {
                         }
                     })
                     .collect();
-                let mut many = one.clone();
-                let want: Vec<Verdict> = one
-                    .iter_mut()
-                    .map(|p| single.process(now, side, &mut p.buf, p.len))
-                    .collect();
-                let mut bufs: Vec<PacketBuf<'_>> = many
-                    .iter_mut()
-                    .map(|p| PacketBuf { len: p.len, buf: &mut p.buf })
-                    .collect();
-                let mut got = vec![Verdict::Held; bufs.len()];
-                batched.process_batch(now, side, &mut bufs, &mut got);
-                prop_assert_eq!(&got, &want);
-                for (a, b) in one.iter().zip(&many) {
-                    prop_assert_eq!(&a.buf, &b.buf);
-                }
-                prop_assert_eq!(observe(&mut batched), observe(&mut single));
+                batch_matches_one_by_one(&mut single, &mut batched, now, side, packets)?;
             }
         }
     }
