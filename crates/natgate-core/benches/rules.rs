@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use common::{CpuTime, PKT, TCP_ACK, TCP_SYN, Template, packet};
 use criterion::measurement::Measurement;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use natgate_core::engine::{BATCH as ENGINE_BATCH, Engine, PacketBuf};
 use natgate_core::rules::{
     Action, CompiledRules, Ipv4Prefix, PortRange, Rule, RuleChain, Target, Translate,
@@ -269,31 +271,42 @@ fn established(chain: &RuleChain) -> (Engine, Vec<Template>, Vec<Template>) {
     (e, out, inb)
 }
 
+/// `batch/out` and `batch/in` in `group`: the templates of established traffic each way, 32
+/// per `process_batch` (the template copy included), every one of them forwarded.
+fn bench_established(
+    group: &mut BenchmarkGroup<'_, CpuTime>,
+    e: &mut Engine,
+    out: &[Template],
+    inb: &[Template],
+) {
+    group.throughput(Throughput::Elements(ENGINE_BATCH as u64));
+    let mut work = [[0u8; PKT]; ENGINE_BATCH];
+    let mut verdicts = [Verdict::Held; ENGINE_BATCH];
+    for (name, side, templates) in [("out", Side::Inside, out), ("in", Side::Outside, inb)] {
+        let mut cursor = 0;
+        // A name filter skips the routine; the verdicts are checked only after a run.
+        let mut ran = false;
+        group.bench_function(BenchmarkId::new("batch", name), |b| {
+            ran = true;
+            b.iter(|| {
+                cursor = (cursor + ENGINE_BATCH) % (templates.len() - ENGINE_BATCH);
+                work.copy_from_slice(&templates[cursor..cursor + ENGINE_BATCH]);
+                let mut bufs = work.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
+                e.process_batch(now(), side, &mut bufs, &mut verdicts);
+                black_box(&verdicts);
+            });
+        });
+        assert!(!ran || verdicts.iter().all(|v| matches!(v, Verdict::Forward(_))));
+    }
+}
+
 /// Established dynamic traffic, batched, with chains of 0 to 10 000 rules.
 fn engine_fast_path(c: &mut Criterion<CpuTime>) {
     for n in [0u32, 1, 4, 50, 10_000] {
         let (chain, _) = build_chain(n);
         let (mut e, out, inb) = established(&chain);
         let mut group = c.benchmark_group(format!("engine_rules_{n}"));
-        group.throughput(Throughput::Elements(ENGINE_BATCH as u64));
-        let mut work = [[0u8; PKT]; ENGINE_BATCH];
-        let mut verdicts = [Verdict::Held; ENGINE_BATCH];
-        for (name, side, templates) in [("out", Side::Inside, &out), ("in", Side::Outside, &inb)] {
-            let mut cursor = 0;
-            // A name filter skips the routine; the verdicts are checked only after a run.
-            let mut ran = false;
-            group.bench_function(BenchmarkId::new("batch", name), |b| {
-                ran = true;
-                b.iter(|| {
-                    cursor = (cursor + ENGINE_BATCH) % (templates.len() - ENGINE_BATCH);
-                    work.copy_from_slice(&templates[cursor..cursor + ENGINE_BATCH]);
-                    let mut bufs = work.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
-                    e.process_batch(now(), side, &mut bufs, &mut verdicts);
-                    black_box(&verdicts);
-                });
-            });
-            assert!(!ran || verdicts.iter().all(|v| matches!(v, Verdict::Forward(_))));
-        }
+        bench_established(&mut group, &mut e, &out, &inb);
         assert_eq!(e.static_session_count(), 0, "no rule was consulted");
         group.finish();
     }
@@ -346,25 +359,7 @@ fn engine_static_fast_path(c: &mut Criterion<CpuTime>) {
         let (chain, _) = build_chain(n);
         let (mut e, out, inb) = established_static(&chain);
         let mut group = c.benchmark_group(format!("engine_static_rules_{n}"));
-        group.throughput(Throughput::Elements(ENGINE_BATCH as u64));
-        let mut work = [[0u8; PKT]; ENGINE_BATCH];
-        let mut verdicts = [Verdict::Held; ENGINE_BATCH];
-        for (name, side, templates) in [("out", Side::Inside, &out), ("in", Side::Outside, &inb)] {
-            let mut cursor = 0;
-            // A name filter skips the routine; the verdicts are checked only after a run.
-            let mut ran = false;
-            group.bench_function(BenchmarkId::new("batch", name), |b| {
-                ran = true;
-                b.iter(|| {
-                    cursor = (cursor + ENGINE_BATCH) % (templates.len() - ENGINE_BATCH);
-                    work.copy_from_slice(&templates[cursor..cursor + ENGINE_BATCH]);
-                    let mut bufs = work.each_mut().map(|b| PacketBuf { buf: b, len: PKT });
-                    e.process_batch(now(), side, &mut bufs, &mut verdicts);
-                    black_box(&verdicts);
-                });
-            });
-            assert!(!ran || verdicts.iter().all(|v| matches!(v, Verdict::Forward(_))));
-        }
+        bench_established(&mut group, &mut e, &out, &inb);
         assert_eq!(
             e.static_session_count(),
             STATIC_FLOWS as usize,
