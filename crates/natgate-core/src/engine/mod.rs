@@ -15,6 +15,7 @@
 
 mod icmp_error;
 mod memory;
+mod offload;
 mod packet;
 mod queues;
 mod reload;
@@ -41,6 +42,7 @@ use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
 pub use memory::{MemoryModel, MemoryUsage};
+pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
 pub use static_nat::SessionOrigin;
@@ -123,6 +125,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     counters: Counters,
     /// Static NAT rules and virtual servers.
     statics: static_nat::StaticNat,
+    /// Present while a fast path carries established flows.
+    offload: Option<offload::Offload>,
 }
 
 impl Engine<DynamicAllocator> {
@@ -166,6 +170,7 @@ impl<A: PortAllocator> Engine<A> {
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
             statics: static_nat::StaticNat::new(cfg, seed),
+            offload: None,
             rng,
         };
         engine.reserve_static_ports();
@@ -490,7 +495,15 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Runs timers: expires sessions (and with their last session, mappings), fragment state and
     /// held SYNs. Call when `now` reaches [`Engine::next_timeout`]; calling more often is harmless.
+    /// A driver whose fast path carries flows calls [`Self::handle_timeout_with`] instead.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout_with(now, &mut NoFastPath);
+    }
+
+    /// [`Self::handle_timeout`], asking `fast_path` when it last carried each offloaded session
+    /// that is due, so that a flow whose packets all go through the fast path lives as long as
+    /// one whose packets come through the engine.
+    pub fn handle_timeout_with(&mut self, now: Instant, fast_path: &mut impl FastPathView) {
         self.expire_statics(now);
         let now_s = now.as_secs();
         let behavior = self.behavior;
@@ -500,11 +513,15 @@ impl<A: PortAllocator> Engine<A> {
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,
+            offload: &mut self.offload,
             now,
         };
         self.sessions.expire(
             now_s,
-            |s| session_due(&behavior, s),
+            |s| {
+                offload::refresh_from(fast_path, |d| behavior.refresh.refreshes(d), s);
+                session_due(&behavior, s)
+            },
             |_, s, m| gone.session(&s, m),
         );
         // Hold-downs that ended return port blocks to the pool, with a log record each.
@@ -648,6 +665,7 @@ impl<A: PortAllocator> Engine<A> {
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,
+            offload: &mut self.offload,
             now,
         };
         for id in ids {
@@ -769,12 +787,14 @@ struct Gone<'a, A: PortAllocator> {
     alloc: &'a mut A,
     events: &'a mut EventQueue,
     counters: &'a mut Counters,
+    offload: &'a mut Option<offload::Offload>,
     now: Instant,
 }
 
 impl<A: PortAllocator> Gone<'_, A> {
     /// Session `s` is gone, and with it `mapping` if it was the mapping's last session.
     fn session(&mut self, s: &Session, mapping: Option<Mapping>) {
+        offload::withdraw(self.offload, s);
         self.counters.sessions_deleted += 1;
         self.event(Event::SessionDeleted {
             at: self.now,

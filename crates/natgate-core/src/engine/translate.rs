@@ -1,6 +1,7 @@
 //! The NAT policy for flows (TCP, UDP, ICMP queries): which session a packet belongs to, when a
 //! mapping and a session are made, what filtering lets in, and hairpinning.
 
+use super::offload::OFFLOADED;
 use super::packet::{self, Fragment, Parsed, Which};
 use super::{Engine, ICMP_DEST_UNREACHABLE, SessionOrigin, session_due};
 use crate::alloc::{AllocError, AllocRequest, PortAllocator};
@@ -196,7 +197,13 @@ impl<A: PortAllocator> Engine<A> {
             if st.phase() != before.phase() {
                 let due = session_due(&self.behavior, s);
                 self.sessions.reschedule(sid, due);
+                self.update_offload(sid);
+                return;
             }
+        }
+        // A packet the fast path could have carried came here: it may not carry the flow yet.
+        if self.offload.is_some() && s.flags & OFFLOADED == 0 {
+            self.update_offload(sid);
         }
     }
 
@@ -396,6 +403,7 @@ impl<A: PortAllocator> Engine<A> {
             remote: s.remote,
             origin: SessionOrigin::Dynamic,
         });
+        self.update_offload(sid);
         Ok(sid)
     }
 

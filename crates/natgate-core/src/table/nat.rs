@@ -790,12 +790,12 @@ impl NatTable {
     pub fn expire(
         &mut self,
         now_secs: u32,
-        mut expiry: impl FnMut(&Session) -> u32,
+        mut expiry: impl FnMut(&mut Session) -> u32,
         mut on_expired: impl FnMut(SessionId, Session, Option<Mapping>),
     ) {
         let NatTable { t, wheel } = self;
         wheel.advance(now_secs, |id| {
-            let due = expiry(t.sessions.get(id)?);
+            let due = expiry(t.sessions.get_mut(id)?);
             if due > now_secs {
                 return Some(due);
             }
