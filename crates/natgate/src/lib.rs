@@ -32,6 +32,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dataplane;
 pub mod demo;
 pub mod ethtool;
 pub mod eventlog;

@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//
+// natgate's in-kernel fast path: translates the packets of established TCP and UDP sessions that
+// the engine put into SESSIONS, and hands everything else to the slow path untouched.
+//
+// The engine is the one authority. This program never makes, refreshes or ends a session on its
+// own: it looks the flow up, rewrites it exactly as the engine's own fast lane would (addresses,
+// ports, one TTL decrement, incremental checksums: RFC 1624), stamps the entry's last-seen time
+// and counters for the engine to read back, and redirects the frame to the other interface with
+// the Ethernet header the kernel's FIB and neighbour tables give. Whatever it does not carry it
+// passes on (TC_ACT_OK) exactly as it arrived, and the kernel's policy routing takes it to the
+// slow path. What is punted, and why, mirrors the engine's `lane_head`/`flow_head` conditions;
+// a differential test runs both on the same packets (`BPF_PROG_TEST_RUN`).
+//
+// Layouts shared with Rust (`crates/natgate/src/dataplane/fastpath/map.rs`): keep them in step.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+// A flow as it arrives on one side: the outbound view (internal -> remote) on the inside, the
+// inbound view (remote -> external) on the outside. Addresses and ports in network order.
+struct flow_key {
+	__u32 src;
+	__u32 dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 side;
+	__u16 pad;
+};
+
+// What to write, and what the fast path saw. The endpoint is the new source (outbound) or the
+// new destination (inbound). `last_seen_ns` is CLOCK_MONOTONIC (bpf_ktime_get_ns).
+struct flow_action {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+	__u64 last_seen_ns;
+	__u64 packets;
+	__u64 bytes;
+};
+
+// One attached interface: which side it is, the interface its translated packets must leave
+// by, and the engine's MTU for that way out (a DF packet over it is the engine's to answer).
+struct iface {
+	__u32 peer_ifindex;
+	__u16 mtu_out;
+	__u8 side;
+	__u8 pad;
+};
+
+enum side { SIDE_INSIDE = 0, SIDE_OUTSIDE = 1 };
+
+// Counters, one slot each in STATS. The order is the Rust `FastPathCounter` order.
+enum counter {
+	C_FORWARDED_OUT,
+	C_FORWARDED_IN,
+	C_BYTES_OUT,
+	C_BYTES_IN,
+	C_PUNT_NOT_IPV4,
+	C_PUNT_HEADER,
+	C_PUNT_FRAGMENT,
+	C_PUNT_PROTOCOL,
+	C_PUNT_TCP_FLAGS,
+	C_PUNT_TTL,
+	C_PUNT_TOO_BIG,
+	C_PUNT_NO_SESSION,
+	C_PUNT_NO_ROUTE,
+	C_COUNT,
+};
+
+// Settings flags (SETTINGS[0]).
+#define F_NO_REDIRECT 1 /* rewrite but do not route: BPF_PROG_TEST_RUN compares bytes */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct flow_key);
+	__type(value, struct flow_action);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} SESSIONS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct iface);
+} IFACES SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} STATS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} SETTINGS SEC(".maps");
+
+static __always_inline void count(__u32 which, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&STATS, &which);
+	if (c)
+		*c += n;
+}
+
+static __always_inline int punt(__u32 why)
+{
+	count(why, 1);
+	return TC_ACT_OK;
+}
+
+// RFC 1071 over the 20-byte header: zero when its checksum verifies.
+static __always_inline __u16 header_sum(const __u16 *h)
+{
+	__u32 s = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		s += h[i];
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+#define ETH_LEN sizeof(struct ethhdr)
+#define IP_LEN sizeof(struct iphdr)
+#define IP_CSUM_OFF (ETH_LEN + offsetof(struct iphdr, check))
+#define IP_TTL_OFF (ETH_LEN + offsetof(struct iphdr, ttl))
+#define IP_SRC_OFF (ETH_LEN + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF (ETH_LEN + offsetof(struct iphdr, daddr))
+#define L4_OFF (ETH_LEN + IP_LEN)
+
+SEC("classifier")
+int natgate_tc(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+	struct iface *ifc = bpf_map_lookup_elem(&IFACES, &ifindex);
+	if (!ifc)
+		return TC_ACT_OK;
+	__u32 zero = 0;
+	__u32 *settings = bpf_map_lookup_elem(&SETTINGS, &zero);
+	__u32 flags = settings ? *settings : 0;
+
+	// The headers the look-up reads must be in the linear part.
+	if (skb->data + L4_OFF + sizeof(struct tcphdr) > skb->data_end)
+		bpf_skb_pull_data(skb, L4_OFF + sizeof(struct tcphdr));
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return punt(C_PUNT_NOT_IPV4);
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return punt(C_PUNT_HEADER);
+	// The engine's flow_head: a plain 20-byte header, a whole datagram, TCP or UDP.
+	if (*(__u8 *)ip != 0x45)
+		return punt(C_PUNT_HEADER);
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return punt(C_PUNT_FRAGMENT);
+	__u8 proto = ip->protocol;
+	__u32 need;
+	if (proto == IPPROTO_TCP)
+		need = IP_LEN + sizeof(struct tcphdr);
+	else if (proto == IPPROTO_UDP)
+		need = IP_LEN + sizeof(struct udphdr);
+	else
+		return punt(C_PUNT_PROTOCOL);
+	__u32 len = bpf_ntohs(ip->tot_len);
+	if (len < need || ETH_LEN + len > skb->len)
+		return punt(C_PUNT_HEADER);
+	if (header_sum((const __u16 *)ip) != 0)
+		return punt(C_PUNT_HEADER);
+	// `need` bytes are inside the datagram; the linear part holds a TCP header's worth.
+	__u16 *ports = (void *)(ip + 1);
+	if ((void *)(ports + 2) > end)
+		return punt(C_PUNT_HEADER);
+	if (ports[0] == 0 || ports[1] == 0)
+		return punt(C_PUNT_HEADER);
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)(ip + 1);
+		if ((void *)(tcp + 1) > end)
+			return punt(C_PUNT_HEADER);
+		// SYN, FIN and RST change the engine's TCP state: the engine must see them.
+		if (tcp->syn || tcp->fin || tcp->rst)
+			return punt(C_PUNT_TCP_FLAGS);
+	}
+	// RFC 1812 5.3.1: a TTL that would reach zero is the router's (the kernel's) to answer.
+	if (ip->ttl <= 1)
+		return punt(C_PUNT_TTL);
+	// RFC 4787 REQ-13: DF and too big for the engine's MTU: the engine answers.
+	if ((ip->frag_off & bpf_htons(0x4000)) && len > ifc->mtu_out)
+		return punt(C_PUNT_TOO_BIG);
+
+	struct flow_key key = {
+		.src = ip->saddr,
+		.dst = ip->daddr,
+		.sport = ports[0],
+		.dport = ports[1],
+		.proto = proto,
+		.side = ifc->side,
+	};
+	struct flow_action *act = bpf_map_lookup_elem(&SESSIONS, &key);
+	if (!act)
+		return punt(C_PUNT_NO_SESSION);
+
+	int outbound = ifc->side == SIDE_INSIDE;
+	__u32 old_addr = outbound ? key.src : key.dst;
+	__u16 old_port = outbound ? key.sport : key.dport;
+	__u32 new_addr = act->addr;
+	__u16 new_port = act->port;
+
+	// Route the translated packet before touching it: a packet the kernel cannot send on at
+	// once (no route, an unresolved neighbour, the wrong way out, over the interface's MTU)
+	// goes to the slow path as it arrived.
+	struct bpf_fib_lookup fib = {};
+	if (!(flags & F_NO_REDIRECT)) {
+		fib.family = 2; /* AF_INET */
+		fib.l4_protocol = proto;
+		fib.tot_len = len;
+		fib.ipv4_src = outbound ? new_addr : key.src;
+		fib.ipv4_dst = outbound ? key.dst : new_addr;
+		fib.ifindex = ifindex;
+		long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+			return punt(C_PUNT_TOO_BIG);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ifc->peer_ifindex)
+			return punt(C_PUNT_NO_ROUTE);
+	}
+
+	// The rewrite, with the kernel's checksum helpers so that checksum offload states
+	// (CHECKSUM_PARTIAL from a local sender, CHECKSUM_COMPLETE) stay right.
+	__u32 addr_off = outbound ? IP_SRC_OFF : IP_DST_OFF;
+	__u32 port_off = L4_OFF + (outbound ? 0 : 2);
+	__u32 l4_csum_off = L4_OFF + (proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+							     : offsetof(struct udphdr, check));
+	__u64 l4_flags = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	if (new_addr != old_addr) {
+		bpf_l4_csum_replace(skb, l4_csum_off, old_addr, new_addr,
+				    l4_flags | BPF_F_PSEUDO_HDR | sizeof(new_addr));
+		bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(new_addr));
+		bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0);
+	}
+	if (new_port != old_port) {
+		bpf_l4_csum_replace(skb, l4_csum_off, old_port, new_port,
+				    l4_flags | sizeof(new_port));
+		bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0);
+	}
+	// One TTL decrement: the TTL shares its 16-bit word with the protocol.
+	__u8 ttl;
+	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, 1) < 0)
+		return TC_ACT_SHOT;
+	__u16 old_word = bpf_htons(((__u16)ttl << 8) | proto);
+	__u16 new_word = bpf_htons(((__u16)(ttl - 1) << 8) | proto);
+	__u8 new_ttl = ttl - 1;
+	bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_word, new_word, sizeof(new_word));
+	bpf_skb_store_bytes(skb, IP_TTL_OFF, &new_ttl, 1, 0);
+
+	act->last_seen_ns = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&act->packets, 1);
+	__sync_fetch_and_add(&act->bytes, len);
+	count(outbound ? C_FORWARDED_OUT : C_FORWARDED_IN, 1);
+	count(outbound ? C_BYTES_OUT : C_BYTES_IN, len);
+
+	if (flags & F_NO_REDIRECT)
+		return TC_ACT_REDIRECT;
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
