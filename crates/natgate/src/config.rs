@@ -53,6 +53,9 @@ pub struct FileConfig {
     /// The TUN data plane.
     #[serde(default)]
     pub tun: TunSection,
+    /// Which data path carries established flows.
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
     /// Behaviour: a preset plus single overrides.
     #[serde(default)]
     pub behavior: BehaviorSpec,
@@ -115,6 +118,30 @@ pub struct PoolSection {
     /// the rest is left to the gateway's own sockets. Default `"20000-65535"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_ports: Option<String>,
+}
+
+/// `[dataplane]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DataplaneSection {
+    /// `"auto"` (default): the in-kernel TC fast path where it can be loaded, else the slow
+    /// path alone; `"tc"`: the fast path or refuse to start; `"off"`: the slow path alone.
+    #[serde(default)]
+    pub fast_path: FastPathMode,
+}
+
+/// `[dataplane] fast-path`: where established flows are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FastPathMode {
+    /// The TC fast path where it can be loaded; the slow path alone otherwise (said in one
+    /// log line at start).
+    #[default]
+    Auto,
+    /// The TC fast path, or refuse to start.
+    Tc,
+    /// Every packet through the slow path.
+    Off,
 }
 
 /// `[tun]`.
@@ -469,6 +496,8 @@ pub struct Settings {
     pub control_socket: Option<PathBuf>,
     /// Metrics listen address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where established flows are carried.
+    pub fast_path: FastPathMode,
     /// How external ports are handed out.
     pub allocation: Allocation,
     /// Translation logs.
@@ -656,6 +685,7 @@ impl Settings {
             lab: file.lab,
             control_socket: file.control.enabled.then(|| file.control.socket.clone()),
             metrics_listen: file.metrics.listen,
+            fast_path: file.dataplane.fast_path,
             allocation: file.allocation,
             log: log_settings(&file, &invalid)?,
             rules: file.rule.clone(),

@@ -270,4 +270,20 @@ pub fn report_state(s: &Snapshot, out: &mut dyn FnMut(&str)) {
         "TUN I/O: {} read from inside, {} from outside, {} written, {} write errors",
         s.io.rx_packets[0], s.io.rx_packets[1], s.io.tx_packets, s.io.tx_errors
     ));
+    out(&match &s.fast_path {
+        Some(f) => {
+            let punted: u64 = f
+                .named()
+                .iter()
+                .filter(|(k, _)| k.starts_with("punt_"))
+                .map(|(_, n)| n)
+                .sum();
+            format!(
+                "data path: the in-kernel fast path (TC) carried {} packets out and {} in, and \
+                 handed {punted} to natgate's slow path (TUN), which translated the counters above",
+                f.forwarded_out, f.forwarded_in
+            )
+        }
+        None => "data path: natgate's slow path (TUN) carried every packet".to_owned(),
+    });
 }

@@ -181,6 +181,50 @@ impl MetricsSnapshot {
             e.family(name, "counter", help);
             e.sample(name, &[], v);
         }
+        if let Some(f) = &st.fast_path {
+            let p = &f.program;
+            e.family(
+                "natgate_fast_path_packets_total",
+                "counter",
+                "Packets the in-kernel fast path carried, by direction.",
+            );
+            for (dir, n) in [("outbound", p.forwarded_out), ("inbound", p.forwarded_in)] {
+                e.sample("natgate_fast_path_packets_total", &[("direction", dir)], n);
+            }
+            e.family(
+                "natgate_fast_path_bytes_total",
+                "counter",
+                "Bytes the in-kernel fast path carried, by direction.",
+            );
+            for (dir, n) in [("outbound", p.bytes_out), ("inbound", p.bytes_in)] {
+                e.sample("natgate_fast_path_bytes_total", &[("direction", dir)], n);
+            }
+            e.family(
+                "natgate_fast_path_punts_total",
+                "counter",
+                "Packets the fast path handed to the engine, by reason.",
+            );
+            for (name, n) in p.named() {
+                if let Some(reason) = name.strip_prefix("punt_") {
+                    e.sample("natgate_fast_path_punts_total", &[("reason", reason)], n);
+                }
+            }
+            for (name, help, v) in [
+                (
+                    "natgate_fast_path_flows",
+                    "Flows the engines handed to the fast path.",
+                    f.flows,
+                ),
+                (
+                    "natgate_fast_path_table_capacity",
+                    "Entries the fast path's table holds at most (two per flow).",
+                    p.capacity,
+                ),
+            ] {
+                e.family(name, "gauge", help);
+                e.sample(name, &[], v);
+            }
+        }
         e.family("natgate_sessions", "gauge", "Live sessions, by protocol.");
         for p in Protocol::ALL {
             e.sample(

@@ -17,6 +17,8 @@ use natgate_core::engine::{MappingInfo, SessionInfo};
 use natgate_core::tcp_state::TcpPhase;
 use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol, SessionOrigin};
 use serde::{Deserialize, Serialize};
+
+use crate::dataplane::fastpath::FastPathCounters;
 use serde_json::Value;
 
 use super::ControlError;
@@ -962,6 +964,23 @@ pub struct StatsInfo {
     /// Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).
     #[serde(default)]
     pub exempted_packets: u64,
+    /// The in-kernel fast path, when it runs. Its packets are not in `outbound` and
+    /// `inbound`, which count what the engines translated themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathStats>,
+}
+
+/// The fast path in `stats`: the program's own counters and the engines' side of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathStats {
+    /// What the program carried and punted, and its table's occupancy.
+    pub program: FastPathCounters,
+    /// Flows the engines handed to it (each is two table entries).
+    pub flows: u64,
+    /// Flows the engines kept because the table or their queue was full.
+    pub offers_skipped: u64,
+    /// Table changes the kernel refused.
+    pub changes_failed: u64,
 }
 
 impl StatsInfo {

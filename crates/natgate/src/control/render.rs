@@ -257,6 +257,19 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
             ] {
                 t.row(vec![k.to_owned(), v.to_string()]);
             }
+            if let Some(f) = &s.fast_path {
+                for (k, v) in f.program.named() {
+                    t.row(vec![format!("fast path {}", k.replace('_', " ")), v.to_string()]);
+                }
+                for (k, v) in [
+                    ("fast path table capacity", f.program.capacity),
+                    ("fast path flows", f.flows),
+                    ("fast path offers skipped", f.offers_skipped),
+                    ("fast path changes failed", f.changes_failed),
+                ] {
+                    t.row(vec![k.to_owned(), v.to_string()]);
+                }
+            }
             t.render(&mut out);
         }
         Response::Drops(d) => {

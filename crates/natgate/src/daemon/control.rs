@@ -20,7 +20,7 @@ use super::vservers::check_change;
 use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
-    DropList, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow, RealServerOp,
+    DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow, RealServerOp,
     ReloadResult, RuleChange, RuleList, StatsInfo, StatusInfo, VirtualServerChange,
     VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
@@ -304,6 +304,7 @@ impl ControlService {
         };
         let mut m = MetricsSnapshot::from_counters([&snap.counters]);
         m.stats.log_events_lost = self.handle.log_stats().map_or(0, |s| s.lost);
+        m.stats.fast_path = fast_path_stats(&snap);
         for p in Protocol::ALL {
             *m.sessions.get_mut(p) = snap.sessions_by_proto[p.index()];
         }
@@ -357,6 +358,7 @@ impl ControlHandler for ControlService {
                 let snap = self.snapshot(Detail::Summary)?;
                 let mut stats = StatsInfo::from_counters([&snap.counters]);
                 stats.log_events_lost = self.handle.log_stats().map_or(0, |s| s.lost);
+                stats.fast_path = fast_path_stats(&snap);
                 Ok(Response::Stats(stats))
             }
             Request::Drops(q) => {
@@ -392,4 +394,16 @@ impl ControlHandler for ControlService {
             }
         }
     }
+}
+
+/// The fast path's part of `stats`, if it runs.
+fn fast_path_stats(snap: &super::Snapshot) -> Option<FastPathStats> {
+    let program = snap.fast_path?;
+    let offload = snap.offload.unwrap_or_default();
+    Some(FastPathStats {
+        program,
+        flows: offload.carried,
+        offers_skipped: offload.skipped,
+        changes_failed: snap.io.offload_failed,
+    })
 }

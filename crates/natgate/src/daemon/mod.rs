@@ -44,10 +44,11 @@ use natgate_core::alloc::{
 };
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
-use natgate_core::engine::{MappingInfo, SessionInfo};
+use natgate_core::engine::{MappingInfo, OffloadStats, SessionInfo};
 use natgate_core::{Counters, Event, Protocol};
 
-use crate::config::Settings;
+use crate::config::{FastPathMode, Settings};
+use crate::dataplane::fastpath::{self, FastPath, FastPathCounters};
 use crate::eventlog::TimeBase;
 use crate::logsink::whois::{BlockLog, BlockLogConfig, SharedBlockLog};
 use crate::logsink::{
@@ -95,6 +96,8 @@ pub struct IoCounters {
     pub steered: u64,
     /// Packets dropped because the owner's mailbox was full.
     pub steer_dropped: u64,
+    /// Offload changes the fast path's table refused (the flow stays with the slow path).
+    pub offload_failed: u64,
 }
 
 impl IoCounters {
@@ -106,6 +109,7 @@ impl IoCounters {
         self.handed_back += o.handed_back;
         self.steered += o.steered;
         self.steer_dropped += o.steer_dropped;
+        self.offload_failed += o.offload_failed;
     }
 }
 
@@ -191,6 +195,8 @@ pub struct WorkerSnapshot {
     pub pools: Vec<AddressUsage>,
     /// Port blocks or deterministic ranges per address (empty with dynamic allocation).
     pub port_sets: Vec<PortSetUsage>,
+    /// Flows handed to the fast path, when it runs.
+    pub offload: Option<OffloadStats>,
     /// Live sessions.
     pub session_count: usize,
     /// Live mappings.
@@ -219,6 +225,10 @@ pub struct Snapshot {
     /// Port blocks or deterministic ranges per external address, summed over the workers'
     /// shares (empty with dynamic allocation).
     pub port_sets: Vec<PortSetUsage>,
+    /// Flows handed to the fast path, summed over workers, when it runs.
+    pub offload: Option<OffloadStats>,
+    /// The fast path's own counters, when it runs.
+    pub fast_path: Option<FastPathCounters>,
     /// Live sessions.
     pub session_count: usize,
     /// Live mappings.
@@ -279,6 +289,9 @@ pub enum DaemonError {
         #[source]
         source: LogError,
     },
+    /// The fast path could not be loaded or attached (with `fast-path = "tc"`).
+    #[error(transparent)]
+    FastPath(#[from] fastpath::FastPathError),
     /// The allocation settings describe no allocator (validation should have refused them).
     #[error("allocation: {0}")]
     Allocation(String),
@@ -298,6 +311,8 @@ pub struct DaemonHandle {
     /// in a handle made without a data plane (unit tests of the control service).
     external: Arc<Mutex<Option<external::ExternalAddresses>>>,
     logs: Arc<LogView>,
+    /// The in-kernel fast path while it is attached (taken, and so detached, at shutdown).
+    fast_path: Arc<Mutex<Option<FastPath>>>,
 }
 
 /// What the control plane sees of the translation logs.
@@ -383,6 +398,12 @@ impl DaemonHandle {
             total.mappings.extend(s.mappings);
             merge_usage(&mut total.pools, s.pools);
             merge_port_sets(&mut total.port_sets, s.port_sets);
+            if let Some(o) = s.offload {
+                let t = total.offload.get_or_insert_default();
+                t.carried += o.carried;
+                t.capacity += o.capacity;
+                t.skipped += o.skipped;
+            }
             total.session_count += s.session_count;
             total.mapping_count += s.mapping_count;
             total.held_syns += s.held_syns;
@@ -390,6 +411,7 @@ impl DaemonHandle {
             total.now = total.now.max(s.now);
             total.workers += 1;
         }
+        total.fast_path = self.fast_path_counters();
         Ok(total)
     }
 
@@ -419,6 +441,12 @@ impl DaemonHandle {
     /// The log pipeline's counters; `None` when no sink is configured.
     pub fn log_stats(&self) -> Option<PipelineStats> {
         self.logs.monitor.as_ref().map(PipelineMonitor::stats)
+    }
+
+    /// The fast path's counters, while it runs.
+    pub fn fast_path_counters(&self) -> Option<FastPathCounters> {
+        let fp = self.fast_path.lock().unwrap_or_else(PoisonError::into_inner);
+        fp.as_ref().and_then(|f| f.counters().ok())
     }
 
     /// The block log behind `whois`, if one is configured.
@@ -577,12 +605,13 @@ impl Daemon {
         })?;
         let clock = Clock::new();
         let logs = open_logs(settings, &clock)?;
+        let n = queues.len();
+        let fast_path = start_fast_path(settings, engine_cfg.get(), n)?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         let home = resolved
             .nat_ports
             .map(|nat_ports| HomeAddress::new(resolved.pool.clone(), nat_ports, engine_cfg.get()));
-        let n = queues.len();
         let steering = Arc::new(steer::Steering::new(n, ownership));
         let mailboxes: Arc<[steer::Mailbox]> = (0..n)
             .map(|_| steer::Mailbox::new())
@@ -591,7 +620,14 @@ impl Daemon {
             .into();
         for (id, (inside, outside)) in queues.into_iter().enumerate() {
             let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
-            let engine = Engine::with_allocator(engine_cfg.clone(), alloc, os_seed());
+            let mut engine = Engine::with_allocator(engine_cfg.clone(), alloc, os_seed());
+            let table = match &fast_path {
+                Some(fp) => {
+                    engine.enable_offload(engine_cfg.get().limits.max_sessions as usize);
+                    Some(fp.table().map_err(DaemonError::FastPath)?)
+                }
+                None => None,
+            };
             let (tx, rx) = mpsc::channel();
             senders.push(tx);
             let events: EventSink = match &logs {
@@ -614,6 +650,7 @@ impl Daemon {
                 io: IoCounters::default(),
                 steering: steering.clone(),
                 mailboxes: mailboxes.clone(),
+                fast_path: table,
             };
             let h = std::thread::Builder::new()
                 .name(format!("natgate-w{id}"))
@@ -638,6 +675,7 @@ impl Daemon {
             started: std::time::Instant::now(),
             logs: Arc::new(view),
             external: Arc::new(Mutex::new(Some(external))),
+            fast_path: Arc::new(Mutex::new(fast_path)),
         };
         let mut daemon = Daemon {
             handle: handle.clone(),
@@ -684,6 +722,13 @@ impl Daemon {
                 first = Err(e);
             }
         }
+        // Detach the fast path before the plumbing goes: from here every packet takes the
+        // kernel's own path, which the plumbing's removal then closes.
+        self.handle
+            .fast_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         // The workers dropped their log senders: write what they queued, then stop the logger.
         if let Some(l) = self.logs.take()
             && let Err(source) = l.shutdown()
@@ -719,6 +764,54 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         // `shutdown` reports errors; here there is nobody to tell.
         let _ = self.shutdown();
+    }
+}
+
+/// Loads and attaches the fast path as `[dataplane] fast-path` asks, sized for `workers`
+/// engines' sessions. `auto` falls back to the slow path alone, saying why in one log line.
+fn start_fast_path(
+    settings: &Settings,
+    cfg: &natgate_core::Config,
+    workers: usize,
+) -> Result<Option<FastPath>, DaemonError> {
+    if settings.fast_path == FastPathMode::Off {
+        tracing::info!("data path: slow path (TUN) only, as configured");
+        return Ok(None);
+    }
+    let side = |name: &str, mtu: u16| -> Result<fastpath::Side, DaemonError> {
+        let ifindex = crate::netlink::Netlink::new()
+            .and_then(|mut nl| nl.link_index(name))
+            .map_err(|e| {
+                DaemonError::FastPath(fastpath::FastPathError::Attach {
+                    iface: name.to_owned(),
+                    why: e.to_string(),
+                })
+            })?;
+        Ok(fastpath::Side {
+            name: name.to_owned(),
+            ifindex,
+            mtu,
+        })
+    };
+    // The MTU a side's program checks is that of the way out: the other side's.
+    let inside = side(&settings.inside, cfg.behavior.outside_mtu)?;
+    let outside = side(&settings.outside, cfg.behavior.inside_mtu)?;
+    let flows = u32::try_from(u64::from(cfg.limits.max_sessions) * workers as u64)
+        .unwrap_or(u32::MAX / 2);
+    match FastPath::attach(&inside, &outside, flows) {
+        Ok(fp) => {
+            tracing::info!(
+                "data path: in-kernel fast path (TC) on {} and {} for established flows, slow path (TUN) for the rest",
+                inside.name,
+                outside.name
+            );
+            Ok(Some(fp))
+        }
+        Err(e) if settings.fast_path == FastPathMode::Auto => {
+            tracing::warn!("data path: slow path (TUN) only: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1154,6 +1247,7 @@ mod tests {
                 block_log: None,
             }),
             external: Arc::default(),
+            fast_path: Arc::default(),
         };
         let service =
             control::ControlService::new(handle, Settings::parse(MIN).expect("valid"), None, None);

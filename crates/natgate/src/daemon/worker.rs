@@ -22,6 +22,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering, binding};
 use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
+use crate::dataplane::fastpath::FlowTable;
 use crate::tun::TunQueue;
 
 /// Longest wait in `poll`, so commands and the stop flag are seen within this time.
@@ -148,6 +149,9 @@ pub struct Worker {
     pub steering: Arc<Steering>,
     /// Every worker's mailbox, by worker number.
     pub mailboxes: Arc<[Mailbox]>,
+    /// The in-kernel fast path's flow table, when it runs: the engine's offload changes go
+    /// there, and its timers ask it what it carried.
+    pub fast_path: Option<FlowTable>,
 }
 
 /// Why a worker stopped with an error.
@@ -204,10 +208,14 @@ impl Worker {
             if self.engine.next_timeout().is_some_and(|t| t <= now)
                 || now.saturating_since(last_timers) >= TIMER_TICK
             {
-                self.engine.handle_timeout(now);
+                match self.fast_path.as_mut() {
+                    Some(table) => self.engine.handle_timeout_with(now, &mut table.view(now)),
+                    None => self.engine.handle_timeout(now),
+                }
                 last_timers = now;
             }
             self.transmit(&mut scratch);
+            self.offload();
             let mut any = false;
             for _ in 0..EVENTS_PER_TURN {
                 match self.engine.poll_event() {
@@ -446,6 +454,20 @@ impl Worker {
         }
     }
 
+    /// Applies the engine's offload changes to the fast path's table. A change the kernel
+    /// refuses (a full table) leaves the flow with the slow path, which carries it as well:
+    /// the program punts what it does not find.
+    fn offload(&mut self) {
+        let Some(table) = self.fast_path.as_mut() else {
+            return;
+        };
+        while let Some(op) = self.engine.poll_offload() {
+            if table.apply(&op).is_err() {
+                self.io.offload_failed += 1;
+            }
+        }
+    }
+
     /// Writes what the engine built on its own (released fragments, answers to held SYNs).
     fn transmit(&mut self, scratch: &mut [u8]) {
         for _ in 0..TRANSMITS_PER_TURN {
@@ -500,6 +522,7 @@ impl Worker {
                         },
                         pools: e.allocator().usage(),
                         port_sets: e.allocator().port_sets(),
+                        offload: e.offload_stats(),
                         session_count: e.session_count(),
                         mapping_count: e.mapping_count(),
                         held_syns: e.held_syn_count(),

@@ -43,20 +43,6 @@ const PROGRAM: &str = "natgate_tc";
 /// `SETTINGS[0]` flag: rewrite but do not route (for [`sys::test_run`]).
 pub const NO_REDIRECT: u32 = 1;
 
-/// `[dataplane] fast-path`: where established flows are carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FastPathMode {
-    /// The TC fast path where it can be loaded; the slow path alone otherwise (said in one
-    /// log line at start).
-    #[default]
-    Auto,
-    /// The TC fast path, or refuse to start.
-    Tc,
-    /// Every packet through the slow path.
-    Off,
-}
-
 /// The fast path's counters, in the program's `enum counter` order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FastPathCounters {
@@ -86,9 +72,7 @@ pub struct FastPathCounters {
     pub punt_no_session: u64,
     /// Punted: no route, an unresolved neighbour, or another way out.
     pub punt_no_route: u64,
-    /// Entries in the table (two per carried flow).
-    pub entries: u64,
-    /// The table's size.
+    /// The table's size in entries (two per flow).
     pub capacity: u64,
 }
 
@@ -275,7 +259,9 @@ impl FastPath {
         Ok(FlowTable { map })
     }
 
-    /// The program's counters, summed over CPUs, and the table's occupancy.
+    /// The program's counters, summed over CPUs, and the table's size. (Its occupancy is the
+    /// engines' count of the flows they handed over: counting the kernel's entries would take
+    /// a system call per entry.)
     pub fn counters(&self) -> Result<FastPathCounters, FastPathError> {
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("STATS").ok_or_else(|| map_err("no STATS"))?)
@@ -288,13 +274,6 @@ impl FastPath {
             let per_cpu = stats.get(&slot, 0).map_err(map_err)?;
             c.set(slot as usize, per_cpu.iter().sum());
         }
-        let sessions: HashMap<_, FlowKey, FlowAction> = HashMap::try_from(
-            self.ebpf
-                .map("SESSIONS")
-                .ok_or_else(|| map_err("no SESSIONS"))?,
-        )
-        .map_err(map_err)?;
-        c.entries = sessions.keys().count() as u64;
         Ok(c)
     }
 
