@@ -163,6 +163,30 @@ impl<A: PortAllocator> Engine<A> {
         })
     }
 
+    /// Moves the last-seen time of every carried session forward to what the fast path saw,
+    /// so that a listing of sessions ([`Self::sessions`]) shows their real idle times. Costs
+    /// one question to `fast_path` per carried session: for listings, not for timers (which
+    /// ask only about the sessions that are due).
+    pub fn refresh_offloaded(&mut self, fast_path: &mut impl FastPathView) {
+        if self.offload.is_none() {
+            return;
+        }
+        let refresh = self.behavior.refresh;
+        let carried: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.flags & OFFLOADED != 0)
+            .map(|(id, _)| id)
+            .collect();
+        for id in carried {
+            refresh_from(
+                fast_path,
+                |d| refresh.refreshes(d),
+                self.sessions.get_mut(id),
+            );
+        }
+    }
+
     /// Whether the session may go to the fast path: a dynamic TCP or UDP session in an
     /// offloadable state ([`offloadable_state`]) whose remote is not one of our own external
     /// addresses (a hairpinned flow is translated twice, which only the engine does).
@@ -334,6 +358,29 @@ mod tests {
         e.handle_timeout_with(Instant::from_secs(222), &mut view);
         assert_eq!(e.session_count(), 0, "idle since 100 s");
         assert_eq!(ops(&mut e), vec![OffloadOp::Remove(flow)]);
+    }
+
+    #[test]
+    fn a_listing_shows_the_fast_paths_last_packet() {
+        let mut e = engine(|_| {});
+        send(
+            &mut e,
+            0,
+            Side::Inside,
+            udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
+        );
+        let flow = only_insert(&mut e);
+        let mut view = Seen::default();
+        view.0.insert(
+            flow,
+            FastPathSeen {
+                outbound: Some(Instant::from_secs(42)),
+                inbound: None,
+            },
+        );
+        e.refresh_offloaded(&mut view);
+        let s = e.sessions().next().expect("session");
+        assert_eq!(s.last_seen, Instant::from_secs(42));
     }
 
     #[test]

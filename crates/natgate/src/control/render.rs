@@ -259,7 +259,10 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
             }
             if let Some(f) = &s.fast_path {
                 for (k, v) in f.program.named() {
-                    t.row(vec![format!("fast path {}", k.replace('_', " ")), v.to_string()]);
+                    t.row(vec![
+                        format!("fast path {}", k.replace('_', " ")),
+                        v.to_string(),
+                    ]);
                 }
                 for (k, v) in [
                     ("fast path table capacity", f.program.capacity),

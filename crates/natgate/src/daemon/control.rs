@@ -20,8 +20,8 @@ use super::vservers::check_change;
 use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
-    DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow, RealServerOp,
-    ReloadResult, RuleChange, RuleList, StatsInfo, StatusInfo, VirtualServerChange,
+    DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow,
+    RealServerOp, ReloadResult, RuleChange, RuleList, StatsInfo, StatusInfo, VirtualServerChange,
     VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};

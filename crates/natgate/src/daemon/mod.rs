@@ -445,7 +445,10 @@ impl DaemonHandle {
 
     /// The fast path's counters, while it runs.
     pub fn fast_path_counters(&self) -> Option<FastPathCounters> {
-        let fp = self.fast_path.lock().unwrap_or_else(PoisonError::into_inner);
+        let fp = self
+            .fast_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         fp.as_ref().and_then(|f| f.counters().ok())
     }
 
@@ -796,8 +799,8 @@ fn start_fast_path(
     // The MTU a side's program checks is that of the way out: the other side's.
     let inside = side(&settings.inside, cfg.behavior.outside_mtu)?;
     let outside = side(&settings.outside, cfg.behavior.inside_mtu)?;
-    let flows = u32::try_from(u64::from(cfg.limits.max_sessions) * workers as u64)
-        .unwrap_or(u32::MAX / 2);
+    let flows =
+        u32::try_from(u64::from(cfg.limits.max_sessions) * workers as u64).unwrap_or(u32::MAX / 2);
     match FastPath::attach(&inside, &outside, flows) {
         Ok(fp) => {
             tracing::info!(

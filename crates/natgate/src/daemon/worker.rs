@@ -499,8 +499,12 @@ impl Worker {
         for _ in 0..COMMANDS_PER_TURN {
             match self.commands.try_recv() {
                 Ok(Command::Snapshot { detail, reply }) => {
-                    let e = &self.engine;
                     let tables = detail == Detail::Tables;
+                    if tables && let Some(table) = self.fast_path.as_mut() {
+                        let now = self.clock.now();
+                        self.engine.refresh_offloaded(&mut table.view(now));
+                    }
+                    let e = &self.engine;
                     let mut by_proto = [0u64; 3];
                     if detail != Detail::Summary {
                         for s in e.sessions() {

@@ -80,6 +80,18 @@ pub struct Gateway {
     _config: TempFile,
 }
 
+/// `config_text` with the data path the suite runs under: `[dataplane] fast-path` from
+/// `NATGATE_TEST_FAST_PATH` (`auto`, `tc` or `off`), unless the test chose one itself. CI runs
+/// the end-to-end tests once with the default (the fast path) and once with `off`.
+pub fn with_data_path(config_text: &str) -> String {
+    match std::env::var("NATGATE_TEST_FAST_PATH") {
+        Ok(mode) if !config_text.contains("[dataplane]") => {
+            format!("{config_text}\n[dataplane]\nfast-path = \"{mode}\"\n")
+        }
+        _ => config_text.to_owned(),
+    }
+}
+
 pub fn natgate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_natgate")
 }
@@ -95,7 +107,7 @@ impl Gateway {
 
     /// Starts natgate without waiting.
     pub fn spawn(topo: &Topology, config_text: &str) -> Self {
-        let cfg = TempFile::new(&topo.suffix, config_text);
+        let cfg = TempFile::new(&topo.suffix, &with_data_path(config_text));
         let mut child = Command::new(natgate_bin())
             .arg("run")
             .arg("--config")

@@ -1,0 +1,181 @@
+//! The in-kernel fast path through `natgate run` in namespaces: an established flow moves into
+//! it after its first packets, its session lives while traffic flows only through the fast
+//! path and still expires on time when idle, FIN and RST end a carried TCP session as before,
+//! and `ctl stats` counts what it carried. Needs root; skips otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::{Gateway, T, ctl_json, is_root, recv, topology, udp_socket};
+use natgate::topology::{Topology, addr};
+use serde_json::Value;
+
+fn fast_config(topo: &Topology, extra: &str) -> String {
+    common::config(topo, &format!("[dataplane]\nfast-path = \"tc\"\n\n{extra}"))
+}
+
+/// The fast path's program counters from `ctl stats`.
+fn program(topo: &Topology) -> Value {
+    ctl_json(topo, &["stats"])["fast_path"]["program"].clone()
+}
+
+fn counter(v: &Value, name: &str) -> u64 {
+    v[name].as_u64().unwrap_or_else(|| panic!("{name} in {v}"))
+}
+
+/// The live sessions of `proto` from `ctl sessions`.
+fn sessions(topo: &Topology, proto: &str) -> Vec<Value> {
+    ctl_json(topo, &["sessions"])["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["proto"] == proto)
+        .cloned()
+        .collect()
+}
+
+/// One datagram from `client` to `server` and back; the server sees `client` as the result.
+fn exchange(client: &UdpSocket, server: &UdpSocket, to: SocketAddrV4) -> SocketAddrV4 {
+    client.send_to(b"ping", to).unwrap();
+    let (_, seen) = recv(server, T).expect("server got the datagram");
+    server.send_to(b"pong", seen).unwrap();
+    recv(client, T).expect("client got the reply");
+    common::v4(seen)
+}
+
+#[test]
+fn an_established_udp_flow_moves_into_the_fast_path() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let mut gw = Gateway::start(&topo, &fast_config(&topo, ""));
+    assert!(
+        gw.lines.iter().any(|l| l.contains("in-kernel fast path")),
+        "{}",
+        gw.lines.join("\n")
+    );
+    let to = SocketAddrV4::new(addr::WAN1, 4000);
+    let server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    let first = exchange(&client, &server, to);
+    assert!(common::in_pool(*first.ip()), "{first}");
+    for _ in 0..50 {
+        assert_eq!(
+            exchange(&client, &server, to),
+            first,
+            "one mapping throughout"
+        );
+    }
+    let p = program(&topo);
+    // The first datagram makes the session (slow path); after that both ways are carried.
+    assert!(counter(&p, "forwarded_out") >= 49, "{p}");
+    assert!(counter(&p, "forwarded_in") >= 50, "{p}");
+    let stats = ctl_json(&topo, &["stats"]);
+    assert!(
+        stats["outbound"]["packets"].as_u64().unwrap() <= 2,
+        "the engine translated few packets itself: {stats}"
+    );
+    assert_eq!(stats["fast_path"]["flows"], 1, "{stats}");
+    gw.stop();
+}
+
+#[test]
+fn a_carried_session_lives_while_traffic_flows_and_expires_when_idle() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let extra = "[behavior.timers]\nudp = 4\n";
+    let mut gw = Gateway::start(&topo, &format!("lab = true\n{}", fast_config(&topo, extra)));
+    let to = SocketAddrV4::new(addr::WAN1, 4001);
+    let server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    let first = exchange(&client, &server, to);
+    // Outbound only, every second for three timers' worth: all through the fast path.
+    let before = counter(&program(&topo), "forwarded_out");
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_secs(1));
+        client.send_to(b"keepalive", to).unwrap();
+        assert!(recv(&server, T).is_some());
+    }
+    assert!(counter(&program(&topo), "forwarded_out") >= before + 12);
+    let live = sessions(&topo, "udp");
+    assert_eq!(live.len(), 1, "alive after 12 s on a 4 s timer: {live:?}");
+    assert!(live[0]["idle_secs"].as_u64().unwrap() <= 2, "{live:?}");
+    // The same mapping still answers from outside.
+    assert_eq!(exchange(&client, &server, to), first);
+    // Idle: gone within the timer and the one-second check.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(sessions(&topo, "udp").is_empty(), "expired when idle");
+    assert_eq!(ctl_json(&topo, &["stats"])["fast_path"]["flows"], 0);
+    gw.stop();
+}
+
+#[test]
+fn fin_and_rst_end_a_carried_tcp_session() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let mut gw = Gateway::start(&topo, &fast_config(&topo, ""));
+    let to = SocketAddrV4::new(addr::WAN1, 8090);
+    let listener = topo.wan1.run_in(|| TcpListener::bind(to)).unwrap().unwrap();
+    for (how, state) in [("fin", "closing"), ("rst", "reset")] {
+        let mut c = topo
+            .sub1
+            .run_in(|| TcpStream::connect_timeout(&to.into(), T))
+            .unwrap()
+            .unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let before = program(&topo);
+        let mut buf = [0u8; 4];
+        for _ in 0..20 {
+            c.write_all(b"data").unwrap();
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(b"back").unwrap();
+            c.read_exact(&mut buf).unwrap();
+        }
+        let after = program(&topo);
+        assert!(
+            counter(&after, "forwarded_out") >= counter(&before, "forwarded_out") + 20,
+            "{how}: data went through the fast path: {before} -> {after}"
+        );
+        let live = sessions(&topo, "tcp");
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(live[0]["tcp_state"], "established");
+        match how {
+            "fin" => {
+                drop(c);
+                s.read_exact(&mut buf).unwrap_err();
+                drop(s);
+            }
+            _ => {
+                // SO_LINGER 0: close sends a RST.
+                rustix::net::sockopt::set_socket_linger(&c, Some(Duration::ZERO)).unwrap();
+                drop(c);
+                drop(s);
+            }
+        }
+        let mut seen = String::new();
+        for _ in 0..30 {
+            let live = sessions(&topo, "tcp");
+            seen = format!("{live:?}");
+            if live.iter().all(|l| l["tcp_state"] == state) && !live.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(seen.contains(state), "{how}: the engine saw it end: {seen}");
+        ctl_json(&topo, &["flush"]);
+    }
+    assert!(counter(&program(&topo), "punt_tcp_flags") >= 4);
+    gw.stop();
+}
