@@ -102,7 +102,17 @@ fn a_carried_session_lives_while_traffic_flows_and_expires_when_idle() {
     for _ in 0..12 {
         std::thread::sleep(Duration::from_secs(1));
         client.send_to(b"keepalive", to).unwrap();
-        assert!(recv(&server, T).is_some());
+        if recv(&server, T).is_none() {
+            while let Ok(l) = gw.log.try_recv() {
+                gw.lines.push(l);
+            }
+            panic!(
+                "a keepalive was lost: {}\n{:?}\n{}",
+                ctl_json(&topo, &["stats"]),
+                sessions(&topo, "udp"),
+                gw.lines.join("\n")
+            );
+        }
     }
     assert!(counter(&program(&topo), "forwarded_out") >= before + 12);
     let live = sessions(&topo, "udp");

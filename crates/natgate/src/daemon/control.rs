@@ -111,7 +111,7 @@ impl ControlService {
         })?;
         let new = Settings::load(&path).map_err(|e| ControlError::Rejected(e.to_string()))?;
         let mut cur = self.settings();
-        let fixed: [(&str, bool); 9] = [
+        let fixed: [(&str, bool); 10] = [
             (
                 "interfaces",
                 new.inside == cur.inside
@@ -126,6 +126,7 @@ impl ControlService {
                     && new.table == cur.table,
             ),
             ("tun.queues", new.queues == cur.queues),
+            ("dataplane.fast-path", new.fast_path == cur.fast_path),
             ("limits", new.limits == cur.limits),
             ("control", new.control_socket == cur.control_socket),
             ("metrics", new.metrics_listen == cur.metrics_listen),

@@ -435,6 +435,16 @@ impl DaemonHandle {
                 .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?
                 .map_err(DaemonError::Reload)?;
         }
+        // The program checks DF packets against the engine's MTUs, which a reload may change.
+        let b = &config.get().behavior;
+        if let Some(fp) = self
+            .fast_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            fp.set_mtus(b.outside_mtu, b.inside_mtu)?;
+        }
         Ok(())
     }
 

@@ -165,6 +165,8 @@ pub struct Side {
 pub struct FastPath {
     ebpf: Ebpf,
     capacity: u32,
+    /// The attached sides, inside then outside.
+    sides: Option<[Side; 2]>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -192,7 +194,11 @@ impl FastPath {
             .try_into()
             .map_err(load_err)?;
         prog.load().map_err(load_err)?;
-        Ok(FastPath { ebpf, capacity })
+        Ok(FastPath {
+            ebpf,
+            capacity,
+            sides: None,
+        })
     }
 
     /// Loads the program and attaches it to the ingress of both sides.
@@ -213,7 +219,22 @@ impl FastPath {
                     why: e.to_string(),
                 })?;
         }
+        fp.sides = Some([inside.clone(), outside.clone()]);
         Ok(fp)
+    }
+
+    /// Takes the engine's MTUs after a reload: `outbound` for packets leaving by the outside
+    /// interface, `inbound` for those leaving by the inside one.
+    pub fn set_mtus(&mut self, outbound: u16, inbound: u16) -> Result<(), FastPathError> {
+        let Some([mut inside, mut outside]) = self.sides.clone() else {
+            return Ok(());
+        };
+        inside.mtu = inbound;
+        outside.mtu = outbound;
+        self.set_iface(&inside, &outside, SIDE_INSIDE)?;
+        self.set_iface(&outside, &inside, SIDE_OUTSIDE)?;
+        self.sides = Some([inside, outside]);
+        Ok(())
     }
 
     /// Records that packets arriving on `this` are from `side` and leave by `peer`.
