@@ -755,17 +755,14 @@ fn worker_allocator(
     if matches!(cfg.get().allocation, Allocation::Dynamic) {
         let mut alloc =
             DynamicAllocator::new(&cfg.get().pool, AllocSettings::from_config(cfg.get()));
-        if n > 1 || nat_ports.is_some() {
-            // Each worker hands out only its own port blocks; on the host's own address,
-            // only the NAT's range (ICMP identifiers are not the host's).
-            alloc.withhold_ports(|proto, port| {
-                let mine = steer::block_owner(port, n) == id;
-                let allowed = match nat_ports {
-                    Some((lo, hi)) => proto == Protocol::Icmp || (lo..=hi).contains(&port),
-                    None => true,
-                };
-                mine && allowed
-            });
+        if let Some((first, last)) = nat_ports {
+            // On the host's own address, only the NAT's range (ICMP identifiers are not the
+            // host's), with random ports drawn over that range, not over 1024-65535.
+            alloc.limit_ports(PortRange { first, last });
+        }
+        if n > 1 {
+            // Each worker hands out only its own port blocks.
+            alloc.withhold_ports(|_, port| steer::block_owner(port, n) == id);
         }
         return Ok(ConfiguredAllocator::Dynamic(alloc));
     }
