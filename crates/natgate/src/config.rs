@@ -559,11 +559,11 @@ impl Settings {
                 format!("{} is a reserved table id (0, 253-255)", tun.table),
             ));
         }
-        if tun.rule_priority < 3 || tun.rule_priority >= 32_766 {
+        if tun.rule_priority < 5 || tun.rule_priority >= 32_766 {
             return Err(invalid(
                 "rule-priority",
                 format!(
-                    "{} must be between 3 and 32765 (natgate uses it and the two below it)",
+                    "{} must be between 5 and 32765 (natgate uses it and the four below it)",
                     tun.rule_priority
                 ),
             ));
