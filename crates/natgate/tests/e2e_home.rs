@@ -197,6 +197,8 @@ fn home_gateway_hairpins_through_the_outside_address() {
     assert_eq!(common::v4(from), xb);
     // The host, from the LAN, on its outside address.
     ping(&topo.sub1, addr::GW_WAN, T).expect("ping the outside address from the LAN");
+    // The host's own ICMP to that address now passes through natgate, and is handed back.
+    ping(&topo.gateway, addr::GW_WAN, T).expect("the host pings its own outside address");
     let listener = topo
         .gateway
         .run_in(|| TcpListener::bind(SocketAddrV4::new(addr::GW_WAN, 2222)))
@@ -250,6 +252,38 @@ fn home_gateway_own_icmp_errors_reach_the_subscriber() {
     s.send_to(b"probe", dst).unwrap();
     let e = recv_error(&s, T).expect("the gateway's time exceeded reached the subscriber");
     assert_eq!((e.icmp_type, e.code), (11, 0));
+    assert!(
+        [addr::GW_LAN, addr::GW_WAN].contains(&e.offender),
+        "from the gateway: {e:?}"
+    );
+    assert_eq!(e.original_dst, dst, "quoted header translated back");
+}
+
+/// The same for fragmentation needed with the engine's default TTL handling: the outside link's
+/// MTU (1400) is below the engine's `outside-mtu` (1500), so the kernel, not the engine, finds a
+/// translated DF datagram too big, and tells the translated source, the outside address.
+#[test]
+fn home_gateway_own_fragmentation_needed_reaches_the_subscriber() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    Netlink::open_in(&topo.gateway)
+        .unwrap()
+        .set_mtu(&topo.ifaces.wan0, 1400)
+        .unwrap();
+    let _gw = Gateway::start(&topo, &home_config(&topo));
+    let s = subscriber_socket(&topo);
+    setsockopt_int(
+        &s,
+        libc::SOL_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    );
+    let dst = SocketAddrV4::new(addr::WAN1, 33434);
+    s.send_to(&[0u8; 1420], dst).unwrap();
+    let e = recv_error(&s, T).expect("the gateway's fragmentation needed reached the subscriber");
+    assert_eq!((e.icmp_type, e.code), (3, 4));
     assert!(
         [addr::GW_LAN, addr::GW_WAN].contains(&e.offender),
         "from the gateway: {e:?}"
