@@ -607,9 +607,11 @@ fn write(q: &TunQueue, pkt: &[u8], io: &mut IoCounters) {
 }
 
 /// Drops that, for the host's own address, mean "not the NAT's": hand the packet to the kernel.
-/// From the inside only what is neither TCP nor UDP (a ping to the outside address): the engine
-/// drops those before rewriting anything, while a TCP or UDP packet to a NAT port was already
-/// given its sender's mapping when its hairpin found no destination, and is the NAT's to drop.
+/// From the inside only what is neither TCP nor UDP (a ping to the outside address, an error
+/// about the host's own packet): the engine refuses those before rewriting them (only an error
+/// about a hairpinned flow, whose session exists, is rewritten first, and it is not refused for
+/// want of one), while a TCP or UDP packet to a NAT port was already given its sender's mapping
+/// when its hairpin found no destination, and is the NAT's to drop.
 fn hand_back(side: Side, reason: DropReason, pkt: &[u8]) -> bool {
     let flow = pkt.len() >= 20 && matches!(pkt[9], 6 | 17);
     (side == Side::Outside || !flow)
