@@ -95,7 +95,9 @@ struct Statics {
 #[derive(Debug, Arbitrary)]
 pub struct Input {
     preset: u8,
-    decrement_ttl: bool,
+    /// Bit 0: decrement (as the `bool` it once was, so old inputs replay as before); else
+    /// bit 1: give back the kernel's hop, or keep.
+    ttl: u8,
     ops: Vec<Op>,
 }
 
@@ -246,7 +248,11 @@ pub fn run(data: &[u8]) -> Reached {
     let mut c = Config::new(POOL.to_vec(), Ipv4Addr::new(100, 64, 0, 1));
     c.lab = true;
     c.behavior = preset.behavior();
-    c.behavior.decrement_ttl = input.decrement_ttl;
+    c.behavior.ttl = match (input.ttl & 1, input.ttl & 2) {
+        (1, _) => natgate_core::config::TtlHandling::Decrement,
+        (_, 0) => natgate_core::config::TtlHandling::Keep,
+        _ => natgate_core::config::TtlHandling::RestoreKernelHop,
+    };
     c.limits.max_sessions = 16;
     c.limits.max_mappings = 8;
     c.limits.max_held_syns = 4;

@@ -24,7 +24,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use natgate_core::config::{Allocation, Behavior, BehaviorSpec, Limits, SubscriberLimits};
+use natgate_core::config::{
+    Allocation, Behavior, BehaviorSpec, Limits, SubscriberLimits, TtlHandling,
+};
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::VirtualServerSpec;
 use natgate_core::{Config, ConfigError, ValidConfig};
@@ -586,11 +588,11 @@ impl Settings {
                 format!("{} is a reserved table id (0, 253-255)", tun.table),
             ));
         }
-        if tun.rule_priority < 3 || tun.rule_priority >= 32_766 {
+        if tun.rule_priority < 5 || tun.rule_priority >= 32_766 {
             return Err(invalid(
                 "rule-priority",
                 format!(
-                    "{} must be between 3 and 32765 (natgate uses it and the two below it)",
+                    "{} must be between 5 and 32765 (natgate uses it and the four below it)",
                     tun.rule_priority
                 ),
             ));
@@ -666,10 +668,10 @@ impl Settings {
             ));
         }
         let mut behavior = file.behavior.resolve();
-        // The kernel decrements the TTL routing into the TUN and again out of it, so the
-        // engine does not, unless the file asks (see README: TTL).
-        if file.behavior.decrement_ttl.is_none() {
-            behavior.decrement_ttl = false;
+        // The kernel decrements the TTL routing into the TUN and again out of it, so the engine
+        // gives one back, unless the file asks otherwise (see `TtlHandling`).
+        if file.behavior.decrement_ttl.is_none() && file.behavior.ttl.is_none() {
+            behavior.ttl = TtlHandling::RestoreKernelHop;
         }
         let settings = Settings {
             inside: file.interfaces.inside.clone(),
@@ -1003,9 +1005,10 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
         assert_eq!(a.len(), 17);
         assert_eq!(s.queues, 1);
         assert_eq!(s.rule_priority, DEFAULT_RULE_PRIORITY);
-        assert!(
-            !s.behavior.decrement_ttl,
-            "kernel decrements around the TUN"
+        assert_eq!(
+            s.behavior.ttl,
+            TtlHandling::RestoreKernelHop,
+            "the kernel decrements twice around the TUN: the engine gives one back"
         );
         let eff = s.effective_toml().expect("serialises");
         assert!(eff.contains("port-hold-down = 120"), "{eff}");

@@ -30,7 +30,7 @@ use netlink_packet_route::route::{
     RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::netns::{Netns, NetnsError};
@@ -146,13 +146,18 @@ impl RouteV4 {
     }
 }
 
-/// An IPv4 policy-routing rule (`ip rule add [iif DEV] pref PRIORITY lookup TABLE`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An IPv4 policy-routing rule (`ip rule add [iif DEV] [to ADDR/32] [ipproto P] pref PRIORITY
+/// lookup TABLE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleV4 {
     /// Priority (`pref`); lower runs first. The kernel's `local` rule is 0.
     pub priority: u32,
-    /// Match packets that arrived on this interface only.
+    /// Match packets that arrived on this interface only (`lo`: packets of the host itself).
     pub iif: Option<String>,
+    /// Match packets to this one address only.
+    pub to: Option<Ipv4Addr>,
+    /// Match packets of this IP protocol only (kernel 4.17 or later).
+    pub ip_proto: Option<u8>,
     /// The table to look up.
     pub table: u32,
 }
@@ -436,6 +441,15 @@ impl Netlink {
         if let Some(iif) = &rule.iif {
             check_ifname(iif)?;
             msg.attributes.push(RuleAttribute::Iifname(iif.clone()));
+        }
+        if let Some(to) = rule.to {
+            msg.header.dst_len = 32;
+            msg.attributes
+                .push(RuleAttribute::Destination(IpAddr::V4(to)));
+        }
+        if let Some(p) = rule.ip_proto {
+            msg.attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::from(i32::from(p))));
         }
         self.request(
             RouteNetlinkMessage::NewRule(msg),

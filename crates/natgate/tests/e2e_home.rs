@@ -1,7 +1,9 @@
 //! Home gateway: the pool is the outside interface's own address (192.0.2.1). The NAT works,
 //! and the gateway stays a host: ping and a TCP connection to its outside address still reach
 //! it, its own sockets get ports outside the NAT's range, and stopping restores the `local`
-//! rule. Needs root; skips otherwise.
+//! rule. Subscribers hairpin through the outside address, the gateway's own ICMP errors about
+//! translated packets reach them, and random ports are random over the NAT's range. Needs
+//! root; skips otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -10,15 +12,21 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 
-use common::{Gateway, T, is_root, topology};
+use common::icmp::{recv_error, setsockopt_int, subscriber_socket};
+use common::{Gateway, T, is_root, topology, udp_socket};
 use natgate::netlink::Netlink;
 use natgate::probe::{ping, tcp_probe, udp_echo};
 use natgate::topology::addr;
 
 fn home_config(topo: &natgate::topology::Topology) -> String {
+    home_config_with(topo, "")
+}
+
+/// The home config with `extra` appended (e.g. a `[behavior]` section).
+fn home_config_with(topo: &natgate::topology::Topology, extra: &str) -> String {
     format!(
         "[interfaces]\ninside = \"{}\"\noutside = \"{}\"\n\n[pool]\noutside-address = true\n\
-         nat-ports = \"20000-65535\"\n\n[control]\nsocket = \"{}\"\n",
+         nat-ports = \"20000-65535\"\n\n[control]\nsocket = \"{}\"\n\n{extra}\n",
         topo.ifaces.lan0,
         topo.ifaces.wan0,
         common::control_socket(topo).display()
@@ -152,4 +160,167 @@ fn home_gateway_sigkill_then_restart_restores_local_rule() {
     assert!(gw.stop().unwrap().success());
     assert!(local_rule_at_zero(&topo));
     assert_eq!(common::natgate_rules(&topo), Vec::<String>::new());
+}
+
+/// The external endpoint a socket's datagrams leave with, as WAN1 sees it.
+fn mapped(topo: &natgate::topology::Topology, sock: &UdpSocket) -> SocketAddrV4 {
+    let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 0));
+    let at = common::v4(server.local_addr().unwrap());
+    sock.send_to(b"map me", at).unwrap();
+    let (_, from) = common::recv(&server, T).expect("reached WAN1");
+    common::v4(from)
+}
+
+/// RFC 4787 REQ-9 on the outside address: a subscriber reaches another's mapping on it (the
+/// kernel's `local` table would otherwise take the packet for the host), seeing the other's
+/// external endpoint as the source, and back; the host stays reachable from the LAN on that
+/// address (ping, TCP to its own port).
+#[test]
+fn home_gateway_hairpins_through_the_outside_address() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let mut gw = Gateway::start(&topo, &home_config(&topo));
+    let a = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    let b = udp_socket(&topo.sub2, SocketAddrV4::new(addr::SUB2, 0));
+    let xa = mapped(&topo, &a);
+    let xb = mapped(&topo, &b);
+    assert_eq!(*xb.ip(), addr::GW_WAN);
+    a.send_to(b"hairpin", xb).unwrap();
+    let (data, from) = common::recv(&b, T).expect("the hairpinned datagram reached sub2");
+    assert_eq!(data, b"hairpin");
+    assert_eq!(common::v4(from), xa, "external source (REQ-9a)");
+    b.send_to(b"and back", xa).unwrap();
+    let (data, from) = common::recv(&a, T).expect("the answer reached sub1");
+    assert_eq!(data, b"and back");
+    assert_eq!(common::v4(from), xb);
+    // The host, from the LAN, on its outside address.
+    ping(&topo.sub1, addr::GW_WAN, T).expect("ping the outside address from the LAN");
+    // The host's own ICMP to that address now passes through natgate, and is handed back.
+    ping(&topo.gateway, addr::GW_WAN, T).expect("the host pings its own outside address");
+    let listener = topo
+        .gateway
+        .run_in(|| TcpListener::bind(SocketAddrV4::new(addr::GW_WAN, 2222)))
+        .unwrap()
+        .unwrap();
+    topo.sub1
+        .run_in(|| TcpStream::connect_timeout(&SocketAddrV4::new(addr::GW_WAN, 2222).into(), T))
+        .unwrap()
+        .expect("TCP from the LAN to the host's own port on the outside address");
+    drop(listener);
+    assert!(gw.stop().unwrap().success(), "{}", gw.lines.join("\n"));
+    assert_eq!(common::natgate_rules(&topo), Vec::<String>::new());
+}
+
+/// On a home gateway a TTL-2 probe expires at the router behind the gateway, whose error
+/// reaches the subscriber translated back.
+#[test]
+fn home_gateway_ttl_2_expires_at_the_router_behind_it() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let _gw = Gateway::start(&topo, &home_config(&topo));
+    let s = subscriber_socket(&topo);
+    setsockopt_int(&s, libc::SOL_IP, libc::IP_TTL, 2);
+    let dst = SocketAddrV4::new(addr::WAN1, 33434);
+    s.send_to(b"probe", dst).unwrap();
+    let e = recv_error(&s, T).expect("time exceeded reached the subscriber");
+    assert_eq!((e.icmp_type, e.code), (11, 0));
+    assert_eq!(e.offender, addr::UPSTREAM_DOWN);
+    assert_eq!(e.original_dst, dst);
+}
+
+/// RFC 5508 REQ-4 for errors the gateway host itself sends about a translated packet: their
+/// destination is the translated source, the outside address, which the `local` table would
+/// deliver to the host. Here the engine keeps the TTL (`decrement-ttl = false`), so a TTL-2
+/// probe runs out on the kernel's second routing, inside the gateway.
+#[test]
+fn home_gateway_own_icmp_errors_reach_the_subscriber() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let _gw = Gateway::start(
+        &topo,
+        &home_config_with(&topo, "[behavior]\ndecrement-ttl = false\n"),
+    );
+    let s = subscriber_socket(&topo);
+    setsockopt_int(&s, libc::SOL_IP, libc::IP_TTL, 2);
+    let dst = SocketAddrV4::new(addr::WAN1, 33434);
+    s.send_to(b"probe", dst).unwrap();
+    let e = recv_error(&s, T).expect("the gateway's time exceeded reached the subscriber");
+    assert_eq!((e.icmp_type, e.code), (11, 0));
+    assert!(
+        [addr::GW_LAN, addr::GW_WAN].contains(&e.offender),
+        "from the gateway: {e:?}"
+    );
+    assert_eq!(e.original_dst, dst, "quoted header translated back");
+}
+
+/// The same for fragmentation needed with the engine's default TTL handling: the outside link's
+/// MTU (1400) is below the engine's `outside-mtu` (1500), so the kernel, not the engine, finds a
+/// translated DF datagram too big, and tells the translated source, the outside address.
+#[test]
+fn home_gateway_own_fragmentation_needed_reaches_the_subscriber() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    Netlink::open_in(&topo.gateway)
+        .unwrap()
+        .set_mtu(&topo.ifaces.wan0, 1400)
+        .unwrap();
+    let _gw = Gateway::start(&topo, &home_config(&topo));
+    let s = subscriber_socket(&topo);
+    setsockopt_int(
+        &s,
+        libc::SOL_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    );
+    let dst = SocketAddrV4::new(addr::WAN1, 33434);
+    s.send_to(&[0u8; 1420], dst).unwrap();
+    let e = recv_error(&s, T).expect("the gateway's fragmentation needed reached the subscriber");
+    assert_eq!((e.icmp_type, e.code), (3, 4));
+    assert!(
+        [addr::GW_LAN, addr::GW_WAN].contains(&e.offender),
+        "from the gateway: {e:?}"
+    );
+    assert_eq!(e.original_dst, dst, "quoted header translated back");
+}
+
+/// RFC 6056 / RFC 4787 REQ-3 with random port assignment on the outside address: ports are
+/// spread over the NAT's range, 20000-65535. Sequential or nearly sequential ports (20000,
+/// 20001, 20004, ...) cannot pass: of 40 uniform ports, more than 2 in the range's first 100
+/// has a chance of about 1e-4, and a spread under 20000 far less.
+#[test]
+fn home_gateway_random_ports_are_random_over_the_nat_range() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let _gw = Gateway::start(
+        &topo,
+        &home_config_with(
+            &topo,
+            "[behavior]\npreset = \"full-cone\"\nport-assignment = \"random\"\n",
+        ),
+    );
+    let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 3478));
+    let mut ports = Vec::new();
+    for _ in 0..40 {
+        let c = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+        c.send_to(b"port?", SocketAddrV4::new(addr::WAN1, 3478))
+            .unwrap();
+        let (_, from) = common::recv(&server, T).expect("reached WAN1");
+        assert_eq!(from.ip(), addr::GW_WAN);
+        ports.push(from.port());
+    }
+    assert!(ports.iter().all(|p| *p >= 20_000), "{ports:?}");
+    let low = ports.iter().filter(|p| **p < 20_100).count();
+    assert!(low <= 2, "{low} of 40 in 20000-20099: {ports:?}");
+    let spread = ports.iter().max().unwrap() - ports.iter().min().unwrap();
+    assert!(spread >= 20_000, "spread {spread}: {ports:?}");
 }

@@ -330,6 +330,7 @@ fn twice_nat_joins_two_networks_with_one_address_space() {
         priority: 100,
         iif: Some("natgate-in".into()),
         table: 200,
+        ..RuleV4::default()
     })
     .unwrap();
     drop(gwnl);

@@ -181,6 +181,9 @@ pub struct DynamicAllocator {
     /// Ports per protocol that [`DynamicAllocator::withhold_ports`] took out of use on every
     /// address; `usage` does not count them.
     withheld: [u32; 3],
+    /// The TCP and UDP ports searches run over ([`DynamicAllocator::limit_ports`]): all of them
+    /// unless the driver shares the address with the host's own sockets.
+    ports: PortRange,
     /// Ports static rules and virtual servers hold (issue 4).
     reserved: Reserved,
     /// The reserved ports `set_reserved` took out of use: (address index, protocol, port).
@@ -235,6 +238,10 @@ impl DynamicAllocator {
             subscribers: KeyMap::default(),
             links: KeyMap::default(),
             withheld: [0; 3],
+            ports: PortRange {
+                first: 0,
+                last: u16::MAX,
+            },
             reserved: Reserved::default(),
             reserved_taken: Vec::new(),
             load,
@@ -260,6 +267,35 @@ impl DynamicAllocator {
                 count += 1;
             }
             self.withheld[p] += count;
+        }
+    }
+
+    /// Limits TCP and UDP ports to `range` on every address, for a driver that leaves the
+    /// other ports to the host's own sockets (a home gateway on its outside address): the rest
+    /// are withheld ([`Self::withhold_ports`]), and random searches start uniformly *inside*
+    /// `range` (RFC 6056 algorithm 1 over the ports that can be had). Withholding alone is not
+    /// enough: a start drawn over 1024-65535 that fell among withheld ports would walk to the
+    /// first free port after them, so a third of a home gateway's mappings would get 20000,
+    /// 20001, 20002... in order. The range meets REQ-3a's: where they do not overlap (every
+    /// port below 1024 withheld) such a mapping searches `range` instead. Call before the first
+    /// allocation.
+    pub fn limit_ports(&mut self, range: PortRange) {
+        self.withhold_ports(|proto, port| proto == Protocol::Icmp || range.contains(port));
+        self.ports = range;
+    }
+
+    /// [`AllocSettings::constraints`] within [`Self::limit_ports`]'s range.
+    fn constraints(&self, proto: Protocol, internal_port: u16) -> (u16, u16, Parity) {
+        let (lo, hi, parity) = self.settings.constraints(proto, internal_port);
+        if proto == Protocol::Icmp {
+            return (lo, hi, parity);
+        }
+        let (first, last) = (self.ports.first.max(1), self.ports.last);
+        let (l, h) = (lo.max(first), hi.min(last));
+        if l <= h {
+            (l, h, parity)
+        } else {
+            (first, last, parity)
         }
     }
 
@@ -290,7 +326,7 @@ impl DynamicAllocator {
     /// port has its own parity, so REQ-4 holds; the range check is REQ-3a (and keeps TCP/UDP off
     /// port 0).
     fn take_preserved(&mut self, i: usize, req: &AllocRequest) -> Option<u16> {
-        let (lo, hi, _) = self.settings.constraints(req.proto, req.internal.port);
+        let (lo, hi, _) = self.constraints(req.proto, req.internal.port);
         let internal = req.internal.port;
         let ports = &mut self.addresses.get_mut(i)?.ports[req.proto.index()];
         ((lo..=hi).contains(&internal) && ports.take(internal)).then_some(internal)
@@ -305,10 +341,10 @@ impl DynamicAllocator {
         {
             return Some(port);
         }
-        let (lo, hi, parity) = self.settings.constraints(req.proto, req.internal.port);
+        let (lo, hi, parity) = self.constraints(req.proto, req.internal.port);
         // Where the next search on this address starts if its internal port is not a
         // well-known one (the common case, so the one worth prefetching).
-        let (next_lo, next_hi, _) = self.settings.constraints(req.proto, u16::MAX);
+        let (next_lo, next_hi, _) = self.constraints(req.proto, u16::MAX);
         let a = self.addresses.get_mut(i)?;
         let p = req.proto.index();
         let ports = &mut a.ports[p];
@@ -1019,6 +1055,45 @@ mod tests {
         for b in buckets {
             assert!((800..1200).contains(&b), "{buckets:?}");
         }
+    }
+
+    /// A home gateway's NAT gets 20000-65535 of its address; the host keeps the rest. Random
+    /// ports are uniform over that range: not bunched at its start, not in order. (With the
+    /// host's ports only withheld, a third of the starts fell below 20000 and walked up to
+    /// the first free port: 20000, 20001, 20002...)
+    #[test]
+    fn rfc6056_random_ports_are_spread_over_a_limited_range() {
+        let range = PortRange {
+            first: 20_000,
+            last: u16::MAX,
+        };
+        let mut a = DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Random));
+        a.limit_ports(range);
+        let mut rng = Rng::new(15);
+        let ports: Vec<u16> = (0..4000u16)
+            .map(|n| {
+                let proto = if n % 2 == 0 {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                };
+                let r = req(proto, subscriber(0), 30_000 + n, Instant::ZERO);
+                a.allocate(&r, &mut rng).expect("ok").port
+            })
+            .collect();
+        assert!(
+            ports.iter().all(|&p| range.contains(p)),
+            "host ports left alone"
+        );
+        let mut buckets = [0u32; 8];
+        for &p in &ports {
+            buckets[usize::from((p - range.first) / 5692).min(7)] += 1;
+        }
+        for b in buckets {
+            assert!((400..600).contains(&b), "{buckets:?}");
+        }
+        let in_order = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        assert!(in_order < 10, "{in_order} ports right after the one before");
     }
 
     #[test]

@@ -199,3 +199,65 @@ mod tests {
         assert_eq!(f.r, MappingFailureReply::TcpReset);
     }
 }
+
+/// What the engine does to the TTL of a packet it forwards. A packet crossing the NAT must
+/// lose exactly one (RFC 1812 5.3.1: a router decrements once; RFC 5508 REQ-10), so the right
+/// setting depends on how often the driver's platform routes each packet besides the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TtlHandling {
+    /// The engine is the hop: it decrements, and answers a packet whose TTL would reach zero
+    /// with ICMP time exceeded. For drivers that move frames without routing them.
+    Decrement,
+    /// The engine leaves the TTL alone: the platform decrements (and answers expiry) exactly
+    /// once per crossing. Also what a lab uses to show a NAT that costs the kernel's two hops.
+    Keep,
+    /// The driver's kernel routes each packet twice, into the engine and out again, each time
+    /// decrementing (a TUN: in through one routing, out through another). The engine gives
+    /// back one of those hops, so the crossing costs one. The kernel's first routing answers
+    /// TTL 1 with time exceeded from the gateway, so what reaches the engine has at least 1
+    /// left and leaves it with at least 2: the second routing never expires a packet, and a
+    /// packet that arrived with TTL 2 reaches the next router with 1 and expires there. A TTL
+    /// of 255 cannot have been routed in, and stays (no wrap to 0). Packets the engine builds
+    /// itself (ICMP errors, resets) start at 64 and lose the one routing out, like any packet
+    /// the gateway forwards; they are not given a hop back, as they were never routed in.
+    RestoreKernelHop,
+}
+
+impl TtlHandling {
+    /// Whether a packet that reaches the engine with `ttl` expires here (RFC 5508 REQ-10):
+    /// only when the engine is the hop, and then the engine answers it.
+    #[inline]
+    pub fn expires(self, ttl: u8) -> bool {
+        self == TtlHandling::Decrement && ttl <= 1
+    }
+
+    /// The TTL a forwarded packet leaves the engine with, given the one it arrived with (not
+    /// [`Self::expires`]).
+    #[inline]
+    pub fn apply(self, ttl: u8) -> u8 {
+        match self {
+            TtlHandling::Decrement => ttl.saturating_sub(1),
+            TtlHandling::Keep => ttl,
+            TtlHandling::RestoreKernelHop => ttl.saturating_add(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::TtlHandling::*;
+
+    #[test]
+    fn each_setting_costs_what_it_says() {
+        assert_eq!(Decrement.apply(64), 63);
+        assert_eq!(Keep.apply(64), 64);
+        // The kernel took 64 to 63 routing into the engine; the engine gives it back, and the
+        // routing out takes it to 63: one hop in all.
+        assert_eq!(RestoreKernelHop.apply(63), 64);
+        assert_eq!(RestoreKernelHop.apply(255), 255, "no wrap to 0");
+        assert!(Decrement.expires(1) && Decrement.expires(0) && !Decrement.expires(2));
+        // The kernel answered TTL 1 before routing into the engine; what arrives passes.
+        assert!(!RestoreKernelHop.expires(1) && !Keep.expires(1));
+    }
+}

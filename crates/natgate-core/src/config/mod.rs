@@ -53,9 +53,9 @@ pub struct Behavior {
     pub unsolicited_syn: UnsolicitedSyn,
     /// The answer when no mapping can be made.
     pub mapping_failure_reply: MappingFailureReply,
-    /// Decrement TTL and answer expiry with ICMP time exceeded (RFC 5508 REQ-10). A driver whose
-    /// kernel already routes (and so decrements) may switch this off.
-    pub decrement_ttl: bool,
+    /// What the engine does to the TTL, so that a crossing costs one hop however often the
+    /// driver's platform routes a packet (RFC 5508 REQ-10): see [`TtlHandling`].
+    pub ttl: TtlHandling,
     /// MTU of the outside link: larger DF packets get ICMP fragmentation needed (RFC 4787 REQ-13).
     pub outside_mtu: u16,
     /// MTU of the inside link, for inbound packets.
@@ -85,7 +85,9 @@ pub struct BehaviorSpec {
     pub timers: Option<TimersSpec>,
     pub unsolicited_syn: Option<UnsolicitedSyn>,
     pub mapping_failure_reply: Option<MappingFailureReply>,
+    /// `true` is [`TtlHandling::Decrement`], `false` [`TtlHandling::Keep`]; `ttl` wins.
     pub decrement_ttl: Option<bool>,
+    pub ttl: Option<TtlHandling>,
     pub outside_mtu: Option<u16>,
     pub inside_mtu: Option<u16>,
 }
@@ -110,6 +112,13 @@ impl BehaviorSpec {
     /// The preset with the overrides applied.
     pub fn resolve(&self) -> Behavior {
         let mut b = self.preset.unwrap_or(Preset::Rfc6888Cgn).behavior();
+        if let Some(d) = self.decrement_ttl {
+            b.ttl = if d {
+                TtlHandling::Decrement
+            } else {
+                TtlHandling::Keep
+            };
+        }
         macro_rules! apply {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { b.$f = v; } )* };
         }
@@ -124,7 +133,7 @@ impl BehaviorSpec {
             hairpinning,
             unsolicited_syn,
             mapping_failure_reply,
-            decrement_ttl,
+            ttl,
             outside_mtu,
             inside_mtu
         );

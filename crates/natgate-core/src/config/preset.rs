@@ -50,7 +50,7 @@ impl Preset {
             timers: Timers::default(),
             unsolicited_syn: UnsolicitedSyn::IcmpPortUnreachable,
             mapping_failure_reply: MappingFailureReply::HostUnreachable,
-            decrement_ttl: true,
+            ttl: TtlHandling::Decrement,
             outside_mtu: 1500,
             inside_mtu: 1500,
         };

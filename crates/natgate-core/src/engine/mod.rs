@@ -264,7 +264,7 @@ impl<A: PortAllocator> Engine<A> {
             Side::Inside => (Which::Src, Direction::Outbound, Side::Outside),
             Side::Outside => (Which::Dst, Direction::Inbound, Side::Inside),
         };
-        let decrement = self.behavior.decrement_ttl;
+        let ttl = self.behavior.ttl;
         let (mut forwarded, mut bytes) = (0, 0);
         for (i, pkt) in packets.iter_mut().enumerate() {
             let (verdict, len) = match lanes[i] {
@@ -278,7 +278,7 @@ impl<A: PortAllocator> Engine<A> {
                         // this packet, without the checks that cannot apply to it.
                         let s = self.sessions.get(sid);
                         let new = if inbound { s.internal } else { s.external };
-                        if packet::translate_flow(pkt.buf, &head, which, new, decrement) {
+                        if packet::translate_flow(pkt.buf, &head, which, new, ttl) {
                             self.touch(sid, now, dir, head.tcp_flags);
                             verdicts[i] = Verdict::Forward(out);
                             forwarded += 1;
@@ -319,7 +319,7 @@ impl<A: PortAllocator> Engine<A> {
             Side::Inside => (false, self.behavior.outside_mtu),
             Side::Outside => (true, self.behavior.inside_mtu),
         };
-        let ttl_expires = self.behavior.decrement_ttl && head.ttl <= 1;
+        let ttl_expires = self.behavior.ttl.expires(head.ttl);
         let too_big = head.df && head.len > mtu;
         (!ttl_expires && !too_big && self.alloc.owns(head.dst.addr) == inbound).then_some(head)
     }
@@ -350,8 +350,9 @@ impl<A: PortAllocator> Engine<A> {
             return Verdict::Drop(DropReason::NotPoolAddress);
         }
         // RFC 5508 REQ-10 / RFC 1812 5.3.1: a packet whose TTL would reach zero is answered
-        // with time exceeded, before any state is made for it.
-        if self.behavior.decrement_ttl && p.ttl <= 1 {
+        // with time exceeded, before any state is made for it (when the engine is the hop:
+        // otherwise the driver's kernel answered it before it got here).
+        if self.behavior.ttl.expires(p.ttl) {
             return self.reply_error(
                 buf,
                 &p,
@@ -426,9 +427,7 @@ impl<A: PortAllocator> Engine<A> {
         if let Some(tr) = self.fragments.lookup(&key, now) {
             packet::rewrite_addr(buf, Which::Src, tr.new_src);
             packet::rewrite_addr(buf, Which::Dst, tr.new_dst);
-            if self.behavior.decrement_ttl {
-                packet::decrement_ttl(buf);
-            }
+            packet::step_ttl(buf, self.behavior.ttl);
             return Verdict::Forward(tr.out_side);
         }
         match self.fragments.hold(key, &buf[..p.len], now) {
@@ -438,19 +437,17 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     fn release_held_fragments(&mut self, key: &FragmentKey, tr: FragmentTranslation) {
-        let decrement = self.behavior.decrement_ttl;
+        let ttl = self.behavior.ttl;
         let transmit = &mut self.transmit;
         let counters = &mut self.counters;
         self.fragments.release_held(key, |frag| {
-            if frag.len() < 20 || (decrement && frag[8] <= 1) {
+            if frag.len() < 20 || ttl.expires(frag[8]) {
                 counters.count_drop(DropReason::TtlExceeded);
                 return;
             }
             packet::rewrite_addr(frag, Which::Src, tr.new_src);
             packet::rewrite_addr(frag, Which::Dst, tr.new_dst);
-            if decrement {
-                packet::decrement_ttl(frag);
-            }
+            packet::step_ttl(frag, ttl);
             if !transmit.push(tr.out_side, frag) {
                 counters.count_drop(DropReason::FragmentLimit);
             }

@@ -1,6 +1,7 @@
 //! The engine's view of one packet: parsed once into a small summary, then rewritten in place
 //! with incremental checksum updates (RFC 1624), never recomputed from scratch.
 
+use crate::config::TtlHandling;
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol, Side};
 use crate::wire::WireError;
@@ -302,26 +303,26 @@ pub(crate) enum Which {
 /// address changes (the first fragment's transport checksum already accounts for it).
 #[inline]
 pub(crate) fn rewrite(buf: &mut [u8], p: &mut Parsed, which: Which, new: Endpoint) {
-    translate(buf, p, which, new, false);
+    translate(buf, p, which, new, TtlHandling::Keep);
 }
 
-/// [`rewrite`], and with `decrement` also [`decrement_ttl`] (the caller has checked that the
-/// TTL is above 1), with one update of the IPv4 header checksum for both: the last step of
-/// every translated flow packet. One's complement addition is associative, so one update with
-/// both changes gives the same checksum as two updates in a row (RFC 1624 eqn. 3).
+/// [`rewrite`], and the TTL step of `ttl` ([`TtlHandling::apply`]; the caller has checked that
+/// the packet does not expire), with one update of the IPv4 header checksum for both: the last
+/// step of every translated flow packet. One's complement addition is associative, so one
+/// update with both changes gives the same checksum as two updates in a row (RFC 1624 eqn. 3).
 #[inline]
 pub(crate) fn translate(
     buf: &mut [u8],
     p: &mut Parsed,
     which: Which,
     new: Endpoint,
-    decrement: bool,
+    ttl: TtlHandling,
 ) {
     let (addr_off, old) = match which {
         Which::Src => (IP_SRC, p.src),
         Which::Dst => (IP_DST, p.dst),
     };
-    let addr_delta = rewrite_ip(&mut buf[..20], addr_off, old.addr, new.addr, decrement);
+    let addr_delta = rewrite_ip(&mut buf[..20], addr_off, old.addr, new.addr, ttl);
     // ICMP has no pseudo header: only the TCP and UDP checksums see the address.
     let mut l4_delta = if p.proto == Protocol::Icmp {
         Delta::default()
@@ -358,16 +359,16 @@ pub(crate) fn translate(
 }
 
 /// The IPv4 header's part of a rewrite: the address at `addr_at` of `header` (the 20-byte fixed
-/// header) changes from `old` to `new` and, with `decrement`, the TTL drops by one, with one
-/// update of the header checksum for both. Returns the address's delta, which the TCP and UDP
-/// checksums need too (their pseudo header covers the addresses).
+/// header) changes from `old` to `new` and the TTL takes the step of `ttl`, with one update of
+/// the header checksum for both. Returns the address's delta, which the TCP and UDP checksums
+/// need too (their pseudo header covers the addresses).
 #[inline(always)]
 fn rewrite_ip(
     header: &mut [u8],
     addr_at: usize,
     old: Ipv4Addr,
     new: Ipv4Addr,
-    decrement: bool,
+    ttl: TtlHandling,
 ) -> Delta {
     let mut addr_delta = Delta::default();
     if old != new {
@@ -375,18 +376,25 @@ fn rewrite_ip(
         header[addr_at..addr_at + 4].copy_from_slice(&new.octets());
     }
     let mut ip_delta = addr_delta;
-    if decrement {
-        // The TTL shares a 16-bit word with the protocol number.
-        let old_word = read16(header, IP_TTL);
-        let new_word = old_word.wrapping_sub(0x0100);
+    // The TTL shares a 16-bit word with the protocol number.
+    let old_word = read16(header, IP_TTL);
+    let new_word = ttl_word(old_word, ttl);
+    if new_word != old_word {
         write16(header, IP_TTL, new_word);
         ip_delta.add16(old_word, new_word);
     }
-    if old != new || decrement {
+    if old != new || new_word != old_word {
         let ip_check = read16(header, IP_CHECKSUM);
         write16(header, IP_CHECKSUM, ip_delta.apply(ip_check));
     }
     addr_delta
+}
+
+/// The TTL/protocol word after `ttl`'s step.
+#[inline(always)]
+fn ttl_word(word: u16, ttl: TtlHandling) -> u16 {
+    let [t, proto] = word.to_be_bytes();
+    u16::from_be_bytes([ttl.apply(t), proto])
 }
 
 /// [`translate`] for a packet that [`flow_head`] read: a whole TCP or UDP datagram behind a
@@ -403,11 +411,11 @@ pub(crate) fn translate_flow(
     head: &FlowHead,
     which: Which,
     new: Endpoint,
-    decrement: bool,
+    ttl: TtlHandling,
 ) -> bool {
     match head.proto {
-        Protocol::Tcp => rewrite_head::<40, 36>(buf, head, which, new, decrement),
-        _ => rewrite_head::<28, 26>(buf, head, which, new, decrement),
+        Protocol::Tcp => rewrite_head::<40, 36>(buf, head, which, new, ttl),
+        _ => rewrite_head::<28, 26>(buf, head, which, new, ttl),
     }
 }
 
@@ -419,7 +427,7 @@ fn rewrite_head<const LEN: usize, const CHECK: usize>(
     head: &FlowHead,
     which: Which,
     new: Endpoint,
-    decrement: bool,
+    ttl: TtlHandling,
 ) -> bool {
     // `flow_head` read at least `LEN` bytes of this datagram.
     let Some(b) = buf.first_chunk_mut::<LEN>() else {
@@ -429,7 +437,7 @@ fn rewrite_head<const LEN: usize, const CHECK: usize>(
         Which::Src => (IP_SRC, 20, head.src),
         Which::Dst => (IP_DST, 22, head.dst),
     };
-    let mut l4_delta = rewrite_ip(&mut b[..20], addr_at, old.addr, new.addr, decrement);
+    let mut l4_delta = rewrite_ip(&mut b[..20], addr_at, old.addr, new.addr, ttl);
     if old.port != new.port {
         write16(b, port_at, new.port);
         l4_delta.add16(old.port, new.port);
@@ -462,13 +470,17 @@ pub(crate) fn rewrite_addr(buf: &mut [u8], which: Which, new: Ipv4Addr) {
     );
 }
 
-/// Decrements the TTL by one, updating the header checksum (the TTL shares a 16-bit word with
-/// the protocol number). The caller has checked that the TTL is above 1.
+/// Takes the TTL step of `ttl` alone (a packet that is not rewritten otherwise, a later
+/// fragment), updating the header checksum (the TTL shares a 16-bit word with the protocol
+/// number). The caller has checked that the packet does not expire.
 #[inline]
-pub(crate) fn decrement_ttl(buf: &mut [u8]) {
+pub(crate) fn step_ttl(buf: &mut [u8], ttl: TtlHandling) {
     let header = &mut buf[..20];
     let old = read16(header, IP_TTL);
-    let new = old.wrapping_sub(0x0100);
+    let new = ttl_word(old, ttl);
+    if new == old {
+        return;
+    }
     write16(header, IP_TTL, new);
     let check = read16(header, IP_CHECKSUM);
     write16(header, IP_CHECKSUM, checksum::update16(check, old, new));
@@ -539,18 +551,30 @@ mod tests {
         b
     }
 
+    /// Any of the engine's TTL settings.
+    fn ttl_handling() -> impl Strategy<Value = TtlHandling> {
+        prop::sample::select(vec![
+            TtlHandling::Decrement,
+            TtlHandling::Keep,
+            TtlHandling::RestoreKernelHop,
+        ])
+    }
+
     proptest! {
         /// One checksum update for address, port and TTL gives the very bytes that a rewrite
-        /// followed by a TTL decrement gives.
+        /// followed by the TTL step gives, whatever the setting; the header stays valid and the
+        /// TTL is the setting's (restored up to 255 and never wrapped to 0).
         #[test]
-        fn translate_equals_rewrite_then_decrement(
+        fn translate_equals_rewrite_then_ttl_step(
             proto in prop::sample::select(vec![1u8, 6, 17]),
             bytes in prop::collection::vec(any::<u8>(), 60),
-            ttl in 2u8..=255,
+            ttl in prop_oneof![prop::sample::select(vec![1u8, 2, 63, 64, 254, 255]), any::<u8>()],
+            handling in ttl_handling(),
             src in any::<bool>(),
             addr in any::<u32>(),
             port in 1u16..,
         ) {
+            prop_assume!(ttl > 0 && !handling.expires(ttl));
             let b = packet(proto, &bytes, ttl);
             let side = if src { Side::Inside } else { Side::Outside };
             let which = if src { Which::Src } else { Which::Dst };
@@ -558,10 +582,13 @@ mod tests {
             let p = parse(&b, side).unwrap();
             let (mut one, mut two) = (b.clone(), b.clone());
             let (mut p1, mut p2) = (p, p);
-            translate(&mut one, &mut p1, which, new, true);
+            translate(&mut one, &mut p1, which, new, handling);
             rewrite(&mut two, &mut p2, which, new);
-            decrement_ttl(&mut two);
-            prop_assert_eq!(one, two);
+            step_ttl(&mut two, handling);
+            prop_assert_eq!(&one, &two);
+            prop_assert_eq!(one[8], handling.apply(ttl));
+            prop_assert!(one[8] != 0);
+            prop_assert!(header_checksum_ok(&one[..20]));
         }
     }
 
@@ -615,15 +642,15 @@ mod tests {
 
     proptest! {
         /// The lane's rewrite writes the bytes of the general one, for TCP and UDP, either
-        /// endpoint, with and without TTL decrement, changed or unchanged address and port
+        /// endpoint, under every TTL setting, changed or unchanged address and port
         /// (a zero UDP checksum included, through the random contents).
         #[test]
         fn translate_flow_equals_translate(
             tcp in any::<bool>(),
             bytes in prop::collection::vec(any::<u8>(), 60),
-            ttl in 2u8..=255,
+            ttl in prop_oneof![prop::sample::select(vec![0u8, 1, 2, 254, 255]), any::<u8>()],
             src in any::<bool>(),
-            decrement in any::<bool>(),
+            ttl_setting in ttl_handling(),
             addr in prop::option::of(any::<u32>()),
             port in prop::option::of(1u16..),
             zero_udp_check in prop::bool::weighted(0.2),
@@ -640,9 +667,9 @@ mod tests {
                 port.unwrap_or(old.port),
             );
             let (mut fast, mut general) = (b.clone(), b.clone());
-            prop_assert!(translate_flow(&mut fast, &head, which, new, decrement));
+            prop_assert!(translate_flow(&mut fast, &head, which, new, ttl_setting));
             let mut p = head.parsed();
-            translate(&mut general, &mut p, which, new, decrement);
+            translate(&mut general, &mut p, which, new, ttl_setting);
             prop_assert_eq!(fast, general);
         }
     }

@@ -886,7 +886,8 @@ impl Gen {
 /// The engines the mixed-traffic properties run: `variant` 0 is a full cone; 1 symmetric
 /// (address- and port-dependent mapping and filtering, a lab setting); 2 a full cone that refreshes on
 /// outbound packets only, keeps the TTL and has 576-byte MTUs both ways (so DF packets of the
-/// generators are sometimes too big); 3 the RFC 6888 CGN defaults.
+/// generators are sometimes too big); 3 the RFC 6888 CGN defaults; 4 a full cone that gives back
+/// the kernel's hop, as behind a TUN (TTLs go up by one, 255 stays).
 fn mix_engine(variant: u8) -> Engine {
     engine_with(|c| {
         c.behavior = match variant {
@@ -898,9 +899,12 @@ fn mix_engine(variant: u8) -> Engine {
         c.lab = variant == 1;
         if variant == 2 {
             c.behavior.refresh = Refresh::Outbound;
-            c.behavior.decrement_ttl = false;
+            c.behavior.ttl = crate::config::TtlHandling::Keep;
             c.behavior.outside_mtu = 576;
             c.behavior.inside_mtu = 576;
+        }
+        if variant == 4 {
+            c.behavior.ttl = crate::config::TtlHandling::RestoreKernelHop;
         }
         c.limits.max_sessions = 64;
         c.limits.max_mappings = 32;
@@ -1045,7 +1049,7 @@ proptest! {
     /// (the batch's fast lane must decide exactly as the general path would).
     #[test]
     fn batch_equals_one_by_one(
-        variant in 0u8..4,
+        variant in 0u8..5,
         batches in proptest::collection::vec(
             (any::<bool>(), proptest::collection::vec(mixed(), 1..48), 0u64..20_000),
             1..5,
@@ -1073,7 +1077,7 @@ proptest! {
     /// reaches the lane too, but rarely on an established flow.)
     #[test]
     fn established_flows_batched_equal_one_by_one(
-        variant in 0u8..4,
+        variant in 0u8..5,
         batches in proptest::collection::vec(
             (
                 proptest::collection::vec(

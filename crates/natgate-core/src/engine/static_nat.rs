@@ -28,7 +28,7 @@ use super::packet::{self, Fragment, Kind, Parsed, Which};
 use super::queues::EventQueue;
 use super::translate::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::alloc::{PortAllocator, PortRange};
-use crate::config::{Behavior, Config};
+use crate::config::{Behavior, Config, TtlHandling};
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::Event;
@@ -446,7 +446,7 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Translates an outbound packet of static session `id` to its outside view and sends it
     /// out, or, hairpinned and still addressed to the pool, back in through the dynamic (or
-    /// static) session of its destination, with one TTL decrement either way.
+    /// static) session of its destination, with one TTL step either way.
     fn static_out(
         &mut self,
         now: Instant,
@@ -456,11 +456,11 @@ impl<A: PortAllocator> Engine<A> {
         hairpin: bool,
     ) -> Verdict {
         if !hairpin {
-            let decrement = self.behavior.decrement_ttl;
-            return self.static_forward(now, buf, p, id, Direction::Outbound, decrement);
+            let ttl = self.behavior.ttl;
+            return self.static_forward(now, buf, p, id, Direction::Outbound, ttl);
         }
         let internal = p.src;
-        let v = self.static_forward(now, buf, p, id, Direction::Outbound, false);
+        let v = self.static_forward(now, buf, p, id, Direction::Outbound, TtlHandling::Keep);
         if !matches!(v, Verdict::Forward(_)) {
             return v;
         }
@@ -649,13 +649,12 @@ impl<A: PortAllocator> Engine<A> {
         p: &mut Parsed,
         id: StaticSessionId,
     ) -> Verdict {
-        let decrement = self.behavior.decrement_ttl;
-        self.static_forward(now, buf, p, id, Direction::Inbound, decrement)
+        let ttl = self.behavior.ttl;
+        self.static_forward(now, buf, p, id, Direction::Inbound, ttl)
     }
 
     /// Refreshes static session `id` with `p` going `dir` and translates `p` to the other
-    /// view: both endpoints, then (with `decrement`) the TTL, with incremental checksum
-    /// updates.
+    /// view: both endpoints, then the TTL step of `ttl`, with incremental checksum updates.
     fn static_forward(
         &mut self,
         now: Instant,
@@ -663,7 +662,7 @@ impl<A: PortAllocator> Engine<A> {
         p: &mut Parsed,
         id: StaticSessionId,
         dir: Direction,
-        decrement: bool,
+        ttl: TtlHandling,
     ) -> Verdict {
         let refresh = self.behavior.refresh.refreshes(dir);
         let behavior = self.behavior;
@@ -712,7 +711,7 @@ impl<A: PortAllocator> Engine<A> {
         if src != p.src {
             packet::rewrite(buf, p, Which::Src, src);
         }
-        packet::translate(buf, p, Which::Dst, dst, decrement);
+        packet::translate(buf, p, Which::Dst, dst, ttl);
         Verdict::Forward(out)
     }
 

@@ -5,7 +5,7 @@
 use super::*;
 use crate::config::{
     Config, FilteringBehavior, Hairpinning, MappingBehavior, MappingFailureReply, Preset, Refresh,
-    UnsolicitedSyn,
+    TtlHandling, UnsolicitedSyn,
 };
 use etherparse::{Icmpv4Header, IpFragOffset, Ipv4Header, PacketBuilder, TcpHeader, UdpHeader};
 use std::net::Ipv4Addr;
@@ -873,6 +873,76 @@ fn ttl_is_decremented_on_forward() {
     run(&mut e, t(0), Side::Inside, &mut p);
     assert_eq!(p.buf[8], 63);
     assert_checksums(p.bytes());
+}
+
+/// Behind a TUN the kernel routes a packet in (one decrement, and TTL 1 answered there) and
+/// out (another): the engine gives one back, so a crossing costs exactly one hop. Flows both
+/// ways, the batch's lane, hairpins, translated ICMP errors and fragments all take the step.
+#[test]
+fn restore_kernel_hop_makes_a_crossing_cost_one() {
+    let mut e = engine_with(|c| c.behavior.ttl = TtlHandling::RestoreKernelHop);
+    let with_ttl = |mut p: Pkt, ttl: u8| {
+        p.buf[8] = ttl;
+        fix_ip_checksum(&mut p);
+        p
+    };
+    // Sent with TTL 2, the kernel routed it in with 1: it passes, and the kernel's routing out
+    // takes it to 1, so it expires at the next router, not here.
+    let mut p = with_ttl(udp(ep(SUB1, 5000), ep(WAN1, 9), b"x"), 1);
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Forward(Side::Outside)
+    );
+    assert_eq!(p.buf[8], 2);
+    assert_checksums(p.bytes());
+    let x = endpoints(p.bytes()).0;
+    // The router's time exceeded comes back through the same give-back.
+    let (v, err) = inb(
+        &mut e,
+        t(1),
+        with_ttl(icmp_error(ROUTER, x.addr, 11, 0, p.bytes()), 62),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(err.buf[8], 63);
+    assert_checksums(err.bytes());
+    // An established flow in a batch (the lane) and one by one agree, both ways; 255 stays.
+    for ttl in [63, 255] {
+        let mut b = [with_ttl(udp(ep(SUB1, 5000), ep(WAN1, 9), b"y"), ttl)];
+        let mut bufs: Vec<PacketBuf<'_>> = b
+            .iter_mut()
+            .map(|p| PacketBuf {
+                buf: &mut p.buf,
+                len: p.len,
+            })
+            .collect();
+        let mut verdicts = [Verdict::Held];
+        e.process_batch(t(2), Side::Inside, &mut bufs, &mut verdicts);
+        assert_eq!(verdicts[0], Verdict::Forward(Side::Outside));
+        assert_eq!(b[0].buf[8], ttl.saturating_add(1));
+        assert_checksums(b[0].bytes());
+    }
+    let (v, back) = inb(&mut e, t(2), with_ttl(udp(ep(WAN1, 9), x, b"z"), 50));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(back.buf[8], 51);
+    // A hairpin is routed in and out once too: one step, not one per translation.
+    let x2 = out(&mut e, t(3), udp(ep(SUB2, 6000), ep(WAN1, 9), b"x"));
+    let mut h = with_ttl(udp(ep(SUB1, 5000), x2, b"h"), 40);
+    assert_eq!(
+        run(&mut e, t(3), Side::Inside, &mut h),
+        Verdict::Forward(Side::Inside)
+    );
+    assert_eq!(h.buf[8], 41);
+    assert_checksums(h.bytes());
+    // Fragments: the first and the later ones alike.
+    let whole = with_ttl(udp(ep(SUB1, 5001), ep(WAN1, 9), &[7u8; 3000]), 30);
+    for mut f in fragments(whole.bytes(), 1480) {
+        assert_eq!(
+            run(&mut e, t(4), Side::Inside, &mut f),
+            Verdict::Forward(Side::Outside)
+        );
+        assert_eq!(f.buf[8], 31);
+    }
+    assert_eq!(e.counters().drops(DropReason::TtlExceeded), 0);
 }
 
 #[test]

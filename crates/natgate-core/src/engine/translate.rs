@@ -73,7 +73,7 @@ impl<A: PortAllocator> Engine<A> {
             packet::rewrite(buf, p, Which::Src, external);
             return self.hairpin(now, buf, p, internal);
         }
-        packet::translate(buf, p, Which::Src, external, self.behavior.decrement_ttl);
+        packet::translate(buf, p, Which::Src, external, self.behavior.ttl);
         Verdict::Forward(Side::Outside)
     }
 
@@ -117,7 +117,7 @@ impl<A: PortAllocator> Engine<A> {
             }
         };
         let internal = self.sessions.get(sid).internal;
-        packet::translate(buf, p, Which::Dst, internal, self.behavior.decrement_ttl);
+        packet::translate(buf, p, Which::Dst, internal, self.behavior.ttl);
         Verdict::Forward(Side::Inside)
     }
 
@@ -167,11 +167,10 @@ impl<A: PortAllocator> Engine<A> {
         self.finish(buf, Side::Inside)
     }
 
-    /// Decrements the TTL (already checked to be above 1) and sends the packet on its way.
+    /// Takes the TTL step (the packet was checked not to expire) and sends the packet on its
+    /// way.
     pub(super) fn finish(&mut self, buf: &mut [u8], out: Side) -> Verdict {
-        if self.behavior.decrement_ttl {
-            packet::decrement_ttl(buf);
-        }
+        packet::step_ttl(buf, self.behavior.ttl);
         Verdict::Forward(out)
     }
 

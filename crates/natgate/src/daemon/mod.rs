@@ -18,9 +18,16 @@
 //! metrics). A logger thread fans the events out to the configured sinks.
 //!
 //! TTL: the kernel decrements the TTL when it routes a packet into the TUN and again when it
-//! routes the translated packet out, and answers expiry itself (from the interface address), so
-//! the engine's own `decrement-ttl` is off by default. A packet crossing natgate loses 2 from
-//! its TTL, and traceroute shows the gateway as two hops (inside address, then outside address).
+//! routes the translated packet out. The engine gives one back
+//! ([`TtlHandling::RestoreKernelHop`](natgate_core::config::TtlHandling), the default unless the
+//! file sets `decrement-ttl`), so a packet crossing natgate loses exactly 1 and traceroute shows
+//! the gateway once. Expiry is the kernel's first routing's: a packet that arrives with TTL 1 gets
+//! time exceeded from the gateway's address on that side, before natgate sees it; one with TTL 2
+//! reaches the engine with 1, leaves it with 2 and the gateway with 1, and expires at the next
+//! router, whose error natgate translates back. The engine decides this, not the shell: the
+//! same setting steps the batch's fast lane, the general path, hairpins (one step for the one
+//! crossing), fragments and translated ICMP errors alike. Packets the engine builds itself
+//! (ICMP errors, resets) start at 64 and lose the one routing out.
 
 pub mod control;
 pub mod external;
@@ -854,17 +861,14 @@ fn worker_allocator(
     if matches!(cfg.get().allocation, Allocation::Dynamic) {
         let mut alloc =
             DynamicAllocator::new(&cfg.get().pool, AllocSettings::from_config(cfg.get()));
-        if n > 1 || nat_ports.is_some() {
-            // Each worker hands out only its own port blocks; on the host's own address,
-            // only the NAT's range (ICMP identifiers are not the host's).
-            alloc.withhold_ports(|proto, port| {
-                let mine = steer::block_owner(port, n) == id;
-                let allowed = match nat_ports {
-                    Some((lo, hi)) => proto == Protocol::Icmp || (lo..=hi).contains(&port),
-                    None => true,
-                };
-                mine && allowed
-            });
+        if let Some((first, last)) = nat_ports {
+            // On the host's own address, only the NAT's range (ICMP identifiers are not the
+            // host's), with random ports drawn over that range, not over 1024-65535.
+            alloc.limit_ports(PortRange { first, last });
+        }
+        if n > 1 {
+            // Each worker hands out only its own port blocks.
+            alloc.withhold_ports(|_, port| steer::block_owner(port, n) == id);
         }
         return Ok(ConfiguredAllocator::Dynamic(alloc));
     }

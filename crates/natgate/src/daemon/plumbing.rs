@@ -23,12 +23,26 @@
 //!   get the value `all` had (if larger), so they keep their protection. `accept_local` is 1 on
 //!   the TUNs: ICMP errors natgate sends to subscribers come from the gateway's inside address.
 //! - Home gateway (`outside-address = true`): the pool is the outside interface's address,
-//!   which the `local` table would deliver to the host. A rule before `local` (at PRIO-2) sends
-//!   packets that arrive on the outside interface to table TABLE+1 (`default dev NAME-out`),
-//!   `local` moves after it (PRIO-1), before the inside rule; ARP for the outside address is
-//!   then answered by a proxy entry; natgate hands back (writes into `NAME-out`, where the rule does not match) every
-//!   packet for the host's own address that matches no mapping, so the kernel delivers it. The
-//!   namespace's `ip_local_port_range` is set outside the NAT's ports.
+//!   which the `local` table would deliver to the host. Rules before `local` send natgate what
+//!   is the NAT's on that address, and `local` moves after them (PRIO-1), before the inside
+//!   rule:
+//!   - PRIO-2: packets that arrive on the outside interface go to table TABLE+1 (`default dev
+//!     NAME-out`).
+//!   - PRIO-3: packets from the inside interface to the outside address go to TABLE (the
+//!     inside TUN), so a subscriber reaches another's mapping on it (hairpinning, RFC 4787
+//!     REQ-9); otherwise `local` would take them first.
+//!   - PRIO-4: ICMP the host itself sends to the outside address goes to TABLE+1 (`iif lo`
+//!     matches the host's own packets). These are the kernel's errors about translated
+//!     packets, whose source is that address: a translated packet the kernel cannot forward
+//!     (DF and too big for the real link, no route, or a TTL that runs out on its second
+//!     routing when the engine keeps the TTL) gets its error sent "to" the outside address,
+//!     which `local` would deliver to the host, and the subscriber would never hear of it.
+//!
+//!   ARP for the outside address is answered by a proxy entry (it routes to the TUN now);
+//!   natgate hands back (writes into the TUN it came from, where no rule matches) every packet
+//!   for the host's own address that matches no mapping, and TCP and UDP to the host's own
+//!   ports from either side, so the kernel delivers them. The namespace's
+//!   `ip_local_port_range` is set outside the NAT's ports.
 //!
 //! Everything is named so a run killed with SIGKILL leaves state the next start recognises and
 //! removes: the rule priorities, the table ids, the TUN names and the proxy entries of the pool.
@@ -43,11 +57,18 @@ use crate::tun::{Tun, TunConfig, TunError, TunQueue};
 /// MTU of the TUN devices: the largest, so the kernel never fragments a packet into them.
 pub const TUN_MTU: u32 = 65_535;
 
-/// Home-gateway mode: the outside rule runs at `rule-priority - 2`, the kernel's `local` rule
-/// moves to `rule-priority - 1`, and the inside rule stays at `rule-priority`, after `local`, so
-/// the gateway still answers its inside address (ARP included).
+/// Home-gateway mode: the host's own ICMP to the outside address runs at `rule-priority - 4`,
+/// the inside interface's packets to it at `rule-priority - 3`, the outside rule at
+/// `rule-priority - 2`, the kernel's `local` rule moves to `rule-priority - 1`, and the inside
+/// rule stays at `rule-priority`, after `local`, so the gateway still answers its inside
+/// address (ARP included).
+const HOST_ICMP_RULE_OFFSET: u32 = 4;
+const HAIRPIN_RULE_OFFSET: u32 = 3;
 const OUTSIDE_RULE_OFFSET: u32 = 2;
 const LOCAL_RULE_OFFSET: u32 = 1;
+
+/// IP protocol number of ICMP.
+const IPPROTO_ICMP: u8 = 1;
 
 /// Most stale rules removed at start (bounds the clean-up loop).
 const MAX_STALE_RULES: usize = 64;
@@ -308,6 +329,8 @@ impl Plumbing {
         let mut removed = 0;
         let ours = [
             (s.rule_priority, s.table),
+            (s.rule_priority - HOST_ICMP_RULE_OFFSET, s.table + 1),
+            (s.rule_priority - HAIRPIN_RULE_OFFSET, s.table),
             (s.rule_priority - OUTSIDE_RULE_OFFSET, s.table + 1),
             (s.rule_priority - LOCAL_RULE_OFFSET, RT_TABLE_LOCAL),
         ];
@@ -322,6 +345,7 @@ impl Plumbing {
                     priority: 0,
                     iif: None,
                     table: RT_TABLE_LOCAL,
+                    ..RuleV4::default()
                 })?;
                 removed += 1;
             }
@@ -436,6 +460,7 @@ impl Plumbing {
             priority: s.rule_priority,
             iif: Some(s.inside.clone()),
             table: s.table,
+            ..RuleV4::default()
         })?;
         self.undo.push(Undo::Rule {
             priority: s.rule_priority,
@@ -473,6 +498,7 @@ impl Plumbing {
                     priority: moved_to,
                     iif: None,
                     table: RT_TABLE_LOCAL,
+                    ..RuleV4::default()
                 })?;
                 self.undo.push(Undo::Rule {
                     priority: moved_to,
@@ -482,11 +508,38 @@ impl Plumbing {
                     priority: s.rule_priority - OUTSIDE_RULE_OFFSET,
                     iif: Some(s.outside.clone()),
                     table: out_table,
+                    ..RuleV4::default()
                 })?;
                 self.undo.push(Undo::Rule {
                     priority: s.rule_priority - OUTSIDE_RULE_OFFSET,
                     table: out_table,
                 });
+                for &a in &r.pool {
+                    // A subscriber to the outside address: the inside TUN (hairpinning).
+                    self.nl.add_rule_v4(&RuleV4 {
+                        priority: s.rule_priority - HAIRPIN_RULE_OFFSET,
+                        iif: Some(s.inside.clone()),
+                        to: Some(a),
+                        table: s.table,
+                        ..RuleV4::default()
+                    })?;
+                    self.undo.push(Undo::Rule {
+                        priority: s.rule_priority - HAIRPIN_RULE_OFFSET,
+                        table: s.table,
+                    });
+                    // The host's own ICMP errors about translated packets: the outside TUN.
+                    self.nl.add_rule_v4(&RuleV4 {
+                        priority: s.rule_priority - HOST_ICMP_RULE_OFFSET,
+                        iif: Some("lo".into()),
+                        to: Some(a),
+                        ip_proto: Some(IPPROTO_ICMP),
+                        table: out_table,
+                    })?;
+                    self.undo.push(Undo::Rule {
+                        priority: s.rule_priority - HOST_ICMP_RULE_OFFSET,
+                        table: out_table,
+                    });
+                }
                 self.nl.del_rule_v4(0, RT_TABLE_LOCAL)?;
                 self.undo.push(Undo::LocalRule);
                 // ARP for the host's own address now routes (iif outside) to the TUN, not to
@@ -564,6 +617,7 @@ impl Plumbing {
                         priority: 0,
                         iif: None,
                         table: RT_TABLE_LOCAL,
+                        ..RuleV4::default()
                     })
                     .map_err(PlumbingError::from),
                 Undo::ProxyNeigh { dev, addr } => match self.nl.del_proxy_neigh_v4(&dev, addr) {

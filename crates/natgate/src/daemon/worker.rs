@@ -394,12 +394,13 @@ impl Worker {
         };
         // Home gateway: TCP and UDP for the host's own ports never enter the engine (a held
         // SYN must not swallow a connection to the host's ssh): straight back to the kernel.
+        // From either side: subscribers reach the outside address through natgate too, so
+        // that they can hairpin through it.
         let mut engine_idx = [0usize; BATCH];
         let mut n = 0;
         for &i in idx {
             let pkt = &bufs[i * SLOT..i * SLOT + lens[i]];
-            if side == Side::Outside
-                && let Some(home) = &self.home
+            if let Some(home) = &self.home
                 && for_host_port(pkt, home)
             {
                 self.io.handed_back += 1;
@@ -438,10 +439,10 @@ impl Worker {
                 Verdict::Forward(_) => Some(&slot[..lens[i]]),
                 Verdict::Reply { len, .. } => Some(&slot[..len]),
                 Verdict::Drop(reason)
-                    if side == Side::Outside
-                        && self.home.as_ref().is_some_and(|h| {
-                            hand_back(reason) && is_for(&slot[..lens[i]], &h.addrs)
-                        }) =>
+                    if self.home.as_ref().is_some_and(|h| {
+                        hand_back(side, reason, &slot[..lens[i]])
+                            && is_for(&slot[..lens[i]], &h.addrs)
+                    }) =>
                 {
                     self.io.handed_back += 1;
                     Some(&slot[..lens[i]])
@@ -633,16 +634,23 @@ fn write(q: &TunQueue, pkt: &[u8], io: &mut IoCounters) {
 }
 
 /// Drops that, for the host's own address, mean "not the NAT's": hand the packet to the kernel.
-fn hand_back(reason: DropReason) -> bool {
-    matches!(
-        reason,
-        DropReason::NoMapping
-            | DropReason::NotPoolAddress
-            | DropReason::UnsupportedProtocol
-            | DropReason::UnsupportedIcmp
-            | DropReason::IcmpErrorNoSession
-            | DropReason::TcpNoSession
-    )
+/// From the inside only what is neither TCP nor UDP (a ping to the outside address, an error
+/// about the host's own packet): the engine refuses those before rewriting them (only an error
+/// about a hairpinned flow, whose session exists, is rewritten first, and it is not refused for
+/// want of one), while a TCP or UDP packet to a NAT port was already given its sender's mapping
+/// when its hairpin found no destination, and is the NAT's to drop.
+fn hand_back(side: Side, reason: DropReason, pkt: &[u8]) -> bool {
+    let flow = pkt.len() >= 20 && matches!(pkt[9], 6 | 17);
+    (side == Side::Outside || !flow)
+        && matches!(
+            reason,
+            DropReason::NoMapping
+                | DropReason::NotPoolAddress
+                | DropReason::UnsupportedProtocol
+                | DropReason::UnsupportedIcmp
+                | DropReason::IcmpErrorNoSession
+                | DropReason::TcpNoSession
+        )
 }
 
 /// Whether `pkt` is an IPv4 packet to one of `addrs` (or a broadcast).
@@ -688,6 +696,21 @@ mod tests {
         p[16..20].copy_from_slice(&dst);
         p[22..24].copy_from_slice(&dport.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn what_is_handed_back_from_each_side() {
+        let udp = udp_to([192, 0, 2, 1], 20_000, 0);
+        let mut icmp = udp.clone();
+        icmp[9] = 1;
+        // From outside, any of these drops of a packet for the host's address.
+        assert!(hand_back(Side::Outside, DropReason::NoMapping, &udp));
+        assert!(hand_back(Side::Outside, DropReason::NoMapping, &icmp));
+        // From inside, a ping to the outside address, but not a TCP or UDP packet to a NAT
+        // port, which the engine already rewrote when its hairpin found no mapping.
+        assert!(hand_back(Side::Inside, DropReason::NoMapping, &icmp));
+        assert!(!hand_back(Side::Inside, DropReason::NoMapping, &udp));
+        assert!(!hand_back(Side::Outside, DropReason::Filtered, &udp));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 pub mod http;
+pub mod icmp;
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -257,13 +258,15 @@ pub fn topology() -> Topology {
     Topology::build(&TopologyOptions::default()).unwrap()
 }
 
-/// The gateway namespace's rules with natgate's priority, via `ip` (read-only check).
+/// The gateway namespace's rules at natgate's priorities (the inside rule's and, on a home
+/// gateway, the four below it), read over netlink.
 pub fn natgate_rules(topo: &Topology) -> Vec<String> {
     let mut nl = Netlink::open_in(&topo.gateway).unwrap();
+    let prio = natgate::config::DEFAULT_RULE_PRIORITY;
     nl.rules_v4()
         .unwrap()
         .into_iter()
-        .filter(|r| r.priority == natgate::config::DEFAULT_RULE_PRIORITY)
+        .filter(|r| (prio - 4..=prio).contains(&r.priority))
         .map(|r| format!("{r:?}"))
         .collect()
 }
