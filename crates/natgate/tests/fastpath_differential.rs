@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use etherparse::PacketBuilder;
 use natgate::dataplane::fastpath::map::{SIDE_INSIDE, SIDE_OUTSIDE};
 use natgate::dataplane::fastpath::{self, FastPath, FlowTable, NO_REDIRECT, sys};
-use natgate_core::config::Config;
+use natgate_core::config::{Config, TtlHandling};
 use natgate_core::engine::{Engine, OffloadedFlow};
 use natgate_core::{Endpoint, Instant, Side, Verdict};
 use proptest::prelude::*;
@@ -58,7 +58,7 @@ fn engine() -> Engine {
     c.limits.max_sessions = 4096;
     c.limits.max_mappings = 4096;
     // The fast path is a routing hop: it decrements the TTL once, as the engine must here.
-    c.behavior.decrement_ttl = true;
+    c.behavior.ttl = TtlHandling::Decrement;
     c.behavior.outside_mtu = MTU;
     c.behavior.inside_mtu = MTU;
     let mut e = Engine::new(c.validate().expect("valid"), 1);
