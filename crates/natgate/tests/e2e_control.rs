@@ -84,7 +84,7 @@ fn reload_under_traffic_keeps_sessions_and_a_bad_config_changes_nothing() {
         client
     });
     let good = config(&topo, "[behavior.timers]\nudp = 600\n");
-    std::fs::write(gw.config_path(), &good).unwrap();
+    gw.rewrite_config(&good);
     let r = ctl_json(&topo, &["reload"]);
     assert_eq!(r["config_path"], gw.config_path().display().to_string());
     let sessions = ctl_json(&topo, &["sessions"]);
@@ -95,14 +95,14 @@ fn reload_under_traffic_keeps_sessions_and_a_bad_config_changes_nothing() {
     );
     // A config the RFCs forbid: refused, with the key and line.
     let bad = config(&topo, "[behavior.timers]\nudp = 30\n");
-    std::fs::write(gw.config_path(), &bad).unwrap();
+    gw.rewrite_config(&bad);
     let (code, out, err) = ctl(&topo, &["reload"]);
     assert_ne!(code, 0);
     let msg = format!("{out}{err}");
     assert!(msg.contains("udp") && msg.contains("line 12"), "{msg}");
     // A setting that needs a restart: refused by name.
     let restart = config(&topo, "[behavior]\nfiltering = \"address-dependent\"\n");
-    std::fs::write(gw.config_path(), &restart).unwrap();
+    gw.rewrite_config(&restart);
     let (code, out, err) = ctl(&topo, &["reload"]);
     assert_ne!(code, 0);
     assert!(format!("{out}{err}").contains("filtering"), "{out}{err}");

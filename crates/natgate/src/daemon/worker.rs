@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
+use arrayvec::ArrayVec;
 use natgate_core::alloc::{ConfiguredAllocator, PortAllocator, PortRange};
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
@@ -346,7 +347,7 @@ impl Worker {
         self.mailboxes[self.id].clear();
         // Bounded: at most the mailbox's length per turn.
         for _ in 0..MAILBOX_LEN / BATCH {
-            let mut got: Vec<Steered> = Vec::with_capacity(BATCH);
+            let mut got: ArrayVec<Steered, BATCH> = ArrayVec::new();
             while got.len() < BATCH {
                 match self.mailboxes[self.id].queue.pop() {
                     Some(p) => got.push(p),
@@ -416,7 +417,8 @@ impl Worker {
         }
         let now = self.clock.now();
         {
-            let mut packets: Vec<PacketBuf<'_>> = Vec::with_capacity(n);
+            // On the stack: the packet path allocates nothing.
+            let mut packets: ArrayVec<PacketBuf<'_>, BATCH> = ArrayVec::new();
             let mut rest: &mut [u8] = bufs;
             let mut base = 0;
             for &i in idx {

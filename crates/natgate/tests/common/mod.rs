@@ -163,6 +163,11 @@ impl Gateway {
     }
 
     /// The config file it was started with (rewrite it, then `ctl reload`).
+    /// Replaces the config file (for `ctl reload`), with the suite's data path as at start.
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(self.config_path(), with_data_path(text)).unwrap();
+    }
+
     pub fn config_path(&self) -> &std::path::Path {
         &self._config.0
     }
