@@ -24,7 +24,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use natgate_core::config::{Allocation, Behavior, BehaviorSpec, Limits, SubscriberLimits};
+use natgate_core::config::{
+    Allocation, Behavior, BehaviorSpec, Ipv4Prefix, Limits, SubscriberLimits,
+};
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::VirtualServerSpec;
 use natgate_core::{Config, ConfigError, ValidConfig};
@@ -95,8 +97,12 @@ pub struct InterfacesSection {
     /// interface's first address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inside_address: Option<Ipv4Addr>,
-    /// Subscriber networks (CIDR) besides the inside interface's own subnets, e.g. behind a
-    /// router. Informational for now: every packet arriving on `inside` is translated.
+    /// Subscriber networks (CIDR). Only packets from these sources are translated; any other
+    /// source arriving on `inside` is dropped (`source_not_inside`) and never answered, so a
+    /// spoofed source can take no session and draw no ICMP. Default (key left out): the
+    /// inside interface's own subnets, found at start, which is right for subscribers on the
+    /// inside link; list every subscriber network (e.g. `100.64.0.0/10`) when they sit behind a
+    /// router.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inside_networks: Vec<String>,
 }
@@ -176,6 +182,10 @@ pub struct LimitsSpec {
     /// derived to fit (see `Config::fit_sessions_to_memory`).
     pub max_memory: Option<u64>,
     pub max_static_sessions: Option<u32>,
+    pub answer_rate: Option<u32>,
+    pub answer_burst: Option<u32>,
+    pub global_answer_rate: Option<u32>,
+    pub global_answer_burst: Option<u32>,
     /// `[limits.subscriber]`: per-subscriber quotas and creation rate (RFC 6888 REQ-4, REQ-5);
     /// every field optional, zero meaning no limit.
     pub subscriber: Option<SubscriberLimits>,
@@ -197,7 +207,11 @@ impl LimitsSpec {
             max_held_fragments_per_source,
             event_queue,
             max_ports_in_hold_down,
-            max_static_sessions
+            max_static_sessions,
+            answer_rate,
+            answer_burst,
+            global_answer_rate,
+            global_answer_burst
         );
         if let Some(sub) = self.subscriber {
             l.subscriber = sub;
@@ -449,6 +463,9 @@ pub struct Settings {
     pub outside: String,
     /// Explicit inside address, if configured.
     pub inside_address: Option<Ipv4Addr>,
+    /// The subscriber networks the file lists; empty: the inside interface's own subnets,
+    /// found at start.
+    pub inside_networks: Vec<Ipv4Prefix>,
     /// The pool.
     pub pool: PoolSource,
     /// TUN name prefix.
@@ -580,8 +597,11 @@ impl Settings {
                 "inside and outside must be different interfaces".into(),
             ));
         }
+        let mut inside_networks = Vec::new();
         for n in &file.interfaces.inside_networks {
-            parse_prefix(n).map_err(|why| invalid("inside-networks", why))?;
+            let (net, len) = parse_prefix(n).map_err(|why| invalid("inside-networks", why))?;
+            // parse_prefix refused host bits and lengths past 32.
+            inside_networks.extend(Ipv4Prefix::new(net, len));
         }
         let pool = match (file.pool.addresses.is_empty(), file.pool.outside_address) {
             (false, true) => {
@@ -646,6 +666,7 @@ impl Settings {
             inside: file.interfaces.inside.clone(),
             outside: file.interfaces.outside.clone(),
             inside_address: file.interfaces.inside_address,
+            inside_networks,
             pool,
             tun_name: file.tun.name.clone(),
             queues: file.tun.queues,
@@ -701,6 +722,7 @@ impl Settings {
             lab: self.lab,
             rules: self.rules.clone(),
             virtual_servers: self.virtual_servers.clone(),
+            inside_networks: self.inside_networks.clone(),
         };
         if config.limits.max_memory.is_some() && self.file.limits.max_sessions.is_none() {
             config.fit_sessions_to_memory()?;

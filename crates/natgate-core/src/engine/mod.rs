@@ -13,6 +13,7 @@
 //! read, constant-offset rewrite) that gives the same bytes, verdicts and state as `process`
 //! (property-tested); BENCHMARKS.md has the figures.
 
+mod answer_limit;
 mod icmp_error;
 mod memory;
 mod packet;
@@ -24,7 +25,7 @@ mod subscriber;
 mod translate;
 
 use crate::alloc::{AllocSettings, DynamicAllocator, PortAllocator};
-use crate::config::{Behavior, FilteringBehavior, ValidConfig};
+use crate::config::{Behavior, FilteringBehavior, Ipv4Prefix, ValidConfig};
 use crate::counters::{Counters, DropReason};
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::Event;
@@ -120,9 +121,13 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     events: EventQueue,
     /// Which refusals become `MappingFailed` events (one per subscriber, reason and second).
     refusal_reports: report_limit::RefusalReports,
+    /// How many refused packets are answered.
+    answers: answer_limit::AnswerLimiter,
     counters: Counters,
     /// Static NAT rules and virtual servers.
     statics: static_nat::StaticNat,
+    /// Sources translated from the inside; empty: all (see `Config::inside_networks`).
+    inside_networks: Box<[Ipv4Prefix]>,
 }
 
 impl Engine<DynamicAllocator> {
@@ -162,10 +167,12 @@ impl<A: PortAllocator> Engine<A> {
             fragments: FragmentTracker::new(fragment_limits(&limits, &behavior)),
             held_syns: SynHold::new(limits.max_held_syns as usize),
             refusal_reports: report_limit::RefusalReports::new(),
+            answers: answer_limit::AnswerLimiter::new(limits.answers()),
             transmit: TransmitQueue::new(transmit_slots(&limits)),
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
             statics: static_nat::StaticNat::new(cfg, seed),
+            inside_networks: cfg.inside_networks.clone().into_boxed_slice(),
             rng,
         };
         engine.reserve_static_ports();
@@ -340,6 +347,11 @@ impl<A: PortAllocator> Engine<A> {
         to_pool: bool,
         hint: Option<Option<SessionId>>,
     ) -> Verdict {
+        // A source outside the subscriber networks is dropped before anything else: no state,
+        // no answer (an answer would go to an address that is not there).
+        if side == Side::Inside && !self.source_is_inside(p.src.addr) {
+            return Verdict::Drop(DropReason::SourceNotInside);
+        }
         // Static rules and virtual servers may own addresses outside the pool.
         if side == Side::Outside && !to_pool && !self.statics.claims_inbound(&p) {
             return Verdict::Drop(DropReason::NotPoolAddress);
@@ -348,6 +360,7 @@ impl<A: PortAllocator> Engine<A> {
         // with time exceeded, before any state is made for it.
         if self.behavior.decrement_ttl && p.ttl <= 1 {
             return self.reply_error(
+                now,
                 buf,
                 &p,
                 side,
@@ -371,6 +384,7 @@ impl<A: PortAllocator> Engine<A> {
         // (DF=0 packets are fragmented by the driver's way out, e.g. the kernel behind a TUN.)
         if p.df && p.len > usize::from(mtu) {
             return self.reply_error(
+                now,
                 buf,
                 &p,
                 side,
@@ -408,6 +422,13 @@ impl<A: PortAllocator> Engine<A> {
             self.release_held_fragments(&frag_key, tr);
         }
         verdict
+    }
+
+    /// Whether `src` may be translated from the inside: it is in an inside network, or none
+    /// is configured.
+    #[inline]
+    fn source_is_inside(&self, src: Ipv4Addr) -> bool {
+        self.inside_networks.is_empty() || self.inside_networks.iter().any(|n| n.contains(src))
     }
 
     /// A non-first fragment follows its first fragment's translation, or waits for it.
@@ -453,10 +474,12 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Answers the packet in `buf` with an ICMP error built in place, or drops it when RFC 1812
-    /// 4.3.2.7 forbids an answer (to ICMP errors, later fragments, non-unicast sources).
+    /// 4.3.2.7 forbids an answer (to ICMP errors, later fragments, non-unicast sources) or the
+    /// answer limits leave it out (RFC 1812 4.3.2.8, see [`answer_limit`]).
     #[allow(clippy::too_many_arguments)]
     fn reply_error(
         &mut self,
+        now: Instant,
         buf: &mut [u8],
         p: &Parsed,
         side: Side,
@@ -473,6 +496,10 @@ impl<A: PortAllocator> Engine<A> {
             || src.is_multicast()
             || src.is_loopback()
         {
+            return Verdict::Drop(reason);
+        }
+        if !self.answers.allow(now, src) {
+            self.counters.answers_suppressed += 1;
             return Verdict::Drop(reason);
         }
         let from = match side {
@@ -813,6 +840,8 @@ impl<A: PortAllocator> Gone<'_, A> {
     }
 }
 
+#[cfg(test)]
+mod abuse_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]

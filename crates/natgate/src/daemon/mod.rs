@@ -733,6 +733,10 @@ pub fn engine_config(
         // whose low ports belong to the host (RFC 4787 REQ-3a is a SHOULD).
         cfg.behavior.port_range_preservation = false;
     }
+    if cfg.inside_networks.is_empty() {
+        // Default: subscribers are on the inside link.
+        cfg.inside_networks = resolved.inside_subnets.clone();
+    }
     cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
 }
 
@@ -1146,6 +1150,7 @@ mod tests {
                 pool: vec![Ipv4Addr::new(198, 51, 100, 1)],
                 inside_address: Ipv4Addr::new(100, 64, 0, 1),
                 nat_ports: None,
+                inside_subnets: Vec::new(),
                 stale_removed: 0,
             }),
             started: std::time::Instant::now(),
