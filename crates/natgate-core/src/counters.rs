@@ -97,6 +97,9 @@ drop_reasons! {
     FragmentLimit => "fragment_limit",
     /// A held fragment's datagram never got its first fragment in time.
     FragmentExpired => "fragment_expired",
+    /// A fragment that overlaps bytes of its datagram an earlier fragment carried (RFC 1858
+    /// section 3.2, RFC 3128): an overlap can rewrite a transport header already passed.
+    FragmentOverlap => "fragment_overlap",
     /// A rule or virtual server would make a session, and the static session table
     /// (`limits.max-static-sessions`) is full; no live session is evicted.
     StaticTableFull => "static_table_full",

@@ -183,3 +183,81 @@ fn every_engine_generated_icmp_error_is_rate_limited() {
     assert_eq!(e.counters().answers_suppressed, 8);
     assert_eq!(e.counters().drops(DropReason::TtlExceeded), 10);
 }
+
+/// Moves a fragment to byte offset `offset` (a multiple of 8) and fixes its header checksum.
+fn move_fragment(p: &mut Pkt, offset: u16) {
+    let word = u16::from_be_bytes([p.buf[6], p.buf[7]]);
+    let word = (word & 0xE000) | (offset / 8);
+    p.buf[6..8].copy_from_slice(&word.to_be_bytes());
+    p.buf[10..12].copy_from_slice(&[0, 0]);
+    let sum = crate::wire::checksum::checksum(&p.buf[..20]);
+    p.buf[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// RFC 1858 section 3.2, RFC 3128: a fragment at offset 8 (FO = 1) after the first would rewrite
+/// the transport header the first fragment was translated by. It is dropped and counted, in
+/// order and out of order, and the datagram's honest fragments still pass.
+#[test]
+fn rfc1858_rfc3128_overlapping_fragments_are_dropped_and_counted() {
+    let whole = udp(ep(SUB1, 5000), ep(WAN, 9), &[7u8; 40]);
+    // 48 bytes of UDP in three fragments: [0, 16), [16, 32), [32, 48).
+    let frags = super::tests::fragments(whole.bytes(), 16);
+    assert_eq!(frags.len(), 3);
+
+    // In order: the first passes, a copy of the second moved to offset 8 overlaps it.
+    let mut e = engine_with(|_| {});
+    let mut f0 = frags[0].clone();
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut f0),
+        Verdict::Forward(Side::Outside)
+    );
+    let mut evil = frags[1].clone();
+    move_fragment(&mut evil, 8);
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut evil),
+        Verdict::Drop(DropReason::FragmentOverlap)
+    );
+    for f in &frags[1..] {
+        let mut f = f.clone();
+        assert_eq!(
+            run(&mut e, t(0), Side::Inside, &mut f),
+            Verdict::Forward(Side::Outside)
+        );
+    }
+    // A copy of a fragment already passed overlaps it too.
+    let mut again = frags[2].clone();
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut again),
+        Verdict::Drop(DropReason::FragmentOverlap)
+    );
+    assert_eq!(e.counters().drops(DropReason::FragmentOverlap), 2);
+
+    // Out of order: the last is held, a fragment overlapping it is refused, and the first
+    // releases only the honest one.
+    let mut e = engine_with(|_| {});
+    let mut f2 = frags[2].clone();
+    assert_eq!(run(&mut e, t(0), Side::Inside, &mut f2), Verdict::Held);
+    let mut evil = frags[1].clone();
+    move_fragment(&mut evil, 24);
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut evil),
+        Verdict::Drop(DropReason::FragmentOverlap)
+    );
+    let mut f0 = frags[0].clone();
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut f0),
+        Verdict::Forward(Side::Outside)
+    );
+    let mut buf = [0u8; 2048];
+    let mut released = 0;
+    while e.poll_transmit(&mut buf).is_some() {
+        released += 1;
+    }
+    assert_eq!(released, 1);
+    let mut f1 = frags[1].clone();
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut f1),
+        Verdict::Forward(Side::Outside)
+    );
+    assert_eq!(e.counters().drops(DropReason::FragmentOverlap), 1);
+}

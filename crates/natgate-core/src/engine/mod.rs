@@ -29,7 +29,9 @@ use crate::config::{Behavior, FilteringBehavior, Ipv4Prefix, ValidConfig};
 use crate::counters::{Counters, DropReason};
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::Event;
-use crate::fragment::{FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation};
+use crate::fragment::{
+    ClaimError, FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation,
+};
 use crate::rng::Rng;
 use crate::table::{AddressFilter, FlowKey, Mapping, NatTable, Session, SessionId};
 use crate::tcp_state::{TcpPhase, TcpState};
@@ -401,8 +403,23 @@ impl<A: PortAllocator> Engine<A> {
             proto: p.ip_proto(),
             ident: p.ident,
         };
+        // RFC 1858 section 3.2, RFC 3128: a fragment overlapping bytes an earlier one carried is
+        // dropped, so no fragment can rewrite a transport header already translated.
+        let claimed = match p.frag {
+            Fragment::None => true,
+            Fragment::First | Fragment::Later => {
+                let (start, end) = p.frag_range();
+                match self.fragments.claim(&frag_key, start, end, now) {
+                    Ok(claimed) => claimed,
+                    Err(ClaimError::Overlap) => return Verdict::Drop(DropReason::FragmentOverlap),
+                    Err(ClaimError::TooManyPieces) => {
+                        return Verdict::Drop(DropReason::FragmentLimit);
+                    }
+                }
+            }
+        };
         if p.frag == Fragment::Later {
-            return self.later_fragment(now, buf, &p, frag_key);
+            return self.later_fragment(now, buf, &p, frag_key, claimed);
         }
         let verdict = match (p.kind, side) {
             (Kind::IcmpError, Side::Inside) => self.icmp_error_outbound(buf, &mut p),
@@ -419,6 +436,11 @@ impl<A: PortAllocator> Engine<A> {
                 out_side,
             };
             self.fragments.record_first(frag_key, tr, now);
+            if !claimed {
+                // The datagram's state is new (or the table is full): nothing to overlap.
+                let (start, end) = p.frag_range();
+                let _ = self.fragments.claim(&frag_key, start, end, now);
+            }
             self.release_held_fragments(&frag_key, tr);
         }
         verdict
@@ -438,6 +460,7 @@ impl<A: PortAllocator> Engine<A> {
         buf: &mut [u8],
         p: &Parsed,
         key: FragmentKey,
+        claimed: bool,
     ) -> Verdict {
         if let Some(tr) = self.fragments.lookup(&key, now) {
             packet::rewrite_addr(buf, Which::Src, tr.new_src);
@@ -448,7 +471,14 @@ impl<A: PortAllocator> Engine<A> {
             return Verdict::Forward(tr.out_side);
         }
         match self.fragments.hold(key, &buf[..p.len], now) {
-            Ok(()) => Verdict::Held,
+            Ok(()) => {
+                if !claimed {
+                    // The hold made the datagram's state: nothing to overlap.
+                    let (start, end) = p.frag_range();
+                    let _ = self.fragments.claim(&key, start, end, now);
+                }
+                Verdict::Held
+            }
             Err(_) => Verdict::Drop(DropReason::FragmentLimit),
         }
     }

@@ -966,7 +966,7 @@ fn session_table_full_with_existing_mapping() {
 // ---------------------------------------------------------------- fragments (RFC 4787 REQ-14)
 
 /// Splits a whole datagram into fragments of at most `chunk` payload bytes (multiple of 8).
-fn fragments(whole: &[u8], chunk: usize) -> Vec<Pkt> {
+pub(crate) fn fragments(whole: &[u8], chunk: usize) -> Vec<Pkt> {
     let (ip, rest) = Ipv4Header::from_slice(whole).expect("ipv4");
     let payload = &rest[..usize::from(ip.total_len) - ip.header_len()];
     payload
