@@ -685,14 +685,7 @@ impl Settings {
         };
         // Check everything the engine checks now, with stand-in addresses where the real ones
         // are only known at start.
-        let pool = match &settings.pool {
-            PoolSource::Addresses(a) => a.clone(),
-            PoolSource::OutsideAddress { .. } => vec![Ipv4Addr::new(192, 0, 2, 1)],
-        };
-        let inside = settings
-            .inside_address
-            .unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
-        settings.engine_config(pool, inside).map_err(|e| {
+        settings.stand_in_engine_config().map_err(|e| {
             let (key, why) = split_engine_error(&e);
             let line = match &e {
                 ConfigError::VirtualServer { address, .. }
@@ -705,6 +698,17 @@ impl Settings {
             ConfigFileError::Invalid { line, key, why }
         })?;
         Ok(settings)
+    }
+
+    /// The engine config with stand-in addresses where the real ones are only known at start
+    /// (the outside interface's address, the inside address): what `check` can validate.
+    pub fn stand_in_engine_config(&self) -> Result<ValidConfig, ConfigError> {
+        let pool = match &self.pool {
+            PoolSource::Addresses(a) => a.clone(),
+            PoolSource::OutsideAddress { .. } => vec![Ipv4Addr::new(192, 0, 2, 1)],
+        };
+        let inside = self.inside_address.unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
+        self.engine_config(pool, inside)
     }
 
     /// The engine config for the pool and inside address found at start.
@@ -899,8 +903,14 @@ fn split_engine_error(e: &ConfigError) -> (String, String) {
 /// anywhere.
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
     if let Some((table, leaf)) = key.rsplit_once('.') {
+        // The core names `[limits.subscriber]` keys `subscriber.KEY`: a header ending in the
+        // table's name is its header.
         let header = format!("[{table}]");
-        let start = text.lines().position(|l| l.trim() == header);
+        let nested = format!(".{table}]");
+        let start = text.lines().position(|l| {
+            let l = l.trim();
+            l == header || (l.starts_with('[') && l.ends_with(&nested))
+        });
         if let Some(start) = start {
             let after: String = text.lines().skip(start).collect::<Vec<_>>().join("\n");
             if let Some(n) = find_plain_key_line(&after, leaf) {
@@ -1023,6 +1033,21 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
             .expect_err("rate without burst")
             .to_string();
         assert!(e.contains("session-burst"), "{e}");
+        // The line of the rate, whose burst is missing.
+        let line = MIN.lines().count() + 3;
+        assert!(e.starts_with(&format!("line {line}: ")), "{e}");
+    }
+
+    #[test]
+    fn answer_rate_without_burst_names_its_line() {
+        let bad = format!("{MIN}\n[limits]\nanswer-burst = 0\nanswer-rate = 5\n");
+        let e = Settings::parse(&bad).expect_err("no burst").to_string();
+        let line = MIN.lines().count() + 4;
+        assert!(e.starts_with(&format!("line {line}: answer-rate")), "{e}");
+        assert!(e.contains("answer-burst"), "{e}");
+        let off = format!("{MIN}\n[limits]\nanswer-rate = 0\nglobal-answer-rate = 0\n");
+        let s = Settings::parse(&off).expect("0 switches the limits off");
+        assert_eq!((s.limits.answer_rate, s.limits.global_answer_rate), (0, 0));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use natgate::config::Settings;
 use natgate::control::cli::CtlArgs;
 use natgate::control::protocol::LogLevel;
-use natgate::daemon::Daemon;
 use natgate::daemon::control::{ControlService, LogLevelFn};
+use natgate::daemon::{Daemon, machine};
 use natgate_core::huge_pages::HugePageAlloc;
 
 /// The engine's tables on transparent huge pages (with THP in `madvise` or `always` mode):
@@ -188,10 +188,39 @@ fn run(a: RunArgs, log_level: LogLevelFn) -> anyhow::Result<ExitCode> {
 fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&a.config)
         .with_context(|| format!("invalid config {}", a.config.display()))?;
+    // What this machine can hold, and its outside interface's addresses if it has that
+    // interface (`run` checks them again, where they are always known).
+    let mem = machine::MemInfo::read()?;
+    let need = machine::check_memory(&settings, mem)
+        .with_context(|| format!("config {} does not fit this machine", a.config.display()))?;
+    let outside = natgate::netlink::Netlink::new()
+        .ok()
+        .and_then(|mut nl| nl.addrs_v4(Some(&settings.outside)).ok());
+    let outside_note = match &outside {
+        Some(addrs) => {
+            let addrs: Vec<_> = addrs.iter().map(|(_, a, _)| *a).collect();
+            machine::check_pool(&settings, &addrs)
+                .with_context(|| format!("invalid config {}", a.config.display()))?;
+            format!(
+                "outside interface {} found, its addresses checked",
+                settings.outside
+            )
+        }
+        None => format!(
+            "outside interface {} not found here: its address is checked at run",
+            settings.outside
+        ),
+    };
     let text = settings
         .effective_toml()
         .context("printing the effective config")?;
-    println!("# effective config of {}\n{text}", a.config.display());
+    println!(
+        "# effective config of {}\n# engines reserve {need} bytes ({} workers); {} bytes \
+         available\n# {outside_note}\n{text}",
+        a.config.display(),
+        settings.queues,
+        mem.available
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -640,22 +640,29 @@ impl Config {
         let s = &l.subscriber;
         if s.session_rate != 0 && s.session_burst == 0 {
             return Err(ConfigError::OutOfRange {
-                setting: "subscriber.session-burst",
-                why: "a session rate needs a burst of at least 1".into(),
+                setting: "subscriber.session-rate",
+                why: "a session rate needs session-burst (the bucket's size) of at least 1".into(),
             });
         }
-        for (setting, rate, burst) in [
-            ("answer-burst", l.answer_rate, l.answer_burst),
+        // Named after the rate, the key that is written when its burst is missing.
+        for (setting, rate, burst, why) in [
             (
-                "global-answer-burst",
+                "answer-rate",
+                l.answer_rate,
+                l.answer_burst,
+                "an answer rate needs answer-burst of at least 1",
+            ),
+            (
+                "global-answer-rate",
                 l.global_answer_rate,
                 l.global_answer_burst,
+                "an answer rate needs global-answer-burst of at least 1",
             ),
         ] {
             if rate != 0 && burst == 0 {
                 return Err(ConfigError::OutOfRange {
                     setting,
-                    why: "an answer rate needs a burst of at least 1".into(),
+                    why: why.into(),
                 });
             }
         }

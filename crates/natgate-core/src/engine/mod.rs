@@ -48,6 +48,17 @@ pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
 pub use static_nat::SessionOrigin;
 
+/// The engine's tables could not be allocated: the machine cannot give the memory the config
+/// asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the engine's state needs {need} bytes (by its memory model), and the session table could not be allocated"
+)]
+pub struct OutOfMemory {
+    /// Bytes the engine's state needs, by [`MemoryModel`].
+    pub need: u64,
+}
+
 /// How many packets [`Engine::process_batch`] looks up together. Large enough to hide memory
 /// latency behind prefetches, small enough that the batch's state stays in L1.
 pub const BATCH: usize = 32;
@@ -144,24 +155,48 @@ impl Engine<DynamicAllocator> {
 
 impl<A: PortAllocator> Engine<A> {
     /// An engine with a given port allocator (port blocks, deterministic NAT, per-core shares).
+    ///
+    /// # Panics
+    /// If the memory for the session table cannot be allocated; a driver that sizes the
+    /// tables from a config file calls [`Self::try_with_allocator`].
     pub fn with_allocator(config: ValidConfig, alloc: A, seed: u64) -> Self {
+        match Self::try_with_allocator(config, alloc, seed) {
+            Ok(e) => e,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Self::with_allocator`], with running out of memory for the session table (the part
+    /// that grows with `max-sessions`) an error instead of an abort; what was allocated is
+    /// freed again.
+    pub fn try_with_allocator(
+        config: ValidConfig,
+        alloc: A,
+        seed: u64,
+    ) -> Result<Self, OutOfMemory> {
         let cfg = config.get();
         let mut rng = Rng::new(seed);
         let limits = cfg.limits;
         let behavior = cfg.behavior;
         let max_sessions = limits.max_sessions as usize;
+        // Two seeds, drawn in the order the session and mapping tables always drew them, so
+        // that port choices for a given engine seed stay as they were.
+        let sessions = NatTable::try_new(
+            max_sessions,
+            limits.max_mappings as usize,
+            behavior.mapping,
+            rng.next_u64(),
+            rng.next_u64(),
+        )
+        .map_err(|_| OutOfMemory {
+            need: MemoryModel::of(cfg)
+                .usage(limits.max_sessions, limits.max_mappings)
+                .total(),
+        })?;
         let mut engine = Engine {
             behavior,
             inside_address: cfg.inside_address,
-            // Two seeds, drawn in the order the session and mapping tables always drew them,
-            // so that port choices for a given engine seed stay as they were.
-            sessions: NatTable::new(
-                max_sessions,
-                limits.max_mappings as usize,
-                behavior.mapping,
-                rng.next_u64(),
-                rng.next_u64(),
-            ),
+            sessions,
             subscribers: SubscriberTable::new(limits.subscriber),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
@@ -178,7 +213,7 @@ impl<A: PortAllocator> Engine<A> {
             rng,
         };
         engine.reserve_static_ports();
-        engine
+        Ok(engine)
     }
 
     /// Translates one packet in place. `buf[..len]` holds an IPv4 datagram that arrived on

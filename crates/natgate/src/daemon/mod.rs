@@ -25,6 +25,7 @@
 pub mod control;
 pub mod external;
 pub mod health;
+pub mod machine;
 pub mod plumbing;
 pub mod steer;
 pub mod vservers;
@@ -245,6 +246,12 @@ pub enum DaemonError {
     /// A worker failed.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// The machine cannot hold the config (memory), or its interfaces contradict it.
+    #[error(transparent)]
+    Machine(#[from] machine::MachineError),
+    /// An engine's tables could not be allocated.
+    #[error(transparent)]
+    OutOfMemory(#[from] natgate_core::OutOfMemory),
     /// A worker thread could not be started or panicked.
     #[error("worker thread: {0}")]
     Thread(String),
@@ -563,6 +570,8 @@ impl Daemon {
     /// Sets up the plumbing and starts the workers. The calling thread must be in the gateway's
     /// network namespace (the workers inherit it). `sink` makes each worker's event sink.
     pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
+        // Refused before anything is set up: what the machine cannot hold.
+        machine::check_memory(settings, machine::MemInfo::read()?)?;
         let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
         let engine_cfg = engine_config(settings, &resolved)?;
         let mut external = external::ExternalAddresses::new(
@@ -589,9 +598,18 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()
             .map_err(DaemonError::Mailbox)?
             .into();
-        for (id, (inside, outside)) in queues.into_iter().enumerate() {
+        // Every engine before any worker starts: running out of memory is an error, and the
+        // plumbing goes with `plumbing` when it is returned.
+        let mut engines = Vec::with_capacity(n);
+        for id in 0..n {
             let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
-            let engine = Engine::with_allocator(engine_cfg.clone(), alloc, os_seed());
+            engines.push(Engine::try_with_allocator(
+                engine_cfg.clone(),
+                alloc,
+                os_seed(),
+            )?);
+        }
+        for (id, ((inside, outside), engine)) in queues.into_iter().zip(engines).enumerate() {
             let (tx, rx) = mpsc::channel();
             senders.push(tx);
             let events: EventSink = match &logs {
