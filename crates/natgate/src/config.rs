@@ -656,6 +656,24 @@ impl Settings {
                     .into(),
             ));
         }
+        // The session and mapping limits are the gateway's, split across the workers: each
+        // needs at least one.
+        let limits = file.limits.resolve();
+        for (key, v) in [
+            ("max-sessions", limits.max_sessions),
+            ("max-mappings", limits.max_mappings),
+        ] {
+            if (v as usize) < tun.queues {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{v} is fewer than the {} queues: the limit is the gateway's, split \
+                         across one worker per queue",
+                        tun.queues
+                    ),
+                ));
+            }
+        }
         let mut behavior = file.behavior.resolve();
         // The kernel decrements the TTL routing into the TUN and again out of it, so the
         // engine does not, unless the file asks (see README: TTL).

@@ -214,11 +214,16 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let text = settings
         .effective_toml()
         .context("printing the effective config")?;
+    let (l, n) = (settings.limits, settings.queues);
     println!(
-        "# effective config of {}\n# engines reserve {need} bytes ({} workers); {} bytes \
-         available\n# {outside_note}\n{text}",
+        "# effective config of {}\n# max-sessions {} and max-mappings {} are the gateway's, \
+         split across {n} workers ({} and {} for the first)\n# engines reserve {need} bytes; \
+         {} bytes available\n# {outside_note}\n{text}",
         a.config.display(),
-        settings.queues,
+        l.max_sessions,
+        l.max_mappings,
+        natgate::daemon::worker_share(l.max_sessions, 0, n),
+        natgate::daemon::worker_share(l.max_mappings, 0, n),
         mem.available
     );
     Ok(ExitCode::SUCCESS)

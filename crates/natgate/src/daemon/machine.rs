@@ -60,9 +60,10 @@ pub enum MachineError {
     Config(#[from] natgate_core::ConfigError),
     /// The engines need more memory than the machine has available.
     #[error(
-        "the engines need {need} bytes ({per_worker} per worker x {workers} workers, by the \
-         engine's memory model: {detail}), and this machine has {available} bytes available \
-         (of {total}); lower max-sessions and max-mappings, or set max-memory to derive them"
+        "the engines need {need} bytes (up to {per_worker} for each of {workers} workers, by \
+         the engine's memory model: {detail}), and this machine has {available} bytes \
+         available (of {total}); lower max-sessions and max-mappings, or set max-memory to \
+         derive them"
     )]
     NotEnoughMemory {
         /// Bytes all engines reserve.
@@ -86,19 +87,29 @@ pub enum MachineError {
     PoolHasOutsideAddress(Ipv4Addr),
 }
 
-/// Bytes one engine of `settings` reserves at start, and where they go.
-pub fn engine_need(settings: &Settings) -> Result<(u64, String), MachineError> {
+/// Bytes the engines of `settings` reserve at start (one per queue, each with its share of
+/// the gateway's `max-sessions` and `max-mappings`), the first (largest) engine's bytes, and
+/// where they go.
+pub fn engine_need(settings: &Settings) -> Result<(u64, u64, String), MachineError> {
     let cfg = settings.stand_in_engine_config()?;
     let l = cfg.get().limits;
-    let usage = MemoryModel::of(cfg.get()).usage(l.max_sessions, l.max_mappings);
-    Ok((usage.total(), usage.to_string()))
+    let model = MemoryModel::of(cfg.get());
+    let n = settings.queues;
+    let share = |id| {
+        model.usage(
+            super::worker_share(l.max_sessions, id, n),
+            super::worker_share(l.max_mappings, id, n),
+        )
+    };
+    let total = (0..n).map(|id| share(id).total()).sum();
+    let first = share(0);
+    Ok((total, first.total(), first.to_string()))
 }
 
 /// Refuses a config whose engines need more memory than `mem` says is available.
 pub fn check_memory(settings: &Settings, mem: MemInfo) -> Result<u64, MachineError> {
-    let (per_worker, detail) = engine_need(settings)?;
+    let (need, per_worker, detail) = engine_need(settings)?;
     let workers = settings.queues;
-    let need = per_worker.saturating_mul(workers as u64);
     if need > mem.available {
         return Err(MachineError::NotEnoughMemory {
             need,
@@ -160,8 +171,10 @@ mod tests {
             panic!("{e}");
         };
         assert_eq!(workers, 2);
+        // Two workers of 2^29 sessions each: the limit is the gateway's.
         assert_eq!(need, 2 * per_worker);
-        assert!(per_worker > 1 << 35, "{per_worker} bytes for 2^30 sessions");
+        assert!(per_worker > 1 << 34, "{per_worker} bytes for 2^29 sessions");
+        assert!(per_worker < 1 << 36, "{per_worker} bytes for 2^29 sessions");
         assert_eq!(available, mem.available);
         let msg = e.to_string();
         assert!(msg.contains(&need.to_string()) && msg.contains(&available.to_string()));

@@ -604,7 +604,7 @@ impl Daemon {
         for id in 0..n {
             let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
             engines.push(Engine::try_with_allocator(
-                engine_cfg.clone(),
+                worker_config(&engine_cfg, id, n)?,
                 alloc,
                 os_seed(),
             )?);
@@ -756,6 +756,28 @@ pub fn engine_config(
         cfg.inside_networks = resolved.inside_subnets.clone();
     }
     cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
+}
+
+/// Worker `id`'s share of the gateway-wide limit `total` over `n` workers: an equal part, and
+/// one more for each of the first `total % n` workers, so the shares add up to `total`.
+pub fn worker_share(total: u32, id: usize, n: usize) -> u32 {
+    let n = n.max(1) as u32;
+    let id = id as u32;
+    total / n + u32::from(id < total % n)
+}
+
+/// The engine config of worker `id` among `n`: `max-sessions` and `max-mappings` are the
+/// gateway's, each worker's engine holding its [`worker_share`] (`check` refuses fewer than
+/// one per worker).
+pub fn worker_config(
+    cfg: &natgate_core::ValidConfig,
+    id: usize,
+    n: usize,
+) -> Result<natgate_core::ValidConfig, natgate_core::ConfigError> {
+    let mut c = cfg.get().clone();
+    c.limits.max_sessions = worker_share(c.limits.max_sessions, id, n);
+    c.limits.max_mappings = worker_share(c.limits.max_mappings, id, n);
+    c.validate()
 }
 
 /// The allocator of worker `id` among `n`. Dynamic allocation cannot be split by a formula
@@ -951,6 +973,38 @@ mod tests {
     use natgate_core::alloc::SubscriberId;
     use natgate_core::{DropReason, Endpoint, Instant};
     use std::sync::Mutex;
+
+    #[test]
+    fn session_and_mapping_limits_are_the_gateways_split_across_workers() {
+        for (total, n) in [(3000u32, 2usize), (7, 3), (5, 5), (1 << 20, 64), (65, 64)] {
+            let shares: Vec<u32> = (0..n).map(|id| worker_share(total, id, n)).collect();
+            assert_eq!(
+                shares.iter().map(|s| u64::from(*s)).sum::<u64>(),
+                u64::from(total)
+            );
+            let (lo, hi) = (shares.iter().min(), shares.iter().max());
+            assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{shares:?}");
+        }
+        let text = format!(
+            "{}\n[tun]\nqueues = 2\n\n[limits]\nmax-sessions = 3001\nmax-mappings = 3000\n",
+            MIN
+        );
+        let s = Settings::parse(&text).expect("valid");
+        let cfg = s.stand_in_engine_config().expect("valid");
+        let per: Vec<_> = (0..2)
+            .map(|id| worker_config(&cfg, id, 2).expect("valid").get().limits)
+            .collect();
+        assert_eq!((per[0].max_sessions, per[1].max_sessions), (1501, 1500));
+        assert_eq!((per[0].max_mappings, per[1].max_mappings), (1500, 1500));
+        let few = format!(
+            "{}\n[tun]\nqueues = 4\n\n[limits]\nmax-sessions = 3\nmax-mappings = 3\n",
+            MIN
+        );
+        let e = Settings::parse(&few)
+            .expect_err("fewer than one per worker")
+            .to_string();
+        assert!(e.contains("max-sessions") && e.contains("line"), "{e}");
+    }
 
     /// Keeps what reaches it.
     struct Keep(Arc<Mutex<Vec<Event>>>);
