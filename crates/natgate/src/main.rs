@@ -215,10 +215,25 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         .effective_toml()
         .context("printing the effective config")?;
     let (l, n) = (settings.limits, settings.queues);
+    let sources = if settings.inside_networks.is_empty() {
+        format!(
+            "the subnets of {} (found at start; set inside-networks for subscribers behind a \
+             router)",
+            settings.inside
+        )
+    } else {
+        let nets: Vec<String> = settings
+            .inside_networks
+            .iter()
+            .map(|p| format!("{}/{}", p.addr(), p.prefix_len()))
+            .collect();
+        nets.join(", ")
+    };
     println!(
         "# effective config of {}\n# max-sessions {} and max-mappings {} are the gateway's, \
          split across {n} workers ({} and {} for the first)\n# engines reserve {need} bytes; \
-         {} bytes available\n# {outside_note}\n{text}",
+         {} bytes available\n# {outside_note}\n# sources translated: {sources}; any other \
+         is dropped as source_not_inside\n{text}",
         a.config.display(),
         l.max_sessions,
         l.max_mappings,
