@@ -766,17 +766,23 @@ pub fn worker_share(total: u32, id: usize, n: usize) -> u32 {
     total / n + u32::from(id < total % n)
 }
 
-/// The engine config of worker `id` among `n`: `max-sessions` and `max-mappings` are the
-/// gateway's, each worker's engine holding its [`worker_share`] (`check` refuses fewer than
-/// one per worker).
+/// The engine config of worker `id` among `n`: `max-sessions`, `max-mappings` and the global
+/// answer rate are the gateway's, each worker's engine holding its [`worker_share`] (`check`
+/// refuses fewer sessions or mappings than one per worker; a worker's answer rate and burst
+/// are at least 1 when the gateway's are set).
 pub fn worker_config(
     cfg: &natgate_core::ValidConfig,
     id: usize,
     n: usize,
 ) -> Result<natgate_core::ValidConfig, natgate_core::ConfigError> {
     let mut c = cfg.get().clone();
-    c.limits.max_sessions = worker_share(c.limits.max_sessions, id, n);
-    c.limits.max_mappings = worker_share(c.limits.max_mappings, id, n);
+    let l = &mut c.limits;
+    l.max_sessions = worker_share(l.max_sessions, id, n);
+    l.max_mappings = worker_share(l.max_mappings, id, n);
+    if l.global_answer_rate != 0 {
+        l.global_answer_rate = worker_share(l.global_answer_rate, id, n).max(1);
+        l.global_answer_burst = worker_share(l.global_answer_burst, id, n).max(1);
+    }
     c.validate()
 }
 
@@ -996,6 +1002,12 @@ mod tests {
             .collect();
         assert_eq!((per[0].max_sessions, per[1].max_sessions), (1501, 1500));
         assert_eq!((per[0].max_mappings, per[1].max_mappings), (1500, 1500));
+        // The global answer rate (default 1000 a second, 1000 at once) is the gateway's too.
+        assert_eq!(per[0].global_answer_rate + per[1].global_answer_rate, 1000);
+        assert_eq!(
+            per[0].global_answer_burst + per[1].global_answer_burst,
+            1000
+        );
         let few = format!(
             "{}\n[tun]\nqueues = 4\n\n[limits]\nmax-sessions = 3\nmax-mappings = 3\n",
             MIN
