@@ -21,8 +21,9 @@ use super::{ControlError, ControlHandler};
 /// A client cannot hold a connection by trickling bytes: once a request's first byte arrives,
 /// the whole line must arrive within `request_timeout`, and a connection waiting for a request
 /// is closed after `read_timeout`. And a full server still lets an operator in: a new connection
-/// closes the oldest one that is waiting for a request (not one whose request is being handled);
-/// only when every connection is busy handling a request is the new one refused.
+/// closes the oldest one that is not having a request handled (waiting for a request, or for
+/// its client to read a reply); only when every connection's request is being handled is the
+/// new one refused.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// A connection that sends nothing for this long between requests is closed.
@@ -380,7 +381,7 @@ fn refuse_busy(mut stream: UnixStream, opts: &ServerOptions) {
 
 /// Serves one connection until it closes, idles past the timeout, is too slow sending a
 /// request, sends an oversized line, or the server stops (or closes it to make room). `busy`
-/// is set while a request is handled.
+/// is set while a request is handled (not while its reply is written).
 fn serve<H: ControlHandler>(
     stream: UnixStream,
     handler: &H,
@@ -419,10 +420,14 @@ fn serve<H: ControlHandler>(
             Ok((id, req)) => (id, dispatch(handler, req)),
             Err((id, e)) => (id, Err(e)),
         };
-        let out = protocol::encode_reply(id, &reply);
-        let sent = writeln!(writer, "{out}").and_then(|()| writer.flush());
+        // Handled: from here the connection may be closed to make room (a client that does not
+        // read its reply holds no slot).
         busy.store(false, Ordering::SeqCst);
-        if sent.is_err() {
+        let out = protocol::encode_reply(id, &reply);
+        if writeln!(writer, "{out}")
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
             return;
         }
     }
