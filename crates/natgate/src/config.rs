@@ -38,6 +38,8 @@ pub const DEFAULT_TUN_NAME: &str = "natgate";
 pub const DEFAULT_RULE_PRIORITY: u32 = 10_742;
 /// Default routing table id of natgate's inside-to-TUN table.
 pub const DEFAULT_TABLE: u32 = 10_742;
+/// Most sessions a gateway may hold (the core's table limit, 2^30).
+const MAX_SESSIONS: u32 = 1 << 30;
 /// Most addresses a pool may list after CIDR expansion.
 pub const MAX_POOL_ADDRESSES: usize = 65_536;
 /// Default NAT port range when the pool is the outside interface's own address: the kernel's
@@ -165,7 +167,9 @@ fn default_table() -> u32 {
     DEFAULT_TABLE
 }
 
-/// `[limits]`: each key overrides the [`Limits`] field of the same name.
+/// `[limits]`: each key overrides the [`Limits`] field of the same name. `max-sessions`,
+/// `max-mappings`, `max-memory` and `global-answer-rate` (with its burst) are the gateway's:
+/// [`worker_config`] splits them across the workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 #[allow(missing_docs)] // each field overrides the `Limits` field of the same name
@@ -178,8 +182,9 @@ pub struct LimitsSpec {
     pub max_held_fragments_per_source: Option<u32>,
     pub event_queue: Option<u32>,
     pub max_ports_in_hold_down: Option<u32>,
-    /// Most bytes the engine's state may take; with `max-sessions` left out, `max-sessions` is
-    /// derived to fit (see `Config::fit_sessions_to_memory`).
+    /// Most bytes the engines' state may take, for the gateway as a whole (each worker's
+    /// engine gets its share, its fixed parts included); with `max-sessions` left out,
+    /// `max-sessions` is derived to fit (see `Config::fit_sessions_to_memory`).
     pub max_memory: Option<u64>,
     pub max_static_sessions: Option<u32>,
     pub answer_rate: Option<u32>,
@@ -746,10 +751,27 @@ impl Settings {
             virtual_servers: self.virtual_servers.clone(),
             inside_networks: self.inside_networks.clone(),
         };
-        if config.limits.max_memory.is_some() && self.file.limits.max_sessions.is_none() {
-            config.fit_sessions_to_memory()?;
+        let n = self.queues.max(1);
+        if let Some(total) = config.limits.max_memory
+            && self.file.limits.max_sessions.is_none()
+        {
+            // One worker's engine is fitted into its share of the memory; the gateway holds
+            // one such share of sessions per worker.
+            let mut one = config.clone();
+            one.limits.max_memory = Some(total / n as u64);
+            one.limits.max_mappings = config.limits.max_mappings.div_ceil(n as u32);
+            let per_worker = one.fit_sessions_to_memory()?;
+            let l = &mut config.limits;
+            l.max_sessions = per_worker.saturating_mul(n as u32).min(MAX_SESSIONS);
+            l.max_mappings = l.max_mappings.min(l.max_sessions);
         }
-        config.validate()
+        let valid = config.validate()?;
+        // The core checks one engine; each worker's, with its shares, must be valid too (its
+        // share of max-memory holds its share of the sessions and its own fixed parts).
+        for id in 0..n {
+            worker_config(&valid, id, n)?;
+        }
+        Ok(valid)
     }
 
     /// The effective config as TOML: presets expanded, defaults filled in.
@@ -770,6 +792,31 @@ impl Settings {
         };
         toml::to_string(&eff)
     }
+}
+
+/// Worker `id`'s share of the gateway-wide limit `total` over `n` workers: an equal part, and
+/// one more for each of the first `total % n` workers, so the shares add up to `total`.
+pub fn worker_share(total: u32, id: usize, n: usize) -> u32 {
+    let n = n.max(1) as u32;
+    let id = id as u32;
+    total / n + u32::from(id < total % n)
+}
+
+/// The engine config of worker `id` among `n`: `max-sessions`, `max-mappings`, `max-memory`
+/// and the global answer rate are the gateway's, each worker's engine holding its
+/// [`worker_share`] (`check` refuses fewer sessions or mappings than one per worker; a
+/// worker's answer rate and burst are at least 1 when the gateway's are set).
+pub fn worker_config(cfg: &ValidConfig, id: usize, n: usize) -> Result<ValidConfig, ConfigError> {
+    let mut c = cfg.get().clone();
+    let l = &mut c.limits;
+    l.max_sessions = worker_share(l.max_sessions, id, n);
+    l.max_mappings = worker_share(l.max_mappings, id, n);
+    l.max_memory = l.max_memory.map(|m| m / n.max(1) as u64);
+    if l.global_answer_rate != 0 {
+        l.global_answer_rate = worker_share(l.global_answer_rate, id, n).max(1);
+        l.global_answer_burst = worker_share(l.global_answer_burst, id, n).max(1);
+    }
+    c.validate()
 }
 
 /// What `natgate check` prints.
@@ -1066,6 +1113,41 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
         let off = format!("{MIN}\n[limits]\nanswer-rate = 0\nglobal-answer-rate = 0\n");
         let s = Settings::parse(&off).expect("0 switches the limits off");
         assert_eq!((s.limits.answer_rate, s.limits.global_answer_rate), (0, 0));
+    }
+
+    /// `max-memory` is the gateway's: with 1, 2 or 4 workers, the engines together stay within
+    /// it (each worker's engine in its share, fixed parts included), and a `max-sessions` that
+    /// one engine could hold in it but several cannot is refused.
+    #[test]
+    fn max_memory_is_the_gateways_across_workers() {
+        use natgate_core::engine::MemoryModel;
+        const M: u64 = 64 << 20;
+        let mut single = 0;
+        for q in [1usize, 2, 4] {
+            let text = format!("{MIN}\n[tun]\nqueues = {q}\n\n[limits]\nmax-memory = {M}\n");
+            let s = Settings::parse(&text).expect("fits");
+            let cfg = s.stand_in_engine_config().expect("valid");
+            let total: u64 = (0..q)
+                .map(|id| {
+                    let w = worker_config(&cfg, id, q).expect("valid");
+                    let l = w.get().limits;
+                    MemoryModel::of(w.get())
+                        .usage(l.max_sessions, l.max_mappings)
+                        .total()
+                })
+                .sum();
+            assert!(total <= M, "{q} workers: {total} bytes");
+            assert!(total > M / 2, "{q} workers use most of it: {total}");
+            if q == 1 {
+                single = cfg.get().limits.max_sessions;
+            }
+        }
+        let text = format!(
+            "{MIN}\n[tun]\nqueues = 2\n\n[limits]\nmax-sessions = {single}\n\
+             max-mappings = 1024\nmax-memory = {M}\n"
+        );
+        let e = Settings::parse(&text).expect_err("two engines' fixed parts do not fit");
+        assert!(e.to_string().contains("max-memory"), "{e}");
     }
 
     #[test]

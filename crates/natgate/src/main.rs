@@ -237,8 +237,8 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         a.config.display(),
         l.max_sessions,
         l.max_mappings,
-        natgate::daemon::worker_share(l.max_sessions, 0, n),
-        natgate::daemon::worker_share(l.max_mappings, 0, n),
+        natgate::config::worker_share(l.max_sessions, 0, n),
+        natgate::config::worker_share(l.max_mappings, 0, n),
         mem.available
     );
     Ok(ExitCode::SUCCESS)

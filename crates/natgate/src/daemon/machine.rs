@@ -97,8 +97,8 @@ pub fn engine_need(settings: &Settings) -> Result<(u64, u64, String), MachineErr
     let n = settings.queues;
     let share = |id| {
         model.usage(
-            super::worker_share(l.max_sessions, id, n),
-            super::worker_share(l.max_mappings, id, n),
+            crate::config::worker_share(l.max_sessions, id, n),
+            crate::config::worker_share(l.max_mappings, id, n),
         )
     };
     let total = (0..n).map(|id| share(id).total()).sum();

@@ -604,7 +604,7 @@ impl Daemon {
         for id in 0..n {
             let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
             engines.push(Engine::try_with_allocator(
-                worker_config(&engine_cfg, id, n)?,
+                crate::config::worker_config(&engine_cfg, id, n)?,
                 alloc,
                 os_seed(),
             )?);
@@ -756,34 +756,6 @@ pub fn engine_config(
         cfg.inside_networks = resolved.inside_subnets.clone();
     }
     cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
-}
-
-/// Worker `id`'s share of the gateway-wide limit `total` over `n` workers: an equal part, and
-/// one more for each of the first `total % n` workers, so the shares add up to `total`.
-pub fn worker_share(total: u32, id: usize, n: usize) -> u32 {
-    let n = n.max(1) as u32;
-    let id = id as u32;
-    total / n + u32::from(id < total % n)
-}
-
-/// The engine config of worker `id` among `n`: `max-sessions`, `max-mappings` and the global
-/// answer rate are the gateway's, each worker's engine holding its [`worker_share`] (`check`
-/// refuses fewer sessions or mappings than one per worker; a worker's answer rate and burst
-/// are at least 1 when the gateway's are set).
-pub fn worker_config(
-    cfg: &natgate_core::ValidConfig,
-    id: usize,
-    n: usize,
-) -> Result<natgate_core::ValidConfig, natgate_core::ConfigError> {
-    let mut c = cfg.get().clone();
-    let l = &mut c.limits;
-    l.max_sessions = worker_share(l.max_sessions, id, n);
-    l.max_mappings = worker_share(l.max_mappings, id, n);
-    if l.global_answer_rate != 0 {
-        l.global_answer_rate = worker_share(l.global_answer_rate, id, n).max(1);
-        l.global_answer_burst = worker_share(l.global_answer_burst, id, n).max(1);
-    }
-    c.validate()
 }
 
 /// The allocator of worker `id` among `n`. Dynamic allocation cannot be split by a formula
@@ -982,6 +954,7 @@ mod tests {
 
     #[test]
     fn session_and_mapping_limits_are_the_gateways_split_across_workers() {
+        use crate::config::{worker_config, worker_share};
         for (total, n) in [(3000u32, 2usize), (7, 3), (5, 5), (1 << 20, 64), (65, 64)] {
             let shares: Vec<u32> = (0..n).map(|id| worker_share(total, id, n)).collect();
             assert_eq!(
