@@ -9,7 +9,10 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use common::{Gateway, T, config, ctl_json, in_pool, is_root, recv, topology, udp_socket, v4};
+use common::{
+    Gateway, T, config, ctl_json, has_link, in_pool, is_root, natgate_rules, recv, topology,
+    udp_socket, v4,
+};
 use natgate::netlink::Netlink;
 use natgate::probe::ping;
 use natgate::topology::{Topology, addr};
@@ -89,4 +92,31 @@ fn spoofed_sources_are_dropped_and_the_real_subscriber_keeps_working() {
         sessions <= 2,
         "only the real subscriber's sessions: {sessions}"
     );
+}
+
+/// `max-sessions = max-mappings = 2^30` passes the file's own checks but cannot be held here:
+/// `run` says how much it needs and how much there is, exits with an error (not SIGABRT), and
+/// leaves no rule and no TUN device behind.
+#[test]
+fn a_config_the_machine_cannot_hold_is_refused_at_run_and_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let mut gw = Gateway::spawn(
+        &topo,
+        &config(
+            &topo,
+            "[limits]\nmax-sessions = 1073741824\nmax-mappings = 1073741824\n",
+        ),
+    );
+    let st = gw
+        .wait_exit(Duration::from_secs(30))
+        .expect("natgate exits");
+    assert!(!st.success(), "{st:?}");
+    assert!(st.code().is_some(), "an error exit, not a signal: {st:?}");
+    let line = gw.wait_for("bytes available", Duration::from_secs(5));
+    assert!(line.is_some(), "the need and what there is: {:?}", gw.lines);
+    assert!(natgate_rules(&topo).is_empty());
+    assert!(!has_link(&topo, "natgate-in") && !has_link(&topo, "natgate-out"));
 }
