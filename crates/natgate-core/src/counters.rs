@@ -46,6 +46,9 @@ drop_reasons! {
     UnsupportedProtocol => "unsupported_protocol",
     /// An ICMP type the engine does not translate (redirects, router advertisements, ...).
     UnsupportedIcmp => "unsupported_icmp",
+    /// From the inside, with a source in none of the configured inside networks (spoofed or
+    /// misrouted): dropped before any state is made, and never answered.
+    SourceNotInside => "source_not_inside",
     /// Inbound to an address that is not in the external pool.
     NotPoolAddress => "not_pool_address",
     /// Inbound to an external endpoint that has no mapping.
@@ -59,6 +62,9 @@ drop_reasons! {
     /// No external endpoint could be allocated: the pool (or the subscriber's paired address)
     /// has no free port.
     MappingFailed => "mapping_failed",
+    /// The mapping table (`limits.max-mappings`) is full: a new mapping cannot be kept even
+    /// though a port may be free. No live mapping is evicted (RFC 6888 REQ-11).
+    MappingTableFull => "mapping_table_full",
     /// The subscriber holds its most port blocks and all are full (RFC 6888 REQ-4).
     SubscriberPortLimit => "subscriber_port_limit",
     /// The sender is not a subscriber the allocator serves (outside the deterministic prefix).
@@ -91,6 +97,9 @@ drop_reasons! {
     FragmentLimit => "fragment_limit",
     /// A held fragment's datagram never got its first fragment in time.
     FragmentExpired => "fragment_expired",
+    /// A fragment that overlaps bytes of its datagram an earlier fragment carried (RFC 1858
+    /// section 3.2, RFC 3128): an overlap can rewrite a transport header already passed.
+    FragmentOverlap => "fragment_overlap",
     /// A rule or virtual server would make a session, and the static session table
     /// (`limits.max-static-sessions`) is full; no live session is evicted.
     StaticTableFull => "static_table_full",
@@ -140,6 +149,10 @@ pub struct Counters {
     /// Refusals not reported as `MappingFailed` events because the same subscriber was
     /// refused for the same reason earlier in the same second (each is still a counted drop).
     pub refusal_reports_suppressed: u64,
+    /// Answers to refused packets (ICMP errors, TCP resets) left out because the destination's
+    /// or the engine's answer rate was used up (`limits.answer-rate`, `global-answer-rate`);
+    /// each refused packet is still a counted drop.
+    pub answers_suppressed: u64,
 }
 
 impl Default for Counters {
@@ -162,6 +175,7 @@ impl Default for Counters {
             static_sessions_deleted: 0,
             exempted_packets: 0,
             refusal_reports_suppressed: 0,
+            answers_suppressed: 0,
         }
     }
 }
@@ -230,6 +244,7 @@ impl Counters {
         self.static_sessions_deleted += other.static_sessions_deleted;
         self.exempted_packets += other.exempted_packets;
         self.refusal_reports_suppressed += other.refusal_reports_suppressed;
+        self.answers_suppressed += other.answers_suppressed;
     }
 }
 

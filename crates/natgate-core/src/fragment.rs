@@ -85,6 +85,24 @@ pub enum HoldError {
     DatagramLimit,
 }
 
+/// Why a fragment's bytes could not be claimed for its datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// It overlaps bytes of the datagram that an earlier fragment carried (RFC 1858 section
+    /// 3.2, RFC 3128: an overlap can rewrite a transport header a filter already passed). The
+    /// engine drops it as [`DropReason::FragmentOverlap`](crate::counters::DropReason).
+    #[error("fragment overlaps an earlier one")]
+    Overlap,
+    /// The datagram already has [`PIECES`] separate pieces and this one touches none of them.
+    /// The engine drops it as [`DropReason::FragmentLimit`](crate::counters::DropReason).
+    #[error("datagram in too many pieces")]
+    TooManyPieces,
+}
+
+/// Separate byte ranges tracked per datagram: in-order fragments merge into one, so more are
+/// only needed by datagrams arriving out of order.
+pub const PIECES: usize = 4;
+
 /// "No slot": the end of a chain of held fragments or of the free list.
 const NONE: usize = usize::MAX;
 
@@ -99,6 +117,38 @@ struct Datagram {
     /// Oldest and newest held fragment (pool slots), [`NONE`] when nothing is held.
     held_head: usize,
     held_tail: usize,
+    /// The datagram's bytes seen so far, as disjoint `[start, end)` ranges; `pieces` used.
+    covered: [(u32, u32); PIECES],
+    pieces: u8,
+}
+
+impl Datagram {
+    /// Adds `[start, end)` to the bytes seen, merging with the pieces it touches.
+    fn claim(&mut self, start: u32, end: u32) -> Result<(), ClaimError> {
+        let n = usize::from(self.pieces);
+        let pieces = &mut self.covered[..n];
+        if pieces.iter().any(|&(s, e)| start < e && s < end) {
+            return Err(ClaimError::Overlap);
+        }
+        let (mut lo, mut hi) = (start, end);
+        let mut kept = 0;
+        for i in 0..n {
+            let (s, e) = pieces[i];
+            if e == lo || s == hi {
+                lo = lo.min(s);
+                hi = hi.max(e);
+            } else {
+                pieces[kept] = (s, e);
+                kept += 1;
+            }
+        }
+        if kept == PIECES {
+            return Err(ClaimError::TooManyPieces);
+        }
+        self.covered[kept] = (lo, hi);
+        self.pieces = kept as u8 + 1;
+        Ok(())
+    }
 }
 
 /// One pool slot: a fragment's length and the next slot of its datagram's chain (or of the free
@@ -190,6 +240,32 @@ impl FragmentTracker {
             // A full table refuses: no live state is evicted.
             None => _ = self.insert(key, Some(tr), now),
         }
+    }
+
+    /// Claims bytes `[start, end)` of `key`'s datagram for a fragment about to be translated or
+    /// held, refusing an overlap with bytes an earlier fragment carried (RFC 1858, RFC 3128).
+    /// Returns `Ok(false)` when the datagram has no state yet: claim again once
+    /// [`record_first`](Self::record_first) or [`hold`](Self::hold) has made it, so that a
+    /// fragment never makes state the hold limits would have refused. On error nothing changed.
+    pub fn claim(
+        &mut self,
+        key: &FragmentKey,
+        start: u32,
+        end: u32,
+        now: Instant,
+    ) -> Result<bool, ClaimError> {
+        self.sweep(now);
+        let Some(pos) = self.position(key) else {
+            return Ok(false);
+        };
+        let d = &mut self.datagrams[pos];
+        // A failed claim must leave the pieces as they were.
+        let before = (d.covered, d.pieces);
+        let r = d.claim(start, end);
+        if r.is_err() {
+            (d.covered, d.pieces) = before;
+        }
+        r.map(|()| true)
     }
 
     /// The translation for a later fragment of a datagram whose first fragment was seen, if its
@@ -334,6 +410,8 @@ impl FragmentTracker {
             expires: now + self.limits.timeout,
             held_head: NONE,
             held_tail: NONE,
+            covered: [(0, 0); PIECES],
+            pieces: 0,
         });
         self.index.insert(key, self.front_seq + pos as u64);
         Some(pos)
@@ -601,6 +679,31 @@ mod tests {
         // Room again once the oldest expires.
         f.record_first(key(4, 0), tr(), t(2000));
         assert_eq!(f.lookup(&key(4, 0), t(2000)), Some(tr()));
+    }
+
+    #[test]
+    fn claims_merge_adjacent_pieces_and_refuse_overlaps() {
+        let mut f = FragmentTracker::new(limits());
+        let k = key(1, 1);
+        assert_eq!(f.claim(&k, 0, 16, t(0)), Ok(false), "no state yet");
+        f.record_first(k, tr(), t(0));
+        assert_eq!(f.claim(&k, 0, 16, t(0)), Ok(true));
+        assert_eq!(f.claim(&k, 0, 16, t(0)), Err(ClaimError::Overlap));
+        assert_eq!(f.claim(&k, 8, 24, t(0)), Err(ClaimError::Overlap));
+        // Pieces apart, then the gaps filled: they merge back into one.
+        for (s, e) in [(32, 40), (48, 56), (64, 72)] {
+            assert_eq!(f.claim(&k, s, e, t(0)), Ok(true));
+        }
+        assert_eq!(f.claim(&k, 80, 88, t(0)), Err(ClaimError::TooManyPieces));
+        assert_eq!(f.claim(&k, 36, 37, t(0)), Err(ClaimError::Overlap));
+        for (s, e) in [(16, 32), (40, 48), (56, 64), (72, 200)] {
+            assert_eq!(f.claim(&k, s, e, t(0)), Ok(true), "{s}..{e}");
+        }
+        assert_eq!(f.claim(&k, 199, 300, t(0)), Err(ClaimError::Overlap));
+        assert_eq!(f.claim(&k, 200, 300, t(0)), Ok(true));
+        // Other datagrams are apart.
+        f.record_first(key(1, 2), tr(), t(0));
+        assert_eq!(f.claim(&key(1, 2), 0, 16, t(0)), Ok(true));
     }
 
     #[test]

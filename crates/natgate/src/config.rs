@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use natgate_core::config::{
-    Allocation, Behavior, BehaviorSpec, Limits, SubscriberLimits, TtlHandling,
+    Allocation, Behavior, BehaviorSpec, Ipv4Prefix, Limits, SubscriberLimits, TtlHandling,
 };
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::VirtualServerSpec;
@@ -38,6 +38,8 @@ pub const DEFAULT_TUN_NAME: &str = "natgate";
 pub const DEFAULT_RULE_PRIORITY: u32 = 10_742;
 /// Default routing table id of natgate's inside-to-TUN table.
 pub const DEFAULT_TABLE: u32 = 10_742;
+/// Most sessions a gateway may hold (the core's table limit, 2^30).
+const MAX_SESSIONS: u32 = 1 << 30;
 /// Most addresses a pool may list after CIDR expansion.
 pub const MAX_POOL_ADDRESSES: usize = 65_536;
 /// Default NAT port range when the pool is the outside interface's own address: the kernel's
@@ -100,8 +102,12 @@ pub struct InterfacesSection {
     /// interface's first address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inside_address: Option<Ipv4Addr>,
-    /// Subscriber networks (CIDR) besides the inside interface's own subnets, e.g. behind a
-    /// router. Informational for now: every packet arriving on `inside` is translated.
+    /// Subscriber networks (CIDR). Only packets from these sources are translated; any other
+    /// source arriving on `inside` is dropped (`source_not_inside`) and never answered, so a
+    /// spoofed source can take no session and draw no ICMP. Default (key left out): the
+    /// inside interface's own subnets, found at start, which is right for subscribers on the
+    /// inside link; list every subscriber network (e.g. `100.64.0.0/10`) when they sit behind a
+    /// router.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inside_networks: Vec<String>,
 }
@@ -188,7 +194,9 @@ fn default_table() -> u32 {
     DEFAULT_TABLE
 }
 
-/// `[limits]`: each key overrides the [`Limits`] field of the same name.
+/// `[limits]`: each key overrides the [`Limits`] field of the same name. `max-sessions`,
+/// `max-mappings`, `max-memory` and `global-answer-rate` (with its burst) are the gateway's:
+/// [`worker_config`] splits them across the workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 #[allow(missing_docs)] // each field overrides the `Limits` field of the same name
@@ -201,10 +209,15 @@ pub struct LimitsSpec {
     pub max_held_fragments_per_source: Option<u32>,
     pub event_queue: Option<u32>,
     pub max_ports_in_hold_down: Option<u32>,
-    /// Most bytes the engine's state may take; with `max-sessions` left out, `max-sessions` is
-    /// derived to fit (see `Config::fit_sessions_to_memory`).
+    /// Most bytes the engines' state may take, for the gateway as a whole (each worker's
+    /// engine gets its share, its fixed parts included); with `max-sessions` left out,
+    /// `max-sessions` is derived to fit (see `Config::fit_sessions_to_memory`).
     pub max_memory: Option<u64>,
     pub max_static_sessions: Option<u32>,
+    pub answer_rate: Option<u32>,
+    pub answer_burst: Option<u32>,
+    pub global_answer_rate: Option<u32>,
+    pub global_answer_burst: Option<u32>,
     /// `[limits.subscriber]`: per-subscriber quotas and creation rate (RFC 6888 REQ-4, REQ-5);
     /// every field optional, zero meaning no limit.
     pub subscriber: Option<SubscriberLimits>,
@@ -226,7 +239,11 @@ impl LimitsSpec {
             max_held_fragments_per_source,
             event_queue,
             max_ports_in_hold_down,
-            max_static_sessions
+            max_static_sessions,
+            answer_rate,
+            answer_burst,
+            global_answer_rate,
+            global_answer_burst
         );
         if let Some(sub) = self.subscriber {
             l.subscriber = sub;
@@ -478,6 +495,9 @@ pub struct Settings {
     pub outside: String,
     /// Explicit inside address, if configured.
     pub inside_address: Option<Ipv4Addr>,
+    /// The subscriber networks the file lists; empty: the inside interface's own subnets,
+    /// found at start.
+    pub inside_networks: Vec<Ipv4Prefix>,
     /// The pool.
     pub pool: PoolSource,
     /// TUN name prefix.
@@ -611,8 +631,11 @@ impl Settings {
                 "inside and outside must be different interfaces".into(),
             ));
         }
+        let mut inside_networks = Vec::new();
         for n in &file.interfaces.inside_networks {
-            parse_prefix(n).map_err(|why| invalid("inside-networks", why))?;
+            let (net, len) = parse_prefix(n).map_err(|why| invalid("inside-networks", why))?;
+            // parse_prefix refused host bits and lengths past 32.
+            inside_networks.extend(Ipv4Prefix::new(net, len));
         }
         let pool = match (file.pool.addresses.is_empty(), file.pool.outside_address) {
             (false, true) => {
@@ -667,6 +690,24 @@ impl Settings {
                     .into(),
             ));
         }
+        // The session and mapping limits are the gateway's, split across the workers: each
+        // needs at least one.
+        let limits = file.limits.resolve();
+        for (key, v) in [
+            ("max-sessions", limits.max_sessions),
+            ("max-mappings", limits.max_mappings),
+        ] {
+            if (v as usize) < tun.queues {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{v} is fewer than the {} queues: the limit is the gateway's, split \
+                         across one worker per queue",
+                        tun.queues
+                    ),
+                ));
+            }
+        }
         let mut behavior = file.behavior.resolve();
         // The kernel decrements the TTL routing into the TUN and again out of it, so the engine
         // gives one back, unless the file asks otherwise (see `TtlHandling`).
@@ -677,6 +718,7 @@ impl Settings {
             inside: file.interfaces.inside.clone(),
             outside: file.interfaces.outside.clone(),
             inside_address: file.interfaces.inside_address,
+            inside_networks,
             pool,
             tun_name: file.tun.name.clone(),
             queues: file.tun.queues,
@@ -696,14 +738,7 @@ impl Settings {
         };
         // Check everything the engine checks now, with stand-in addresses where the real ones
         // are only known at start.
-        let pool = match &settings.pool {
-            PoolSource::Addresses(a) => a.clone(),
-            PoolSource::OutsideAddress { .. } => vec![Ipv4Addr::new(192, 0, 2, 1)],
-        };
-        let inside = settings
-            .inside_address
-            .unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
-        settings.engine_config(pool, inside).map_err(|e| {
+        settings.stand_in_engine_config().map_err(|e| {
             let (key, why) = split_engine_error(&e);
             let line = match &e {
                 ConfigError::VirtualServer { address, .. }
@@ -716,6 +751,17 @@ impl Settings {
             ConfigFileError::Invalid { line, key, why }
         })?;
         Ok(settings)
+    }
+
+    /// The engine config with stand-in addresses where the real ones are only known at start
+    /// (the outside interface's address, the inside address): what `check` can validate.
+    pub fn stand_in_engine_config(&self) -> Result<ValidConfig, ConfigError> {
+        let pool = match &self.pool {
+            PoolSource::Addresses(a) => a.clone(),
+            PoolSource::OutsideAddress { .. } => vec![Ipv4Addr::new(192, 0, 2, 1)],
+        };
+        let inside = self.inside_address.unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
+        self.engine_config(pool, inside)
     }
 
     /// The engine config for the pool and inside address found at start.
@@ -733,11 +779,29 @@ impl Settings {
             lab: self.lab,
             rules: self.rules.clone(),
             virtual_servers: self.virtual_servers.clone(),
+            inside_networks: self.inside_networks.clone(),
         };
-        if config.limits.max_memory.is_some() && self.file.limits.max_sessions.is_none() {
-            config.fit_sessions_to_memory()?;
+        let n = self.queues.max(1);
+        if let Some(total) = config.limits.max_memory
+            && self.file.limits.max_sessions.is_none()
+        {
+            // One worker's engine is fitted into its share of the memory; the gateway holds
+            // one such share of sessions per worker.
+            let mut one = config.clone();
+            one.limits.max_memory = Some(total / n as u64);
+            one.limits.max_mappings = config.limits.max_mappings.div_ceil(n as u32);
+            let per_worker = one.fit_sessions_to_memory()?;
+            let l = &mut config.limits;
+            l.max_sessions = per_worker.saturating_mul(n as u32).min(MAX_SESSIONS);
+            l.max_mappings = l.max_mappings.min(l.max_sessions);
         }
-        config.validate()
+        let valid = config.validate()?;
+        // The core checks one engine; each worker's, with its shares, must be valid too (its
+        // share of max-memory holds its share of the sessions and its own fixed parts).
+        for id in 0..n {
+            worker_config(&valid, id, n)?;
+        }
+        Ok(valid)
     }
 
     /// The effective config as TOML: presets expanded, defaults filled in.
@@ -758,6 +822,31 @@ impl Settings {
         };
         toml::to_string(&eff)
     }
+}
+
+/// Worker `id`'s share of the gateway-wide limit `total` over `n` workers: an equal part, and
+/// one more for each of the first `total % n` workers, so the shares add up to `total`.
+pub fn worker_share(total: u32, id: usize, n: usize) -> u32 {
+    let n = n.max(1) as u32;
+    let id = id as u32;
+    total / n + u32::from(id < total % n)
+}
+
+/// The engine config of worker `id` among `n`: `max-sessions`, `max-mappings`, `max-memory`
+/// and the global answer rate are the gateway's, each worker's engine holding its
+/// [`worker_share`] (`check` refuses fewer sessions or mappings than one per worker; a
+/// worker's answer rate and burst are at least 1 when the gateway's are set).
+pub fn worker_config(cfg: &ValidConfig, id: usize, n: usize) -> Result<ValidConfig, ConfigError> {
+    let mut c = cfg.get().clone();
+    let l = &mut c.limits;
+    l.max_sessions = worker_share(l.max_sessions, id, n);
+    l.max_mappings = worker_share(l.max_mappings, id, n);
+    l.max_memory = l.max_memory.map(|m| m / n.max(1) as u64);
+    if l.global_answer_rate != 0 {
+        l.global_answer_rate = worker_share(l.global_answer_rate, id, n).max(1);
+        l.global_answer_burst = worker_share(l.global_answer_burst, id, n).max(1);
+    }
+    c.validate()
 }
 
 /// What `natgate check` prints.
@@ -909,8 +998,14 @@ fn split_engine_error(e: &ConfigError) -> (String, String) {
 /// anywhere.
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
     if let Some((table, leaf)) = key.rsplit_once('.') {
+        // The core names `[limits.subscriber]` keys `subscriber.KEY`: a header ending in the
+        // table's name is its header.
         let header = format!("[{table}]");
-        let start = text.lines().position(|l| l.trim() == header);
+        let nested = format!(".{table}]");
+        let start = text.lines().position(|l| {
+            let l = l.trim();
+            l == header || (l.starts_with('[') && l.ends_with(&nested))
+        });
         if let Some(start) = start {
             let after: String = text.lines().skip(start).collect::<Vec<_>>().join("\n");
             if let Some(n) = find_plain_key_line(&after, leaf) {
@@ -1034,6 +1129,56 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
             .expect_err("rate without burst")
             .to_string();
         assert!(e.contains("session-burst"), "{e}");
+        // The line of the rate, whose burst is missing.
+        let line = MIN.lines().count() + 3;
+        assert!(e.starts_with(&format!("line {line}: ")), "{e}");
+    }
+
+    #[test]
+    fn answer_rate_without_burst_names_its_line() {
+        let bad = format!("{MIN}\n[limits]\nanswer-burst = 0\nanswer-rate = 5\n");
+        let e = Settings::parse(&bad).expect_err("no burst").to_string();
+        let line = MIN.lines().count() + 4;
+        assert!(e.starts_with(&format!("line {line}: answer-rate")), "{e}");
+        assert!(e.contains("answer-burst"), "{e}");
+        let off = format!("{MIN}\n[limits]\nanswer-rate = 0\nglobal-answer-rate = 0\n");
+        let s = Settings::parse(&off).expect("0 switches the limits off");
+        assert_eq!((s.limits.answer_rate, s.limits.global_answer_rate), (0, 0));
+    }
+
+    /// `max-memory` is the gateway's: with 1, 2 or 4 workers, the engines together stay within
+    /// it (each worker's engine in its share, fixed parts included), and a `max-sessions` that
+    /// one engine could hold in it but several cannot is refused.
+    #[test]
+    fn max_memory_is_the_gateways_across_workers() {
+        use natgate_core::engine::MemoryModel;
+        const M: u64 = 64 << 20;
+        let mut single = 0;
+        for q in [1usize, 2, 4] {
+            let text = format!("{MIN}\n[tun]\nqueues = {q}\n\n[limits]\nmax-memory = {M}\n");
+            let s = Settings::parse(&text).expect("fits");
+            let cfg = s.stand_in_engine_config().expect("valid");
+            let total: u64 = (0..q)
+                .map(|id| {
+                    let w = worker_config(&cfg, id, q).expect("valid");
+                    let l = w.get().limits;
+                    MemoryModel::of(w.get())
+                        .usage(l.max_sessions, l.max_mappings)
+                        .total()
+                })
+                .sum();
+            assert!(total <= M, "{q} workers: {total} bytes");
+            assert!(total > M / 2, "{q} workers use most of it: {total}");
+            if q == 1 {
+                single = cfg.get().limits.max_sessions;
+            }
+        }
+        let text = format!(
+            "{MIN}\n[tun]\nqueues = 2\n\n[limits]\nmax-sessions = {single}\n\
+             max-mappings = 1024\nmax-memory = {M}\n"
+        );
+        let e = Settings::parse(&text).expect_err("two engines' fixed parts do not fit");
+        assert!(e.to_string().contains("max-memory"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use natgate::config::Settings;
 use natgate::control::cli::CtlArgs;
 use natgate::control::protocol::LogLevel;
-use natgate::daemon::Daemon;
 use natgate::daemon::control::{ControlService, LogLevelFn};
+use natgate::daemon::{Daemon, machine};
 use natgate_core::huge_pages::HugePageAlloc;
 
 /// The engine's tables on transparent huge pages (with THP in `madvise` or `always` mode):
@@ -188,10 +188,59 @@ fn run(a: RunArgs, log_level: LogLevelFn) -> anyhow::Result<ExitCode> {
 fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&a.config)
         .with_context(|| format!("invalid config {}", a.config.display()))?;
+    // What this machine can hold, and its outside interface's addresses if it has that
+    // interface (`run` checks them again, where they are always known).
+    let mem = machine::MemInfo::read()?;
+    let need = machine::check_memory(&settings, mem)
+        .with_context(|| format!("config {} does not fit this machine", a.config.display()))?;
+    let outside = natgate::netlink::Netlink::new()
+        .ok()
+        .and_then(|mut nl| nl.addrs_v4(Some(&settings.outside)).ok());
+    let outside_note = match &outside {
+        Some(addrs) => {
+            let addrs: Vec<_> = addrs.iter().map(|(_, a, _)| *a).collect();
+            machine::check_pool(&settings, &addrs)
+                .with_context(|| format!("invalid config {}", a.config.display()))?;
+            format!(
+                "outside interface {} found, its addresses checked",
+                settings.outside
+            )
+        }
+        None => format!(
+            "outside interface {} not found here: its address is checked at run",
+            settings.outside
+        ),
+    };
     let text = settings
         .effective_toml()
         .context("printing the effective config")?;
-    println!("# effective config of {}\n{text}", a.config.display());
+    let (l, n) = (settings.limits, settings.queues);
+    let sources = if settings.inside_networks.is_empty() {
+        format!(
+            "the subnets of {} (found at start; set inside-networks for subscribers behind a \
+             router)",
+            settings.inside
+        )
+    } else {
+        let nets: Vec<String> = settings
+            .inside_networks
+            .iter()
+            .map(|p| format!("{}/{}", p.addr(), p.prefix_len()))
+            .collect();
+        nets.join(", ")
+    };
+    println!(
+        "# effective config of {}\n# max-sessions {} and max-mappings {} are the gateway's, \
+         split across {n} workers ({} and {} for the first)\n# engines reserve {need} bytes; \
+         {} bytes available\n# {outside_note}\n# sources translated: {sources}; any other \
+         is dropped as source_not_inside\n{text}",
+        a.config.display(),
+        l.max_sessions,
+        l.max_mappings,
+        natgate::config::worker_share(l.max_sessions, 0, n),
+        natgate::config::worker_share(l.max_mappings, 0, n),
+        mem.available
+    );
     Ok(ExitCode::SUCCESS)
 }
 

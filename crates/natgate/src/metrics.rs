@@ -123,6 +123,12 @@ impl MetricsSnapshot {
                 st.refusal_reports_suppressed,
             ),
             (
+                "natgate_answers_suppressed_total",
+                "ICMP errors and TCP resets to refused packets left out by the answer rate \
+                 limits (limits.answer-rate, limits.global-answer-rate).",
+                st.answers_suppressed,
+            ),
+            (
                 "natgate_held_packets_total",
                 "Packets held (early fragments, unsolicited SYNs).",
                 st.held_packets,

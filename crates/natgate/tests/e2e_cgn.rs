@@ -421,6 +421,7 @@ fn port_blocks_quota_logs_and_whois() {
     let _ = std::fs::remove_file(&blocks.0);
     let extra = format!(
         "[tun]\nqueues = 2\n\n[behavior.timers]\nudp = 10\nport-hold-down = 1\n\n\
+         [limits]\nanswer-rate = 0\nglobal-answer-rate = 0\n\n\
          [limits.subscriber]\nmax-udp-sessions = {QUOTA}\nmax-subscribers = 16\n\n\
          [allocation]\nmode = \"port-block\"\nblock-size = {BLOCK}\nmax-blocks-per-subscriber = 4\n\n\
          [log.syslog]\nudp = \"{}\"\n\n[log.ipfix]\ncollector = \"{}\"\ntemplate-refresh = 1\n\n\

@@ -65,3 +65,55 @@ fn two_queues_translate_many_flows_both_ways() {
     let sessions = ctl_json(&topo, &["sessions", "--count"]);
     assert!(sessions["count"].as_u64().unwrap() >= 64, "{sessions}");
 }
+
+/// `max-sessions` is the gateway's, not each worker's: with two workers and a limit of 20,
+/// 64 new flows from two subscribers leave at most 20 sessions (10 per worker), the rest refused
+/// and counted; before, each worker held 20.
+#[test]
+fn max_sessions_is_the_gateways_with_two_workers() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let _gw = Gateway::start(
+        &topo,
+        &config(
+            &topo,
+            "[tun]\nqueues = 2\n\n[limits]\nmax-sessions = 20\nmax-mappings = 20\n",
+        ),
+    );
+    let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 7000));
+    let dst = server.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for sub in [&topo.sub1, &topo.sub2] {
+        for _ in 0..32 {
+            clients.push(udp_socket(sub, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
+        }
+    }
+    for (i, c) in clients.iter().enumerate() {
+        c.send_to(format!("flow {i}").as_bytes(), dst).unwrap();
+    }
+    // Every datagram that got a session arrives; the rest never do.
+    let mut arrived = 0;
+    while recv(&server, std::time::Duration::from_millis(500)).is_some() && arrived < 64 {
+        arrived += 1;
+    }
+    let count = ctl_json(&topo, &["sessions", "--count"])["count"]
+        .as_u64()
+        .unwrap();
+    assert!(count <= 20, "{count} sessions for a gateway limit of 20");
+    assert!(count >= 10, "both workers hold sessions: {count}");
+    assert_eq!(
+        arrived, count,
+        "a flow arrives exactly when it has a session"
+    );
+    let drops = ctl_json(&topo, &["drops", "--all"]);
+    let refused: u64 = drops["drops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["reason"] == "mapping_table_full" || d["reason"] == "session_table_full")
+        .map(|d| d["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(refused, 64 - count, "{drops}");
+}

@@ -62,7 +62,7 @@ fn engine() -> Engine {
     c.behavior.outside_mtu = MTU;
     c.behavior.inside_mtu = MTU;
     let mut e = Engine::new(c.validate().expect("valid"), 1);
-    e.enable_offload(4096);
+    e.enable_offload();
     e
 }
 

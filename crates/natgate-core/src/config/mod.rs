@@ -192,10 +192,61 @@ pub struct Limits {
     /// allocated only when the config has a rule or a virtual server).
     #[serde(default = "default_max_static_sessions")]
     pub max_static_sessions: u32,
+    /// Answers (ICMP errors, TCP resets) to refused packets that one destination may get per
+    /// second, sustained; 0: no per-destination limit. The rest are left out and counted
+    /// (`answers_suppressed`); the refused packets are dropped and counted either way.
+    #[serde(default = "default_answer_rate")]
+    pub answer_rate: u32,
+    /// Answers one destination may get at once (its bucket's size); needed with a rate.
+    #[serde(default = "default_answer_burst")]
+    pub answer_burst: u32,
+    /// Answers per second to all destinations together, sustained; 0: no global limit.
+    #[serde(default = "default_global_answer_rate")]
+    pub global_answer_rate: u32,
+    /// Answers to all destinations together at once; needed with a global rate.
+    #[serde(default = "default_global_answer_burst")]
+    pub global_answer_burst: u32,
 }
 
 const fn default_max_static_sessions() -> u32 {
     65536
+}
+const fn default_answer_rate() -> u32 {
+    10
+}
+const fn default_answer_burst() -> u32 {
+    20
+}
+const fn default_global_answer_rate() -> u32 {
+    1000
+}
+const fn default_global_answer_burst() -> u32 {
+    1000
+}
+
+/// The answer limits of [`Limits`], as the engine's limiter takes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerLimits {
+    /// [`Limits::answer_rate`].
+    pub answer_rate: u32,
+    /// [`Limits::answer_burst`].
+    pub answer_burst: u32,
+    /// [`Limits::global_answer_rate`].
+    pub global_answer_rate: u32,
+    /// [`Limits::global_answer_burst`].
+    pub global_answer_burst: u32,
+}
+
+impl Limits {
+    /// The answer limits.
+    pub const fn answers(&self) -> AnswerLimits {
+        AnswerLimits {
+            answer_rate: self.answer_rate,
+            answer_burst: self.answer_burst,
+            global_answer_rate: self.global_answer_rate,
+            global_answer_burst: self.global_answer_burst,
+        }
+    }
 }
 
 /// What one subscriber (internal address) may hold and open (RFC 6888 REQ-4, REQ-5). Zero
@@ -242,6 +293,10 @@ impl Default for Limits {
             subscriber: SubscriberLimits::default(),
             max_memory: None,
             max_static_sessions: default_max_static_sessions(),
+            answer_rate: default_answer_rate(),
+            answer_burst: default_answer_burst(),
+            global_answer_rate: default_global_answer_rate(),
+            global_answer_burst: default_global_answer_burst(),
         }
     }
 }
@@ -276,6 +331,14 @@ pub struct Config {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub virtual_servers: Vec<VirtualServerSpec>,
+    /// The subscriber networks. A packet from the inside whose source is in none of them is
+    /// dropped (`source_not_inside`), counted and never answered: a spoofed source would
+    /// otherwise take sessions and ports from real subscribers, and the answers to its refused
+    /// packets would go to addresses that are not there. Empty means every source is
+    /// translated: the core knows no interfaces, so a driver that does should fill it in
+    /// (natgate uses the inside interface's own subnets when the file gives none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inside_networks: Vec<Ipv4Prefix>,
 }
 
 /// A config that passed [`Config::validate`]; it cannot be built any other way. Boxed, so
@@ -380,6 +443,7 @@ impl Config {
             lab: false,
             rules: RuleChain::new(),
             virtual_servers: Vec::new(),
+            inside_networks: Vec::new(),
         }
     }
 
@@ -585,9 +649,31 @@ impl Config {
         let s = &l.subscriber;
         if s.session_rate != 0 && s.session_burst == 0 {
             return Err(ConfigError::OutOfRange {
-                setting: "subscriber.session-burst",
-                why: "a session rate needs a burst of at least 1".into(),
+                setting: "subscriber.session-rate",
+                why: "a session rate needs session-burst (the bucket's size) of at least 1".into(),
             });
+        }
+        // Named after the rate, the key that is written when its burst is missing.
+        for (setting, rate, burst, why) in [
+            (
+                "answer-rate",
+                l.answer_rate,
+                l.answer_burst,
+                "an answer rate needs answer-burst of at least 1",
+            ),
+            (
+                "global-answer-rate",
+                l.global_answer_rate,
+                l.global_answer_burst,
+                "an answer rate needs global-answer-burst of at least 1",
+            ),
+        ] {
+            if rate != 0 && burst == 0 {
+                return Err(ConfigError::OutOfRange {
+                    setting,
+                    why: why.into(),
+                });
+            }
         }
         if s.any() && s.max_subscribers == 0 {
             return Err(ConfigError::OutOfRange {

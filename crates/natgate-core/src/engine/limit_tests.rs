@@ -176,7 +176,7 @@ fn limits() -> [Limit; 7] {
         },
         Limit {
             name: "global mapping limit of 3",
-            reason: DropReason::MappingFailed,
+            reason: DropReason::MappingTableFull,
             n: 3,
             per_subscriber: false,
             configure: |c| {
@@ -195,6 +195,9 @@ fn engine(limit: &Limit, answer: MappingFailureReply) -> Engine<ConfiguredAlloca
     c.limits.max_sessions = 64;
     c.limits.max_mappings = 64;
     c.behavior.mapping_failure_reply = answer;
+    // Every refusal answered: the answer limits have tests of their own (`abuse_tests`).
+    c.limits.answer_rate = 0;
+    c.limits.global_answer_rate = 0;
     (limit.configure)(&mut c);
     let cfg = c.validate().expect("valid test config");
     let alloc = if limit.name.starts_with("pool") {

@@ -12,6 +12,7 @@
 //! configured size and measured. Tables reserve everything up front, so the figure is what the
 //! engine holds from the start, not what it might grow to.
 
+use super::answer_limit::AnswerLimiter;
 use super::queues::{EventQueue, SynHold, TransmitQueue};
 use super::report_limit::RefusalReports;
 use super::subscriber::SubscriberTable;
@@ -130,7 +131,8 @@ impl MemoryModel {
             queues: EventQueue::new(l.event_queue as usize).memory_bytes()
                 + TransmitQueue::new(transmit_slots(l)).memory_bytes()
                 + SynHold::new(l.max_held_syns as usize).memory_bytes()
-                + RefusalReports::new().memory_bytes(),
+                + RefusalReports::new().memory_bytes()
+                + AnswerLimiter::memory_bytes_of(l.answers()),
             static_sessions: if cfg.rules.is_empty() && cfg.virtual_servers.is_empty() {
                 0
             } else {
@@ -182,7 +184,8 @@ impl<A: PortAllocator> Engine<A> {
             queues: self.events.memory_bytes()
                 + self.transmit.memory_bytes()
                 + self.held_syns.memory_bytes()
-                + self.refusal_reports.memory_bytes(),
+                + self.refusal_reports.memory_bytes()
+                + self.answers.memory_bytes(),
             static_sessions: self.statics.table.as_ref().map_or(0, |t| t.memory_bytes()),
         }
     }

@@ -13,6 +13,7 @@
 //! read, constant-offset rewrite) that gives the same bytes, verdicts and state as `process`
 //! (property-tested); BENCHMARKS.md has the figures.
 
+mod answer_limit;
 mod icmp_error;
 mod memory;
 mod offload;
@@ -25,11 +26,13 @@ mod subscriber;
 mod translate;
 
 use crate::alloc::{AllocSettings, DynamicAllocator, PortAllocator};
-use crate::config::{Behavior, FilteringBehavior, ValidConfig};
+use crate::config::{Behavior, FilteringBehavior, Ipv4Prefix, ValidConfig};
 use crate::counters::{Counters, DropReason};
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::Event;
-use crate::fragment::{FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation};
+use crate::fragment::{
+    ClaimError, FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation,
+};
 use crate::rng::Rng;
 use crate::table::{AddressFilter, FlowKey, Mapping, NatTable, Session, SessionId};
 use crate::tcp_state::{TcpPhase, TcpState};
@@ -46,6 +49,17 @@ pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStat
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
 pub use static_nat::SessionOrigin;
+
+/// The engine's tables could not be allocated: the machine cannot give the memory the config
+/// asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the engine's state needs {need} bytes (by its memory model), and the session table could not be allocated"
+)]
+pub struct OutOfMemory {
+    /// Bytes the engine's state needs, by [`MemoryModel`].
+    pub need: u64,
+}
 
 /// How many packets [`Engine::process_batch`] looks up together. Large enough to hide memory
 /// latency behind prefetches, small enough that the batch's state stays in L1.
@@ -122,11 +136,15 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     events: EventQueue,
     /// Which refusals become `MappingFailed` events (one per subscriber, reason and second).
     refusal_reports: report_limit::RefusalReports,
+    /// How many refused packets are answered.
+    answers: answer_limit::AnswerLimiter,
     counters: Counters,
     /// Static NAT rules and virtual servers.
     statics: static_nat::StaticNat,
     /// Present while a fast path carries established flows.
     offload: Option<offload::Offload>,
+    /// Sources translated from the inside; empty: all (see `Config::inside_networks`).
+    inside_networks: Box<[Ipv4Prefix]>,
 }
 
 impl Engine<DynamicAllocator> {
@@ -141,24 +159,48 @@ impl Engine<DynamicAllocator> {
 
 impl<A: PortAllocator> Engine<A> {
     /// An engine with a given port allocator (port blocks, deterministic NAT, per-core shares).
+    ///
+    /// # Panics
+    /// If the memory for the session table cannot be allocated; a driver that sizes the
+    /// tables from a config file calls [`Self::try_with_allocator`].
     pub fn with_allocator(config: ValidConfig, alloc: A, seed: u64) -> Self {
+        match Self::try_with_allocator(config, alloc, seed) {
+            Ok(e) => e,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Self::with_allocator`], with running out of memory for the session table (the part
+    /// that grows with `max-sessions`) an error instead of an abort; what was allocated is
+    /// freed again.
+    pub fn try_with_allocator(
+        config: ValidConfig,
+        alloc: A,
+        seed: u64,
+    ) -> Result<Self, OutOfMemory> {
         let cfg = config.get();
         let mut rng = Rng::new(seed);
         let limits = cfg.limits;
         let behavior = cfg.behavior;
         let max_sessions = limits.max_sessions as usize;
+        // Two seeds, drawn in the order the session and mapping tables always drew them, so
+        // that port choices for a given engine seed stay as they were.
+        let sessions = NatTable::try_new(
+            max_sessions,
+            limits.max_mappings as usize,
+            behavior.mapping,
+            rng.next_u64(),
+            rng.next_u64(),
+        )
+        .map_err(|_| OutOfMemory {
+            need: MemoryModel::of(cfg)
+                .usage(limits.max_sessions, limits.max_mappings)
+                .total(),
+        })?;
         let mut engine = Engine {
             behavior,
             inside_address: cfg.inside_address,
-            // Two seeds, drawn in the order the session and mapping tables always drew them,
-            // so that port choices for a given engine seed stay as they were.
-            sessions: NatTable::new(
-                max_sessions,
-                limits.max_mappings as usize,
-                behavior.mapping,
-                rng.next_u64(),
-                rng.next_u64(),
-            ),
+            sessions,
             subscribers: SubscriberTable::new(limits.subscriber),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
@@ -166,15 +208,17 @@ impl<A: PortAllocator> Engine<A> {
             fragments: FragmentTracker::new(fragment_limits(&limits, &behavior)),
             held_syns: SynHold::new(limits.max_held_syns as usize),
             refusal_reports: report_limit::RefusalReports::new(),
+            answers: answer_limit::AnswerLimiter::new(limits.answers()),
             transmit: TransmitQueue::new(transmit_slots(&limits)),
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
             statics: static_nat::StaticNat::new(cfg, seed),
             offload: None,
+            inside_networks: cfg.inside_networks.clone().into_boxed_slice(),
             rng,
         };
         engine.reserve_static_ports();
-        engine
+        Ok(engine)
     }
 
     /// Translates one packet in place. `buf[..len]` holds an IPv4 datagram that arrived on
@@ -345,6 +389,11 @@ impl<A: PortAllocator> Engine<A> {
         to_pool: bool,
         hint: Option<Option<SessionId>>,
     ) -> Verdict {
+        // A source outside the subscriber networks is dropped before anything else: no state,
+        // no answer (an answer would go to an address that is not there).
+        if side == Side::Inside && !self.source_is_inside(p.src.addr) {
+            return Verdict::Drop(DropReason::SourceNotInside);
+        }
         // Static rules and virtual servers may own addresses outside the pool.
         if side == Side::Outside && !to_pool && !self.statics.claims_inbound(&p) {
             return Verdict::Drop(DropReason::NotPoolAddress);
@@ -354,6 +403,7 @@ impl<A: PortAllocator> Engine<A> {
         // otherwise the driver's kernel answered it before it got here).
         if self.behavior.ttl.expires(p.ttl) {
             return self.reply_error(
+                now,
                 buf,
                 &p,
                 side,
@@ -377,6 +427,7 @@ impl<A: PortAllocator> Engine<A> {
         // (DF=0 packets are fragmented by the driver's way out, e.g. the kernel behind a TUN.)
         if p.df && p.len > usize::from(mtu) {
             return self.reply_error(
+                now,
                 buf,
                 &p,
                 side,
@@ -393,8 +444,23 @@ impl<A: PortAllocator> Engine<A> {
             proto: p.ip_proto(),
             ident: p.ident,
         };
+        // RFC 1858 section 3.2, RFC 3128: a fragment overlapping bytes an earlier one carried is
+        // dropped, so no fragment can rewrite a transport header already translated.
+        let claimed = match p.frag {
+            Fragment::None => true,
+            Fragment::First | Fragment::Later => {
+                let (start, end) = p.frag_range();
+                match self.fragments.claim(&frag_key, start, end, now) {
+                    Ok(claimed) => claimed,
+                    Err(ClaimError::Overlap) => return Verdict::Drop(DropReason::FragmentOverlap),
+                    Err(ClaimError::TooManyPieces) => {
+                        return Verdict::Drop(DropReason::FragmentLimit);
+                    }
+                }
+            }
+        };
         if p.frag == Fragment::Later {
-            return self.later_fragment(now, buf, &p, frag_key);
+            return self.later_fragment(now, buf, &p, frag_key, claimed);
         }
         let verdict = match (p.kind, side) {
             (Kind::IcmpError, Side::Inside) => self.icmp_error_outbound(buf, &mut p),
@@ -411,9 +477,21 @@ impl<A: PortAllocator> Engine<A> {
                 out_side,
             };
             self.fragments.record_first(frag_key, tr, now);
+            if !claimed {
+                // The datagram's state is new (or the table is full): nothing to overlap.
+                let (start, end) = p.frag_range();
+                let _ = self.fragments.claim(&frag_key, start, end, now);
+            }
             self.release_held_fragments(&frag_key, tr);
         }
         verdict
+    }
+
+    /// Whether `src` may be translated from the inside: it is in an inside network, or none
+    /// is configured.
+    #[inline]
+    fn source_is_inside(&self, src: Ipv4Addr) -> bool {
+        self.inside_networks.is_empty() || self.inside_networks.iter().any(|n| n.contains(src))
     }
 
     /// A non-first fragment follows its first fragment's translation, or waits for it.
@@ -423,6 +501,7 @@ impl<A: PortAllocator> Engine<A> {
         buf: &mut [u8],
         p: &Parsed,
         key: FragmentKey,
+        claimed: bool,
     ) -> Verdict {
         if let Some(tr) = self.fragments.lookup(&key, now) {
             packet::rewrite_addr(buf, Which::Src, tr.new_src);
@@ -431,7 +510,14 @@ impl<A: PortAllocator> Engine<A> {
             return Verdict::Forward(tr.out_side);
         }
         match self.fragments.hold(key, &buf[..p.len], now) {
-            Ok(()) => Verdict::Held,
+            Ok(()) => {
+                if !claimed {
+                    // The hold made the datagram's state: nothing to overlap.
+                    let (start, end) = p.frag_range();
+                    let _ = self.fragments.claim(&key, start, end, now);
+                }
+                Verdict::Held
+            }
             Err(_) => Verdict::Drop(DropReason::FragmentLimit),
         }
     }
@@ -455,10 +541,12 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Answers the packet in `buf` with an ICMP error built in place, or drops it when RFC 1812
-    /// 4.3.2.7 forbids an answer (to ICMP errors, later fragments, non-unicast sources).
+    /// 4.3.2.7 forbids an answer (to ICMP errors, later fragments, non-unicast sources) or the
+    /// answer limits leave it out (RFC 1812 4.3.2.8, see [`answer_limit`]).
     #[allow(clippy::too_many_arguments)]
     fn reply_error(
         &mut self,
+        now: Instant,
         buf: &mut [u8],
         p: &Parsed,
         side: Side,
@@ -475,6 +563,10 @@ impl<A: PortAllocator> Engine<A> {
             || src.is_multicast()
             || src.is_loopback()
         {
+            return Verdict::Drop(reason);
+        }
+        if !self.answers.allow(now, src) {
+            self.counters.answers_suppressed += 1;
             return Verdict::Drop(reason);
         }
         let from = match side {
@@ -830,6 +922,8 @@ impl<A: PortAllocator> Gone<'_, A> {
     }
 }
 
+#[cfg(test)]
+mod abuse_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]

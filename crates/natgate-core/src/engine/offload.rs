@@ -139,11 +139,11 @@ fn offloadable_state(s: &Session) -> bool {
 
 impl<A: PortAllocator> Engine<A> {
     /// Turns offloading on: from now on the engine offers established flows to a fast path
-    /// holding at most `capacity` of them (see [`Self::poll_offload`]). Sessions that exist
+    /// (see [`Self::poll_offload`]), at most one per session it can hold. Sessions that exist
     /// already are offered when their next packet comes through.
-    pub fn enable_offload(&mut self, capacity: usize) {
+    pub fn enable_offload(&mut self) {
         if self.offload.is_none() {
-            self.offload = Some(Offload::new(capacity));
+            self.offload = Some(Offload::new(self.sessions.capacity()));
         }
     }
 
@@ -283,7 +283,7 @@ mod tests {
         c.limits.max_mappings = 64;
         f(&mut c);
         let mut e = Engine::new(c.validate().expect("valid config"), 7);
-        e.enable_offload(16);
+        e.enable_offload();
         e
     }
 

@@ -62,12 +62,20 @@ pub(crate) struct Parsed {
     pub ttl: u8,
     /// IPv4 identification (fragment state key).
     pub ident: u16,
+    /// Fragment offset in bytes (0 for whole datagrams and first fragments).
+    pub frag_offset: u32,
 }
 
 impl Parsed {
     /// The raw IP protocol number.
     pub fn ip_proto(&self) -> u8 {
         self.proto.ip_number()
+    }
+
+    /// The bytes of its datagram this packet carries, `[start, end)` (for fragments).
+    pub fn frag_range(&self) -> (u32, u32) {
+        let payload = self.len.saturating_sub(self.l4) as u32;
+        (self.frag_offset, self.frag_offset + payload)
     }
 }
 
@@ -116,6 +124,7 @@ pub(crate) fn parse(buf: &[u8], side: Side) -> Result<Parsed, DropReason> {
         df: flags & DF != 0,
         ttl: h[8],
         ident: u16::from_be_bytes([h[4], h[5]]),
+        frag_offset: u32::from(flags & OFFSET_MASK) * 8,
     };
     if frag == Fragment::Later {
         return Ok(p);
@@ -215,6 +224,7 @@ impl FlowHead {
             df: self.df,
             ttl: self.ttl,
             ident: self.ident,
+            frag_offset: 0,
         }
     }
 }

@@ -68,7 +68,9 @@ impl<A: PortAllocator> Engine<A> {
     /// withheld from new allocations); sessions made by a rule keep their translation until
     /// they end. A virtual server still configured keeps the counters, drain and health state
     /// of every real server still listed (same address and port); see
-    /// [`VirtualServer::update`](crate::vserver::VirtualServer::update). The pool, inside
+    /// [`VirtualServer::update`](crate::vserver::VirtualServer::update). The inside networks
+    /// apply to new packets (an established flow's packets skip the check in the batch's
+    /// lane until its session ends). The pool, inside
     /// address and limits are not looked at: the driver keeps those fixed (they size the tables).
     pub fn reconfigure(&mut self, config: &ValidConfig) -> Result<(), ReloadError> {
         let cfg = config.get();
@@ -82,6 +84,8 @@ impl<A: PortAllocator> Engine<A> {
                 error: e.error,
             })?;
         self.behavior = new;
+        self.inside_networks = cfg.inside_networks.clone().into_boxed_slice();
+        self.answers.set_limits(cfg.limits.answers());
         self.apply_statics(cfg, vservers);
         Ok(())
     }

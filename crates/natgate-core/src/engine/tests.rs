@@ -991,7 +991,7 @@ fn rfc6888_req11_mapping_failure_answered_and_nothing_evicted() {
         ),
         "{v:?}"
     );
-    assert_eq!(v.drop_reason(), Some(DropReason::MappingFailed));
+    assert_eq!(v.drop_reason(), Some(DropReason::MappingTableFull));
     let l4 = &p.bytes()[20..];
     assert_eq!((l4[0], l4[1]), (3, 1), "host unreachable");
     assert_eq!(e.session_count(), 2, "live sessions kept");
@@ -1016,7 +1016,7 @@ fn rfc6888_req11_reply_policy_none() {
     let mut p = udp(ep(SUB1, 2), ep(WAN1, 9), b"x");
     assert_eq!(
         run(&mut e, t(0), Side::Inside, &mut p),
-        Verdict::Drop(DropReason::MappingFailed)
+        Verdict::Drop(DropReason::MappingTableFull)
     );
 }
 
@@ -1036,7 +1036,7 @@ fn session_table_full_with_existing_mapping() {
 // ---------------------------------------------------------------- fragments (RFC 4787 REQ-14)
 
 /// Splits a whole datagram into fragments of at most `chunk` payload bytes (multiple of 8).
-fn fragments(whole: &[u8], chunk: usize) -> Vec<Pkt> {
+pub(crate) fn fragments(whole: &[u8], chunk: usize) -> Vec<Pkt> {
     let (ip, rest) = Ipv4Header::from_slice(whole).expect("ipv4");
     let payload = &rest[..usize::from(ip.total_len) - ip.header_len()];
     payload

@@ -282,7 +282,7 @@ impl<A: PortAllocator> Engine<A> {
         })?;
         if self.sessions.mappings_full() {
             self.alloc.release(proto, internal, external, now);
-            return Err(DropReason::MappingFailed);
+            return Err(DropReason::MappingTableFull);
         }
         self.counters.mappings_created += 1;
         self.emit(Event::MappingCreated {
@@ -535,18 +535,32 @@ impl<A: PortAllocator> Engine<A> {
         );
         match self.behavior.mapping_failure_reply.answer(p.proto) {
             FailureAnswer::Nothing => Verdict::Drop(reason),
-            FailureAnswer::IcmpUnreachable(code) => {
-                self.reply_error(buf, p, Side::Inside, ICMP_DEST_UNREACHABLE, code, 0, reason)
-            }
-            FailureAnswer::TcpReset => self.reply_reset(buf, p, reason),
+            FailureAnswer::IcmpUnreachable(code) => self.reply_error(
+                now,
+                buf,
+                p,
+                Side::Inside,
+                ICMP_DEST_UNREACHABLE,
+                code,
+                0,
+                reason,
+            ),
+            FailureAnswer::TcpReset => self.reply_reset(now, buf, p, reason),
         }
     }
 
     /// Answers a refused TCP segment from the inside with the reset a closed port would send
     /// (RFC 9293 section 3.10.7.1), built in place, from the remote it was addressed to. As for
     /// ICMP errors (RFC 1812 4.3.2.7), nothing is sent to a source that is not unicast, and a
-    /// fragment (whose segment length is unknown) or a reset gets no answer.
-    fn reply_reset(&mut self, buf: &mut [u8], p: &Parsed, reason: DropReason) -> Verdict {
+    /// fragment (whose segment length is unknown) or a reset gets no answer; the answer limits
+    /// apply as to ICMP errors.
+    fn reply_reset(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        p: &Parsed,
+        reason: DropReason,
+    ) -> Verdict {
         let src = p.src.addr;
         if p.frag != Fragment::None
             || src.is_unspecified()
@@ -554,6 +568,10 @@ impl<A: PortAllocator> Engine<A> {
             || src.is_multicast()
             || src.is_loopback()
         {
+            return Verdict::Drop(reason);
+        }
+        if !self.answers.allow(now, src) {
+            self.counters.answers_suppressed += 1;
             return Verdict::Drop(reason);
         }
         let len = crate::wire::tcp::write_tcp_reset_in_place(buf, p.len);

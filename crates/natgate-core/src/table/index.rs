@@ -186,6 +186,21 @@ impl HashIndex {
     /// If `entries` does not fit in a `u32` (values are `u32` slot numbers), or `sized_for`
     /// is less than `entries` less an eighth of `sized_for`.
     pub fn with_capacity_sized_for(entries: usize, sized_for: usize) -> Self {
+        match Self::try_with_capacity_sized_for(entries, sized_for) {
+            Ok(i) => i,
+            Err(e) => panic!("index of {entries}: {e}"),
+        }
+    }
+
+    /// [`Self::with_capacity_sized_for`], with running out of memory an error instead of an
+    /// abort.
+    ///
+    /// # Panics
+    /// As [`Self::with_capacity_sized_for`].
+    pub fn try_with_capacity_sized_for(
+        entries: usize,
+        sized_for: usize,
+    ) -> Result<Self, std::collections::TryReserveError> {
         assert!(
             u32::try_from(entries).is_ok(),
             "index capacity {entries} exceeds u32"
@@ -195,11 +210,11 @@ impl HashIndex {
             "index for {entries} entries sized for only {sized_for}"
         );
         let n = sized_for.div_ceil(ENTRIES_PER_BUCKET).max(1);
-        HashIndex {
-            buckets: vec![Bucket::EMPTY; n],
+        Ok(HashIndex {
+            buckets: super::try_vec(n, || Bucket::EMPTY)?,
             len: 0,
             capacity: entries,
-        }
+        })
     }
 
     /// Number of entries.

@@ -7,6 +7,18 @@
 //! their mappings, the engine's state), [`StaticSessionTable`] (sessions of static rules and
 //! virtual servers) and [`AddressFilter`] combine them.
 
+/// A vector of `n` values made by `f`, its memory reserved first so that running out of it is
+/// an error rather than an abort (a table sized by a config the machine cannot hold).
+pub(crate) fn try_vec<T>(
+    n: usize,
+    f: impl FnMut() -> T,
+) -> Result<Vec<T>, std::collections::TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)?;
+    v.resize_with(n, f);
+    Ok(v)
+}
+
 mod hash;
 mod index;
 mod mapping;

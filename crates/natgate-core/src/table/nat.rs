@@ -145,21 +145,45 @@ impl NatTable {
         flow_seed: u64,
         mapping_seed: u64,
     ) -> Self {
+        match Self::try_new(
+            max_sessions,
+            max_mappings,
+            behavior,
+            flow_seed,
+            mapping_seed,
+        ) {
+            Ok(t) => t,
+            Err(e) => panic!("session table of {max_sessions}: {e}"),
+        }
+    }
+
+    /// [`Self::new`], with running out of memory an error instead of an abort (what is
+    /// allocated before the failure is freed again).
+    ///
+    /// # Panics
+    /// As [`Self::new`].
+    pub fn try_new(
+        max_sessions: usize,
+        max_mappings: usize,
+        behavior: MappingBehavior,
+        flow_seed: u64,
+        mapping_seed: u64,
+    ) -> Result<Self, std::collections::TryReserveError> {
         let (reserve, entries, design) = Self::sizes(max_sessions, max_mappings);
-        NatTable {
+        Ok(NatTable {
             t: Tables {
-                sessions: Slab::new(max_sessions),
-                shared: Slab::new(reserve),
-                out_index: HashIndex::with_capacity_sized_for(entries, design),
-                in_index: HashIndex::with_capacity_sized_for(entries, design),
+                sessions: Slab::try_new(max_sessions)?,
+                shared: Slab::try_new(reserve)?,
+                out_index: HashIndex::try_with_capacity_sized_for(entries, design)?,
+                in_index: HashIndex::try_with_capacity_sized_for(entries, design)?,
                 flow_hasher: FlowHasher::new(flow_seed),
                 mapping_hasher: FlowHasher::new(mapping_seed),
                 behavior,
                 max_mappings,
                 mappings: 0,
             },
-            wheel: TimerWheel::new(max_sessions),
-        }
+            wheel: TimerWheel::try_new(max_sessions)?,
+        })
     }
 }
 

@@ -33,18 +33,28 @@ impl<T> Slab<T> {
     /// # Panics
     /// If `capacity` is `u32::MAX` or more (slot numbers are `u32`, and `u32::MAX` is reserved).
     pub fn new(capacity: usize) -> Self {
+        match Self::try_new(capacity) {
+            Ok(s) => s,
+            Err(e) => panic!("slab of {capacity}: {e}"),
+        }
+    }
+
+    /// [`Self::new`], with running out of memory an error instead of an abort.
+    ///
+    /// # Panics
+    /// As [`Self::new`], for a capacity of `u32::MAX` or more.
+    pub fn try_new(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
         assert!(
             capacity < NIL as usize,
             "slab capacity {capacity} too large"
         );
         let mut slab = Slab {
-            slots: Vec::with_capacity(capacity),
+            slots: super::try_vec(capacity, || Slot::Free(NIL))?,
             free_head: NIL,
             len: 0,
         };
-        slab.slots.resize_with(capacity, || Slot::Free(NIL));
         slab.reset_free_list();
-        slab
+        Ok(slab)
     }
 
     /// Every slot vacant, the free list in slot order.

@@ -46,16 +46,27 @@ impl TimerWheel {
     /// # Panics
     /// If `max_items` exceeds 2^31 (the top link bit marks list ends).
     pub fn new(max_items: usize) -> Self {
+        match Self::try_new(max_items) {
+            Ok(w) => w,
+            Err(e) => panic!("timer wheel of {max_items}: {e}"),
+        }
+    }
+
+    /// [`Self::new`], with running out of memory an error instead of an abort.
+    ///
+    /// # Panics
+    /// As [`Self::new`].
+    pub fn try_new(max_items: usize) -> Result<Self, std::collections::TryReserveError> {
         assert!(
             max_items <= END as usize,
             "timer wheel for {max_items} items"
         );
-        TimerWheel {
-            links: vec![[UNSCHEDULED; 2]; max_items],
+        Ok(TimerWheel {
+            links: super::try_vec(max_items, || [UNSCHEDULED; 2])?,
             heads: (0..SLOTS as u32).map(|s| END | s).collect(),
             occupied: vec![0; SLOTS / 64],
             now: 0,
-        }
+        })
     }
 
     /// Puts `item` in the slot of `due_secs`. A due time already past is visited at the next

@@ -933,6 +933,10 @@ pub struct StatsInfo {
     /// reason earlier in the same second (the drops are counted all the same).
     #[serde(default)]
     pub refusal_reports_suppressed: u64,
+    /// Answers to refused packets (ICMP errors, TCP resets) left out by the answer rate limits
+    /// (the drops are counted all the same).
+    #[serde(default)]
+    pub answers_suppressed: u64,
     /// Packets held (early fragments, unsolicited SYNs).
     pub held_packets: u64,
     /// Dropped packets, every reason.
@@ -1003,6 +1007,7 @@ impl StatsInfo {
         self.icmp_generated += c.icmp_generated;
         self.tcp_resets_generated += c.tcp_resets_generated;
         self.refusal_reports_suppressed += c.refusal_reports_suppressed;
+        self.answers_suppressed += c.answers_suppressed;
         self.held_packets += c.held_packets;
         self.dropped_packets += c.total_drops();
         self.sessions_created += c.sessions_created;

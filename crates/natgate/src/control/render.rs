@@ -242,6 +242,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("icmp errors generated", s.icmp_generated),
                 ("tcp resets generated", s.tcp_resets_generated),
                 ("refusal reports suppressed", s.refusal_reports_suppressed),
+                ("answers suppressed", s.answers_suppressed),
                 ("held packets", s.held_packets),
                 ("dropped packets", s.dropped_packets),
                 ("sessions created", s.sessions_created),

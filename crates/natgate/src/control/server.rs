@@ -1,7 +1,7 @@
 //! The control socket's server: one thread accepts, one thread per connection reads requests.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -17,10 +17,20 @@ use super::protocol::{self, MAX_REQUEST_LINE};
 use super::{ControlError, ControlHandler};
 
 /// Limits of a [`Server`].
+///
+/// A client cannot hold a connection by trickling bytes: once a request's first byte arrives,
+/// the whole line must arrive within `request_timeout`, and a connection waiting for a request
+/// is closed after `read_timeout`. And a full server still lets an operator in: a new connection
+/// closes the oldest one that is not having a request handled (waiting for a request, or for
+/// its client to read a reply); only when every connection's request is being handled is the
+/// new one refused.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// A connection that sends nothing for this long is closed.
+    /// A connection that sends nothing for this long between requests is closed.
     pub read_timeout: Duration,
+    /// A request whose line has not fully arrived this long after its first byte closes the
+    /// connection (a slow client cannot hold a slot by sending a byte now and then).
+    pub request_timeout: Duration,
     /// A reply the client does not read for this long closes the connection.
     pub write_timeout: Duration,
     /// The longest request line, newline included.
@@ -33,6 +43,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             read_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_line: MAX_REQUEST_LINE,
             max_connections: 32,
@@ -85,9 +96,17 @@ pub struct Server {
 struct Shared {
     stopping: AtomicBool,
     next_conn: AtomicU64,
-    /// Live connections, to close them on shutdown.
-    conns: Mutex<HashMap<u64, UnixStream>>,
+    /// Live connections, to close them on shutdown or to make room, by id (ids grow, so the
+    /// smallest is the oldest).
+    conns: Mutex<HashMap<u64, Conn>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// One live connection.
+struct Conn {
+    stream: UnixStream,
+    /// A request of it is being handled (it is not closed to make room).
+    busy: Arc<AtomicBool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,7 +222,7 @@ impl Server {
         let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
         let _ = accept.join();
         for conn in lock(&self.shared.conns).values() {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         }
         let threads = std::mem::take(&mut *lock(&self.shared.threads));
         for t in threads {
@@ -307,20 +326,42 @@ fn accept_loop<H: ControlHandler>(
             continue;
         };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let busy = Arc::new(AtomicBool::new(false));
         {
             let mut conns = lock(&shared.conns);
             if conns.len() >= opts.max_connections {
-                drop(conns);
-                refuse_busy(stream, opts);
-                continue;
+                // Room for the newcomer: the oldest connection waiting for a request goes (its
+                // thread sees the shutdown, and removes it). An operator's command always gets
+                // through unless every slot is busy handling one.
+                let oldest_idle = conns
+                    .iter()
+                    .filter(|(_, c)| !c.busy.load(Ordering::SeqCst))
+                    .map(|(id, _)| *id)
+                    .min();
+                match oldest_idle.and_then(|old| conns.remove(&old)) {
+                    Some(old) => {
+                        let _ = old.stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    None => {
+                        drop(conns);
+                        refuse_busy(stream, opts);
+                        continue;
+                    }
+                }
             }
-            conns.insert(id, clone);
+            conns.insert(
+                id,
+                Conn {
+                    stream: clone,
+                    busy: busy.clone(),
+                },
+            );
         }
         let (s, h, o) = (shared.clone(), handler.clone(), opts.clone());
         let spawned = thread::Builder::new()
             .name("ctl-conn".into())
             .spawn(move || {
-                serve(stream, &*h, &o);
+                serve(stream, &*h, &o, &busy);
                 lock(&s.conns).remove(&id);
             });
         match spawned {
@@ -338,12 +379,16 @@ fn refuse_busy(mut stream: UnixStream, opts: &ServerOptions) {
     let _ = writeln!(stream, "{}", protocol::encode_reply(None, &Err(e)));
 }
 
-/// Serves one connection until it closes, idles past the timeout, sends an oversized line, or
-/// the server stops.
-fn serve<H: ControlHandler>(stream: UnixStream, handler: &H, opts: &ServerOptions) {
-    if stream.set_read_timeout(Some(opts.read_timeout)).is_err()
-        || stream.set_write_timeout(Some(opts.write_timeout)).is_err()
-    {
+/// Serves one connection until it closes, idles past the timeout, is too slow sending a
+/// request, sends an oversized line, or the server stops (or closes it to make room). `busy`
+/// is set while a request is handled (not while its reply is written).
+fn serve<H: ControlHandler>(
+    stream: UnixStream,
+    handler: &H,
+    opts: &ServerOptions,
+    busy: &AtomicBool,
+) {
+    if stream.set_write_timeout(Some(opts.write_timeout)).is_err() {
         return;
     }
     let Ok(read_half) = stream.try_clone() else {
@@ -354,33 +399,83 @@ fn serve<H: ControlHandler>(stream: UnixStream, handler: &H, opts: &ServerOption
     let mut line = Vec::new();
     loop {
         line.clear();
-        let limit = u64::try_from(opts.max_line).unwrap_or(u64::MAX);
-        let Ok(n) = (&mut reader).take(limit).read_until(b'\n', &mut line) else {
-            return; // timed out, reset, or shut down
-        };
-        if line.last() != Some(&b'\n') {
-            if n == opts.max_line {
+        match read_request(&mut reader, &writer, &mut line, opts) {
+            Ok(true) => {}
+            Ok(false) => {
                 // Framing is lost mid-line, so say why and close.
                 let e = ControlError::TooLarge(opts.max_line);
                 let _ = writeln!(writer, "{}", protocol::encode_reply(None, &Err(e)));
+                return;
             }
-            // Otherwise the client left mid-request: the partial line is never acted on.
-            return;
+            // Timed out, reset, shut down, or the client left mid-request: a partial line is
+            // never acted on.
+            Err(_) => return,
         }
         let body = line.trim_ascii();
         if body.is_empty() {
             continue;
         }
+        busy.store(true, Ordering::SeqCst);
         let (id, reply) = match protocol::decode_request(body) {
             Ok((id, req)) => (id, dispatch(handler, req)),
             Err((id, e)) => (id, Err(e)),
         };
+        // Handled: from here the connection may be closed to make room (a client that does not
+        // read its reply holds no slot).
+        busy.store(false, Ordering::SeqCst);
         let out = protocol::encode_reply(id, &reply);
         if writeln!(writer, "{out}")
             .and_then(|()| writer.flush())
             .is_err()
         {
             return;
+        }
+    }
+}
+
+/// Reads one request line (newline included) into `line`: its first byte within
+/// `opts.read_timeout`, the whole line within `opts.request_timeout` of its first byte.
+/// `Ok(false)` when the line is longer than `opts.max_line`; an error when a deadline passes
+/// or the connection ends first. `socket` is the reader's socket, whose timeout is set to what
+/// is left before each read.
+fn read_request(
+    reader: &mut BufReader<UnixStream>,
+    socket: &UnixStream,
+    line: &mut Vec<u8>,
+    opts: &ServerOptions,
+) -> io::Result<bool> {
+    let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
+    let mut deadline = std::time::Instant::now() + opts.read_timeout;
+    loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(timed_out)?;
+        socket.set_read_timeout(Some(left))?;
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        if line.is_empty() {
+            // The request has begun: all of it must come soon.
+            deadline = deadline.min(std::time::Instant::now() + opts.request_timeout);
+        }
+        let room = opts.max_line - line.len().min(opts.max_line);
+        let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) if i < room => (i + 1, true),
+            _ => (buf.len().min(room), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(true);
+        }
+        if line.len() >= opts.max_line {
+            return Ok(false);
         }
     }
 }

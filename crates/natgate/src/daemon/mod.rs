@@ -32,6 +32,7 @@
 pub mod control;
 pub mod external;
 pub mod health;
+pub mod machine;
 pub mod plumbing;
 pub mod steer;
 pub mod vservers;
@@ -262,6 +263,12 @@ pub enum DaemonError {
     /// A worker failed.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// The machine cannot hold the config (memory), or its interfaces contradict it.
+    #[error(transparent)]
+    Machine(#[from] machine::MachineError),
+    /// An engine's tables could not be allocated.
+    #[error(transparent)]
+    OutOfMemory(#[from] natgate_core::OutOfMemory),
     /// A worker thread could not be started or panicked.
     #[error("worker thread: {0}")]
     Thread(String),
@@ -611,6 +618,8 @@ impl Daemon {
     /// Sets up the plumbing and starts the workers. The calling thread must be in the gateway's
     /// network namespace (the workers inherit it). `sink` makes each worker's event sink.
     pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
+        // Refused before anything is set up: what the machine cannot hold.
+        machine::check_memory(settings, machine::MemInfo::read()?)?;
         let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
         let engine_cfg = engine_config(settings, &resolved)?;
         let mut external = external::ExternalAddresses::new(
@@ -626,7 +635,7 @@ impl Daemon {
         let clock = Clock::new();
         let logs = open_logs(settings, &clock)?;
         let n = queues.len();
-        let fast_path = start_fast_path(settings, engine_cfg.get(), n)?;
+        let fast_path = start_fast_path(settings, engine_cfg.get())?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         let home = resolved
@@ -638,12 +647,21 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()
             .map_err(DaemonError::Mailbox)?
             .into();
-        for (id, (inside, outside)) in queues.into_iter().enumerate() {
+        // Every engine before any worker starts: running out of memory is an error, and the
+        // plumbing goes with `plumbing` when it is returned.
+        let mut engines = Vec::with_capacity(n);
+        for id in 0..n {
             let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
-            let mut engine = Engine::with_allocator(engine_cfg.clone(), alloc, os_seed());
+            engines.push(Engine::try_with_allocator(
+                crate::config::worker_config(&engine_cfg, id, n)?,
+                alloc,
+                os_seed(),
+            )?);
+        }
+        for (id, ((inside, outside), mut engine)) in queues.into_iter().zip(engines).enumerate() {
             let table = match &fast_path {
                 Some(fp) => {
-                    engine.enable_offload(engine_cfg.get().limits.max_sessions as usize);
+                    engine.enable_offload();
                     Some(fp.table().map_err(DaemonError::FastPath)?)
                 }
                 None => None,
@@ -787,12 +805,11 @@ impl Drop for Daemon {
     }
 }
 
-/// Loads and attaches the fast path as `[dataplane] fast-path` asks, sized for `workers`
-/// engines' sessions. `auto` falls back to the slow path alone, saying why in one log line.
+/// Loads and attaches the fast path as `[dataplane] fast-path` asks, sized for the gateway's
+/// sessions. `auto` falls back to the slow path alone, saying why in one log line.
 fn start_fast_path(
     settings: &Settings,
     cfg: &natgate_core::Config,
-    workers: usize,
 ) -> Result<Option<FastPath>, DaemonError> {
     if settings.fast_path == FastPathMode::Off {
         tracing::info!("data path: slow path (TUN) only, as configured");
@@ -816,8 +833,8 @@ fn start_fast_path(
     // The MTU a side's program checks is that of the way out: the other side's.
     let inside = side(&settings.inside, cfg.behavior.outside_mtu)?;
     let outside = side(&settings.outside, cfg.behavior.inside_mtu)?;
-    let flows =
-        u32::try_from(u64::from(cfg.limits.max_sessions) * workers as u64).unwrap_or(u32::MAX / 2);
+    // `max-sessions` is the gateway's, split across the workers: each session a flow at most.
+    let flows = cfg.limits.max_sessions;
     match FastPath::attach(&inside, &outside, flows) {
         Ok(fp) => {
             tracing::info!(
@@ -845,6 +862,10 @@ pub fn engine_config(
         // Home gateway: internal ports below 1024 cannot keep their range on a shared address
         // whose low ports belong to the host (RFC 4787 REQ-3a is a SHOULD).
         cfg.behavior.port_range_preservation = false;
+    }
+    if cfg.inside_networks.is_empty() {
+        // Default: subscribers are on the inside link.
+        cfg.inside_networks = resolved.inside_subnets.clone();
     }
     cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
 }
@@ -1039,6 +1060,45 @@ mod tests {
     use natgate_core::alloc::SubscriberId;
     use natgate_core::{DropReason, Endpoint, Instant};
     use std::sync::Mutex;
+
+    #[test]
+    fn session_and_mapping_limits_are_the_gateways_split_across_workers() {
+        use crate::config::{worker_config, worker_share};
+        for (total, n) in [(3000u32, 2usize), (7, 3), (5, 5), (1 << 20, 64), (65, 64)] {
+            let shares: Vec<u32> = (0..n).map(|id| worker_share(total, id, n)).collect();
+            assert_eq!(
+                shares.iter().map(|s| u64::from(*s)).sum::<u64>(),
+                u64::from(total)
+            );
+            let (lo, hi) = (shares.iter().min(), shares.iter().max());
+            assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{shares:?}");
+        }
+        let text = format!(
+            "{}\n[tun]\nqueues = 2\n\n[limits]\nmax-sessions = 3001\nmax-mappings = 3000\n",
+            MIN
+        );
+        let s = Settings::parse(&text).expect("valid");
+        let cfg = s.stand_in_engine_config().expect("valid");
+        let per: Vec<_> = (0..2)
+            .map(|id| worker_config(&cfg, id, 2).expect("valid").get().limits)
+            .collect();
+        assert_eq!((per[0].max_sessions, per[1].max_sessions), (1501, 1500));
+        assert_eq!((per[0].max_mappings, per[1].max_mappings), (1500, 1500));
+        // The global answer rate (default 1000 a second, 1000 at once) is the gateway's too.
+        assert_eq!(per[0].global_answer_rate + per[1].global_answer_rate, 1000);
+        assert_eq!(
+            per[0].global_answer_burst + per[1].global_answer_burst,
+            1000
+        );
+        let few = format!(
+            "{}\n[tun]\nqueues = 4\n\n[limits]\nmax-sessions = 3\nmax-mappings = 3\n",
+            MIN
+        );
+        let e = Settings::parse(&few)
+            .expect_err("fewer than one per worker")
+            .to_string();
+        assert!(e.contains("max-sessions") && e.contains("line"), "{e}");
+    }
 
     /// Keeps what reaches it.
     struct Keep(Arc<Mutex<Vec<Event>>>);
@@ -1256,6 +1316,7 @@ mod tests {
                 pool: vec![Ipv4Addr::new(198, 51, 100, 1)],
                 inside_address: Ipv4Addr::new(100, 64, 0, 1),
                 nat_ports: None,
+                inside_subnets: Vec::new(),
                 stale_removed: 0,
             }),
             started: std::time::Instant::now(),

@@ -128,6 +128,9 @@ pub struct Resolved {
     pub inside_address: Ipv4Addr,
     /// Home-gateway mode: the NAT's port range on the host's own address.
     pub nat_ports: Option<(u16, u16)>,
+    /// The inside interface's own subnets: the sources translated when the file lists no
+    /// `inside-networks`.
+    pub inside_subnets: Vec<natgate_core::config::Ipv4Prefix>,
     /// Stale objects of an earlier run that were removed.
     pub stale_removed: usize,
 }
@@ -315,10 +318,19 @@ impl Plumbing {
                 "the inside address {inside_address} is also in the pool"
             )));
         }
+        let mut inside_subnets: Vec<_> = inside_addrs
+            .iter()
+            .filter_map(|(_, a, len)| {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                natgate_core::config::Ipv4Prefix::new(Ipv4Addr::from(u32::from(*a) & mask), *len)
+            })
+            .collect();
+        inside_subnets.dedup();
         Ok(Resolved {
             pool,
             inside_address,
             nat_ports,
+            inside_subnets,
             stale_removed: 0,
         })
     }

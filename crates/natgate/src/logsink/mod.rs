@@ -154,7 +154,9 @@ impl QuotaLimit {
     pub const fn of(reason: DropReason) -> Option<QuotaLimit> {
         match reason {
             DropReason::SessionTableFull => Some(QuotaLimit::MaxSessionEntries),
-            DropReason::SharedMappingReserveFull => Some(QuotaLimit::MaxBibEntries),
+            DropReason::SharedMappingReserveFull | DropReason::MappingTableFull => {
+                Some(QuotaLimit::MaxBibEntries)
+            }
             DropReason::SubscriberSessionLimit
             | DropReason::SubscriberPortLimit
             | DropReason::SubscriberRateLimit => Some(QuotaLimit::MaxEntriesPerUser),
