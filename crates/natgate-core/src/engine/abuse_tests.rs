@@ -164,7 +164,7 @@ fn every_engine_generated_icmp_error_is_rate_limited() {
     let mut e = engine_with(|c| {
         c.limits.answer_rate = 1;
         c.limits.answer_burst = 2;
-        c.behavior.decrement_ttl = true;
+        c.behavior.ttl = crate::config::TtlHandling::Decrement;
     });
     let mut answered = 0;
     for k in 0..10u16 {
