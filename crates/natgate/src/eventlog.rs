@@ -15,7 +15,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::control::protocol::OriginName;
 use natgate_core::{Endpoint, Event, Instant, Protocol};
 use serde::Serialize;
 
@@ -389,7 +388,7 @@ impl Line {
             },
             origin: match *ev {
                 Event::SessionCreated { origin, .. } | Event::SessionDeleted { origin, .. } => {
-                    Some(OriginName(&origin).to_string())
+                    Some(origin.to_string())
                 }
                 _ => None,
             },

@@ -58,6 +58,20 @@ pub enum SessionOrigin {
     },
 }
 
+/// How operators and the translation logs name what made a session: `dynamic`, `rule ID` or
+/// `vserver ADDR:PORT server ID`. A `Display` so a log sink writes it without allocating.
+impl core::fmt::Display for SessionOrigin {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SessionOrigin::Dynamic => f.write_str("dynamic"),
+            SessionOrigin::Rule(id) => write!(f, "rule {id}"),
+            SessionOrigin::VirtualServer { address, server } => {
+                write!(f, "vserver {address} server {server}")
+            }
+        }
+    }
+}
+
 impl From<StaticOrigin> for SessionOrigin {
     fn from(o: StaticOrigin) -> Self {
         match o {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use natgate_core::alloc::{AddressUsage, PortSetKind, PortSetUsage};
 use natgate_core::engine::{MappingInfo, SessionInfo};
 use natgate_core::tcp_state::TcpPhase;
-use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol, SessionOrigin};
+use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol};
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::fastpath::FastPathCounters;
@@ -555,27 +555,6 @@ fn dynamic() -> String {
     "dynamic".to_owned()
 }
 
-/// How `ctl` names what made a session.
-pub fn origin_name(o: &SessionOrigin) -> String {
-    OriginName(o).to_string()
-}
-
-/// What made a session, as `ctl` and the translation logs name it: `dynamic`, `rule ID` or
-/// `vserver ADDR:PORT server ID`. A `Display` so the syslog sink writes it without allocating.
-pub struct OriginName<'a>(pub &'a SessionOrigin);
-
-impl std::fmt::Display for OriginName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            SessionOrigin::Dynamic => f.write_str("dynamic"),
-            SessionOrigin::Rule(id) => write!(f, "rule {id}"),
-            SessionOrigin::VirtualServer { address, server } => {
-                write!(f, "vserver {address} server {server}")
-            }
-        }
-    }
-}
-
 impl SessionRow {
     /// The row for `s` as seen at `now`.
     pub fn new(s: &SessionInfo, now: Instant) -> Self {
@@ -587,7 +566,7 @@ impl SessionRow {
             tcp_state: s.tcp.map(TcpStateName::from),
             idle_secs: now.saturating_since(s.last_seen).as_secs(),
             expires_in_secs: s.expires.saturating_since(now).as_secs(),
-            origin: origin_name(&s.origin),
+            origin: s.origin.to_string(),
         }
     }
 
@@ -1376,17 +1355,17 @@ mod tests {
 
     #[test]
     fn session_origins_are_named() {
-        let vs = SessionOrigin::VirtualServer {
+        let vs = natgate_core::SessionOrigin::VirtualServer {
             address: ep([203, 0, 113, 80], 80),
             server: natgate_core::vserver::RealServerId(1),
         };
-        assert_eq!(origin_name(&vs), "vserver 203.0.113.80:80 server 1");
+        assert_eq!(vs.to_string(), "vserver 203.0.113.80:80 server 1");
         assert_eq!(
-            origin_name(&SessionOrigin::Rule(natgate_core::rules::RuleId(10))),
+            natgate_core::SessionOrigin::Rule(natgate_core::rules::RuleId(10)).to_string(),
             "rule 10"
         );
         let mut s = session(ep([100, 64, 0, 10], 5000), Protocol::Udp, 40000);
-        s.origin = SessionOrigin::Rule(natgate_core::rules::RuleId(3));
+        s.origin = natgate_core::SessionOrigin::Rule(natgate_core::rules::RuleId(3));
         assert_eq!(
             SessionRow::new(&s, Instant::from_secs(100)).origin,
             "rule 3"

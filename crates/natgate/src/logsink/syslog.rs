@@ -22,7 +22,6 @@ use std::path::PathBuf;
 use natgate_core::Event;
 
 use super::{LogError, Record, Sink};
-use crate::control::protocol::OriginName;
 use crate::eventlog::{TimeBase, rfc3339};
 
 /// The example enterprise number of RFC 5612, the default SD-ID suffix.
@@ -167,7 +166,7 @@ impl SyslogSink {
         }
         // Not an IPFIX element: our own SD-PARAM in our SD-ID, named as the JSON-lines field.
         if let Some(o) = &rec.origin {
-            param(out, "origin", OriginName(o));
+            param(out, "origin", o);
         }
         out.push_str("] ");
         out.push_str(rec.event.description());
