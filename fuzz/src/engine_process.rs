@@ -419,7 +419,7 @@ impl Harness {
                 self.reached.replies += 1;
             }
             Verdict::Held => self.reached.held += 1,
-            Verdict::Drop(_) => {}
+            Verdict::Drop(_) | Verdict::ToHost => {}
         }
     }
 
@@ -465,6 +465,7 @@ fn check_counted(before: &Counters, after: &Counters, side: Side, v: Verdict, ip
             assert_eq!(after.drops(r), before.drops(r) + 1);
         }
         Verdict::Held => assert_eq!(after.held_packets, before.held_packets + 1),
+        Verdict::ToHost => assert_eq!(after.to_host_packets, before.to_host_packets + 1),
     }
 }
 

@@ -146,6 +146,10 @@ pub struct Counters {
     pub static_sessions_deleted: u64,
     /// Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).
     pub exempted_packets: u64,
+    /// Packets given to the host that shares the external address ([`Verdict::ToHost`]).
+    ///
+    /// [`Verdict::ToHost`]: crate::Verdict::ToHost
+    pub to_host_packets: u64,
     /// Refusals not reported as `MappingFailed` events because the same subscriber was
     /// refused for the same reason earlier in the same second (each is still a counted drop).
     pub refusal_reports_suppressed: u64,
@@ -174,6 +178,7 @@ impl Default for Counters {
             vserver_sessions_created: 0,
             static_sessions_deleted: 0,
             exempted_packets: 0,
+            to_host_packets: 0,
             refusal_reports_suppressed: 0,
             answers_suppressed: 0,
         }
@@ -243,6 +248,7 @@ impl Counters {
         self.vserver_sessions_created += other.vserver_sessions_created;
         self.static_sessions_deleted += other.static_sessions_deleted;
         self.exempted_packets += other.exempted_packets;
+        self.to_host_packets += other.to_host_packets;
         self.refusal_reports_suppressed += other.refusal_reports_suppressed;
         self.answers_suppressed += other.answers_suppressed;
     }

@@ -28,6 +28,10 @@ pub enum Verdict {
     /// It, or an answer to it, may leave later through
     /// [`Engine::poll_transmit`](crate::Engine::poll_transmit).
     Held,
+    /// Not the NAT's: the packet is for the host the NAT shares its external address with (a
+    /// home gateway on its outside interface's address, `Config::host_ports`). Give it to the
+    /// host's own stack, unchanged.
+    ToHost,
 }
 
 impl Verdict {
@@ -35,7 +39,7 @@ impl Verdict {
     pub fn drop_reason(&self) -> Option<DropReason> {
         match *self {
             Verdict::Drop(r) | Verdict::Reply { reason: r, .. } => Some(r),
-            Verdict::Forward(_) | Verdict::Held => None,
+            Verdict::Forward(_) | Verdict::Held | Verdict::ToHost => None,
         }
     }
 }

@@ -780,6 +780,10 @@ impl Settings {
             rules: self.rules.clone(),
             virtual_servers: self.virtual_servers.clone(),
             inside_networks: self.inside_networks.clone(),
+            host_ports: match self.pool {
+                PoolSource::OutsideAddress { nat_ports } => Some(nat_ports),
+                PoolSource::Addresses(_) => None,
+            },
         };
         let n = self.queues.max(1);
         if let Some(total) = config.limits.max_memory

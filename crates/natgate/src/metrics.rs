@@ -174,6 +174,11 @@ impl MetricsSnapshot {
                 st.static_sessions_deleted,
             ),
             (
+                "natgate_to_host_packets_total",
+                "Packets given to the host that shares the external address (home gateway).",
+                st.to_host_packets,
+            ),
+            (
                 "natgate_exempted_packets_total",
                 "Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).",
                 st.exempted_packets,

@@ -339,6 +339,13 @@ pub struct Config {
     /// (natgate uses the inside interface's own subnets when the file gives none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inside_networks: Vec<Ipv4Prefix>,
+    /// The pool's addresses are a host's own (a home gateway on its outside interface's
+    /// address), and the NAT may use only these external ports, `(first, last)`: TCP and UDP
+    /// to the others, and what the NAT has no use for (a ping to the address, a protocol it
+    /// does not translate), is the host's ([`Verdict::ToHost`](crate::Verdict::ToHost)).
+    /// `None`: the pool is the NAT's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ports: Option<(u16, u16)>,
 }
 
 /// A config that passed [`Config::validate`]; it cannot be built any other way. Boxed, so
@@ -444,6 +451,7 @@ impl Config {
             rules: RuleChain::new(),
             virtual_servers: Vec::new(),
             inside_networks: Vec::new(),
+            host_ports: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! (property-tested); BENCHMARKS.md has the figures.
 
 mod answer_limit;
+mod host;
 mod icmp_error;
 mod memory;
 mod offload;
@@ -145,6 +146,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     offload: Option<offload::Offload>,
     /// Sources translated from the inside; empty: all (see `Config::inside_networks`).
     inside_networks: Box<[Ipv4Prefix]>,
+    /// The NAT's ports on a pool that is a host's own addresses (`Config::host_ports`).
+    host_ports: Option<(u16, u16)>,
 }
 
 impl Engine<DynamicAllocator> {
@@ -215,6 +218,7 @@ impl<A: PortAllocator> Engine<A> {
             statics: static_nat::StaticNat::new(cfg, seed),
             offload: None,
             inside_networks: cfg.inside_networks.clone().into_boxed_slice(),
+            host_ports: cfg.host_ports,
             rng,
         };
         engine.reserve_static_ports();
@@ -245,6 +249,7 @@ impl<A: PortAllocator> Engine<A> {
                 let to_pool = self.alloc.owns(p.dst.addr);
                 (self.process_parsed(now, side, buf, p, to_pool, None), p.len)
             }
+            Err(reason) if self.host_takes_unparsed(&buf[..len], reason) => (Verdict::ToHost, len),
             Err(reason) => (Verdict::Drop(reason), len),
         }
     }
@@ -375,12 +380,36 @@ impl<A: PortAllocator> Engine<A> {
             // The answer itself (ICMP error or TCP reset) was counted where it was built.
             Verdict::Reply { reason, .. } => self.counters.count_drop(reason),
             Verdict::Held => self.counters.held_packets += 1,
+            Verdict::ToHost => self.counters.to_host_packets += 1,
         }
     }
 
     /// Everything after parsing. `to_pool` says whether the destination is a pool address;
-    /// `hint` is a session look-up already done by the batch path.
+    /// `hint` is a session look-up already done by the batch path. On a pool that is a host's
+    /// own addresses, what is the host's goes to it ([`host`]).
     fn process_parsed(
+        &mut self,
+        now: Instant,
+        side: Side,
+        buf: &mut [u8],
+        p: Parsed,
+        to_pool: bool,
+        hint: Option<Option<SessionId>>,
+    ) -> Verdict {
+        if self.host_ports.is_none() {
+            return self.translate_parsed(now, side, buf, p, to_pool, hint);
+        }
+        if self.for_host_port(&p) {
+            return Verdict::ToHost;
+        }
+        match self.translate_parsed(now, side, buf, p, to_pool, hint) {
+            Verdict::Drop(reason) if self.host_takes(side, reason, &p) => Verdict::ToHost,
+            v => v,
+        }
+    }
+
+    /// [`Self::process_parsed`] for the NAT's own packets.
+    fn translate_parsed(
         &mut self,
         now: Instant,
         side: Side,

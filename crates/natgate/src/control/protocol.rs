@@ -947,6 +947,10 @@ pub struct StatsInfo {
     /// Packets forwarded untranslated because a rule exempts them (RFC 6888 REQ-6).
     #[serde(default)]
     pub exempted_packets: u64,
+    /// Packets given to the host that shares the external address (a home gateway's own
+    /// traffic: its ports, a ping to it).
+    #[serde(default)]
+    pub to_host_packets: u64,
     /// The in-kernel fast path, when it runs. Its packets are not in `outbound` and
     /// `inbound`, which count what the engines translated themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -998,6 +1002,7 @@ impl StatsInfo {
         self.vserver_sessions_created += c.vserver_sessions_created;
         self.static_sessions_deleted += c.static_sessions_deleted;
         self.exempted_packets += c.exempted_packets;
+        self.to_host_packets += c.to_host_packets;
     }
 }
 

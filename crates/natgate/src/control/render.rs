@@ -255,6 +255,7 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("vserver sessions created", s.vserver_sessions_created),
                 ("static sessions deleted", s.static_sessions_deleted),
                 ("exempted packets", s.exempted_packets),
+                ("packets to the host", s.to_host_packets),
             ] {
                 t.row(vec![k.to_owned(), v.to_string()]);
             }

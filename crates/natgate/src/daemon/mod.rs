@@ -64,7 +64,7 @@ use crate::logsink::{
     PipelineStats, Sink,
 };
 pub use plumbing::{Plumbing, PlumbingError, Resolved};
-pub use worker::{Discard, EventOutput, EventSink, HomeAddress, Worker, WorkerError};
+pub use worker::{Discard, EventOutput, EventSink, Worker, WorkerError};
 
 /// The engine's clock: milliseconds since a monotonic origin shared by all workers.
 #[derive(Debug, Clone, Copy)]
@@ -98,8 +98,6 @@ pub struct IoCounters {
     pub tx_packets: u64,
     /// Writes the kernel refused.
     pub tx_errors: u64,
-    /// Home gateway: packets for the host's own address handed back to the kernel.
-    pub handed_back: u64,
     /// Packets handed to the worker that owns them (multi-queue).
     pub steered: u64,
     /// Packets dropped because the owner's mailbox was full.
@@ -114,7 +112,6 @@ impl IoCounters {
         self.rx_packets[1] += o.rx_packets[1];
         self.tx_packets += o.tx_packets;
         self.tx_errors += o.tx_errors;
-        self.handed_back += o.handed_back;
         self.steered += o.steered;
         self.steer_dropped += o.steer_dropped;
         self.offload_failed += o.offload_failed;
@@ -638,9 +635,6 @@ impl Daemon {
         let fast_path = start_fast_path(settings, engine_cfg.get())?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
-        let home = resolved
-            .nat_ports
-            .map(|nat_ports| HomeAddress::new(resolved.pool.clone(), nat_ports, engine_cfg.get()));
         let steering = Arc::new(steer::Steering::new(n, ownership));
         let mailboxes: Arc<[steer::Mailbox]> = (0..n)
             .map(|_| steer::Mailbox::new())
@@ -681,7 +675,6 @@ impl Daemon {
                 inside,
                 outside,
                 clock,
-                home: home.clone(),
                 events,
                 stop: stop.clone(),
                 commands: rx,

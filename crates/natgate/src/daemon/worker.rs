@@ -17,11 +17,10 @@ use arrayvec::ArrayVec;
 use natgate_core::alloc::{ConfiguredAllocator, PortAllocator, PortRange};
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
-use natgate_core::rules::Rule;
-use natgate_core::{Config, DropReason, Endpoint, Event, Protocol, Side, Verdict};
+use natgate_core::{Endpoint, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering, binding};
+use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering};
 use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
 use crate::dataplane::fastpath::FlowTable;
 use crate::tun::TunQueue;
@@ -67,63 +66,6 @@ impl EventOutput for Discard {
     fn record(&mut self, _: &Event) {}
 }
 
-/// Home-gateway mode: the host's own addresses are the pool, so packets for them that no
-/// mapping claims are handed back to the kernel for local delivery.
-#[derive(Debug, Clone)]
-pub struct HomeAddress {
-    /// The outside interface's addresses.
-    pub addrs: Vec<Ipv4Addr>,
-    /// The ports the NAT may use; TCP and UDP to other ports belong to the host.
-    pub nat_ports: (u16, u16),
-    /// Ports of the host's addresses that static rules and virtual servers claim (a port
-    /// forward of 80 on the home gateway's own address): these go to the engine whatever
-    /// their number. `None` protocol: all of them.
-    pub claimed: Vec<(Ipv4Addr, Option<Protocol>, PortRange)>,
-}
-
-impl HomeAddress {
-    /// The host's addresses `addrs` with the NAT's ports, and what `config` claims of them.
-    pub fn new(addrs: Vec<Ipv4Addr>, nat_ports: (u16, u16), config: &Config) -> Self {
-        let mut h = HomeAddress {
-            addrs,
-            nat_ports,
-            claimed: Vec::new(),
-        };
-        h.claim(config);
-        h
-    }
-
-    /// Re-reads what the static rules and virtual servers of `config` claim of the host's
-    /// addresses: the external side of every binding (an inbound destination rewrite, an
-    /// outbound source rewrite) and every virtual address and port.
-    pub fn claim(&mut self, config: &Config) {
-        const ALL: PortRange = PortRange {
-            first: 0,
-            last: u16::MAX,
-        };
-        self.claimed.clear();
-        for one in config.rules.iter().flat_map(Rule::one_way) {
-            let Some(((prefix, ports), _)) = binding(&one) else {
-                continue;
-            };
-            for &a in &self.addrs {
-                if prefix.contains(a) {
-                    self.claimed.push((a, one.proto, ports.unwrap_or(ALL)));
-                }
-            }
-        }
-        for v in &config.virtual_servers {
-            if self.addrs.contains(&v.address) {
-                let port = PortRange {
-                    first: v.port,
-                    last: v.port,
-                };
-                self.claimed.push((v.address, Some(v.protocol), port));
-            }
-        }
-    }
-}
-
 /// Everything one worker owns.
 pub struct Worker {
     /// Worker number (for logs).
@@ -136,8 +78,6 @@ pub struct Worker {
     pub outside: TunQueue,
     /// Shared clock origin.
     pub clock: Clock,
-    /// Home-gateway hand-back, if the pool is the host's own address.
-    pub home: Option<HomeAddress>,
     /// Event sink.
     pub events: EventSink,
     /// Set to stop.
@@ -393,28 +333,6 @@ impl Worker {
             Side::Inside => &self.inside,
             Side::Outside => &self.outside,
         };
-        // Home gateway: TCP and UDP for the host's own ports never enter the engine (a held
-        // SYN must not swallow a connection to the host's ssh): straight back to the kernel.
-        // From either side: subscribers reach the outside address through natgate too, so
-        // that they can hairpin through it.
-        let mut engine_idx = [0usize; BATCH];
-        let mut n = 0;
-        for &i in idx {
-            let pkt = &bufs[i * SLOT..i * SLOT + lens[i]];
-            if let Some(home) = &self.home
-                && for_host_port(pkt, home)
-            {
-                self.io.handed_back += 1;
-                write(queue, pkt, &mut self.io);
-                continue;
-            }
-            engine_idx[n] = i;
-            n += 1;
-        }
-        let idx = &engine_idx[..n];
-        if n == 0 {
-            return;
-        }
         let now = self.clock.now();
         {
             // On the stack: the packet path allocates nothing.
@@ -440,15 +358,9 @@ impl Worker {
             let out = match verdicts[j] {
                 Verdict::Forward(_) => Some(&slot[..lens[i]]),
                 Verdict::Reply { len, .. } => Some(&slot[..len]),
-                Verdict::Drop(reason)
-                    if self.home.as_ref().is_some_and(|h| {
-                        hand_back(side, reason, &slot[..lens[i]])
-                            && is_for(&slot[..lens[i]], &h.addrs)
-                    }) =>
-                {
-                    self.io.handed_back += 1;
-                    Some(&slot[..lens[i]])
-                }
+                // The host's own (a home gateway's address): back to the kernel, which
+                // delivers it locally.
+                Verdict::ToHost => Some(&slot[..lens[i]]),
                 Verdict::Drop(_) | Verdict::Held => None,
             };
             if let Some(pkt) = out {
@@ -543,9 +455,6 @@ impl Worker {
                     let r = self.engine.reconfigure(&config).map_err(|e| e.to_string());
                     if r.is_ok() {
                         changed = true;
-                        if let Some(home) = &mut self.home {
-                            home.claim(config.get());
-                        }
                     }
                     let _ = reply.send(r);
                 }
@@ -632,131 +541,5 @@ fn write(q: &TunQueue, pkt: &[u8], io: &mut IoCounters) {
         Ok(_) => io.tx_packets += 1,
         // The kernel refused the packet (e.g. no route); count it, keep going.
         Err(_) => io.tx_errors += 1,
-    }
-}
-
-/// Drops that, for the host's own address, mean "not the NAT's": hand the packet to the kernel.
-/// From the inside only what is neither TCP nor UDP (a ping to the outside address, an error
-/// about the host's own packet): the engine refuses those before rewriting them (only an error
-/// about a hairpinned flow, whose session exists, is rewritten first, and it is not refused for
-/// want of one), while a TCP or UDP packet to a NAT port was already given its sender's mapping
-/// when its hairpin found no destination, and is the NAT's to drop.
-fn hand_back(side: Side, reason: DropReason, pkt: &[u8]) -> bool {
-    let flow = pkt.len() >= 20 && matches!(pkt[9], 6 | 17);
-    (side == Side::Outside || !flow)
-        && matches!(
-            reason,
-            DropReason::NoMapping
-                | DropReason::NotPoolAddress
-                | DropReason::UnsupportedProtocol
-                | DropReason::UnsupportedIcmp
-                | DropReason::IcmpErrorNoSession
-                | DropReason::TcpNoSession
-        )
-}
-
-/// Whether `pkt` is an IPv4 packet to one of `addrs` (or a broadcast).
-fn is_for(pkt: &[u8], addrs: &[Ipv4Addr]) -> bool {
-    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
-        return false;
-    }
-    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-    dst.is_broadcast() || addrs.contains(&dst)
-}
-
-/// Whether `pkt` is TCP or UDP to one of the host's addresses on a port outside the NAT's
-/// range that no static rule or virtual server claims (a non-first fragment has no port, and
-/// goes to the engine).
-fn for_host_port(pkt: &[u8], home: &HomeAddress) -> bool {
-    if !is_for(pkt, &home.addrs) {
-        return false;
-    }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let proto = pkt[9];
-    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
-    if frag_offset != 0 || (proto != 6 && proto != 17) || pkt.len() < ihl + 4 {
-        return false;
-    }
-    let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
-    let (lo, hi) = home.nat_ports;
-    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-    let claimed = home.claimed.iter().any(|&(a, p, r)| {
-        a == dst && p.is_none_or(|p| p.ip_number() == proto) && r.contains(dport)
-    });
-    !(lo..=hi).contains(&dport) && !claimed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn udp_to(dst: [u8; 4], dport: u16, frag: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 28];
-        p[0] = 0x45;
-        p[6..8].copy_from_slice(&frag.to_be_bytes());
-        p[9] = 17;
-        p[16..20].copy_from_slice(&dst);
-        p[22..24].copy_from_slice(&dport.to_be_bytes());
-        p
-    }
-
-    #[test]
-    fn what_is_handed_back_from_each_side() {
-        let udp = udp_to([192, 0, 2, 1], 20_000, 0);
-        let mut icmp = udp.clone();
-        icmp[9] = 1;
-        // From outside, any of these drops of a packet for the host's address.
-        assert!(hand_back(Side::Outside, DropReason::NoMapping, &udp));
-        assert!(hand_back(Side::Outside, DropReason::NoMapping, &icmp));
-        // From inside, a ping to the outside address, but not a TCP or UDP packet to a NAT
-        // port, which the engine already rewrote when its hairpin found no mapping.
-        assert!(hand_back(Side::Inside, DropReason::NoMapping, &icmp));
-        assert!(!hand_back(Side::Inside, DropReason::NoMapping, &udp));
-        assert!(!hand_back(Side::Outside, DropReason::Filtered, &udp));
-    }
-
-    #[test]
-    fn host_ports_are_recognised() {
-        let mut home = HomeAddress {
-            addrs: vec![Ipv4Addr::new(192, 0, 2, 1)],
-            nat_ports: (20_000, 65_535),
-            claimed: Vec::new(),
-        };
-        assert!(for_host_port(&udp_to([192, 0, 2, 1], 22, 0), &home));
-        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 20_000, 0), &home));
-        assert!(!for_host_port(&udp_to([192, 0, 2, 2], 22, 0), &home));
-        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 22, 185), &home));
-        assert!(is_for(&udp_to([255, 255, 255, 255], 68, 0), &home.addrs));
-        // A port forward of UDP 53-54 on the host's address, and a virtual server on TCP 80:
-        // those ports go to the engine.
-        let mut config =
-            natgate_core::Config::new(home.addrs.clone(), Ipv4Addr::new(100, 64, 0, 1));
-        #[derive(serde::Deserialize)]
-        struct File {
-            rule: natgate_core::rules::RuleChain,
-            #[serde(rename = "virtual-server")]
-            vs: Vec<natgate_core::vserver::VirtualServerSpec>,
-        }
-        let f: File = toml::from_str(
-            "[[rule]]\nid = 1\ndirection = \"inbound\"\nproto = \"udp\"\n\
-             dst = \"192.0.2.1/32\"\ndst-ports = \"53-54\"\n\
-             action.translate.dst = { addr = \"100.64.0.5/32\" }\n\
-             [[virtual-server]]\naddress = \"192.0.2.1\"\nport = 80\nprotocol = \"tcp\"\n\
-             scheduler = \"round-robin\"\n",
-        )
-        .expect("config");
-        config.rules = f.rule;
-        config.virtual_servers = f.vs;
-        home.claim(&config);
-        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 53, 0), &home));
-        assert!(!for_host_port(&udp_to([192, 0, 2, 1], 54, 0), &home));
-        assert!(for_host_port(&udp_to([192, 0, 2, 1], 55, 0), &home));
-        let mut tcp80 = udp_to([192, 0, 2, 1], 80, 0);
-        tcp80[9] = 6;
-        assert!(!for_host_port(&tcp80, &home));
-        assert!(
-            for_host_port(&udp_to([192, 0, 2, 1], 80, 0), &home),
-            "UDP 80 is the host's"
-        );
     }
 }
