@@ -22,6 +22,7 @@ pub mod fragment;
 pub mod huge_pages;
 pub mod rng;
 pub mod rules;
+pub mod shard;
 pub mod table;
 pub mod tcp_state;
 pub mod time;

@@ -18,24 +18,28 @@ use crate::wire::icmp::{self, IcmpKind};
 
 /// The quoted packet inside an ICMP error, as far as it goes.
 #[derive(Debug, Clone, Copy)]
-struct Inner {
+pub(crate) struct Inner {
     /// Offset of the quoted IPv4 header in the buffer.
     ip: usize,
     /// Offset of the quoted transport header.
     l4: usize,
     /// Bytes of the transport header that were quoted.
     l4_len: usize,
-    proto: Protocol,
+    pub(crate) proto: Protocol,
     /// The quoted packet's source and destination; for a quoted ICMP query the identifier sits
     /// on the side that names the inside (`inside_is_src`).
-    src: Endpoint,
-    dst: Endpoint,
+    pub(crate) src: Endpoint,
+    pub(crate) dst: Endpoint,
 }
 
 /// Parses the quoted packet. It is usually cut short (RFC 792 quotes the IP header and 8 bytes),
 /// so its total length is not checked against what is there; its header checksum is
 /// (RFC 5508 REQ-3), and it must carry the 8 transport bytes with the ports or identifier.
-fn parse_inner(buf: &[u8], outer: &Parsed, inside_is_src: bool) -> Result<Inner, DropReason> {
+pub(crate) fn parse_inner(
+    buf: &[u8],
+    outer: &Parsed,
+    inside_is_src: bool,
+) -> Result<Inner, DropReason> {
     let ip = outer.l4 + 8;
     let quoted = buf
         .get(ip..outer.len)

@@ -15,10 +15,10 @@
 
 mod answer_limit;
 mod host;
-mod icmp_error;
+pub(crate) mod icmp_error;
 mod memory;
 mod offload;
-mod packet;
+pub(crate) mod packet;
 mod queues;
 mod reload;
 mod report_limit;

@@ -9,9 +9,10 @@
 //!
 //! Allocation: each worker's engine gets the allocator `[allocation]` chooses
 //! ([`ConfiguredAllocator::from_config`]) restricted to the worker's [`Share`] of the port space,
-//! and [`steer::Ownership`] steers inbound packets by the same split. Dynamic allocation keeps
-//! the classic allocator with the other workers' 64-port blocks (and, on a home gateway, the
-//! host's ports) withheld.
+//! and the core's [`shard::Ownership`] steers inbound packets by the same split (the worker
+//! moves each packet to the owner [`shard::Steering`] names). Dynamic allocation keeps the
+//! classic allocator with the other workers' 64-port blocks (and, on a home gateway, the host's
+//! ports) withheld.
 //!
 //! Translation events leave the workers through one bounded [`LogPipeline`]: a worker never
 //! waits for a sink, and an event that finds the queue full is counted as lost (`ctl stats`,
@@ -33,8 +34,8 @@ pub mod control;
 pub mod external;
 pub mod health;
 pub mod machine;
+pub mod mailbox;
 pub mod plumbing;
-pub mod steer;
 pub mod vservers;
 pub mod worker;
 
@@ -53,6 +54,7 @@ use natgate_core::alloc::{
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
 use natgate_core::engine::{MappingInfo, OffloadStats, SessionInfo};
+use natgate_core::shard;
 use natgate_core::{Counters, Event, Protocol};
 
 use crate::config::{FastPathMode, Settings};
@@ -525,7 +527,7 @@ impl DaemonHandle {
     }
 
     /// Ends every session the rule `id` made, in every worker (static sessions live in
-    /// [`steer::STATIC_OWNER`], but asking all keeps this right whatever the steering), and
+    /// [`shard::STATIC_OWNER`], but asking all keeps this right whatever the steering), and
     /// returns how many ended.
     pub fn flush_rule(&self, id: natgate_core::rules::RuleId) -> Result<u64, DaemonError> {
         let mut waiting = Vec::new();
@@ -626,7 +628,7 @@ impl Daemon {
             &resolved.pool,
         )?;
         external.add(&settings.rules, &settings.virtual_servers)?;
-        let ownership = steer::Ownership::from_config(engine_cfg.get()).ok_or_else(|| {
+        let ownership = shard::Ownership::from_config(engine_cfg.get()).ok_or_else(|| {
             DaemonError::Allocation("the deterministic prefixes describe no map".into())
         })?;
         let clock = Clock::new();
@@ -635,9 +637,9 @@ impl Daemon {
         let fast_path = start_fast_path(settings, engine_cfg.get())?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
-        let steering = Arc::new(steer::Steering::new(n, ownership));
-        let mailboxes: Arc<[steer::Mailbox]> = (0..n)
-            .map(|_| steer::Mailbox::new())
+        let steering = Arc::new(shard::Steering::new(n, ownership));
+        let mailboxes: Arc<[mailbox::Mailbox]> = (0..n)
+            .map(|_| mailbox::Mailbox::new())
             .collect::<Result<Vec<_>, _>>()
             .map_err(DaemonError::Mailbox)?
             .into();
@@ -865,7 +867,7 @@ pub fn engine_config(
 
 /// The allocator of worker `id` among `n`. Dynamic allocation cannot be split by a formula
 /// over the whole pool, so each worker's dynamic allocator withholds the other workers' 64-port
-/// blocks ([`steer::block_owner`]) and, on a home gateway, the host's own ports.
+/// blocks ([`shard::block_owner`]) and, on a home gateway, the host's own ports.
 fn worker_allocator(
     cfg: &natgate_core::ValidConfig,
     id: usize,
@@ -882,11 +884,11 @@ fn worker_allocator(
         }
         if n > 1 {
             // Each worker hands out only its own port blocks.
-            alloc.withhold_ports(|_, port| steer::block_owner(port, n) == id);
+            alloc.withhold_ports(|_, port| shard::block_owner(port, n) == id);
         }
         return Ok(ConfiguredAllocator::Dynamic(alloc));
     }
-    let share = steer::share(id, n)
+    let share = shard::share(id, n)
         .ok_or_else(|| DaemonError::Allocation(format!("worker {id} of {n}")))?;
     ConfiguredAllocator::from_config(cfg, share)
         .ok_or_else(|| DaemonError::Allocation("the deterministic prefixes describe no map".into()))

@@ -3,7 +3,7 @@
 //! engine and daemon call"): every run-time change and every health-probe result goes to every
 //! copy, in the same order, through the workers' command channels, so ids and states agree and
 //! only the connection and byte counts are per worker (`ctl vservers` sums them). Steering
-//! sends every virtual-server flow to one worker ([`super::steer::STATIC_OWNER`]), so in practice
+//! sends every virtual-server flow to one worker ([`natgate_core::shard::STATIC_OWNER`]), so in practice
 //! that copy carries the counts; the others stay ready replicas.
 //!
 //! A change is all or nothing: the control service checks it against the running specs first

@@ -17,10 +17,11 @@ use arrayvec::ArrayVec;
 use natgate_core::alloc::{ConfiguredAllocator, PortAllocator, PortRange};
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
+use natgate_core::shard::{StaticSteer, Steering};
 use natgate_core::{Endpoint, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use super::steer::{MAILBOX_LEN, Mailbox, StaticSteer, Steered, Steering};
+use super::mailbox::{MAILBOX_LEN, Mailbox, Steered};
 use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
 use crate::dataplane::fastpath::FlowTable;
 use crate::tun::TunQueue;

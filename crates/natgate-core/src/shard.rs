@@ -1,15 +1,15 @@
-//! Multi-queue: which worker owns a packet, and how a packet read by another worker reaches it.
+//! Which worker owns a packet, when a gateway runs one engine per core (one *shard* each).
 //!
-//! With N queues the kernel spreads packets over the TUN queues by its own flow hash, which
-//! knows nothing of NAT state. Each worker runs its own engine, so every packet must reach the
-//! engine that holds its state:
+//! Each engine holds its own state, so every packet must reach the engine that holds its
+//! state. This is policy, decided here from the packet as the engine reads it
+//! ([`Steering::owner`]); a driver only moves the packet to the owner it names.
 //!
-//! - outbound (read from the inside TUN): the worker `hash(source address) % N`. All of one
+//! - outbound (arrived inside): the worker `hash(source address) % N`. All of one
 //!   subscriber's state (paired pooling, EIM mappings, per-subscriber limits) lives in one engine.
 //!   With deterministic NAT (RFC 7422) it is the subscriber's offset in the inside prefix
 //!   modulo N instead, the rule the allocator's [`Share`] uses.
-//! - inbound (outside TUN): the worker whose allocator gave out the destination port, by the
-//!   same formula the allocators use to split the port space ([`Ownership`]): with dynamic
+//! - inbound (arrived outside): the worker whose allocator gave out the destination port, by
+//!   the same formula the allocators use to split the port space ([`Ownership`]): with dynamic
 //!   allocation each worker's allocator hands out only the 64-port blocks `b` with
 //!   `b % N == worker` ([`block_owner`]), so parity and range preservation still hold within
 //!   every block; with port blocks, block `b` of the configured size belongs to worker
@@ -24,35 +24,28 @@
 //!   first fragment that went elsewhere, and expires): fragments that overtake their first
 //!   fragment across queues are lost with more than one queue.
 //! - hairpinning needs the mappings of both subscribers in one engine, so with more than one
-//!   queue it works only when both subscribers' ports belong to the same worker. Keep
-//!   `queues = 1` (the default) where hairpinning between arbitrary subscribers matters.
+//!   queue it works only when both subscribers' ports belong to the same worker.
 //! - static NAT rules and virtual servers ([`StaticSteer`]): their flows have no allocated port
 //!   and their two directions have different keys (an inbound flow to a port forward goes by a
 //!   static port, its replies come from an inside host), so every packet that a rule, a rule's
 //!   binding or a virtual server could claim goes to worker [`STATIC_OWNER`], which therefore
-//!   holds every static session. The set follows the running rules and virtual servers (each
-//!   worker rebuilds it from its engine after a reload, a rule change or a real-server change).
-//!   An ICMP error goes where the flow it quotes goes: its quoted packet, turned around, is a
-//!   packet of that flow arriving on the same side, so when that one is claimed the error goes
-//!   to [`STATIC_OWNER`] too (RFC 5508 REQ-4/5: the error must find the session it is about).
+//!   holds every static session. An ICMP error goes where the flow it quotes goes: its quoted
+//!   packet, turned around, is a packet of that flow arriving on the same side (RFC 5508
+//!   REQ-4/5: the error must find the session it is about).
 //!
-//! A packet read by a worker that does not own it is copied into the owner's [`Mailbox`] (a
-//! bounded lock-free queue; full means dropped and counted) and the owner is woken through its
-//! eventfd; the owner translates it and writes it out on its own queue. Nothing on the packet
-//! path takes a lock.
+//! A packet the engine's reader refuses (not IPv4, a bad header checksum, a truncated header)
+//! has no owner: whoever read it hands it to its own engine, which drops and counts it.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_queue::ArrayQueue;
-use natgate_core::alloc::{BlockSettings, DeterministicMap, Share};
-use natgate_core::config::{Allocation, Config};
-use natgate_core::rules::{
-    Action, CompiledRules, Ipv4Prefix, PortRange, Rule, RuleChain, RuleId, Target,
-};
-use natgate_core::vserver::VirtualServer;
-use natgate_core::{Direction, Endpoint, Protocol, Side};
+use crate::alloc::{BlockSettings, DeterministicMap, Share};
+use crate::config::{Allocation, Config};
+use crate::endpoint::{Direction, Endpoint, Protocol, Side};
+use crate::engine::icmp_error::parse_inner;
+use crate::engine::packet::{self, Fragment, Kind, Parsed};
+use crate::rules::{Action, CompiledRules, Ipv4Prefix, PortRange, Rule, RuleChain, RuleId, Target};
+use crate::vserver::VirtualServer;
 
 /// The worker that holds every static (rule or virtual-server) session.
 pub const STATIC_OWNER: usize = 0;
@@ -137,12 +130,13 @@ impl StaticSteer {
         }
     }
 
-    /// Whether `pkt` (arrived on `side`) may belong to a static translation.
-    fn claims(&self, side: Side, pkt: &[u8], h: &Header) -> bool {
+    /// Whether a packet that arrived on `side` (read as `p`) may belong to a static
+    /// translation.
+    fn claims(&self, side: Side, pkt: &[u8], p: &Parsed) -> bool {
         let Some(m) = &self.matcher else {
             return false;
         };
-        let Some((proto, src, dst)) = endpoints(pkt, h) else {
+        let Some((proto, src, dst)) = endpoints(side, pkt, p) else {
             return false;
         };
         let dir = match side {
@@ -213,49 +207,39 @@ pub fn binding(one: &Rule) -> Option<(Part, Part)> {
 /// queries use their identifier as the port on both sides (RFC 5508). An ICMP error stands for
 /// the flow it quotes: its quoted packet went the other way, so its endpoints are swapped
 /// (an error about an error is not claimed).
-fn endpoints(pkt: &[u8], h: &Header) -> Option<(Protocol, Endpoint, Endpoint)> {
-    let l4 = pkt.get(h.ihl..)?;
-    if h.proto == ICMP && matches!(*l4.first()?, 3 | 4 | 5 | 11 | 12) {
-        let inner = l4.get(8..)?;
-        let ih = Header::parse(inner)?;
-        if ih.frag_offset != 0 {
-            return None;
-        }
-        return query_endpoints(inner, &ih).map(|(proto, src, dst)| (proto, dst, src));
+fn endpoints(side: Side, pkt: &[u8], p: &Parsed) -> Option<(Protocol, Endpoint, Endpoint)> {
+    if p.kind == Kind::IcmpError {
+        let inner = parse_inner(pkt, p, side == Side::Outside).ok()?;
+        let (src, dst) = query_ports(inner.proto, inner.src, inner.dst);
+        return Some((inner.proto, dst, src));
     }
-    query_endpoints(pkt, h)
+    let (src, dst) = query_ports(p.proto, p.src, p.dst);
+    Some((p.proto, src, dst))
 }
 
-/// [`endpoints`] of a packet that is not an ICMP error.
-fn query_endpoints(pkt: &[u8], h: &Header) -> Option<(Protocol, Endpoint, Endpoint)> {
-    let l4 = pkt.get(h.ihl..)?;
-    let (proto, sp, dp) = match h.proto {
-        TCP | UDP => (
-            if h.proto == TCP {
-                Protocol::Tcp
-            } else {
-                Protocol::Udp
-            },
-            u16::from_be_bytes([*l4.first()?, *l4.get(1)?]),
-            u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
-        ),
-        ICMP => match *l4.first()? {
-            0 | 8 | 13 | 14 | 15 | 16 | 17 | 18 => {
-                let id = u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]);
-                (Protocol::Icmp, id, id)
-            }
-            _ => return None,
-        },
-        _ => return None,
-    };
-    Some((proto, Endpoint::new(h.src, sp), Endpoint::new(h.dst, dp)))
+/// For an ICMP query, its identifier as the port of both ends (the reader puts it on the end
+/// that names the inside, and leaves the other 0).
+fn query_ports(proto: Protocol, mut src: Endpoint, mut dst: Endpoint) -> (Endpoint, Endpoint) {
+    if proto == Protocol::Icmp {
+        let id = src.port.max(dst.port);
+        src.port = id;
+        dst.port = id;
+    }
+    (src, dst)
+}
+
+/// The external port (identifier) an inbound first fragment or whole packet is for: TCP and
+/// UDP by destination port, ICMP queries by identifier, ICMP errors by the source port of the
+/// packet they quote (one the NAT sent out, from its external endpoint).
+fn inbound_port(pkt: &[u8], p: &Parsed) -> Option<u16> {
+    match p.kind {
+        Kind::Flow => Some(p.dst.port),
+        Kind::IcmpError => parse_inner(pkt, p, true).ok().map(|inner| inner.src.port),
+    }
 }
 
 /// Ports per allocation block; block `b` (ports `64b..64b+63`) belongs to worker `b % N`.
 pub const BLOCK: u16 = 64;
-
-/// Packets a mailbox holds before further ones are dropped.
-pub const MAILBOX_LEN: usize = 4096;
 
 /// Entries of the fragment hint table (a power of two).
 const HINTS: usize = 4096;
@@ -342,61 +326,13 @@ pub fn share(id: usize, n: usize) -> Option<Share> {
     Share::new(u16::try_from(id).ok()?, u16::try_from(n).ok()?)
 }
 
-/// Ownership rules and the fragment hints, shared by all workers.
+/// Ownership rules and the fragment hints, shared by all workers (the hints are atomics: no
+/// lock on the packet path).
 #[derive(Debug)]
 pub struct Steering {
     n: usize,
     ownership: Ownership,
     hints: Box<[AtomicU64]>,
-}
-
-/// A packet handed to its owner.
-#[derive(Debug)]
-pub struct Steered {
-    /// The side it arrived on.
-    pub side: Side,
-    /// The datagram.
-    pub bytes: Vec<u8>,
-}
-
-/// One worker's incoming packets from the other workers, and how to wake it.
-#[derive(Debug)]
-pub struct Mailbox {
-    /// The packets.
-    pub queue: ArrayQueue<Steered>,
-    wake: OwnedFd,
-}
-
-impl Mailbox {
-    /// An empty mailbox with its eventfd.
-    pub fn new() -> std::io::Result<Self> {
-        let wake = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
-        )?;
-        Ok(Mailbox {
-            queue: ArrayQueue::new(MAILBOX_LEN),
-            wake,
-        })
-    }
-
-    /// Wakes the owner (after pushing).
-    pub fn wake(&self) {
-        // A full counter (never in practice) still leaves the fd readable: nothing to do.
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
-    }
-
-    /// Clears the wake-up (before draining).
-    pub fn clear(&self) {
-        let mut b = [0u8; 8];
-        let _ = rustix::io::read(&self.wake, &mut b);
-    }
-}
-
-impl AsFd for Mailbox {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
-    }
 }
 
 impl Steering {
@@ -421,34 +357,36 @@ impl Steering {
         if self.n == 1 {
             return Some(0);
         }
-        let h = Header::parse(pkt)?;
-        if h.frag_offset == 0 && statics.claims(side, pkt, &h) {
-            if side == Side::Outside && h.more_fragments {
-                self.set_hint(&h, STATIC_OWNER);
+        let p = packet::parse(pkt, side).ok()?;
+        let later = p.frag == Fragment::Later;
+        if !later && statics.claims(side, pkt, &p) {
+            if side == Side::Outside && p.frag == Fragment::First {
+                self.set_hint(&p, STATIC_OWNER);
             }
             return Some(STATIC_OWNER);
         }
         match side {
-            Side::Inside => Some(self.ownership.outbound(h.src, self.n)),
+            Side::Inside => Some(self.ownership.outbound(p.src.addr, self.n)),
             Side::Outside => {
-                if h.frag_offset != 0 {
-                    return self.hint(&h);
+                if later {
+                    return self.hint(&p);
                 }
-                let port = inbound_port(pkt, &h)?;
+                let port = inbound_port(pkt, &p)?;
                 // ICMP errors are addressed to the external endpoint they quote, so the
                 // destination address is the external address in every case.
-                let owner = self.ownership.inbound(h.dst, port, self.n)?;
-                if h.more_fragments {
-                    self.set_hint(&h, owner);
+                let owner = self.ownership.inbound(p.dst.addr, port, self.n)?;
+                if p.frag == Fragment::First {
+                    self.set_hint(&p, owner);
                 }
                 Some(owner)
             }
         }
     }
 
-    fn hint_key(h: &Header) -> u64 {
-        let k = (u64::from(u32::from(h.src)) << 32 | u64::from(u32::from(h.dst)))
-            ^ (u64::from(h.ident) << 8 | u64::from(h.proto)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn hint_key(p: &Parsed) -> u64 {
+        let k = (u64::from(u32::from(p.src.addr)) << 32 | u64::from(u32::from(p.dst.addr)))
+            ^ (u64::from(p.ident) << 8 | u64::from(p.ip_proto()))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         // splitmix64 finaliser
         let mut x = k;
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -456,82 +394,18 @@ impl Steering {
         x ^ (x >> 31)
     }
 
-    fn set_hint(&self, h: &Header, owner: usize) {
-        let k = Self::hint_key(h);
+    fn set_hint(&self, p: &Parsed, owner: usize) {
+        let k = Self::hint_key(p);
         let slot = &self.hints[(k as usize) & (HINTS - 1)];
         // Tag with the key's top bits so a colliding datagram is not misled; worker + 1 so 0
         // means empty.
         slot.store((k & !0xffff) | (owner as u64 + 1), Ordering::Relaxed);
     }
 
-    fn hint(&self, h: &Header) -> Option<usize> {
-        let k = Self::hint_key(h);
+    fn hint(&self, p: &Parsed) -> Option<usize> {
+        let k = Self::hint_key(p);
         let v = self.hints[(k as usize) & (HINTS - 1)].load(Ordering::Relaxed);
         (v != 0 && v & !0xffff == k & !0xffff).then(|| (v & 0xffff) as usize - 1)
-    }
-}
-
-/// The IPv4 header fields steering needs.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    ihl: usize,
-    proto: u8,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    ident: u16,
-    frag_offset: u16,
-    more_fragments: bool,
-}
-
-impl Header {
-    fn parse(pkt: &[u8]) -> Option<Header> {
-        if pkt.len() < 20 || pkt[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = usize::from(pkt[0] & 0x0f) * 4;
-        if ihl < 20 || pkt.len() < ihl {
-            return None;
-        }
-        let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
-        Some(Header {
-            ihl,
-            proto: pkt[9],
-            src: Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]),
-            dst: Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]),
-            ident: u16::from_be_bytes([pkt[4], pkt[5]]),
-            frag_offset: frag & 0x1fff,
-            more_fragments: frag & 0x2000 != 0,
-        })
-    }
-}
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-
-/// The external port (identifier) an inbound first fragment or whole packet is for.
-fn inbound_port(pkt: &[u8], h: &Header) -> Option<u16> {
-    let l4 = pkt.get(h.ihl..)?;
-    match h.proto {
-        TCP | UDP => Some(u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?])),
-        ICMP => match *l4.first()? {
-            // Echo, timestamp, information and address-mask replies: the identifier.
-            0 | 14 | 16 | 18 => Some(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?])),
-            // Errors: the quoted packet is one the NAT sent out; its source is the external
-            // endpoint.
-            3 | 4 | 5 | 11 | 12 => {
-                let inner = l4.get(8..)?;
-                let ih = Header::parse(inner)?;
-                let il4 = inner.get(ih.ihl..)?;
-                match ih.proto {
-                    TCP | UDP => Some(u16::from_be_bytes([*il4.first()?, *il4.get(1)?])),
-                    ICMP => Some(u16::from_be_bytes([*il4.get(4)?, *il4.get(5)?])),
-                    _ => None,
-                }
-            }
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -539,15 +413,32 @@ fn inbound_port(pkt: &[u8], h: &Header) -> Option<u16> {
 mod tests {
     use super::*;
 
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    const ICMP: u8 = 1;
+
+    /// An IPv4 packet with a valid header checksum (and ICMP checksum: the engine's reader
+    /// checks both).
     fn ip(proto: u8, src: [u8; 4], dst: [u8; 4], frag: u16, l4: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; 20];
         p[0] = 0x45;
+        let len = u16::try_from(20 + l4.len()).expect("short");
+        p[2..4].copy_from_slice(&len.to_be_bytes());
         p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
         p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[8] = 64;
         p[9] = proto;
         p[12..16].copy_from_slice(&src);
         p[16..20].copy_from_slice(&dst);
-        p.extend_from_slice(l4);
+        let sum = crate::wire::checksum::checksum(&p);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut l4 = l4.to_vec();
+        if proto == ICMP && frag & 0x3fff == 0 && l4.len() >= 4 {
+            l4[2..4].copy_from_slice(&[0, 0]);
+            let sum = crate::wire::checksum::checksum(&l4);
+            l4[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
+        p.extend_from_slice(&l4);
         p
     }
 
@@ -564,7 +455,7 @@ mod tests {
         struct File {
             rule: RuleChain,
             #[serde(rename = "virtual-server")]
-            vs: Vec<natgate_core::vserver::VirtualServerSpec>,
+            vs: Vec<crate::vserver::VirtualServerSpec>,
         }
         // A one-way port forward, a one-way 1:1 host rule and a virtual server: their replies
         // match no rule, only their bindings.
@@ -585,7 +476,7 @@ mod tests {
         .expect("config");
         let vs: Vec<VirtualServer> =
             f.vs.iter()
-                .map(|v| VirtualServer::new(v, natgate_core::Instant::from_secs(0)).expect("vs"))
+                .map(|v| VirtualServer::new(v, crate::Instant::from_secs(0)).expect("vs"))
                 .collect();
         let statics = StaticSteer::new(&f.rule, &vs, 7);
         let none = StaticSteer::none();
@@ -775,7 +666,7 @@ mod tests {
         )
     }
 
-    fn config(allocation: Allocation, pool: u32) -> natgate_core::ValidConfig {
+    fn config(allocation: Allocation, pool: u32) -> crate::ValidConfig {
         let pool = (0..pool)
             .map(|i| Ipv4Addr::from_bits(0xC633_6400 + i))
             .collect();
@@ -786,9 +677,9 @@ mod tests {
 
     /// For every worker, the ports its allocator gives out are steered back to it, and its
     /// subscribers' outbound packets reach it: the allocators and steering agree.
-    fn steering_agrees_with_the_allocators(cfg: &natgate_core::ValidConfig, subscribers: u32) {
-        use natgate_core::alloc::{AllocRequest, ConfiguredAllocator, PortAllocator};
-        use natgate_core::{Endpoint, Instant, Protocol, Rng};
+    fn steering_agrees_with_the_allocators(cfg: &crate::ValidConfig, subscribers: u32) {
+        use crate::alloc::{AllocRequest, ConfiguredAllocator, PortAllocator};
+        use crate::{Endpoint, Instant, Protocol, Rng};
         let n = 3;
         let steering = Steering::new(n, Ownership::from_config(cfg.get()).expect("map"));
         let mut allocs: Vec<ConfiguredAllocator> = (0..n)
@@ -829,7 +720,7 @@ mod tests {
 
     #[test]
     fn port_block_steering_agrees_with_the_allocators() {
-        use natgate_core::config::PortBlockSpec;
+        use crate::config::PortBlockSpec;
         let cfg = config(
             Allocation::PortBlock(PortBlockSpec {
                 block_size: 16,
@@ -842,7 +733,7 @@ mod tests {
 
     #[test]
     fn deterministic_steering_agrees_with_the_allocators_and_overflow() {
-        use natgate_core::config::{DeterministicSpec, PortBlockSpec};
+        use crate::config::{DeterministicSpec, PortBlockSpec};
         let cfg = config(
             Allocation::Deterministic(DeterministicSpec {
                 inside: "100.64.0.0/26".parse().expect("prefix"),
