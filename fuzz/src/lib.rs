@@ -2,3 +2,4 @@
 //! `cargo test` loop (which needs neither nightly nor cargo-fuzz) run the same code.
 
 pub mod engine_process;
+pub mod shard_owner;
