@@ -9,6 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSo
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use natgate_core::wire::icmp::IcmpPacket;
+use natgate_core::wire::ipv4::Ipv4Packet;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, ipproto, sockopt};
 
 use crate::netns::{Netns, NetnsError};
@@ -99,50 +101,32 @@ fn ping_here(dst: Ipv4Addr, id: u16, seq: u16, timeout: Duration) -> Result<Dura
     Err(ProbeError::Timeout(timeout))
 }
 
-/// An ICMP echo request (RFC 792) with a valid checksum.
+/// An ICMP echo request (RFC 792) with a valid checksum, written with the engine's wire views.
 fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![8u8, 0, 0, 0];
     p.extend_from_slice(&id.to_be_bytes());
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(payload);
-    let c = inet_checksum(&p);
-    p[2..4].copy_from_slice(&c.to_be_bytes());
+    if let Ok(mut icmp) = IcmpPacket::new_checked(&mut p[..]) {
+        icmp.fill_checksum();
+    }
     p
 }
 
-/// RFC 1071 Internet checksum.
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Whether `pkt` (IPv4 header + ICMP, as a raw socket delivers it) is the
-/// echo reply from `from` with our `id` and `seq`.
+/// Whether `pkt` (IPv4 header + ICMP, as a raw socket delivers it) is the echo reply from
+/// `from` with our `id` and `seq`, read with the engine's wire views.
 fn is_echo_reply(pkt: &[u8], from: Ipv4Addr, id: u16, seq: u16) -> bool {
-    let Some(&vihl) = pkt.first() else {
+    let Ok(ip) = Ipv4Packet::new_checked(pkt) else {
         return false;
     };
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < 20 || pkt.len() < ihl + 8 {
+    let Ok(icmp) = IcmpPacket::new_checked(ip.payload()) else {
         return false;
-    }
-    let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    let icmp = &pkt[ihl..];
-    src == from
-        && icmp[0] == 0
-        && icmp[1] == 0
-        && u16::from_be_bytes([icmp[4], icmp[5]]) == id
-        && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
+    };
+    ip.src_addr() == from
+        && icmp.msg_type() == 0
+        && icmp.code() == 0
+        && icmp.echo_ident() == id
+        && icmp.echo_seq() == seq
 }
 
 /// Binds a UDP socket to `dst` in `dst_ns`, sends one datagram to it from an
@@ -286,6 +270,7 @@ pub fn tcp_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natgate_core::wire::checksum::checksum;
 
     /// Echo request id 0x1234, seq 1, no payload: by hand, the checksum is
     /// !(0x0800 + 0x1234 + 0x0001) = 0xe5ca.
@@ -293,9 +278,9 @@ mod tests {
     fn echo_request_checksum() {
         let p = echo_request(0x1234, 1, b"");
         assert_eq!(p, [8, 0, 0xe5, 0xca, 0x12, 0x34, 0x00, 0x01]);
-        assert_eq!(inet_checksum(&p), 0);
+        assert_eq!(checksum(&p), 0);
         let odd = echo_request(7, 9, b"abc");
-        assert_eq!(inet_checksum(&odd), 0);
+        assert_eq!(checksum(&odd), 0);
     }
 
     #[test]
