@@ -370,18 +370,15 @@ impl Worker {
         }
     }
 
-    /// Applies the engine's offload changes to the fast path's table. A change the kernel
-    /// refuses (a full table) leaves the flow with the slow path, which carries it as well:
-    /// the program punts what it does not find.
+    /// Applies the engine's offload changes to the fast path's table, a batch per system call.
+    /// A change the kernel refuses (a full table) leaves the flow with the slow path, which
+    /// carries it as well: the program punts what it does not find.
     fn offload(&mut self) {
         let Some(table) = self.fast_path.as_mut() else {
             return;
         };
-        while let Some(op) = self.engine.poll_offload() {
-            if table.apply(&op).is_err() {
-                self.io.offload_failed += 1;
-            }
-        }
+        let engine = &mut self.engine;
+        self.io.offload_failed += table.apply_all(|| engine.poll_offload());
     }
 
     /// Writes what the engine built on its own (released fragments, answers to held SYNs).

@@ -16,7 +16,7 @@
 pub mod map;
 pub mod sys;
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -275,9 +275,15 @@ impl FastPath {
             return Err(map_err("SESSIONS is not a hash map"));
         };
         let fd = data.fd().as_fd().try_clone_to_owned().map_err(map_err)?;
+        let raw = fd.try_clone().map_err(map_err)?;
         let data = MapData::from_fd(fd).map_err(map_err)?;
         let map = HashMap::try_from(Map::HashMap(data)).map_err(map_err)?;
-        Ok(FlowTable { map })
+        Ok(FlowTable {
+            map,
+            raw,
+            keys: Vec::with_capacity(CHANGES_PER_CALL),
+            values: Vec::with_capacity(CHANGES_PER_CALL),
+        })
     }
 
     /// The program's counters, summed over CPUs, and the table's size. (Its occupancy is the
@@ -323,7 +329,15 @@ fn instant_of(now: Instant, ns: u64) -> Instant {
 /// A worker's handle on the fast path's flow table.
 pub struct FlowTable {
     map: HashMap<MapData, FlowKey, FlowAction>,
+    /// The same map, for the batch commands.
+    raw: OwnedFd,
+    /// Changes gathered for one batch call (kept, so that steady state allocates nothing).
+    keys: Vec<FlowKey>,
+    values: Vec<FlowAction>,
 }
+
+/// Most table entries changed by one system call.
+const CHANGES_PER_CALL: usize = 1024;
 
 impl std::fmt::Debug for FlowTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -349,6 +363,56 @@ impl FlowTable {
             }
         }
         Ok(())
+    }
+
+    /// Applies the engine's changes as `next` yields them, in order, gathering runs of
+    /// inserts or removals into one system call each (up to [`CHANGES_PER_CALL`] entries).
+    /// Returns how many entries the kernel refused to insert: a refused insert leaves its flow
+    /// (or that direction of it) with the slow path (the program punts what it does not find), and a removal of an entry that is
+    /// not there (a refused insert) changes nothing.
+    pub fn apply_all(&mut self, mut next: impl FnMut() -> Option<OffloadOp>) -> u64 {
+        let mut failed = 0;
+        let mut inserting = true;
+        while let Some(op) = next() {
+            let (insert, flow) = match op {
+                OffloadOp::Insert(f) => (true, f),
+                OffloadOp::Remove(f) => (false, f),
+            };
+            if insert != inserting || self.keys.len() + 2 > CHANGES_PER_CALL {
+                failed += self.flush(inserting);
+                inserting = insert;
+            }
+            for (k, v) in entries(&flow) {
+                self.keys.push(k);
+                self.values.push(v);
+            }
+        }
+        failed + self.flush(inserting)
+    }
+
+    /// Writes (or deletes) the gathered entries; how many inserts the kernel refused.
+    fn flush(&mut self, insert: bool) -> u64 {
+        let mut failed = 0;
+        let mut at = 0;
+        while at < self.keys.len() {
+            let (done, result) = if insert {
+                sys::update_batch(self.raw.as_fd(), &self.keys[at..], &self.values[at..])
+            } else {
+                sys::delete_batch(self.raw.as_fd(), &self.keys[at..])
+            };
+            at += done;
+            if result.is_err() {
+                // The entry the kernel stopped at: an insert it refused (a full table) or a
+                // removal of an entry that is not there. Skip it and go on with the rest.
+                if insert {
+                    failed += 1;
+                }
+                at += 1;
+            }
+        }
+        self.keys.clear();
+        self.values.clear();
+        failed
     }
 
     /// What the program saw of `flow`, with `now` the engine's current instant.

@@ -1,10 +1,96 @@
-//! `BPF_PROG_TEST_RUN` (the one bpf(2) command `aya` does not offer): runs the loaded program
-//! on a frame without a network, so the differential test can compare it with the engine.
+//! The bpf(2) commands `aya` does not offer: `BPF_PROG_TEST_RUN`, which runs the loaded
+//! program on a frame without a network (so the differential test can compare it with the
+//! engine), and the batch updates and deletions that let a worker change many table entries in
+//! one system call.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// `BPF_PROG_TEST_RUN` in `enum bpf_cmd`.
+/// Commands of `enum bpf_cmd`.
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// `union bpf_attr`'s `batch` member.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Runs one batch command over `count` entries; how many the kernel processed (it stops at
+/// the first entry it refuses, and says how far it got).
+fn batch(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    keys: u64,
+    values: u64,
+    count: usize,
+) -> (usize, io::Result<()>) {
+    let Ok(n) = u32::try_from(count) else {
+        return (0, Err(io::ErrorKind::InvalidInput.into()));
+    };
+    let mut attr = BatchAttr {
+        keys,
+        values,
+        count: n,
+        map_fd: map.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` for a batch command; the kernel reads `count` keys
+    // (and values) of the map's sizes from the caller's slices, which outlive the call, and
+    // writes back only `attr.count`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    let done = (attr.count as usize).min(count);
+    if rc < 0 {
+        (done, Err(io::Error::last_os_error()))
+    } else {
+        (count, Ok(()))
+    }
+}
+
+/// Inserts or replaces `keys[i] -> values[i]` in the hash map `map` in one system call; how
+/// many were written, and the error that stopped it, if any.
+pub fn update_batch<K, V>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> (usize, io::Result<()>) {
+    let count = keys.len().min(values.len());
+    batch(
+        BPF_MAP_UPDATE_BATCH,
+        map,
+        keys.as_ptr() as u64,
+        values.as_ptr() as u64,
+        count,
+    )
+}
+
+/// Deletes `keys` from the hash map `map` in one system call; how many were deleted before
+/// the first that was not there (or another error) stopped it.
+pub fn delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> (usize, io::Result<()>) {
+    batch(
+        BPF_MAP_DELETE_BATCH,
+        map,
+        keys.as_ptr() as u64,
+        0,
+        keys.len(),
+    )
+}
 
 /// `union bpf_attr`'s `test` member, up to the fields used.
 #[repr(C)]
