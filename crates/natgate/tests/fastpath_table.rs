@@ -14,7 +14,7 @@ use natgate_core::{Endpoint, Protocol};
 fn flow(i: u32) -> OffloadedFlow {
     let port = |base: u32| u16::try_from(base + i % 50_000).unwrap();
     OffloadedFlow {
-        proto: if i % 2 == 0 {
+        proto: if i.is_multiple_of(2) {
             Protocol::Udp
         } else {
             Protocol::Tcp
