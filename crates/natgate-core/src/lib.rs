@@ -26,6 +26,7 @@ pub mod shard;
 pub mod table;
 pub mod tcp_state;
 pub mod time;
+mod validate;
 pub mod verdict;
 pub mod vserver;
 pub mod wire;

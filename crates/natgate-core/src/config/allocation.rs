@@ -203,7 +203,7 @@ impl PortBlockSpec {
 
 impl Allocation {
     /// Checks the parameters against the pool.
-    pub(super) fn check(&self, pool: &[Ipv4Addr]) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self, pool: &[Ipv4Addr]) -> Result<(), ConfigError> {
         match self {
             Allocation::Dynamic => Ok(()),
             Allocation::PortBlock(b) => b.check([
