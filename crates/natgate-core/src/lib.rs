@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod event;
 pub mod fragment;
+pub mod hash;
 #[cfg(feature = "huge-pages")]
 pub mod huge_pages;
 pub mod rng;

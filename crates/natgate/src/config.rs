@@ -42,6 +42,9 @@ pub const DEFAULT_TABLE: u32 = 10_742;
 const MAX_SESSIONS: u32 = 1 << 30;
 /// Most addresses a pool may list after CIDR expansion.
 pub const MAX_POOL_ADDRESSES: usize = 65_536;
+/// The socket path the daemon and `natgate ctl` use unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/natgate/control.sock";
+
 /// Default NAT port range when the pool is the outside interface's own address: the kernel's
 /// own sockets get 1024-19999 (set as the namespace's `ip_local_port_range`).
 pub const DEFAULT_NAT_PORTS: (u16, u16) = (20_000, 65_535);
@@ -278,7 +281,7 @@ fn yes() -> bool {
     true
 }
 fn default_socket() -> PathBuf {
-    PathBuf::from(crate::control::DEFAULT_SOCKET)
+    PathBuf::from(DEFAULT_SOCKET)
 }
 
 /// `[metrics]`.

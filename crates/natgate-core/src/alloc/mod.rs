@@ -27,6 +27,8 @@ pub use dynamic::{AllocSettings, DynamicAllocator};
 pub use reserved::{Parked, Reserved};
 pub use share::Share;
 
+pub use crate::endpoint::PortRange;
+
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
 use crate::time::Instant;
@@ -60,39 +62,6 @@ impl fmt::Display for SubscriberId {
         match self {
             SubscriberId::Ipv4(a) => a.fmt(f),
         }
-    }
-}
-
-/// A range of ports `first..=last` (`first <= last`), as port blocks are logged (RFC 8158's
-/// portRangeStart / portRangeEnd).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortRange {
-    /// The first port of the range.
-    pub first: u16,
-    /// The last port of the range, inclusive.
-    pub last: u16,
-}
-
-impl PortRange {
-    /// Number of ports in the range.
-    pub const fn len(self) -> u32 {
-        self.last as u32 - self.first as u32 + 1
-    }
-
-    /// Always false: a range holds at least one port. Here for clippy's `len_without_is_empty`.
-    pub const fn is_empty(self) -> bool {
-        false
-    }
-
-    /// Whether `port` is in the range.
-    pub const fn contains(self, port: u16) -> bool {
-        self.first <= port && port <= self.last
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
     }
 }
 

@@ -2,8 +2,7 @@
 //! deterministic NAT, or any free port).
 
 use super::ConfigError;
-use core::fmt;
-use core::str::FromStr;
+pub use crate::endpoint::Ipv4Prefix;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -66,106 +65,6 @@ impl DeterministicSpec {
     pub fn ports_per_subscriber(&self) -> u64 {
         let most = u64::from(NON_WELL_KNOWN_PORTS) / self.subscribers_per_address().max(1);
         self.ports_per_subscriber.map_or(most, u64::from)
-    }
-}
-
-/// An IPv4 prefix, written `a.b.c.d/len` with no host bits set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Ipv4Prefix {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-impl Ipv4Prefix {
-    /// The prefix `addr/len`; `None` if `len > 32` or `addr` has host bits set.
-    pub const fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
-        if len > 32 || addr.to_bits() & !Ipv4Prefix::mask(len) != 0 {
-            return None;
-        }
-        Some(Ipv4Prefix { addr, len })
-    }
-
-    const fn mask(len: u8) -> u32 {
-        if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - len as u32)
-        }
-    }
-
-    /// The first address.
-    pub const fn addr(self) -> Ipv4Addr {
-        self.addr
-    }
-
-    /// The prefix length.
-    pub const fn prefix_len(self) -> u8 {
-        self.len
-    }
-
-    /// Addresses in the prefix, `2^(32 - len)`.
-    pub const fn size(self) -> u64 {
-        1 << (32 - self.len as u32)
-    }
-
-    /// The offset of `a` in the prefix, if it is in it.
-    pub const fn offset_of(self, a: Ipv4Addr) -> Option<u32> {
-        let off = a.to_bits().wrapping_sub(self.addr.to_bits());
-        if (off as u64) < self.size() {
-            Some(off)
-        } else {
-            None
-        }
-    }
-
-    /// The address at `offset`, if the prefix is that large.
-    pub const fn nth(self, offset: u32) -> Option<Ipv4Addr> {
-        if (offset as u64) < self.size() {
-            Some(Ipv4Addr::from_bits(
-                self.addr.to_bits().wrapping_add(offset),
-            ))
-        } else {
-            None
-        }
-    }
-
-    /// Whether `a` is in the prefix.
-    pub const fn contains(self, a: Ipv4Addr) -> bool {
-        self.offset_of(a).is_some()
-    }
-}
-
-impl fmt::Display for Ipv4Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-impl FromStr for Ipv4Prefix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
-        let len: u8 = l.parse().map_err(|e| format!("{l:?}: {e}"))?;
-        Ipv4Prefix::new(addr, len).ok_or_else(|| {
-            format!("{s}: the length must be at most 32 and the host bits must be zero")
-        })
-    }
-}
-
-impl TryFrom<String> for Ipv4Prefix {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Ipv4Prefix> for String {
-    fn from(p: Ipv4Prefix) -> String {
-        p.to_string()
     }
 }
 
@@ -320,25 +219,6 @@ mod tests {
             ports_per_subscriber: None,
             overflow: None,
         }
-    }
-
-    #[test]
-    fn prefixes_parse_and_refuse_host_bits() {
-        let p: Ipv4Prefix = "100.64.0.0/24".parse().expect("ok");
-        assert_eq!(
-            (p.addr(), p.prefix_len(), p.size()),
-            (Ipv4Addr::new(100, 64, 0, 0), 24, 256)
-        );
-        assert_eq!(p.to_string(), "100.64.0.0/24");
-        assert_eq!(p.offset_of(Ipv4Addr::new(100, 64, 0, 255)), Some(255));
-        assert_eq!(p.offset_of(Ipv4Addr::new(100, 64, 1, 0)), None);
-        assert_eq!(p.nth(256), None);
-        assert!("100.64.0.1/24".parse::<Ipv4Prefix>().is_err());
-        assert!("100.64.0.0/33".parse::<Ipv4Prefix>().is_err());
-        assert!("100.64.0.0".parse::<Ipv4Prefix>().is_err());
-        let all: Ipv4Prefix = "0.0.0.0/0".parse().expect("ok");
-        assert_eq!(all.size(), 1 << 32);
-        assert!(all.contains(Ipv4Addr::BROADCAST));
     }
 
     #[test]

@@ -353,7 +353,7 @@ pub struct Config {
 pub struct ValidConfig(Box<Config>);
 
 impl ValidConfig {
-    /// Only `Config::validate` (`crate::validate`) makes one, after every check.
+    /// Only `Config::validate` makes one, after every check.
     pub(crate) fn checked(config: Config) -> Self {
         ValidConfig(Box::new(config))
     }

@@ -45,11 +45,11 @@ use queues::{EventQueue, SynHold, TransmitQueue};
 use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
+pub use crate::event::SessionOrigin;
 pub use memory::{MemoryModel, MemoryUsage};
 pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
-pub use static_nat::SessionOrigin;
 
 /// The engine's tables could not be allocated: the machine cannot give the memory the config
 /// asks for.

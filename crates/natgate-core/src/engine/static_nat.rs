@@ -32,45 +32,15 @@ use crate::config::{Behavior, Config, TtlHandling};
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::Event;
+use crate::event::SessionOrigin;
 use crate::rng::Rng;
 use crate::rules::{CompiledRules, Rewrite, RuleChain, RuleId};
 use crate::table::{FlowKey, StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};
 use crate::tcp_state::TcpState;
 use crate::time::Instant;
 use crate::verdict::Verdict;
-use crate::vserver::{RealServerId, VirtualServer, VirtualServerError};
+use crate::vserver::{VirtualServer, VirtualServerError};
 use std::net::Ipv4Addr;
-
-/// What made a session: dynamic NAPT, a static rule, or a virtual server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionOrigin {
-    /// Dynamic NAPT: a mapping from the allocator.
-    Dynamic,
-    /// The static rule with this id (one-way rules and the reverse of a bidirectional rule
-    /// share their rule's id).
-    Rule(RuleId),
-    /// The virtual server at `address` sent the connection to its real server `server`.
-    VirtualServer {
-        /// The virtual address and port.
-        address: Endpoint,
-        /// The real server chosen.
-        server: RealServerId,
-    },
-}
-
-/// How operators and the translation logs name what made a session: `dynamic`, `rule ID` or
-/// `vserver ADDR:PORT server ID`. A `Display` so a log sink writes it without allocating.
-impl core::fmt::Display for SessionOrigin {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            SessionOrigin::Dynamic => f.write_str("dynamic"),
-            SessionOrigin::Rule(id) => write!(f, "rule {id}"),
-            SessionOrigin::VirtualServer { address, server } => {
-                write!(f, "vserver {address} server {server}")
-            }
-        }
-    }
-}
 
 impl From<StaticOrigin> for SessionOrigin {
     fn from(o: StaticOrigin) -> Self {

@@ -168,7 +168,7 @@ impl RuleChain {
     }
 
     /// The chain compiled for matching; `seed` keys its hash tables (see
-    /// [`FlowHasher`](crate::table::FlowHasher)). Recompile after every change.
+    /// [`FlowHasher`](crate::hash::FlowHasher)). Recompile after every change.
     pub fn compile(&self, seed: u64) -> CompiledRules {
         CompiledRules::new(&self.rules, seed)
     }

@@ -15,8 +15,8 @@
 
 use super::{Action, Rule, RuleId, Target, host_mask};
 use crate::endpoint::{Direction, Endpoint, Protocol};
+use crate::hash::FlowHasher;
 use crate::rules::{Ipv4Prefix, PortRange};
-use crate::table::FlowHasher;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 

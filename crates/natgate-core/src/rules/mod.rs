@@ -20,8 +20,7 @@ mod ports;
 #[cfg(test)]
 mod tests;
 
-pub use crate::alloc::PortRange;
-pub use crate::config::Ipv4Prefix;
+pub use crate::endpoint::{Ipv4Prefix, PortRange};
 pub use chain::RuleChain;
 pub use matcher::{CompiledRules, Rewrite};
 

@@ -19,7 +19,6 @@ pub(crate) fn try_vec<T>(
     Ok(v)
 }
 
-mod hash;
 mod index;
 mod mapping;
 mod nat;
@@ -28,7 +27,7 @@ mod slab;
 mod static_session;
 mod wheel;
 
-pub use hash::FlowHasher;
+pub use crate::hash::FlowHasher;
 pub use index::{HashIndex, IndexFull};
 pub use mapping::{AddressFilter, Mapping, MappingId};
 pub use nat::NatTable;

@@ -38,8 +38,7 @@ pub use client::{Client, ClientError};
 pub use protocol::{Command, Request, Response};
 pub use server::{Server, ServerError, ServerOptions};
 
-/// The socket path the daemon and `natgate ctl` use unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/natgate/control.sock";
+pub use crate::config::DEFAULT_SOCKET;
 
 /// What the daemon does with a request. Called from the connection's thread; several
 /// connections may call it at once.
