@@ -22,13 +22,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use natgate::eventlog::{Destination, EventLogOptions, EventSink, Rotation, TimeBase};
-use natgate::logsink::ipfix::{IpfixConfig, IpfixExporter};
-use natgate::logsink::syslog::{
+use natgate::observability::eventlog::{
+    Destination, EventLogOptions, EventSink, Rotation, TimeBase,
+};
+use natgate::observability::logsink::ipfix::{IpfixConfig, IpfixExporter};
+use natgate::observability::logsink::syslog::{
     DOCUMENTATION_ENTERPRISE, Facility, SyslogConfig, SyslogSink, SyslogTarget,
 };
-use natgate::logsink::whois::{BlockLog, BlockLogConfig};
-use natgate::logsink::{LogPipeline, PipelineConfig, Sink};
+use natgate::observability::logsink::whois::{BlockLog, BlockLogConfig};
+use natgate::observability::logsink::{LogPipeline, PipelineConfig, Sink};
 use natgate_core::{Endpoint, Event, Instant, Protocol};
 
 /// Events the queue holds (the daemon's default order of magnitude).

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use natgate::topology::{Topology, TopologyOptions};
+use natgate::lab::topology::{Topology, TopologyOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs: u64 = std::env::args()

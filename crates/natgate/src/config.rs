@@ -384,7 +384,7 @@ fn default_facility() -> String {
     "local0".to_owned()
 }
 fn default_enterprise() -> u32 {
-    crate::logsink::syslog::DOCUMENTATION_ENTERPRISE
+    crate::observability::logsink::syslog::DOCUMENTATION_ENTERPRISE
 }
 
 /// `[log.ipfix]`.
@@ -468,9 +468,9 @@ impl LogSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyslogSettings {
     /// Where messages go.
-    pub target: crate::logsink::syslog::SyslogTarget,
+    pub target: crate::observability::logsink::syslog::SyslogTarget,
     /// Facility.
-    pub facility: crate::logsink::syslog::Facility,
+    pub facility: crate::observability::logsink::syslog::Facility,
     /// HOSTNAME, if configured.
     pub hostname: Option<String>,
     /// SD-ID enterprise number.
@@ -912,7 +912,7 @@ fn log_settings(
     file: &FileConfig,
     invalid: &dyn Fn(&str, String) -> ConfigFileError,
 ) -> Result<LogSettings, ConfigFileError> {
-    use crate::logsink::syslog::{Facility, SyslogTarget};
+    use crate::observability::logsink::syslog::{Facility, SyslogTarget};
     let l = &file.log;
     if l.queue == 0 || l.queue > 1 << 24 {
         return Err(invalid(
@@ -1417,7 +1417,7 @@ weight = 2
         let sys = l.syslog.as_ref().expect("syslog");
         assert_eq!(
             sys.target,
-            crate::logsink::syslog::SyslogTarget::Unix("/dev/log".into())
+            crate::observability::logsink::syslog::SyslogTarget::Unix("/dev/log".into())
         );
         assert_eq!(sys.facility.code(), 19);
         assert_eq!(l.ipfix.as_ref().expect("ipfix").template_refresh, 5);

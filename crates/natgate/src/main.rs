@@ -116,7 +116,7 @@ fn run(a: RunArgs, log_level: LogLevelFn) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("invalid config {}", a.config.display()))?;
     if let Some(name) = &a.netns {
         // Before any thread exists, so every thread natgate starts is in it.
-        let ns = natgate::netns::Netns::open(name)
+        let ns = natgate::platform::netns::Netns::open(name)
             .with_context(|| format!("network namespace {name}"))?;
         rustix::thread::move_into_link_name_space(
             std::os::fd::AsFd::as_fd(&ns),
@@ -147,7 +147,7 @@ fn run(a: RunArgs, log_level: LogLevelFn) -> anyhow::Result<ExitCode> {
         Some(addr) => {
             let s = service.clone();
             Some(
-                natgate::metrics::MetricsServer::bind(addr, move || s.metrics())
+                natgate::observability::metrics::MetricsServer::bind(addr, move || s.metrics())
                     .context("metrics endpoint")?,
             )
         }
@@ -193,7 +193,7 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let mem = machine::MemInfo::read()?;
     let need = machine::check_memory(&settings, mem)
         .with_context(|| format!("config {} does not fit this machine", a.config.display()))?;
-    let outside = natgate::netlink::Netlink::new()
+    let outside = natgate::platform::netlink::Netlink::new()
         .ok()
         .and_then(|mut nl| nl.addrs_v4(Some(&settings.outside)).ok());
     let outside_note = match &outside {
@@ -250,7 +250,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .find(|p| p.name() == a.preset)
         .with_context(|| format!("unknown preset {:?}", a.preset))?;
-    let ok = natgate::demo::run(preset, &mut |line| println!("{line}"))?;
+    let ok = natgate::lab::demo::run(preset, &mut |line| println!("{line}"))?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -13,9 +13,9 @@ use common::{
     Gateway, T, config, ctl_json, has_link, in_pool, is_root, natgate_rules, recv, topology,
     udp_socket, v4,
 };
-use natgate::netlink::Netlink;
-use natgate::probe::ping;
-use natgate::topology::{Topology, addr};
+use natgate::lab::probe::ping;
+use natgate::lab::topology::{Topology, addr};
+use natgate::platform::netlink::Netlink;
 
 /// A source outside the inside interface's subnet (100.64.0.0/16), as a spoofer would use.
 const SPOOFED: Ipv4Addr = Ipv4Addr::new(100, 65, 7, 9);

@@ -8,8 +8,8 @@ mod common;
 use std::net::{IpAddr, SocketAddrV4};
 
 use common::{Gateway, T, config, in_pool, is_root, topology};
-use natgate::probe::{ping, tcp_probe, udp_echo};
-use natgate::topology::addr;
+use natgate::lab::probe::{ping, tcp_probe, udp_echo};
+use natgate::lab::topology::addr;
 
 #[test]
 fn ping_udp_tcp_request_response_translated() {

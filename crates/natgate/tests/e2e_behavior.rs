@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use common::{Gateway, T, config, in_pool, is_root, recv, topology, udp_socket, v4};
-use natgate::topology::addr;
+use natgate::lab::topology::addr;
 
 const QUIET: Duration = Duration::from_millis(700);
 
@@ -35,7 +35,7 @@ fn rfc4787_req1_eim_same_external_endpoint_for_two_wan_addresses() {
 
 /// Opens a mapping from sub1 to wan1 (203.0.113.10:4000); returns the client socket and its
 /// external endpoint.
-fn open_mapping(topo: &natgate::topology::Topology) -> (std::net::UdpSocket, SocketAddr) {
+fn open_mapping(topo: &natgate::lab::topology::Topology) -> (std::net::UdpSocket, SocketAddr) {
     let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 4000));
     let client = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
     client
@@ -51,7 +51,7 @@ fn open_mapping(topo: &natgate::topology::Topology) -> (std::net::UdpSocket, Soc
 
 /// Sends from `ns` at `from` to `ext`; whether `client` got it.
 fn unsolicited(
-    ns: &natgate::netns::Netns,
+    ns: &natgate::platform::netns::Netns,
     from: SocketAddrV4,
     ext: SocketAddr,
     client: &std::net::UdpSocket,

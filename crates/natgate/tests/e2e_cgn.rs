@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Gateway, config, ctl, ctl_json, in_pool, is_root, recv, topology, udp_socket};
-use natgate::netns::Netns;
-use natgate::topology::{Topology, addr};
+use natgate::lab::topology::{Topology, addr};
+use natgate::platform::netns::Netns;
 use netflow_parser::{NetflowPacket, NetflowParser};
 use serde_json::Value;
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Gateway, T, config, ctl, ctl_json, in_pool, is_root, recv, topology, udp_socket, v4};
-use natgate::topology::addr;
+use natgate::lab::topology::addr;
 
 #[test]
 fn ctl_shows_sessions_stats_pools_and_flushes() {
@@ -139,7 +139,7 @@ fn metrics_endpoint_and_event_log() {
         events.display()
     );
     let mut gw = Gateway::start(&topo, &config(&topo, &extra));
-    let seen = natgate::probe::udp_echo(
+    let seen = natgate::lab::probe::udp_echo(
         &topo.sub1,
         &topo.wan1,
         SocketAddrV4::new(addr::WAN1, 3478),

@@ -12,7 +12,7 @@ use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::{Gateway, T, ctl_json, is_root, recv, topology, udp_socket};
-use natgate::topology::{Topology, addr};
+use natgate::lab::topology::{Topology, addr};
 use serde_json::Value;
 
 fn fast_config(topo: &Topology, extra: &str) -> String {

@@ -9,7 +9,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{Gateway, T, config, in_pool, is_root, recv, topology, udp_socket, v4};
-use natgate::topology::addr;
+use natgate::lab::topology::addr;
 
 fn payload(n: usize, seed: u8) -> Vec<u8> {
     (0..n)

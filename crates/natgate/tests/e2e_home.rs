@@ -14,16 +14,16 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 
 use common::icmp::{recv_error, setsockopt_int, subscriber_socket};
 use common::{Gateway, T, is_root, topology, udp_socket};
-use natgate::netlink::Netlink;
-use natgate::probe::{ping, tcp_probe, udp_echo};
-use natgate::topology::addr;
+use natgate::lab::probe::{ping, tcp_probe, udp_echo};
+use natgate::lab::topology::addr;
+use natgate::platform::netlink::Netlink;
 
-fn home_config(topo: &natgate::topology::Topology) -> String {
+fn home_config(topo: &natgate::lab::topology::Topology) -> String {
     home_config_with(topo, "")
 }
 
 /// The home config with `extra` appended (e.g. a `[behavior]` section).
-fn home_config_with(topo: &natgate::topology::Topology, extra: &str) -> String {
+fn home_config_with(topo: &natgate::lab::topology::Topology, extra: &str) -> String {
     format!(
         "[interfaces]\ninside = \"{}\"\noutside = \"{}\"\n\n[pool]\noutside-address = true\n\
          nat-ports = \"20000-65535\"\n\n[control]\nsocket = \"{}\"\n\n{extra}\n",
@@ -33,12 +33,12 @@ fn home_config_with(topo: &natgate::topology::Topology, extra: &str) -> String {
     )
 }
 
-fn local_rule_at_zero(topo: &natgate::topology::Topology) -> bool {
+fn local_rule_at_zero(topo: &natgate::lab::topology::Topology) -> bool {
     let mut nl = Netlink::open_in(&topo.gateway).unwrap();
     nl.rules_v4()
         .unwrap()
         .iter()
-        .any(|r| r.priority == 0 && r.table == natgate::netlink::RT_TABLE_LOCAL)
+        .any(|r| r.priority == 0 && r.table == natgate::platform::netlink::RT_TABLE_LOCAL)
 }
 
 #[test]
@@ -130,7 +130,8 @@ fn home_gateway_translates_and_the_host_stays_reachable() {
     );
     assert!(gw.stop().unwrap().success(), "{}", gw.lines.join("\n"));
     assert!(local_rule_at_zero(&topo), "local rule restored");
-    let range = natgate::sysctl::get(&topo.gateway, "net/ipv4/ip_local_port_range").unwrap();
+    let range =
+        natgate::platform::sysctl::get(&topo.gateway, "net/ipv4/ip_local_port_range").unwrap();
     assert_ne!(
         range.split_whitespace().nth(1),
         Some("19999"),
@@ -163,7 +164,7 @@ fn home_gateway_sigkill_then_restart_restores_local_rule() {
 }
 
 /// The external endpoint a socket's datagrams leave with, as WAN1 sees it.
-fn mapped(topo: &natgate::topology::Topology, sock: &UdpSocket) -> SocketAddrV4 {
+fn mapped(topo: &natgate::lab::topology::Topology, sock: &UdpSocket) -> SocketAddrV4 {
     let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 0));
     let at = common::v4(server.local_addr().unwrap());
     sock.send_to(b"map me", at).unwrap();

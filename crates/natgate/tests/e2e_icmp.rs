@@ -12,7 +12,7 @@ use std::net::SocketAddrV4;
 
 use common::icmp::{IcmpError, recv_error, setsockopt_int, subscriber_socket};
 use common::{Gateway, T, config, is_root, topology};
-use natgate::topology::addr;
+use natgate::lab::topology::addr;
 
 /// RFC 5508 REQ-4 / RFC 4787 REQ-12: port unreachable from a WAN host for a closed port reaches
 /// the subscriber with the embedded header translated back.

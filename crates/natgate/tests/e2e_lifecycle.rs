@@ -13,11 +13,11 @@ use std::time::Duration;
 use common::{
     Gateway, T, TempFile, config, has_link, is_root, natgate_bin, natgate_rules, topology,
 };
-use natgate::netlink::Netlink;
-use natgate::probe::udp_echo;
-use natgate::topology::addr;
+use natgate::lab::probe::udp_echo;
+use natgate::lab::topology::addr;
+use natgate::platform::netlink::Netlink;
 
-fn proxy_entries(topo: &natgate::topology::Topology) -> usize {
+fn proxy_entries(topo: &natgate::lab::topology::Topology) -> usize {
     let out = Command::new("ip")
         .args(["-n", topo.gateway.name(), "neigh", "show", "proxy"])
         .output()
@@ -25,7 +25,7 @@ fn proxy_entries(topo: &natgate::topology::Topology) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-fn assert_clean(topo: &natgate::topology::Topology) {
+fn assert_clean(topo: &natgate::lab::topology::Topology) {
     assert_eq!(natgate_rules(topo), Vec::<String>::new(), "rule left");
     assert!(!has_link(topo, "natgate-in"), "TUN left");
     assert!(!has_link(topo, "natgate-out"), "TUN left");
@@ -51,7 +51,7 @@ fn sigterm_removes_everything() {
     let st = gw.stop().expect("exits on SIGTERM");
     assert!(st.success(), "{st:?}\n{}", gw.lines.join("\n"));
     assert_clean(&topo);
-    let fwd = natgate::sysctl::get(&topo.gateway, "net/ipv4/ip_forward").unwrap();
+    let fwd = natgate::platform::sysctl::get(&topo.gateway, "net/ipv4/ip_forward").unwrap();
     assert_eq!(fwd, "0", "ip_forward restored");
 }
 
@@ -89,7 +89,11 @@ fn sigkill_leaves_state_the_next_start_cleans() {
 }
 
 /// Runs `natgate run` to completion; (success, stderr).
-fn run_to_exit(topo: &natgate::topology::Topology, text: &str, prefix: &[&str]) -> (bool, String) {
+fn run_to_exit(
+    topo: &natgate::lab::topology::Topology,
+    text: &str,
+    prefix: &[&str],
+) -> (bool, String) {
     let cfg = TempFile::new(&topo.suffix, text);
     let mut cmd = Command::new(prefix.first().copied().unwrap_or(natgate_bin()));
     if !prefix.is_empty() {

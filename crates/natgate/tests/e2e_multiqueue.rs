@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{Gateway, T, config, ctl_json, in_pool, is_root, recv, topology, udp_socket, v4};
-use natgate::probe::{ping, tcp_probe};
-use natgate::topology::addr;
+use natgate::lab::probe::{ping, tcp_probe};
+use natgate::lab::topology::addr;
 
 #[test]
 fn two_queues_translate_many_flows_both_ways() {

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use common::http::{HttpClient, HttpServer, get_once};
 use common::{Gateway, T, config, ctl, ctl_json, in_pool, is_root, recv, topology, udp_socket, v4};
-use natgate::netlink::{Netlink, RouteV4, RuleV4};
-use natgate::netns::Netns;
-use natgate::topology::{Topology, addr};
+use natgate::lab::topology::{Topology, addr};
+use natgate::platform::netlink::{Netlink, RouteV4, RuleV4};
+use natgate::platform::netns::Netns;
 
 const ANY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
 
@@ -289,8 +289,8 @@ fn far_site(topo: &Topology) -> Netns {
     let far_if = format!("eth0-{}", topo.suffix);
     let mut up = topo.netlink(&topo.upstream).unwrap();
     up.add_veth(&up_if, &far_if, Some(far.fd())).unwrap();
-    natgate::ethtool::disable_offloads(&topo.upstream, &up_if).unwrap();
-    natgate::ethtool::disable_offloads(&far, &far_if).unwrap();
+    natgate::platform::ethtool::disable_offloads(&topo.upstream, &up_if).unwrap();
+    natgate::platform::ethtool::disable_offloads(&far, &far_if).unwrap();
     up.add_addr_v4(&up_if, addr::GW_LAN, addr::LAN_PREFIX)
         .unwrap();
     up.set_up(&up_if).unwrap();
@@ -303,7 +303,7 @@ fn far_site(topo: &Topology) -> Netns {
     .unwrap();
     let mut nl = Netlink::open_in(&far).unwrap();
     nl.set_up("lo").unwrap();
-    natgate::sysctl::set(&far, "net/ipv4/conf/all/rp_filter", "0").unwrap();
+    natgate::platform::sysctl::set(&far, "net/ipv4/conf/all/rp_filter", "0").unwrap();
     nl.add_addr_v4(&far_if, addr::SUB1, addr::LAN_PREFIX)
         .unwrap();
     nl.set_up(&far_if).unwrap();

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::icmp::{IcmpError, recv_error, recv_with_ttl, setsockopt_int, subscriber_socket};
 use common::{Gateway, T, config, is_root, topology, udp_socket};
-use natgate::topology::addr;
+use natgate::lab::topology::addr;
 
 /// TTL 64 leaves the gateway as 63, both ways: the WAN host, one router further, sees 62, and
 /// so does the subscriber for the answer.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::http::{HttpClient, HttpServer, get_once};
 use common::{Gateway, T, config, ctl, ctl_json, is_root, topology};
-use natgate::netlink::RouteV4;
-use natgate::topology::{Topology, addr};
+use natgate::lab::topology::{Topology, addr};
+use natgate::platform::netlink::RouteV4;
 
 const VIP: &str = "198.18.3.80:80/tcp";
 

@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use natgate::eventlog::TimeBase;
-use natgate::logsink::ipfix::{IpfixConfig, IpfixExporter};
-use natgate::logsink::{LogPipeline, NatEvent, PipelineConfig, PortRange, Record, Sink};
+use natgate::observability::eventlog::TimeBase;
+use natgate::observability::logsink::ipfix::{IpfixConfig, IpfixExporter};
+use natgate::observability::logsink::{
+    LogPipeline, NatEvent, PipelineConfig, PortRange, Record, Sink,
+};
 use natgate_core::{Endpoint, Instant};
 use netflow_parser::{NetflowPacket, NetflowParser};
 use serde_json::Value;

@@ -10,11 +10,11 @@ use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, UNIX_EPOCH};
 
-use natgate::eventlog::TimeBase;
-use natgate::logsink::syslog::{
+use natgate::observability::eventlog::TimeBase;
+use natgate::observability::logsink::syslog::{
     DOCUMENTATION_ENTERPRISE, Facility, SyslogConfig, SyslogSink, SyslogTarget,
 };
-use natgate::logsink::{LogPipeline, PipelineConfig, Sink};
+use natgate::observability::logsink::{LogPipeline, PipelineConfig, Sink};
 use natgate_core::Instant;
 
 /// One message, as RFC 5424 section 6 splits it.

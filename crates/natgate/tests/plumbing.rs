@@ -11,10 +11,10 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use natgate::netlink::{Netlink, NetlinkError, RouteV4};
-use natgate::netns::{self, Netns, NetnsError};
-use natgate::sysctl;
-use natgate::tun::{Tun, TunConfig};
+use natgate::dataplane::tun::{Tun, TunConfig};
+use natgate::platform::netlink::{Netlink, NetlinkError, RouteV4};
+use natgate::platform::netns::{self, Netns, NetnsError};
+use natgate::platform::sysctl;
 
 #[allow(clippy::print_stderr)]
 fn is_root() -> bool {
@@ -132,10 +132,10 @@ fn netlink_link_address_route_ops() {
     ));
 
     // A fresh veth offloads; the legacy ethtool ioctls turn that off.
-    let before = natgate::ethtool::offloads(&ns, "va").unwrap();
+    let before = natgate::platform::ethtool::offloads(&ns, "va").unwrap();
     assert!(before.tx_checksum && before.tso && before.gso, "{before:?}");
-    natgate::ethtool::disable_offloads(&ns, "va").unwrap();
-    let after = natgate::ethtool::offloads(&ns, "va").unwrap();
+    natgate::platform::ethtool::disable_offloads(&ns, "va").unwrap();
+    let after = natgate::platform::ethtool::offloads(&ns, "va").unwrap();
     assert!(
         !after.tx_checksum && !after.tso && !after.gso && !after.gro,
         "{after:?}"
@@ -297,8 +297,8 @@ fn proxy_arp_into_tun_and_back() {
     let mut g = Netlink::open_in(&gw).unwrap();
     let mut h = Netlink::open_in(&host).unwrap();
     g.add_veth("wan0", "eth0", Some(host.fd())).unwrap();
-    natgate::ethtool::disable_offloads(&gw, "wan0").unwrap();
-    natgate::ethtool::disable_offloads(&host, "eth0").unwrap();
+    natgate::platform::ethtool::disable_offloads(&gw, "wan0").unwrap();
+    natgate::platform::ethtool::disable_offloads(&host, "eth0").unwrap();
     g.add_addr_v4("wan0", gw_addr, 24).unwrap();
     g.set_up("wan0").unwrap();
     h.add_addr_v4("eth0", host_addr, 24).unwrap();

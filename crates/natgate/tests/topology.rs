@@ -11,9 +11,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use natgate::ethtool;
-use natgate::probe::{ping, tcp_probe, udp_echo, udp_probe};
-use natgate::topology::{Topology, TopologyOptions, addr, leftover_namespaces};
+use natgate::lab::probe::{ping, tcp_probe, udp_echo, udp_probe};
+use natgate::lab::topology::{Topology, TopologyOptions, addr, leftover_namespaces};
+use natgate::platform::ethtool;
 
 const T: Duration = Duration::from_secs(3);
 
@@ -142,7 +142,7 @@ fn reachability_without_nat() {
     let r = ip_in(t.upstream.name(), &["route", "show", "198.51.100.0/28"]);
     assert!(r.contains("via 192.0.2.1"), "{r}");
     assert_eq!(
-        natgate::sysctl::get(&t.gateway, "net/ipv4/ip_forward").unwrap(),
+        natgate::platform::sysctl::get(&t.gateway, "net/ipv4/ip_forward").unwrap(),
         "0"
     );
 
@@ -162,7 +162,7 @@ fn gateway_forwarding_on_request() {
     };
     let t = Topology::build(&opts).unwrap();
     assert_eq!(
-        natgate::sysctl::get(&t.gateway, "net/ipv4/ip_forward").unwrap(),
+        natgate::platform::sysctl::get(&t.gateway, "net/ipv4/ip_forward").unwrap(),
         "1"
     );
     // With forwarding the gateway routes sub1 -> upstream's 192.0.2.254, but

@@ -314,11 +314,11 @@ pub struct WhoisRow {
     /// Released at, ms since the Unix epoch; `None` while held.
     pub until_ms: Option<u64>,
     /// Where the answer came from.
-    pub source: crate::logsink::whois::WhoisSource,
+    pub source: crate::observability::logsink::whois::WhoisSource,
 }
 
-impl From<&crate::logsink::whois::WhoisAnswer> for WhoisRow {
-    fn from(a: &crate::logsink::whois::WhoisAnswer) -> Self {
+impl From<&crate::observability::logsink::whois::WhoisAnswer> for WhoisRow {
+    fn from(a: &crate::observability::logsink::whois::WhoisAnswer) -> Self {
         let ms = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -1461,7 +1461,7 @@ mod tests {
                 proto: None,
                 since_ms: Some(1_795_364_000_000),
                 until_ms: None,
-                source: crate::logsink::whois::WhoisSource::Log,
+                source: crate::observability::logsink::whois::WhoisSource::Log,
             }],
         });
         let line = encode_reply(Some(2), &Ok(resp.clone()));

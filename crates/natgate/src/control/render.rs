@@ -9,7 +9,7 @@ use super::protocol::{
     PortSetRowKind, Request, Response, RuleList, ServerStateName, StatusInfo, VirtualServerList,
     WhoisList,
 };
-use crate::logsink::whois::WhoisSource;
+use crate::observability::logsink::whois::WhoisSource;
 
 /// A table with a header row; columns are as wide as their widest cell.
 struct Table {
@@ -422,7 +422,9 @@ fn virtual_servers(l: &VirtualServerList, out: &mut String) {
 }
 
 fn time_ms(ms: u64) -> String {
-    crate::eventlog::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+    crate::observability::eventlog::rfc3339(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+    )
 }
 
 fn whois(req: &Request, w: &WhoisList, out: &mut String) {

@@ -25,8 +25,8 @@ use crate::control::protocol::{
     VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
-use crate::logsink::whois::WhoisSource;
-use crate::metrics::MetricsSnapshot;
+use crate::observability::logsink::whois::WhoisSource;
+use crate::observability::metrics::MetricsSnapshot;
 
 /// Sets the log level; returns an error message if it cannot.
 pub type LogLevelFn = Box<dyn Fn(LogLevel) -> Result<(), String> + Send + Sync>;

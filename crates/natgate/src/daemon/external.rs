@@ -24,7 +24,7 @@ use natgate_core::rules::{Action, RuleChain};
 use natgate_core::vserver::VirtualServerSpec;
 
 use super::plumbing::PlumbingError;
-use crate::netlink::{Netlink, NetlinkError, RouteV4};
+use crate::platform::netlink::{Netlink, NetlinkError, RouteV4};
 
 /// Longest prefix (fewest addresses) that still gets one proxy-ARP entry per address; a
 /// shorter one is only routed, and the upstream must route it to the gateway (a /15 of proxy

@@ -8,7 +8,7 @@
 //! never takes a lock.
 //!
 //! Allocation: each worker's engine gets the allocator `[allocation]` chooses
-//! ([`ConfiguredAllocator::from_config`]) restricted to the worker's [`Share`] of the port space,
+//! ([`ConfiguredAllocator::from_config`]) restricted to the worker's `Share` of the port space,
 //! and the core's [`shard::Ownership`] steers inbound packets by the same split (the worker
 //! moves each packet to the owner [`shard::Steering`] names). Dynamic allocation keeps the
 //! classic allocator with the other workers' 64-port blocks (and, on a home gateway, the host's
@@ -59,9 +59,9 @@ use natgate_core::{Counters, Event, Protocol};
 
 use crate::config::{FastPathMode, Settings};
 use crate::dataplane::fastpath::{self, FastPath, FastPathCounters};
-use crate::eventlog::TimeBase;
-use crate::logsink::whois::{BlockLog, BlockLogConfig, SharedBlockLog};
-use crate::logsink::{
+use crate::observability::eventlog::TimeBase;
+use crate::observability::logsink::whois::{BlockLog, BlockLogConfig, SharedBlockLog};
+use crate::observability::logsink::{
     LogError, LogPipeline, LogPipelineHandle, LogSender, PipelineConfig, PipelineMonitor,
     PipelineStats, Sink,
 };
@@ -811,7 +811,7 @@ fn start_fast_path(
         return Ok(None);
     }
     let side = |name: &str, mtu: u16| -> Result<fastpath::Side, DaemonError> {
-        let ifindex = crate::netlink::Netlink::new()
+        let ifindex = crate::platform::netlink::Netlink::new()
             .and_then(|mut nl| nl.link_index(name))
             .map_err(|e| {
                 DaemonError::FastPath(fastpath::FastPathError::Attach {
@@ -913,8 +913,10 @@ fn log_error(what: &'static str) -> impl FnOnce(LogError) -> DaemonError {
 fn open_json_lines(
     log: &crate::config::LogSettings,
     time: TimeBase,
-) -> Result<Option<crate::eventlog::EventSink>, DaemonError> {
-    use crate::eventlog::{Destination, EventLogOptions, EventSink as JsonLines, Rotation};
+) -> Result<Option<crate::observability::eventlog::EventSink>, DaemonError> {
+    use crate::observability::eventlog::{
+        Destination, EventLogOptions, EventSink as JsonLines, Rotation,
+    };
     let Some(f) = &log.file else {
         return Ok(None);
     };
@@ -959,8 +961,8 @@ fn block_log_config(settings: &Settings) -> Option<BlockLogConfig> {
 /// Opens the configured sinks and starts the pipeline; `None` when no sink is configured (events
 /// are then only counted by the engines).
 fn open_logs(settings: &Settings, clock: &Clock) -> Result<Option<Logs>, DaemonError> {
-    use crate::logsink::ipfix::{IpfixConfig, IpfixExporter};
-    use crate::logsink::syslog::{SyslogConfig, SyslogSink};
+    use crate::observability::logsink::ipfix::{IpfixConfig, IpfixExporter};
+    use crate::observability::logsink::syslog::{SyslogConfig, SyslogSink};
     let log = &settings.log;
     if !log.any_sink() {
         return Ok(None);
@@ -1220,7 +1222,7 @@ mod tests {
         );
         assert_eq!(
             sink.rotation(),
-            Some(crate::eventlog::Rotation {
+            Some(crate::observability::eventlog::Rotation {
                 max_bytes: 400,
                 keep: 2
             })

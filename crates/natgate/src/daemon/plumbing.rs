@@ -51,8 +51,8 @@ use std::io;
 use std::net::Ipv4Addr;
 
 use crate::config::{PoolSource, Settings, parse_prefix};
-use crate::netlink::{Netlink, NetlinkError, RT_TABLE_LOCAL, RouteV4, RuleV4};
-use crate::tun::{Tun, TunConfig, TunError, TunQueue};
+use crate::dataplane::tun::{Tun, TunConfig, TunError, TunQueue};
+use crate::platform::netlink::{Netlink, NetlinkError, RT_TABLE_LOCAL, RouteV4, RuleV4};
 
 /// MTU of the TUN devices: the largest, so the kernel never fragments a packet into them.
 pub const TUN_MTU: u32 = 65_535;

@@ -24,7 +24,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use super::mailbox::{MAILBOX_LEN, Mailbox, Steered};
 use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
 use crate::dataplane::fastpath::FlowTable;
-use crate::tun::TunQueue;
+use crate::dataplane::tun::TunQueue;
 
 /// Longest wait in `poll`, so commands and the stop flag are seen within this time.
 pub const MAX_WAIT: Duration = Duration::from_millis(50);

@@ -5,3 +5,4 @@
 //! at the interfaces' TC hook that carries the established flows the engine hands it.
 
 pub mod fastpath;
+pub mod tun;

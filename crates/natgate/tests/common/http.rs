@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use natgate::netns::Netns;
+use natgate::platform::netns::Netns;
 
 /// How often blocked threads look at their stop flag.
 const TICK: Duration = Duration::from_millis(20);

@@ -103,7 +103,7 @@ pub fn recv_error(sock: &UdpSocket, timeout: Duration) -> Option<IcmpError> {
     }
 }
 
-pub fn subscriber_socket(topo: &natgate::topology::Topology) -> UdpSocket {
+pub fn subscriber_socket(topo: &natgate::lab::topology::Topology) -> UdpSocket {
     let s = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
     setsockopt_int(&s, libc::SOL_IP, libc::IP_RECVERR, 1);
     s

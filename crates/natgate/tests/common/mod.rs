@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use natgate::netlink::Netlink;
-use natgate::netns::Netns;
-use natgate::topology::{Topology, TopologyOptions, addr};
+use natgate::lab::topology::{Topology, TopologyOptions, addr};
+use natgate::platform::netlink::Netlink;
+use natgate::platform::netns::Netns;
 
 /// Per-exchange timeout.
 pub const T: Duration = Duration::from_secs(3);

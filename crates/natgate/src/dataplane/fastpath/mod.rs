@@ -366,7 +366,7 @@ impl FlowTable {
     }
 
     /// Applies the engine's changes as `next` yields them, in order, gathering runs of
-    /// inserts or removals into one system call each (up to [`CHANGES_PER_CALL`] entries).
+    /// inserts or removals into one system call each (up to 1024 entries a call).
     /// Returns how many entries the kernel refused to insert: a refused insert leaves its flow
     /// (or that direction of it) with the slow path (the program punts what it does not find), and a removal of an entry that is
     /// not there (a refused insert) changes nothing.

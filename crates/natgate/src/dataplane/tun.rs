@@ -2,10 +2,10 @@
 //! and out, no link-layer header and no packet-info prefix.
 //!
 //! The device is created in the network namespace of the thread that opens
-//! it, so open it inside [`crate::netns::Netns::run_in`]; the fds can then be
+//! it, so open it inside [`crate::platform::netns::Netns::run_in`]; the fds can then be
 //! used from any thread. It goes away when its last queue is closed (by
 //! every process: a child forked meanwhile holds a copy until it execs). Bring it
-//! up and give it addresses and routes with [`crate::netlink::Netlink`].
+//! up and give it addresses and routes with [`crate::platform::netlink::Netlink`].
 //!
 //! With more than one queue the device is `IFF_MULTI_QUEUE`: the kernel
 //! spreads flows over the queues by hash, one reader per queue.
@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::ethtool::ifname_bytes;
+use crate::platform::ethtool::ifname_bytes;
 
 /// `_IOW('T', 202, int)` from <linux/if_tun.h>.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;

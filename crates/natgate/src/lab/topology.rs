@@ -28,10 +28,10 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::ethtool::{self, EthtoolError};
-use crate::netlink::{Netlink, NetlinkError, RouteV4};
-use crate::netns::{self, Netns, NetnsError};
-use crate::sysctl::{self, SysctlError};
+use crate::platform::ethtool::{self, EthtoolError};
+use crate::platform::netlink::{Netlink, NetlinkError, RouteV4};
+use crate::platform::netns::{self, Netns, NetnsError};
+use crate::platform::sysctl::{self, SysctlError};
 
 /// Fixed addresses of the standard topology.
 pub mod addr {

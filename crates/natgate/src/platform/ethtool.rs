@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::netns::{Netns, NetnsError};
+use crate::platform::netns::{Netns, NetnsError};
 
 // From <linux/ethtool.h>.
 const ETHTOOL_GTXCSUM: u32 = 0x16;

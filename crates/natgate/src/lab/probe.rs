@@ -13,7 +13,7 @@ use natgate_core::wire::icmp::IcmpPacket;
 use natgate_core::wire::ipv4::Ipv4Packet;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, ipproto, sockopt};
 
-use crate::netns::{Netns, NetnsError};
+use crate::platform::netns::{Netns, NetnsError};
 
 /// Most datagrams inspected while waiting for one answer.
 const MAX_READS: usize = 10_000;

@@ -33,7 +33,7 @@ use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::netns::{Netns, NetnsError};
+use crate::platform::netns::{Netns, NetnsError};
 
 /// How long to wait for each reply datagram from the kernel.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -14,9 +14,9 @@ use natgate_core::Preset;
 
 use crate::config::Settings;
 use crate::daemon::{Daemon, Detail, Snapshot, plumbing};
-use crate::netns::Netns;
-use crate::probe;
-use crate::topology::{Topology, TopologyOptions, addr};
+use crate::lab::probe;
+use crate::lab::topology::{Topology, TopologyOptions, addr};
+use crate::platform::netns::Netns;
 
 /// How long each exchange may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,7 +29,7 @@ pub enum DemoError {
     NotRoot,
     /// Building the topology failed.
     #[error("building the topology: {0}")]
-    Topology(#[from] crate::topology::TopologyError),
+    Topology(#[from] crate::lab::topology::TopologyError),
     /// The generated config was refused (a bug).
     #[error("demo config: {0}")]
     Config(#[from] crate::config::ConfigFileError),
@@ -38,7 +38,7 @@ pub enum DemoError {
     Daemon(#[from] crate::daemon::DaemonError),
     /// Entering a namespace failed.
     #[error(transparent)]
-    Netns(#[from] crate::netns::NetnsError),
+    Netns(#[from] crate::platform::netns::NetnsError),
     /// Ctrl-C.
     #[error("interrupted; everything was torn down")]
     Interrupted,

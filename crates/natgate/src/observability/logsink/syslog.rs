@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use natgate_core::Event;
 
 use super::{LogError, Record, Sink};
-use crate::eventlog::{TimeBase, rfc3339};
+use crate::observability::eventlog::{TimeBase, rfc3339};
 
 /// The example enterprise number of RFC 5612, the default SD-ID suffix.
 pub const DOCUMENTATION_ENTERPRISE: u32 = 32473;
@@ -229,7 +229,7 @@ fn header_field(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logsink::{NatEvent, PortRange};
+    use crate::observability::logsink::{NatEvent, PortRange};
     use natgate_core::{Endpoint, Instant, Protocol};
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use natgate_core::{Event, Protocol};
 
 use super::{LogError, NatEvent, PortRange, Record, Sink};
-use crate::eventlog::TimeBase;
+use crate::observability::eventlog::TimeBase;
 
 /// The file's first bytes.
 const MAGIC: &[u8; 8] = b"NGBLK1\0\0";
@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn shared_through_the_pipeline_and_asked_from_another_thread() {
-        use crate::logsink::{LogPipeline, PipelineConfig};
+        use crate::observability::logsink::{LogPipeline, PipelineConfig};
         let dir = tempfile::tempdir().expect("tempdir");
         let shared =
             SharedBlockLog::new(BlockLog::open(config(dir.path(), 10), base()).expect("open"));

@@ -1,6 +1,6 @@
 //! Translation logs for a carrier-grade NAT (RFC 6888 REQ-12, REQ-11): the engine's [`Event`]s
 //! leave the packet path through a bounded queue ([`pipeline`]) and fan out to any combination
-//! of sinks: JSON lines ([`crate::eventlog::EventSink`]), syslog in RFC 5424 form ([`syslog`]),
+//! of sinks: JSON lines ([`crate::observability::eventlog::EventSink`]), syslog in RFC 5424 form ([`syslog`]),
 //! and IPFIX over UDP with the NAT information elements of RFC 8158 ([`ipfix`]). A
 //! [`whois::BlockLog`] keeps the external-port -> subscriber history that answers
 //! `natgate ctl whois` without a line per connection.
@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 
 use natgate_core::{DropReason, Endpoint, Event, Instant, Protocol, SessionOrigin};
 
-use crate::eventlog::EventSink;
+use crate::observability::eventlog::EventSink;
 
 pub use pipeline::{
     LogPipeline, LogPipelineHandle, LogSender, PipelineConfig, PipelineMonitor, PipelineStats,
@@ -178,7 +178,7 @@ pub use natgate_core::alloc::PortRange;
 /// every sink writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
-    /// When (engine time; a [`crate::eventlog::TimeBase`] maps it to wall-clock time).
+    /// When (engine time; a [`crate::observability::eventlog::TimeBase`] maps it to wall-clock time).
     pub at: Instant,
     /// The event type.
     pub event: NatEvent,

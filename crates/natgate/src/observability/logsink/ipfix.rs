@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use natgate_core::Event;
 
 use super::{LogError, Record, Sink};
-use crate::eventlog::TimeBase;
+use crate::observability::eventlog::TimeBase;
 
 /// IPFIX information element ids (IANA "IPFIX Information Elements").
 mod ie {

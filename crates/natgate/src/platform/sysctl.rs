@@ -6,7 +6,7 @@
 
 use std::io;
 
-use crate::netns::{Netns, NetnsError};
+use crate::platform::netns::{Netns, NetnsError};
 
 /// Errors from reading or writing a sysctl.
 #[derive(Debug, thiserror::Error)]
