@@ -94,6 +94,11 @@ pub struct RouteV4 {
     pub mtu: Option<u32>,
     /// Routing table id; `None` is the main table.
     pub table: Option<u32>,
+    /// A blackhole route (`ip route add blackhole ...`): the kernel drops what it matches,
+    /// silently.
+    pub blackhole: bool,
+    /// The route's metric (`metric N`); among routes to the same prefix the lowest wins.
+    pub metric: Option<u32>,
 }
 
 impl RouteV4 {
@@ -106,6 +111,8 @@ impl RouteV4 {
             dev: None,
             mtu: None,
             table: None,
+            blackhole: false,
+            metric: None,
         }
     }
 
@@ -118,6 +125,8 @@ impl RouteV4 {
             dev: None,
             mtu: None,
             table: None,
+            blackhole: false,
+            metric: None,
         }
     }
 
@@ -130,6 +139,22 @@ impl RouteV4 {
             dev: Some(dev.to_owned()),
             mtu: None,
             table: None,
+            blackhole: false,
+            metric: None,
+        }
+    }
+
+    /// A blackhole route to `dst/prefix_len` with metric `metric`.
+    pub fn blackhole(dst: Ipv4Addr, prefix_len: u8, metric: u32) -> Self {
+        Self {
+            dst,
+            prefix_len,
+            gateway: None,
+            dev: None,
+            mtu: None,
+            table: None,
+            blackhole: true,
+            metric: Some(metric),
         }
     }
 
@@ -624,8 +649,12 @@ impl Netlink {
             }
         }
         msg.header.protocol = RouteProtocol::Static;
-        msg.header.kind = RouteType::Unicast;
-        msg.header.scope = if route.gateway.is_some() {
+        msg.header.kind = if route.blackhole {
+            RouteType::BlackHole
+        } else {
+            RouteType::Unicast
+        };
+        msg.header.scope = if route.gateway.is_some() || route.blackhole {
             RouteScope::Universe
         } else {
             RouteScope::Link
@@ -641,6 +670,9 @@ impl Netlink {
         if let Some(dev) = &route.dev {
             let oif = self.link_index(dev)?;
             msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(metric) = route.metric {
+            msg.attributes.push(RouteAttribute::Priority(metric));
         }
         if let Some(mtu) = route.mtu {
             msg.attributes
