@@ -1,12 +1,16 @@
-//! natgate under attack, end to end in namespaces: a subscriber sending from spoofed sources
-//! while another keeps its flows. Needs root; skips otherwise. The topology's namespaces (and
-//! with them every address added here) go when the test ends, pass or fail.
+//! natgate under attack and failure, end to end in namespaces: a subscriber sending from spoofed
+//! sources while another keeps its flows; natgate killed or stopped under traffic. Needs root;
+//! skips otherwise. The topology's namespaces (and with them every address added here and every
+//! natgate left behind) go when the test ends, pass or fail.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
@@ -119,4 +123,181 @@ fn a_config_the_machine_cannot_hold_is_refused_at_run_and_leaves_nothing() {
     assert!(line.is_some(), "the need and what there is: {:?}", gw.lines);
     assert!(natgate_rules(&topo).is_empty());
     assert!(!has_link(&topo, "natgate-in") && !has_link(&topo, "natgate-out"));
+}
+
+/// An AF_PACKET socket in `ns` that sees every IPv4 packet arriving there, before any
+/// reverse-path check or socket look-up could hide it.
+fn capture(ns: &natgate::netns::Netns) -> OwnedFd {
+    ns.run_in(|| {
+        let proto = i32::from((libc::ETH_P_IP as u16).to_be());
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto,
+            )
+        };
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size: libc::c_int = 16 << 20;
+        // SAFETY: setsockopt with a c_int option of the right length.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        fd
+    })
+    .unwrap()
+}
+
+/// Reads what `fd` captured: (packets from the pool, packets from an inside address).
+fn captured_sources(fd: &OwnedFd) -> (usize, usize) {
+    let (mut translated, mut leaked) = (0, 0);
+    let mut buf = [0u8; 2048];
+    for _ in 0..1_000_000 {
+        // SAFETY: recv into a buffer of the given length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let Ok(n) = usize::try_from(n) else { break };
+        if n < 20 {
+            continue;
+        }
+        let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        if in_pool(src) {
+            translated += 1;
+        } else if u32::from(src) >> 22 == u32::from(Ipv4Addr::new(100, 64, 0, 0)) >> 22 {
+            // 100.64.0.0/10: a subscriber's own address.
+            leaked += 1;
+        }
+    }
+    (translated, leaked)
+}
+
+/// How the gateway stops in a fail-closed test.
+#[derive(Clone, Copy)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// A subscriber sends a datagram every 2 ms to wan1 while natgate translates, while it stops
+/// (`how`), and for a second after; a capture on wan1 sees translated packets and not one with
+/// a subscriber's source. Returns the gateway's topology for the caller's further checks.
+fn nothing_leaks_when_natgate_stops(fast_path: &str, how: Stop) -> Topology {
+    let topo = topology();
+    let text = config(
+        &topo,
+        &format!("[dataplane]\nfast-path = \"{fast_path}\"\n"),
+    );
+    let mut gw = Gateway::start(&topo, &text);
+    let to = SocketAddrV4::new(addr::WAN1, 7100);
+    let server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    for _ in 0..20 {
+        client.send_to(b"warm", to).unwrap();
+        let (_, from) = recv(&server, T).expect("translated datagram");
+        assert!(in_pool(*v4(from).ip()), "{from}");
+    }
+    if fast_path == "tc" {
+        let p = ctl_json(&topo, &["stats"])["fast_path"]["program"].clone();
+        assert!(
+            p["forwarded_out"].as_u64().unwrap() >= 15,
+            "the flow is carried in the kernel before the stop: {p}"
+        );
+    }
+    let cap = capture(&topo.wan1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent_after = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (stop, sent_after, stopped) = (stop.clone(), sent_after.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            // At most 5000 datagrams (10 s).
+            for _ in 0..5000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if client.send_to(b"flow", to).is_ok() && stopped.load(Ordering::Relaxed) {
+                    sent_after.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    match how {
+        Stop::Kill => gw.kill(),
+        Stop::Term => {
+            let st = gw.stop().expect("natgate exits on SIGTERM");
+            assert!(st.success(), "{st:?}");
+        }
+    }
+    stopped.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let (translated, leaked) = captured_sources(&cap);
+    assert!(
+        translated > 0,
+        "the flow ran through natgate before the stop"
+    );
+    assert!(
+        sent_after.load(Ordering::Relaxed) > 100,
+        "the subscriber kept sending after the stop"
+    );
+    assert_eq!(leaked, 0, "untranslated packets reached the WAN");
+    drop(server);
+    topo
+}
+
+/// SIGKILL with a flow carried by the in-kernel fast path: the kernel detaches the program
+/// with the process, the flow's packets fall back to the policy routing, and the blackhole
+/// left in natgate's table drops them. The next start takes over what was left and a normal
+/// stop removes it.
+#[test]
+fn after_sigkill_of_the_fast_path_nothing_leaves_untranslated() {
+    if !is_root() {
+        return;
+    }
+    let topo = nothing_leaks_when_natgate_stops("tc", Stop::Kill);
+    assert!(
+        !natgate_rules(&topo).is_empty(),
+        "the rule stays, fail closed"
+    );
+    let mut gw = Gateway::start(&topo, &config(&topo, ""));
+    let to = SocketAddrV4::new(addr::WAN1, 7101);
+    let server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    client.send_to(b"again", to).unwrap();
+    let (_, from) = recv(&server, T).expect("translated after the restart");
+    assert!(in_pool(*v4(from).ip()), "{from}");
+    assert!(gw.stop().unwrap().success());
+    assert!(natgate_rules(&topo).is_empty());
+}
+
+/// SIGKILL with the flow on the slow path: the TUN and its route die with the process; the
+/// blackhole stays.
+#[test]
+fn after_sigkill_of_the_slow_path_nothing_leaves_untranslated() {
+    if !is_root() {
+        return;
+    }
+    nothing_leaks_when_natgate_stops("off", Stop::Kill);
+}
+
+/// A normal stop (SIGTERM) under traffic: forwarding goes back off before the rule goes, so no
+/// packet leaks while the teardown runs or after it.
+#[test]
+fn during_a_normal_stop_nothing_leaves_untranslated() {
+    if !is_root() {
+        return;
+    }
+    let topo = nothing_leaks_when_natgate_stops("auto", Stop::Term);
+    assert!(natgate_rules(&topo).is_empty());
 }
