@@ -231,6 +231,35 @@ impl MetricsSnapshot {
                 e.sample(name, &[], v);
             }
         }
+        if !st.log_sink_losses.is_empty() {
+            e.family(
+                "natgate_log_sink_events_lost_total",
+                "counter",
+                "Translation events a log sink took and could not write or send, by sink and \
+                 reason.",
+            );
+            for l in &st.log_sink_losses {
+                e.sample(
+                    "natgate_log_sink_events_lost_total",
+                    &[("sink", &l.sink), ("reason", &l.reason)],
+                    l.events,
+                );
+            }
+        }
+        if !st.dataplane_drops.is_empty() {
+            e.family(
+                "natgate_dataplane_drops_total",
+                "counter",
+                "Packets the data plane lost outside the engines, by reason.",
+            );
+            for d in &st.dataplane_drops {
+                e.sample(
+                    "natgate_dataplane_drops_total",
+                    &[("reason", &d.reason)],
+                    d.packets,
+                );
+            }
+        }
         e.family("natgate_sessions", "gauge", "Live sessions, by protocol.");
         for p in Protocol::ALL {
             e.sample(

@@ -301,3 +301,104 @@ fn during_a_normal_stop_nothing_leaves_untranslated() {
     let topo = nothing_leaks_when_natgate_stops("auto", Stop::Term);
     assert!(natgate_rules(&topo).is_empty());
 }
+
+/// Removes a directory when dropped.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Events of `sink` lost for `reason`, from `ctl stats`.
+fn sink_lost(stats: &serde_json::Value, sink: &str, reason: &str) -> u64 {
+    stats["log_sink_losses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["sink"] == sink && l["reason"] == reason)
+        .map(|l| l["events"].as_u64().unwrap())
+        .sum()
+}
+
+/// The JSON-lines file on a full disk (a 16 KiB tmpfs in natgate's own mount namespace) and a
+/// syslog and an IPFIX collector that are down (closed ports on wan1): what does not reach
+/// them is counted per sink and reason in `ctl stats`, natgate warns about each, and the file
+/// holds whole records only.
+#[test]
+fn lost_translation_logs_are_counted_per_sink_and_reason() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let dir = std::env::temp_dir().join(format!("natgate-e2e-full-{}", topo.suffix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _rm = RemoveDir(dir.clone());
+    let d = dir.display().to_string();
+    let text = config(
+        &topo,
+        &format!(
+            "[log.file]\npath = \"{d}/events.jsonl\"\n\n[log.syslog]\nudp = \"{w}:5514\"\n\n\
+             [log.ipfix]\ncollector = \"{w}:4739\"\n",
+            w = addr::WAN1
+        ),
+    );
+    // The tmpfs goes with natgate's mount namespace, that is with natgate.
+    let script = "mount -t tmpfs -o size=16k tmpfs \"$0\" && exec \"$@\"";
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        &d,
+    ];
+    let mut gw = Gateway::spawn_under(&topo, &text, &wrapper);
+    gw.wait_for("natgate running", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("natgate did not start:\n{}", gw.lines.join("\n")));
+    // 400 sessions: 400 records, far more than 16 KiB.
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    for port in 0..400u16 {
+        client
+            .send_to(b"log me", SocketAddrV4::new(addr::WAN1, 20_000 + port))
+            .unwrap();
+    }
+    let wanted = [
+        ("file", "no_space"),
+        ("syslog", "refused"),
+        ("ipfix", "refused"),
+    ];
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..50 {
+        stats = ctl_json(&topo, &["stats"]);
+        if wanted.iter().all(|(s, r)| sink_lost(&stats, s, r) > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (sink, reason) in wanted {
+        assert!(
+            sink_lost(&stats, sink, reason) > 0,
+            "{sink} {reason}: {stats}"
+        );
+        let line = gw.wait_for(&format!("sink=\"{sink}\""), T);
+        assert!(
+            line.is_some_and(|l| l.contains("translation log sink failing")),
+            "a warning for {sink}: {}",
+            gw.lines.join("\n")
+        );
+    }
+    // Read through natgate's own root: the tmpfs is in its mount namespace only.
+    let file = format!("/proc/{}/root{d}/events.jsonl", gw.pid());
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.len() > 1000 && written.ends_with('\n'), "{written}");
+    for line in written.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("a whole record");
+    }
+    let recorded = written.lines().count() as u64;
+    assert!(recorded + sink_lost(&stats, "file", "no_space") <= 400 * 2);
+    assert!(gw.stop().unwrap().success());
+}

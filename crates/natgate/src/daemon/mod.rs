@@ -1057,6 +1057,7 @@ impl EventOutput for PipelineOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logsink::Lost;
     use natgate_core::alloc::SubscriberId;
     use natgate_core::{DropReason, Endpoint, Instant};
     use std::sync::Mutex;
@@ -1104,11 +1105,14 @@ mod tests {
     struct Keep(Arc<Mutex<Vec<Event>>>);
 
     impl Sink for Keep {
-        fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn record(&mut self, ev: &Event) -> Result<(), Lost> {
             self.0.lock().expect("lock").push(*ev);
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), LogError> {
+        fn flush(&mut self) -> Result<(), Lost> {
             Ok(())
         }
     }
@@ -1260,14 +1264,17 @@ mod tests {
     }
 
     impl Sink for Stuck {
-        fn record(&mut self, _: &Event) -> Result<(), LogError> {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn record(&mut self, _: &Event) -> Result<(), Lost> {
             if let Some(tx) = self.entered.take() {
                 let _ = tx.send(());
                 let _ = self.gate.recv_timeout(Duration::from_secs(10));
             }
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), LogError> {
+        fn flush(&mut self) -> Result<(), Lost> {
             Ok(())
         }
     }

@@ -31,8 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natgate_core::{Event, Protocol};
 
-use super::{LogError, NatEvent, PortRange, Record, Sink};
-use crate::eventlog::TimeBase;
+use super::{LogError, Lost, NatEvent, PortRange, Record, Sink};
+use crate::eventlog::{TimeBase, append_whole};
 
 /// The file's first bytes.
 const MAGIC: &[u8; 8] = b"NGBLK1\0\0";
@@ -368,12 +368,17 @@ impl SharedBlockLog {
 }
 
 impl Sink for SharedBlockLog {
-    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
-        self.lock()?.record(ev)
+    fn name(&self) -> &'static str {
+        "block-log"
     }
 
-    fn flush(&mut self) -> Result<(), LogError> {
-        self.lock()?.flush()
+    fn record(&mut self, ev: &Event) -> Result<(), Lost> {
+        self.lock().map_err(|e| Lost::new(1, e))?.record(ev)
+    }
+
+    fn flush(&mut self) -> Result<(), Lost> {
+        // A poisoned lock loses what the batch held; how much is behind the lock.
+        self.lock().map_err(|e| Lost::new(0, e))?.flush()
     }
 }
 
@@ -413,7 +418,11 @@ fn replay_filtered(
 }
 
 impl Sink for BlockLog {
-    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+    fn name(&self) -> &'static str {
+        "block-log"
+    }
+
+    fn record(&mut self, ev: &Event) -> Result<(), Lost> {
         let rec = Record::from_event(ev);
         let at = self.time.to_system(rec.at);
         let Some(x) = rec.external else {
@@ -443,13 +452,22 @@ impl Sink for BlockLog {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), LogError> {
-        if !self.pending.is_empty() {
-            self.file.write_all(&self.pending)?;
-            self.pending.clear();
-            if self.config.durable {
-                self.file.sync_data()?;
-            }
+    /// Appends the batch's records whole or not at all: a full disk cuts the file back to
+    /// the last whole record, so it stays aligned, and the rest are counted lost.
+    fn flush(&mut self) -> Result<(), Lost> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records = (self.pending.len() / RECORD_LEN) as u64;
+        let written = append_whole(&mut self.file, &self.pending, |b| {
+            b.len() / RECORD_LEN * RECORD_LEN
+        });
+        self.pending.clear();
+        if let Err(s) = written {
+            return Err(Lost::new(records - (s.kept / RECORD_LEN) as u64, s.error));
+        }
+        if self.config.durable {
+            self.file.sync_data().map_err(|e| Lost::new(records, e))?;
         }
         Ok(())
     }
