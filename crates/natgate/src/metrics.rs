@@ -661,6 +661,15 @@ mod tests {
         };
         s.mappings = 4;
         s.stats.log_events_lost = 7;
+        s.stats.log_sink_losses = vec![crate::control::protocol::LogSinkLoss {
+            sink: "file".into(),
+            reason: "no_space".into(),
+            events: 11,
+        }];
+        s.stats.dataplane_drops = vec![crate::control::protocol::DataplaneDrop {
+            reason: "tun_tx_dropped".into(),
+            packets: 12,
+        }];
         s.stats.static_sessions_created = 8;
         s.stats.vserver_sessions_created = 9;
         s.stats.static_sessions_deleted = 10;
@@ -824,6 +833,22 @@ mod tests {
         );
         assert_eq!(get(&s, "natgate_mapping_failures_total", &[]), 4.0);
         assert_eq!(get(&s, "natgate_log_events_lost_total", &[]), 7.0);
+        assert_eq!(
+            get(
+                &s,
+                "natgate_log_sink_events_lost_total",
+                &[("reason", "no_space"), ("sink", "file")]
+            ),
+            11.0
+        );
+        assert_eq!(
+            get(
+                &s,
+                "natgate_dataplane_drops_total",
+                &[("reason", "tun_tx_dropped")]
+            ),
+            12.0
+        );
         for (name, v) in [
             ("natgate_static_sessions_created_total", 8.0),
             ("natgate_vserver_sessions_created_total", 9.0),

@@ -251,6 +251,34 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
     }
 
+    /// The packets the kernel dropped on their way out of interface `name` (its link
+    /// statistics' `tx_dropped`; for a TUN device, packets its queues had no room for).
+    pub fn link_tx_dropped(&mut self, name: &str) -> Result<u64, NetlinkError> {
+        check_ifname(name)?;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, "get link") {
+            Err(NetlinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::ENODEV) =>
+            {
+                return Err(NetlinkError::NoSuchLink(name.to_owned()));
+            }
+            r => r?,
+        };
+        replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l.attributes),
+                _ => None,
+            })
+            .flatten()
+            .find_map(|a| match a {
+                LinkAttribute::Stats64(s) => Some(s.tx_dropped),
+                _ => None,
+            })
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+    }
+
     /// Whether interface `name` exists in this namespace.
     pub fn link_exists(&mut self, name: &str) -> Result<bool, NetlinkError> {
         match self.link_index(name) {

@@ -402,3 +402,53 @@ fn lost_translation_logs_are_counted_per_sink_and_reason() {
     assert!(recorded + sink_lost(&stats, "file", "no_space") <= 400 * 2);
     assert!(gw.stop().unwrap().success());
 }
+
+/// Packets of `reason` the data plane lost outside the engines, from `ctl stats`.
+fn dataplane_drops(stats: &serde_json::Value, reason: &str) -> Option<u64> {
+    stats["dataplane_drops"]
+        .as_array()?
+        .iter()
+        .find(|d| d["reason"] == reason)
+        .and_then(|d| d["packets"].as_u64())
+}
+
+/// Packets the kernel drops on natgate's TUN queues are counted: natgate is stopped (SIGSTOP)
+/// while a subscriber sends 3000 datagrams, more than the queue holds; after SIGCONT
+/// `ctl stats` shows them as `tun_tx_dropped`, next to `tun_write_failed` and
+/// `steer_queue_full`.
+#[test]
+fn packets_the_kernel_drops_on_the_tun_are_counted() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let text = config(&topo, "[dataplane]\nfast-path = \"off\"\n");
+    let mut gw = Gateway::start(&topo, &text);
+    let before = ctl_json(&topo, &["stats"]);
+    assert_eq!(
+        dataplane_drops(&before, "tun_tx_dropped"),
+        Some(0),
+        "{before}"
+    );
+    assert_eq!(dataplane_drops(&before, "tun_write_failed"), Some(0));
+    assert_eq!(dataplane_drops(&before, "steer_queue_full"), Some(0));
+    let to = SocketAddrV4::new(addr::WAN1, 7300);
+    let _server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    gw.signal(libc::SIGSTOP);
+    for _ in 0..3000 {
+        let _ = client.send_to(b"queued", to);
+    }
+    gw.signal(libc::SIGCONT);
+    let mut dropped = 0;
+    for _ in 0..50 {
+        let stats = ctl_json(&topo, &["stats"]);
+        dropped = dataplane_drops(&stats, "tun_tx_dropped").unwrap();
+        if dropped > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dropped > 0 && dropped < 3000, "{dropped}");
+    assert!(gw.stop().unwrap().success());
+}

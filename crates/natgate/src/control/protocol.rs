@@ -975,8 +975,9 @@ pub struct LogSinkLoss {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataplaneDrop {
     /// The reason: `tun_tx_dropped` (the kernel dropped packets queued to natgate's TUN
-    /// devices: a worker did not read fast enough) or `tun_write_failed` (a TUN refused a
-    /// translated packet natgate wrote back).
+    /// devices: a worker did not read fast enough), `tun_write_failed` (the kernel refused a
+    /// packet natgate wrote back into a TUN) or `steer_queue_full` (a packet read by one worker
+    /// and owned by another found the owner's mailbox full).
     pub reason: String,
     /// Packets lost.
     pub packets: u64,

@@ -20,9 +20,9 @@ use super::vservers::check_change;
 use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
-    DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, LogSinkLoss, PerProtocol,
-    PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList, StatsInfo, StatusInfo,
-    VirtualServerChange, VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
+    DataplaneDrop, DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, LogSinkLoss,
+    PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList, StatsInfo,
+    StatusInfo, VirtualServerChange, VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
 use crate::logsink::whois::WhoisSource;
@@ -299,7 +299,8 @@ impl ControlService {
     }
 
     /// Fills in what is counted outside the engines: the log pipeline and its sinks, the
-    /// fast path, and the data plane's own losses.
+    /// fast path, and the data plane's own losses (the kernel's drops on the TUNs, the writes
+    /// it refused, and packets a full mailbox kept from the worker that owns them).
     fn outside_the_engines(&self, snap: &Snapshot, stats: &mut StatsInfo) {
         if let Some(log) = self.handle.log_stats() {
             stats.log_events_lost = log.lost;
@@ -314,6 +315,20 @@ impl ControlService {
                 .collect();
         }
         stats.fast_path = fast_path_stats(snap);
+        let tun = self.handle.tun_tx_dropped();
+        stats.dataplane_drops = [
+            ("tun_tx_dropped", tun),
+            ("tun_write_failed", Some(snap.io.tx_errors)),
+            ("steer_queue_full", Some(snap.io.steer_dropped)),
+        ]
+        .into_iter()
+        .filter_map(|(reason, n)| {
+            n.map(|packets| DataplaneDrop {
+                reason: reason.to_owned(),
+                packets,
+            })
+        })
+        .collect();
     }
 
     /// What the metrics endpoint reports; an empty snapshot if the workers do not answer.
