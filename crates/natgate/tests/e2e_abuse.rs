@@ -179,6 +179,16 @@ fn captured_sources(fd: &OwnedFd) -> (usize, usize) {
     (translated, leaked)
 }
 
+/// The routes of natgate's table in the gateway namespace, as `ip route` prints them.
+fn natgate_table(topo: &Topology) -> String {
+    let table = natgate::config::DEFAULT_TABLE.to_string();
+    let out = std::process::Command::new("ip")
+        .args(["-n", topo.gateway.name(), "route", "show", "table", &table])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// How the gateway stops in a fail-closed test.
 #[derive(Clone, Copy)]
 enum Stop {
@@ -270,6 +280,8 @@ fn after_sigkill_of_the_fast_path_nothing_leaves_untranslated() {
         !natgate_rules(&topo).is_empty(),
         "the rule stays, fail closed"
     );
+    let table = natgate_table(&topo);
+    assert!(table.starts_with("blackhole default"), "{table}");
     let mut gw = Gateway::start(&topo, &config(&topo, ""));
     let to = SocketAddrV4::new(addr::WAN1, 7101);
     let server = udp_socket(&topo.wan1, to);
@@ -279,6 +291,7 @@ fn after_sigkill_of_the_fast_path_nothing_leaves_untranslated() {
     assert!(in_pool(*v4(from).ip()), "{from}");
     assert!(gw.stop().unwrap().success());
     assert!(natgate_rules(&topo).is_empty());
+    assert_eq!(natgate_table(&topo), "");
 }
 
 /// SIGKILL with the flow on the slow path: the TUN and its route die with the process; the
@@ -300,6 +313,7 @@ fn during_a_normal_stop_nothing_leaves_untranslated() {
     }
     let topo = nothing_leaks_when_natgate_stops("auto", Stop::Term);
     assert!(natgate_rules(&topo).is_empty());
+    assert_eq!(natgate_table(&topo), "", "the blackhole goes last");
 }
 
 /// Removes a directory when dropped.
