@@ -295,13 +295,24 @@ fn after_sigkill_of_the_fast_path_nothing_leaves_untranslated() {
 }
 
 /// SIGKILL with the flow on the slow path: the TUN and its route die with the process; the
-/// blackhole stays.
+/// blackhole stays. A restart that fails after taking it over (here: its log file cannot be
+/// opened) leaves it too, as forwarding is still on.
 #[test]
 fn after_sigkill_of_the_slow_path_nothing_leaves_untranslated() {
     if !is_root() {
         return;
     }
-    nothing_leaks_when_natgate_stops("off", Stop::Kill);
+    let topo = nothing_leaks_when_natgate_stops("off", Stop::Kill);
+    let bad = config(
+        &topo,
+        "[log.file]\npath = \"/nonexistent-natgate-dir/events.jsonl\"\n",
+    );
+    let mut gw = Gateway::spawn(&topo, &bad);
+    let st = gw.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert!(!st.success(), "{st:?}");
+    assert!(!natgate_rules(&topo).is_empty(), "the rule stays");
+    let table = natgate_table(&topo);
+    assert!(table.starts_with("blackhole default"), "{table}");
 }
 
 /// A normal stop (SIGTERM) under traffic: forwarding goes back off before the rule goes, so no

@@ -753,6 +753,9 @@ impl Daemon {
         };
         // On failure, dropping `daemon` stops the workers and removes the plumbing.
         daemon.health = Some(health::spawn(handle, clock, stop)?);
+        if let Some(p) = daemon.plumbing.as_mut() {
+            p.running();
+        }
         Ok(daemon)
     }
 

@@ -50,7 +50,8 @@
 //! the inside rule's packets hit the blackhole instead of falling through to the main table. The
 //! blackhole and the rule are set up first and removed last, after `ip_forward` has its old
 //! value back, so no packet leaks while a normal stop runs; after SIGKILL they stay, and the
-//! next start keeps the rule (it never opens a gap) and takes them over. The blackhole is
+//! next start keeps the rule (it never opens a gap) and takes them over, or leaves them if it
+//! fails (forwarding is still on, as the killed run left it). The blackhole is
 //! silent: an `unreachable` route would answer possibly spoofed sources.
 //!
 //! Everything is named so a run killed with SIGKILL leaves state the next start recognises and
@@ -82,6 +83,9 @@ const IPPROTO_ICMP: u8 = 1;
 /// Metric of the fail-closed blackhole in TABLE: worse than the TUN route's (0), so it only
 /// matches while the TUN is gone.
 pub const FAIL_CLOSED_METRIC: u32 = u32::MAX;
+
+/// Undo entries of the fail-closed state: the blackhole and the inside rule, set up first.
+const FAIL_CLOSED_UNDOS: usize = 2;
 
 /// Most stale rules removed at start (bounds the clean-up loop).
 const MAX_STALE_RULES: usize = 64;
@@ -188,6 +192,10 @@ pub struct Plumbing {
     /// A stale inside rule (of a run killed before its clean-up) was kept, not removed and
     /// added again, so there was no moment without it.
     inside_rule_kept: bool,
+    /// Teardown leaves the blackhole and the inside rule: set while a start that found them
+    /// left by a killed run has not succeeded, so that a failing restart (which leaves
+    /// `ip_forward` on as the killed run left it) does not open the way out.
+    keep_fail_closed: bool,
 }
 
 /// The TUN queues for the workers, `(inside, outside)` per worker.
@@ -262,6 +270,7 @@ impl Plumbing {
             tun_in,
             tun_out,
             inside_rule_kept: false,
+            keep_fail_closed: false,
         };
         plumbing.refuse_if_running()?;
         let stale_removed =
@@ -376,6 +385,7 @@ impl Plumbing {
             .collect();
         self.inside_rule_kept =
             inside_rules.len() == 1 && inside_rules[0].iif.as_deref() == Some(&s.inside);
+        self.keep_fail_closed = self.inside_rule_kept;
         if self.inside_rule_kept {
             self.nl.replace_route_v4(&fail_closed_route(s.table))?;
         }
@@ -655,9 +665,23 @@ impl Plumbing {
         })
     }
 
+    /// The start succeeded: from now on teardown removes everything, the fail-closed state
+    /// included (after `ip_forward` has its old value back).
+    pub fn running(&mut self) {
+        self.keep_fail_closed = false;
+    }
+
     fn teardown_here(&mut self) -> Result<(), PlumbingError> {
         let mut first = Ok(());
-        while let Some(u) = self.undo.pop() {
+        // The blackhole and the inside rule are the first two undo entries.
+        let keep = if self.keep_fail_closed {
+            FAIL_CLOSED_UNDOS
+        } else {
+            0
+        };
+        while self.undo.len() > keep
+            && let Some(u) = self.undo.pop()
+        {
             let r = match u {
                 Undo::Rule { priority, table } => match self.nl.del_rule_v4(priority, table) {
                     Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
@@ -696,6 +720,13 @@ impl Plumbing {
             if let (Err(e), true) = (r, first.is_ok()) {
                 first = Err(e);
             }
+        }
+        if !self.undo.is_empty() {
+            tracing::warn!(
+                "the start after a killed run failed: its blackhole and inside rule stay, so \
+                 nothing from the inside leaves untranslated"
+            );
+            self.undo.clear();
         }
         first
     }
