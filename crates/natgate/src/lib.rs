@@ -42,5 +42,7 @@ pub mod netlink;
 pub mod netns;
 pub mod probe;
 pub mod sysctl;
+#[cfg(test)]
+mod testutil;
 pub mod topology;
 pub mod tun;

@@ -476,6 +476,7 @@ impl Sink for BlockLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logsink::LossReason;
     use natgate_core::{Endpoint, Instant};
 
     const SUB_A: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
@@ -552,6 +553,39 @@ mod tests {
                 .expect("whois")
                 .is_empty()
         );
+    }
+
+    /// A full disk leaves whole records only, so the file stays aligned and readable, and
+    /// every record that did not get in is counted.
+    #[test]
+    fn a_full_disk_leaves_whole_records_and_counts_the_rest() {
+        const BLOCKS: u64 = 2000;
+        let Some((len, lost, intervals)) = crate::testutil::on_a_small_tmpfs(|dir| {
+            let cfg = config(dir, 100);
+            let mut log = BlockLog::open(cfg.clone(), base()).expect("open");
+            let mut lost = 0;
+            for n in 0..BLOCKS {
+                let first = 1024 + (n as u16 % 60) * 1000;
+                log.log(t(n), true, None, SUB_A, EXT, block(first, first + 999));
+                if n % 5 == 4
+                    && let Err(e) = Sink::flush(&mut log)
+                {
+                    assert_eq!(LossReason::of(&e.source), LossReason::NoSpace, "{e}");
+                    lost += e.events;
+                }
+            }
+            let len = std::fs::metadata(&cfg.path).expect("stat").len();
+            // Reopening reads every record: none is torn.
+            let reread = BlockLog::open(cfg, base()).expect("reopen");
+            (len, lost, reread.index.open.len())
+        }) else {
+            return;
+        };
+        assert!(lost > 0, "the disk filled up");
+        let records = (len - MAGIC.len() as u64) / RECORD_LEN as u64;
+        assert_eq!(MAGIC.len() as u64 + records * RECORD_LEN as u64, len);
+        assert_eq!(records + lost, BLOCKS);
+        assert!(intervals > 0);
     }
 
     #[test]
