@@ -348,7 +348,8 @@ fn sink_lost(stats: &serde_json::Value, sink: &str, reason: &str) -> u64 {
 }
 
 /// The JSON-lines file on a full disk (a 16 KiB tmpfs in natgate's own mount namespace) and a
-/// syslog and an IPFIX collector that are down (closed ports on wan1): what does not reach
+/// syslog and an IPFIX collector that are down (closed ports on wan1 and wan2, two hosts, as
+/// each rate-limits its port unreachables per destination): what does not reach
 /// them is counted per sink and reason in `ctl stats`, natgate warns about each, and the file
 /// holds whole records only.
 #[test]
@@ -364,9 +365,10 @@ fn lost_translation_logs_are_counted_per_sink_and_reason() {
     let text = config(
         &topo,
         &format!(
-            "[log.file]\npath = \"{d}/events.jsonl\"\n\n[log.syslog]\nudp = \"{w}:5514\"\n\n\
-             [log.ipfix]\ncollector = \"{w}:4739\"\n",
-            w = addr::WAN1
+            "[log.file]\npath = \"{d}/events.jsonl\"\n\n[log.syslog]\nudp = \"{w1}:5514\"\n\n\
+             [log.ipfix]\ncollector = \"{w2}:4739\"\n",
+            w1 = addr::WAN1,
+            w2 = addr::WAN2,
         ),
     );
     // The tmpfs goes with natgate's mount namespace, that is with natgate.
