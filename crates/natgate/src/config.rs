@@ -168,7 +168,7 @@ pub struct TunSection {
     /// Priority of the `iif INSIDE lookup TABLE` rule.
     #[serde(default = "default_rule_priority")]
     pub rule_priority: u32,
-    /// Routing table holding `default dev NAME-in`.
+    /// Routing table holding `default dev NAME-in` and the fail-closed blackhole under it.
     #[serde(default = "default_table")]
     pub table: u32,
 }

@@ -43,3 +43,5 @@ pub mod dataplane;
 pub mod lab;
 pub mod observability;
 pub mod platform;
+#[cfg(test)]
+mod testutil;

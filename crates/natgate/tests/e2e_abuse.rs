@@ -1,12 +1,16 @@
-//! natgate under attack, end to end in namespaces: a subscriber sending from spoofed sources
-//! while another keeps its flows. Needs root; skips otherwise. The topology's namespaces (and
-//! with them every address added here) go when the test ends, pass or fail.
+//! natgate under attack and failure, end to end in namespaces: a subscriber sending from spoofed
+//! sources while another keeps its flows; natgate killed or stopped under traffic. Needs root;
+//! skips otherwise. The topology's namespaces (and with them every address added here and every
+//! natgate left behind) go when the test ends, pass or fail.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
@@ -119,4 +123,359 @@ fn a_config_the_machine_cannot_hold_is_refused_at_run_and_leaves_nothing() {
     assert!(line.is_some(), "the need and what there is: {:?}", gw.lines);
     assert!(natgate_rules(&topo).is_empty());
     assert!(!has_link(&topo, "natgate-in") && !has_link(&topo, "natgate-out"));
+}
+
+/// An AF_PACKET socket in `ns` that sees every IPv4 packet arriving there, before any
+/// reverse-path check or socket look-up could hide it.
+fn capture(ns: &natgate::platform::netns::Netns) -> OwnedFd {
+    ns.run_in(|| {
+        let proto = i32::from((libc::ETH_P_IP as u16).to_be());
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto,
+            )
+        };
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size: libc::c_int = 16 << 20;
+        // SAFETY: setsockopt with a c_int option of the right length.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        fd
+    })
+    .unwrap()
+}
+
+/// Reads what `fd` captured: (packets from the pool, packets from an inside address).
+fn captured_sources(fd: &OwnedFd) -> (usize, usize) {
+    let (mut translated, mut leaked) = (0, 0);
+    let mut buf = [0u8; 2048];
+    for _ in 0..1_000_000 {
+        // SAFETY: recv into a buffer of the given length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let Ok(n) = usize::try_from(n) else { break };
+        if n < 20 {
+            continue;
+        }
+        let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        if in_pool(src) {
+            translated += 1;
+        } else if u32::from(src) >> 22 == u32::from(Ipv4Addr::new(100, 64, 0, 0)) >> 22 {
+            // 100.64.0.0/10: a subscriber's own address.
+            leaked += 1;
+        }
+    }
+    (translated, leaked)
+}
+
+/// The routes of natgate's table in the gateway namespace, as `ip route` prints them.
+fn natgate_table(topo: &Topology) -> String {
+    let table = natgate::config::DEFAULT_TABLE.to_string();
+    let out = std::process::Command::new("ip")
+        .args(["-n", topo.gateway.name(), "route", "show", "table", &table])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How the gateway stops in a fail-closed test.
+#[derive(Clone, Copy)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// A subscriber sends a datagram every 2 ms to wan1 while natgate translates, while it stops
+/// (`how`), and for a second after; a capture on wan1 sees translated packets and not one with
+/// a subscriber's source. Returns the gateway's topology for the caller's further checks.
+fn nothing_leaks_when_natgate_stops(fast_path: &str, how: Stop) -> Topology {
+    let topo = topology();
+    let text = config(
+        &topo,
+        &format!("[dataplane]\nfast-path = \"{fast_path}\"\n"),
+    );
+    let mut gw = Gateway::start(&topo, &text);
+    let to = SocketAddrV4::new(addr::WAN1, 7100);
+    let server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    for _ in 0..20 {
+        client.send_to(b"warm", to).unwrap();
+        let (_, from) = recv(&server, T).expect("translated datagram");
+        assert!(in_pool(*v4(from).ip()), "{from}");
+    }
+    if fast_path == "tc" {
+        let p = ctl_json(&topo, &["stats"])["fast_path"]["program"].clone();
+        assert!(
+            p["forwarded_out"].as_u64().unwrap() >= 15,
+            "the flow is carried in the kernel before the stop: {p}"
+        );
+    }
+    let cap = capture(&topo.wan1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent_after = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (stop, sent_after, stopped) = (stop.clone(), sent_after.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            // At most 5000 datagrams (10 s).
+            for _ in 0..5000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if client.send_to(b"flow", to).is_ok() && stopped.load(Ordering::Relaxed) {
+                    sent_after.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    match how {
+        Stop::Kill => gw.kill(),
+        Stop::Term => {
+            let st = gw.stop().expect("natgate exits on SIGTERM");
+            assert!(st.success(), "{st:?}");
+        }
+    }
+    stopped.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let (translated, leaked) = captured_sources(&cap);
+    assert!(
+        translated > 0,
+        "the flow ran through natgate before the stop"
+    );
+    assert!(
+        sent_after.load(Ordering::Relaxed) > 100,
+        "the subscriber kept sending after the stop"
+    );
+    assert_eq!(leaked, 0, "untranslated packets reached the WAN");
+    drop(server);
+    topo
+}
+
+/// SIGKILL with a flow carried by the in-kernel fast path: the kernel detaches the program
+/// with the process, the flow's packets fall back to the policy routing, and the blackhole
+/// left in natgate's table drops them. The next start takes over what was left and a normal
+/// stop removes it.
+#[test]
+fn after_sigkill_of_the_fast_path_nothing_leaves_untranslated() {
+    if !is_root() {
+        return;
+    }
+    let topo = nothing_leaks_when_natgate_stops("tc", Stop::Kill);
+    assert!(
+        !natgate_rules(&topo).is_empty(),
+        "the rule stays, fail closed"
+    );
+    let table = natgate_table(&topo);
+    assert!(table.starts_with("blackhole default"), "{table}");
+    let mut gw = Gateway::start(&topo, &config(&topo, ""));
+    let to = SocketAddrV4::new(addr::WAN1, 7101);
+    let server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    client.send_to(b"again", to).unwrap();
+    let (_, from) = recv(&server, T).expect("translated after the restart");
+    assert!(in_pool(*v4(from).ip()), "{from}");
+    assert!(gw.stop().unwrap().success());
+    assert!(natgate_rules(&topo).is_empty());
+    assert_eq!(natgate_table(&topo), "");
+}
+
+/// SIGKILL with the flow on the slow path: the TUN and its route die with the process; the
+/// blackhole stays. A restart that fails after taking it over (here: its log file cannot be
+/// opened) leaves it too, as forwarding is still on.
+#[test]
+fn after_sigkill_of_the_slow_path_nothing_leaves_untranslated() {
+    if !is_root() {
+        return;
+    }
+    let topo = nothing_leaks_when_natgate_stops("off", Stop::Kill);
+    let bad = config(
+        &topo,
+        "[log.file]\npath = \"/nonexistent-natgate-dir/events.jsonl\"\n",
+    );
+    let mut gw = Gateway::spawn(&topo, &bad);
+    let st = gw.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert!(!st.success(), "{st:?}");
+    assert!(!natgate_rules(&topo).is_empty(), "the rule stays");
+    let table = natgate_table(&topo);
+    assert!(table.starts_with("blackhole default"), "{table}");
+}
+
+/// A normal stop (SIGTERM) under traffic: forwarding goes back off before the rule goes, so no
+/// packet leaks while the teardown runs or after it.
+#[test]
+fn during_a_normal_stop_nothing_leaves_untranslated() {
+    if !is_root() {
+        return;
+    }
+    let topo = nothing_leaks_when_natgate_stops("auto", Stop::Term);
+    assert!(natgate_rules(&topo).is_empty());
+    assert_eq!(natgate_table(&topo), "", "the blackhole goes last");
+}
+
+/// Removes a directory when dropped.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Events of `sink` lost for `reason`, from `ctl stats`.
+fn sink_lost(stats: &serde_json::Value, sink: &str, reason: &str) -> u64 {
+    stats["log_sink_losses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["sink"] == sink && l["reason"] == reason)
+        .map(|l| l["events"].as_u64().unwrap())
+        .sum()
+}
+
+/// The JSON-lines file on a full disk (a 16 KiB tmpfs in natgate's own mount namespace) and a
+/// syslog and an IPFIX collector that are down (closed ports on wan1 and wan2, two hosts, as
+/// each rate-limits its port unreachables per destination): what does not reach
+/// them is counted per sink and reason in `ctl stats`, natgate warns about each, and the file
+/// holds whole records only.
+#[test]
+fn lost_translation_logs_are_counted_per_sink_and_reason() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let dir = std::env::temp_dir().join(format!("natgate-e2e-full-{}", topo.suffix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _rm = RemoveDir(dir.clone());
+    let d = dir.display().to_string();
+    let text = config(
+        &topo,
+        &format!(
+            "[log.file]\npath = \"{d}/events.jsonl\"\n\n[log.syslog]\nudp = \"{w1}:5514\"\n\n\
+             [log.ipfix]\ncollector = \"{w2}:4739\"\n",
+            w1 = addr::WAN1,
+            w2 = addr::WAN2,
+        ),
+    );
+    // The tmpfs goes with natgate's mount namespace, that is with natgate.
+    let script = "mount -t tmpfs -o size=16k tmpfs \"$0\" && exec \"$@\"";
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        &d,
+    ];
+    let mut gw = Gateway::spawn_under(&topo, &text, &wrapper);
+    gw.wait_for("natgate running", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("natgate did not start:\n{}", gw.lines.join("\n")));
+    // 400 sessions: 400 records, far more than 16 KiB.
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    for port in 0..400u16 {
+        client
+            .send_to(b"log me", SocketAddrV4::new(addr::WAN1, 20_000 + port))
+            .unwrap();
+    }
+    let wanted = [
+        ("file", "no_space"),
+        ("syslog", "refused"),
+        ("ipfix", "refused"),
+    ];
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..50 {
+        stats = ctl_json(&topo, &["stats"]);
+        if wanted.iter().all(|(s, r)| sink_lost(&stats, s, r) > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (sink, reason) in wanted {
+        assert!(
+            sink_lost(&stats, sink, reason) > 0,
+            "{sink} {reason}: {stats}"
+        );
+        let line = gw.wait_for(&format!("sink=\"{sink}\""), T);
+        assert!(
+            line.is_some_and(|l| l.contains("translation log sink failing")),
+            "a warning for {sink}: {}",
+            gw.lines.join("\n")
+        );
+    }
+    // Read through natgate's own root: the tmpfs is in its mount namespace only.
+    let file = format!("/proc/{}/root{d}/events.jsonl", gw.pid());
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.len() > 1000 && written.ends_with('\n'), "{written}");
+    for line in written.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("a whole record");
+    }
+    let recorded = written.lines().count() as u64;
+    assert!(recorded + sink_lost(&stats, "file", "no_space") <= 400 * 2);
+    assert!(gw.stop().unwrap().success());
+}
+
+/// Packets of `reason` the data plane lost outside the engines, from `ctl stats`.
+fn dataplane_drops(stats: &serde_json::Value, reason: &str) -> Option<u64> {
+    stats["dataplane_drops"]
+        .as_array()?
+        .iter()
+        .find(|d| d["reason"] == reason)
+        .and_then(|d| d["packets"].as_u64())
+}
+
+/// Packets the kernel drops on natgate's TUN queues are counted: natgate is stopped (SIGSTOP)
+/// while a subscriber sends 3000 datagrams, more than the queue holds; after SIGCONT
+/// `ctl stats` shows them as `tun_tx_dropped`, next to `tun_write_failed` and
+/// `steer_queue_full`.
+#[test]
+fn packets_the_kernel_drops_on_the_tun_are_counted() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let text = config(&topo, "[dataplane]\nfast-path = \"off\"\n");
+    let mut gw = Gateway::start(&topo, &text);
+    let before = ctl_json(&topo, &["stats"]);
+    assert_eq!(
+        dataplane_drops(&before, "tun_tx_dropped"),
+        Some(0),
+        "{before}"
+    );
+    assert_eq!(dataplane_drops(&before, "tun_write_failed"), Some(0));
+    assert_eq!(dataplane_drops(&before, "steer_queue_full"), Some(0));
+    let to = SocketAddrV4::new(addr::WAN1, 7300);
+    let _server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    gw.signal(libc::SIGSTOP);
+    for _ in 0..3000 {
+        let _ = client.send_to(b"queued", to);
+    }
+    gw.signal(libc::SIGCONT);
+    let mut dropped = 0;
+    for _ in 0..50 {
+        let stats = ctl_json(&topo, &["stats"]);
+        dropped = dataplane_drops(&stats, "tun_tx_dropped").unwrap();
+        if dropped > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dropped > 0 && dropped < 3000, "{dropped}");
+    assert!(gw.stop().unwrap().success());
 }

@@ -399,3 +399,44 @@ fn tshark_dissects_the_stream_when_installed() {
         "{text}"
     );
 }
+
+/// A collector that is down is counted: each message the kernel refuses after the collector's
+/// ICMP port unreachable loses its records, counted as `ipfix` losses with reason `refused`.
+#[test]
+fn an_unreachable_collector_is_counted_per_sink_and_reason() {
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let exporter = IpfixExporter::open(IpfixConfig::new(closed), base()).expect("open");
+    let (tx, handle) = LogPipeline::start(PipelineConfig {
+        capacity: 64,
+        max_batch: 64,
+        sinks: vec![Box::new(exporter)],
+    })
+    .expect("start");
+    // One batch (about one message) at a time: the message after a refused one fails.
+    for _ in 0..6 {
+        for e in events() {
+            assert!(tx.send(e));
+        }
+        let written = handle.stats().written;
+        for _ in 0..200 {
+            if handle.stats().written > written {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let stats = handle.shutdown().expect("shutdown");
+    let lost: Vec<_> = stats
+        .sink_losses
+        .iter()
+        .filter(|l| l.events > 0)
+        .map(|l| (l.sink, l.reason.name(), l.events))
+        .collect();
+    assert_eq!(lost.len(), 1, "{stats:?}");
+    assert_eq!((lost[0].0, lost[0].1), ("ipfix", "refused"));
+    // Each refusal answers an earlier message, so some messages are lost uncounted.
+    assert!((1..30).contains(&lost[0].2), "{stats:?}");
+}

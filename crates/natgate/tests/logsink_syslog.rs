@@ -351,3 +351,39 @@ fn unix_datagram_target_like_dev_log() {
         assert_eq!(m.msgid, want);
     }
 }
+
+/// A UDP port on loopback where nothing listens: the kernel answers port unreachable.
+fn closed_port() -> std::net::SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr")
+}
+
+/// A collector that is down is counted: the sends the kernel refuses after its ICMP port
+/// unreachable are `syslog` losses with reason `refused`, never silent.
+#[test]
+fn an_unreachable_collector_is_counted_per_sink_and_reason() {
+    let sink =
+        SyslogSink::open(config(SyslogTarget::Udp(closed_port()), false), base()).expect("open");
+    let (tx, handle) = LogPipeline::start(PipelineConfig {
+        capacity: 64,
+        max_batch: 64,
+        sinks: vec![Box::new(sink)],
+    })
+    .expect("start");
+    for _ in 0..4 {
+        for e in events() {
+            assert!(tx.send(e));
+        }
+    }
+    let stats = handle.shutdown().expect("shutdown");
+    let refused: Vec<_> = stats
+        .sink_losses
+        .iter()
+        .filter(|l| l.events > 0)
+        .map(|l| (l.sink, l.reason.name()))
+        .collect();
+    assert_eq!(refused, [("syslog", "refused")], "{stats:?}");
+    let lost = stats.sink_losses.iter().map(|l| l.events).sum::<u64>();
+    // Each refusal answers an earlier datagram, which is lost uncounted.
+    assert!((1..20).contains(&lost), "{stats:?}");
+}

@@ -383,7 +383,7 @@ pub enum Response {
     /// For `pools`.
     Pools(PoolList),
     /// For `stats`.
-    Stats(StatsInfo),
+    Stats(Box<StatsInfo>),
     /// For `drops`.
     Drops(DropList),
     /// For `flush`.
@@ -955,6 +955,36 @@ pub struct StatsInfo {
     /// `inbound`, which count what the engines translated themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<FastPathStats>,
+    /// Events that left the queue but did not reach a sink, for every configured sink and
+    /// reason (zeros included): a full disk, a collector that refuses them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_sink_losses: Vec<LogSinkLoss>,
+    /// Packets the data plane lost outside the engines, by reason (zeros included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dataplane_drops: Vec<DataplaneDrop>,
+}
+
+/// Events one log sink lost for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSinkLoss {
+    /// The sink: `file`, `stdout`, `syslog`, `ipfix` or `block-log`.
+    pub sink: String,
+    /// `no_space`, `refused`, `unreachable` or `io_error`.
+    pub reason: String,
+    /// Events lost.
+    pub events: u64,
+}
+
+/// Packets the data plane lost outside the engines for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneDrop {
+    /// The reason: `tun_tx_dropped` (the kernel dropped packets queued to natgate's TUN
+    /// devices: a worker did not read fast enough), `tun_write_failed` (the kernel refused a
+    /// packet natgate wrote back into a TUN) or `steer_queue_full` (a packet read by one worker
+    /// and owned by another found the owner's mailbox full).
+    pub reason: String,
+    /// Packets lost.
+    pub packets: u64,
 }
 
 /// The fast path in `stats`: the program's own counters and the engines' side of it.

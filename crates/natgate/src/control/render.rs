@@ -259,6 +259,18 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
             ] {
                 t.row(vec![k.to_owned(), v.to_string()]);
             }
+            for l in &s.log_sink_losses {
+                t.row(vec![
+                    format!("log events lost by {} ({})", l.sink, l.reason),
+                    l.events.to_string(),
+                ]);
+            }
+            for d in &s.dataplane_drops {
+                t.row(vec![
+                    format!("data plane drops {}", d.reason),
+                    d.packets.to_string(),
+                ]);
+            }
             if let Some(f) = &s.fast_path {
                 for (k, v) in f.program.named() {
                     t.row(vec![

@@ -20,9 +20,9 @@ use super::vservers::check_change;
 use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
-    DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, PerProtocol, PoolList, PoolRow,
-    RealServerOp, ReloadResult, RuleChange, RuleList, StatsInfo, StatusInfo, VirtualServerChange,
-    VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
+    DataplaneDrop, DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, LogSinkLoss,
+    PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList, StatsInfo,
+    StatusInfo, VirtualServerChange, VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
 use crate::observability::logsink::whois::WhoisSource;
@@ -298,14 +298,46 @@ impl ControlService {
         Ok(Response::Whois(WhoisList { answers }))
     }
 
+    /// Fills in what is counted outside the engines: the log pipeline and its sinks, the
+    /// fast path, and the data plane's own losses (the kernel's drops on the TUNs, the writes
+    /// it refused, and packets a full mailbox kept from the worker that owns them).
+    fn outside_the_engines(&self, snap: &Snapshot, stats: &mut StatsInfo) {
+        if let Some(log) = self.handle.log_stats() {
+            stats.log_events_lost = log.lost;
+            stats.log_sink_losses = log
+                .sink_losses
+                .iter()
+                .map(|l| LogSinkLoss {
+                    sink: l.sink.to_owned(),
+                    reason: l.reason.name().to_owned(),
+                    events: l.events,
+                })
+                .collect();
+        }
+        stats.fast_path = fast_path_stats(snap);
+        let tun = self.handle.tun_tx_dropped();
+        stats.dataplane_drops = [
+            ("tun_tx_dropped", tun),
+            ("tun_write_failed", Some(snap.io.tx_errors)),
+            ("steer_queue_full", Some(snap.io.steer_dropped)),
+        ]
+        .into_iter()
+        .filter_map(|(reason, n)| {
+            n.map(|packets| DataplaneDrop {
+                reason: reason.to_owned(),
+                packets,
+            })
+        })
+        .collect();
+    }
+
     /// What the metrics endpoint reports; an empty snapshot if the workers do not answer.
     pub fn metrics(&self) -> MetricsSnapshot {
         let Ok(snap) = self.snapshot(Detail::Counts) else {
             return MetricsSnapshot::default();
         };
         let mut m = MetricsSnapshot::from_counters([&snap.counters]);
-        m.stats.log_events_lost = self.handle.log_stats().map_or(0, |s| s.lost);
-        m.stats.fast_path = fast_path_stats(&snap);
+        self.outside_the_engines(&snap, &mut m.stats);
         for p in Protocol::ALL {
             *m.sessions.get_mut(p) = snap.sessions_by_proto[p.index()];
         }
@@ -358,9 +390,8 @@ impl ControlHandler for ControlService {
             Request::Stats => {
                 let snap = self.snapshot(Detail::Summary)?;
                 let mut stats = StatsInfo::from_counters([&snap.counters]);
-                stats.log_events_lost = self.handle.log_stats().map_or(0, |s| s.lost);
-                stats.fast_path = fast_path_stats(&snap);
-                Ok(Response::Stats(stats))
+                self.outside_the_engines(&snap, &mut stats);
+                Ok(Response::Stats(Box::new(stats)))
             }
             Request::Drops(q) => {
                 let snap = self.snapshot(Detail::Summary)?;

@@ -326,6 +326,16 @@ pub struct DaemonHandle {
     logs: Arc<LogView>,
     /// The in-kernel fast path while it is attached (taken, and so detached, at shutdown).
     fast_path: Arc<Mutex<Option<FastPath>>>,
+    /// The TUN devices' kernel statistics; `None` without a data plane.
+    tuns: Arc<Mutex<Option<TunLinks>>>,
+}
+
+/// A netlink socket opened in the gateway's namespace (it keeps addressing it from any
+/// thread) and the TUN devices' names, for the drops the kernel counts on them.
+#[derive(Debug)]
+struct TunLinks {
+    nl: crate::platform::netlink::Netlink,
+    names: [String; 2],
 }
 
 /// What the control plane sees of the translation logs.
@@ -464,6 +474,19 @@ impl DaemonHandle {
     /// The log pipeline's counters; `None` when no sink is configured.
     pub fn log_stats(&self) -> Option<PipelineStats> {
         self.logs.monitor.as_ref().map(PipelineMonitor::stats)
+    }
+
+    /// Packets the kernel dropped on natgate's TUN devices (their `tx_dropped`: a queue had no
+    /// room because its worker did not read fast enough); `None` without a data plane or if
+    /// the kernel does not answer.
+    pub fn tun_tx_dropped(&self) -> Option<u64> {
+        let mut tuns = self.tuns.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = tuns.as_mut()?;
+        let mut sum = 0;
+        for name in &t.names {
+            sum += t.nl.link_tx_dropped(name).ok()?;
+        }
+        Some(sum)
     }
 
     /// The fast path's counters, while it runs.
@@ -631,6 +654,11 @@ impl Daemon {
         let ownership = shard::Ownership::from_config(engine_cfg.get()).ok_or_else(|| {
             DaemonError::Allocation("the deterministic prefixes describe no map".into())
         })?;
+        // Opened here, in the gateway's namespace, for the TUNs' statistics.
+        let tuns = TunLinks {
+            nl: crate::platform::netlink::Netlink::new().map_err(PlumbingError::from)?,
+            names: [plumbing.tun_in.clone(), plumbing.tun_out.clone()],
+        };
         let clock = Clock::new();
         let logs = open_logs(settings, &clock)?;
         let n = queues.len();
@@ -709,6 +737,7 @@ impl Daemon {
             logs: Arc::new(view),
             external: Arc::new(Mutex::new(Some(external))),
             fast_path: Arc::new(Mutex::new(fast_path)),
+            tuns: Arc::new(Mutex::new(Some(tuns))),
         };
         let mut daemon = Daemon {
             handle: handle.clone(),
@@ -719,6 +748,9 @@ impl Daemon {
         };
         // On failure, dropping `daemon` stops the workers and removes the plumbing.
         daemon.health = Some(health::spawn(handle, clock, stop)?);
+        if let Some(p) = daemon.plumbing.as_mut() {
+            p.running();
+        }
         Ok(daemon)
     }
 
@@ -1054,6 +1086,7 @@ impl EventOutput for PipelineOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observability::logsink::Lost;
     use natgate_core::alloc::SubscriberId;
     use natgate_core::{DropReason, Endpoint, Instant};
     use std::sync::Mutex;
@@ -1101,11 +1134,14 @@ mod tests {
     struct Keep(Arc<Mutex<Vec<Event>>>);
 
     impl Sink for Keep {
-        fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn record(&mut self, ev: &Event) -> Result<(), Lost> {
             self.0.lock().expect("lock").push(*ev);
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), LogError> {
+        fn flush(&mut self) -> Result<(), Lost> {
             Ok(())
         }
     }
@@ -1257,14 +1293,17 @@ mod tests {
     }
 
     impl Sink for Stuck {
-        fn record(&mut self, _: &Event) -> Result<(), LogError> {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn record(&mut self, _: &Event) -> Result<(), Lost> {
             if let Some(tx) = self.entered.take() {
                 let _ = tx.send(());
                 let _ = self.gate.recv_timeout(Duration::from_secs(10));
             }
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), LogError> {
+        fn flush(&mut self) -> Result<(), Lost> {
             Ok(())
         }
     }
@@ -1323,6 +1362,7 @@ mod tests {
             }),
             external: Arc::default(),
             fast_path: Arc::default(),
+            tuns: Arc::default(),
         };
         let service =
             control::ControlService::new(handle, Settings::parse(MIN).expect("valid"), None, None);

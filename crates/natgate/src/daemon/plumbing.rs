@@ -44,6 +44,16 @@
 //!   ports from either side, so the kernel delivers them. The namespace's
 //!   `ip_local_port_range` is set outside the NAT's ports.
 //!
+//! Fail closed: while natgate is not translating, nothing from the inside leaves untranslated.
+//! TABLE holds a blackhole default route with the worst metric under the TUN's route. When the
+//! TUN goes (the workers stop, or the process dies, SIGKILL included) its route goes with it and
+//! the inside rule's packets hit the blackhole instead of falling through to the main table. The
+//! blackhole and the rule are set up first and removed last, after `ip_forward` has its old
+//! value back, so no packet leaks while a normal stop runs; after SIGKILL they stay, and the
+//! next start keeps the rule (it never opens a gap) and takes them over, or leaves them if it
+//! fails (forwarding is still on, as the killed run left it). The blackhole is
+//! silent: an `unreachable` route would answer possibly spoofed sources.
+//!
 //! Everything is named so a run killed with SIGKILL leaves state the next start recognises and
 //! removes: the rule priorities, the table ids, the TUN names and the proxy entries of the pool.
 
@@ -69,6 +79,13 @@ const LOCAL_RULE_OFFSET: u32 = 1;
 
 /// IP protocol number of ICMP.
 const IPPROTO_ICMP: u8 = 1;
+
+/// Metric of the fail-closed blackhole in TABLE: worse than the TUN route's (0), so it only
+/// matches while the TUN is gone.
+pub const FAIL_CLOSED_METRIC: u32 = u32::MAX;
+
+/// Undo entries of the fail-closed state: the blackhole and the inside rule, set up first.
+const FAIL_CLOSED_UNDOS: usize = 2;
 
 /// Most stale rules removed at start (bounds the clean-up loop).
 const MAX_STALE_RULES: usize = 64;
@@ -142,6 +159,10 @@ enum Undo {
         priority: u32,
         table: u32,
     },
+    /// Remove the fail-closed blackhole of this table.
+    FailClosed {
+        table: u32,
+    },
     /// Put the kernel's `local` rule back at priority 0.
     LocalRule,
     ProxyNeigh {
@@ -168,6 +189,13 @@ pub struct Plumbing {
     pub tun_in: String,
     /// The outside TUN (packets to the pool).
     pub tun_out: String,
+    /// A stale inside rule (of a run killed before its clean-up) was kept, not removed and
+    /// added again, so there was no moment without it.
+    inside_rule_kept: bool,
+    /// Teardown leaves the blackhole and the inside rule: set while a start that found them
+    /// left by a killed run has not succeeded, so that a failing restart (which leaves
+    /// `ip_forward` on as the killed run left it) does not open the way out.
+    keep_fail_closed: bool,
 }
 
 /// The TUN queues for the workers, `(inside, outside)` per worker.
@@ -241,6 +269,8 @@ impl Plumbing {
             undo: Vec::new(),
             tun_in,
             tun_out,
+            inside_rule_kept: false,
+            keep_fail_closed: false,
         };
         plumbing.refuse_if_running()?;
         let stale_removed =
@@ -347,10 +377,25 @@ impl Plumbing {
             (s.rule_priority - LOCAL_RULE_OFFSET, RT_TABLE_LOCAL),
         ];
         let rules = self.nl.rules_v4()?;
+        // The inside rule of a killed run points at the blackhole (and stays, so nothing leaks
+        // while this start runs) if it is the one this config would add.
+        let inside_rules: Vec<_> = rules
+            .iter()
+            .filter(|r| r.priority == s.rule_priority && r.table == s.table)
+            .collect();
+        self.inside_rule_kept =
+            inside_rules.len() == 1 && inside_rules[0].iif.as_deref() == Some(&s.inside);
+        self.keep_fail_closed = self.inside_rule_kept;
+        if self.inside_rule_kept {
+            self.nl.replace_route_v4(&fail_closed_route(s.table))?;
+        }
         let local_at_zero = rules
             .iter()
             .any(|r| r.priority == 0 && r.table == RT_TABLE_LOCAL);
-        for (priority, table) in ours {
+        for (i, (priority, table)) in ours.into_iter().enumerate() {
+            if i == 0 && self.inside_rule_kept {
+                continue;
+            }
             if table == RT_TABLE_LOCAL && !local_at_zero {
                 // Put the local rule back first, so the host never loses its own addresses.
                 self.nl.add_rule_v4(&RuleV4 {
@@ -425,6 +470,21 @@ impl Plumbing {
     }
 
     fn build(&mut self, s: &Settings, r: &Resolved) -> Result<QueuePairs, PlumbingError> {
+        // Fail closed first: the blackhole, then the rule to it. Undone last, in reverse.
+        self.nl.replace_route_v4(&fail_closed_route(s.table))?;
+        self.undo.push(Undo::FailClosed { table: s.table });
+        if !self.inside_rule_kept {
+            self.nl.add_rule_v4(&RuleV4 {
+                priority: s.rule_priority,
+                iif: Some(s.inside.clone()),
+                table: s.table,
+                ..RuleV4::default()
+            })?;
+        }
+        self.undo.push(Undo::Rule {
+            priority: s.rule_priority,
+            table: s.table,
+        });
         let open = |name: &str| {
             Tun::open(&TunConfig {
                 name: name.to_owned(),
@@ -468,16 +528,6 @@ impl Plumbing {
         self.nl.replace_route_v4(
             &RouteV4::dev(Ipv4Addr::UNSPECIFIED, 0, &self.tun_in).in_table(s.table),
         )?;
-        self.nl.add_rule_v4(&RuleV4 {
-            priority: s.rule_priority,
-            iif: Some(s.inside.clone()),
-            table: s.table,
-            ..RuleV4::default()
-        })?;
-        self.undo.push(Undo::Rule {
-            priority: s.rule_priority,
-            table: s.table,
-        });
 
         match &s.pool {
             PoolSource::Addresses(pool) => {
@@ -615,14 +665,34 @@ impl Plumbing {
         })
     }
 
+    /// The start succeeded: from now on teardown removes everything, the fail-closed state
+    /// included (after `ip_forward` has its old value back).
+    pub fn running(&mut self) {
+        self.keep_fail_closed = false;
+    }
+
     fn teardown_here(&mut self) -> Result<(), PlumbingError> {
         let mut first = Ok(());
-        while let Some(u) = self.undo.pop() {
+        // The blackhole and the inside rule are the first two undo entries.
+        let keep = if self.keep_fail_closed {
+            FAIL_CLOSED_UNDOS
+        } else {
+            0
+        };
+        while self.undo.len() > keep
+            && let Some(u) = self.undo.pop()
+        {
             let r = match u {
                 Undo::Rule { priority, table } => match self.nl.del_rule_v4(priority, table) {
                     Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
                     r => r.map_err(PlumbingError::from),
                 },
+                Undo::FailClosed { table } => {
+                    match self.nl.del_route_v4(&fail_closed_route(table)) {
+                        Err(e) if is_errno(&e, libc::ESRCH) => Ok(()),
+                        r => r.map_err(PlumbingError::from),
+                    }
+                }
                 Undo::LocalRule => self
                     .nl
                     .add_rule_v4(&RuleV4 {
@@ -651,8 +721,21 @@ impl Plumbing {
                 first = Err(e);
             }
         }
+        if !self.undo.is_empty() {
+            tracing::warn!(
+                "the start after a killed run failed: its blackhole and inside rule stay, so \
+                 nothing from the inside leaves untranslated"
+            );
+            self.undo.clear();
+        }
         first
     }
+}
+
+/// The blackhole default route of `table` that catches the inside's packets while the TUN is
+/// gone.
+fn fail_closed_route(table: u32) -> RouteV4 {
+    RouteV4::blackhole(Ipv4Addr::UNSPECIFIED, 0, FAIL_CLOSED_METRIC).in_table(table)
 }
 
 impl Drop for Plumbing {

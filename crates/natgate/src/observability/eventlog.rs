@@ -79,6 +79,90 @@ pub struct EventLogOptions {
     pub durable: bool,
 }
 
+/// Most `write` calls for one append (each writes at least a byte or fails).
+const MAX_WRITES: usize = 1 << 16;
+
+/// An append that could not be completed: the file was cut back to `kept` bytes of what was
+/// given, all of them whole records.
+#[derive(Debug)]
+pub struct ShortWrite {
+    /// Bytes of the append left in the file: whole records only.
+    pub kept: usize,
+    /// Why the rest was not written.
+    pub error: io::Error,
+}
+
+/// Appends `bytes` (whole records) to `file`, opened for appending, and leaves whole records
+/// or nothing: on a failed or short write (a full disk) the file is cut back to the end of
+/// the last whole record written, `whole(written)` giving the length of the whole records of
+/// a written prefix.
+pub fn append_whole(
+    file: &mut std::fs::File,
+    bytes: &[u8],
+    whole: impl Fn(&[u8]) -> usize,
+) -> Result<(), ShortWrite> {
+    let mut done = 0;
+    let mut error = None;
+    for _ in 0..MAX_WRITES {
+        if done == bytes.len() {
+            break;
+        }
+        match file.write(&bytes[done..]) {
+            Ok(0) => error = Some(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => error = Some(e),
+        }
+        if error.is_some() {
+            break;
+        }
+    }
+    if done < bytes.len() && error.is_none() {
+        error = Some(io::Error::from(io::ErrorKind::WriteZero));
+    }
+    let Some(error) = error else {
+        return Ok(());
+    };
+    let kept = whole(&bytes[..done]);
+    if kept < done {
+        let cut = (done - kept) as u64;
+        let len = file
+            .metadata()
+            .map_err(|e| ShortWrite {
+                kept: done,
+                error: e,
+            })?
+            .len();
+        if let Err(e) = file.set_len(len.saturating_sub(cut)) {
+            return Err(ShortWrite {
+                kept: done,
+                error: e,
+            });
+        }
+    }
+    Err(ShortWrite { kept, error })
+}
+
+/// Lines that did not reach the output, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{lines} log lines lost: {source}")]
+pub struct LinesLost {
+    /// How many lines (events) were lost.
+    pub lines: u64,
+    /// The error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// The length of the whole lines at the start of `b`.
+fn whole_lines(b: &[u8]) -> usize {
+    b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1)
+}
+
+fn count_lines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
 /// Writes events as JSON lines.
 pub struct EventSink {
     out: Output,
@@ -86,6 +170,10 @@ pub struct EventSink {
     opts: EventLogOptions,
     /// Lines of the current batch not yet handed to the output.
     pending: Vec<u8>,
+    /// Lines in `pending`.
+    pending_lines: u64,
+    /// Lines recorded since the last flush (lost if the flush's sync fails).
+    batch_lines: u64,
 }
 
 /// A batch this large is written out early, so that memory stays bounded.
@@ -120,10 +208,14 @@ impl LogFile {
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.size += bytes.len() as u64;
-        Ok(())
+    /// Appends whole lines; a full disk leaves whole lines only (no cut-off record).
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ShortWrite> {
+        let r = append_whole(&mut self.file, bytes, whole_lines);
+        self.size += match &r {
+            Ok(()) => bytes.len(),
+            Err(s) => s.kept,
+        } as u64;
+        r
     }
 
     /// Whether adding `line` bytes to the file and its `pending` bytes would pass the limit.
@@ -178,6 +270,8 @@ impl EventSink {
             time,
             opts,
             pending: Vec::new(),
+            pending_lines: 0,
+            batch_lines: 0,
         })
     }
 
@@ -192,6 +286,8 @@ impl EventSink {
             time,
             opts,
             pending: Vec::new(),
+            pending_lines: 0,
+            batch_lines: 0,
         }
     }
 
@@ -208,42 +304,60 @@ impl EventSink {
         }
     }
 
-    /// Adds one event to the current batch.
-    pub fn record(&mut self, ev: &Event) -> io::Result<()> {
+    /// Adds one event to the current batch. An error says how many lines were lost.
+    pub fn record(&mut self, ev: &Event) -> Result<(), LinesLost> {
         let mut line = serde_json::to_vec(&Line::new(ev, &self.time, self.opts.log_destinations))
-            .map_err(io::Error::other)?;
+            .map_err(|e| LinesLost {
+            lines: 1,
+            source: io::Error::other(e),
+        })?;
         line.push(b'\n');
-        if let Output::File(f) = &mut self.out
-            && f.full(self.pending.len(), line.len())
-        {
-            f.write(&self.pending)?;
-            self.pending.clear();
-            f.rotate(self.opts.durable)?;
+        let rotate = matches!(&self.out, Output::File(f) if f.full(self.pending.len(), line.len()));
+        if rotate {
+            self.write_pending()?;
+            if let Output::File(f) = &mut self.out {
+                f.rotate(self.opts.durable)
+                    .map_err(|source| LinesLost { lines: 1, source })?;
+            }
         }
         self.pending.extend_from_slice(&line);
+        self.pending_lines += 1;
+        self.batch_lines += 1;
         if self.pending.len() >= PENDING_LIMIT {
             self.write_pending()?;
         }
         Ok(())
     }
 
-    fn write_pending(&mut self) -> io::Result<()> {
-        match &mut self.out {
-            Output::File(f) => f.write(&self.pending)?,
-            Output::Writer(w) => w.write_all(&self.pending)?,
-        }
+    /// Hands `pending` to the output; the lines that did not get there are lost.
+    fn write_pending(&mut self) -> Result<(), LinesLost> {
+        let lines = std::mem::take(&mut self.pending_lines);
+        let r = match &mut self.out {
+            Output::File(f) => f.write(&self.pending).map_err(|s| LinesLost {
+                lines: lines - count_lines(&self.pending[..s.kept]),
+                source: s.error,
+            }),
+            Output::Writer(w) => w
+                .write_all(&self.pending)
+                .map_err(|source| LinesLost { lines, source }),
+        };
         self.pending.clear();
-        Ok(())
+        r
     }
 
     /// Writes the batch out (and fsyncs it if `durable`). Call once per batch of events.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self) -> Result<(), LinesLost> {
+        let batch = std::mem::take(&mut self.batch_lines);
         self.write_pending()?;
         match &mut self.out {
             Output::File(f) if self.opts.durable => f.file.sync_data(),
             Output::File(f) => f.file.flush(),
             Output::Writer(w) => w.flush(),
         }
+        .map_err(|source| LinesLost {
+            lines: batch,
+            source,
+        })
     }
 }
 
@@ -452,6 +566,50 @@ mod tests {
             external: ep([198, 51, 100, 1], 40000),
             remote: ep([203, 0, 113, 10], 3478),
             origin: natgate_core::SessionOrigin::Dynamic,
+        }
+    }
+
+    /// A full disk cuts no record: the file holds whole lines only, and every line that did
+    /// not get in is counted, by the call that lost it.
+    #[test]
+    fn a_full_disk_leaves_whole_lines_and_counts_the_rest() {
+        const EVENTS: u64 = 2000;
+        let Some((kept, lost, text)) = crate::testutil::on_a_small_tmpfs(|dir| {
+            let path = dir.join("events.jsonl");
+            let dest = Destination::File {
+                path: path.clone(),
+                rotation: Rotation {
+                    max_bytes: 0,
+                    keep: 0,
+                },
+            };
+            let mut sink =
+                EventSink::open(&dest, base(), EventLogOptions::default()).expect("open");
+            let mut lost = 0;
+            for n in 0..EVENTS {
+                if let Err(e) = sink.record(&session_created(10_000 + n)) {
+                    lost += e.lines;
+                }
+                if n % 7 == 6
+                    && let Err(e) = sink.flush()
+                {
+                    assert_eq!(e.source.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                    lost += e.lines;
+                }
+            }
+            if let Err(e) = sink.flush() {
+                lost += e.lines;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            (text.lines().count() as u64, lost, text)
+        }) else {
+            return;
+        };
+        assert!(lost > 0, "the disk filled up");
+        assert_eq!(kept + lost, EVENTS);
+        assert!(text.ends_with('\n'));
+        for l in text.lines() {
+            serde_json::from_str::<serde_json::Value>(l).expect("a whole record");
         }
     }
 

@@ -236,6 +236,35 @@ impl MetricsSnapshot {
                 e.sample(name, &[], v);
             }
         }
+        if !st.log_sink_losses.is_empty() {
+            e.family(
+                "natgate_log_sink_events_lost_total",
+                "counter",
+                "Translation events a log sink took and could not write or send, by sink and \
+                 reason.",
+            );
+            for l in &st.log_sink_losses {
+                e.sample(
+                    "natgate_log_sink_events_lost_total",
+                    &[("sink", &l.sink), ("reason", &l.reason)],
+                    l.events,
+                );
+            }
+        }
+        if !st.dataplane_drops.is_empty() {
+            e.family(
+                "natgate_dataplane_drops_total",
+                "counter",
+                "Packets the data plane lost outside the engines, by reason.",
+            );
+            for d in &st.dataplane_drops {
+                e.sample(
+                    "natgate_dataplane_drops_total",
+                    &[("reason", &d.reason)],
+                    d.packets,
+                );
+            }
+        }
         e.family("natgate_sessions", "gauge", "Live sessions, by protocol.");
         for p in Protocol::ALL {
             e.sample(
@@ -637,6 +666,15 @@ mod tests {
         };
         s.mappings = 4;
         s.stats.log_events_lost = 7;
+        s.stats.log_sink_losses = vec![crate::control::protocol::LogSinkLoss {
+            sink: "file".into(),
+            reason: "no_space".into(),
+            events: 11,
+        }];
+        s.stats.dataplane_drops = vec![crate::control::protocol::DataplaneDrop {
+            reason: "tun_tx_dropped".into(),
+            packets: 12,
+        }];
         s.stats.static_sessions_created = 8;
         s.stats.vserver_sessions_created = 9;
         s.stats.static_sessions_deleted = 10;
@@ -800,6 +838,22 @@ mod tests {
         );
         assert_eq!(get(&s, "natgate_mapping_failures_total", &[]), 4.0);
         assert_eq!(get(&s, "natgate_log_events_lost_total", &[]), 7.0);
+        assert_eq!(
+            get(
+                &s,
+                "natgate_log_sink_events_lost_total",
+                &[("reason", "no_space"), ("sink", "file")]
+            ),
+            11.0
+        );
+        assert_eq!(
+            get(
+                &s,
+                "natgate_dataplane_drops_total",
+                &[("reason", "tun_tx_dropped")]
+            ),
+            12.0
+        );
         for (name, v) in [
             ("natgate_static_sessions_created_total", 8.0),
             ("natgate_vserver_sessions_created_total", 9.0),

@@ -94,6 +94,11 @@ pub struct RouteV4 {
     pub mtu: Option<u32>,
     /// Routing table id; `None` is the main table.
     pub table: Option<u32>,
+    /// A blackhole route (`ip route add blackhole ...`): the kernel drops what it matches,
+    /// silently.
+    pub blackhole: bool,
+    /// The route's metric (`metric N`); among routes to the same prefix the lowest wins.
+    pub metric: Option<u32>,
 }
 
 impl RouteV4 {
@@ -106,6 +111,8 @@ impl RouteV4 {
             dev: None,
             mtu: None,
             table: None,
+            blackhole: false,
+            metric: None,
         }
     }
 
@@ -118,6 +125,8 @@ impl RouteV4 {
             dev: None,
             mtu: None,
             table: None,
+            blackhole: false,
+            metric: None,
         }
     }
 
@@ -130,6 +139,22 @@ impl RouteV4 {
             dev: Some(dev.to_owned()),
             mtu: None,
             table: None,
+            blackhole: false,
+            metric: None,
+        }
+    }
+
+    /// A blackhole route to `dst/prefix_len` with metric `metric`.
+    pub fn blackhole(dst: Ipv4Addr, prefix_len: u8, metric: u32) -> Self {
+        Self {
+            dst,
+            prefix_len,
+            gateway: None,
+            dev: None,
+            mtu: None,
+            table: None,
+            blackhole: true,
+            metric: Some(metric),
         }
     }
 
@@ -221,6 +246,34 @@ impl Netlink {
             .into_iter()
             .find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                _ => None,
+            })
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+    }
+
+    /// The packets the kernel dropped on their way out of interface `name` (its link
+    /// statistics' `tx_dropped`; for a TUN device, packets its queues had no room for).
+    pub fn link_tx_dropped(&mut self, name: &str) -> Result<u64, NetlinkError> {
+        check_ifname(name)?;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, "get link") {
+            Err(NetlinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::ENODEV) =>
+            {
+                return Err(NetlinkError::NoSuchLink(name.to_owned()));
+            }
+            r => r?,
+        };
+        replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l.attributes),
+                _ => None,
+            })
+            .flatten()
+            .find_map(|a| match a {
+                LinkAttribute::Stats64(s) => Some(s.tx_dropped),
                 _ => None,
             })
             .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
@@ -624,8 +677,12 @@ impl Netlink {
             }
         }
         msg.header.protocol = RouteProtocol::Static;
-        msg.header.kind = RouteType::Unicast;
-        msg.header.scope = if route.gateway.is_some() {
+        msg.header.kind = if route.blackhole {
+            RouteType::BlackHole
+        } else {
+            RouteType::Unicast
+        };
+        msg.header.scope = if route.gateway.is_some() || route.blackhole {
             RouteScope::Universe
         } else {
             RouteScope::Link
@@ -641,6 +698,9 @@ impl Netlink {
         if let Some(dev) = &route.dev {
             let oif = self.link_index(dev)?;
             msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(metric) = route.metric {
+            msg.attributes.push(RouteAttribute::Priority(metric));
         }
         if let Some(mtu) = route.mtu {
             msg.attributes

@@ -108,8 +108,22 @@ impl Gateway {
 
     /// Starts natgate without waiting.
     pub fn spawn(topo: &Topology, config_text: &str) -> Self {
+        Self::spawn_under(topo, config_text, &[])
+    }
+
+    /// Starts natgate without waiting, as the last arguments of `wrapper` (a command that
+    /// ends by exec'ing them, so the child's PID is natgate's); no wrapper if empty.
+    pub fn spawn_under(topo: &Topology, config_text: &str, wrapper: &[&str]) -> Self {
         let cfg = TempFile::new(&topo.suffix, &with_data_path(config_text));
-        let mut child = Command::new(natgate_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(natgate_bin());
+                c
+            }
+            None => Command::new(natgate_bin()),
+        };
+        let mut child = cmd
             .arg("run")
             .arg("--config")
             .arg(&cfg.0)

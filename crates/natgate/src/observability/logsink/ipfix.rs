@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natgate_core::Event;
 
-use super::{LogError, Record, Sink};
+use super::{LogError, Lost, Record, Sink};
 use crate::observability::eventlog::TimeBase;
 
 /// IPFIX information element ids (IANA "IPFIX Information Elements").
@@ -170,6 +170,8 @@ pub struct IpfixExporter {
     counts: [u32; 5],
     /// Messages sent.
     messages: u64,
+    /// Whether the socket is connected to the collector.
+    connected: bool,
 }
 
 impl IpfixExporter {
@@ -180,6 +182,9 @@ impl IpfixExporter {
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let socket = UdpSocket::bind(bind)?;
+        // Connected (once a route lets it) so that the collector's ICMP port unreachable
+        // fails the next send: a collector that is down shows in the loss counters.
+        let connected = socket.connect(config.collector).is_ok();
         let config = IpfixConfig {
             // The header's length field is 16 bits; a UDP payload is at most 65 507 bytes.
             max_message: config.max_message.clamp(256, 65_507),
@@ -194,6 +199,7 @@ impl IpfixExporter {
             pending: Default::default(),
             counts: [0; 5],
             messages: 0,
+            connected,
         })
     }
 
@@ -273,15 +279,23 @@ impl IpfixExporter {
     }
 
     /// Sends every pending record in as few messages as fit `max_message`, the templates first
-    /// if they are due.
-    pub fn send_pending(&mut self) -> Result<(), LogError> {
+    /// if they are due. An error counts the records of every message that was not sent.
+    pub fn send_pending(&mut self) -> Result<(), Lost> {
         let due = self
             .templates_sent
             .is_none_or(|t| t.elapsed() >= self.config.template_refresh);
         let mut msg = Vec::with_capacity(self.config.max_message);
         self.start_message(&mut msg, due);
         let mut records_in_msg = 0u32;
-        let mut result = Ok(());
+        let mut result: Result<(), Lost> = Ok(());
+        let note = |result: &mut Result<(), Lost>, sent: Result<(), LogError>, records: u32| {
+            if let Err(e) = sent {
+                match result {
+                    Ok(()) => *result = Err(Lost::new(u64::from(records), e)),
+                    Err(lost) => lost.events += u64::from(records),
+                }
+            }
+        };
         for (slot, t) in TEMPLATES.iter().enumerate() {
             let len = t.record_len();
             let data = std::mem::take(&mut self.pending[slot]);
@@ -294,7 +308,8 @@ impl IpfixExporter {
                     if let Some(start) = set.take() {
                         set_length(&mut msg, start);
                     }
-                    result = result.and(self.finish(&mut msg, records_in_msg));
+                    let sent = self.finish(&mut msg, records_in_msg);
+                    note(&mut result, sent, records_in_msg);
                     records_in_msg = 0;
                     self.start_message(&mut msg, false);
                 }
@@ -310,7 +325,8 @@ impl IpfixExporter {
             }
         }
         if msg.len() > HEADER_LEN {
-            result = result.and(self.finish(&mut msg, records_in_msg));
+            let sent = self.finish(&mut msg, records_in_msg);
+            note(&mut result, sent, records_in_msg);
         }
         result
     }
@@ -349,7 +365,11 @@ impl IpfixExporter {
         msg[12..16].copy_from_slice(&self.config.observation_domain.to_be_bytes());
         self.sequence = self.sequence.wrapping_add(records);
         self.messages += 1;
-        self.socket.send_to(msg, self.config.collector)?;
+        if !self.connected {
+            self.socket.connect(self.config.collector)?;
+            self.connected = true;
+        }
+        self.socket.send(msg)?;
         Ok(())
     }
 }
@@ -381,12 +401,18 @@ impl Field {
 }
 
 impl Sink for IpfixExporter {
-    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+    fn name(&self) -> &'static str {
+        "ipfix"
+    }
+
+    fn record(&mut self, ev: &Event) -> Result<(), Lost> {
         self.add(&Record::from_event(ev));
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), LogError> {
+    /// A message the kernel refuses loses its records. A collector that is down answers (at
+    /// most) with an ICMP error that fails the next send, so the count is a lower bound.
+    fn flush(&mut self) -> Result<(), Lost> {
         if self.counts.iter().any(|&c| c > 0) {
             self.send_pending()
         } else {

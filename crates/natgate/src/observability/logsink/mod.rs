@@ -23,6 +23,7 @@ use crate::observability::eventlog::EventSink;
 
 pub use pipeline::{
     LogPipeline, LogPipelineHandle, LogSender, PipelineConfig, PipelineMonitor, PipelineStats,
+    SinkLoss,
 };
 
 /// Why a sink could not take or write an event.
@@ -50,23 +51,107 @@ pub enum LogError {
     Poisoned,
 }
 
+/// Events a sink took and then could not write or send, and why: the logger counts
+/// [`Lost::events`] under the sink's name and [`LossReason::of`] the error.
+#[derive(Debug, thiserror::Error)]
+#[error("{events} events lost: {source}")]
+pub struct Lost {
+    /// How many events did not reach the sink's destination.
+    pub events: u64,
+    /// What went wrong.
+    #[source]
+    pub source: LogError,
+}
+
+impl Lost {
+    /// `events` lost to `source`.
+    pub fn new(events: u64, source: impl Into<LogError>) -> Self {
+        Lost {
+            events,
+            source: source.into(),
+        }
+    }
+}
+
+/// Why events did not reach a sink: the `reason` label of the per-sink loss counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LossReason {
+    /// The file system is full (ENOSPC) or the quota used up (EDQUOT).
+    NoSpace,
+    /// The collector refused the datagrams (ECONNREFUSED: an ICMP port unreachable came back,
+    /// or no one listens on the Unix socket).
+    Refused,
+    /// No way to the collector (ENETUNREACH, EHOSTUNREACH, EDESTADDRREQ, or a missing Unix
+    /// socket, ENOENT).
+    Unreachable,
+    /// Any other error.
+    Io,
+}
+
+impl LossReason {
+    /// Every reason, in counter order.
+    pub const ALL: [LossReason; 4] = [
+        LossReason::NoSpace,
+        LossReason::Refused,
+        LossReason::Unreachable,
+        LossReason::Io,
+    ];
+
+    /// The label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LossReason::NoSpace => "no_space",
+            LossReason::Refused => "refused",
+            LossReason::Unreachable => "unreachable",
+            LossReason::Io => "io_error",
+        }
+    }
+
+    /// The reason behind `e`.
+    pub fn of(e: &LogError) -> LossReason {
+        let LogError::Io(io) = e else {
+            return LossReason::Io;
+        };
+        match io.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => LossReason::NoSpace,
+            Some(libc::ECONNREFUSED) => LossReason::Refused,
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EDESTADDRREQ | libc::ENOENT) => {
+                LossReason::Unreachable
+            }
+            _ => LossReason::Io,
+        }
+    }
+}
+
 /// Somewhere events are written. The pipeline's logger thread calls [`Sink::record`] for each
 /// event of a batch, then [`Sink::flush`] once; nothing need reach its destination before the
-/// flush.
+/// flush. A failing call says how many events it lost (the one recorded, or what the batch
+/// held); nothing else is lost silently.
 pub trait Sink: Send {
+    /// The sink's name in the loss counters and log lines (`file`, `stdout`, `syslog`,
+    /// `ipfix`, `block-log`).
+    fn name(&self) -> &'static str;
     /// Adds one event to the current batch.
-    fn record(&mut self, ev: &Event) -> Result<(), LogError>;
+    fn record(&mut self, ev: &Event) -> Result<(), Lost>;
     /// Ends the batch: writes (and, if durable, syncs) or sends what it holds.
-    fn flush(&mut self) -> Result<(), LogError>;
+    fn flush(&mut self) -> Result<(), Lost>;
 }
 
 impl Sink for EventSink {
-    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
-        Ok(EventSink::record(self, ev)?)
+    fn name(&self) -> &'static str {
+        if self.rotation().is_some() {
+            "file"
+        } else {
+            "stdout"
+        }
     }
 
-    fn flush(&mut self) -> Result<(), LogError> {
-        Ok(EventSink::flush(self)?)
+    fn record(&mut self, ev: &Event) -> Result<(), Lost> {
+        EventSink::record(self, ev).map_err(|e| Lost::new(e.lines, e.source))
+    }
+
+    fn flush(&mut self) -> Result<(), Lost> {
+        EventSink::flush(self).map_err(|e| Lost::new(e.lines, e.source))
     }
 }
 

@@ -6,7 +6,9 @@
 //! `ctl stats` and metrics), because a translation log must never slow down or stop
 //! translation. The logger thread takes up to [`PipelineConfig::max_batch`] events at a time,
 //! records them in every sink and flushes each sink once per batch (a durable JSON file is
-//! fsynced then).
+//! fsynced then). Events a sink takes and then loses (a full disk, a collector that refuses
+//! them) are counted per sink and reason ([`PipelineStats::sink_losses`]), and the logger says
+//! so in a warning at most once per [`WARN_INTERVAL`] per sink.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,10 +18,14 @@ use std::time::Duration;
 
 use natgate_core::Event;
 
-use super::{LogError, Sink};
+use super::{LogError, LossReason, Lost, Sink};
 
 /// How often an idle logger thread looks at the stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// A failing sink is reported at most once per this interval (the losses in between are
+/// summed into the next report).
+pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the pipeline is made of.
 pub struct PipelineConfig {
@@ -31,8 +37,19 @@ pub struct PipelineConfig {
     pub sinks: Vec<Box<dyn Sink>>,
 }
 
+/// Events one sink lost for one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkLoss {
+    /// The sink ([`Sink::name`]).
+    pub sink: &'static str,
+    /// Why.
+    pub reason: LossReason,
+    /// Events lost.
+    pub events: u64,
+}
+
 /// Counters, readable while the pipeline runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PipelineStats {
     /// Events accepted into the queue.
     pub queued: u64,
@@ -44,6 +61,15 @@ pub struct PipelineStats {
     pub batches: u64,
     /// Failed record or flush calls, over all sinks (the event may be missing from that sink).
     pub sink_errors: u64,
+    /// Events that did not reach a sink, for every sink and reason (zeros included), in sink
+    /// order.
+    pub sink_losses: Vec<SinkLoss>,
+}
+
+struct SinkCounters {
+    name: &'static str,
+    /// Per [`LossReason::ALL`].
+    lost: [AtomicU64; LossReason::ALL.len()],
 }
 
 #[derive(Default)]
@@ -53,6 +79,7 @@ struct Counters {
     written: AtomicU64,
     batches: AtomicU64,
     sink_errors: AtomicU64,
+    sinks: Vec<SinkCounters>,
     stop: AtomicBool,
 }
 
@@ -64,6 +91,20 @@ impl Counters {
             written: self.written.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             sink_errors: self.sink_errors.load(Ordering::Relaxed),
+            sink_losses: self
+                .sinks
+                .iter()
+                .flat_map(|c| {
+                    LossReason::ALL
+                        .iter()
+                        .zip(&c.lost)
+                        .map(|(&reason, n)| SinkLoss {
+                            sink: c.name,
+                            reason,
+                            events: n.load(Ordering::Relaxed),
+                        })
+                })
+                .collect(),
         }
     }
 }
@@ -149,10 +190,22 @@ impl LogPipeline {
     /// Starts the logger thread (named `natgate-log`).
     pub fn start(config: PipelineConfig) -> Result<(LogSender, LogPipelineHandle), LogError> {
         let (tx, rx) = mpsc::sync_channel(config.capacity.max(1));
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            sinks: config
+                .sinks
+                .iter()
+                .map(|s| SinkCounters {
+                    name: s.name(),
+                    lost: Default::default(),
+                })
+                .collect(),
+            ..Counters::default()
+        });
+        let warned = vec![Warned::default(); config.sinks.len()];
         let logger = Logger {
             rx,
             sinks: config.sinks,
+            warned,
             max_batch: config.max_batch.max(1),
             counters: Arc::clone(&counters),
         };
@@ -170,9 +223,18 @@ impl LogPipeline {
     }
 }
 
+/// When a sink's losses were last reported, and what it lost since.
+#[derive(Debug, Clone, Copy, Default)]
+struct Warned {
+    at: Option<std::time::Instant>,
+    since: u64,
+}
+
 struct Logger {
     rx: Receiver<Event>,
     sinks: Vec<Box<dyn Sink>>,
+    /// Per sink.
+    warned: Vec<Warned>,
     max_batch: usize,
     counters: Arc<Counters>,
 }
@@ -206,16 +268,52 @@ impl Logger {
 
     fn write(&mut self, batch: &[Event]) {
         let mut errors = 0;
-        for sink in &mut self.sinks {
+        for i in 0..self.sinks.len() {
             for ev in batch {
-                errors += u64::from(sink.record(ev).is_err());
+                if let Err(lost) = self.sinks[i].record(ev) {
+                    errors += 1;
+                    self.lost(i, &lost);
+                }
             }
-            errors += u64::from(sink.flush().is_err());
+            if let Err(lost) = self.sinks[i].flush() {
+                errors += 1;
+                self.lost(i, &lost);
+            }
         }
         let c = &self.counters;
         c.sink_errors.fetch_add(errors, Ordering::Relaxed);
         c.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts what sink `i` lost, and warns if it has not for [`WARN_INTERVAL`].
+    fn lost(&mut self, i: usize, lost: &Lost) {
+        let reason = LossReason::of(&lost.source);
+        if let Some(c) = self.counters.sinks.get(i)
+            && let Some(n) = LossReason::ALL
+                .iter()
+                .position(|&r| r == reason)
+                .and_then(|r| c.lost.get(r))
+        {
+            n.fetch_add(lost.events, Ordering::Relaxed);
+        }
+        let Some(w) = self.warned.get_mut(i) else {
+            return;
+        };
+        w.since += lost.events;
+        if w.at.is_none_or(|t| t.elapsed() >= WARN_INTERVAL) {
+            tracing::warn!(
+                sink = self.sinks[i].name(),
+                reason = reason.name(),
+                events_lost = w.since,
+                "translation log sink failing, events lost: {}",
+                lost.source
+            );
+            *w = Warned {
+                at: Some(std::time::Instant::now()),
+                since: 0,
+            };
+        }
     }
 }
 
@@ -245,19 +343,22 @@ mod tests {
     }
 
     impl Sink for Probe {
-        fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn record(&mut self, ev: &Event) -> Result<(), Lost> {
             if let Some((gate, entered)) = self.gate.take() {
                 let _ = entered.send(());
                 // Bounded: the test opens the gate or drops it.
                 let _ = gate.recv_timeout(Duration::from_secs(10));
             }
             if self.fail {
-                return Err(LogError::Io(std::io::Error::other("refused")));
+                return Err(Lost::new(1, std::io::Error::other("refused")));
             }
             self.seen.lock().expect("lock").push(*ev);
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), LogError> {
+        fn flush(&mut self) -> Result<(), Lost> {
             self.flushes.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }

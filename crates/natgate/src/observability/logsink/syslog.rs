@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use natgate_core::Event;
 
-use super::{LogError, Record, Sink};
+use super::{LogError, Lost, Record, Sink};
 use crate::observability::eventlog::{TimeBase, rfc3339};
 
 /// The example enterprise number of RFC 5612, the default SD-ID suffix.
@@ -92,13 +92,20 @@ pub struct SyslogSink {
 }
 
 enum Transport {
-    Udp(UdpSocket, SocketAddr),
+    /// Connected once a route lets it (`connect` fails without one), so that the collector's
+    /// ICMP port unreachable turns the next send into ECONNREFUSED: a collector that is down
+    /// shows in the loss counters.
+    Udp {
+        socket: UdpSocket,
+        to: SocketAddr,
+        connected: bool,
+    },
     Unix(UnixDatagram, PathBuf),
 }
 
 impl SyslogSink {
-    /// A sink sending to `config.target`; the socket is opened now (unconnected, so that an
-    /// absent collector does not turn later sends into errors).
+    /// A sink sending to `config.target`; the socket is opened now, and connected to a UDP
+    /// collector if there is a route to it (else at the first send that finds one).
     pub fn open(config: SyslogConfig, time: TimeBase) -> Result<SyslogSink, LogError> {
         let out = match &config.target {
             SyslogTarget::Udp(to) => {
@@ -106,7 +113,13 @@ impl SyslogSink {
                     SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
                     SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
                 };
-                Transport::Udp(UdpSocket::bind(bind)?, *to)
+                let socket = UdpSocket::bind(bind)?;
+                let connected = socket.connect(to).is_ok();
+                Transport::Udp {
+                    socket,
+                    to: *to,
+                    connected,
+                }
             }
             SyslogTarget::Unix(path) => Transport::Unix(UnixDatagram::unbound()?, path.clone()),
         };
@@ -172,25 +185,41 @@ impl SyslogSink {
         out.push_str(rec.event.description());
     }
 
-    fn send(&self, msg: &[u8]) -> std::io::Result<()> {
-        match &self.out {
-            Transport::Udp(s, to) => s.send_to(msg, to).map(drop),
+    fn send(&mut self, msg: &[u8]) -> std::io::Result<()> {
+        match &mut self.out {
+            Transport::Udp {
+                socket,
+                to,
+                connected,
+            } => {
+                if !*connected {
+                    socket.connect(*to)?;
+                    *connected = true;
+                }
+                socket.send(msg).map(drop)
+            }
             Transport::Unix(s, path) => s.send_to(msg, path).map(drop),
         }
     }
 }
 
 impl Sink for SyslogSink {
-    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+    fn name(&self) -> &'static str {
+        "syslog"
+    }
+
+    /// A refused send loses its event. A UDP collector that is down answers (at most) with an
+    /// ICMP error that fails the next send, so the count is a lower bound of what it missed.
+    fn record(&mut self, ev: &Event) -> Result<(), Lost> {
         let mut msg = std::mem::take(&mut self.msg);
         self.format(&Record::from_event(ev), &mut msg);
         let sent = self.send(msg.as_bytes());
         self.msg = msg;
-        Ok(sent?)
+        sent.map_err(|e| Lost::new(1, e))
     }
 
     /// Datagrams are sent as they are made; nothing is held back.
-    fn flush(&mut self) -> Result<(), LogError> {
+    fn flush(&mut self) -> Result<(), Lost> {
         Ok(())
     }
 }

@@ -31,8 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natgate_core::{Event, Protocol};
 
-use super::{LogError, NatEvent, PortRange, Record, Sink};
-use crate::observability::eventlog::TimeBase;
+use super::{LogError, Lost, NatEvent, PortRange, Record, Sink};
+use crate::observability::eventlog::{TimeBase, append_whole};
 
 /// The file's first bytes.
 const MAGIC: &[u8; 8] = b"NGBLK1\0\0";
@@ -368,12 +368,17 @@ impl SharedBlockLog {
 }
 
 impl Sink for SharedBlockLog {
-    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
-        self.lock()?.record(ev)
+    fn name(&self) -> &'static str {
+        "block-log"
     }
 
-    fn flush(&mut self) -> Result<(), LogError> {
-        self.lock()?.flush()
+    fn record(&mut self, ev: &Event) -> Result<(), Lost> {
+        self.lock().map_err(|e| Lost::new(1, e))?.record(ev)
+    }
+
+    fn flush(&mut self) -> Result<(), Lost> {
+        // A poisoned lock loses what the batch held; how much is behind the lock.
+        self.lock().map_err(|e| Lost::new(0, e))?.flush()
     }
 }
 
@@ -413,7 +418,11 @@ fn replay_filtered(
 }
 
 impl Sink for BlockLog {
-    fn record(&mut self, ev: &Event) -> Result<(), LogError> {
+    fn name(&self) -> &'static str {
+        "block-log"
+    }
+
+    fn record(&mut self, ev: &Event) -> Result<(), Lost> {
         let rec = Record::from_event(ev);
         let at = self.time.to_system(rec.at);
         let Some(x) = rec.external else {
@@ -443,13 +452,22 @@ impl Sink for BlockLog {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), LogError> {
-        if !self.pending.is_empty() {
-            self.file.write_all(&self.pending)?;
-            self.pending.clear();
-            if self.config.durable {
-                self.file.sync_data()?;
-            }
+    /// Appends the batch's records whole or not at all: a full disk cuts the file back to
+    /// the last whole record, so it stays aligned, and the rest are counted lost.
+    fn flush(&mut self) -> Result<(), Lost> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records = (self.pending.len() / RECORD_LEN) as u64;
+        let written = append_whole(&mut self.file, &self.pending, |b| {
+            b.len() / RECORD_LEN * RECORD_LEN
+        });
+        self.pending.clear();
+        if let Err(s) = written {
+            return Err(Lost::new(records - (s.kept / RECORD_LEN) as u64, s.error));
+        }
+        if self.config.durable {
+            self.file.sync_data().map_err(|e| Lost::new(records, e))?;
         }
         Ok(())
     }
@@ -458,6 +476,7 @@ impl Sink for BlockLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observability::logsink::LossReason;
     use natgate_core::{Endpoint, Instant};
 
     const SUB_A: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
@@ -534,6 +553,39 @@ mod tests {
                 .expect("whois")
                 .is_empty()
         );
+    }
+
+    /// A full disk leaves whole records only, so the file stays aligned and readable, and
+    /// every record that did not get in is counted.
+    #[test]
+    fn a_full_disk_leaves_whole_records_and_counts_the_rest() {
+        const BLOCKS: u64 = 2000;
+        let Some((len, lost, intervals)) = crate::testutil::on_a_small_tmpfs(|dir| {
+            let cfg = config(dir, 100);
+            let mut log = BlockLog::open(cfg.clone(), base()).expect("open");
+            let mut lost = 0;
+            for n in 0..BLOCKS {
+                let first = 1024 + (n as u16 % 60) * 1000;
+                log.log(t(n), true, None, SUB_A, EXT, block(first, first + 999));
+                if n % 5 == 4
+                    && let Err(e) = Sink::flush(&mut log)
+                {
+                    assert_eq!(LossReason::of(&e.source), LossReason::NoSpace, "{e}");
+                    lost += e.events;
+                }
+            }
+            let len = std::fs::metadata(&cfg.path).expect("stat").len();
+            // Reopening reads every record: none is torn.
+            let reread = BlockLog::open(cfg, base()).expect("reopen");
+            (len, lost, reread.index.open.len())
+        }) else {
+            return;
+        };
+        assert!(lost > 0, "the disk filled up");
+        let records = (len - MAGIC.len() as u64) / RECORD_LEN as u64;
+        assert_eq!(MAGIC.len() as u64 + records * RECORD_LEN as u64, len);
+        assert_eq!(records + lost, BLOCKS);
+        assert!(intervals > 0);
     }
 
     #[test]
