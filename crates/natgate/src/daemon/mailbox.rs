@@ -22,11 +22,18 @@ pub struct Steered {
     pub bytes: Vec<u8>,
 }
 
+/// Room of each pooled buffer: an Ethernet-sized datagram. Larger ones (jumbo frames, a
+/// reassembled-size TUN packet) get a buffer of their own.
+const POOLED: usize = 2048;
+
 /// One worker's incoming packets from the other workers, and how to wake it.
 #[derive(Debug)]
 pub struct Mailbox {
     /// The packets.
     pub queue: ArrayQueue<Steered>,
+    /// Empty buffers, one per queue slot, that senders copy packets into and the owner gives
+    /// back: handing a packet over allocates nothing.
+    free: ArrayQueue<Vec<u8>>,
     wake: OwnedFd,
 }
 
@@ -37,10 +44,38 @@ impl Mailbox {
             0,
             rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
         )?;
+        let free = ArrayQueue::new(MAILBOX_LEN);
+        for _ in 0..MAILBOX_LEN {
+            let _ = free.push(Vec::with_capacity(POOLED));
+        }
         Ok(Mailbox {
             queue: ArrayQueue::new(MAILBOX_LEN),
+            free,
             wake,
         })
+    }
+
+    /// Puts a copy of `pkt` in the mailbox; false (nothing queued) if it is full.
+    pub fn push(&self, side: Side, pkt: &[u8]) -> bool {
+        // Every queued packet holds one pooled buffer, so an empty pool means a full queue;
+        // a buffer that went to a larger packet once is kept at that size.
+        let Some(mut bytes) = self.free.pop() else {
+            return false;
+        };
+        bytes.clear();
+        bytes.extend_from_slice(pkt);
+        match self.queue.push(Steered { side, bytes }) {
+            Ok(()) => true,
+            Err(s) => {
+                let _ = self.free.push(s.bytes);
+                false
+            }
+        }
+    }
+
+    /// Gives a packet's buffer back once its bytes were copied out.
+    pub fn recycle(&self, bytes: Vec<u8>) {
+        let _ = self.free.push(bytes);
     }
 
     /// Wakes the owner (after pushing).
@@ -59,5 +94,26 @@ impl Mailbox {
 impl AsFd for Mailbox {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.wake.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_pass_through_pooled_buffers_and_a_full_mailbox_refuses() {
+        let m = Mailbox::new().expect("eventfd");
+        for i in 0..MAILBOX_LEN {
+            assert!(m.push(Side::Outside, &[i as u8; 60]), "packet {i}");
+        }
+        assert!(!m.push(Side::Inside, &[0; 60]), "full");
+        let p = m.queue.pop().expect("a packet");
+        assert_eq!((p.side, p.bytes.len(), p.bytes[0]), (Side::Outside, 60, 0));
+        let room = p.bytes.capacity();
+        m.recycle(p.bytes);
+        // The returned buffer carries the next packet, jumbo or not.
+        assert!(m.push(Side::Inside, &[7; 9000]));
+        assert!(room >= POOLED);
     }
 }

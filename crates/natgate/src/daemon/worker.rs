@@ -252,12 +252,7 @@ impl Worker {
             let pkt = &slot[..lens[i]];
             match self.steering.owner(side, pkt, statics).filter(|_| multi) {
                 Some(w) if w != self.id => {
-                    let m = &self.mailboxes[w];
-                    let item = Steered {
-                        side,
-                        bytes: pkt.to_vec(),
-                    };
-                    if m.queue.push(item).is_ok() {
+                    if self.mailboxes[w].push(side, pkt) {
                         self.io.steered += 1;
                         woken |= 1 << (w % 64);
                     } else {
@@ -313,6 +308,9 @@ impl Worker {
                     k += 1;
                 }
                 self.process(side, bufs, lens, &idx[..k], verdicts);
+            }
+            for p in got {
+                self.mailboxes[self.id].recycle(p.bytes);
             }
         }
     }
