@@ -15,6 +15,7 @@ use crate::table::FlowKey;
 use crate::verdict::Verdict;
 use crate::wire::checksum::{self, Delta};
 use crate::wire::icmp::{self, IcmpKind};
+use crate::wire::ipv4::Ipv4Packet;
 
 /// The quoted packet inside an ICMP error, as far as it goes.
 #[derive(Debug, Clone, Copy)]
@@ -44,21 +45,22 @@ pub(crate) fn parse_inner(
     let quoted = buf
         .get(ip..outer.len)
         .ok_or(DropReason::IcmpErrorBadInner)?;
-    if quoted.len() < 20 || quoted[0] >> 4 != 4 {
-        return Err(DropReason::IcmpErrorBadInner);
-    }
-    let ihl = usize::from(quoted[0] & 0x0f) * 4;
-    if ihl < 20 || quoted.len() < ihl + 8 || checksum::checksum(&quoted[..ihl]) != 0 {
+    // The same view of an IPv4 header as every packet's, in its quoted form (its total length
+    // is that of the original datagram, longer than the quote): version, header length, and
+    // the header inside the quote.
+    let view = Ipv4Packet::new_checked_quoted(quoted).map_err(|_| DropReason::IcmpErrorBadInner)?;
+    let ihl = view.header_len();
+    if quoted.len() < ihl + 8 || !view.verify_checksum() {
         return Err(DropReason::IcmpErrorBadInner);
     }
     // A quoted non-first fragment has no transport header to translate.
-    if read16(quoted, 6) & 0x1fff != 0 {
+    if view.frag_offset() != 0 {
         return Err(DropReason::IcmpErrorBadInner);
     }
-    let proto = Protocol::from_ip_number(quoted[9]).ok_or(DropReason::IcmpErrorBadInner)?;
+    let proto = Protocol::from_ip_number(view.protocol()).ok_or(DropReason::IcmpErrorBadInner)?;
     let l4 = &quoted[ihl..];
-    let mut src = Endpoint::new(packet::read_addr(quoted, 12), 0);
-    let mut dst = Endpoint::new(packet::read_addr(quoted, 16), 0);
+    let mut src = Endpoint::new(view.src_addr(), 0);
+    let mut dst = Endpoint::new(view.dst_addr(), 0);
     match proto {
         Protocol::Tcp | Protocol::Udp => {
             src.port = read16(l4, 0);
