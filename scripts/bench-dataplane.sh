@@ -142,9 +142,15 @@ gen_start() {
 }
 gen_wait() { wait "$GEN_PID" 2>/dev/null || true; GEN_PID=""; }
 gen_stop() { stop_pid "$GEN_PID"; GEN_PID=""; }
-gen_sent() { awk '/^sent/ { print $2 }' "$WORK/gen.out"; }
-# spin SECONDS -> iterations per second of the spinner on CPU 1 (foreground).
-spin() { taskset -c 1 "$EX/spin" "$1" 7>&-; }
+gen_sent() { awk '/^sent/ { n = $2 } END { print n + 0 }' "$WORK/gen.out"; }
+# Where the next run through the gateway starts in the flow set: runs go on round it, so with
+# BIG_FLOWS every packet meets a flow last seen long ago (cold), as in one long run.
+CURSOR=0
+advance() { local n; n=$(gen_sent); CURSOR=$(( (CURSOR + ${n:-0}) % $1 )); }
+# spin SECONDS -> iterations per second of the spinner on CPU 1 (foreground): the median over
+# its 10 ms slices, which leaves out slices that someone else's work took (the mean over the
+# window is the second number spin prints; they agree on a quiet machine).
+spin() { taskset -c 1 "$EX/spin" "$1" 7>&- | awk '{ print $1 }'; }
 
 # cost FLOWS: sets COST_NS (median ns of CPU 1 per delivered packet at RATE), COST_PPS
 # (median delivered pps), COST_GEN (median pps the generator sent), BASE (median baseline
@@ -155,10 +161,10 @@ cost() {
   for r in $(seq "$REPEATS"); do
     gen_start "$SUB2_ADDR" "$flows" "$secs" "rate=$RATE"
     sleep "$LEAD"; b=$(spin "$MEAS"); gen_stop
-    gen_start "$WAN1" "$flows" "$secs" "rate=$RATE"
+    gen_start "$WAN1" "$flows" "$secs" "rate=$RATE" "from=$CURSOR"
     sleep "$LEAD"
     r0=$(wan_rx); t0=$(now); l=$(spin "$MEAS"); t1=$(now); r1=$(wan_rx)
-    gen_wait
+    gen_wait; advance "$flows"
     pps=$(calc "($r1 - $r0) / ($t1 - $t0)")
     costs+=" $(calc "($pps > 0) ? (1 - $l / $b) * 1e9 / $pps : -1")"
     ppss+=" $pps"; bases+=" $b"; gens+=" $(calc "$(gen_sent) / $secs")"
@@ -175,10 +181,10 @@ sat() {
   local flows=$1 r0 r1 t0 t1 s
   shift
   local secs; secs=$(calc "$SAT_WARM + $SAT_MEAS + 0.2")
-  gen_start "$WAN1" "$flows" "$secs" "$@"
+  gen_start "$WAN1" "$flows" "$secs" "$@" "from=$CURSOR"
   sleep "$SAT_WARM"
   r0=$(wan_rx); t0=$(now); s=$(spin "$SAT_MEAS"); t1=$(now); r1=$(wan_rx)
-  gen_wait
+  gen_wait; advance "$flows"
   SAT_PPS=$(calc "($r1 - $r0) / ($t1 - $t0)")
   SAT_GEN=$(calc "$(gen_sent) / $secs")
   SAT_IDLE=$(calc "$s / $BASE")
@@ -217,7 +223,7 @@ tcp() {
   stop_pid "$srv"
   gbps=$(jq -r '.end.sum_received.bits_per_second // empty' "$WORK/iperf.json" 2>/dev/null || true)
   if [ -z "$gbps" ]; then TCP_CELL="failed"; return; fi
-  idle=$(calc "$(cat "$WORK/spin.tcp") / $BASE")
+  idle=$(calc "$(awk '{ print $1 }' "$WORK/spin.tcp") / $BASE")
   log "  tcp $streams streams: $(fmt %.2f "$(calc "$gbps / 1e9")") Gbit/s, CPU 1 idle $(fmt %.2f "$idle")"
   TCP_CELL=$(fmt %.2f "$(calc "$gbps / 1e9")")
   if awk -v i="$idle" 'BEGIN { exit !(i > 0.05) }'; then
@@ -362,7 +368,7 @@ run_row() {
   # Open each of the BIG_FLOWS flows once, at RATE, before measuring them.
   local r0 r1; r0=$(wan_rx)
   gen_start "$WAN1" "$BIG_FLOWS" "$(calc "$BIG_FLOWS / $RATE + 3")" "rate=$RATE" "count=$BIG_FLOWS"
-  gen_wait; sleep 0.2
+  gen_wait; sleep 0.2; CURSOR=0
   r1=$(wan_rx)
   warm=$(calc "($r1 - $r0) / $BIG_FLOWS * 100")
   log "  $BIG_FLOWS flows opened, $(fmt %.1f "$warm") % of their first packets delivered"

@@ -2,7 +2,7 @@
 //! takes, softirq included, measured from the outside.
 //!
 //! ```text
-//! spin SECONDS              # spinner: prints iterations per second of wall time
+//! spin SECONDS              # spinner: prints iterations per second, median and mean
 //! spin burn SECONDS PERCENT # known load: busy PERCENT % of every 10 ms, prints its CPU share
 //! ```
 //!
@@ -12,6 +12,10 @@
 //! kernel's `/proc/stat` undercounts: no IRQ time accounting, tickless idle) is a nanosecond of
 //! lost iterations. Pin it to the core under test (`taskset -c 1`); the share of that core the
 //! load took is `1 - rate_loaded / rate_idle`.
+//!
+//! It prints two rates: the median over 10 ms slices and the mean over the whole run. With a
+//! steady load they agree; on a machine where other work comes and goes (someone compiling on
+//! the same core) the median ignores the slices it took, as long as they are under half.
 //!
 //! `burn` is the check on the method: a normal-priority task that is busy for a known share of
 //! each 10 ms period, measured by its own thread CPU clock (the scheduler's exact runtime, not
@@ -25,6 +29,8 @@ use std::time::{Duration, Instant};
 
 /// Iterations between clock reads (a few microseconds of work).
 const CHUNK: u64 = 4096;
+/// Length of the slices whose median rate is reported.
+const SLICE: Duration = Duration::from_millis(10);
 
 fn seconds(arg: Option<&String>) -> Duration {
     let s = arg
@@ -62,17 +68,28 @@ fn spin(dur: Duration) {
     let end = start + dur;
     let mut x: u64 = 1;
     let mut iters: u64 = 0;
+    let mut slices: Vec<f64> = Vec::with_capacity(6001);
+    let (mut slice_start, mut slice_iters) = (start, 0u64);
     loop {
         for _ in 0..CHUNK {
             x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
         }
         iters += CHUNK;
-        if Instant::now() >= end {
+        slice_iters += CHUNK;
+        let now = Instant::now();
+        let in_slice = now.duration_since(slice_start);
+        if in_slice >= SLICE {
+            slices.push(slice_iters as f64 / in_slice.as_secs_f64());
+            (slice_start, slice_iters) = (now, 0);
+        }
+        if now >= end {
             break;
         }
     }
-    let wall = start.elapsed().as_secs_f64();
-    println!("{:.0}", iters as f64 / wall);
+    let mean = iters as f64 / start.elapsed().as_secs_f64();
+    slices.sort_by(f64::total_cmp);
+    let median = slices.get(slices.len() / 2).copied().unwrap_or(mean);
+    println!("{median:.0} {mean:.0}");
 }
 
 fn burn(dur: Duration, percent: f64) {

@@ -3,14 +3,16 @@
 //! million flows. Run it inside the subscriber's namespace (`ip netns exec`), pinned to a core.
 //!
 //! ```text
-//! udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N]
+//! udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N] [from=I]
 //! ```
 //! Flow `i` is source `100.64.(1 + i / 50000 / 256).((i / 50000) % 256)`-ish (see `source`),
 //! port `10000 + i % 50000`. Without `new` the generator cycles over FLOWS flows; with `new`
 //! every packet opens a flow never seen before in the run (for new-flows-per-second).
 //! SECONDS may be fractional. `rate=PPS` paces the packets at PPS per second (in small batches,
 //! at most 1 ms worth at a time) instead of as fast as possible; `count=N` stops after N packets
-//! (say FLOWS, to open every flow once). Bounded: at most 60 s and 2^32 packets. Prints
+//! (say FLOWS, to open every flow once); `from=I` starts at flow I instead of 0 (so short runs
+//! one after another can go on round a large set of flows instead of replaying its start).
+//! Bounded: at most 60 s and 2^32 packets. Prints
 //! `sent N` at the end.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -45,7 +47,9 @@ fn packet(buf: &mut [u8; LEN], src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        eprintln!("usage: udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N]");
+        eprintln!(
+            "usage: udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N] [from=I]"
+        );
         std::process::exit(2);
     }
     let dst: Ipv4Addr = args[1].parse().unwrap_or(Ipv4Addr::new(203, 0, 113, 10));
@@ -80,7 +84,7 @@ fn main() {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut sent: u64 = 0;
-    let mut i: u32 = 0;
+    let mut i = u32::try_from(opt("from=").unwrap_or(0) % u64::from(flows)).unwrap_or(0);
     // With a rate, never more than 1 ms worth of packets in one burst.
     let burst = if rate > 0 {
         (rate / 1000).clamp(1, BATCH as u64)
