@@ -13,7 +13,11 @@
 # REPEATS (5), MEAS (s per spinner window, 1), LEAD (s of traffic before a window, 0.5),
 # SAT_WARM/SAT_MEAS (s, 2/3), TCP_SECS (4), PING_SECS (4), CT_TUNE (1: raise the host's
 # nf_conntrack_max for the run so the kernel can hold BIG_FLOWS; restored on exit; 0: leave it),
-# VARIANTS (which rows to run: "fast slow nat fwd").
+# VARIANTS (which rows to run: "fast slow nat fwd"), FLOW_PORTS and DPORTS (the flow mix: a
+# flow set is FLOWS / DPORTS subscriber endpoints, FLOW_PORTS per subscriber address, each
+# sending to DPORTS ports of wan1; 1000 and 10, so 1 000 000 flows are a million sessions over
+# 100 000 mappings on 100 addresses, which the /28 pool holds whichever way a NAT spreads
+# subscribers over it; new flows use one port each, so each is a new mapping too).
 #
 # Everything happens in network namespaces this script creates and is torn down on exit, also
 # on Ctrl-C, SIGTERM or failure; every load is bounded in time (udpgen and spin stop by
@@ -57,7 +61,8 @@ if [ "$QUICK" = 1 ]; then
 fi
 : "${RATE:=40000}" "${FLOWS:=1000}" "${BIG_FLOWS:=1000000}" "${REPEATS:=5}" "${MEAS:=1}"
 : "${LEAD:=0.5}" "${SAT_WARM:=2}" "${SAT_MEAS:=3}" "${TCP_SECS:=4}" "${PING_SECS:=4}"
-: "${VALIDATE:=0}" "${CT_TUNE:=1}" "${VARIANTS:=fast slow nat fwd}"
+: "${VALIDATE:=0}" "${CT_TUNE:=1}" "${VARIANTS:=fast slow nat fwd}" "${FLOW_PORTS:=1000}" "${DPORTS:=10}"
+MIX="dports=$DPORTS"
 
 cargo build --release -q -p natgate --bin natgate --example udpgen --example hold_topology \
   --example spin
@@ -123,7 +128,7 @@ for ns in "$WAN" "$SUB2"; do
 table inet sink {
   chain input {
     type filter hook input priority 0;
-    udp dport 9 drop
+    udp dport 9-1008 drop
   }
 }
 NFT
@@ -137,7 +142,8 @@ GEN_PID=""
 gen_start() {
   local dst=$1 flows=$2 secs=$3
   shift 3
-  ip netns exec "$SUB" taskset -c 0 "$EX/udpgen" "$dst" 9 "$flows" "$secs" "$@" >"$WORK/gen.out" 7>&- &
+  ip netns exec "$SUB" taskset -c 0 "$EX/udpgen" "$dst" 9 "$flows" "$secs" "$@" "ports=$FLOW_PORTS" \
+    >"$WORK/gen.out" 7>&- &
   GEN_PID=$!
 }
 gen_wait() { wait "$GEN_PID" 2>/dev/null || true; GEN_PID=""; }
@@ -159,11 +165,11 @@ cost() {
   local flows=$1 r b l r0 r1 t0 t1 pps costs="" ppss="" bases="" gens=""
   local secs; secs=$(calc "$LEAD + $MEAS + 0.2")
   for r in $(seq "$REPEATS"); do
-    gen_start "$SUB2_ADDR" "$flows" "$secs" "rate=$RATE"
+    gen_start "$SUB2_ADDR" "$flows" "$secs" "rate=$RATE" "$MIX"
     sleep "$LEAD"; b=$(spin "$MEAS"); gen_stop
-    gen_start "$WAN1" "$flows" "$secs" "rate=$RATE" "from=$CURSOR"
+    gen_start "$WAN1" "$flows" "$secs" "rate=$RATE" "$MIX" "from=$CURSOR"
     sleep "$LEAD"
-    r0=$(wan_rx); t0=$(now); l=$(spin "$MEAS"); t1=$(now); r1=$(wan_rx)
+    r0=$(wan_rx); t0=$(now); l=$(spin "$MEAS"); r1=$(wan_rx); t1=$(now)
     gen_wait; advance "$flows"
     pps=$(calc "($r1 - $r0) / ($t1 - $t0)")
     costs+=" $(calc "($pps > 0) ? (1 - $l / $b) * 1e9 / $pps : -1")"
@@ -180,10 +186,11 @@ cost() {
 sat() {
   local flows=$1 r0 r1 t0 t1 s
   shift
-  local secs; secs=$(calc "$SAT_WARM + $SAT_MEAS + 0.2")
-  gen_start "$WAN1" "$flows" "$secs" "$@" "from=$CURSOR"
+  local secs; secs=$(calc "$SAT_WARM + $SAT_MEAS + 0.2") mix=$MIX
+  [ "${1:-}" = new ] && mix="dports=1"
+  gen_start "$WAN1" "$flows" "$secs" "$@" "$mix" "from=$CURSOR"
   sleep "$SAT_WARM"
-  r0=$(wan_rx); t0=$(now); s=$(spin "$SAT_MEAS"); t1=$(now); r1=$(wan_rx)
+  r0=$(wan_rx); t0=$(now); s=$(spin "$SAT_MEAS"); r1=$(wan_rx); t1=$(now)
   gen_wait; advance "$flows"
   SAT_PPS=$(calc "($r1 - $r0) / ($t1 - $t0)")
   SAT_GEN=$(calc "$(gen_sent) / $secs")
@@ -234,13 +241,14 @@ tcp() {
 # ping_load: sets PING_CELL, "p50 / p99" ms of sub1 -> wan1 pings every 10 ms under RATE pps of FLOWS flows.
 ping_load() {
   local n; n=$(calc "int($PING_SECS * 100)")
-  gen_start "$WAN1" "$FLOWS" "$(calc "$LEAD + $PING_SECS + 2")" "rate=$RATE"
+  gen_start "$WAN1" "$FLOWS" "$(calc "$LEAD + $PING_SECS + 2")" "rate=$RATE" "$MIX"
   sleep "$LEAD"
   ip netns exec "$SUB" taskset -c 0 ping -n -i 0.01 -c "$n" -w "$(calc "int($PING_SECS) + 2")" "$WAN1" \
     >"$WORK/ping.out" 2>&1 7>&- || true
   gen_stop
+  local sent; sent=$(awk '/packets transmitted/ { print $1 }' "$WORK/ping.out")
   PING_CELL=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' "$WORK/ping.out" | sort -g |
-    awk -v n="$n" '{ v[NR] = $1 } END {
+    awk -v n="${sent:-$n}" '{ v[NR] = $1 } END {
       if (NR == 0) { print "no replies"; exit }
       p50 = v[int((NR - 1) * 0.50) + 1]; p99 = v[int((NR - 1) * 0.99) + 1]
       printf "%.3f / %.3f", p50, p99; if (NR < n) printf " (%d of %d lost)", n - NR, n; print "" }')
@@ -323,7 +331,7 @@ if [ "$VALIDATE" = 1 ]; then
   quiet=""; withgen=""
   for _ in $(seq "$REPEATS"); do
     quiet+=" $(spin "$MEAS")"
-    gen_start "$SUB2_ADDR" "$FLOWS" "$(calc "$LEAD + $MEAS + 0.5")" "rate=$RATE"
+    gen_start "$SUB2_ADDR" "$FLOWS" "$(calc "$LEAD + $MEAS + 0.5")" "rate=$RATE" "$MIX"
     sleep "$LEAD"; withgen+=" $(spin "$MEAS")"; gen_wait
   done
   VALID_QUIET=$(echo "$quiet" | median); VALID_GEN=$(echo "$withgen" | median)
@@ -367,7 +375,7 @@ run_row() {
   $reset
   # Open each of the BIG_FLOWS flows once, at RATE, before measuring them.
   local r0 r1; r0=$(wan_rx)
-  gen_start "$WAN1" "$BIG_FLOWS" "$(calc "$BIG_FLOWS / $RATE + 3")" "rate=$RATE" "count=$BIG_FLOWS"
+  gen_start "$WAN1" "$BIG_FLOWS" "$(calc "$BIG_FLOWS / $RATE + 3")" "rate=$RATE" "$MIX" "count=$BIG_FLOWS"
   gen_wait; sleep 0.2; CURSOR=0
   r1=$(wan_rx)
   warm=$(calc "($r1 - $r0) / $BIG_FLOWS * 100")
@@ -406,10 +414,10 @@ echo "| data plane | gateway µs/pkt at $(group "$RATE") pps, $(group "$FLOWS") 
 echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 echo
-echo "- $(group "$BIG_FLOWS") flows: each opened once at $(group "$RATE") pps before being measured; to one destination, the pool's 16 addresses x ~64 k ports hold about 1 M."
-echo "- 64-byte IPv4 UDP (udpgen, raw socket + sendmmsg) from sub1 to wan1, which drops it. Generator, iperf3 and ping on CPU 0; the gateway on CPU 1 (natgate pinned, RPS for lan0/wan0)."
+echo "- 64-byte IPv4 UDP (udpgen, raw socket + sendmmsg) from sub1 to wan1, which drops it. Flows: n / $DPORTS subscriber endpoints ($FLOW_PORTS per subscriber address) x $DPORTS wan1 ports; the $(group "$BIG_FLOWS") flows are each opened once at $(group "$RATE") pps before being measured, and successive runs go on round the set, so each packet meets a flow not seen for a long time."
+echo "- Generator, iperf3 and ping on CPU 0; the gateway on CPU 1 (natgate pinned, RPS for lan0/wan0)."
 echo "- gateway µs/pkt: CPU 1 time lost by a SCHED_IDLE spinner, over the packets delivered to wan1, median of $REPEATS windows of $MEAS s, each against a baseline taken just before it with the same load sent to sub2 instead (off the gateway). Counts softirq work, which /proc/stat here does not."
-echo "- pps at saturation / new flows/s: delivered to wan1 in $SAT_MEAS s after $SAT_WARM s, generator flat out; \"generator-limited\" = the gateway left more than 5 % of CPU 1 idle. New flows: every packet a flow never seen before (state reset after this test)."
+echo "- pps at saturation / new flows/s: delivered to wan1 in $SAT_MEAS s after $SAT_WARM s, generator flat out. When the gateway left more than 5 % of CPU 1 idle the cell says so, and either \"generator-limited\" (95 % or more of what was sent got through) or the share that got through (the rest was dropped in a queue, not for lack of CPU). New flows: every packet a flow never seen before (state reset after this test)."
 echo "- TCP: iperf3 sub1 -> wan1, $TCP_SECS s; \"CPU 1 x % idle\" = the gateway was not the limit. Ping every 10 ms for $PING_SECS s under $(group "$RATE") pps of $(group "$FLOWS") flows."
 echo "- kernel: nf_conntrack_max $CT_MAX (host value during the run$([ -n "$CT_OLD" ] && echo ", raised from $CT_OLD and restored")), buckets $CT_BUCKETS, UDP timeouts 300 s in the gateway namespace."
 SPREAD=$(echo "$BASES_ALL" | tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%.1f", (NR && a > 0) ? (b - a) / a * 100 : 0 }')

@@ -3,17 +3,19 @@
 //! million flows. Run it inside the subscriber's namespace (`ip netns exec`), pinned to a core.
 //!
 //! ```text
-//! udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N] [from=I]
+//! udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N] [from=I] [ports=P] [dports=K]
 //! ```
-//! Flow `i` is source `100.64.(1 + i / 50000 / 256).((i / 50000) % 256)`-ish (see `source`),
-//! port `10000 + i % 50000`. Without `new` the generator cycles over FLOWS flows; with `new`
-//! every packet opens a flow never seen before in the run (for new-flows-per-second).
-//! SECONDS may be fractional. `rate=PPS` paces the packets at PPS per second (in small batches,
+//! Flow `i` goes from source endpoint `e = i / K` to `DST_IP:(DST_PORT + i % K)`; endpoint `e`
+//! is address `100.64.1.0 + e / P`, port `10000 + e % P` (defaults P = 50 000, K = 1). So
+//! `ports=1000 dports=10` makes a million flows out of 100 000 endpoints on 100 subscriber
+//! addresses, each talking to 10 remote ports: a million sessions over 100 000 mappings, which
+//! fits a small pool whether the NAT keeps a subscriber on one address or not. Without `new`
+//! the generator cycles over FLOWS flows; with `new` every packet opens a flow never seen
+//! before in the run (for new-flows-per-second). SECONDS may be fractional. `rate=PPS` paces the packets at PPS per second (in small batches,
 //! at most 1 ms worth at a time) instead of as fast as possible; `count=N` stops after N packets
 //! (say FLOWS, to open every flow once); `from=I` starts at flow I instead of 0 (so short runs
 //! one after another can go on round a large set of flows instead of replaying its start).
-//! Bounded: at most 60 s and 2^32 packets. Prints
-//! `sent N` at the end.
+//! Bounded: at most 60 s and 2^32 packets. Prints `sent N` at the end.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -22,12 +24,11 @@ use std::time::{Duration, Instant};
 
 const BATCH: usize = 64;
 const LEN: usize = 64;
-const PORTS: u32 = 50_000;
 
-/// The source of flow `i`: 100.64.1.0 upwards, one address per 50 000 flows.
-fn source(i: u32) -> (Ipv4Addr, u16) {
-    let a = u32::from(Ipv4Addr::new(100, 64, 1, 0)) + i / PORTS;
-    (Ipv4Addr::from(a), (10_000 + i % PORTS) as u16)
+/// Source endpoint `e`: 100.64.1.0 upwards, one address per `ports` endpoints.
+fn source(e: u32, ports: u32) -> (Ipv4Addr, u16) {
+    let a = u32::from(Ipv4Addr::new(100, 64, 1, 0)) + e / ports;
+    (Ipv4Addr::from(a), (10_000 + e % ports) as u16)
 }
 
 fn packet(buf: &mut [u8; LEN], src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) {
@@ -48,7 +49,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
         eprintln!(
-            "usage: udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N] [from=I]"
+            "usage: udpgen DST_IP DST_PORT FLOWS SECONDS [new] [rate=PPS] [count=N] [from=I] \
+             [ports=P] [dports=K]"
         );
         std::process::exit(2);
     }
@@ -67,6 +69,8 @@ fn main() {
     let count = opt("count=")
         .unwrap_or(u64::from(u32::MAX))
         .min(u64::from(u32::MAX));
+    let ports = u32::try_from(opt("ports=").unwrap_or(50_000).clamp(1, 50_000)).unwrap_or(1);
+    let dports = u32::try_from(opt("dports=").unwrap_or(1).clamp(1, 1000)).unwrap_or(1);
 
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
@@ -110,7 +114,9 @@ fn main() {
         iovs.clear();
         msgs.clear();
         for b in bufs.iter_mut().take(want) {
-            let (src, sport) = source(if new { i } else { i % flows });
+            let flow = if new { i } else { i % flows };
+            let (src, sport) = source(flow / dports, ports);
+            let dport = dport.wrapping_add((flow % dports) as u16);
             packet(b, src, sport, dst, dport);
             i = i.wrapping_add(1);
             iovs.push(libc::iovec {
