@@ -1,5 +1,5 @@
 //! Builds the standard topology, prints its suffix, keeps it for N seconds (default 60, at most
-//! 600) or until stdin closes, then tears it down: for poking at natgate by hand.
+//! 1800) or until stdin closes, then tears it down: for poking at natgate by hand.
 
 #![allow(clippy::print_stdout)]
 
@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(60)
-        .min(600);
+        .min(1800);
     let t = Topology::build(&TopologyOptions::default())?;
     println!("{}", t.suffix);
     let (tx, rx) = std::sync::mpsc::channel();
