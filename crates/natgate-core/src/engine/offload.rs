@@ -4,7 +4,9 @@
 //! The engine decides which sessions may be carried elsewhere ([`Engine::offloadable`]): dynamic
 //! TCP and UDP sessions that are not hairpinned, TCP only while established. It says so as
 //! [`OffloadOp`]s that the driver applies to the fast path's table ([`Engine::poll_offload`]):
-//! an insert when a session becomes offloadable, a removal when it stops being so or ends. A
+//! an insert when an offloadable session's second packet comes through (a flow of one packet,
+//! like most of a scan or a flood of new flows, never costs a table change), a removal when it
+//! stops being offloadable or ends. A
 //! fast path carries only packets that change no engine state (no SYN, FIN or RST; no TTL
 //! expiry; nothing to fragment or refuse) and punts everything else to the engine, so timers are
 //! the only thing it can affect: before a carried session expires, the engine asks the driver
@@ -195,9 +197,10 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Offers session `sid` to the fast path if offloading is on and it qualifies, or takes it
-    /// back if it is carried and no longer qualifies. Called when a session is made, when its
-    /// TCP phase changes, and when a packet of a session the fast path does not carry reaches
-    /// the engine.
+    /// back if it is carried and no longer qualifies. Called when a session's TCP phase changes
+    /// and when a packet of a session the fast path does not carry reaches the engine: never
+    /// for the packet that made the session, so that a flow of one packet costs the fast path
+    /// nothing.
     pub(super) fn update_offload(&mut self, sid: SessionId) {
         if self.offload.is_none() {
             return;
@@ -305,6 +308,15 @@ mod tests {
         }
     }
 
+    /// Two datagrams of one flow from the subscriber's `port`: the first makes the session, the
+    /// second makes the offer.
+    fn udp_flow(e: &mut Engine, secs: u64, port: u16) {
+        for _ in 0..2 {
+            let v = send(e, secs, Side::Inside, udp(ep(SUB, port), ep(WAN, 53), b"q"));
+            assert!(matches!(v, Verdict::Forward(Side::Outside)), "{v:?}");
+        }
+    }
+
     fn only_insert(e: &mut Engine) -> OffloadedFlow {
         match ops(e).as_slice() {
             [OffloadOp::Insert(f)] => *f,
@@ -313,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn a_udp_session_is_offered_when_made_and_withdrawn_when_it_expires() {
+    fn a_udp_session_is_offered_on_its_second_packet_and_withdrawn_when_it_expires() {
         let mut e = engine(|_| {});
         let v = send(
             &mut e,
@@ -322,6 +334,11 @@ mod tests {
             udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
         );
         assert!(matches!(v, Verdict::Forward(Side::Outside)));
+        assert!(
+            ops(&mut e).is_empty(),
+            "a flow of one packet costs the fast path nothing"
+        );
+        udp_flow(&mut e, 0, 5000);
         let flow = only_insert(&mut e);
         assert_eq!(flow.internal, ep(SUB, 5000));
         assert_eq!(flow.remote, ep(WAN, 53));
@@ -337,12 +354,7 @@ mod tests {
     #[test]
     fn traffic_only_in_the_fast_path_keeps_a_session_alive() {
         let mut e = engine(|c| c.behavior.timers.udp = 120);
-        send(
-            &mut e,
-            0,
-            Side::Inside,
-            udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
-        );
+        udp_flow(&mut e, 0, 5000);
         let flow = only_insert(&mut e);
         let mut view = Seen::default();
         view.0.insert(
@@ -363,12 +375,7 @@ mod tests {
     #[test]
     fn a_listing_shows_the_fast_paths_last_packet() {
         let mut e = engine(|_| {});
-        send(
-            &mut e,
-            0,
-            Side::Inside,
-            udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
-        );
+        udp_flow(&mut e, 0, 5000);
         let flow = only_insert(&mut e);
         let mut view = Seen::default();
         view.0.insert(
@@ -390,12 +397,7 @@ mod tests {
                 c.behavior.timers.udp = 120;
                 c.behavior.refresh = refresh;
             });
-            send(
-                &mut e,
-                0,
-                Side::Inside,
-                udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
-            );
+            udp_flow(&mut e, 0, 5000);
             let flow = only_insert(&mut e);
             let mut view = Seen::default();
             view.0.insert(
@@ -433,21 +435,19 @@ mod tests {
     #[test]
     fn hairpinned_flows_stay_with_the_engine() {
         let mut e = engine(|_| {});
-        send(
-            &mut e,
-            0,
-            Side::Inside,
-            udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
-        );
+        udp_flow(&mut e, 0, 5000);
         let first = only_insert(&mut e);
         let other = ep(Ipv4Addr::new(100, 64, 0, 11), 6000);
-        let v = send(
-            &mut e,
-            1,
-            Side::Inside,
-            udp(other, first.external, b"hairpin"),
-        );
-        assert!(matches!(v, Verdict::Forward(Side::Inside)), "{v:?}");
+        // Twice: a second packet would make the offer, were the flow offloadable.
+        for _ in 0..2 {
+            let v = send(
+                &mut e,
+                1,
+                Side::Inside,
+                udp(other, first.external, b"hairpin"),
+            );
+            assert!(matches!(v, Verdict::Forward(Side::Inside)), "{v:?}");
+        }
         assert!(
             ops(&mut e).iter().all(|op| match op {
                 OffloadOp::Insert(f) => !e.allocator().owns(f.remote.addr),
@@ -461,29 +461,15 @@ mod tests {
     fn a_full_fast_path_leaves_flows_with_the_engine_and_offers_them_again() {
         let mut e = engine(|_| {});
         e.offload = Some(Offload::new(1));
-        send(
-            &mut e,
-            0,
-            Side::Inside,
-            udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
-        );
-        send(
-            &mut e,
-            0,
-            Side::Inside,
-            udp(ep(SUB, 5001), ep(WAN, 53), b"q"),
-        );
+        udp_flow(&mut e, 0, 5000);
+        udp_flow(&mut e, 0, 5001);
         let first = only_insert(&mut e);
+        assert_eq!(first.internal, ep(SUB, 5000));
         assert_eq!(e.offload_stats().map(|s| s.skipped), Some(1));
-        // The first flow ends; the second's next packet through the engine offers it again.
+        // The first flow ends; the room it leaves goes to the next flow offered.
         e.flush(Instant::from_secs(1));
         assert_eq!(ops(&mut e), vec![OffloadOp::Remove(first)]);
-        send(
-            &mut e,
-            2,
-            Side::Inside,
-            udp(ep(SUB, 5002), ep(WAN, 53), b"q"),
-        );
+        udp_flow(&mut e, 2, 5002);
         assert_eq!(only_insert(&mut e).internal, ep(SUB, 5002));
     }
 
@@ -491,12 +477,7 @@ mod tests {
     fn a_session_left_out_is_offered_when_its_next_packet_comes_through() {
         let mut e = engine(|_| {});
         e.offload = Some(Offload::new(0));
-        send(
-            &mut e,
-            0,
-            Side::Inside,
-            udp(ep(SUB, 5000), ep(WAN, 53), b"q"),
-        );
+        udp_flow(&mut e, 0, 5000);
         assert!(ops(&mut e).is_empty());
         e.offload = Some(Offload::new(4));
         send(

@@ -402,7 +402,6 @@ impl<A: PortAllocator> Engine<A> {
             remote: s.remote,
             origin: SessionOrigin::Dynamic,
         });
-        self.update_offload(sid);
         Ok(sid)
     }
 
