@@ -248,13 +248,17 @@ fn check(rig: &mut Rig, shapes: &[Shape]) -> Result<(), TestCaseError> {
                 inbound: false,
                 ..s.clone()
             };
-            through_engine(
-                &mut e,
-                &mut rig.table,
-                now,
-                Side::Inside,
-                &build(internal, remote, &open),
-            );
+            // Twice: the engine offers a flow to the fast path on its second packet (a TCP
+            // one on its SYN-ACK, below).
+            for _ in 0..if s.tcp { 1 } else { 2 } {
+                through_engine(
+                    &mut e,
+                    &mut rig.table,
+                    now,
+                    Side::Inside,
+                    &build(internal, remote, &open),
+                );
+            }
             if s.tcp
                 && let Some(f) = session_of(&e, s, true)
             {
