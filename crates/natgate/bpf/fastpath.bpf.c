@@ -76,8 +76,10 @@ enum counter {
 	C_COUNT,
 };
 
-// Settings flags (SETTINGS[0]).
+// Load-time flags (FLAGS), a constant the verifier folds: no cost on the packet path.
 #define F_NO_REDIRECT 1 /* rewrite but do not route: BPF_PROG_TEST_RUN compares bytes */
+
+volatile const __u32 FLAGS = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -100,13 +102,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } STATS SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} SETTINGS SEC(".maps");
 
 static __always_inline void count(__u32 which, __u64 n)
 {
@@ -148,9 +143,7 @@ int natgate_tc(struct __sk_buff *skb)
 	struct iface *ifc = bpf_map_lookup_elem(&IFACES, &ifindex);
 	if (!ifc)
 		return TC_ACT_OK;
-	__u32 zero = 0;
-	__u32 *settings = bpf_map_lookup_elem(&SETTINGS, &zero);
-	__u32 flags = settings ? *settings : 0;
+	__u32 flags = FLAGS;
 
 	// The headers the look-up reads must be in the linear part.
 	if (skb->data + L4_OFF + sizeof(struct tcphdr) > skb->data_end)
@@ -196,7 +189,8 @@ int natgate_tc(struct __sk_buff *skb)
 			return punt(C_PUNT_TCP_FLAGS);
 	}
 	// RFC 1812 5.3.1: a TTL that would reach zero is the router's (the kernel's) to answer.
-	if (ip->ttl <= 1)
+	__u8 ttl = ip->ttl;
+	if (ttl <= 1)
 		return punt(C_PUNT_TTL);
 	// RFC 4787 REQ-13: DF and too big for the engine's MTU: the engine answers.
 	if ((ip->frag_off & bpf_htons(0x4000)) && len > ifc->mtu_out)
@@ -256,10 +250,8 @@ int natgate_tc(struct __sk_buff *skb)
 				    l4_flags | sizeof(new_port));
 		bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0);
 	}
-	// One TTL decrement: the TTL shares its 16-bit word with the protocol.
-	__u8 ttl;
-	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, 1) < 0)
-		return TC_ACT_SHOT;
+	// One TTL decrement: the TTL shares its 16-bit word with the protocol. (Read before the
+	// stores above, which moved nothing but the address and port.)
 	__u16 old_word = bpf_htons(((__u16)ttl << 8) | proto);
 	__u16 new_word = bpf_htons(((__u16)(ttl - 1) << 8) | proto);
 	__u8 new_ttl = ttl - 1;

@@ -37,7 +37,7 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let mut fp = FastPath::load(4096).expect("load the fast path");
+    let mut fp = FastPath::load(4096, NO_REDIRECT).expect("load the fast path");
     let side = |ifindex| fastpath::Side {
         name: String::new(),
         ifindex,
@@ -47,7 +47,6 @@ fn rig() -> Rig {
         .unwrap();
     fp.set_iface(&side(OUTSIDE_IF), &side(INSIDE_IF), SIDE_OUTSIDE)
         .unwrap();
-    fp.set_flags(NO_REDIRECT).unwrap();
     let table = fp.table().unwrap();
     let prog = fp.program_fd().unwrap();
     Rig { fp, table, prog }
@@ -208,9 +207,11 @@ fn through_engine(
     }];
     let mut v = [Verdict::Held];
     e.process_batch(now, side, &mut pkts, &mut v);
-    while let Some(op) = e.poll_offload() {
-        table.apply(&op).unwrap();
-    }
+    assert_eq!(
+        table.apply_all(|| e.poll_offload()),
+        0,
+        "every change applied"
+    );
     let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
     (v[0], buf[..len.min(ip.len())].to_vec())
 }

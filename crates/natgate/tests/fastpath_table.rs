@@ -30,7 +30,7 @@ fn batched_changes_apply_in_order() {
     if !common::is_root() {
         return;
     }
-    let fp = FastPath::load(10_000).unwrap();
+    let fp = FastPath::load(10_000, 0).unwrap();
     let mut t = fp.table().unwrap();
     // More than one system call's worth, then removals mixed in, in order: flow 5 is removed
     // and put back, flow 6 only removed, and a flow never inserted is removed too.
@@ -59,7 +59,7 @@ fn a_full_table_refuses_what_does_not_fit_and_keeps_the_rest() {
         return;
     }
     // Room for 4 flows (8 entries).
-    let fp = FastPath::load(4).unwrap();
+    let fp = FastPath::load(4, 0).unwrap();
     let mut t = fp.table().unwrap();
     let mut it = (0..10).map(|i| OffloadOp::Insert(flow(i)));
     let refused = t.apply_all(|| it.next());

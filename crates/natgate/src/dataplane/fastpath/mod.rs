@@ -40,7 +40,7 @@ const NOT_BUILT: &str = env!("NATGATE_FASTPATH_BUILD");
 /// The program's name in the object.
 const PROGRAM: &str = "natgate_tc";
 
-/// `SETTINGS[0]` flag: rewrite but do not route (for [`sys::test_run`]).
+/// Load-time flag (the program's `FLAGS`): rewrite but do not route, for [`sys::test_run`].
 pub const NO_REDIRECT: u32 = 1;
 
 /// The fast path's counters, in the program's `enum counter` order.
@@ -178,14 +178,16 @@ impl std::fmt::Debug for FastPath {
 }
 
 impl FastPath {
-    /// Loads the program with room for `flows` flows, without attaching it.
-    pub fn load(flows: u32) -> Result<Self, FastPathError> {
+    /// Loads the program with room for `flows` flows and the load-time `flags` (0, or
+    /// [`NO_REDIRECT`] for tests), without attaching it.
+    pub fn load(flows: u32, flags: u32) -> Result<Self, FastPathError> {
         if OBJECT.0.is_empty() {
             return Err(FastPathError::NotBuilt(NOT_BUILT));
         }
         let capacity = flows.saturating_mul(2).max(2);
         let mut ebpf = EbpfLoader::new()
             .set_max_entries("SESSIONS", capacity)
+            .set_global("FLAGS", &flags, true)
             .load(&OBJECT.0)
             .map_err(load_err)?;
         let prog: &mut SchedClassifier = ebpf
@@ -203,7 +205,7 @@ impl FastPath {
 
     /// Loads the program and attaches it to the ingress of both sides.
     pub fn attach(inside: &Side, outside: &Side, flows: u32) -> Result<Self, FastPathError> {
-        let mut fp = Self::load(flows)?;
+        let mut fp = Self::load(flows, 0)?;
         fp.set_iface(inside, outside, SIDE_INSIDE)?;
         fp.set_iface(outside, inside, SIDE_OUTSIDE)?;
         for s in [inside, outside] {
@@ -252,17 +254,6 @@ impl FastPath {
             pad: 0,
         };
         ifaces.insert(this.ifindex, iface, 0).map_err(map_err)
-    }
-
-    /// Sets the program's flags (`SETTINGS[0]`), e.g. [`NO_REDIRECT`].
-    pub fn set_flags(&mut self, flags: u32) -> Result<(), FastPathError> {
-        let mut settings: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
-            self.ebpf
-                .map_mut("SETTINGS")
-                .ok_or_else(|| map_err("no SETTINGS"))?,
-        )
-        .map_err(map_err)?;
-        settings.set(0, flags, 0).map_err(map_err)
     }
 
     /// A worker's handle on the flow table.
@@ -346,25 +337,6 @@ impl std::fmt::Debug for FlowTable {
 }
 
 impl FlowTable {
-    /// Applies one of the engine's changes. An insert the kernel refuses (the table is full)
-    /// leaves the flow with the slow path; a removal of an entry that is not there is fine.
-    pub fn apply(&mut self, op: &OffloadOp) -> Result<(), FastPathError> {
-        match op {
-            OffloadOp::Insert(flow) => {
-                for (k, v) in entries(flow) {
-                    self.map.insert(k, v, 0).map_err(map_err)?;
-                }
-            }
-            OffloadOp::Remove(flow) => {
-                for (k, _) in entries(flow) {
-                    // Not found: never inserted (a refused insert) or already gone.
-                    let _ = self.map.remove(&k);
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Applies the engine's changes as `next` yields them, in order, gathering runs of
     /// inserts or removals into one system call each (up to 1024 entries a call).
     /// Returns how many entries the kernel refused to insert: a refused insert leaves its flow
