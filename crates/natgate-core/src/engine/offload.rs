@@ -302,6 +302,18 @@ mod tests {
     #[derive(Default)]
     struct Seen(HashMap<OffloadedFlow, FastPathSeen>);
 
+    impl Seen {
+        /// A fast path that carried `flow` last at `outbound` and `inbound` seconds.
+        fn one(flow: OffloadedFlow, outbound: Option<u64>, inbound: Option<u64>) -> Self {
+            let at = |s: Option<u64>| s.map(Instant::from_secs);
+            let seen = FastPathSeen {
+                outbound: at(outbound),
+                inbound: at(inbound),
+            };
+            Seen(HashMap::from([(flow, seen)]))
+        }
+    }
+
     impl FastPathView for Seen {
         fn seen(&mut self, flow: &OffloadedFlow) -> FastPathSeen {
             self.0.get(flow).copied().unwrap_or_default()
@@ -356,14 +368,7 @@ mod tests {
         let mut e = engine(|c| c.behavior.timers.udp = 120);
         udp_flow(&mut e, 0, 5000);
         let flow = only_insert(&mut e);
-        let mut view = Seen::default();
-        view.0.insert(
-            flow,
-            FastPathSeen {
-                outbound: Some(Instant::from_secs(100)),
-                inbound: None,
-            },
-        );
+        let mut view = Seen::one(flow, Some(100), None);
         e.handle_timeout_with(Instant::from_secs(200), &mut view);
         assert_eq!(e.session_count(), 1, "seen at 100 s, timer 120 s");
         assert!(ops(&mut e).is_empty());
@@ -377,14 +382,7 @@ mod tests {
         let mut e = engine(|_| {});
         udp_flow(&mut e, 0, 5000);
         let flow = only_insert(&mut e);
-        let mut view = Seen::default();
-        view.0.insert(
-            flow,
-            FastPathSeen {
-                outbound: Some(Instant::from_secs(42)),
-                inbound: None,
-            },
-        );
+        let mut view = Seen::one(flow, Some(42), None);
         e.refresh_offloaded(&mut view);
         let s = e.sessions().next().expect("session");
         assert_eq!(s.last_seen, Instant::from_secs(42));
@@ -399,14 +397,7 @@ mod tests {
             });
             udp_flow(&mut e, 0, 5000);
             let flow = only_insert(&mut e);
-            let mut view = Seen::default();
-            view.0.insert(
-                flow,
-                FastPathSeen {
-                    outbound: None,
-                    inbound: Some(Instant::from_secs(100)),
-                },
-            );
+            let mut view = Seen::one(flow, None, Some(100));
             e.handle_timeout_with(Instant::from_secs(200), &mut view);
             assert_eq!(e.session_count() == 1, alive, "{refresh:?}");
         }

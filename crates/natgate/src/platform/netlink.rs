@@ -102,12 +102,13 @@ pub struct RouteV4 {
 }
 
 impl RouteV4 {
-    /// The default route via `gateway`.
-    pub fn default_via(gateway: Ipv4Addr) -> Self {
+    /// A unicast route to `dst/prefix_len` in the main table with nothing else set: what the
+    /// constructors below start from.
+    fn to(dst: Ipv4Addr, prefix_len: u8) -> Self {
         Self {
-            dst: Ipv4Addr::UNSPECIFIED,
-            prefix_len: 0,
-            gateway: Some(gateway),
+            dst,
+            prefix_len,
+            gateway: None,
             dev: None,
             mtu: None,
             table: None,
@@ -116,45 +117,33 @@ impl RouteV4 {
         }
     }
 
+    /// The default route via `gateway`.
+    pub fn default_via(gateway: Ipv4Addr) -> Self {
+        Self::via(Ipv4Addr::UNSPECIFIED, 0, gateway)
+    }
+
     /// A route to `dst/prefix_len` via `gateway`.
     pub fn via(dst: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr) -> Self {
         Self {
-            dst,
-            prefix_len,
             gateway: Some(gateway),
-            dev: None,
-            mtu: None,
-            table: None,
-            blackhole: false,
-            metric: None,
+            ..Self::to(dst, prefix_len)
         }
     }
 
     /// An on-link route to `dst/prefix_len` out of `dev`.
     pub fn dev(dst: Ipv4Addr, prefix_len: u8, dev: &str) -> Self {
         Self {
-            dst,
-            prefix_len,
-            gateway: None,
             dev: Some(dev.to_owned()),
-            mtu: None,
-            table: None,
-            blackhole: false,
-            metric: None,
+            ..Self::to(dst, prefix_len)
         }
     }
 
     /// A blackhole route to `dst/prefix_len` with metric `metric`.
     pub fn blackhole(dst: Ipv4Addr, prefix_len: u8, metric: u32) -> Self {
         Self {
-            dst,
-            prefix_len,
-            gateway: None,
-            dev: None,
-            mtu: None,
-            table: None,
             blackhole: true,
             metric: Some(metric),
+            ..Self::to(dst, prefix_len)
         }
     }
 
