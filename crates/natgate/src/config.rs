@@ -757,21 +757,25 @@ impl Settings {
     }
 
     /// The engine config with stand-in addresses where the real ones are only known at start
-    /// (the outside interface's address, the inside address): what `check` can validate.
+    /// (the outside interface's address, the inside address), and none of `max-memory` taken
+    /// by natgate itself (only `run` can measure that): what `check` can validate.
     pub fn stand_in_engine_config(&self) -> Result<ValidConfig, ConfigError> {
         let pool = match &self.pool {
             PoolSource::Addresses(a) => a.clone(),
             PoolSource::OutsideAddress { .. } => vec![Ipv4Addr::new(192, 0, 2, 1)],
         };
         let inside = self.inside_address.unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
-        self.engine_config(pool, inside)
+        self.engine_config(pool, inside, 0)
     }
 
-    /// The engine config for the pool and inside address found at start.
+    /// The engine config for the pool and inside address found at start. `own_memory` is what
+    /// natgate holds besides its engines (measured by `run` once it is set up): `max-memory`
+    /// is the whole process's limit, so the engines get what is left of it.
     pub fn engine_config(
         &self,
         pool: Vec<Ipv4Addr>,
         inside_address: Ipv4Addr,
+        own_memory: u64,
     ) -> Result<ValidConfig, ConfigError> {
         let mut config = Config {
             allocation: self.allocation,
@@ -789,6 +793,19 @@ impl Settings {
             },
         };
         let n = self.queues.max(1);
+        if let Some(limit) = config.limits.max_memory {
+            let engines = limit
+                .checked_sub(own_memory)
+                .filter(|&m| m > 0)
+                .ok_or_else(|| ConfigError::MemoryLimit {
+                    need: own_memory,
+                    limit,
+                    detail: "natgate itself before its engines: the program, its set-up and \
+                             the workers' packet buffers"
+                        .into(),
+                })?;
+            config.limits.max_memory = Some(engines);
+        }
         if let Some(total) = config.limits.max_memory
             && self.file.limits.max_sessions.is_none()
         {
@@ -1196,6 +1213,7 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
             .engine_config(
                 vec![Ipv4Addr::new(198, 51, 100, 1)],
                 Ipv4Addr::new(100, 64, 0, 1),
+                0,
             )
             .expect("fits");
         let derived = cfg.get().limits.max_sessions;
@@ -1205,6 +1223,39 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
             .expect_err("1 M sessions in 1 MiB")
             .to_string();
         assert!(e.contains("max-memory") || e.contains("memory"), "{e}");
+    }
+
+    /// `max-memory` is the process's: what natgate holds itself comes off the engines' part,
+    /// so they derive fewer sessions, and a limit natgate alone exceeds is refused.
+    #[test]
+    fn max_memory_leaves_natgate_its_own_share() {
+        const M: u64 = 64 << 20;
+        let s = Settings::parse(&format!("{MIN}\n[limits]\nmax-memory = {M}\n")).expect("fits");
+        let pool = || vec![Ipv4Addr::new(198, 51, 100, 1)];
+        let inside = Ipv4Addr::new(100, 64, 0, 1);
+        let sessions = |own| -> u32 {
+            s.engine_config(pool(), inside, own)
+                .expect("fits")
+                .get()
+                .limits
+                .max_sessions
+        };
+        let all = sessions(0);
+        let less = sessions(16 << 20);
+        assert!(less < all, "{less} < {all}");
+        // The engines' own accounting of the config built with natgate's share stays within
+        // what is left of the limit.
+        let cfg = s.engine_config(pool(), inside, 16 << 20).expect("fits");
+        let l = cfg.get().limits;
+        let need = natgate_core::engine::MemoryModel::of(cfg.get())
+            .usage(l.max_sessions, l.max_mappings)
+            .total();
+        assert!(need <= M - (16 << 20), "{need}");
+        let e = s
+            .engine_config(pool(), inside, M)
+            .expect_err("nothing left for the engines")
+            .to_string();
+        assert!(e.contains("natgate itself"), "{e}");
     }
 
     #[test]
@@ -1347,6 +1398,7 @@ weight = 2
             .engine_config(
                 vec![Ipv4Addr::new(198, 51, 100, 1)],
                 Ipv4Addr::new(100, 64, 0, 1),
+                0,
             )
             .expect("engine config");
         assert_eq!(cfg.get().rules, s.rules);

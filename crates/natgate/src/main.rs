@@ -215,6 +215,13 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         .effective_toml()
         .context("printing the effective config")?;
     let (l, n) = (settings.limits, settings.queues);
+    let memory_note = if l.max_memory.is_some() {
+        "\n# max-memory is the whole process's: `run` measures what natgate holds itself before \
+         its engines and gives them the rest (max-sessions derived at run is lower than here \
+         by that share)"
+    } else {
+        ""
+    };
     let sources = if settings.inside_networks.is_empty() {
         format!(
             "the subnets of {} (found at start; set inside-networks for subscribers behind a \
@@ -232,7 +239,7 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     println!(
         "# effective config of {}\n# max-sessions {} and max-mappings {} are the gateway's, \
          split across {n} workers ({} and {} for the first)\n# engines reserve {need} bytes; \
-         {} bytes available\n# {outside_note}\n# sources translated: {sources}; any other \
+         {} bytes available{memory_note}\n# {outside_note}\n# sources translated: {sources}; any other \
          is dropped as source_not_inside\n{text}",
         a.config.display(),
         l.max_sessions,

@@ -493,3 +493,70 @@ fn packets_the_kernel_drops_on_the_tun_are_counted() {
     assert!(dropped > 0 && dropped < 3000, "{dropped}");
     assert!(gw.stop().unwrap().success());
 }
+
+/// `VmRSS` of process `pid`, in bytes.
+fn resident_bytes(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// `max-memory` holds for the whole process: natgate measures what it holds itself once it is
+/// set up, fits the engines into the rest (`max-sessions` derived), and with the session table
+/// filled to that limit the daemon's resident memory is still within `max-memory`.
+#[test]
+fn max_memory_holds_for_the_whole_process_with_the_table_full() {
+    if !is_root() {
+        return;
+    }
+    const MAX_MEMORY: u64 = 48 << 20;
+    let topo = topology();
+    let text = config(&topo, &format!("[limits]\nmax-memory = {MAX_MEMORY}\n"));
+    let mut gw = Gateway::start(&topo, &text);
+    let line = gw
+        .wait_for("natgate itself holds", Duration::from_secs(5))
+        .expect("natgate says what it holds itself");
+    let max_sessions: u64 = line
+        .split("max_sessions=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the derived max-sessions in {line:?}"));
+    assert!(max_sessions > 100_000, "{line}");
+    // Each socket is one mapping with a session per remote endpoint (two addresses, 60 000
+    // ports each): enough sockets to fill the table, sent in paced rounds (refreshing what
+    // exists) until it is full.
+    const PER_CLIENT: u64 = 120_000;
+    let clients: Vec<_> = (0..max_sessions.div_ceil(PER_CLIENT))
+        .map(|_| udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0)))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut sessions = 0;
+    while sessions < max_sessions && std::time::Instant::now() < deadline {
+        for c in &clients {
+            for i in 0..PER_CLIENT {
+                let wan = if i % 2 == 0 { addr::WAN1 } else { addr::WAN2 };
+                let port = 1024 + i / 2;
+                let _ = c.send_to(b"fill", SocketAddrV4::new(wan, port as u16));
+                if i % 256 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        sessions = ctl_json(&topo, &["sessions", "--count"])["count"]
+            .as_u64()
+            .unwrap();
+    }
+    assert_eq!(sessions, max_sessions, "the table is full");
+    let rss = resident_bytes(gw.pid());
+    assert!(
+        rss <= MAX_MEMORY,
+        "resident {rss} bytes with {sessions} sessions, more than max-memory {MAX_MEMORY} \
+         ({line})"
+    );
+    assert!(gw.stop().unwrap().success());
+}

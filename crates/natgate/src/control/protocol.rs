@@ -570,7 +570,8 @@ impl SessionRow {
         }
     }
 
-    fn sort_key(&self) -> (Ipv4Addr, u16, Protocol, Ipv4Addr, u16) {
+    /// The order rows are listed in: by subscriber endpoint, protocol, then remote endpoint.
+    pub fn sort_key(&self) -> (Ipv4Addr, u16, Protocol, Ipv4Addr, u16) {
         (
             *self.internal.ip(),
             self.internal.port(),

@@ -372,14 +372,12 @@ impl ControlHandler for ControlService {
                 }))
             }
             Request::Sessions(q) => {
-                let snap = self.snapshot(Detail::Tables)?;
-                let mut list = q.collect_sessions(snap.sessions, snap.now);
+                let mut list = self.snapshot(Detail::Sessions(q.clone()))?.sessions;
                 list.finish(&q);
                 Ok(Response::Sessions(list))
             }
             Request::Mappings(q) => {
-                let snap = self.snapshot(Detail::Tables)?;
-                let mut list = q.collect_mappings(snap.mappings);
+                let mut list = self.snapshot(Detail::Mappings(q.clone()))?.mappings;
                 list.finish(&q);
                 Ok(Response::Mappings(list))
             }

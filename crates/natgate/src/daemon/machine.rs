@@ -49,6 +49,28 @@ impl MemInfo {
     }
 }
 
+/// The resident memory of this process (`VmRSS` of `/proc/self/status`), in bytes.
+pub fn resident_bytes() -> Result<u64, MachineError> {
+    let text = std::fs::read_to_string("/proc/self/status").map_err(MachineError::MemInfo)?;
+    text.lines()
+        .find_map(|l| {
+            let kb: u64 = l
+                .strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()?;
+            kb.checked_mul(1024)
+        })
+        .ok_or_else(|| {
+            MachineError::MemInfo(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no VmRSS line in /proc/self/status",
+            ))
+        })
+}
+
 /// Why the machine cannot run a config.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {

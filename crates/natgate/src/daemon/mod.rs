@@ -53,11 +53,12 @@ use natgate_core::alloc::{
 };
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
-use natgate_core::engine::{MappingInfo, OffloadStats, SessionInfo};
+use natgate_core::engine::OffloadStats;
 use natgate_core::shard;
 use natgate_core::{Counters, Event, Protocol};
 
 use crate::config::{FastPathMode, Settings};
+use crate::control::protocol::{MappingList, SessionList, TableQuery};
 use crate::dataplane::fastpath::{self, FastPath, FastPathCounters};
 use crate::observability::eventlog::TimeBase;
 use crate::observability::logsink::whois::{BlockLog, BlockLogConfig, SharedBlockLog};
@@ -121,14 +122,17 @@ impl IoCounters {
 }
 
 /// How much a snapshot reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detail {
     /// Counters, table sizes, pools.
     Summary,
     /// Also sessions per protocol (one pass over the session table).
     Counts,
-    /// Also every session and mapping.
-    Tables,
+    /// Also the sessions the query asks for. Each worker filters its own table and sends only
+    /// the rows asked for: a listing costs memory for its answer, not for a copy of the table.
+    Sessions(TableQuery),
+    /// Also the mappings the query asks for, likewise.
+    Mappings(TableQuery),
 }
 
 /// A request to a worker.
@@ -194,10 +198,10 @@ pub struct WorkerSnapshot {
     pub counters: Counters,
     /// Live sessions per protocol, by `Protocol::index` (with `Detail::Counts` or more).
     pub sessions_by_proto: [u64; 3],
-    /// Sessions (empty unless asked for).
-    pub sessions: Vec<SessionInfo>,
-    /// Mappings (empty unless asked for).
-    pub mappings: Vec<MappingInfo>,
+    /// The sessions asked for (none unless asked for).
+    pub sessions: SessionList,
+    /// The mappings asked for (none unless asked for).
+    pub mappings: MappingList,
     /// Pool utilisation.
     pub pools: Vec<AddressUsage>,
     /// Port blocks or deterministic ranges per address (empty with dynamic allocation).
@@ -223,10 +227,10 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Live sessions per protocol, by `Protocol::index` (with `Detail::Counts` or more).
     pub sessions_by_proto: [u64; 3],
-    /// Sessions (empty unless asked for).
-    pub sessions: Vec<SessionInfo>,
-    /// Mappings (empty unless asked for).
-    pub mappings: Vec<MappingInfo>,
+    /// The sessions asked for, from every worker (none unless asked for).
+    pub sessions: SessionList,
+    /// The mappings asked for, from every worker (none unless asked for).
+    pub mappings: MappingList,
     /// Pool utilisation per external address.
     pub pools: Vec<AddressUsage>,
     /// Port blocks or deterministic ranges per external address, summed over the workers'
@@ -404,6 +408,7 @@ impl DaemonHandle {
         let mut waiting: Vec<Receiver<WorkerSnapshot>> = Vec::new();
         for w in &self.workers {
             let (reply, rx) = mpsc::sync_channel(1);
+            let detail = detail.clone();
             if w.send(Command::Snapshot { detail, reply }).is_ok() {
                 waiting.push(rx);
             }
@@ -417,8 +422,8 @@ impl DaemonHandle {
             for p in 0..3 {
                 total.sessions_by_proto[p] += s.sessions_by_proto[p];
             }
-            total.sessions.extend(s.sessions);
-            total.mappings.extend(s.mappings);
+            total.sessions.merge(s.sessions);
+            total.mappings.merge(s.mappings);
             merge_usage(&mut total.pools, s.pools);
             merge_port_sets(&mut total.port_sets, s.port_sets);
             if let Some(o) = s.offload {
@@ -642,8 +647,11 @@ impl Daemon {
     pub fn start(settings: &Settings, stop: Arc<AtomicBool>) -> Result<Daemon, DaemonError> {
         // Refused before anything is set up: what the machine cannot hold.
         machine::check_memory(settings, machine::MemInfo::read()?)?;
-        let (plumbing, queues, resolved) = Plumbing::setup(settings)?;
-        let engine_cfg = engine_config(settings, &resolved)?;
+        let (plumbing, queues, mut resolved) = Plumbing::setup(settings)?;
+        // What natgate itself will hold is known only once it is set up, so what depends on
+        // the rules, or needs a bound on the sessions (the fast path's table, whose entries
+        // are allocated as they are inserted), takes the config before that share is known.
+        let bound_cfg = engine_config(settings, &resolved)?;
         let mut external = external::ExternalAddresses::new(
             &settings.outside,
             &settings.inside,
@@ -651,7 +659,7 @@ impl Daemon {
             &resolved.pool,
         )?;
         external.add(&settings.rules, &settings.virtual_servers)?;
-        let ownership = shard::Ownership::from_config(engine_cfg.get()).ok_or_else(|| {
+        let ownership = shard::Ownership::from_config(bound_cfg.get()).ok_or_else(|| {
             DaemonError::Allocation("the deterministic prefixes describe no map".into())
         })?;
         // Opened here, in the gateway's namespace, for the TUNs' statistics.
@@ -662,7 +670,7 @@ impl Daemon {
         let clock = Clock::new();
         let logs = open_logs(settings, &clock)?;
         let n = queues.len();
-        let fast_path = start_fast_path(settings, engine_cfg.get())?;
+        let fast_path = start_fast_path(settings, bound_cfg.get())?;
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         let steering = Arc::new(shard::Steering::new(n, ownership));
@@ -671,6 +679,18 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()
             .map_err(DaemonError::Mailbox)?
             .into();
+        // `max-memory` is the process's: the engines get what natgate does not already hold
+        // (the program, the set-up so far, the mailboxes) or will (the workers' buffers).
+        resolved.own_memory = machine::resident_bytes()? + n as u64 * worker::BUFFER_BYTES;
+        let engine_cfg = engine_config(settings, &resolved)?;
+        if settings.limits.max_memory.is_some() {
+            tracing::info!(
+                own_memory = resolved.own_memory,
+                max_sessions = engine_cfg.get().limits.max_sessions,
+                "max-memory: natgate itself holds {} bytes; the engines get the rest",
+                resolved.own_memory
+            );
+        }
         // Every engine before any worker starts: running out of memory is an error, and the
         // plumbing goes with `plumbing` when it is returned.
         let mut engines = Vec::with_capacity(n);
@@ -894,7 +914,11 @@ pub fn engine_config(
         // Default: subscribers are on the inside link.
         cfg.inside_networks = resolved.inside_subnets.clone();
     }
-    cfg.engine_config(resolved.pool.clone(), resolved.inside_address)
+    cfg.engine_config(
+        resolved.pool.clone(),
+        resolved.inside_address,
+        resolved.own_memory,
+    )
 }
 
 /// The allocator of worker `id` among `n`. Dynamic allocation cannot be split by a formula
@@ -1354,6 +1378,7 @@ mod tests {
                 nat_ports: None,
                 inside_subnets: Vec::new(),
                 stale_removed: 0,
+                own_memory: 0,
             }),
             started: std::time::Instant::now(),
             logs: Arc::new(LogView {

@@ -150,6 +150,9 @@ pub struct Resolved {
     pub inside_subnets: Vec<natgate_core::config::Ipv4Prefix>,
     /// Stale objects of an earlier run that were removed.
     pub stale_removed: usize,
+    /// Bytes natgate holds besides its engines, measured once it is set up: the part of
+    /// `max-memory` the engines cannot have.
+    pub own_memory: u64,
 }
 
 /// One thing to undo on exit.
@@ -362,6 +365,7 @@ impl Plumbing {
             nat_ports,
             inside_subnets,
             stale_removed: 0,
+            own_memory: 0,
         })
     }
 

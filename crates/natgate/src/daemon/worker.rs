@@ -23,6 +23,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::mailbox::{MAILBOX_LEN, Mailbox, Steered};
 use super::{Clock, Command, Detail, IoCounters, LiveHolder, WorkerSnapshot};
+use crate::control::protocol::{MappingList, SessionList};
 use crate::dataplane::fastpath::FlowTable;
 use crate::dataplane::tun::TunQueue;
 
@@ -32,6 +33,10 @@ pub const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Room per packet: the largest IPv4 datagram a TUN with MTU 65535 passes, plus space for the
 /// engine to build an ICMP error in place.
 const SLOT: usize = 65_536 + 1024;
+
+/// Bytes of packet buffers a worker allocates when it starts (a batch of slots and one for
+/// what the engine builds itself), counted against `max-memory` with natgate's own memory.
+pub const BUFFER_BYTES: u64 = (SLOT * (BATCH + 1)) as u64;
 
 /// Most events handed to the sink per loop turn (the rest wait for the next turn).
 const EVENTS_PER_TURN: usize = 4096;
@@ -410,7 +415,7 @@ impl Worker {
         for _ in 0..COMMANDS_PER_TURN {
             match self.commands.try_recv() {
                 Ok(Command::Snapshot { detail, reply }) => {
-                    let tables = detail == Detail::Tables;
+                    let tables = matches!(detail, Detail::Sessions(_));
                     if tables && let Some(table) = self.fast_path.as_mut() {
                         let now = self.clock.now();
                         self.engine.refresh_offloaded(&mut table.view(now));
@@ -422,18 +427,17 @@ impl Worker {
                             by_proto[s.proto.index()] += 1;
                         }
                     }
+                    let now = self.clock.now();
                     let snap = WorkerSnapshot {
                         counters: e.counters().clone(),
                         sessions_by_proto: by_proto,
-                        sessions: if tables {
-                            e.sessions().collect()
-                        } else {
-                            Vec::new()
+                        sessions: match &detail {
+                            Detail::Sessions(q) => q.collect_sessions(e.sessions(), now),
+                            _ => SessionList::default(),
                         },
-                        mappings: if tables {
-                            e.mappings().collect()
-                        } else {
-                            Vec::new()
+                        mappings: match &detail {
+                            Detail::Mappings(q) => q.collect_mappings(e.mappings()),
+                            _ => MappingList::default(),
                         },
                         pools: e.allocator().usage(),
                         port_sets: e.allocator().port_sets(),
@@ -442,7 +446,7 @@ impl Worker {
                         mapping_count: e.mapping_count(),
                         held_syns: e.held_syn_count(),
                         io: self.io,
-                        now: self.clock.now(),
+                        now,
                     };
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(snap);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use natgate_core::Preset;
 
 use crate::config::Settings;
+use crate::control::protocol::SessionRow;
 use crate::daemon::{Daemon, Detail, Snapshot, plumbing};
 use crate::lab::probe;
 use crate::lab::topology::{Topology, TopologyOptions, addr};
@@ -172,7 +173,7 @@ pub fn run(preset: Preset, out: &mut dyn FnMut(&str)) -> Result<bool, DemoError>
     }
     out("");
     check(&stop)?;
-    let snap = handle.snapshot(Detail::Tables)?;
+    let snap = handle.snapshot(Detail::Sessions(Default::default()))?;
     report_state(&snap, out);
     let ok = results.iter().all(|r| r.outcome.is_ok());
     drop(handle);
@@ -212,13 +213,13 @@ pub fn report_state(s: &Snapshot, out: &mut dyn FnMut(&str)) {
         "  {:5} {:21} {:21} {:21} {:12} {}",
         "proto", "internal", "external", "remote", "state", "expires in"
     ));
-    let mut sessions = s.sessions.clone();
-    sessions.sort_by_key(|x| (x.internal.addr, x.proto.index(), x.remote.addr));
+    let mut sessions = s.sessions.sessions.clone();
+    sessions.sort_by_key(SessionRow::sort_key);
     for x in &sessions {
         let state = x
-            .tcp
+            .tcp_state
             .map_or("-".to_owned(), |p| format!("{p:?}").to_lowercase());
-        let left = x.expires.saturating_since(s.now).as_secs();
+        let left = x.expires_in_secs;
         out(&format!(
             "  {:5} {:21} {:21} {:21} {:12} {left} s",
             x.proto.name(),
