@@ -177,23 +177,29 @@ spin() {
   SPIN=$(awk '{ print $1 }' "$WORK/spin.out")
 }
 
-# cost FLOWS: sets COST_NS (median ns of CPU 1 per delivered packet at RATE), COST_PPS
+# Where the next run of new flows starts: each such run opens flows no earlier run opened.
+NEW_CURSOR=0
+# cost FLOWS [new]: sets COST_NS (median ns of CPU 1 per delivered packet at RATE), COST_PPS
 # (median delivered pps), COST_GEN (median pps the generator sent), BASE (median baseline
-# spinner rate); appends the baselines to BASES_ALL.
+# spinner rate); appends the baselines to BASES_ALL. With `new`, every packet opens a flow
+# (one subscriber endpoint to one port each): the cost of a new flow.
 cost() {
-  local flows=$1 r b l r0 r1 t0 t1 pps costs="" ppss="" bases="" gens=""
+  local flows=$1 r b l r0 r1 t0 t1 pps costs="" ppss="" bases="" gens="" opts
   local secs; secs=$(calc "$LEAD + $MEAS + 0.2")
   for r in $(seq "$REPEATS"); do
-    gen_start "$SUB2_ADDR" "$flows" "$secs" "rate=$RATE" "$MIX"
+    opts=("$MIX" "from=$CURSOR")
+    [ "${2:-}" = new ] && opts=(new "dports=1" "from=$NEW_CURSOR")
+    gen_start "$SUB2_ADDR" "$flows" "$secs" "rate=$RATE" "${opts[@]}"
     sleep "$LEAD"; spin "$MEAS"; b=$SPIN; gen_stop
-    gen_start "$WAN1" "$flows" "$secs" "rate=$RATE" "$MIX" "from=$CURSOR"
+    gen_start "$WAN1" "$flows" "$secs" "rate=$RATE" "${opts[@]}"
     sleep "$LEAD"
     r0=$(wan_rx); t0=$(now); spin "$MEAS"; l=$SPIN; r1=$(wan_rx); t1=$(now)
-    gen_wait; advance "$flows"
+    gen_wait
+    if [ "${2:-}" = new ]; then NEW_CURSOR=$((NEW_CURSOR + $(gen_sent))); else advance "$flows"; fi
     pps=$(calc "($r1 - $r0) / ($t1 - $t0)")
     costs+=" $(calc "($pps > 0) ? (1 - $l / $b) * 1e9 / $pps : -1")"
     ppss+=" $pps"; bases+=" $b"; gens+=" $(calc "$(gen_sent) / $secs")"
-    log "  cost $flows flows, repeat $r: baseline $b it/s, loaded $l it/s, $(fmt %.0f "$pps") pps delivered"
+    log "  cost $flows flows ${2:-}, repeat $r: baseline $b it/s, loaded $l it/s, $(fmt %.0f "$pps") pps delivered"
   done
   COST_NS=$(echo "$costs" | median); COST_PPS=$(echo "$ppss" | median); BASE=$(echo "$bases" | median)
   COST_GEN=$(echo "$gens" | median)
@@ -379,7 +385,7 @@ ROWS=()
 NOTES=()
 # run_row NAME START RESET STOP
 run_row() {
-  local name=$1 start=$2 reset=$3 stop=$4 c1 c2 s1 s2 nf t1 t4 pg warm note
+  local name=$1 start=$2 reset=$3 stop=$4 c1 c2 cn s1 s2 nf t1 t4 pg warm note
   log "$name"
   $start
   cost "$FLOWS"; c1=$(fmt %.2f "$(calc "$COST_NS / 1000")")
@@ -395,6 +401,9 @@ run_row() {
   fi
   tcp 1; t1=$TCP_CELL
   tcp 4; t4=$TCP_CELL
+  cost "$FLOWS" new; cn=$(fmt %.2f "$(calc "$COST_NS / 1000")")
+  note+=", generator sent $(group "$COST_GEN"), $(group "$COST_PPS") delivered (new flows)"
+  $reset
   sat "$FLOWS" new; nf=$(sat_cell)
   $reset
   # Establish each of the BIG_FLOWS flows with two packets, at RATE, before measuring them:
@@ -411,7 +420,7 @@ run_row() {
   note+=" $(fmt %.1f "$warm") % of whose first two packets got through in the warm-up)"
   sat "$BIG_FLOWS"; s2=$(sat_cell)
   $stop
-  ROWS+=("| $name | $c1 | $c2 | $s1 | $s2 | $nf | $t1 | $t4 | $pg |")
+  ROWS+=("| $name | $c1 | $c2 | $cn | $s1 | $s2 | $nf | $t1 | $t4 | $pg |")
   NOTES+=("$note")
 }
 want() { case " $VARIANTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -422,7 +431,7 @@ elif ng_accepts tc; then
   NG_MODE=tc
   run_row "natgate, fast path (tc)" "ng_start tc" ng_reset ng_stop
 else
-  ROWS+=("| natgate, fast path (tc) | n/a (not built) | | | | | | | |")
+  ROWS+=("| natgate, fast path (tc) | n/a (not built) | | | | | | | | |")
   log "natgate, fast path: n/a (natgate check refuses [dataplane] fast-path = \"tc\")"
 fi
 if ng_accepts off; then NG_MODE=off; SLOW="natgate, slow path (fast-path = \"off\")"
@@ -436,13 +445,13 @@ BK=$(group "$BIG_FLOWS")
 echo "## Data planes, $(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, Linux $(uname -r)"
 echo
 [ "$QUICK" = 1 ] && { echo "**QUICK mode: short windows, $BIG_FLOWS big flows, one repeat: checks the script, not numbers.**"; echo; }
-echo "| data plane | gateway µs/pkt at $(group "$RATE") pps, $(group "$FLOWS") flows | gateway µs/pkt at $(group "$RATE") pps, $BK flows | pps at saturation, $(group "$FLOWS") flows | pps at saturation, $BK flows | new flows/s | TCP Gbit/s, 1 stream | TCP Gbit/s, 4 streams | ping ms p50 / p99 under $(group "$RATE") pps |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| data plane | gateway µs/pkt at $(group "$RATE") pps, $(group "$FLOWS") flows | gateway µs/pkt at $(group "$RATE") pps, $BK flows | gateway µs per new flow at $(group "$RATE") new flows/s | pps at saturation, $(group "$FLOWS") flows | pps at saturation, $BK flows | new flows/s | TCP Gbit/s, 1 stream | TCP Gbit/s, 4 streams | ping ms p50 / p99 under $(group "$RATE") pps |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "- 64-byte IPv4 UDP (udpgen, raw socket + sendmmsg) from sub1 to wan1, which drops it. Flows: n / $DPORTS subscriber endpoints ($FLOW_PORTS per subscriber address) x $DPORTS wan1 ports; the $(group "$BIG_FLOWS") flows are each established with two packets at $(group "$RATE") pps before being measured, and successive runs go on round the set, so each packet meets a flow not seen for a long time."
 echo "- Generator, iperf3 and ping on CPU 0; the gateway on CPU 1 (natgate pinned, RPS for lan0/wan0)."
-echo "- gateway µs/pkt: CPU 1 time lost by a SCHED_IDLE spinner, over the packets delivered to wan1, median of $REPEATS windows of $MEAS s, each against a baseline taken just before it with the same load sent to sub2 instead (off the gateway). Counts softirq work, which /proc/stat here does not."
+echo "- gateway µs/pkt: CPU 1 time lost by a SCHED_IDLE spinner, over the packets delivered to wan1, median of $REPEATS windows of $MEAS s, each against a baseline taken just before it with the same load sent to sub2 instead (off the gateway). Counts softirq work, which /proc/stat here does not. Per new flow: the same, every packet a flow never seen before (its own subscriber endpoint, so a new mapping too); state reset after it."
 echo "- pps at saturation / new flows/s: delivered to wan1 in $SAT_MEAS s after $SAT_WARM s, generator flat out. When the gateway left more than 5 % of CPU 1 idle the cell says so, and either \"generator-limited\" (95 % or more of what was sent got through) or the share that got through (the rest was dropped in a queue, not for lack of CPU). New flows: every packet a flow never seen before (state reset after this test)."
 echo "- TCP: iperf3 sub1 -> wan1, $TCP_SECS s; \"CPU 1 x % idle\" = the gateway was not the limit. Ping every 10 ms for $PING_SECS s under $(group "$RATE") pps of $(group "$FLOWS") flows."
 echo "- kernel: nf_conntrack_max $CT_MAX (host value during the run$([ -n "$CT_OLD" ] && echo ", raised from $CT_OLD and restored")), buckets $CT_BUCKETS, UDP timeouts 300 s in the gateway namespace."

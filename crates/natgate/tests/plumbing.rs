@@ -142,10 +142,12 @@ fn netlink_link_address_route_ops() {
     );
 
     nl.set_mtu("va", 1400).unwrap();
+    nl.set_tx_queue_len("va", 2048).unwrap();
     nl.set_up("va").unwrap();
     nl.set_up("vb").unwrap();
     let link = ip_in(&ns, &["link", "show", "va"]);
     assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    assert!(link.contains("qlen 2048"), "{link}");
     nl.set_down("va").unwrap();
     assert!(!ip_in(&ns, &["link", "show", "va"]).contains(",UP"));
     nl.set_up("va").unwrap();

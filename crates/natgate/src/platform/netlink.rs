@@ -358,6 +358,17 @@ impl Netlink {
         )
     }
 
+    /// Sets how many packets interface `name` queues for transmission (for a TUN: how many
+    /// wait for the reader before the kernel drops more).
+    pub fn set_tx_queue_len(&mut self, name: &str, len: u32) -> Result<(), NetlinkError> {
+        self.set_link(
+            name,
+            vec![LinkAttribute::TxQueueLen(len)],
+            None,
+            &format!("set {name} txqueuelen {len}"),
+        )
+    }
+
     /// Moves interface `name` into the namespace `ns` (by fd).
     pub fn move_to_netns(&mut self, name: &str, ns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
         self.set_link(
