@@ -18,6 +18,7 @@ mod host;
 pub(crate) mod icmp_error;
 mod memory;
 mod offload;
+mod operator;
 pub(crate) mod packet;
 mod queues;
 mod reload;
@@ -48,6 +49,7 @@ use subscriber::SubscriberTable;
 pub use crate::event::SessionOrigin;
 pub use memory::{MemoryModel, MemoryUsage};
 pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
+pub use operator::{Ended, NoSuchSession};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
 
@@ -772,28 +774,6 @@ impl<A: PortAllocator> Engine<A> {
         self.sessions.memory_bytes()
             + self.statics.table.as_ref().map_or(0, |t| t.memory_bytes())
             + self.address_filter.as_ref().map_or(0, |f| f.memory_bytes())
-    }
-
-    /// Deletes every session and mapping (ports enter hold-down as usual), emitting the events.
-    pub fn flush(&mut self, now: Instant) {
-        let ids: Vec<SessionId> = self.sessions.iter().map(|(id, _)| id).collect();
-        let mut gone = Gone {
-            address_filter: &mut self.address_filter,
-            subscribers: &mut self.subscribers,
-            alloc: &mut self.alloc,
-            events: &mut self.events,
-            counters: &mut self.counters,
-            offload: &mut self.offload,
-            now,
-        };
-        for id in ids {
-            if let Some((s, m)) = self.sessions.remove(id) {
-                gone.session(&s, m);
-            }
-        }
-        self.flush_statics(now);
-        self.held_syns.clear();
-        self.fragments.clear();
     }
 
     fn emit(&mut self, e: Event) {

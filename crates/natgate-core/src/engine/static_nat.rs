@@ -772,7 +772,7 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Deletes the static sessions `which` picks, with their events; returns how many.
-    fn flush_static_where(
+    pub(super) fn flush_static_where(
         &mut self,
         now: Instant,
         which: impl Fn(&StaticSession) -> bool,
