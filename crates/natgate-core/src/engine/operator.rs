@@ -40,12 +40,13 @@ pub struct NoSuchSession {
 
 impl<A: PortAllocator> Engine<A> {
     /// Deletes every session and mapping (ports enter hold-down as usual), emitting the events.
-    pub fn flush(&mut self, now: Instant) {
+    pub fn flush(&mut self, now: Instant) -> Ended {
         let ids: Vec<SessionId> = self.sessions.iter().map(|(id, _)| id).collect();
-        self.end_sessions(ids, now);
-        self.flush_statics(now);
+        let mut ended = self.end_sessions(ids, now);
+        ended.sessions += self.flush_statics(now);
         self.held_syns.clear();
         self.fragments.clear();
+        ended
     }
 
     /// Ends every session of `subscriber` (the internal address, as `sessions()` shows it),

@@ -756,9 +756,9 @@ impl<A: PortAllocator> Engine<A> {
         );
     }
 
-    /// Deletes every static session (from `flush`), with their events.
-    pub(super) fn flush_statics(&mut self, now: Instant) {
-        self.flush_static_where(now, |_| true);
+    /// Deletes every static session (from `flush`), with their events; returns how many.
+    pub(super) fn flush_statics(&mut self, now: Instant) -> usize {
+        self.flush_static_where(now, |_| true)
     }
 
     /// Deletes the sessions that the rule `id` made (either direction of a bidirectional rule),
