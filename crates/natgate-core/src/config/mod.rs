@@ -259,6 +259,9 @@ pub struct SubscriberLimits {
     pub max_udp_sessions: u32,
     /// Most ICMP query sessions one subscriber may hold at once.
     pub max_icmp_sessions: u32,
+    /// Most sessions one subscriber may hold at once, every protocol together: the per-protocol
+    /// quotas bound each protocol, this bounds what one subscriber costs the session table.
+    pub max_sessions: u32,
     /// New sessions per second a subscriber may open, sustained (token bucket refill rate).
     pub session_rate: u32,
     /// New sessions a subscriber may open at once (token bucket size); needed with a rate.
@@ -274,6 +277,7 @@ impl SubscriberLimits {
         self.max_tcp_sessions != 0
             || self.max_udp_sessions != 0
             || self.max_icmp_sessions != 0
+            || self.max_sessions != 0
             || self.session_rate != 0
     }
 }
@@ -588,6 +592,25 @@ impl Config {
                     setting,
                     why: why.into(),
                 });
+            }
+        }
+        // A per-protocol quota above the total could never be reached: one of the two is a
+        // mistake, and which one only the operator knows.
+        if s.max_sessions != 0 {
+            for (key, quota) in [
+                ("max-tcp-sessions", s.max_tcp_sessions),
+                ("max-udp-sessions", s.max_udp_sessions),
+                ("max-icmp-sessions", s.max_icmp_sessions),
+            ] {
+                if quota > s.max_sessions {
+                    return Err(ConfigError::OutOfRange {
+                        setting: "subscriber.max-sessions",
+                        why: format!(
+                            "{} is below {key} = {quota}, which could then never be reached",
+                            s.max_sessions
+                        ),
+                    });
+                }
             }
         }
         if s.any() && s.max_subscribers == 0 {

@@ -243,6 +243,7 @@ impl QuotaLimit {
                 Some(QuotaLimit::MaxBibEntries)
             }
             DropReason::SubscriberSessionLimit
+            | DropReason::SubscriberTotalSessionLimit
             | DropReason::SubscriberPortLimit
             | DropReason::SubscriberRateLimit => Some(QuotaLimit::MaxEntriesPerUser),
             DropReason::SubscriberTableFull => Some(QuotaLimit::MaxSubscribers),

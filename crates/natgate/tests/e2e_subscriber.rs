@@ -1,12 +1,14 @@
-//! An operator's per-subscriber commands on a running `natgate run`: `ctl flush --subscriber`
+//! One subscriber on a running `natgate run`: the operator's commands `ctl flush --subscriber`
 //! and `ctl session delete` end exactly what they name, with their translation-log records,
-//! and leave everyone else's flows working. Needs root; skips otherwise.
+//! and leave everyone else's flows working; the combined session limit refuses at its edge.
+//! Needs root; skips otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -184,4 +186,77 @@ fn session_delete_ends_exactly_one_session() {
     assert_eq!(count(&records, "mapping-deleted", internal), 1);
     let other = local(&c, addr::SUB2);
     assert_eq!(count(&records, "session-deleted", other), 0);
+}
+
+#[test]
+fn combined_session_limit_at_its_edge() {
+    if !common::is_root() {
+        return;
+    }
+    let topo = topology();
+    let _gw = Gateway::start(
+        &topo,
+        &config(
+            &topo,
+            "[limits.subscriber]\nmax-sessions = 3\nmax-subscribers = 16\n",
+        ),
+    );
+    let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 3478));
+    let web = SocketAddrV4::new(addr::WAN1, 8080);
+    let listener = topo
+        .wan1
+        .run_in(|| TcpListener::bind(web))
+        .unwrap()
+        .unwrap();
+    // Two protocols under the limit of 3: a TCP connection and a UDP flow, then a second UDP
+    // flow that reaches the limit; all three get through.
+    let mut tcp = topo
+        .sub1
+        .run_in(|| TcpStream::connect_timeout(&web.into(), T))
+        .unwrap()
+        .expect("TCP connection under the limit");
+    let (mut accepted, _) = listener.accept().unwrap();
+    accepted.set_read_timeout(Some(T)).unwrap();
+    let (a, b, over) = (any(&topo.sub1), any(&topo.sub1), any(&topo.sub1));
+    flow(&a, &server);
+    flow(&b, &server);
+    let n = ctl_json(
+        &topo,
+        &["sessions", "--subscriber", "100.64.0.10", "--count"],
+    );
+    assert_eq!(n["count"], 3, "{n}");
+
+    // The fourth, of either protocol, is refused and counted under the limit's own reason.
+    over.send_to(b"over", server.local_addr().unwrap()).unwrap();
+    assert!(
+        recv(&server, Duration::from_millis(500)).is_none(),
+        "over the limit"
+    );
+    let refused = topo
+        .sub1
+        .run_in(|| TcpStream::connect_timeout(&web.into(), Duration::from_secs(1)))
+        .unwrap();
+    assert!(
+        refused.is_err(),
+        "a second TCP connection is over the limit too"
+    );
+    let drops = ctl_json(&topo, &["drops"]);
+    let counted = drops["drops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["reason"] == "subscriber_total_session_limit")
+        .map(|d| d["packets"].as_u64().unwrap());
+    // The refused SYN may be sent again before connect gives up: at least one each.
+    assert!(counted.is_some_and(|n| n >= 2), "{drops}");
+
+    // What is live keeps working, and another subscriber has its own limit.
+    let ext = flow(&a, &server);
+    assert!(gets_back(&server, ext, &a));
+    tcp.write_all(b"still").unwrap();
+    let mut got = [0u8; 5];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still");
+    let c = any(&topo.sub2);
+    flow(&c, &server);
 }
