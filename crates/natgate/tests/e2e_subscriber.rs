@@ -34,6 +34,19 @@ fn records(mut gw: Gateway, log: &PathBuf) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Asserts that every delete record says an operator ended it (nothing expires during these
+/// tests).
+fn all_by_the_operator(records: &[serde_json::Value]) {
+    let deletes: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "session-deleted" || r["event"] == "mapping-deleted")
+        .collect();
+    assert!(!deletes.is_empty());
+    for r in deletes {
+        assert_eq!(r["reason"], "operator", "{r}");
+    }
+}
+
 /// How many `event` records name `internal`.
 fn count(records: &[serde_json::Value], event: &str, internal: SocketAddr) -> usize {
     records
@@ -107,6 +120,7 @@ fn flush_subscriber_ends_that_subscriber_and_no_one_else() {
     assert_eq!(flow(&c, &server), ext_c);
 
     let records = records(gw, &log);
+    all_by_the_operator(&records);
     for s in [&a, &b] {
         let internal = local(s, addr::SUB1);
         assert_eq!(
@@ -181,6 +195,7 @@ fn session_delete_ends_exactly_one_session() {
     assert_eq!(ctl_json(&topo, &["sessions"])["count"], 1);
 
     let records = records(gw, &log);
+    all_by_the_operator(&records);
     let internal: SocketAddr = internal.parse().unwrap();
     assert_eq!(count(&records, "session-deleted", internal), 2);
     assert_eq!(count(&records, "mapping-deleted", internal), 1);

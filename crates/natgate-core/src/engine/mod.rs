@@ -46,7 +46,7 @@ use queues::{EventQueue, SynHold, TransmitQueue};
 use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
-pub use crate::event::SessionOrigin;
+pub use crate::event::{EndReason, SessionOrigin};
 pub use memory::{MemoryModel, MemoryUsage};
 pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
 pub use operator::{Ended, NoSuchSession};
@@ -635,6 +635,7 @@ impl<A: PortAllocator> Engine<A> {
             counters: &mut self.counters,
             offload: &mut self.offload,
             now,
+            reason: EndReason::Expired,
         };
         self.sessions.expire(
             now_s,
@@ -887,6 +888,8 @@ struct Gone<'a, A: PortAllocator> {
     counters: &'a mut Counters,
     offload: &'a mut Option<offload::Offload>,
     now: Instant,
+    /// Why the sessions go.
+    reason: EndReason,
 }
 
 impl<A: PortAllocator> Gone<'_, A> {
@@ -901,6 +904,7 @@ impl<A: PortAllocator> Gone<'_, A> {
             external: s.external,
             remote: s.remote,
             origin: SessionOrigin::Dynamic,
+            reason: self.reason,
         });
         if let Some(f) = self.address_filter.as_mut() {
             f.remove(s.proto, s.external, s.remote.addr);
@@ -917,6 +921,7 @@ impl<A: PortAllocator> Gone<'_, A> {
                 proto: m.proto,
                 internal: m.internal,
                 external: m.external,
+                reason: self.reason,
             });
             while let Some(e) = self.alloc.poll_event() {
                 self.event(e.into());

@@ -6,6 +6,7 @@
 use super::{Engine, Gone};
 use crate::alloc::PortAllocator;
 use crate::endpoint::{Endpoint, Protocol};
+use crate::event::EndReason;
 use crate::table::{FlowKey, SessionId};
 use crate::time::Instant;
 use std::net::Ipv4Addr;
@@ -109,6 +110,7 @@ impl<A: PortAllocator> Engine<A> {
             counters: &mut self.counters,
             offload: &mut self.offload,
             now,
+            reason: EndReason::Operator,
         };
         let mut ended = Ended::default();
         for id in ids {
@@ -197,18 +199,34 @@ mod tests {
         assert_eq!(e.counters().sessions_deleted, 3);
         assert_eq!(e.counters().mappings_deleted, 2);
 
-        // Every record is SUB1's and says when it ended; one per session and mapping.
+        // Every record is SUB1's and says when and why it ended; one per session and mapping.
         let events = drain(&mut e);
         let mut sessions = 0;
         let mut mappings = 0;
         for ev in &events {
             match *ev {
-                Event::SessionDeleted { at, internal, .. } => {
-                    assert_eq!((at, internal.addr), (t(5), SUB1));
+                Event::SessionDeleted {
+                    at,
+                    internal,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(
+                        (at, internal.addr, reason),
+                        (t(5), SUB1, EndReason::Operator)
+                    );
                     sessions += 1;
                 }
-                Event::MappingDeleted { at, internal, .. } => {
-                    assert_eq!((at, internal.addr), (t(5), SUB1));
+                Event::MappingDeleted {
+                    at,
+                    internal,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(
+                        (at, internal.addr, reason),
+                        (t(5), SUB1, EndReason::Operator)
+                    );
                     mappings += 1;
                 }
                 _ => panic!("unexpected {ev:?}"),
@@ -289,6 +307,7 @@ mod tests {
                 external: x,
                 remote: ep(WAN1, 53),
                 origin: SessionOrigin::Dynamic,
+                reason: EndReason::Operator,
             }]
         );
         let remotes: Vec<Endpoint> = e
@@ -319,6 +338,7 @@ mod tests {
                 proto: Protocol::Udp,
                 internal: ep(SUB1, 5000),
                 external: x,
+                reason: EndReason::Operator,
             }),
             "{events:?}"
         );
@@ -393,6 +413,14 @@ action.translate.src = { addr = "192.0.2.7/32" }
         );
         assert_eq!(e.static_session_count(), 0);
         assert_eq!(e.counters().static_sessions_deleted, 2);
+        let reasons: Vec<EndReason> = drain(&mut e)
+            .into_iter()
+            .filter_map(|ev| match ev {
+                Event::SessionDeleted { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons, [EndReason::Operator; 2]);
         assert_eq!(e.session_count(), 1, "SUB2's dynamic session stays");
     }
 }

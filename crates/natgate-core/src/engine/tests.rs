@@ -1197,11 +1197,47 @@ fn events_tell_the_story_of_a_session() {
         evs[2],
         Event::SessionDeleted {
             origin: SessionOrigin::Dynamic,
+            reason: EndReason::Expired,
             ..
         }
     ));
-    assert!(matches!(evs[3], Event::MappingDeleted { .. }));
+    assert!(matches!(
+        evs[3],
+        Event::MappingDeleted {
+            reason: EndReason::Expired,
+            ..
+        }
+    ));
     assert_eq!(evs.len(), 4);
+}
+
+#[test]
+fn a_mapping_whose_session_is_refused_ends_unused() {
+    // Room for a mapping but not for its session: the mapping made for it goes again at once,
+    // and its record says it never served.
+    let mut e = engine_with(|c| {
+        c.limits.max_sessions = 2;
+        c.limits.max_mappings = 2;
+    });
+    out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN1, 9), b"x"));
+    out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN2, 9), b"x"));
+    while e.poll_event().is_some() {}
+    let mut p = udp(ep(SUB1, 5001), ep(WAN1, 9), b"x");
+    let v = run(&mut e, t(1), Side::Inside, &mut p);
+    assert_eq!(v.drop_reason(), Some(DropReason::SessionTableFull));
+    let evs: Vec<_> = std::iter::from_fn(|| e.poll_event()).collect();
+    assert!(
+        evs.iter().any(|ev| matches!(
+            ev,
+            Event::MappingDeleted {
+                reason: EndReason::Unused,
+                internal,
+                ..
+            } if *internal == ep(SUB1, 5001)
+        )),
+        "{evs:?}"
+    );
+    assert_eq!(e.mapping_count(), 1);
 }
 
 /// Runs `packets` one by one through one engine and as one batch through another; asserts
