@@ -1142,6 +1142,19 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
     }
 
     #[test]
+    fn clear_df_only_in_the_lab() {
+        let text = format!("{MIN}\n[behavior]\nclear-df = true\n");
+        let e = Settings::parse(&text)
+            .expect_err("not without lab")
+            .to_string();
+        assert!(e.contains("clear-df") && e.contains("lab = true"), "{e}");
+        let line = MIN.lines().count() + 3;
+        assert!(e.starts_with(&format!("line {line}: ")), "{e}");
+        let lab = format!("lab = true\n{text}");
+        assert!(Settings::parse(&lab).expect("lab").behavior.clear_df);
+    }
+
+    #[test]
     fn combined_subscriber_limit_from_the_file_and_its_check() {
         let text = format!(
             "{MIN}\n[limits.subscriber]\nmax-udp-sessions = 500\nmax-sessions = 800\nmax-subscribers = 10\n"

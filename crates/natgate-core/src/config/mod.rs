@@ -59,6 +59,10 @@ pub struct Behavior {
     pub outside_mtu: u16,
     /// MTU of the inside link, for inbound packets.
     pub inside_mtu: u16,
+    /// Clear DF on every forwarded packet, so that a path with a smaller MTU fragments it
+    /// instead of refusing it (lab only: it breaks path MTU discovery, RFC 1191, and RFC 4787
+    /// REQ-13's answer to a DF packet too big for the way out).
+    pub clear_df: bool,
 }
 
 impl Default for Behavior {
@@ -89,6 +93,7 @@ pub struct BehaviorSpec {
     pub ttl: Option<TtlHandling>,
     pub outside_mtu: Option<u16>,
     pub inside_mtu: Option<u16>,
+    pub clear_df: Option<bool>,
 }
 
 /// Timer overrides, in seconds; a missing one keeps the preset's value.
@@ -134,7 +139,8 @@ impl BehaviorSpec {
             mapping_failure_reply,
             ttl,
             outside_mtu,
-            inside_mtu
+            inside_mtu,
+            clear_df
         );
         if let Some(t) = self.timers {
             let tm = &mut b.timers;
@@ -514,6 +520,13 @@ impl Config {
                 "refresh",
                 "outbound packets must refresh mappings",
                 "RFC 4787 REQ-6",
+            )?;
+        }
+        if b.clear_df {
+            forbid(
+                "clear-df",
+                "a NAT must leave DF as the sender set it",
+                "RFC 1191, RFC 4787 REQ-13",
             )?;
         }
         match b.hairpinning {

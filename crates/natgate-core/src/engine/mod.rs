@@ -231,6 +231,9 @@ impl<A: PortAllocator> Engine<A> {
     /// `side`; room after it lets the engine answer in place. See [`Verdict`].
     pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
         let (verdict, len) = self.process_one(now, side, buf, len);
+        if self.behavior.clear_df && matches!(verdict, Verdict::Forward(_)) {
+            packet::clear_df(buf);
+        }
         self.account(side, len, verdict);
         verdict
     }
@@ -267,6 +270,13 @@ impl<A: PortAllocator> Engine<A> {
         verdicts: &mut [Verdict],
     ) {
         let n = packets.len().min(verdicts.len());
+        if self.behavior.clear_df {
+            // A lab setting: the lanes rewrite fixed offsets and would leave DF alone.
+            for (pkt, v) in packets[..n].iter_mut().zip(&mut verdicts[..n]) {
+                *v = self.process(now, side, pkt.buf, pkt.len);
+            }
+            return;
+        }
         for (packets, verdicts) in packets[..n]
             .chunks_mut(BATCH)
             .zip(verdicts[..n].chunks_mut(BATCH))
@@ -456,7 +466,8 @@ impl<A: PortAllocator> Engine<A> {
         };
         // RFC 4787 REQ-13: DF=1 and too big gets fragmentation needed with the next-hop MTU.
         // (DF=0 packets are fragmented by the driver's way out, e.g. the kernel behind a TUN.)
-        if p.df && p.len > usize::from(mtu) {
+        // With `clear-df` (lab only) it leaves without DF, to be fragmented on its way.
+        if p.df && !self.behavior.clear_df && p.len > usize::from(mtu) {
             return self.reply_error(
                 now,
                 buf,
@@ -555,6 +566,7 @@ impl<A: PortAllocator> Engine<A> {
 
     fn release_held_fragments(&mut self, key: &FragmentKey, tr: FragmentTranslation) {
         let ttl = self.behavior.ttl;
+        let clear_df = self.behavior.clear_df;
         let transmit = &mut self.transmit;
         let counters = &mut self.counters;
         self.fragments.release_held(key, |frag| {
@@ -565,6 +577,9 @@ impl<A: PortAllocator> Engine<A> {
             packet::rewrite_addr(frag, Which::Src, tr.new_src);
             packet::rewrite_addr(frag, Which::Dst, tr.new_dst);
             packet::step_ttl(frag, ttl);
+            if clear_df {
+                packet::clear_df(frag);
+            }
             if !transmit.push(tr.out_side, frag) {
                 counters.count_drop(DropReason::FragmentLimit);
             }

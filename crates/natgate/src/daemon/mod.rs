@@ -880,6 +880,11 @@ fn start_fast_path(
         tracing::info!("data path: slow path (TUN) only, as configured");
         return Ok(None);
     }
+    if cfg.behavior.clear_df {
+        // The program forwards established flows as they came, DF included.
+        tracing::info!("data path: slow path (TUN) only: clear-df (lab) needs every packet");
+        return Ok(None);
+    }
     let side = |name: &str, mtu: u16| -> Result<fastpath::Side, DaemonError> {
         let ifindex = crate::platform::netlink::Netlink::new()
             .and_then(|mut nl| nl.link_index(name))
