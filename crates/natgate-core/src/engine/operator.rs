@@ -126,7 +126,7 @@ impl<A: PortAllocator> Engine<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{Pkt, endpoints, ep, tcp, udp};
+    use super::super::tests::{Pkt, echo, endpoints, ep, tcp, udp};
     use super::*;
     use crate::config::{Config, SubscriberLimits};
     use crate::endpoint::Side;
@@ -343,6 +343,24 @@ mod tests {
             "{events:?}"
         );
         assert_eq!(e.session_count(), 1);
+    }
+
+    #[test]
+    fn an_icmp_session_is_deleted_by_what_sessions_shows() {
+        let mut e = engine(|_| {});
+        let (v, _) = send(&mut e, t(0), Side::Inside, echo(SUB1, WAN1, 77, true));
+        assert_eq!(v, Verdict::Forward(Side::Outside));
+        let shown = e.sessions().next().expect("one session");
+        // The identifier is the internal port; the remote has none.
+        assert_eq!((shown.internal, shown.remote), (ep(SUB1, 77), ep(WAN1, 0)));
+        assert_eq!(
+            e.delete_session(Protocol::Icmp, shown.internal, shown.remote, t(1)),
+            Ok(Ended {
+                sessions: 1,
+                mappings: 1
+            })
+        );
+        assert_eq!(e.session_count(), 0);
     }
 
     #[test]
