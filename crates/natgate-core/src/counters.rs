@@ -73,6 +73,9 @@ drop_reasons! {
     WrongShard => "wrong_shard",
     /// The subscriber holds its most sessions of this protocol (RFC 6888 REQ-4, REQ-5).
     SubscriberSessionLimit => "subscriber_session_limit",
+    /// The subscriber holds its most sessions of all protocols together (RFC 6888 REQ-4):
+    /// `limits.subscriber.max-sessions`, checked after the per-protocol quota.
+    SubscriberTotalSessionLimit => "subscriber_total_session_limit",
     /// The subscriber opens sessions faster than its configured rate (RFC 6888 REQ-5).
     SubscriberRateLimit => "subscriber_rate_limit",
     /// The per-subscriber table is full; a new subscriber cannot be tracked.

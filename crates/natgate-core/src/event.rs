@@ -33,6 +33,8 @@ pub enum Event {
         internal: Endpoint,
         /// The endpoint it appeared as outside.
         external: Endpoint,
+        /// Why it ended.
+        reason: EndReason,
     },
     /// A session (one remote endpoint through a mapping) was created.
     SessionCreated {
@@ -50,7 +52,7 @@ pub enum Event {
         /// translation to the configuration that made it.
         origin: SessionOrigin,
     },
-    /// A session was deleted (timed out or flushed).
+    /// A session was deleted (timed out or ended by an operator).
     SessionDeleted {
         /// When.
         at: Instant,
@@ -64,6 +66,8 @@ pub enum Event {
         remote: Endpoint,
         /// What made it: the same origin as its `SessionCreated`.
         origin: SessionOrigin,
+        /// Why it ended.
+        reason: EndReason,
     },
     /// A mapping or session could not be made because of a limit; the packet was dropped (RFC
     /// 6888 REQ-11: tell management). Outbound, the subscriber's packet found no mapping or
@@ -133,6 +137,30 @@ impl From<AllocEvent> for Event {
                 external,
                 ports,
             },
+        }
+    }
+}
+
+/// Why a session or mapping ended, so that a log tells an operator's delete from a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Idle past its timer (for TCP, the timer of its phase: a closed or reset connection's
+    /// session ends this way too); a mapping, with its last session.
+    Expired,
+    /// An operator ended it: `flush` (of everything or of one subscriber), `session delete`, or
+    /// `rule delete` with `flush`.
+    Operator,
+    /// A mapping made for a new session that a limit then refused: it never carried a packet.
+    Unused,
+}
+
+impl EndReason {
+    /// The lower-case name the logs carry.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Operator => "operator",
+            EndReason::Unused => "unused",
         }
     }
 }

@@ -38,7 +38,7 @@ pub use config::{
 pub use counters::{Counters, DropReason};
 pub use endpoint::{Direction, Endpoint, Protocol, Side};
 pub use engine::{Engine, OutOfMemory, SessionInfo, SessionOrigin};
-pub use event::Event;
+pub use event::{EndReason, Event};
 pub use rng::Rng;
 pub use time::Instant;
 pub use verdict::Verdict;

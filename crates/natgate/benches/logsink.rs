@@ -76,6 +76,7 @@ fn mapping(n: u64) -> Event {
             proto,
             internal,
             external,
+            reason: natgate_core::EndReason::Expired,
         }
     }
 }

@@ -1159,6 +1159,44 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
     }
 
     #[test]
+    fn clear_df_only_in_the_lab() {
+        let text = format!("{MIN}\n[behavior]\nclear-df = true\n");
+        let e = Settings::parse(&text)
+            .expect_err("not without lab")
+            .to_string();
+        assert!(e.contains("clear-df") && e.contains("lab = true"), "{e}");
+        let line = MIN.lines().count() + 3;
+        assert!(e.starts_with(&format!("line {line}: ")), "{e}");
+        let lab = format!("lab = true\n{text}");
+        assert!(Settings::parse(&lab).expect("lab").behavior.clear_df);
+    }
+
+    #[test]
+    fn combined_subscriber_limit_from_the_file_and_its_check() {
+        let text = format!(
+            "{MIN}\n[limits.subscriber]\nmax-udp-sessions = 500\nmax-sessions = 800\nmax-subscribers = 10\n"
+        );
+        let s = Settings::parse(&text).expect("valid");
+        let sub = s.limits.subscriber;
+        assert_eq!((sub.max_udp_sessions, sub.max_sessions), (500, 800));
+        // A per-protocol quota the total would never let a subscriber reach.
+        let bad = format!(
+            "{MIN}\n[limits]\nmax-sessions = 100000\n\n[limits.subscriber]\nmax-udp-sessions = 500\nmax-sessions = 400\nmax-subscribers = 10\n"
+        );
+        let e = Settings::parse(&bad)
+            .expect_err("total below a quota")
+            .to_string();
+        assert!(e.contains("400 is below max-udp-sessions = 500"), "{e}");
+        // The line of the subscriber's key, not of `[limits] max-sessions`.
+        let line = MIN.lines().count() + 7;
+        assert!(e.starts_with(&format!("line {line}: ")), "{e}");
+        let equal = format!(
+            "{MIN}\n[limits.subscriber]\nmax-udp-sessions = 400\nmax-sessions = 400\nmax-subscribers = 10\n"
+        );
+        assert!(Settings::parse(&equal).is_ok());
+    }
+
+    #[test]
     fn answer_rate_without_burst_names_its_line() {
         let bad = format!("{MIN}\n[limits]\nanswer-burst = 0\nanswer-rate = 5\n");
         let e = Settings::parse(&bad).expect_err("no burst").to_string();

@@ -24,7 +24,7 @@ static ALLOC: HugePageAlloc = HugePageAlloc::new();
 
 /// natgate: a user-space NAT gateway (NAPT44, RFC 4787/5382/5508/6888).
 #[derive(Debug, Parser)]
-#[command(name = "natgate", version)]
+#[command(name = "natgate", version = env!("NATGATE_VERSION"))]
 struct Cli {
     #[command(subcommand)]
     command: Command,

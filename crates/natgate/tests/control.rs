@@ -5,17 +5,19 @@
 #![allow(clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natgate::control::cli::{CtlArgs, CtlCommand, EXIT_ERROR, EXIT_OK, TableArgs, run_with};
+use natgate::control::cli::{
+    CtlArgs, CtlCommand, EXIT_ERROR, EXIT_OK, SessionCommand, TableArgs, run_with,
+};
 use natgate::control::protocol::{
-    FlushResult, LogLevel, LogLevelArgs, PoolList, ReloadResult, SessionList, SessionRow,
-    StatusInfo, TableQuery,
+    FlushQuery, FlushResult, LogLevel, LogLevelArgs, PoolList, ReloadResult, SessionList,
+    SessionRow, StatusInfo, TableQuery,
 };
 use natgate::control::{
     Client, ClientError, ControlError, ControlHandler, Request, Response, Server, ServerError,
@@ -76,9 +78,13 @@ impl ControlHandler for Fake {
             Request::Reload => Err(ControlError::Rejected(
                 "natgate.toml line 3: pool: at least one external address is needed".into(),
             )),
-            Request::Flush => Ok(Response::Flushed(FlushResult {
+            Request::Flush(_) => Ok(Response::Flushed(FlushResult {
                 sessions: 2,
                 mappings: 2,
+            })),
+            Request::Session(_) => Ok(Response::SessionChanged(FlushResult {
+                sessions: 1,
+                mappings: 1,
             })),
             // A buggy daemon: answers with the wrong kind of reply.
             Request::Pools => Ok(Response::Reloaded(ReloadResult {
@@ -281,7 +287,7 @@ fn client_leaving_mid_request_changes_nothing() {
     // The server is still serving.
     let mut c = Client::connect(&path).expect("connect");
     c.request(&Request::Status).expect("status");
-    assert!(!fake.seen().contains(&Request::Flush));
+    assert!(!fake.seen().iter().any(|r| matches!(r, Request::Flush(_))));
     server.shutdown();
 }
 
@@ -452,10 +458,49 @@ fn ctl_prints_tables_json_and_error_exit_status() {
         }))
     );
 
-    let (code, out, _) = ctl(&path, false, CtlCommand::Flush);
+    let (code, out, _) = ctl(&path, false, CtlCommand::Flush { subscriber: None });
     assert_eq!(
         (code, out.as_str()),
         (EXIT_OK, "flushed 2 sessions and 2 mappings\n")
+    );
+    let sub = Ipv4Addr::new(100, 64, 0, 10);
+    let (code, out, _) = ctl(
+        &path,
+        false,
+        CtlCommand::Flush {
+            subscriber: Some(sub),
+        },
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            EXIT_OK,
+            "flushed 2 sessions and 2 mappings of 100.64.0.10\n"
+        )
+    );
+    assert_eq!(
+        fake.seen().last(),
+        Some(&Request::Flush(FlushQuery {
+            subscriber: Some(sub)
+        }))
+    );
+    let internal = SocketAddrV4::new(sub, 5000);
+    let remote = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 3478);
+    let (code, out, _) = ctl(
+        &path,
+        false,
+        CtlCommand::Session(SessionCommand::Delete {
+            proto: Protocol::Udp,
+            internal,
+            remote,
+        }),
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            EXIT_OK,
+            "deleted udp session 100.64.0.10:5000 -> 203.0.113.10:3478 and its mapping\n"
+        )
     );
     server.shutdown();
 }

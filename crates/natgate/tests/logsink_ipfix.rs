@@ -221,6 +221,7 @@ fn port_blocks_use_their_own_template() {
         }),
         quota: None,
         origin: None,
+        ended: None,
     });
     x.send_pending().expect("send");
     let d = decode(&mut NetflowParser::default(), &recv(&rx));

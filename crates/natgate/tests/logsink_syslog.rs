@@ -303,6 +303,10 @@ fn udp_messages_through_the_pipeline_are_valid_rfc_5424_with_the_nat_fields() {
         // local4 (20) * 8 + informational (6); the failure is a warning (4).
         assert_eq!(msgs[0].pri, 166);
         assert_eq!(msgs[4].pri, 164);
+        // Deletes say why they ended; nothing else has a reason.
+        assert_eq!(params(&msgs[2])["reason"], "operator");
+        assert_eq!(params(&msgs[3])["reason"], "operator");
+        assert!(!params(&msgs[1]).contains_key("reason"));
         let s = params(&msgs[1]);
         assert_eq!(s["natEvent"], "4");
         assert_eq!(s["protocolIdentifier"], "17");

@@ -59,6 +59,10 @@ pub struct Behavior {
     pub outside_mtu: u16,
     /// MTU of the inside link, for inbound packets.
     pub inside_mtu: u16,
+    /// Clear DF on every forwarded packet, so that a path with a smaller MTU fragments it
+    /// instead of refusing it (lab only: it breaks path MTU discovery, RFC 1191, and RFC 4787
+    /// REQ-13's answer to a DF packet too big for the way out).
+    pub clear_df: bool,
 }
 
 impl Default for Behavior {
@@ -89,6 +93,7 @@ pub struct BehaviorSpec {
     pub ttl: Option<TtlHandling>,
     pub outside_mtu: Option<u16>,
     pub inside_mtu: Option<u16>,
+    pub clear_df: Option<bool>,
 }
 
 /// Timer overrides, in seconds; a missing one keeps the preset's value.
@@ -134,7 +139,8 @@ impl BehaviorSpec {
             mapping_failure_reply,
             ttl,
             outside_mtu,
-            inside_mtu
+            inside_mtu,
+            clear_df
         );
         if let Some(t) = self.timers {
             let tm = &mut b.timers;
@@ -259,6 +265,9 @@ pub struct SubscriberLimits {
     pub max_udp_sessions: u32,
     /// Most ICMP query sessions one subscriber may hold at once.
     pub max_icmp_sessions: u32,
+    /// Most sessions one subscriber may hold at once, every protocol together: the per-protocol
+    /// quotas bound each protocol, this bounds what one subscriber costs the session table.
+    pub max_sessions: u32,
     /// New sessions per second a subscriber may open, sustained (token bucket refill rate).
     pub session_rate: u32,
     /// New sessions a subscriber may open at once (token bucket size); needed with a rate.
@@ -274,6 +283,7 @@ impl SubscriberLimits {
         self.max_tcp_sessions != 0
             || self.max_udp_sessions != 0
             || self.max_icmp_sessions != 0
+            || self.max_sessions != 0
             || self.session_rate != 0
     }
 }
@@ -512,6 +522,13 @@ impl Config {
                 "RFC 4787 REQ-6",
             )?;
         }
+        if b.clear_df {
+            forbid(
+                "clear-df",
+                "a NAT must leave DF as the sender set it",
+                "RFC 1191, RFC 4787 REQ-13",
+            )?;
+        }
         match b.hairpinning {
             Hairpinning::Off => forbid(
                 "hairpinning",
@@ -588,6 +605,25 @@ impl Config {
                     setting,
                     why: why.into(),
                 });
+            }
+        }
+        // A per-protocol quota above the total could never be reached: one of the two is a
+        // mistake, and which one only the operator knows.
+        if s.max_sessions != 0 {
+            for (key, quota) in [
+                ("max-tcp-sessions", s.max_tcp_sessions),
+                ("max-udp-sessions", s.max_udp_sessions),
+                ("max-icmp-sessions", s.max_icmp_sessions),
+            ] {
+                if quota > s.max_sessions {
+                    return Err(ConfigError::OutOfRange {
+                        setting: "subscriber.max-sessions",
+                        why: format!(
+                            "{} is below {key} = {quota}, which could then never be reached",
+                            s.max_sessions
+                        ),
+                    });
+                }
             }
         }
         if s.any() && s.max_subscribers == 0 {

@@ -53,6 +53,7 @@ impl Preset {
             ttl: TtlHandling::Decrement,
             outside_mtu: 1500,
             inside_mtu: 1500,
+            clear_df: false,
         };
         let cone = |filtering| Behavior {
             filtering,

@@ -93,7 +93,7 @@ fn own_subscriber(k: u16) -> (Endpoint, Endpoint) {
     )
 }
 
-fn limits() -> [Limit; 7] {
+fn limits() -> [Limit; 8] {
     [
         Limit {
             name: "pool exhausted (two ports left per protocol)",
@@ -184,6 +184,20 @@ fn limits() -> [Limit; 7] {
                 c.limits.max_mappings = 3;
             },
             flow: own_port,
+        },
+        Limit {
+            name: "combined session quota of 3",
+            reason: DropReason::SubscriberTotalSessionLimit,
+            n: 3,
+            per_subscriber: true,
+            configure: |c| {
+                c.limits.subscriber = SubscriberLimits {
+                    max_sessions: 3,
+                    max_subscribers: 16,
+                    ..SubscriberLimits::default()
+                };
+            },
+            flow: own_remote,
         },
     ]
 }
@@ -384,6 +398,44 @@ fn rfc6888_req5_rate_limit_refills_on_the_injected_clock_to_the_millisecond() {
     );
     assert_eq!(v.drop_reason(), Some(DropReason::SubscriberRateLimit));
     assert_eq!(e.counters().tcp_resets_generated, 2);
+}
+
+#[test]
+fn rfc6888_req4_combined_quota_counts_every_protocol() {
+    let limit = &limits()[7];
+    assert_eq!(limit.reason, DropReason::SubscriberTotalSessionLimit);
+    let mut e = engine(limit, MappingFailureReply::HostUnreachable);
+    // One under the limit of 3, one flow of each of two protocols: both pass.
+    for (k, proto) in [(0, Protocol::Tcp), (1, Protocol::Udp)] {
+        let (i, r) = own_port(k);
+        assert_eq!(
+            run(&mut e, t0(), Side::Inside, &mut first(proto, i, r)),
+            Verdict::Forward(Side::Outside),
+            "{proto:?}"
+        );
+    }
+    // The third, of a third protocol, reaches the limit; the fourth, whatever its protocol, is
+    // refused and counted under the combined limit's own reason.
+    let (i, r) = own_port(2);
+    assert_eq!(
+        run(&mut e, t0(), Side::Inside, &mut first(Protocol::Icmp, i, r)),
+        Verdict::Forward(Side::Outside)
+    );
+    for (k, proto) in [(3, Protocol::Udp), (4, Protocol::Tcp), (5, Protocol::Icmp)] {
+        let (i, r) = own_port(k);
+        let v = run(&mut e, t0(), Side::Inside, &mut first(proto, i, r));
+        assert_eq!(
+            v.drop_reason(),
+            Some(DropReason::SubscriberTotalSessionLimit),
+            "{proto:?}"
+        );
+    }
+    assert_eq!(
+        e.counters().drops(DropReason::SubscriberTotalSessionLimit),
+        3
+    );
+    assert_eq!(e.counters().drops(DropReason::SubscriberSessionLimit), 0);
+    assert_eq!(e.session_count(), 3);
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod host;
 pub(crate) mod icmp_error;
 mod memory;
 mod offload;
+mod operator;
 pub(crate) mod packet;
 mod queues;
 mod reload;
@@ -45,9 +46,10 @@ use queues::{EventQueue, SynHold, TransmitQueue};
 use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
-pub use crate::event::SessionOrigin;
+pub use crate::event::{EndReason, SessionOrigin};
 pub use memory::{MemoryModel, MemoryUsage};
 pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
+pub use operator::{Ended, NoSuchSession};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
 
@@ -229,6 +231,9 @@ impl<A: PortAllocator> Engine<A> {
     /// `side`; room after it lets the engine answer in place. See [`Verdict`].
     pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
         let (verdict, len) = self.process_one(now, side, buf, len);
+        if self.behavior.clear_df && matches!(verdict, Verdict::Forward(_)) {
+            packet::clear_df(buf);
+        }
         self.account(side, len, verdict);
         verdict
     }
@@ -265,6 +270,13 @@ impl<A: PortAllocator> Engine<A> {
         verdicts: &mut [Verdict],
     ) {
         let n = packets.len().min(verdicts.len());
+        if self.behavior.clear_df {
+            // A lab setting: the lanes rewrite fixed offsets and would leave DF alone.
+            for (pkt, v) in packets[..n].iter_mut().zip(&mut verdicts[..n]) {
+                *v = self.process(now, side, pkt.buf, pkt.len);
+            }
+            return;
+        }
         for (packets, verdicts) in packets[..n]
             .chunks_mut(BATCH)
             .zip(verdicts[..n].chunks_mut(BATCH))
@@ -454,7 +466,8 @@ impl<A: PortAllocator> Engine<A> {
         };
         // RFC 4787 REQ-13: DF=1 and too big gets fragmentation needed with the next-hop MTU.
         // (DF=0 packets are fragmented by the driver's way out, e.g. the kernel behind a TUN.)
-        if p.df && p.len > usize::from(mtu) {
+        // With `clear-df` (lab only) it leaves without DF, to be fragmented on its way.
+        if p.df && !self.behavior.clear_df && p.len > usize::from(mtu) {
             return self.reply_error(
                 now,
                 buf,
@@ -553,6 +566,7 @@ impl<A: PortAllocator> Engine<A> {
 
     fn release_held_fragments(&mut self, key: &FragmentKey, tr: FragmentTranslation) {
         let ttl = self.behavior.ttl;
+        let clear_df = self.behavior.clear_df;
         let transmit = &mut self.transmit;
         let counters = &mut self.counters;
         self.fragments.release_held(key, |frag| {
@@ -563,6 +577,9 @@ impl<A: PortAllocator> Engine<A> {
             packet::rewrite_addr(frag, Which::Src, tr.new_src);
             packet::rewrite_addr(frag, Which::Dst, tr.new_dst);
             packet::step_ttl(frag, ttl);
+            if clear_df {
+                packet::clear_df(frag);
+            }
             if !transmit.push(tr.out_side, frag) {
                 counters.count_drop(DropReason::FragmentLimit);
             }
@@ -633,6 +650,7 @@ impl<A: PortAllocator> Engine<A> {
             counters: &mut self.counters,
             offload: &mut self.offload,
             now,
+            reason: EndReason::Expired,
         };
         self.sessions.expire(
             now_s,
@@ -774,28 +792,6 @@ impl<A: PortAllocator> Engine<A> {
             + self.address_filter.as_ref().map_or(0, |f| f.memory_bytes())
     }
 
-    /// Deletes every session and mapping (ports enter hold-down as usual), emitting the events.
-    pub fn flush(&mut self, now: Instant) {
-        let ids: Vec<SessionId> = self.sessions.iter().map(|(id, _)| id).collect();
-        let mut gone = Gone {
-            address_filter: &mut self.address_filter,
-            subscribers: &mut self.subscribers,
-            alloc: &mut self.alloc,
-            events: &mut self.events,
-            counters: &mut self.counters,
-            offload: &mut self.offload,
-            now,
-        };
-        for id in ids {
-            if let Some((s, m)) = self.sessions.remove(id) {
-                gone.session(&s, m);
-            }
-        }
-        self.flush_statics(now);
-        self.held_syns.clear();
-        self.fragments.clear();
-    }
-
     fn emit(&mut self, e: Event) {
         if !self.events.push(e) {
             self.counters.events_lost += 1;
@@ -907,6 +903,8 @@ struct Gone<'a, A: PortAllocator> {
     counters: &'a mut Counters,
     offload: &'a mut Option<offload::Offload>,
     now: Instant,
+    /// Why the sessions go.
+    reason: EndReason,
 }
 
 impl<A: PortAllocator> Gone<'_, A> {
@@ -921,6 +919,7 @@ impl<A: PortAllocator> Gone<'_, A> {
             external: s.external,
             remote: s.remote,
             origin: SessionOrigin::Dynamic,
+            reason: self.reason,
         });
         if let Some(f) = self.address_filter.as_mut() {
             f.remove(s.proto, s.external, s.remote.addr);
@@ -937,6 +936,7 @@ impl<A: PortAllocator> Gone<'_, A> {
                 proto: m.proto,
                 internal: m.internal,
                 external: m.external,
+                reason: self.reason,
             });
             while let Some(e) = self.alloc.poll_event() {
                 self.event(e.into());

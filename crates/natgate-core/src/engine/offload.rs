@@ -143,8 +143,11 @@ impl<A: PortAllocator> Engine<A> {
     /// Turns offloading on: from now on the engine offers established flows to a fast path
     /// (see [`Self::poll_offload`]), at most one per session it can hold. Sessions that exist
     /// already are offered when their next packet comes through.
+    ///
+    /// With `clear-df` (a lab setting) nothing is offered: the fast path would forward the
+    /// flows with DF as it came.
     pub fn enable_offload(&mut self) {
-        if self.offload.is_none() {
+        if self.offload.is_none() && !self.behavior.clear_df {
             self.offload = Some(Offload::new(self.sessions.capacity()));
         }
     }

@@ -11,6 +11,8 @@ use crate::wire::ipv4::Ipv4Packet;
 use std::net::Ipv4Addr;
 
 /// Offsets of IPv4 header fields the engine rewrites.
+/// The flags and fragment offset word.
+const IP_FLAGS: usize = 6;
 const IP_TTL: usize = 8;
 const IP_CHECKSUM: usize = 10;
 const IP_SRC: usize = 12;
@@ -496,6 +498,20 @@ pub(crate) fn step_ttl(buf: &mut [u8], ttl: TtlHandling) {
     write16(header, IP_CHECKSUM, checksum::update16(check, old, new));
 }
 
+/// Clears DF in the IPv4 header at the start of `buf`, updating the header checksum
+/// incrementally (RFC 1624 eqn. 3); a packet without DF is left as it is.
+pub(crate) fn clear_df(buf: &mut [u8]) {
+    let header = &mut buf[..20];
+    let old = read16(header, IP_FLAGS);
+    let new = old & !DF;
+    if new == old {
+        return;
+    }
+    write16(header, IP_FLAGS, new);
+    let check = read16(header, IP_CHECKSUM);
+    write16(header, IP_CHECKSUM, checksum::update16(check, old, new));
+}
+
 /// Reads a big-endian u16; `off + 2 <= buf.len()` is the caller's invariant (parsed offsets).
 #[inline]
 pub(crate) fn read16(buf: &[u8], off: usize) -> u16 {
@@ -681,6 +697,48 @@ mod tests {
             let mut p = head.parsed();
             translate(&mut general, &mut p, which, new, ttl_setting);
             prop_assert_eq!(fast, general);
+        }
+    }
+
+    /// 100.64.0.10:5000 -> 203.0.113.10:53, UDP "x", DF set, checksums computed independently.
+    static DF_UDP: [u8; 29] = [
+        0x45, 0x00, 0x00, 0x1d, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x88, 0x47, 0x64, 0x40, 0x00,
+        0x0a, 0xcb, 0x00, 0x71, 0x0a, 0x13, 0x88, 0x00, 0x35, 0x00, 0x09, 0xd3, 0xc9, 0x78,
+    ];
+    /// The same without DF: flags 0x4000 -> 0x0000, header checksum 0x8847 -> 0xc847.
+    static NO_DF_UDP: [u8; 29] = [
+        0x45, 0x00, 0x00, 0x1d, 0x12, 0x34, 0x00, 0x00, 0x40, 0x11, 0xc8, 0x47, 0x64, 0x40, 0x00,
+        0x0a, 0xcb, 0x00, 0x71, 0x0a, 0x13, 0x88, 0x00, 0x35, 0x00, 0x09, 0xd3, 0xc9, 0x78,
+    ];
+
+    #[test]
+    fn clear_df_rewrites_the_flag_and_the_header_checksum_only() {
+        assert!(header_checksum_ok(&DF_UDP[..20]));
+        let mut b = DF_UDP;
+        clear_df(&mut b);
+        assert_eq!(b, NO_DF_UDP);
+        assert!(header_checksum_ok(&b[..20]));
+        clear_df(&mut b);
+        assert_eq!(b, NO_DF_UDP, "nothing to clear");
+    }
+
+    proptest! {
+        #[test]
+        fn clear_df_keeps_the_header_checksum_valid(
+            flags in any::<u16>(),
+            ttl in any::<u8>(),
+            id in any::<u16>(),
+        ) {
+            let mut b = DF_UDP;
+            b[4..6].copy_from_slice(&id.to_be_bytes());
+            b[6..8].copy_from_slice(&flags.to_be_bytes());
+            b[8] = ttl;
+            b[10..12].fill(0);
+            let sum = checksum::checksum(&b[..20]);
+            b[10..12].copy_from_slice(&sum.to_be_bytes());
+            clear_df(&mut b);
+            prop_assert!(header_checksum_ok(&b[..20]));
+            prop_assert_eq!(read16(&b, IP_FLAGS), flags & !DF);
         }
     }
 

@@ -36,7 +36,7 @@ pub enum ReloadError {
 
 /// Whether `new` can replace `old` in a running engine; the first setting that cannot.
 pub fn check_reload(old: &Behavior, new: &Behavior) -> Result<(), ReloadError> {
-    let fixed: [(&'static str, bool); 7] = [
+    let fixed: [(&'static str, bool); 8] = [
         ("mapping", old.mapping == new.mapping),
         ("filtering", old.filtering == new.filtering),
         ("pooling", old.pooling == new.pooling),
@@ -49,6 +49,8 @@ pub fn check_reload(old: &Behavior, new: &Behavior) -> Result<(), ReloadError> {
             "port-range-preservation",
             old.port_range_preservation == new.port_range_preservation,
         ),
+        // The batch's lanes and the fast path cannot clear DF: with it set, neither is used.
+        ("clear-df", old.clear_df == new.clear_df),
         (
             "timers.fragment and timers.port-hold-down",
             old.timers.fragment == new.timers.fragment

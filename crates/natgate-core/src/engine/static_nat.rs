@@ -31,8 +31,8 @@ use crate::alloc::{PortAllocator, PortRange};
 use crate::config::{Behavior, Config, TtlHandling};
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
-use crate::event::Event;
 use crate::event::SessionOrigin;
+use crate::event::{EndReason, Event};
 use crate::rng::Rng;
 use crate::rules::{CompiledRules, Rewrite, RuleChain, RuleId};
 use crate::table::{FlowKey, StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};
@@ -752,13 +752,13 @@ impl<A: PortAllocator> Engine<A> {
         table.expire(
             now.as_secs(),
             |s| static_due(&behavior, s),
-            |s| static_gone(vservers, events, counters, &s, now),
+            |s| static_gone(vservers, events, counters, &s, now, EndReason::Expired),
         );
     }
 
-    /// Deletes every static session (from `flush`), with their events.
-    pub(super) fn flush_statics(&mut self, now: Instant) {
-        self.flush_static_where(now, |_| true);
+    /// Deletes every static session (from `flush`), with their events; returns how many.
+    pub(super) fn flush_statics(&mut self, now: Instant) -> usize {
+        self.flush_static_where(now, |_| true)
     }
 
     /// Deletes the sessions that the rule `id` made (either direction of a bidirectional rule),
@@ -771,8 +771,9 @@ impl<A: PortAllocator> Engine<A> {
         self.flush_static_where(now, |s| s.origin == StaticOrigin::Rule(id))
     }
 
-    /// Deletes the static sessions `which` picks, with their events; returns how many.
-    fn flush_static_where(
+    /// Deletes the static sessions `which` picks, with their events (an operator's doing: a
+    /// flush or a rule deleted with its sessions); returns how many.
+    pub(super) fn flush_static_where(
         &mut self,
         now: Instant,
         which: impl Fn(&StaticSession) -> bool,
@@ -794,6 +795,7 @@ impl<A: PortAllocator> Engine<A> {
                     &mut self.counters,
                     &s,
                     now,
+                    EndReason::Operator,
                 );
             }
         }
@@ -859,6 +861,7 @@ fn static_gone(
     counters: &mut crate::counters::Counters,
     s: &StaticSession,
     now: Instant,
+    reason: EndReason,
 ) {
     counters.static_sessions_deleted += 1;
     if let StaticOrigin::VirtualServer { address, server } = s.origin
@@ -876,6 +879,7 @@ fn static_gone(
         external: s.outside_local,
         remote: s.outside_remote,
         origin: s.origin.into(),
+        reason,
     };
     if !events.push(e) {
         counters.events_lost += 1;

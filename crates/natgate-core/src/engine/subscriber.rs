@@ -1,5 +1,5 @@
 //! Per-subscriber limits (RFC 6888 REQ-4, REQ-5): how many sessions one subscriber may hold per
-//! protocol, and how fast it may open new ones (a token bucket, like the per-tunnel rates of the
+//! protocol and in all, and how fast it may open new ones (a token bucket, like the per-tunnel rates of the
 //! ISC AFTR). At a limit the new flow is refused; nothing live is ever evicted (REQ-11), and
 //! other subscribers are not affected.
 
@@ -73,6 +73,9 @@ impl SubscriberTable {
         if quota != 0 && s.sessions[proto.index()] >= quota {
             return Err(DropReason::SubscriberSessionLimit);
         }
+        if l.max_sessions != 0 && s.sessions.iter().sum::<u32>() >= l.max_sessions {
+            return Err(DropReason::SubscriberTotalSessionLimit);
+        }
         if l.session_rate != 0 && opened_by_subscriber {
             // `session_rate` tokens per second is `session_rate` milli-tokens per millisecond.
             let elapsed = now.as_millis().saturating_sub(s.refilled.as_millis());
@@ -129,6 +132,7 @@ mod tests {
             max_tcp_sessions: 2,
             max_udp_sessions: 3,
             max_icmp_sessions: 0,
+            max_sessions: 0,
             session_rate: 0,
             session_burst: 0,
             max_subscribers: 2,
@@ -168,6 +172,52 @@ mod tests {
             t.admit(SUB, Protocol::Udp, now, false),
             Ok(()),
             "room again after a release"
+        );
+    }
+
+    #[test]
+    fn rfc6888_req4_total_quota_across_protocols_exactly() {
+        let mut t = SubscriberTable::new(SubscriberLimits {
+            max_sessions: 4,
+            ..limits()
+        })
+        .expect("table");
+        let now = Instant::ZERO;
+        let other = Ipv4Addr::new(100, 64, 0, 11);
+        // One under the total, mixing protocols (ICMP has no quota of its own).
+        for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Icmp] {
+            assert_eq!(t.admit(SUB, proto, now, true), Ok(()));
+        }
+        assert_eq!(t.sessions_of(SUB), [1, 1, 1]);
+        assert_eq!(t.admit(SUB, Protocol::Icmp, now, true), Ok(()), "the 4th");
+        for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Icmp] {
+            assert_eq!(
+                t.admit(SUB, proto, now, false),
+                Err(DropReason::SubscriberTotalSessionLimit),
+                "{proto:?}: at the total, whoever opens it"
+            );
+        }
+        assert_eq!(t.sessions_of(SUB), [2, 1, 1], "a refusal charges nothing");
+        assert_eq!(
+            t.admit(other, Protocol::Udp, now, true),
+            Ok(()),
+            "per subscriber"
+        );
+        t.release(SUB, Protocol::Icmp);
+        assert_eq!(t.admit(SUB, Protocol::Udp, now, true), Ok(()), "room again");
+        assert_eq!(
+            t.admit(SUB, Protocol::Tcp, now, true),
+            Err(DropReason::SubscriberTotalSessionLimit)
+        );
+        t.release(SUB, Protocol::Udp);
+        t.release(SUB, Protocol::Udp);
+        assert_eq!(t.sessions_of(SUB), [1, 1, 0]);
+        // Under the total, the per-protocol quota still answers for its protocol.
+        assert_eq!(t.admit(SUB, Protocol::Tcp, now, true), Ok(()));
+        assert_eq!(
+            t.admit(SUB, Protocol::Tcp, now, true),
+            Err(DropReason::SubscriberSessionLimit),
+            "2 TCP is the TCP quota, reached before the total"
         );
     }
 

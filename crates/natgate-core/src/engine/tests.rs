@@ -1197,11 +1197,47 @@ fn events_tell_the_story_of_a_session() {
         evs[2],
         Event::SessionDeleted {
             origin: SessionOrigin::Dynamic,
+            reason: EndReason::Expired,
             ..
         }
     ));
-    assert!(matches!(evs[3], Event::MappingDeleted { .. }));
+    assert!(matches!(
+        evs[3],
+        Event::MappingDeleted {
+            reason: EndReason::Expired,
+            ..
+        }
+    ));
     assert_eq!(evs.len(), 4);
+}
+
+#[test]
+fn a_mapping_whose_session_is_refused_ends_unused() {
+    // Room for a mapping but not for its session: the mapping made for it goes again at once,
+    // and its record says it never served.
+    let mut e = engine_with(|c| {
+        c.limits.max_sessions = 2;
+        c.limits.max_mappings = 2;
+    });
+    out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN1, 9), b"x"));
+    out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN2, 9), b"x"));
+    while e.poll_event().is_some() {}
+    let mut p = udp(ep(SUB1, 5001), ep(WAN1, 9), b"x");
+    let v = run(&mut e, t(1), Side::Inside, &mut p);
+    assert_eq!(v.drop_reason(), Some(DropReason::SessionTableFull));
+    let evs: Vec<_> = std::iter::from_fn(|| e.poll_event()).collect();
+    assert!(
+        evs.iter().any(|ev| matches!(
+            ev,
+            Event::MappingDeleted {
+                reason: EndReason::Unused,
+                internal,
+                ..
+            } if *internal == ep(SUB1, 5001)
+        )),
+        "{evs:?}"
+    );
+    assert_eq!(e.mapping_count(), 1);
 }
 
 /// Runs `packets` one by one through one engine and as one batch through another; asserts
@@ -1577,4 +1613,93 @@ fn past_the_shared_mapping_reserve_a_second_session_is_refused_under_its_own_rea
     assert_eq!(v.drop_reason(), Some(DropReason::SharedMappingReserveFull));
     assert_eq!(e.session_count(), 2 * 3072 + 1, "nothing evicted");
     assert_eq!(e.counters().drops(DropReason::SharedMappingReserveFull), 1);
+}
+
+// ---------------------------------------------------------------- lab-only knobs
+
+/// `p` with DF set, its header checksum made right again.
+fn with_df(mut p: Pkt) -> Pkt {
+    p.buf[6] |= 0x40;
+    fix_ip_checksum(&mut p);
+    p
+}
+
+fn df(p: &Pkt) -> bool {
+    p.buf[6] & 0x40 != 0
+}
+
+#[test]
+fn lab_clear_df_forwards_without_df_both_ways_and_never_answers_too_big() {
+    let mut e = engine_with(|c| {
+        c.lab = true;
+        c.behavior.clear_df = true;
+        c.behavior.outside_mtu = 576;
+    });
+    // Larger than the way out, DF set: forwarded without DF (to be fragmented on its way)
+    // rather than answered with fragmentation needed.
+    let mut p = with_df(udp(ep(SUB1, 5000), ep(WAN1, 9), &[7u8; 1000]));
+    let v = run(&mut e, t(0), Side::Inside, &mut p);
+    assert_eq!(v, Verdict::Forward(Side::Outside));
+    assert!(!df(&p));
+    assert_checksums(p.bytes());
+    let x = endpoints(p.bytes()).0;
+    let (v, back) = inb(&mut e, t(1), with_df(udp(ep(WAN1, 9), x, b"back")));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert!(!df(&back));
+    assert_eq!(e.counters().drops(DropReason::TooBig), 0);
+
+    // The batch path of an established flow does the same.
+    let mut packets = [
+        with_df(udp(ep(SUB1, 5000), ep(WAN1, 9), b"again")),
+        with_df(udp(ep(SUB1, 5000), ep(WAN1, 9), &[1u8; 800])),
+    ];
+    let mut bufs: Vec<PacketBuf<'_>> = packets
+        .iter_mut()
+        .map(|p| PacketBuf {
+            len: p.len,
+            buf: &mut p.buf,
+        })
+        .collect();
+    let mut verdicts = [Verdict::Held; 2];
+    e.process_batch(t(2), Side::Inside, &mut bufs, &mut verdicts);
+    assert_eq!(verdicts, [Verdict::Forward(Side::Outside); 2]);
+    for p in &packets {
+        assert!(!df(p));
+        assert_checksums(p.bytes());
+    }
+    // No flow goes to a fast path, which would forward it with its DF.
+    e.enable_offload();
+    assert_eq!(e.offload_stats(), None);
+}
+
+#[test]
+fn without_the_knob_df_is_left_as_sent() {
+    let mut e = engine();
+    let mut p = with_df(udp(ep(SUB1, 5000), ep(WAN1, 9), b"x"));
+    assert_eq!(
+        run(&mut e, t(0), Side::Inside, &mut p),
+        Verdict::Forward(Side::Outside)
+    );
+    assert!(df(&p));
+}
+
+#[test]
+fn clear_df_is_refused_outside_the_lab_and_needs_a_restart() {
+    let mut c = config(|c| c.behavior.clear_df = true);
+    match c.clone().validate() {
+        Err(crate::config::ConfigError::ForbiddenWithoutLab { setting, .. }) => {
+            assert_eq!(setting, "clear-df");
+        }
+        other => panic!("{other:?}"),
+    }
+    c.lab = true;
+    let on = c.validate().expect("valid in the lab").get().behavior;
+    let off = Behavior {
+        clear_df: false,
+        ..on
+    };
+    assert_eq!(
+        check_reload(&off, &on),
+        Err(ReloadError::NeedsRestart("clear-df"))
+    );
 }

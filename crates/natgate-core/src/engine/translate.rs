@@ -8,7 +8,7 @@ use crate::alloc::{AllocError, AllocRequest, PortAllocator};
 use crate::config::{FailureAnswer, FilteringBehavior, Hairpinning, MappingBehavior};
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
-use crate::event::Event;
+use crate::event::{EndReason, Event};
 use crate::table::{FlowKey, Mapping, MappingId, Session, SessionId};
 use crate::tcp_state::TcpState;
 use crate::time::Instant;
@@ -320,6 +320,7 @@ impl<A: PortAllocator> Engine<A> {
             proto: m.proto,
             internal: m.internal,
             external: m.external,
+            reason: EndReason::Unused,
         });
     }
 

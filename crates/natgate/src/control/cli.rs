@@ -5,7 +5,7 @@
 //! socket cannot be reached.
 
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,8 +14,8 @@ use natgate_core::Protocol;
 use natgate_core::rules::{Rule, RuleId};
 
 use super::protocol::{
-    DropsQuery, LogLevel, LogLevelArgs, RealServerOp, RealServerRef, RuleChange, TableQuery,
-    VirtualServerChange, VirtualServerRef, WhoisQuery,
+    DropsQuery, FlushQuery, LogLevel, LogLevelArgs, RealServerOp, RealServerRef, RuleChange,
+    SessionChange, TableQuery, VirtualServerChange, VirtualServerRef, WhoisQuery,
 };
 use super::static_nat::parse_rule_toml;
 use super::{Client, DEFAULT_SOCKET, Request, Response, render};
@@ -62,8 +62,15 @@ pub enum CtlCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Delete every session and mapping.
-    Flush,
+    /// Delete every session and mapping (ports go into hold-down), or one subscriber's.
+    Flush {
+        /// Only this subscriber's sessions and mappings (internal address).
+        #[arg(long, value_name = "ADDR")]
+        subscriber: Option<Ipv4Addr>,
+    },
+    /// Change one session.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Re-read the config file; a bad one is refused and nothing changes.
     Reload,
     /// Set the diagnostics level.
@@ -100,6 +107,22 @@ pub enum CtlCommand {
     /// Change a virtual server's real servers (all workers or none).
     #[command(subcommand)]
     Vserver(VserverCommand),
+}
+
+/// `natgate ctl session ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SessionCommand {
+    /// End one session, named as `ctl sessions` shows it, and its mapping if it was the
+    /// mapping's last session.
+    Delete {
+        /// udp, tcp or icmp.
+        #[arg(value_parser = parse_protocol)]
+        proto: Protocol,
+        /// The internal endpoint, ADDR:PORT (ICMP: the query identifier as the port).
+        internal: SocketAddrV4,
+        /// The remote endpoint, ADDR:PORT (ICMP: port 0).
+        remote: SocketAddrV4,
+    },
 }
 
 /// `natgate ctl rule ...`.
@@ -487,7 +510,18 @@ impl TryFrom<&CtlCommand> for Request {
             CtlCommand::Pools => Request::Pools,
             CtlCommand::Stats => Request::Stats,
             CtlCommand::Drops { all } => Request::Drops(DropsQuery { all: *all }),
-            CtlCommand::Flush => Request::Flush,
+            CtlCommand::Flush { subscriber } => Request::Flush(FlushQuery {
+                subscriber: *subscriber,
+            }),
+            CtlCommand::Session(SessionCommand::Delete {
+                proto,
+                internal,
+                remote,
+            }) => Request::Session(SessionChange::Delete {
+                proto: *proto,
+                internal: *internal,
+                remote: *remote,
+            }),
             CtlCommand::Reload => Request::Reload,
             CtlCommand::LogLevel { level } => Request::LogLevel(LogLevelArgs { level: *level }),
             CtlCommand::Whois {
@@ -667,6 +701,49 @@ mod tests {
         }
         assert!(parse(&["whois", "198.51.100.7"]).is_err());
         assert!(parse(&["whois", "198.51.100.7", "70000"]).is_err());
+    }
+
+    #[test]
+    fn flush_and_session_delete_name_what_they_end() {
+        assert_eq!(
+            req(&parse(&["flush"]).expect("parse")),
+            Request::Flush(FlushQuery { subscriber: None })
+        );
+        assert_eq!(
+            req(&parse(&["flush", "--subscriber", "100.64.0.10"]).expect("parse")),
+            Request::Flush(FlushQuery {
+                subscriber: Some(Ipv4Addr::new(100, 64, 0, 10))
+            })
+        );
+        assert_eq!(
+            req(&parse(&[
+                "session",
+                "delete",
+                "UDP",
+                "100.64.0.10:5000",
+                "203.0.113.10:3478"
+            ])
+            .expect("parse")),
+            Request::Session(SessionChange::Delete {
+                proto: Protocol::Udp,
+                internal: SocketAddrV4::new(Ipv4Addr::new(100, 64, 0, 10), 5000),
+                remote: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 3478),
+            })
+        );
+        for bad in [
+            &["flush", "--subscriber", "100.64.0"][..],
+            &[
+                "session",
+                "delete",
+                "sctp",
+                "100.64.0.10:5000",
+                "203.0.113.10:1",
+            ],
+            &["session", "delete", "udp", "100.64.0.10", "203.0.113.10:1"],
+            &["session", "delete", "udp", "100.64.0.10:5000"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

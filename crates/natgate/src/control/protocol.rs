@@ -47,6 +47,8 @@ pub enum Command {
     Drops,
     /// `flush`.
     Flush,
+    /// `session`.
+    Session,
     /// `reload`.
     Reload,
     /// `log-level`.
@@ -65,7 +67,7 @@ pub enum Command {
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 14] = [
+    pub const ALL: [Command; 15] = [
         Command::Status,
         Command::Sessions,
         Command::Mappings,
@@ -73,6 +75,7 @@ impl Command {
         Command::Stats,
         Command::Drops,
         Command::Flush,
+        Command::Session,
         Command::Reload,
         Command::LogLevel,
         Command::Whois,
@@ -92,6 +95,7 @@ impl Command {
             Command::Stats => "stats",
             Command::Drops => "drops",
             Command::Flush => "flush",
+            Command::Session => "session",
             Command::Reload => "reload",
             Command::LogLevel => "log-level",
             Command::Whois => "whois",
@@ -129,8 +133,10 @@ pub enum Request {
     Stats,
     /// Dropped packets by reason.
     Drops(DropsQuery),
-    /// Delete every session and mapping.
-    Flush,
+    /// Delete every session and mapping, or one subscriber's.
+    Flush(FlushQuery),
+    /// End one session.
+    Session(SessionChange),
     /// Re-read the config file; a bad one is refused and nothing changes.
     Reload,
     /// Set the diagnostics level.
@@ -158,7 +164,8 @@ impl Request {
             Request::Pools => Command::Pools,
             Request::Stats => Command::Stats,
             Request::Drops(_) => Command::Drops,
-            Request::Flush => Command::Flush,
+            Request::Flush(_) => Command::Flush,
+            Request::Session(_) => Command::Session,
             Request::Reload => Command::Reload,
             Request::LogLevel(_) => Command::LogLevel,
             Request::Whois(_) => Command::Whois,
@@ -261,6 +268,32 @@ pub struct DropsQuery {
     /// Every reason, zero ones included (default: only reasons with drops).
     #[serde(skip_serializing_if = "is_false")]
     pub all: bool,
+}
+
+/// Arguments of `flush`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlushQuery {
+    /// Only this subscriber's sessions and mappings (internal address); all if absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriber: Option<Ipv4Addr>,
+}
+
+/// Arguments of `session`: one change to one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SessionChange {
+    /// End the session `sessions` lists with this protocol, internal and remote endpoint (the
+    /// three identify it: its external endpoint follows from them), and its mapping if it was
+    /// the mapping's last session.
+    Delete {
+        /// The protocol.
+        proto: Protocol,
+        /// The subscriber's endpoint.
+        internal: SocketAddrV4,
+        /// The remote endpoint.
+        remote: SocketAddrV4,
+    },
 }
 
 /// Arguments of `log-level`.
@@ -388,6 +421,8 @@ pub enum Response {
     Drops(DropList),
     /// For `flush`.
     Flushed(FlushResult),
+    /// For `session`: what the change ended.
+    SessionChanged(FlushResult),
     /// For `reload`.
     Reloaded(ReloadResult),
     /// For `log-level`.
@@ -415,6 +450,7 @@ impl Response {
             Response::Stats(_) => Command::Stats,
             Response::Drops(_) => Command::Drops,
             Response::Flushed(_) => Command::Flush,
+            Response::SessionChanged(_) => Command::Session,
             Response::Reloaded(_) => Command::Reload,
             Response::LogLevel(_) => Command::LogLevel,
             Response::Whois(_) => Command::Whois,
@@ -434,7 +470,7 @@ impl Response {
             Response::Pools(r) => serde_json::to_value(r),
             Response::Stats(r) => serde_json::to_value(r),
             Response::Drops(r) => serde_json::to_value(r),
-            Response::Flushed(r) => serde_json::to_value(r),
+            Response::Flushed(r) | Response::SessionChanged(r) => serde_json::to_value(r),
             Response::Reloaded(r) => serde_json::to_value(r),
             Response::LogLevel(r) => serde_json::to_value(r),
             Response::Whois(r) => serde_json::to_value(r),
@@ -456,6 +492,7 @@ impl Response {
             Command::Stats => Response::Stats(from(v)?),
             Command::Drops => Response::Drops(from(v)?),
             Command::Flush => Response::Flushed(from(v)?),
+            Command::Session => Response::SessionChanged(from(v)?),
             Command::Reload => Response::Reloaded(from(v)?),
             Command::LogLevel => Response::LogLevel(from(v)?),
             Command::Whois => Response::Whois(from(v)?),
@@ -1082,7 +1119,7 @@ impl DropList {
     }
 }
 
-/// Answer to `flush`: what was deleted.
+/// Answer to `flush` and `session`: what was deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlushResult {
     /// Sessions deleted.
@@ -1133,12 +1170,13 @@ pub fn encode_request(id: u64, req: &Request) -> Result<String, serde_json::Erro
         Request::Status
         | Request::Pools
         | Request::Stats
-        | Request::Flush
         | Request::Reload
         | Request::Rules
         | Request::VirtualServers => None,
         Request::Sessions(q) | Request::Mappings(q) => Some(serde_json::to_value(q)?),
         Request::Drops(q) => Some(serde_json::to_value(q)?),
+        Request::Flush(q) => Some(serde_json::to_value(q)?),
+        Request::Session(c) => Some(serde_json::to_value(c)?),
         Request::LogLevel(a) => Some(serde_json::to_value(a)?),
         Request::Whois(q) => Some(serde_json::to_value(q)?),
         Request::Rule(c) => Some(serde_json::to_value(c)?),
@@ -1175,7 +1213,6 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
         Command::Status
         | Command::Pools
         | Command::Stats
-        | Command::Flush
         | Command::Reload
         | Command::Rules
         | Command::VirtualServers => {
@@ -1188,7 +1225,6 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
                 Command::Status => Request::Status,
                 Command::Pools => Request::Pools,
                 Command::Stats => Request::Stats,
-                Command::Flush => Request::Flush,
                 Command::Rules => Request::Rules,
                 Command::VirtualServers => Request::VirtualServers,
                 _ => Request::Reload,
@@ -1197,6 +1233,8 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
         Command::Sessions => Request::Sessions(serde_json::from_value(args).map_err(bad)?),
         Command::Mappings => Request::Mappings(serde_json::from_value(args).map_err(bad)?),
         Command::Drops => Request::Drops(serde_json::from_value(args).map_err(bad)?),
+        Command::Flush => Request::Flush(serde_json::from_value(args).map_err(bad)?),
+        Command::Session => Request::Session(serde_json::from_value(args).map_err(bad)?),
         Command::LogLevel => Request::LogLevel(serde_json::from_value(args).map_err(bad)?),
         Command::Whois => Request::Whois(serde_json::from_value(args).map_err(bad)?),
         Command::Rule => Request::Rule(serde_json::from_value(args).map_err(bad)?),
@@ -1305,7 +1343,15 @@ mod tests {
             Request::Pools,
             Request::Stats,
             Request::Drops(DropsQuery { all: true }),
-            Request::Flush,
+            Request::Flush(FlushQuery::default()),
+            Request::Flush(FlushQuery {
+                subscriber: Some(Ipv4Addr::new(100, 64, 0, 10)),
+            }),
+            Request::Session(SessionChange::Delete {
+                proto: Protocol::Tcp,
+                internal: "100.64.0.10:5000".parse().expect("internal"),
+                remote: "203.0.113.10:443".parse().expect("remote"),
+            }),
             Request::Reload,
             Request::LogLevel(LogLevelArgs {
                 level: LogLevel::Debug,
@@ -1387,6 +1433,40 @@ mod tests {
                 level: LogLevel::Warn
             })
         );
+    }
+
+    #[test]
+    fn documented_flush_and_session_shapes_parse() {
+        let (_, r) = decode_request(br#"{"cmd":"flush"}"#).expect("decode");
+        assert_eq!(r, Request::Flush(FlushQuery { subscriber: None }));
+        let (_, r) = decode_request(br#"{"cmd":"flush","args":{"subscriber":"100.64.0.10"}}"#)
+            .expect("decode");
+        assert_eq!(
+            r,
+            Request::Flush(FlushQuery {
+                subscriber: Some(Ipv4Addr::new(100, 64, 0, 10))
+            })
+        );
+        let (_, r) = decode_request(
+            br#"{"cmd":"session","args":{"op":"delete","proto":"udp","internal":"100.64.0.10:5000","remote":"203.0.113.10:3478"}}"#,
+        )
+        .expect("decode");
+        assert_eq!(
+            r,
+            Request::Session(SessionChange::Delete {
+                proto: Protocol::Udp,
+                internal: "100.64.0.10:5000".parse().expect("internal"),
+                remote: "203.0.113.10:3478".parse().expect("remote"),
+            })
+        );
+        for bad in [
+            r#"{"cmd":"flush","args":{"subscriber":"100.64.0"}}"#,
+            r#"{"cmd":"session","args":{"op":"delete","proto":"udp","internal":"100.64.0.10:5000"}}"#,
+            r#"{"cmd":"session","args":{"op":"kill","proto":"udp","internal":"100.64.0.10:5000","remote":"203.0.113.10:1"}}"#,
+        ] {
+            let (_, e) = decode_request(bad.as_bytes()).expect_err(bad);
+            assert_eq!(e.code(), "bad_request", "{bad}");
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ use natgate_core::rules::{Action, Ipv4Prefix, PortRange, Target};
 use natgate_core::{Direction, Protocol};
 
 use super::protocol::{
-    PortSetRowKind, Request, Response, RuleList, ServerStateName, StatusInfo, VirtualServerList,
-    WhoisList,
+    FlushQuery, PortSetRowKind, Request, Response, RuleList, ServerStateName, SessionChange,
+    StatusInfo, VirtualServerList, WhoisList,
 };
 use crate::observability::logsink::whois::WhoisSource;
 
@@ -298,12 +298,34 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
             t.render(&mut out);
         }
         Response::Flushed(f) => {
+            let whose = match req {
+                Request::Flush(FlushQuery {
+                    subscriber: Some(a),
+                }) => format!(" of {a}"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "flushed {} and {}",
+                "flushed {} and {}{whose}",
                 plural(f.sessions, "session", "sessions"),
                 plural(f.mappings, "mapping", "mappings")
             );
+        }
+        Response::SessionChanged(f) => {
+            let what = match req {
+                Request::Session(SessionChange::Delete {
+                    proto,
+                    internal,
+                    remote,
+                }) => format!("{proto} session {internal} -> {remote}"),
+                _ => plural(f.sessions, "session", "sessions"),
+            };
+            let mapping = if f.mappings > 0 {
+                " and its mapping"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "deleted {what}{mapping}");
         }
         Response::Reloaded(r) => {
             let _ = writeln!(out, "reloaded {}", r.config_path.display());

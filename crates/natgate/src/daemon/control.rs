@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use natgate_core::Protocol;
-use natgate_core::engine::check_reload;
+use natgate_core::engine::{Ended, NoSuchSession, check_reload};
+use natgate_core::{Endpoint, Protocol};
 
 use natgate_core::rules::RuleId;
 
@@ -20,9 +20,10 @@ use super::vservers::check_change;
 use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
-    DataplaneDrop, DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, LogSinkLoss,
-    PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList, StatsInfo,
-    StatusInfo, VirtualServerChange, VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
+    DataplaneDrop, DropList, FastPathStats, FlushQuery, FlushResult, LogLevel, LogLevelArgs,
+    LogSinkLoss, PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList,
+    SessionChange, StatsInfo, StatusInfo, VirtualServerChange, VirtualServerList, WhoisList,
+    WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
 use crate::observability::logsink::whois::WhoisSource;
@@ -398,13 +399,44 @@ impl ControlHandler for ControlService {
                     &q,
                 )))
             }
-            Request::Flush => {
-                let before = self.snapshot(Detail::Summary)?;
-                self.handle.flush().map_err(unavailable)?;
-                Ok(Response::Flushed(FlushResult {
-                    sessions: before.session_count as u64,
-                    mappings: before.mapping_count as u64,
-                }))
+            Request::Flush(FlushQuery { subscriber }) => {
+                let ended = self.handle.flush(subscriber).map_err(unavailable)?;
+                // Said in the diagnostics too: the translation log records each session's end
+                // but not that an operator asked for it.
+                tracing::info!(
+                    subscriber = subscriber.map(tracing::field::display),
+                    sessions = ended.sessions,
+                    mappings = ended.mappings,
+                    "flushed by the operator"
+                );
+                Ok(Response::Flushed(ended_result(ended)))
+            }
+            Request::Session(SessionChange::Delete {
+                proto,
+                internal,
+                remote,
+            }) => {
+                let ep = |a: std::net::SocketAddrV4| Endpoint::new(*a.ip(), a.port());
+                let (internal, remote) = (ep(internal), ep(remote));
+                let ended = self
+                    .handle
+                    .delete_session(proto, internal, remote)
+                    .map_err(unavailable)?
+                    .ok_or_else(|| {
+                        ControlError::Rejected(
+                            NoSuchSession {
+                                proto,
+                                internal,
+                                remote,
+                            }
+                            .to_string(),
+                        )
+                    })?;
+                tracing::info!(
+                    %proto, %internal, %remote, mappings = ended.mappings,
+                    "session deleted by the operator"
+                );
+                Ok(Response::SessionChanged(ended_result(ended)))
             }
             Request::Reload => self.reload(),
             Request::Whois(q) => self.whois(q),
@@ -423,6 +455,14 @@ impl ControlHandler for ControlService {
                 Ok(Response::LogLevel(LogLevelArgs { level }))
             }
         }
+    }
+}
+
+/// What the engines ended, as `flush` and `session` answer it.
+fn ended_result(e: Ended) -> FlushResult {
+    FlushResult {
+        sessions: e.sessions as u64,
+        mappings: e.mappings as u64,
     }
 }
 

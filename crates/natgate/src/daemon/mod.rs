@@ -53,9 +53,9 @@ use natgate_core::alloc::{
 };
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
-use natgate_core::engine::OffloadStats;
+use natgate_core::engine::{Ended, NoSuchSession, OffloadStats};
 use natgate_core::shard;
-use natgate_core::{Counters, Event, Protocol};
+use natgate_core::{Counters, Endpoint, Event, Protocol};
 
 use crate::config::{FastPathMode, Settings};
 use crate::control::protocol::{MappingList, SessionList, TableQuery};
@@ -152,10 +152,23 @@ pub enum Command {
         /// The engine's answer.
         reply: SyncSender<Result<(), String>>,
     },
-    /// Delete every session and mapping.
+    /// Delete every session and mapping, or only one subscriber's.
     Flush {
-        /// Answered when done.
-        reply: SyncSender<()>,
+        /// Only this subscriber's (internal address); everything if `None`.
+        subscriber: Option<Ipv4Addr>,
+        /// Answered with what ended.
+        reply: SyncSender<Ended>,
+    },
+    /// End one session (`ctl session delete`).
+    DeleteSession {
+        /// Its protocol.
+        proto: Protocol,
+        /// Its internal endpoint.
+        internal: Endpoint,
+        /// Its remote endpoint.
+        remote: Endpoint,
+        /// Answered with what ended, or that this worker does not hold it.
+        reply: SyncSender<Result<Ended, NoSuchSession>>,
     },
     /// End the sessions one static NAT rule made (`ctl rule delete ID --flush`).
     FlushRule {
@@ -538,40 +551,65 @@ impl DaemonHandle {
         Ok(all)
     }
 
-    /// Deletes every session and mapping.
-    pub fn flush(&self) -> Result<(), DaemonError> {
-        let mut waiting = Vec::new();
-        for w in &self.workers {
-            let (reply, rx) = mpsc::sync_channel(1);
-            if w.send(Command::Flush { reply }).is_ok() {
-                waiting.push(rx);
-            }
+    /// Deletes every session and mapping, or only `subscriber`'s, in every worker; returns
+    /// what ended.
+    pub fn flush(&self, subscriber: Option<Ipv4Addr>) -> Result<Ended, DaemonError> {
+        let mut ended = Ended::default();
+        for e in self.ask_every_worker(|reply| Command::Flush { subscriber, reply })? {
+            ended += e;
         }
-        for rx in waiting {
-            rx.recv_timeout(REQUEST_TIMEOUT)
-                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?;
+        Ok(ended)
+    }
+
+    /// Ends the session (`proto`, `internal`, `remote`) in whichever worker holds it; `None` if
+    /// none does (and then nothing changed).
+    pub fn delete_session(
+        &self,
+        proto: Protocol,
+        internal: Endpoint,
+        remote: Endpoint,
+    ) -> Result<Option<Ended>, DaemonError> {
+        let answers = self.ask_every_worker(|reply| Command::DeleteSession {
+            proto,
+            internal,
+            remote,
+            reply,
+        })?;
+        let mut ended: Option<Ended> = None;
+        for e in answers.into_iter().flatten() {
+            *ended.get_or_insert_default() += e;
         }
-        Ok(())
+        Ok(ended)
     }
 
     /// Ends every session the rule `id` made, in every worker (static sessions live in
     /// [`shard::STATIC_OWNER`], but asking all keeps this right whatever the steering), and
     /// returns how many ended.
     pub fn flush_rule(&self, id: natgate_core::rules::RuleId) -> Result<u64, DaemonError> {
+        let ended = self.ask_every_worker(|reply| Command::FlushRule { id, reply })?;
+        Ok(ended.into_iter().map(|n| n as u64).sum())
+    }
+
+    /// Sends every worker the command `ask` makes around a reply channel and collects the
+    /// answers (a worker that has stopped is not asked).
+    fn ask_every_worker<T>(
+        &self,
+        ask: impl Fn(SyncSender<T>) -> Command,
+    ) -> Result<Vec<T>, DaemonError> {
         let mut waiting = Vec::new();
         for w in &self.workers {
             let (reply, rx) = mpsc::sync_channel(1);
-            if w.send(Command::FlushRule { id, reply }).is_ok() {
+            if w.send(ask(reply)).is_ok() {
                 waiting.push(rx);
             }
         }
-        let mut ended = 0;
-        for rx in waiting {
-            ended += rx
-                .recv_timeout(REQUEST_TIMEOUT)
-                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))? as u64;
-        }
-        Ok(ended)
+        waiting
+            .into_iter()
+            .map(|rx| {
+                rx.recv_timeout(REQUEST_TIMEOUT)
+                    .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))
+            })
+            .collect()
     }
 }
 
@@ -860,6 +898,11 @@ fn start_fast_path(
 ) -> Result<Option<FastPath>, DaemonError> {
     if settings.fast_path == FastPathMode::Off {
         tracing::info!("data path: slow path (TUN) only, as configured");
+        return Ok(None);
+    }
+    if cfg.behavior.clear_df {
+        // The program forwards established flows as they came, DF included.
+        tracing::info!("data path: slow path (TUN) only: clear-df (lab) needs every packet");
         return Ok(None);
     }
     let side = |name: &str, mtu: u16| -> Result<fastpath::Side, DaemonError> {

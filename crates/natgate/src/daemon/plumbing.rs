@@ -658,13 +658,11 @@ impl Plumbing {
             })?;
         std::thread::scope(|s| {
             let h = s.spawn(move || {
-                rustix::thread::move_into_link_name_space(
-                    std::os::fd::AsFd::as_fd(&ns),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| PlumbingError::Sysctl {
-                    key: "entering the gateway namespace".into(),
-                    source: e.into(),
+                crate::platform::netns::enter(std::os::fd::AsFd::as_fd(&ns)).map_err(|e| {
+                    PlumbingError::Sysctl {
+                        key: "entering the gateway namespace".into(),
+                        source: std::io::Error::other(e),
+                    }
                 })?;
                 self.teardown_here()
             });

@@ -458,9 +458,28 @@ impl Worker {
                     }
                     let _ = reply.send(r);
                 }
-                Ok(Command::Flush { reply }) => {
-                    self.engine.flush(self.clock.now());
-                    let _ = reply.send(());
+                Ok(Command::Flush { subscriber, reply }) => {
+                    let now = self.clock.now();
+                    let ended = match subscriber {
+                        Some(a) => self.engine.flush_subscriber(a, now),
+                        None => self.engine.flush(now),
+                    };
+                    // Out of the fast path too before the operator is told it is done: a
+                    // flow left there would still be carried until the next turn.
+                    self.offload();
+                    let _ = reply.send(ended);
+                }
+                Ok(Command::DeleteSession {
+                    proto,
+                    internal,
+                    remote,
+                    reply,
+                }) => {
+                    let r = self
+                        .engine
+                        .delete_session(proto, internal, remote, self.clock.now());
+                    self.offload();
+                    let _ = reply.send(r);
                 }
                 Ok(Command::FlushRule { id, reply }) => {
                     let ended = self.engine.flush_rule_sessions(id, self.clock.now());

@@ -374,7 +374,8 @@ struct Line {
     external: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remote: Option<String>,
-    /// Why a mapping failed: the drop counter's name (a quota, or the pool running out).
+    /// Why a mapping failed: the drop counter's name (a quota, or the pool running out); why a
+    /// session or mapping ended: `expired`, `operator` or `unused`.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
     /// What made a session (session events only), named as `ctl sessions` names it.
@@ -410,6 +411,7 @@ impl Line {
                 proto,
                 internal,
                 external,
+                reason: _,
             } => (
                 at,
                 "mapping-deleted",
@@ -440,6 +442,7 @@ impl Line {
                 external,
                 remote,
                 origin: _,
+                reason: _,
             } => (
                 at,
                 "session-deleted",
@@ -498,6 +501,9 @@ impl Line {
             remote: remote.filter(|_| log_destinations).map(|e| e.to_string()),
             reason: match *ev {
                 Event::MappingFailed { reason, .. } => Some(reason.name()),
+                Event::SessionDeleted { reason, .. } | Event::MappingDeleted { reason, .. } => {
+                    Some(reason.name())
+                }
                 _ => None,
             },
             origin: match *ev {
@@ -732,6 +738,7 @@ mod tests {
                 proto: p,
                 internal: i,
                 external: x,
+                reason: natgate_core::EndReason::Expired,
             },
             Event::SessionCreated {
                 at,
@@ -748,6 +755,7 @@ mod tests {
                 external: x,
                 remote: r,
                 origin: natgate_core::SessionOrigin::Dynamic,
+                reason: natgate_core::EndReason::Operator,
             },
             Event::MappingFailed {
                 at,
@@ -781,6 +789,10 @@ mod tests {
             ]
         );
         assert_eq!(lines[2]["remote"], "203.0.113.1:3");
+        // Why each ended; nothing for a creation.
+        assert_eq!(lines[1]["reason"], "expired");
+        assert_eq!(lines[3]["reason"], "operator");
+        assert!(lines[2].get("reason").is_none());
         assert_eq!(lines[4]["remote"], "203.0.113.1:3");
         assert!(lines[0].get("remote").is_none());
         assert!(lines[4].get("external").is_none());

@@ -273,9 +273,26 @@ fn open_fd(path: &Path) -> Result<OwnedFd, NetnsError> {
     Ok(f.into())
 }
 
-fn enter(fd: BorrowedFd<'_>) -> Result<(), NetnsError> {
+/// Moves the calling thread into the network namespace `fd` refers to. A thread already in it
+/// is left alone: setns(2) needs CAP_SYS_ADMIN even then, and natgate run as a service, in the
+/// namespace it serves, has no other use for that capability.
+pub(crate) fn enter(fd: BorrowedFd<'_>) -> Result<(), NetnsError> {
+    if is_current(fd) {
+        return Ok(());
+    }
     rustix::thread::move_into_link_name_space(fd, Some(LinkNameSpaceType::Network))
         .map_err(sys_rustix("setns(CLONE_NEWNET)"))
+}
+
+/// Whether `fd` refers to the calling thread's network namespace (the same inode on the nsfs).
+fn is_current(fd: BorrowedFd<'_>) -> bool {
+    match (
+        rustix::fs::fstat(fd),
+        rustix::fs::stat("/proc/thread-self/ns/net"),
+    ) {
+        (Ok(there), Ok(here)) => (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino),
+        _ => false,
+    }
 }
 
 /// Makes `/run/netns` exist and be a shared mount, as iproute2 does, so that

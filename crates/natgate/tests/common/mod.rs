@@ -114,6 +114,20 @@ impl Gateway {
     /// Starts natgate without waiting, as the last arguments of `wrapper` (a command that
     /// ends by exec'ing them, so the child's PID is natgate's); no wrapper if empty.
     pub fn spawn_under(topo: &Topology, config_text: &str, wrapper: &[&str]) -> Self {
+        Self::spawn_with(topo, config_text, wrapper, true)
+    }
+
+    /// Starts natgate without waiting, as a service manager would: already inside the gateway
+    /// namespace (entered by `nsenter` before `wrapper`) instead of entering it with
+    /// `--netns`, which needs CAP_SYS_ADMIN.
+    pub fn spawn_inside_under(topo: &Topology, config_text: &str, wrapper: &[&str]) -> Self {
+        let net = format!("--net={}", topo.gateway.path().display());
+        let mut w = vec!["nsenter", net.as_str()];
+        w.extend_from_slice(wrapper);
+        Self::spawn_with(topo, config_text, &w, false)
+    }
+
+    fn spawn_with(topo: &Topology, config_text: &str, wrapper: &[&str], enter: bool) -> Self {
         let cfg = TempFile::new(&topo.suffix, &with_data_path(config_text));
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -123,12 +137,11 @@ impl Gateway {
             }
             None => Command::new(natgate_bin()),
         };
+        cmd.arg("run").arg("--config").arg(&cfg.0);
+        if enter {
+            cmd.arg("--netns").arg(topo.gateway.name());
+        }
         let mut child = cmd
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg.0)
-            .arg("--netns")
-            .arg(topo.gateway.name())
             .env("NATGATE_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

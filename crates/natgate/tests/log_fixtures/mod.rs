@@ -32,12 +32,14 @@ pub fn events() -> Vec<Event> {
             external: x,
             remote: r,
             origin: natgate_core::SessionOrigin::Dynamic,
+            reason: natgate_core::EndReason::Operator,
         },
         Event::MappingDeleted {
             at,
             proto,
             internal: i,
             external: x,
+            reason: natgate_core::EndReason::Operator,
         },
         Event::MappingFailed {
             at,

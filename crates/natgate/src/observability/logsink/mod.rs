@@ -17,7 +17,7 @@ pub mod whois;
 use std::io;
 use std::net::Ipv4Addr;
 
-use natgate_core::{DropReason, Endpoint, Event, Instant, Protocol, SessionOrigin};
+use natgate_core::{DropReason, EndReason, Endpoint, Event, Instant, Protocol, SessionOrigin};
 
 use crate::observability::eventlog::EventSink;
 
@@ -243,6 +243,7 @@ impl QuotaLimit {
                 Some(QuotaLimit::MaxBibEntries)
             }
             DropReason::SubscriberSessionLimit
+            | DropReason::SubscriberTotalSessionLimit
             | DropReason::SubscriberPortLimit
             | DropReason::SubscriberRateLimit => Some(QuotaLimit::MaxEntriesPerUser),
             DropReason::SubscriberTableFull => Some(QuotaLimit::MaxSubscribers),
@@ -285,6 +286,9 @@ pub struct Record {
     /// What made the session, for session events. No RFC 8158 information element names a
     /// static rule or a real server, so IPFIX leaves it out; the syslog and JSON sinks carry it.
     pub origin: Option<SessionOrigin>,
+    /// Why the session or mapping ended, for delete events: an operator's delete and a timeout
+    /// are both natEvent 5 or 9, so only the syslog and JSON sinks can tell them apart.
+    pub ended: Option<EndReason>,
 }
 
 impl Record {
@@ -306,12 +310,14 @@ impl Record {
                 block: None,
                 quota: None,
                 origin: None,
+                ended: None,
             },
             Event::MappingDeleted {
                 at,
                 proto,
                 internal,
                 external,
+                reason,
             } => Record {
                 at,
                 event: NatEvent::Nat44BibDelete,
@@ -322,6 +328,7 @@ impl Record {
                 block: None,
                 quota: None,
                 origin: None,
+                ended: Some(reason),
             },
             Event::SessionCreated {
                 at,
@@ -340,6 +347,7 @@ impl Record {
                 block: None,
                 quota: None,
                 origin: Some(origin),
+                ended: None,
             },
             Event::SessionDeleted {
                 at,
@@ -348,6 +356,7 @@ impl Record {
                 external,
                 remote,
                 origin,
+                reason,
             } => Record {
                 at,
                 event: NatEvent::Nat44SessionDelete,
@@ -358,6 +367,7 @@ impl Record {
                 block: None,
                 quota: None,
                 origin: Some(origin),
+                ended: Some(reason),
             },
             Event::MappingFailed {
                 at,
@@ -381,6 +391,7 @@ impl Record {
                     block: None,
                     quota,
                     origin: None,
+                    ended: None,
                 }
             }
             Event::PortBlockAllocated {
@@ -411,6 +422,7 @@ impl Record {
                 block: Some(ports),
                 quota: None,
                 origin: None,
+                ended: None,
             },
         }
     }
@@ -473,6 +485,7 @@ mod tests {
                     proto,
                     internal: i,
                     external: x,
+                    reason: EndReason::Expired,
                 },
                 NatEvent::Nat44BibDelete,
                 Some(x),
@@ -499,6 +512,7 @@ mod tests {
                     external: x,
                     remote: r,
                     origin: SessionOrigin::Dynamic,
+                    reason: EndReason::Operator,
                 },
                 NatEvent::Nat44SessionDelete,
                 Some(x),
@@ -531,6 +545,13 @@ mod tests {
                 Event::SessionCreated { .. } | Event::SessionDeleted { .. }
             );
             assert_eq!(rec.origin, session.then_some(SessionOrigin::Dynamic));
+            // Only delete records say why it ended.
+            let ended = match ev {
+                Event::MappingDeleted { .. } => Some(EndReason::Expired),
+                Event::SessionDeleted { .. } => Some(EndReason::Operator),
+                _ => None,
+            };
+            assert_eq!(rec.ended, ended);
         }
     }
 

@@ -181,6 +181,9 @@ impl SyslogSink {
         if let Some(o) = &rec.origin {
             param(out, "origin", o);
         }
+        if let Some(e) = rec.ended {
+            param(out, "reason", e.name());
+        }
         out.push_str("] ");
         out.push_str(rec.event.description());
     }
@@ -341,6 +344,7 @@ mod tests {
             }),
             quota: None,
             origin: None,
+            ended: None,
         };
         let mut m = String::new();
         sink(false).format(&rec, &mut m);

@@ -706,6 +706,7 @@ mod tests {
                 proto,
                 internal: i,
                 external: x,
+                reason: natgate_core::EndReason::Expired,
             },
         ];
         for mappings in [true, false] {
@@ -750,7 +751,8 @@ mod tests {
             at: Instant::from_secs(200),
             proto,
             internal,
-            external
+            external,
+            reason: natgate_core::EndReason::Expired,
         }));
         assert_eq!(handle.shutdown().expect("shutdown").sink_errors, 0);
         let asked =
