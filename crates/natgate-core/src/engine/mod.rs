@@ -14,6 +14,7 @@
 //! (property-tested); BENCHMARKS.md has the figures.
 
 mod answer_limit;
+mod explicit;
 mod host;
 pub(crate) mod icmp_error;
 mod memory;
@@ -35,7 +36,7 @@ use crate::fragment::{
     ClaimError, FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation,
 };
 use crate::rng::Rng;
-use crate::table::{AddressFilter, FlowKey, Mapping, NatTable, Session, SessionId};
+use crate::table::{AddressFilter, ExplicitTable, FlowKey, Mapping, NatTable, Session, SessionId};
 use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -46,6 +47,7 @@ use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
 pub use crate::event::SessionOrigin;
+pub use explicit::{MapError, MapRequest};
 pub use memory::{MemoryModel, MemoryUsage};
 pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
 pub use queues::TRANSMIT_SLOT;
@@ -142,6 +144,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     counters: Counters,
     /// Static NAT rules and virtual servers.
     statics: static_nat::StaticNat,
+    /// Mappings subscribers asked for (PCP, NAT-PMP); their flows live in `statics`' table.
+    explicit: ExplicitTable,
     /// Present while a fast path carries established flows.
     offload: Option<offload::Offload>,
     /// Sources translated from the inside; empty: all (see `Config::inside_networks`).
@@ -216,6 +220,7 @@ impl<A: PortAllocator> Engine<A> {
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
             statics: static_nat::StaticNat::new(cfg, seed),
+            explicit: ExplicitTable::new(),
             offload: None,
             inside_networks: cfg.inside_networks.clone().into_boxed_slice(),
             host_ports: cfg.host_ports,
@@ -622,6 +627,7 @@ impl<A: PortAllocator> Engine<A> {
     /// that is due, so that a flow whose packets all go through the fast path lives as long as
     /// one whose packets come through the engine.
     pub fn handle_timeout_with(&mut self, now: Instant, fast_path: &mut impl FastPathView) {
+        self.expire_explicit(now);
         self.expire_statics(now);
         let now_s = now.as_secs();
         let behavior = self.behavior;
@@ -689,6 +695,7 @@ impl<A: PortAllocator> Engine<A> {
                 .map(|s| Instant::from_secs(u64::from(s))),
             self.fragments.next_expiry(),
             self.held_syns.next_expiry(hold),
+            self.explicit_next_expiry(),
         ]
         .into_iter()
         .flatten()

@@ -1,0 +1,301 @@
+//! Explicit mappings with packet fixtures: what a MAP opens, for whom, and for how long.
+
+use super::super::tests::{Pkt, assert_checksums, endpoints, ep, tcp, udp};
+use super::*;
+use crate::alloc::{ConfiguredAllocator, Share};
+use crate::config::{
+    Allocation, Config, FilteringBehavior, MappingBehavior, PortBlockSpec, SubscriberLimits,
+};
+use crate::endpoint::{Ipv4Prefix, Side};
+use crate::verdict::Verdict;
+use std::net::Ipv4Addr;
+
+const POOL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const INSIDE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+const SUB: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
+const WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const WAN2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+
+fn t(secs: u64) -> Instant {
+    Instant::from_secs(secs)
+}
+
+/// An engine whose dynamic behaviour is the strictest there is (address-and-port-dependent
+/// mapping and filtering, allowed in lab mode), so that everything an explicit mapping lets
+/// in is its doing.
+fn engine_with(f: impl FnOnce(&mut Config)) -> Engine<ConfiguredAllocator> {
+    let mut c = Config::new(vec![POOL], INSIDE);
+    c.limits.max_sessions = 256;
+    c.limits.max_mappings = 256;
+    c.limits.max_static_sessions = 64;
+    c.behavior.mapping = MappingBehavior::AddressAndPortDependent;
+    c.behavior.filtering = FilteringBehavior::AddressAndPortDependent;
+    c.lab = true;
+    c.inside_networks = vec![Ipv4Prefix::new(Ipv4Addr::new(100, 64, 0, 0), 10).expect("prefix")];
+    f(&mut c);
+    let cfg = c.validate().expect("valid test config");
+    let alloc = ConfiguredAllocator::from_config(&cfg, Share::WHOLE).expect("allocator");
+    Engine::with_allocator(cfg, alloc, 3)
+}
+
+fn engine() -> Engine<ConfiguredAllocator> {
+    engine_with(|_| {})
+}
+
+fn request(proto: Protocol, port: u16, secs: u64) -> MapRequest {
+    MapRequest {
+        proto,
+        internal: ep(SUB, port),
+        lifetime: Duration::from_secs(secs),
+        origin: MappingOrigin::NatPmp,
+        peers: Vec::new(),
+    }
+}
+
+/// Sends `p` in from `side`; returns the verdict and, when forwarded, the translated endpoints
+/// (checksums checked).
+fn send<A: PortAllocator>(
+    e: &mut Engine<A>,
+    now: Instant,
+    side: Side,
+    mut p: Pkt,
+) -> (Verdict, Endpoint, Endpoint) {
+    let v = e.process(now, side, &mut p.buf, p.len);
+    if let Verdict::Forward(_) = v {
+        assert_checksums(p.bytes());
+    }
+    let (src, dst) = endpoints(p.bytes());
+    (v, src, dst)
+}
+
+#[test]
+fn inbound_from_any_remote_reaches_the_host_after_a_map_and_not_after_deletion() {
+    let mut e = engine();
+    let m = e
+        .map_explicit(t(0), request(Protocol::Udp, 4000, 60), 8)
+        .expect("mapped");
+    assert_eq!(m.external.addr, POOL);
+    assert!(matches!(
+        e.poll_event(),
+        Some(Event::ExplicitMappingCreated { internal, external, origin: MappingOrigin::NatPmp, .. })
+            if internal == ep(SUB, 4000) && external == m.external
+    ));
+    for remote in [ep(WAN, 9), ep(WAN2, 1234)] {
+        let (v, src, dst) = send(&mut e, t(1), Side::Outside, udp(remote, m.external, b"hi"));
+        assert_eq!(v, Verdict::Forward(Side::Inside), "from {remote}");
+        assert_eq!((src, dst), (remote, ep(SUB, 4000)));
+    }
+    // Outbound from the mapped endpoint leaves from the mapped external endpoint, to anyone
+    // (endpoint-independent mapping, though the dynamic behaviour is dependent).
+    let (v, src, _) = send(
+        &mut e,
+        t(1),
+        Side::Inside,
+        udp(ep(SUB, 4000), ep(WAN, 7), b"x"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Outside));
+    assert_eq!(src, m.external);
+
+    let gone = e
+        .unmap_explicit(t(2), Protocol::Udp, ep(SUB, 4000))
+        .expect("there");
+    assert_eq!(gone.external, m.external);
+    // Its flows went with it: not even the remote that already talked gets in.
+    let (v, ..) = send(
+        &mut e,
+        t(3),
+        Side::Outside,
+        udp(ep(WAN, 9), m.external, b"hi"),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoMapping));
+    assert_eq!(e.static_session_count(), 0);
+    assert!(
+        e.unmap_explicit(t(3), Protocol::Udp, ep(SUB, 4000))
+            .is_none()
+    );
+}
+
+#[test]
+fn a_mapping_ends_with_its_lifetime_and_a_renewal_extends_it() {
+    let mut e = engine();
+    let m = e
+        .map_explicit(t(0), request(Protocol::Tcp, 22, 100), 8)
+        .expect("mapped");
+    assert_eq!(e.next_timeout(), Some(t(100)));
+    let again = e
+        .map_explicit(t(50), request(Protocol::Tcp, 22, 100), 8)
+        .expect("renewed");
+    assert_eq!(again.external, m.external, "a renewal keeps the endpoint");
+    assert_eq!(e.next_timeout(), Some(t(150)));
+    e.handle_timeout(t(120));
+    let (v, _, dst) = send(
+        &mut e,
+        t(120),
+        Side::Outside,
+        tcp(ep(WAN, 5555), m.external, "S"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(dst, ep(SUB, 22));
+    // A non-SYN opens nothing (RFC 5382).
+    let (v, ..) = send(
+        &mut e,
+        t(120),
+        Side::Outside,
+        tcp(ep(WAN2, 1), m.external, "A"),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::TcpNoSession));
+    e.handle_timeout(t(150));
+    assert!(e.explicit_mapping(Protocol::Tcp, ep(SUB, 22)).is_none());
+    let (v, ..) = send(
+        &mut e,
+        t(151),
+        Side::Outside,
+        tcp(ep(WAN, 5556), m.external, "S"),
+    );
+    assert_ne!(v, Verdict::Forward(Side::Inside));
+}
+
+#[test]
+fn a_filter_admits_only_its_peers() {
+    let mut e = engine();
+    let mut req = request(Protocol::Udp, 4000, 60);
+    req.peers = vec![RemotePeer {
+        prefix: Ipv4Prefix::new(WAN, 32).expect("prefix"),
+        port: None,
+    }];
+    let m = e.map_explicit(t(0), req, 8).expect("mapped");
+    let (v, ..) = send(
+        &mut e,
+        t(1),
+        Side::Outside,
+        udp(ep(WAN, 9), m.external, b"a"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    let (v, ..) = send(
+        &mut e,
+        t(1),
+        Side::Outside,
+        udp(ep(WAN2, 9), m.external, b"a"),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Filtered));
+}
+
+#[test]
+fn the_port_is_held_down_after_release() {
+    let mut e = engine();
+    let first = e
+        .map_explicit(t(0), request(Protocol::Udp, 4000, 60), 8)
+        .expect("mapped")
+        .external;
+    e.unmap_explicit(t(1), Protocol::Udp, ep(SUB, 4000));
+    // The next mappings, of this or another endpoint, do not get the port back at once.
+    for port in 4000..4020 {
+        let m = e
+            .map_explicit(t(2), request(Protocol::Udp, port, 60), 64)
+            .expect("mapped");
+        assert_ne!(m.external, first);
+    }
+}
+
+#[test]
+fn requests_are_checked_before_anything_changes() {
+    let mut e = engine();
+    let mut outside = request(Protocol::Udp, 4000, 60);
+    outside.internal = ep(Ipv4Addr::new(192, 168, 1, 2), 4000);
+    assert_eq!(e.map_explicit(t(0), outside, 8), Err(MapError::NotInside));
+    assert_eq!(
+        e.map_explicit(t(0), request(Protocol::Icmp, 1, 60), 8),
+        Err(MapError::UnsupportedProtocol)
+    );
+    assert_eq!(
+        e.map_explicit(t(0), request(Protocol::Udp, 0, 60), 8),
+        Err(MapError::ZeroPort)
+    );
+    for port in [1, 2] {
+        e.map_explicit(t(0), request(Protocol::Udp, port, 60), 2)
+            .expect("under the cap");
+    }
+    assert_eq!(
+        e.map_explicit(t(0), request(Protocol::Tcp, 3, 60), 2),
+        Err(MapError::MappingLimit)
+    );
+    // A renewal is not a new mapping.
+    assert!(
+        e.map_explicit(t(0), request(Protocol::Udp, 2, 60), 2)
+            .is_ok()
+    );
+    assert_eq!(e.explicit_mappings().count(), 2);
+}
+
+#[test]
+fn mappings_come_from_the_subscribers_port_block_and_count_against_its_limits() {
+    let mut e = engine_with(|c| {
+        c.allocation = Allocation::PortBlock(PortBlockSpec {
+            block_size: 4,
+            max_blocks_per_subscriber: 1,
+        });
+    });
+    let mut block = Vec::new();
+    for port in 1..=4 {
+        block.push(
+            e.map_explicit(t(0), request(Protocol::Udp, port, 60), 64)
+                .expect("in the block")
+                .external
+                .port,
+        );
+    }
+    let first = *block.iter().min().expect("four");
+    assert!(block.iter().all(|p| (first..first + 4).contains(p)));
+    assert_eq!(
+        e.map_explicit(t(0), request(Protocol::Udp, 5, 60), 64),
+        Err(MapError::NoResources(DropReason::SubscriberPortLimit))
+    );
+
+    let mut q = engine_with(|c| {
+        c.limits.subscriber = SubscriberLimits {
+            max_udp_sessions: 1,
+            max_tcp_sessions: 1,
+            max_icmp_sessions: 1,
+            max_subscribers: 4,
+            ..SubscriberLimits::default()
+        };
+    });
+    q.map_explicit(t(0), request(Protocol::Udp, 1, 60), 64)
+        .expect("first");
+    assert_eq!(
+        q.map_explicit(t(0), request(Protocol::Udp, 2, 60), 64),
+        Err(MapError::NoResources(DropReason::SubscriberSessionLimit))
+    );
+    q.unmap_explicit(t(1), Protocol::Udp, ep(SUB, 1));
+    assert!(
+        q.map_explicit(t(1), request(Protocol::Udp, 2, 60), 64)
+            .is_ok(),
+        "the charge went with the mapping"
+    );
+}
+
+#[test]
+fn mappings_survive_a_reload() {
+    let mut e = engine();
+    let m = e
+        .map_explicit(t(0), request(Protocol::Udp, 4000, 60), 8)
+        .expect("mapped");
+    let mut c = Config::new(vec![POOL], INSIDE);
+    c.limits.max_sessions = 256;
+    c.limits.max_mappings = 256;
+    c.limits.max_static_sessions = 64;
+    c.behavior.mapping = MappingBehavior::AddressAndPortDependent;
+    c.behavior.filtering = FilteringBehavior::AddressAndPortDependent;
+    c.lab = true;
+    c.behavior.timers.udp = 600;
+    e.reconfigure(&c.validate().expect("valid"))
+        .expect("reloads");
+    let (v, _, dst) = send(
+        &mut e,
+        t(1),
+        Side::Outside,
+        udp(ep(WAN, 9), m.external, b"a"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(dst, ep(SUB, 4000));
+}
