@@ -143,6 +143,27 @@ impl<A: PortAllocator> Engine<A> {
         Some(m)
     }
 
+    /// Whether `addr` is a subscriber this engine translates for (in the inside networks, or
+    /// any address when none are configured): whom a port-mapping server may serve.
+    pub fn serves(&self, addr: std::net::Ipv4Addr) -> bool {
+        self.source_is_inside(addr)
+    }
+
+    /// The external address to tell `subscriber` it has (NAT-PMP's public address request):
+    /// the address of one of its explicit mappings, else the pool's first address (the one
+    /// address of a home gateway; with paired pooling over several, a subscriber's flows may
+    /// leave from another, which PCP's MAP answers, with the address of each mapping, say).
+    pub fn external_address_for(
+        &self,
+        subscriber: std::net::Ipv4Addr,
+    ) -> Option<std::net::Ipv4Addr> {
+        self.explicit
+            .iter()
+            .find(|m| m.internal.addr == subscriber)
+            .map(|m| m.external.addr)
+            .or_else(|| self.statics.pool.first().copied())
+    }
+
     /// The explicit mapping of `internal` for `proto`.
     pub fn explicit_mapping(
         &self,

@@ -76,7 +76,7 @@ pub(super) struct StaticNat {
     /// The ports the allocator was last told to withhold.
     reserved: Vec<(Ipv4Addr, Protocol, PortRange)>,
     /// The pool: the addresses whose ports can be reserved (fixed for the engine's life).
-    pool: Vec<Ipv4Addr>,
+    pub(super) pool: Vec<Ipv4Addr>,
 }
 
 impl StaticNat {
