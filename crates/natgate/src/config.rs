@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use natgate_core::config::{
     Allocation, Behavior, BehaviorSpec, Ipv4Prefix, Limits, SubscriberLimits, TtlHandling,
 };
+use natgate_core::portmap::PortMapConfig;
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::VirtualServerSpec;
 use natgate_core::{Config, ConfigError, ValidConfig};
@@ -91,6 +92,10 @@ pub struct FileConfig {
     /// Virtual servers (`[[virtual-server]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_server: Vec<VirtualServerSpec>,
+    /// Port-mapping protocols (PCP, NAT-PMP) answered on the inside: the core's own settings
+    /// (`docs/port-mapping.md`).
+    #[serde(default)]
+    pub port_mapping: PortMapConfig,
 }
 
 /// `[interfaces]`.
@@ -533,6 +538,8 @@ pub struct Settings {
     /// The virtual servers. Start as the file's; `natgate ctl vserver ...` changes the running
     /// copy's real servers.
     pub virtual_servers: Vec<VirtualServerSpec>,
+    /// The port-mapping server's settings.
+    pub port_mapping: PortMapConfig,
     /// The file as parsed (for printing the effective config).
     pub file: FileConfig,
 }
@@ -711,6 +718,9 @@ impl Settings {
                 ));
             }
         }
+        file.port_mapping
+            .check()
+            .map_err(|(key, why)| invalid(key, why))?;
         let mut behavior = file.behavior.resolve();
         // The kernel decrements the TTL routing into the TUN and again out of it, so the engine
         // gives one back, unless the file asks otherwise (see `TtlHandling`).
@@ -737,6 +747,7 @@ impl Settings {
             log: log_settings(&file, &invalid)?,
             rules: file.rule.clone(),
             virtual_servers: file.virtual_server.clone(),
+            port_mapping: file.port_mapping.clone(),
             file,
         };
         // Check everything the engine checks now, with stand-in addresses where the real ones
@@ -1261,6 +1272,27 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
         );
         let bad = text.replace("30000-60999", "1024-65535");
         assert!(Settings::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn port_mapping_from_the_file_and_its_errors_with_key_and_line() {
+        let home = Settings::parse(include_str!("../../../examples/home-gateway.toml")).unwrap();
+        assert!(home.port_mapping.pcp && home.port_mapping.nat_pmp);
+        let cgn = Settings::parse(include_str!("../../../examples/cgn.toml")).unwrap();
+        assert!(cgn.port_mapping.pcp && !cgn.port_mapping.nat_pmp);
+        let base = "[interfaces]\ninside = \"lan0\"\noutside = \"wan0\"\n\
+                    [pool]\naddresses = [\"198.51.100.0/30\"]\n";
+        assert!(!Settings::parse(base).unwrap().port_mapping.enabled());
+        let text =
+            format!("{base}[port-mapping]\npcp = true\nmin-lifetime = 600\nmax-lifetime = 60\n");
+        let e = Settings::parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("line 9: port-mapping.max-lifetime"), "{e}");
+        let text = format!("{base}[port-mapping]\npcp = true\nthird-party = [\"10.0.0.1/8\"]\n");
+        let e = Settings::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("third-party"), "{e}");
+        let text = format!("{base}[port-mapping]\nupnp = true\n");
+        let e = Settings::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("upnp"), "{e}");
     }
 
     #[test]

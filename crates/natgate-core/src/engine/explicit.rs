@@ -178,6 +178,32 @@ impl<A: PortAllocator> Engine<A> {
         self.explicit.iter()
     }
 
+    /// The explicit mappings as operators see them, with the flows each carries now (one
+    /// pass over the static sessions: a control-plane listing, never on the packet path).
+    pub(super) fn explicit_infos(&self) -> impl Iterator<Item = super::MappingInfo> + '_ {
+        let mut flows: std::collections::BTreeMap<(Protocol, Endpoint), u32> =
+            std::collections::BTreeMap::new();
+        if !self.explicit.is_empty()
+            && let Some(t) = self.statics.table.as_ref()
+        {
+            for (_, s) in t.iter() {
+                if matches!(s.origin, StaticOrigin::Explicit(_)) {
+                    *flows.entry((s.proto, s.inside_local)).or_default() += 1;
+                }
+            }
+        }
+        self.explicit.iter().map(move |m| super::MappingInfo {
+            proto: m.proto,
+            internal: m.internal,
+            external: m.external,
+            sessions: flows.get(&(m.proto, m.internal)).copied().unwrap_or(0),
+            explicit: Some(super::ExplicitInfo {
+                origin: m.origin,
+                expires: m.expires,
+            }),
+        })
+    }
+
     /// Ends the explicit mappings whose lifetime ran out (from `handle_timeout`).
     pub(super) fn expire_explicit(&mut self, now: Instant) {
         for m in self.explicit.expire(now) {

@@ -119,6 +119,18 @@ pub struct MappingInfo {
     pub external: Endpoint,
     /// Live sessions using it.
     pub sessions: u32,
+    /// For an explicit mapping (PCP, NAT-PMP): who asked for it and when it ends; `None` for
+    /// a mapping that outbound packets made.
+    pub explicit: Option<ExplicitInfo>,
+}
+
+/// What an explicit mapping adds to a [`MappingInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExplicitInfo {
+    /// Who asked for it.
+    pub origin: crate::table::MappingOrigin,
+    /// When its lifetime ends unless renewed.
+    pub expires: Instant,
 }
 
 /// The NAPT44 engine. One engine is one shard: it owns its tables and is driven by one thread.
@@ -764,12 +776,16 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Every live mapping, in table order.
     pub fn mappings(&self) -> impl Iterator<Item = MappingInfo> + '_ {
-        self.sessions.mappings().map(|(_, m)| MappingInfo {
-            proto: m.proto,
-            internal: m.internal,
-            external: m.external,
-            sessions: m.sessions,
-        })
+        self.sessions
+            .mappings()
+            .map(|(_, m)| MappingInfo {
+                proto: m.proto,
+                internal: m.internal,
+                external: m.external,
+                sessions: m.sessions,
+                explicit: None,
+            })
+            .chain(self.explicit_infos())
     }
 
     /// Bytes held by the session table (sessions, the mappings folded into them or shared,

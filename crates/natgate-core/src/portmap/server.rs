@@ -134,15 +134,16 @@ impl PortMapServer {
     }
 
     /// The unsolicited PCP ANNOUNCE (RFC 6887 section 14.1.2) a server multicasts to
-    /// 224.0.0.1:5350 when it starts or lost its state, so that clients renew at once.
-    pub fn announce(&self, now: Instant, out: &mut [u8; pcp::MAX_MESSAGE]) -> usize {
+    /// 224.0.0.1:5350 when it starts or lost its state, so that clients renew at once; `epoch`
+    /// is [`Self::epoch`] (0 at start).
+    pub fn announcement(epoch: u32, out: &mut [u8; pcp::MAX_MESSAGE]) -> usize {
         pcp::write_response(
             out,
             &pcp::Response {
                 opcode: pcp::Opcode::Announce as u8,
                 result: ResultCode::Success,
                 lifetime: 0,
-                epoch: self.epoch(now),
+                epoch,
                 payload: Payload::None,
             },
         )

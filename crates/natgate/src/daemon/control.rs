@@ -21,8 +21,8 @@ use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
     DataplaneDrop, DropList, FastPathStats, FlushResult, LogLevel, LogLevelArgs, LogSinkLoss,
-    PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList, StatsInfo,
-    StatusInfo, VirtualServerChange, VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
+    MappingRow, PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList,
+    StatsInfo, StatusInfo, VirtualServerChange, VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
 use crate::observability::logsink::whois::WhoisSource;
@@ -111,7 +111,7 @@ impl ControlService {
         })?;
         let new = Settings::load(&path).map_err(|e| ControlError::Rejected(e.to_string()))?;
         let mut cur = self.settings();
-        let fixed: [(&str, bool); 10] = [
+        let fixed: [(&str, bool); 11] = [
             (
                 "interfaces",
                 new.inside == cur.inside
@@ -132,6 +132,9 @@ impl ControlService {
             ("metrics", new.metrics_listen == cur.metrics_listen),
             ("allocation", new.allocation == cur.allocation),
             ("log", new.log == cur.log),
+            // The server socket and each worker's server are set up at start; the mappings
+            // themselves live in the engines and are kept across a reload.
+            ("port-mapping", new.port_mapping == cur.port_mapping),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ControlError::Rejected(format!(
@@ -379,7 +382,7 @@ impl ControlHandler for ControlService {
             }
             Request::Mappings(q) => {
                 let snap = self.snapshot(Detail::Tables)?;
-                let mut list = q.collect_mappings(snap.mappings);
+                let mut list = q.collect_mappings(snap.mappings, snap.now);
                 list.finish(&q);
                 Ok(Response::Mappings(list))
             }
@@ -399,6 +402,20 @@ impl ControlHandler for ControlService {
                     [&snap.counters],
                     &q,
                 )))
+            }
+            Request::Unmap(a) => {
+                let internal = natgate_core::Endpoint::new(*a.internal.ip(), a.internal.port());
+                let now = self.snapshot(Detail::Summary)?.now;
+                match self.handle.unmap(a.proto, internal).map_err(unavailable)? {
+                    Some(m) => {
+                        tracing::info!(proto = %a.proto, internal = %a.internal, "explicit mapping deleted");
+                        Ok(Response::Unmapped(MappingRow::new(&m, now)))
+                    }
+                    None => Err(ControlError::Rejected(format!(
+                        "no explicit {} mapping of {}",
+                        a.proto, a.internal
+                    ))),
+                }
             }
             Request::Flush => {
                 let before = self.snapshot(Detail::Summary)?;

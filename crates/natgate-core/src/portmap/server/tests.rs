@@ -487,7 +487,7 @@ fn pcp_peer_and_announce() {
     let r = ask(&mut s, &mut e, t(1005), client, &announce);
     assert_eq!(&r[..12], &[2, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
     let mut out = [0u8; pcp::MAX_MESSAGE];
-    let n = s.announce(t(1007), &mut out);
+    let n = PortMapServer::announcement(s.epoch(t(1007)), &mut out);
     assert_eq!(
         &out[..n],
         &[
