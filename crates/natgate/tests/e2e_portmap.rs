@@ -2,7 +2,8 @@
 //! package `natpmpc`) gets the public address and maps UDP and TCP ports, and a WAN host then
 //! reaches the subscriber's listening socket through the mapped address and port; after the
 //! deletion it no longer does. The `crab_nat` crate's PCP client maps a port the same way, and
-//! its request for another host's address is refused. Real sockets in the standard topology's
+//! its request for another host's address is refused; the gateway's PCP ANNOUNCE reaches the
+//! subscribers when it starts. Real sockets in the standard topology's
 //! namespaces; needs root (and `natpmpc` for the NAT-PMP test), skips otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -256,7 +257,17 @@ fn an_independent_pcp_client_maps_a_port_and_cannot_map_another_host() {
         return;
     }
     let topo = topology();
+    // PCP clients listen on 5350 for the ANNOUNCE a server multicasts when it starts.
+    let announce = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5350));
     let _gw = Gateway::start(&topo, &config(&topo, PORT_MAPPING));
+    let (bytes, from) = recv(&announce, T).expect("no PCP ANNOUNCE at start");
+    assert_eq!(from.ip(), IpAddr::V4(addr::GW_LAN));
+    assert_eq!(bytes.len(), 24);
+    assert_eq!(
+        &bytes[..8],
+        &[2, 0x80, 0, 0, 0, 0, 0, 0],
+        "ANNOUNCE response, SUCCESS"
+    );
     let listening = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5000));
     let (ip, port) = pcp_map(&topo.sub1, addr::SUB1, 5000).expect("PCP MAP");
     let IpAddr::V4(ip) = ip else {

@@ -66,10 +66,20 @@ portmap_drops! {
 pub struct PortMapCounters {
     /// Requests dropped, by [`PortMapDrop`] (in [`PortMapDrop::ALL`] order).
     pub drops: [u64; 5],
-    /// PCP answers by result code (0..=13).
+    /// PCP answers by result code (in [`pcp::ResultCode::ALL`] order).
     pub pcp_results: [u64; 14],
-    /// NAT-PMP answers by result code (0..=5).
+    /// NAT-PMP answers by result code (in [`natpmp::ResultCode::ALL`] order).
     pub natpmp_results: [u64; 6],
+}
+
+impl PortMapCounters {
+    /// Adds another server's counters (one per worker) to these.
+    pub fn merge(&mut self, other: &PortMapCounters) {
+        let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        add(&mut self.drops, &other.drops);
+        add(&mut self.pcp_results, &other.pcp_results);
+        add(&mut self.natpmp_results, &other.natpmp_results);
+    }
 }
 
 /// What to do with a request.

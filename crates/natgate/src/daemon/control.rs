@@ -346,6 +346,7 @@ impl ControlService {
         }
         m.mappings = snap.mapping_count as u64;
         m.pools = self.pools(&snap).addresses;
+        m.portmap = snap.portmap.clone();
         m
     }
 }

@@ -233,6 +233,8 @@ pub struct WorkerSnapshot {
     pub io: IoCounters,
     /// The worker's clock when it answered.
     pub now: natgate_core::Instant,
+    /// Its port-mapping server's counters (zero when none runs).
+    pub portmap: natgate_core::portmap::PortMapCounters,
 }
 
 /// The whole gateway's state, summed over workers.
@@ -265,6 +267,8 @@ pub struct Snapshot {
     pub io: IoCounters,
     /// Engine clock (milliseconds since start).
     pub now: natgate_core::Instant,
+    /// The port-mapping servers' counters, summed.
+    pub portmap: natgate_core::portmap::PortMapCounters,
     /// Workers that answered.
     pub workers: usize,
 }
@@ -440,6 +444,7 @@ impl DaemonHandle {
                 total.sessions_by_proto[p] += s.sessions_by_proto[p];
             }
             total.sessions.extend(s.sessions);
+            total.portmap.merge(&s.portmap);
             total.mappings.extend(s.mappings);
             merge_usage(&mut total.pools, s.pools);
             merge_port_sets(&mut total.port_sets, s.port_sets);

@@ -448,6 +448,11 @@ impl Worker {
                         held_syns: e.held_syn_count(),
                         io: self.io,
                         now: self.clock.now(),
+                        portmap: self
+                            .portmap
+                            .as_ref()
+                            .map(|p| p.counters().clone())
+                            .unwrap_or_default(),
                     };
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(snap);

@@ -534,6 +534,27 @@ fn per_subscriber_cap_and_rate_limit() {
 }
 
 #[test]
+fn result_codes_are_listed_in_numeric_order_and_counters_merge() {
+    for (i, c) in pcp::ResultCode::ALL.iter().enumerate() {
+        assert_eq!(*c as usize, i, "{}", c.name());
+    }
+    for (i, c) in natpmp::ResultCode::ALL.iter().enumerate() {
+        assert_eq!(*c as usize, i, "{}", c.name());
+    }
+    let mut a = PortMapCounters::default();
+    let mut b = PortMapCounters::default();
+    b.drops[1] = 2;
+    b.pcp_results[13] = 3;
+    b.natpmp_results[5] = 4;
+    a.merge(&b);
+    a.merge(&b);
+    assert_eq!(
+        (a.drops[1], a.pcp_results[13], a.natpmp_results[5]),
+        (4, 6, 8)
+    );
+}
+
+#[test]
 fn drop_reasons_are_named_once() {
     let names: Vec<&str> = PortMapDrop::ALL.iter().map(|d| d.name()).collect();
     assert_eq!(names.len(), PortMapCounters::default().drops.len());

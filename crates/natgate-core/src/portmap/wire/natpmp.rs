@@ -27,6 +27,30 @@ pub enum ResultCode {
     UnsupportedOpcode = 5,
 }
 
+impl ResultCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ResultCode; 6] = [
+        ResultCode::Success,
+        ResultCode::UnsupportedVersion,
+        ResultCode::NotAuthorized,
+        ResultCode::NetworkFailure,
+        ResultCode::OutOfResources,
+        ResultCode::UnsupportedOpcode,
+    ];
+
+    /// A lower-case name: the metrics label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ResultCode::Success => "success",
+            ResultCode::UnsupportedVersion => "unsupported_version",
+            ResultCode::NotAuthorized => "not_authorized",
+            ResultCode::NetworkFailure => "network_failure",
+            ResultCode::OutOfResources => "out_of_resources",
+            ResultCode::UnsupportedOpcode => "unsupported_opcode",
+        }
+    }
+}
+
 /// A mapping's protocol by its NAT-PMP opcode (RFC 6886 section 3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapProto {

@@ -56,6 +56,44 @@ pub enum ResultCode {
 }
 
 impl ResultCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ResultCode; 14] = [
+        ResultCode::Success,
+        ResultCode::UnsuppVersion,
+        ResultCode::NotAuthorized,
+        ResultCode::MalformedRequest,
+        ResultCode::UnsuppOpcode,
+        ResultCode::UnsuppOption,
+        ResultCode::MalformedOption,
+        ResultCode::NetworkFailure,
+        ResultCode::NoResources,
+        ResultCode::UnsuppProtocol,
+        ResultCode::UserExQuota,
+        ResultCode::CannotProvideExternal,
+        ResultCode::AddressMismatch,
+        ResultCode::ExcessiveRemotePeers,
+    ];
+
+    /// The RFC's name, lower-case: the metrics label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ResultCode::Success => "success",
+            ResultCode::UnsuppVersion => "unsupp_version",
+            ResultCode::NotAuthorized => "not_authorized",
+            ResultCode::MalformedRequest => "malformed_request",
+            ResultCode::UnsuppOpcode => "unsupp_opcode",
+            ResultCode::UnsuppOption => "unsupp_option",
+            ResultCode::MalformedOption => "malformed_option",
+            ResultCode::NetworkFailure => "network_failure",
+            ResultCode::NoResources => "no_resources",
+            ResultCode::UnsuppProtocol => "unsupp_protocol",
+            ResultCode::UserExQuota => "user_ex_quota",
+            ResultCode::CannotProvideExternal => "cannot_provide_external",
+            ResultCode::AddressMismatch => "address_mismatch",
+            ResultCode::ExcessiveRemotePeers => "excessive_remote_peers",
+        }
+    }
+
     /// Whether the error is long-lived (RFC 6887 section 7.4): a retry will fail the same way
     /// until something is reconfigured, so the client is told to wait long.
     pub const fn is_long_lived(self) -> bool {
