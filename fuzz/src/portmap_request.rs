@@ -28,6 +28,7 @@ pub fn run(data: &[u8]) {
         return;
     };
     c.inside_networks = vec![inside];
+    c.explicit_mappings = first & 8 == 0;
     let Ok(cfg) = c.validate() else {
         panic!("the fixed config is valid");
     };

@@ -798,6 +798,7 @@ impl Settings {
                 PoolSource::OutsideAddress { nat_ports } => Some(nat_ports),
                 PoolSource::Addresses(_) => None,
             },
+            explicit_mappings: self.port_mapping.enabled(),
         };
         let n = self.queues.max(1);
         if let Some(total) = config.limits.max_memory

@@ -35,6 +35,9 @@ pub struct MapRequest {
 /// Why an explicit mapping could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MapError {
+    /// The engine's config does not take explicit mappings (`Config::explicit_mappings`).
+    #[error("this engine takes no explicit mappings")]
+    Disabled,
     /// Only TCP and UDP ports can be mapped.
     #[error("only TCP and UDP can be mapped")]
     UnsupportedProtocol,
@@ -71,6 +74,9 @@ impl<A: PortAllocator> Engine<A> {
         }
         if !self.source_is_inside(req.internal.addr) {
             return Err(MapError::NotInside);
+        }
+        if self.statics.table.is_none() {
+            return Err(MapError::Disabled);
         }
         let expires = now + req.lifetime;
         if let Some(m) = self.explicit.get_mut(req.proto, req.internal) {
@@ -109,7 +115,6 @@ impl<A: PortAllocator> Engine<A> {
                 }));
             }
         };
-        self.statics.build_table();
         let m = ExplicitMapping {
             proto: req.proto,
             internal: req.internal,

@@ -106,18 +106,13 @@ impl StaticNat {
         statics
     }
 
-    /// Builds the session table if `cfg` has rules or virtual servers and it is not there yet.
-    /// Never on the packet path: at construction and on reload.
+    /// Builds the session table if `cfg` has rules or virtual servers or takes explicit
+    /// mappings (whose flows live here too) and it is not there yet. Never on the packet path:
+    /// at construction and on reload.
     fn ensure_table(&mut self, cfg: &Config) {
-        if !cfg.rules.is_empty() || !cfg.virtual_servers.is_empty() {
-            self.build_table();
-        }
-    }
-
-    /// Builds the session table if it is not there yet: for rules and virtual servers, and for
-    /// the first explicit mapping (whose sessions live here too). Never on the packet path.
-    pub(super) fn build_table(&mut self) {
-        if self.table.is_none() {
+        let wanted =
+            !cfg.rules.is_empty() || !cfg.virtual_servers.is_empty() || cfg.explicit_mappings;
+        if self.table.is_none() && wanted {
             let seed = Rng::new(self.seed ^ TABLE_SEED_SALT).next_u64();
             self.table = Some(StaticSessionTable::new(self.capacity, seed));
         }

@@ -389,9 +389,12 @@ impl PortMapServer {
         };
         match engine.map_explicit(now, req, self.cfg.max_mappings_per_subscriber as usize) {
             Ok(m) => (R::Success, m.external.port, granted),
-            Err(MapError::NotInside | MapError::UnsupportedProtocol | MapError::ZeroPort) => {
-                (R::NotAuthorized, 0, 0)
-            }
+            Err(
+                MapError::Disabled
+                | MapError::NotInside
+                | MapError::UnsupportedProtocol
+                | MapError::ZeroPort,
+            ) => (R::NotAuthorized, 0, 0),
             Err(MapError::MappingLimit | MapError::NoResources(_)) => (R::OutOfResources, 0, 0),
         }
     }
@@ -572,7 +575,8 @@ impl PortMapServer {
         };
         match engine.map_explicit(now, req, self.cfg.max_mappings_per_subscriber as usize) {
             Ok(m) => Ok(answer(&m, granted)),
-            Err(MapError::NotInside) => Err(ResultCode::NotAuthorized),
+            // RFC 6887 section 7.4: NOT_AUTHORIZED is also "the operation is disabled".
+            Err(MapError::Disabled | MapError::NotInside) => Err(ResultCode::NotAuthorized),
             Err(MapError::UnsupportedProtocol | MapError::ZeroPort) => {
                 Err(ResultCode::UnsuppProtocol)
             }

@@ -32,6 +32,7 @@ fn engine_with(f: impl FnOnce(&mut Config)) -> Engine<ConfiguredAllocator> {
     c.behavior.filtering = FilteringBehavior::AddressAndPortDependent;
     c.lab = true;
     c.inside_networks = vec![Ipv4Prefix::new(Ipv4Addr::new(100, 64, 0, 0), 10).expect("prefix")];
+    c.explicit_mappings = true;
     f(&mut c);
     let cfg = c.validate().expect("valid test config");
     let alloc = ConfiguredAllocator::from_config(&cfg, Share::WHOLE).expect("allocator");
@@ -198,6 +199,16 @@ fn the_port_is_held_down_after_release() {
 }
 
 #[test]
+fn an_engine_not_configured_for_explicit_mappings_refuses_them() {
+    let mut e = engine_with(|c| c.explicit_mappings = false);
+    assert_eq!(
+        e.map_explicit(t(0), request(Protocol::Udp, 4000, 60), 8),
+        Err(MapError::Disabled)
+    );
+    assert_eq!(e.explicit_mappings().count(), 0);
+}
+
+#[test]
 fn requests_are_checked_before_anything_changes() {
     let mut e = engine();
     let mut outside = request(Protocol::Udp, 4000, 60);
@@ -288,6 +299,7 @@ fn mappings_survive_a_reload() {
     c.behavior.filtering = FilteringBehavior::AddressAndPortDependent;
     c.lab = true;
     c.behavior.timers.udp = 600;
+    c.explicit_mappings = true;
     e.reconfigure(&c.validate().expect("valid"))
         .expect("reloads");
     let (v, _, dst) = send(

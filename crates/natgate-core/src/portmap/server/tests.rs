@@ -29,6 +29,7 @@ fn engine() -> Engine {
     c.limits.max_mappings = 256;
     c.limits.max_static_sessions = 64;
     c.inside_networks = vec![Ipv4Prefix::new(Ipv4Addr::new(100, 64, 0, 0), 10).expect("prefix")];
+    c.explicit_mappings = true;
     Engine::new(c.validate().expect("valid"), 5)
 }
 
