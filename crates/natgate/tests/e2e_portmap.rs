@@ -3,7 +3,8 @@
 //! reaches the subscriber's listening socket through the mapped address and port; after the
 //! deletion it no longer does. The `crab_nat` crate's PCP client maps a port the same way, and
 //! its request for another host's address is refused; the gateway's PCP ANNOUNCE reaches the
-//! subscribers when it starts. Real sockets in the standard topology's
+//! subscribers when it starts; with two workers each subscriber's request reaches the worker
+//! that owns it. Real sockets in the standard topology's
 //! namespaces; needs root (and `natpmpc` for the NAT-PMP test), skips otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -64,6 +65,8 @@ fn mapped_port(text: &str) -> (u16, u32) {
 }
 
 /// Whether a datagram from wan1 to `to` reaches `sock` (bound in the subscriber's namespace).
+/// When it does, the subscriber's answer must come back from `to`: the mapping serves both
+/// directions (with several workers, only if the worker that owns the subscriber has it).
 fn udp_reaches(
     topo: &Topology,
     sock: &std::net::UdpSocket,
@@ -72,18 +75,24 @@ fn udp_reaches(
 ) -> bool {
     let sender = udp_socket(&topo.wan1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
     sender.send_to(b"inbound", to).unwrap();
-    match recv(sock, wait) {
-        Some((data, from)) => {
-            assert_eq!(data, b"inbound");
-            assert_eq!(
-                from.ip(),
-                IpAddr::V4(addr::WAN1),
-                "the remote is not rewritten"
-            );
-            true
-        }
-        None => false,
-    }
+    let Some((data, from)) = recv(sock, wait) else {
+        return false;
+    };
+    assert_eq!(data, b"inbound");
+    assert_eq!(
+        from.ip(),
+        IpAddr::V4(addr::WAN1),
+        "the remote is not rewritten"
+    );
+    sock.send_to(b"answer", from).unwrap();
+    let (data, back) = recv(&sender, T).unwrap_or_else(|| panic!("no answer through {to}"));
+    assert_eq!(data, b"answer");
+    assert_eq!(
+        back,
+        std::net::SocketAddr::V4(to),
+        "the answer leaves from the mapping"
+    );
+    true
 }
 
 /// A TCP connection from wan1 to `to`, accepted by `listener` in the subscriber's namespace,
@@ -287,4 +296,57 @@ fn an_independent_pcp_client_maps_a_port_and_cannot_map_another_host() {
     let refused = pcp_map(&topo.sub1, addr::SUB2, 5001);
     assert!(refused.is_err(), "mapped {refused:?} for another host");
     assert_eq!(explicit_rows(&topo).len(), 1);
+}
+
+/// A PCP MAP for UDP `port` from `client`, built by hand (RFC 6887 figures 2 and 9), sent from
+/// a socket bound to `client` in `ns`; returns the assigned external endpoint.
+fn pcp_map_by_hand(ns: &Netns, client: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    let mut req = vec![2, 1, 0, 0, 0, 0, 0, 120];
+    req.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+    req.extend_from_slice(&client.octets());
+    req.extend_from_slice(&[9; 12]);
+    req.extend_from_slice(&[17, 0, 0, 0]);
+    req.extend_from_slice(&port.to_be_bytes());
+    req.extend_from_slice(&[0; 18]);
+    let sock = udp_socket(ns, SocketAddrV4::new(client, 0));
+    sock.send_to(&req, SocketAddrV4::new(addr::GW_LAN, 5351))
+        .unwrap();
+    let (r, _) = recv(&sock, T).expect("no PCP answer");
+    assert_eq!(&r[..4], &[2, 0x81, 0, 0], "a MAP SUCCESS");
+    SocketAddrV4::new(
+        Ipv4Addr::new(r[56], r[57], r[58], r[59]),
+        u16::from_be_bytes([r[42], r[43]]),
+    )
+}
+
+#[test]
+fn with_two_workers_each_subscriber_is_served_by_the_worker_that_owns_its_ports() {
+    if !is_root() {
+        return;
+    }
+    // sub1 (100.64.0.10) and a second address of sub2 (100.64.0.12) belong to different
+    // workers, so each request must reach its own worker for the mapping to work.
+    let other = Ipv4Addr::new(100, 64, 0, 12);
+    assert_ne!(
+        natgate_core::shard::subscriber_owner(addr::SUB1, 2),
+        natgate_core::shard::subscriber_owner(other, 2)
+    );
+    let topo = topology();
+    topo.netlink(&topo.sub2)
+        .unwrap()
+        .add_addr_v4(&topo.ifaces.sub2, other, 16)
+        .unwrap();
+    let text = format!("[tun]\nqueues = 2\n\n{PORT_MAPPING}");
+    let _gw = Gateway::start(&topo, &config(&topo, &text));
+    let first = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 5000));
+    let (ip, port) = pcp_map(&topo.sub1, addr::SUB1, 5000).expect("PCP MAP from sub1");
+    let IpAddr::V4(ip) = ip else {
+        panic!("{ip}");
+    };
+    let second = udp_socket(&topo.sub2, SocketAddrV4::new(other, 6000));
+    let ext = pcp_map_by_hand(&topo.sub2, other, 6000);
+    for (sock, to) in [(&first, SocketAddrV4::new(ip, port)), (&second, ext)] {
+        assert!(udp_reaches(&topo, sock, to, T), "nothing reached {to}");
+    }
+    assert_eq!(explicit_rows(&topo).len(), 2);
 }
