@@ -155,17 +155,17 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// The external address to tell `subscriber` it has (NAT-PMP's public address request):
-    /// the address of one of its explicit mappings, else the pool's first address (the one
-    /// address of a home gateway; with paired pooling over several, a subscriber's flows may
-    /// leave from another, which PCP's MAP answers, with the address of each mapping, say).
+    /// the address its mappings are on (paired pooling, RFC 4787 REQ-2, or its deterministic
+    /// address), else the pool's first address. That is exact on a home gateway (one address)
+    /// and with deterministic NAT; with a pool of several addresses a subscriber without live
+    /// mappings is not paired yet, and its first mapping may land on another address (PCP's
+    /// MAP answer carries each mapping's address; NAT-PMP cannot).
     pub fn external_address_for(
         &self,
         subscriber: std::net::Ipv4Addr,
     ) -> Option<std::net::Ipv4Addr> {
-        self.explicit
-            .iter()
-            .find(|m| m.internal.addr == subscriber)
-            .map(|m| m.external.addr)
+        self.alloc
+            .paired_address(subscriber)
             .or_else(|| self.statics.pool.first().copied())
     }
 

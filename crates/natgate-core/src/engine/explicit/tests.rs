@@ -4,7 +4,8 @@ use super::super::tests::{Pkt, assert_checksums, endpoints, ep, tcp, udp};
 use super::*;
 use crate::alloc::{ConfiguredAllocator, Share};
 use crate::config::{
-    Allocation, Config, FilteringBehavior, MappingBehavior, PortBlockSpec, SubscriberLimits,
+    Allocation, Config, DeterministicSpec, FilteringBehavior, MappingBehavior, PortBlockSpec,
+    SubscriberLimits,
 };
 use crate::endpoint::{Ipv4Prefix, Side};
 use crate::verdict::Verdict;
@@ -310,4 +311,53 @@ fn mappings_survive_a_reload() {
     );
     assert_eq!(v, Verdict::Forward(Side::Inside));
     assert_eq!(dst, ep(SUB, 4000));
+}
+
+#[test]
+fn the_public_address_is_where_the_subscribers_mappings_are_under_every_allocation() {
+    let pool: Vec<Ipv4Addr> = (0..4).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect();
+    let prefix = |a, len| Ipv4Prefix::new(a, len).expect("prefix");
+    let modes = [
+        Allocation::Dynamic,
+        Allocation::PortBlock(PortBlockSpec {
+            block_size: 64,
+            max_blocks_per_subscriber: 2,
+        }),
+        Allocation::Deterministic(DeterministicSpec {
+            inside: prefix(Ipv4Addr::new(100, 64, 0, 0), 24),
+            outside: prefix(Ipv4Addr::new(198, 51, 100, 0), 30),
+            ports_per_subscriber: None,
+            overflow: None,
+        }),
+    ];
+    let mut off_the_first = 0;
+    for mode in modes {
+        let deterministic = matches!(mode, Allocation::Deterministic(_));
+        let mut e = engine_with(|c| {
+            c.pool = pool.clone();
+            c.allocation = mode;
+        });
+        // Subscribers that others' pairing pushes off the pool's first address.
+        for last in 20..24 {
+            let mut r = request(Protocol::Udp, 1, 60);
+            r.internal = ep(Ipv4Addr::new(100, 64, 0, last), 1);
+            e.map_explicit(t(0), r, 8).expect("mapped");
+        }
+        let before = e.external_address_for(SUB);
+        let m = e
+            .map_explicit(t(0), request(Protocol::Udp, 4000, 60), 8)
+            .expect("mapped");
+        assert_eq!(
+            e.external_address_for(SUB),
+            Some(m.external.addr),
+            "{mode:?}"
+        );
+        off_the_first += usize::from(m.external.addr != pool[0]);
+        if deterministic {
+            assert_eq!(before, Some(m.external.addr), "computed before any mapping");
+        }
+        e.unmap_explicit(t(1), Protocol::Udp, ep(SUB, 4000));
+    }
+    // Not the pool's first address by luck: the answer followed the mappings.
+    assert!(off_the_first >= 2, "{off_the_first}");
 }
