@@ -835,6 +835,7 @@ impl Settings {
             metrics: &self.file.metrics,
             allocation: &self.allocation,
             log: &self.file.log,
+            port_mapping: &self.port_mapping,
             lab: self.lab,
             rule: &self.rules,
             virtual_server: &self.virtual_servers,
@@ -882,6 +883,7 @@ struct Effective<'a> {
     metrics: &'a MetricsSection,
     allocation: &'a Allocation,
     log: &'a LogSection,
+    port_mapping: &'a PortMapConfig,
     // Arrays of tables last: TOML cannot put plain tables after them.
     #[serde(skip_serializing_if = "RuleChain::is_empty")]
     rule: &'a RuleChain,
@@ -1342,6 +1344,7 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
                 "{name}: rules survive the effective config"
             );
             assert_eq!(again.virtual_servers, s.virtual_servers, "{name}");
+            assert_eq!(again.port_mapping, s.port_mapping, "{name}");
             if name.starts_with("static-") {
                 assert!(!s.rules.is_empty(), "{name}");
             }
