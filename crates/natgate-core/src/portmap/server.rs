@@ -143,7 +143,7 @@ impl PortMapServer {
             .min(u64::from(u32::MAX)) as u32
     }
 
-    /// The unsolicited PCP ANNOUNCE (RFC 6887 section 14.1.2) a server multicasts to
+    /// The unsolicited PCP ANNOUNCE (RFC 6887 section 14.1.3) a server multicasts to
     /// 224.0.0.1:5350 when it starts or lost its state, so that clients renew at once; `epoch`
     /// is [`Self::epoch`] (0 at start).
     pub fn announcement(epoch: u32, out: &mut [u8; pcp::MAX_MESSAGE]) -> usize {
@@ -441,7 +441,7 @@ impl PortMapServer {
             Err(Refusal::Answer(code)) => return self.pcp_reply(out, now, opcode, code, 0, echo),
         };
         if request.body == Body::Announce {
-            // RFC 6887 section 14.1.1: a client may ask, and is told the epoch.
+            // RFC 6887 section 14.1.2: a client may ask, and is told the epoch.
             return self.pcp_reply(out, now, opcode, ResultCode::Success, 0, Payload::None);
         }
         // RFC 6887 section 8.3: the client's address field must be the packet's source, or a

@@ -4,9 +4,9 @@
 //! [`PortMapServer`](natgate_core::portmap::PortMapServer) decides the answer against its
 //! engine, and this thread sends it back. Nothing here reads a request.
 //!
-//! Listening only on the inside address keeps requests from the outside away (RFC 6887
-//! section 8.3: a server answers on the interfaces it serves); the engine's inside networks
-//! decide which senders are clients.
+//! Listening only on the inside address keeps requests from the outside away (a subscriber
+//! asks for its own ports; nobody outside may); the engine's inside networks decide which
+//! senders are clients.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -24,7 +24,7 @@ use super::{Command, DaemonError, REQUEST_TIMEOUT, worker::MAX_WAIT};
 
 /// The server port of PCP and NAT-PMP (RFC 6887 section 19.1, RFC 6886 section 3).
 pub const SERVER_PORT: u16 = 5351;
-/// Where PCP's unsolicited ANNOUNCE goes: all hosts, the client port (RFC 6887 section 8.5).
+/// Where PCP's unsolicited ANNOUNCE goes: all hosts, the client port (RFC 6887 section 14.1.3).
 pub const ANNOUNCE_TO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 1), 5350);
 
 /// Binds the server socket on `inside`, sends the start-up ANNOUNCE when PCP is on, and
