@@ -298,9 +298,15 @@ fn an_independent_pcp_client_maps_a_port_and_cannot_map_another_host() {
     assert_eq!(explicit_rows(&topo).len(), 1);
 }
 
-/// A PCP MAP for UDP `port` from `client`, built by hand (RFC 6887 figures 2 and 9), sent from
-/// a socket bound to `client` in `ns`; returns the assigned external endpoint.
-fn pcp_map_by_hand(ns: &Netns, client: Ipv4Addr, port: u16) -> SocketAddrV4 {
+/// A PCP MAP for UDP `port` from `client`, built by hand (RFC 6887 figures 2 and 9), for
+/// `third_party` if given (figure 11), sent from a socket bound to `client` in `ns`; returns
+/// the assigned external endpoint.
+fn pcp_map_by_hand(
+    ns: &Netns,
+    client: Ipv4Addr,
+    port: u16,
+    third_party: Option<Ipv4Addr>,
+) -> SocketAddrV4 {
     let mut req = vec![2, 1, 0, 0, 0, 0, 0, 120];
     req.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
     req.extend_from_slice(&client.octets());
@@ -308,6 +314,10 @@ fn pcp_map_by_hand(ns: &Netns, client: Ipv4Addr, port: u16) -> SocketAddrV4 {
     req.extend_from_slice(&[17, 0, 0, 0]);
     req.extend_from_slice(&port.to_be_bytes());
     req.extend_from_slice(&[0; 18]);
+    if let Some(tp) = third_party {
+        req.extend_from_slice(&[1, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        req.extend_from_slice(&tp.octets());
+    }
     let sock = udp_socket(ns, SocketAddrV4::new(client, 0));
     sock.send_to(&req, SocketAddrV4::new(addr::GW_LAN, 5351))
         .unwrap();
@@ -336,7 +346,11 @@ fn with_two_workers_each_subscriber_is_served_by_the_worker_that_owns_its_ports(
         .unwrap()
         .add_addr_v4(&topo.ifaces.sub2, other, 16)
         .unwrap();
-    let text = format!("[tun]\nqueues = 2\n\n{PORT_MAPPING}");
+    // sub1 may map for other hosts (THIRD_PARTY).
+    let text = format!(
+        "[tun]\nqueues = 2\n\n{PORT_MAPPING}third-party = [\"{}/32\"]\n",
+        addr::SUB1
+    );
     let _gw = Gateway::start(&topo, &config(&topo, &text));
     let first = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 5000));
     let (ip, port) = pcp_map(&topo.sub1, addr::SUB1, 5000).expect("PCP MAP from sub1");
@@ -344,9 +358,17 @@ fn with_two_workers_each_subscriber_is_served_by_the_worker_that_owns_its_ports(
         panic!("{ip}");
     };
     let second = udp_socket(&topo.sub2, SocketAddrV4::new(other, 6000));
-    let ext = pcp_map_by_hand(&topo.sub2, other, 6000);
-    for (sock, to) in [(&first, SocketAddrV4::new(ip, port)), (&second, ext)] {
+    let ext = pcp_map_by_hand(&topo.sub2, other, 6000, None);
+    // sub1 (worker 0) maps a port for 100.64.0.12 (worker 1): the mapping must be made where
+    // 100.64.0.12's packets go.
+    let third = udp_socket(&topo.sub2, SocketAddrV4::new(other, 7000));
+    let tp_ext = pcp_map_by_hand(&topo.sub1, addr::SUB1, 7000, Some(other));
+    for (sock, to) in [
+        (&first, SocketAddrV4::new(ip, port)),
+        (&second, ext),
+        (&third, tp_ext),
+    ] {
         assert!(udp_reaches(&topo, sock, to, T), "nothing reached {to}");
     }
-    assert_eq!(explicit_rows(&topo).len(), 2);
+    assert_eq!(explicit_rows(&topo).len(), 3);
 }

@@ -12,3 +12,16 @@ pub mod wire;
 
 pub use config::PortMapConfig;
 pub use server::{Answer, PortMapCounters, PortMapDrop, PortMapServer};
+
+use std::net::Ipv4Addr;
+
+/// Whose mapping a request from `client` is about: the address in a PCP THIRD_PARTY option,
+/// else the client itself. A gateway with several engines serves the request in the engine
+/// that owns that subscriber's flows, so that the mapping is where its packets go.
+pub fn subject(request: &[u8], client: Ipv4Addr) -> Ipv4Addr {
+    wire::pcp::parse(request)
+        .ok()
+        .and_then(|r| r.options.third_party)
+        .and_then(|a| wire::pcp::unmapped(&a))
+        .unwrap_or(client)
+}

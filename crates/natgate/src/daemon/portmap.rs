@@ -1,8 +1,9 @@
 //! The port-mapping service's I/O: one UDP socket on the inside address, port 5351 (PCP and
 //! NAT-PMP share it, RFC 6887 section 9). Each datagram goes, as a command, to the worker that
-//! owns its sender (which owns the sender's mappings); that worker's
+//! owns the subscriber it is about (the sender, or a PCP THIRD_PARTY;
+//! [`natgate_core::portmap::subject`] tells), which owns its mappings; that worker's
 //! [`PortMapServer`](natgate_core::portmap::PortMapServer) decides the answer against its
-//! engine, and this thread sends it back. Nothing here reads a request.
+//! engine, and this thread sends it back. Nothing here parses a request: the core does.
 //!
 //! Listening only on the inside address keeps requests from the outside away (a subscriber
 //! asks for its own ports; nobody outside may); the engine's inside networks decide which
@@ -78,7 +79,8 @@ fn serve(socket: &UdpSocket, workers: &[Sender<Command>], steering: &Steering, s
             continue;
         };
         let client = Endpoint::new(*from.ip(), from.port());
-        let Some(worker) = workers.get(steering.subscriber_worker(client.addr)) else {
+        let subject = natgate_core::portmap::subject(&buf[..len], client.addr);
+        let Some(worker) = workers.get(steering.subscriber_worker(subject)) else {
             continue;
         };
         let (reply, rx) = mpsc::sync_channel(1);

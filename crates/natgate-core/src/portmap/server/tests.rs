@@ -556,6 +556,19 @@ fn result_codes_are_listed_in_numeric_order_and_counters_merge() {
 }
 
 #[test]
+fn a_third_party_request_is_about_the_third_party() {
+    let tp = pcp_option(option::THIRD_PARTY, &mapped(OTHER));
+    let req = pcp_map(SUB, NONCE, 17, 1, 60, &tp);
+    assert_eq!(crate::portmap::subject(&req, SUB), OTHER);
+    assert_eq!(
+        crate::portmap::subject(&pcp_map(SUB, NONCE, 17, 1, 60, &[]), SUB),
+        SUB
+    );
+    assert_eq!(crate::portmap::subject(&natpmp_map(1, 1, 0, 60), SUB), SUB);
+    assert_eq!(crate::portmap::subject(&[], SUB), SUB);
+}
+
+#[test]
 fn drop_reasons_are_named_once() {
     let names: Vec<&str> = PortMapDrop::ALL.iter().map(|d| d.name()).collect();
     assert_eq!(names.len(), PortMapCounters::default().drops.len());
