@@ -361,3 +361,93 @@ fn the_public_address_is_where_the_subscribers_mappings_are_under_every_allocati
     // Not the pool's first address by luck: the answer followed the mappings.
     assert!(off_the_first >= 2, "{off_the_first}");
 }
+
+/// One step of [`explicit_mappings_follow_a_reference_model`].
+#[derive(Debug, Clone)]
+enum Op {
+    /// Map (or renew) UDP port `port` of the subscriber for `secs` seconds.
+    Map { port: u16, secs: u64 },
+    /// Delete that mapping.
+    Unmap { port: u16 },
+    /// Let `secs` seconds pass and run the timers.
+    Wait { secs: u64 },
+    /// A datagram from a remote to the external endpoint of that port's mapping, or to the
+    /// last external endpoint it had.
+    Inbound { port: u16, remote: u8 },
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let port = 1u16..6;
+    prop_oneof![
+        (port.clone(), 1u64..200).prop_map(|(port, secs)| Op::Map { port, secs }),
+        port.clone().prop_map(|port| Op::Unmap { port }),
+        (1u64..150).prop_map(|secs| Op::Wait { secs }),
+        (port, any::<u8>()).prop_map(|(port, remote)| Op::Inbound { port, remote }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Maps, renewals, deletions, time and inbound datagrams against a model that is a map of
+    /// internal port to (external endpoint, expiry): the engine lists exactly the model's
+    /// mappings, a datagram to a live mapping reaches its internal endpoint from any remote,
+    /// one to an ended mapping's endpoint reaches nobody, and a renewal keeps the endpoint.
+    #[test]
+    fn explicit_mappings_follow_a_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+        use std::collections::BTreeMap;
+        let mut e = engine();
+        let mut model: BTreeMap<u16, (Endpoint, Instant)> = BTreeMap::new();
+        let mut last_external: BTreeMap<u16, Endpoint> = BTreeMap::new();
+        let mut now = t(0);
+        for op in ops {
+            match op {
+                Op::Map { port, secs } => {
+                    let m = e
+                        .map_explicit(now, request(Protocol::Udp, port, secs), 64)
+                        .expect("room for five");
+                    if let Some((external, _)) = model.get(&port) {
+                        proptest::prop_assert_eq!(m.external, *external, "a renewal keeps it");
+                    }
+                    model.insert(port, (m.external, now + Duration::from_secs(secs)));
+                    last_external.insert(port, m.external);
+                }
+                Op::Unmap { port } => {
+                    let gone = e.unmap_explicit(now, Protocol::Udp, ep(SUB, port));
+                    proptest::prop_assert_eq!(gone.is_some(), model.remove(&port).is_some());
+                }
+                Op::Wait { secs } => {
+                    now = now + Duration::from_secs(secs);
+                    e.handle_timeout(now);
+                    model.retain(|_, (_, expires)| *expires > now);
+                }
+                Op::Inbound { port, remote } => {
+                    let Some(external) = last_external.get(&port).copied() else {
+                        continue;
+                    };
+                    let reused = model.iter().any(|(p, (x, _))| *p != port && *x == external);
+                    if reused {
+                        // After its hold-down the port may serve another mapping.
+                        continue;
+                    }
+                    let from = ep(Ipv4Addr::new(203, 0, 113, remote), 1000 + u16::from(remote));
+                    let (v, _, dst) = send(&mut e, now, Side::Outside, udp(from, external, b"x"));
+                    if model.contains_key(&port) {
+                        proptest::prop_assert_eq!(v, Verdict::Forward(Side::Inside));
+                        proptest::prop_assert_eq!(dst, ep(SUB, port));
+                    } else {
+                        proptest::prop_assert_ne!(v, Verdict::Forward(Side::Inside));
+                    }
+                }
+            }
+            let listed: BTreeMap<u16, Endpoint> = e
+                .explicit_mappings()
+                .map(|m| (m.internal.port, m.external))
+                .collect();
+            let expected: BTreeMap<u16, Endpoint> =
+                model.iter().map(|(p, (x, _))| (*p, *x)).collect();
+            proptest::prop_assert_eq!(listed, expected);
+        }
+    }
+}
