@@ -2,4 +2,5 @@
 //! `cargo test` loop (which needs neither nightly nor cargo-fuzz) run the same code.
 
 pub mod engine_process;
+pub mod portmap_request;
 pub mod shard_owner;

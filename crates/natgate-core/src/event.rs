@@ -5,6 +5,7 @@ use crate::alloc::{AllocEvent, PortBlock, PortRange, SubscriberId};
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rules::RuleId;
+use crate::table::MappingOrigin;
 use crate::time::Instant;
 use crate::vserver::RealServerId;
 use std::net::Ipv4Addr;
@@ -85,6 +86,33 @@ pub enum Event {
         /// Which limit refused it (also the drop counter), so that a log can tell pool
         /// exhaustion from a subscriber's quota (RFC 8158 natEvent 3 vs 13).
         reason: DropReason,
+    },
+    /// A subscriber asked for a mapping with a port-mapping protocol and got it (RFC 6887
+    /// section 11, RFC 6886 section 3.3); a renewal makes no event.
+    ExplicitMappingCreated {
+        /// When.
+        at: Instant,
+        /// Protocol.
+        proto: Protocol,
+        /// The subscriber's endpoint.
+        internal: Endpoint,
+        /// The endpoint it appears as outside.
+        external: Endpoint,
+        /// Who asked for it.
+        origin: MappingOrigin,
+    },
+    /// An explicit mapping ended: its lifetime ran out or it was deleted.
+    ExplicitMappingDeleted {
+        /// When.
+        at: Instant,
+        /// Protocol.
+        proto: Protocol,
+        /// The subscriber's endpoint.
+        internal: Endpoint,
+        /// The endpoint it appeared as outside.
+        external: Endpoint,
+        /// Who asked for it.
+        origin: MappingOrigin,
     },
     /// A subscriber was given a port block (RFC 6888 port-block logging; RFC 8158 natEvent 16).
     /// A block serves every protocol, so there is no protocol field.
@@ -180,6 +208,8 @@ pub enum SessionOrigin {
         /// The real server chosen.
         server: RealServerId,
     },
+    /// An explicit mapping (PCP, NAT-PMP) let the flow through.
+    Explicit(MappingOrigin),
 }
 
 /// How operators and the translation logs name what made a session: `dynamic`, `rule ID` or
@@ -192,6 +222,7 @@ impl core::fmt::Display for SessionOrigin {
             SessionOrigin::VirtualServer { address, server } => {
                 write!(f, "vserver {address} server {server}")
             }
+            SessionOrigin::Explicit(o) => o.fmt(f),
         }
     }
 }

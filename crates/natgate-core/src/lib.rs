@@ -21,6 +21,7 @@ pub mod fragment;
 pub mod hash;
 #[cfg(feature = "huge-pages")]
 pub mod huge_pages;
+pub mod portmap;
 pub mod rng;
 pub mod rules;
 pub mod shard;

@@ -350,6 +350,16 @@ impl Steering {
         self.n
     }
 
+    /// The worker that owns subscriber `addr`'s outbound flows, and so its mappings: where a
+    /// port-mapping request from `addr` is served (its explicit mappings' ports come from that
+    /// worker's share, so their inbound packets reach the same worker).
+    pub fn subscriber_worker(&self, addr: Ipv4Addr) -> usize {
+        if self.n == 1 {
+            return 0;
+        }
+        self.ownership.outbound(addr, self.n)
+    }
+
     /// The worker that owns `pkt`, which arrived on `side`; `None` when it cannot be told (a
     /// malformed packet, an unknown protocol): then whoever read it processes it. Packets that
     /// `statics` claims go to [`STATIC_OWNER`].

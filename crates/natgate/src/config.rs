@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use natgate_core::config::{
     Allocation, Behavior, BehaviorSpec, Ipv4Prefix, Limits, SubscriberLimits, TtlHandling,
 };
+use natgate_core::portmap::PortMapConfig;
 use natgate_core::rules::RuleChain;
 use natgate_core::vserver::VirtualServerSpec;
 use natgate_core::{Config, ConfigError, ValidConfig};
@@ -91,6 +92,10 @@ pub struct FileConfig {
     /// Virtual servers (`[[virtual-server]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_server: Vec<VirtualServerSpec>,
+    /// Port-mapping protocols (PCP, NAT-PMP) answered on the inside: the core's own settings
+    /// (`docs/port-mapping.md`).
+    #[serde(default)]
+    pub port_mapping: PortMapConfig,
 }
 
 /// `[interfaces]`.
@@ -533,6 +538,8 @@ pub struct Settings {
     /// The virtual servers. Start as the file's; `natgate ctl vserver ...` changes the running
     /// copy's real servers.
     pub virtual_servers: Vec<VirtualServerSpec>,
+    /// The port-mapping server's settings.
+    pub port_mapping: PortMapConfig,
     /// The file as parsed (for printing the effective config).
     pub file: FileConfig,
 }
@@ -711,6 +718,9 @@ impl Settings {
                 ));
             }
         }
+        file.port_mapping
+            .check()
+            .map_err(|(key, why)| invalid(key, why))?;
         let mut behavior = file.behavior.resolve();
         // The kernel decrements the TTL routing into the TUN and again out of it, so the engine
         // gives one back, unless the file asks otherwise (see `TtlHandling`).
@@ -737,6 +747,7 @@ impl Settings {
             log: log_settings(&file, &invalid)?,
             rules: file.rule.clone(),
             virtual_servers: file.virtual_server.clone(),
+            port_mapping: file.port_mapping.clone(),
             file,
         };
         // Check everything the engine checks now, with stand-in addresses where the real ones
@@ -791,6 +802,7 @@ impl Settings {
                 PoolSource::OutsideAddress { nat_ports } => Some(nat_ports),
                 PoolSource::Addresses(_) => None,
             },
+            explicit_mappings: self.port_mapping.enabled(),
         };
         let n = self.queues.max(1);
         if let Some(limit) = config.limits.max_memory {
@@ -840,6 +852,7 @@ impl Settings {
             metrics: &self.file.metrics,
             allocation: &self.allocation,
             log: &self.file.log,
+            port_mapping: &self.port_mapping,
             lab: self.lab,
             rule: &self.rules,
             virtual_server: &self.virtual_servers,
@@ -887,6 +900,7 @@ struct Effective<'a> {
     metrics: &'a MetricsSection,
     allocation: &'a Allocation,
     log: &'a LogSection,
+    port_mapping: &'a PortMapConfig,
     // Arrays of tables last: TOML cannot put plain tables after them.
     #[serde(skip_serializing_if = "RuleChain::is_empty")]
     rule: &'a RuleChain,
@@ -1353,6 +1367,27 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
     }
 
     #[test]
+    fn port_mapping_from_the_file_and_its_errors_with_key_and_line() {
+        let home = Settings::parse(include_str!("../../../examples/home-gateway.toml")).unwrap();
+        assert!(home.port_mapping.pcp && home.port_mapping.nat_pmp);
+        let cgn = Settings::parse(include_str!("../../../examples/cgn.toml")).unwrap();
+        assert!(cgn.port_mapping.pcp && !cgn.port_mapping.nat_pmp);
+        let base = "[interfaces]\ninside = \"lan0\"\noutside = \"wan0\"\n\
+                    [pool]\naddresses = [\"198.51.100.0/30\"]\n";
+        assert!(!Settings::parse(base).unwrap().port_mapping.enabled());
+        let text =
+            format!("{base}[port-mapping]\npcp = true\nmin-lifetime = 600\nmax-lifetime = 60\n");
+        let e = Settings::parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("line 9: port-mapping.max-lifetime"), "{e}");
+        let text = format!("{base}[port-mapping]\npcp = true\nthird-party = [\"10.0.0.1/8\"]\n");
+        let e = Settings::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("third-party"), "{e}");
+        let text = format!("{base}[port-mapping]\nupnp = true\n");
+        let e = Settings::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("upnp"), "{e}");
+    }
+
+    #[test]
     fn shipped_examples_are_valid() {
         for (name, text) in [
             (
@@ -1398,6 +1433,7 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
                 "{name}: rules survive the effective config"
             );
             assert_eq!(again.virtual_servers, s.virtual_servers, "{name}");
+            assert_eq!(again.port_mapping, s.port_mapping, "{name}");
             if name.starts_with("static-") {
                 assert!(!s.rules.is_empty(), "{name}");
             }

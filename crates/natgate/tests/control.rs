@@ -98,7 +98,8 @@ impl ControlHandler for Fake {
             | Request::Rules
             | Request::Rule(_)
             | Request::VirtualServers
-            | Request::VirtualServer(_) => Ok(Response::Pools(PoolList::default())),
+            | Request::VirtualServer(_)
+            | Request::Unmap(_) => Ok(Response::Pools(PoolList::default())),
         }
     }
 }

@@ -598,6 +598,11 @@ impl PortAllocator for BlockAllocator {
         }
     }
 
+    fn paired_address(&self, subscriber: Ipv4Addr) -> Option<Ipv4Addr> {
+        let s = self.subscribers.get(&SubscriberId::Ipv4(subscriber))?;
+        self.addresses.get(s.address as usize).map(|a| a.addr)
+    }
+
     fn owns(&self, addr: Ipv4Addr) -> bool {
         self.index.get(addr).is_some()
     }

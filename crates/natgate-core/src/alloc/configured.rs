@@ -83,6 +83,10 @@ impl PortAllocator for ConfiguredAllocator {
         each!(self, a => a.owns(addr))
     }
 
+    fn paired_address(&self, subscriber: Ipv4Addr) -> Option<Ipv4Addr> {
+        each!(self, a => a.paired_address(subscriber))
+    }
+
     fn usage(&self) -> Vec<AddressUsage> {
         each!(self, a => a.usage())
     }

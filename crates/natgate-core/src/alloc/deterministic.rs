@@ -426,6 +426,10 @@ impl PortAllocator for DeterministicAllocator {
         }
     }
 
+    fn paired_address(&self, subscriber: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.map.forward(subscriber).map(|(addr, _)| addr)
+    }
+
     fn owns(&self, addr: Ipv4Addr) -> bool {
         self.map.outside.contains(addr) || self.overflow.as_ref().is_some_and(|o| o.owns(addr))
     }

@@ -611,6 +611,11 @@ impl PortAllocator for DynamicAllocator {
 
     /// Inlined: the batch path asks this of every packet before its look-up.
     #[inline]
+    fn paired_address(&self, subscriber: Ipv4Addr) -> Option<Ipv4Addr> {
+        let s = self.subscribers.get(&u64::from(subscriber.to_bits()))?;
+        self.addresses.get(s.paired).map(|a| a.addr)
+    }
+
     fn owns(&self, addr: Ipv4Addr) -> bool {
         self.index.get(addr).is_some()
     }

@@ -177,6 +177,15 @@ pub trait PortAllocator {
         let _ = now;
     }
 
+    /// The external address `subscriber`'s mappings are on, when that is fixed: its paired
+    /// address while it has live mappings (RFC 4787 REQ-2), or its computed address
+    /// (deterministic NAT). What NAT-PMP tells a client is its public address. Not for the
+    /// packet path. Allocators without pairing keep the default, which knows none.
+    fn paired_address(&self, subscriber: Ipv4Addr) -> Option<Ipv4Addr> {
+        let _ = subscriber;
+        None
+    }
+
     /// Withholds these external ports (address, protocol, ports) from new allocations from now
     /// on: static NAT rules and virtual servers hold them (issue 4: static rules win over
     /// dynamic NAPT). Replaces the previous list; addresses the allocator does not own are

@@ -355,6 +355,11 @@ pub struct Config {
     /// `None`: the pool is the NAT's alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ports: Option<(u16, u16)>,
+    /// A port-mapping server (PCP, NAT-PMP) makes explicit mappings in this engine: their
+    /// flows need the static session table, which is then built at start (and counted in the
+    /// memory model), never on the control path of a running engine.
+    #[serde(default)]
+    pub explicit_mappings: bool,
 }
 
 /// A config that passed [`Config::validate`]; it cannot be built any other way. Boxed, so
@@ -466,6 +471,7 @@ impl Config {
             virtual_servers: Vec::new(),
             inside_networks: Vec::new(),
             host_ports: None,
+            explicit_mappings: false,
         }
     }
 

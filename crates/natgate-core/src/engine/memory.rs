@@ -133,7 +133,10 @@ impl MemoryModel {
                 + SynHold::new(l.max_held_syns as usize).memory_bytes()
                 + RefusalReports::new().memory_bytes()
                 + AnswerLimiter::memory_bytes_of(l.answers()),
-            static_sessions: if cfg.rules.is_empty() && cfg.virtual_servers.is_empty() {
+            static_sessions: if cfg.rules.is_empty()
+                && cfg.virtual_servers.is_empty()
+                && !cfg.explicit_mappings
+            {
                 0
             } else {
                 Linear::measure(|n| StaticSessionTable::new(n, 0).memory_bytes())
@@ -244,6 +247,17 @@ mod tests {
         );
         assert_eq!(MemoryModel::of(&c).usage(40_000, 20_000), real);
         assert!(MemoryModel::floor(&c) <= real.total());
+    }
+
+    #[test]
+    fn explicit_mappings_bring_the_static_table_counted_in_the_estimate() {
+        let mut c = config(40_000, 20_000);
+        c.limits.max_static_sessions = 1000;
+        assert_eq!(built(&c).static_sessions, 0);
+        c.explicit_mappings = true;
+        let real = built(&c);
+        assert!(real.static_sessions > 0, "built at start");
+        assert_eq!(MemoryModel::of(&c).usage(40_000, 20_000), real);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! (property-tested); BENCHMARKS.md has the figures.
 
 mod answer_limit;
+mod explicit;
 mod host;
 pub(crate) mod icmp_error;
 mod memory;
@@ -36,7 +37,7 @@ use crate::fragment::{
     ClaimError, FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation,
 };
 use crate::rng::Rng;
-use crate::table::{AddressFilter, FlowKey, Mapping, NatTable, Session, SessionId};
+use crate::table::{AddressFilter, ExplicitTable, FlowKey, Mapping, NatTable, Session, SessionId};
 use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -47,6 +48,7 @@ use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
 pub use crate::event::{EndReason, SessionOrigin};
+pub use explicit::{MapError, MapRequest};
 pub use memory::{MemoryModel, MemoryUsage};
 pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
 pub use operator::{Ended, NoSuchSession};
@@ -119,6 +121,18 @@ pub struct MappingInfo {
     pub external: Endpoint,
     /// Live sessions using it.
     pub sessions: u32,
+    /// For an explicit mapping (PCP, NAT-PMP): who asked for it and when it ends; `None` for
+    /// a mapping that outbound packets made.
+    pub explicit: Option<ExplicitInfo>,
+}
+
+/// What an explicit mapping adds to a [`MappingInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExplicitInfo {
+    /// Who asked for it.
+    pub origin: crate::table::MappingOrigin,
+    /// When its lifetime ends unless renewed.
+    pub expires: Instant,
 }
 
 /// The NAPT44 engine. One engine is one shard: it owns its tables and is driven by one thread.
@@ -144,6 +158,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     counters: Counters,
     /// Static NAT rules and virtual servers.
     statics: static_nat::StaticNat,
+    /// Mappings subscribers asked for (PCP, NAT-PMP); their flows live in `statics`' table.
+    explicit: ExplicitTable,
     /// Present while a fast path carries established flows.
     offload: Option<offload::Offload>,
     /// Sources translated from the inside; empty: all (see `Config::inside_networks`).
@@ -218,6 +234,7 @@ impl<A: PortAllocator> Engine<A> {
             events: EventQueue::new(limits.event_queue as usize),
             counters: Counters::default(),
             statics: static_nat::StaticNat::new(cfg, seed),
+            explicit: ExplicitTable::new(),
             offload: None,
             inside_networks: cfg.inside_networks.clone().into_boxed_slice(),
             host_ports: cfg.host_ports,
@@ -639,6 +656,7 @@ impl<A: PortAllocator> Engine<A> {
     /// that is due, so that a flow whose packets all go through the fast path lives as long as
     /// one whose packets come through the engine.
     pub fn handle_timeout_with(&mut self, now: Instant, fast_path: &mut impl FastPathView) {
+        self.expire_explicit(now);
         self.expire_statics(now);
         let now_s = now.as_secs();
         let behavior = self.behavior;
@@ -707,6 +725,7 @@ impl<A: PortAllocator> Engine<A> {
                 .map(|s| Instant::from_secs(u64::from(s))),
             self.fragments.next_expiry(),
             self.held_syns.next_expiry(hold),
+            self.explicit_next_expiry(),
         ]
         .into_iter()
         .flatten()
@@ -775,12 +794,16 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Every live mapping, in table order.
     pub fn mappings(&self) -> impl Iterator<Item = MappingInfo> + '_ {
-        self.sessions.mappings().map(|(_, m)| MappingInfo {
-            proto: m.proto,
-            internal: m.internal,
-            external: m.external,
-            sessions: m.sessions,
-        })
+        self.sessions
+            .mappings()
+            .map(|(_, m)| MappingInfo {
+                proto: m.proto,
+                internal: m.internal,
+                external: m.external,
+                sessions: m.sessions,
+                explicit: None,
+            })
+            .chain(self.explicit_infos())
     }
 
     /// Bytes held by the session table (sessions, the mappings folded into them or shared,

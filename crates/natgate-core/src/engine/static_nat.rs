@@ -49,6 +49,7 @@ impl From<StaticOrigin> for SessionOrigin {
             StaticOrigin::VirtualServer { address, server } => {
                 SessionOrigin::VirtualServer { address, server }
             }
+            StaticOrigin::Explicit(o) => SessionOrigin::Explicit(o),
         }
     }
 }
@@ -75,7 +76,7 @@ pub(super) struct StaticNat {
     /// The ports the allocator was last told to withhold.
     reserved: Vec<(Ipv4Addr, Protocol, PortRange)>,
     /// The pool: the addresses whose ports can be reserved (fixed for the engine's life).
-    pool: Vec<Ipv4Addr>,
+    pub(super) pool: Vec<Ipv4Addr>,
 }
 
 impl StaticNat {
@@ -105,10 +106,13 @@ impl StaticNat {
         statics
     }
 
-    /// Builds the session table if `cfg` has rules or virtual servers and it is not there yet.
-    /// Never on the packet path: at construction and on reload.
+    /// Builds the session table if `cfg` has rules or virtual servers or takes explicit
+    /// mappings (whose flows live here too) and it is not there yet. Never on the packet path:
+    /// at construction and on reload.
     fn ensure_table(&mut self, cfg: &Config) {
-        if self.table.is_none() && (!cfg.rules.is_empty() || !cfg.virtual_servers.is_empty()) {
+        let wanted =
+            !cfg.rules.is_empty() || !cfg.virtual_servers.is_empty() || cfg.explicit_mappings;
+        if self.table.is_none() && wanted {
             let seed = Rng::new(self.seed ^ TABLE_SEED_SALT).next_u64();
             self.table = Some(StaticSessionTable::new(self.capacity, seed));
         }
@@ -332,7 +336,7 @@ impl<A: PortAllocator> Engine<A> {
                     .binary_search_by_key(&old, |m| m.0)
                     .ok()
                     .map(|i| (sid, moves[i].1)),
-                StaticOrigin::VirtualServer { .. } => None,
+                StaticOrigin::VirtualServer { .. } | StaticOrigin::Explicit(_) => None,
             })
             .collect();
         for (sid, id) in ids {
@@ -396,6 +400,28 @@ impl<A: PortAllocator> Engine<A> {
             .and_then(|t| t.find_inside(&key))
         {
             return Some(self.static_out(now, buf, p, id, hairpin));
+        }
+        // RFC 6887 section 11.1: an explicit mapping is endpoint-independent, so every new
+        // flow from its internal endpoint leaves from its external endpoint.
+        if !self.explicit.is_empty()
+            && let Some(m) = self.explicit.by_internal(p.proto, p.src)
+        {
+            if !opens(p, Direction::Outbound) {
+                return Some(Verdict::Drop(DropReason::TcpNoSession));
+            }
+            let views = Views {
+                inside_local: p.src,
+                inside_remote: p.dst,
+                outside_local: m.external,
+                outside_remote: p.dst,
+            };
+            let origin = StaticOrigin::Explicit(m.origin);
+            return Some(
+                match self.new_static_session(now, p, views, origin, Direction::Outbound) {
+                    Ok(id) => self.static_out(now, buf, p, id, hairpin),
+                    Err(reason) => Verdict::Drop(reason),
+                },
+            );
         }
         if self.statics.compiled.is_empty(Direction::Outbound) {
             return None;
@@ -478,6 +504,31 @@ impl<A: PortAllocator> Engine<A> {
             .and_then(|t| t.find_outside(&key))
         {
             return Some(self.static_in(now, buf, p, id));
+        }
+        // An explicit mapping admits every remote, or the FILTER's (RFC 6887 sections 11.1
+        // and 13.3), whatever the dynamic filtering behaviour is.
+        if !self.explicit.is_empty()
+            && let Some(m) = self.explicit.by_external(p.proto, p.dst)
+        {
+            if !m.admits(p.src) {
+                return Some(Verdict::Drop(DropReason::Filtered));
+            }
+            if !opens(p, Direction::Inbound) {
+                return Some(Verdict::Drop(DropReason::TcpNoSession));
+            }
+            let views = Views {
+                inside_local: m.internal,
+                inside_remote: p.src,
+                outside_local: p.dst,
+                outside_remote: p.src,
+            };
+            let origin = StaticOrigin::Explicit(m.origin);
+            return Some(
+                match self.new_static_session(now, p, views, origin, Direction::Inbound) {
+                    Ok(id) => self.static_in(now, buf, p, id),
+                    Err(reason) => Verdict::Drop(reason),
+                },
+            );
         }
         if !self.statics.compiled.is_empty(Direction::Inbound)
             && let Some((rule, rw)) =
@@ -605,7 +656,9 @@ impl<A: PortAllocator> Engine<A> {
             .map_err(|_| DropReason::StaticTableFull)?;
         self.statics.last_now = now;
         match origin {
-            StaticOrigin::Rule(_) => self.counters.static_sessions_created += 1,
+            StaticOrigin::Rule(_) | StaticOrigin::Explicit(_) => {
+                self.counters.static_sessions_created += 1
+            }
             StaticOrigin::VirtualServer { address, server } => {
                 self.counters.vserver_sessions_created += 1;
                 if let Some(i) = self.statics.vserver_index(p.proto, address) {

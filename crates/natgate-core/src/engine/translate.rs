@@ -245,7 +245,7 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Gives back the charge of a session `admit`ted but never made.
-    fn unadmit(&mut self, subscriber: std::net::Ipv4Addr, proto: Protocol) {
+    pub(super) fn unadmit(&mut self, subscriber: std::net::Ipv4Addr, proto: Protocol) {
         if let Some(subs) = self.subscribers.as_mut() {
             subs.release(subscriber, proto);
         }

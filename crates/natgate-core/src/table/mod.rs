@@ -19,6 +19,7 @@ pub(crate) fn try_vec<T>(
     Ok(v)
 }
 
+mod explicit;
 mod index;
 mod mapping;
 mod nat;
@@ -28,6 +29,7 @@ mod static_session;
 mod wheel;
 
 pub use crate::hash::FlowHasher;
+pub use explicit::{ExplicitMapping, ExplicitTable, MappingOrigin, RemotePeer};
 pub use index::{HashIndex, IndexFull};
 pub use mapping::{AddressFilter, Mapping, MappingId};
 pub use nat::NatTable;

@@ -9,6 +9,7 @@
 //! either view through two keyed indexes (outside keys are chosen by strangers) and expired by a
 //! [`TimerWheel`], like dynamic sessions; everything is allocated when the table is built.
 
+use super::MappingOrigin;
 use super::{FlowHasher, FlowKey, HashIndex, Slab, TableFull, TimerWheel};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rules::RuleId;
@@ -30,6 +31,8 @@ pub enum StaticOrigin {
         /// The real server.
         server: RealServerId,
     },
+    /// The explicit mapping (PCP, NAT-PMP) of the session's inside endpoint.
+    Explicit(MappingOrigin),
 }
 
 /// One flow translated by a rule or a virtual server.

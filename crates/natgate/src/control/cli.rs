@@ -15,7 +15,7 @@ use natgate_core::rules::{Rule, RuleId};
 
 use super::protocol::{
     DropsQuery, FlushQuery, LogLevel, LogLevelArgs, RealServerOp, RealServerRef, RuleChange,
-    SessionChange, TableQuery, VirtualServerChange, VirtualServerRef, WhoisQuery,
+    SessionChange, TableQuery, UnmapArgs, VirtualServerChange, VirtualServerRef, WhoisQuery,
 };
 use super::static_nat::parse_rule_toml;
 use super::{Client, DEFAULT_SOCKET, Request, Response, render};
@@ -107,6 +107,15 @@ pub enum CtlCommand {
     /// Change a virtual server's real servers (all workers or none).
     #[command(subcommand)]
     Vserver(VserverCommand),
+    /// Delete an explicit mapping (PCP, NAT-PMP) and the flows it let in; its port is held
+    /// down like any other.
+    Unmap {
+        /// Its protocol: udp or tcp.
+        #[arg(value_parser = parse_protocol)]
+        proto: Protocol,
+        /// The subscriber's endpoint it maps, ADDRESS:PORT.
+        internal: SocketAddrV4,
+    },
 }
 
 /// `natgate ctl session ...`.
@@ -552,6 +561,10 @@ impl TryFrom<&CtlCommand> for Request {
                 })
             }
             CtlCommand::Vservers => Request::VirtualServers,
+            CtlCommand::Unmap { proto, internal } => Request::Unmap(UnmapArgs {
+                proto: *proto,
+                internal: *internal,
+            }),
             CtlCommand::Vserver(v) => Request::VirtualServer(v.into()),
         })
     }

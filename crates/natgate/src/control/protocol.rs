@@ -63,11 +63,13 @@ pub enum Command {
     VirtualServers,
     /// `vserver`.
     VirtualServer,
+    /// `unmap`.
+    Unmap,
 }
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 15] = [
+    pub const ALL: [Command; 16] = [
         Command::Status,
         Command::Sessions,
         Command::Mappings,
@@ -83,6 +85,7 @@ impl Command {
         Command::Rule,
         Command::VirtualServers,
         Command::VirtualServer,
+        Command::Unmap,
     ];
 
     /// The `cmd` string on the wire.
@@ -103,6 +106,7 @@ impl Command {
             Command::Rule => "rule",
             Command::VirtualServers => "vservers",
             Command::VirtualServer => "vserver",
+            Command::Unmap => "unmap",
         }
     }
 
@@ -152,6 +156,18 @@ pub enum Request {
     VirtualServers,
     /// Add, drain, undrain, remove or reweigh a real server (all workers or none).
     VirtualServer(VirtualServerChange),
+    /// Delete an explicit mapping (PCP, NAT-PMP) and the flows it let in.
+    Unmap(UnmapArgs),
+}
+
+/// Arguments of `unmap`: which explicit mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnmapArgs {
+    /// Its protocol.
+    pub proto: Protocol,
+    /// The subscriber's endpoint it maps.
+    pub internal: SocketAddrV4,
 }
 
 impl Request {
@@ -173,6 +189,7 @@ impl Request {
             Request::Rule(_) => Command::Rule,
             Request::VirtualServers => Command::VirtualServers,
             Request::VirtualServer(_) => Command::VirtualServer,
+            Request::Unmap(_) => Command::Unmap,
         }
     }
 }
@@ -236,13 +253,17 @@ impl TableQuery {
         list
     }
 
-    /// The matching mappings of one engine, like [`TableQuery::collect_sessions`].
-    pub fn collect_mappings(&self, mappings: impl IntoIterator<Item = MappingInfo>) -> MappingList {
+    /// The matching mappings of one engine at `now`, like [`TableQuery::collect_sessions`].
+    pub fn collect_mappings(
+        &self,
+        mappings: impl IntoIterator<Item = MappingInfo>,
+        now: Instant,
+    ) -> MappingList {
         let mut list = MappingList::default();
         for m in mappings.into_iter().filter(|m| self.matches_mapping(m)) {
             list.count += 1;
             if self.wants_row(list.mappings.len()) {
-                list.mappings.push(MappingRow::from(&m));
+                list.mappings.push(MappingRow::new(&m, now));
             }
         }
         list
@@ -437,6 +458,8 @@ pub enum Response {
     VirtualServers(VirtualServerList),
     /// For `vserver`: the changed virtual server after the change.
     VirtualServerChanged(VirtualServerList),
+    /// For `unmap`: the mapping deleted.
+    Unmapped(MappingRow),
 }
 
 impl Response {
@@ -458,6 +481,7 @@ impl Response {
             Response::RuleChanged(_) => Command::Rule,
             Response::VirtualServers(_) => Command::VirtualServers,
             Response::VirtualServerChanged(_) => Command::VirtualServer,
+            Response::Unmapped(_) => Command::Unmap,
         }
     }
 
@@ -478,6 +502,7 @@ impl Response {
             Response::VirtualServers(r) | Response::VirtualServerChanged(r) => {
                 serde_json::to_value(r)
             }
+            Response::Unmapped(r) => serde_json::to_value(r),
         }
     }
 
@@ -500,6 +525,7 @@ impl Response {
             Command::Rule => Response::RuleChanged(from(v)?),
             Command::VirtualServers => Response::VirtualServers(from(v)?),
             Command::VirtualServer => Response::VirtualServerChanged(from(v)?),
+            Command::Unmap => Response::Unmapped(from(v)?),
         })
     }
 }
@@ -654,15 +680,27 @@ pub struct MappingRow {
     pub external: SocketAddrV4,
     /// Live sessions using it.
     pub sessions: u32,
+    /// An explicit mapping's origin (`pcp nonce HEX`, `nat-pmp`); absent for the mappings
+    /// outbound packets make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// An explicit mapping's remaining lifetime, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
 }
 
-impl From<&MappingInfo> for MappingRow {
-    fn from(m: &MappingInfo) -> Self {
+impl MappingRow {
+    /// The row of `m` at `now`.
+    pub fn new(m: &MappingInfo, now: Instant) -> Self {
         MappingRow {
             proto: m.proto,
             internal: sock(m.internal),
             external: sock(m.external),
             sessions: m.sessions,
+            origin: m.explicit.map(|e| e.origin.to_string()),
+            expires_in_secs: m
+                .explicit
+                .map(|e| e.expires.saturating_since(now).as_secs()),
         }
     }
 }
@@ -1181,6 +1219,7 @@ pub fn encode_request(id: u64, req: &Request) -> Result<String, serde_json::Erro
         Request::Whois(q) => Some(serde_json::to_value(q)?),
         Request::Rule(c) => Some(serde_json::to_value(c)?),
         Request::VirtualServer(c) => Some(serde_json::to_value(c)?),
+        Request::Unmap(a) => Some(serde_json::to_value(a)?),
     };
     serde_json::to_string(&WireRequest {
         id: Some(id),
@@ -1241,6 +1280,7 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
         Command::VirtualServer => {
             Request::VirtualServer(serde_json::from_value(args).map_err(bad)?)
         }
+        Command::Unmap => Request::Unmap(serde_json::from_value(args).map_err(bad)?),
     })
 }
 

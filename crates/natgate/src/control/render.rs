@@ -168,6 +168,8 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ("INTERNAL", false),
                 ("EXTERNAL", false),
                 ("SESSIONS", true),
+                ("EXPIRES", true),
+                ("ORIGIN", false),
             ]);
             for m in &l.mappings {
                 t.row(vec![
@@ -175,6 +177,9 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                     m.internal.to_string(),
                     m.external.to_string(),
                     m.sessions.to_string(),
+                    m.expires_in_secs
+                        .map_or_else(|| "-".to_owned(), |s| format!("{s}s")),
+                    m.origin.clone().unwrap_or_else(|| "dynamic".to_owned()),
                 ]);
             }
             t.render(&mut out);
@@ -326,6 +331,16 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
                 ""
             };
             let _ = writeln!(out, "deleted {what}{mapping}");
+        }
+        Response::Unmapped(m) => {
+            let _ = writeln!(
+                out,
+                "deleted {} {} -> {} ({})",
+                m.proto,
+                m.internal,
+                m.external,
+                m.origin.as_deref().unwrap_or("explicit")
+            );
         }
         Response::Reloaded(r) => {
             let _ = writeln!(out, "reloaded {}", r.config_path.display());

@@ -21,9 +21,9 @@ use super::{DaemonHandle, Detail, Snapshot, engine_config};
 use crate::config::Settings;
 use crate::control::protocol::{
     DataplaneDrop, DropList, FastPathStats, FlushQuery, FlushResult, LogLevel, LogLevelArgs,
-    LogSinkLoss, PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult, RuleChange, RuleList,
-    SessionChange, StatsInfo, StatusInfo, VirtualServerChange, VirtualServerList, WhoisList,
-    WhoisQuery, WhoisRow,
+    LogSinkLoss, MappingRow, PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult,
+    RuleChange, RuleList, SessionChange, StatsInfo, StatusInfo, VirtualServerChange,
+    VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
 use crate::observability::logsink::whois::WhoisSource;
@@ -112,7 +112,7 @@ impl ControlService {
         })?;
         let new = Settings::load(&path).map_err(|e| ControlError::Rejected(e.to_string()))?;
         let mut cur = self.settings();
-        let fixed: [(&str, bool); 10] = [
+        let fixed: [(&str, bool); 11] = [
             (
                 "interfaces",
                 new.inside == cur.inside
@@ -133,6 +133,9 @@ impl ControlService {
             ("metrics", new.metrics_listen == cur.metrics_listen),
             ("allocation", new.allocation == cur.allocation),
             ("log", new.log == cur.log),
+            // The server socket and each worker's server are set up at start; the mappings
+            // themselves live in the engines and are kept across a reload.
+            ("port-mapping", new.port_mapping == cur.port_mapping),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ControlError::Rejected(format!(
@@ -344,6 +347,7 @@ impl ControlService {
         }
         m.mappings = snap.mapping_count as u64;
         m.pools = self.pools(&snap).addresses;
+        m.portmap = snap.portmap.clone();
         m
     }
 }
@@ -437,6 +441,20 @@ impl ControlHandler for ControlService {
                     "session deleted by the operator"
                 );
                 Ok(Response::SessionChanged(ended_result(ended)))
+            }
+            Request::Unmap(a) => {
+                let internal = natgate_core::Endpoint::new(*a.internal.ip(), a.internal.port());
+                let now = self.snapshot(Detail::Summary)?.now;
+                match self.handle.unmap(a.proto, internal).map_err(unavailable)? {
+                    Some(m) => {
+                        tracing::info!(proto = %a.proto, internal = %a.internal, "explicit mapping deleted");
+                        Ok(Response::Unmapped(MappingRow::new(&m, now)))
+                    }
+                    None => Err(ControlError::Rejected(format!(
+                        "no explicit {} mapping of {}",
+                        a.proto, a.internal
+                    ))),
+                }
             }
             Request::Reload => self.reload(),
             Request::Whois(q) => self.whois(q),

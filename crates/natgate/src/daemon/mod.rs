@@ -36,6 +36,7 @@ pub mod health;
 pub mod machine;
 pub mod mailbox;
 pub mod plumbing;
+pub mod portmap;
 pub mod vservers;
 pub mod worker;
 
@@ -53,7 +54,7 @@ use natgate_core::alloc::{
 };
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
-use natgate_core::engine::{Ended, NoSuchSession, OffloadStats};
+use natgate_core::engine::{Ended, MappingInfo, NoSuchSession, OffloadStats};
 use natgate_core::shard;
 use natgate_core::{Counters, Endpoint, Event, Protocol};
 
@@ -179,6 +180,24 @@ pub enum Command {
     },
     /// List, change or health-check the virtual servers.
     VirtualServers(vservers::VsCommand),
+    /// A PCP or NAT-PMP request from `client`, for the worker that owns the client.
+    PortMap {
+        /// The sender.
+        client: natgate_core::Endpoint,
+        /// The datagram.
+        request: Vec<u8>,
+        /// The answer to send back; `None` when the request gets none.
+        reply: SyncSender<Option<Vec<u8>>>,
+    },
+    /// Delete an explicit mapping (`ctl unmap`).
+    Unmap {
+        /// Its protocol.
+        proto: Protocol,
+        /// Its internal endpoint.
+        internal: natgate_core::Endpoint,
+        /// Answered with the mapping, if this worker had it.
+        reply: SyncSender<Option<MappingInfo>>,
+    },
     /// Who holds an external port now.
     Whois {
         /// The external address.
@@ -231,6 +250,8 @@ pub struct WorkerSnapshot {
     pub io: IoCounters,
     /// The worker's clock when it answered.
     pub now: natgate_core::Instant,
+    /// Its port-mapping server's counters (zero when none runs).
+    pub portmap: natgate_core::portmap::PortMapCounters,
 }
 
 /// The whole gateway's state, summed over workers.
@@ -263,6 +284,8 @@ pub struct Snapshot {
     pub io: IoCounters,
     /// Engine clock (milliseconds since start).
     pub now: natgate_core::Instant,
+    /// The port-mapping servers' counters, summed.
+    pub portmap: natgate_core::portmap::PortMapCounters,
     /// Workers that answered.
     pub workers: usize,
 }
@@ -325,6 +348,9 @@ pub enum DaemonError {
     /// The allocation settings describe no allocator (validation should have refused them).
     #[error("allocation: {0}")]
     Allocation(String),
+    /// The port-mapping server's socket could not be opened.
+    #[error("port mapping: {0}")]
+    PortMap(String),
 }
 
 /// How long a control request waits for the workers.
@@ -436,6 +462,7 @@ impl DaemonHandle {
                 total.sessions_by_proto[p] += s.sessions_by_proto[p];
             }
             total.sessions.merge(s.sessions);
+            total.portmap.merge(&s.portmap);
             total.mappings.merge(s.mappings);
             merge_usage(&mut total.pools, s.pools);
             merge_port_sets(&mut total.port_sets, s.port_sets);
@@ -582,6 +609,34 @@ impl DaemonHandle {
         Ok(ended)
     }
 
+    /// Deletes the explicit mapping of `internal` for `proto` from whichever worker has it.
+    pub fn unmap(
+        &self,
+        proto: Protocol,
+        internal: natgate_core::Endpoint,
+    ) -> Result<Option<MappingInfo>, DaemonError> {
+        let mut waiting = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let cmd = Command::Unmap {
+                proto,
+                internal,
+                reply,
+            };
+            if w.send(cmd).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        let mut found = None;
+        for rx in waiting {
+            let m = rx
+                .recv_timeout(REQUEST_TIMEOUT)
+                .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?;
+            found = found.or(m);
+        }
+        Ok(found)
+    }
+
     /// Ends every session the rule `id` made, in every worker (static sessions live in
     /// [`shard::STATIC_OWNER`], but asking all keeps this right whatever the steering), and
     /// returns how many ended.
@@ -652,6 +707,8 @@ pub struct Daemon {
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
     plumbing: Option<Plumbing>,
     health: Option<JoinHandle<()>>,
+    /// The PCP and NAT-PMP socket's thread, when `[port-mapping]` turns one on.
+    portmap: Option<JoinHandle<()>>,
     logs: Option<LogPipelineHandle>,
 }
 
@@ -770,6 +827,12 @@ impl Daemon {
                 steering: steering.clone(),
                 mailboxes: mailboxes.clone(),
                 fast_path: table,
+                portmap: settings.port_mapping.enabled().then(|| {
+                    natgate_core::portmap::PortMapServer::new(
+                        settings.port_mapping.clone(),
+                        clock.now(),
+                    )
+                }),
             };
             let h = std::thread::Builder::new()
                 .name(format!("natgate-w{id}"))
@@ -787,6 +850,17 @@ impl Daemon {
             ),
             None => (LogView::default(), None),
         };
+        let portmap = if settings.port_mapping.enabled() {
+            Some(portmap::spawn(
+                resolved.inside_address,
+                settings.port_mapping.pcp,
+                senders.clone(),
+                steering.clone(),
+                stop.clone(),
+            )?)
+        } else {
+            None
+        };
         let handle = DaemonHandle {
             workers: senders,
             stop: stop.clone(),
@@ -803,6 +877,7 @@ impl Daemon {
             plumbing: Some(plumbing),
             logs,
             health: None,
+            portmap,
         };
         // On failure, dropping `daemon` stops the workers and removes the plumbing.
         daemon.health = Some(health::spawn(handle, clock, stop)?);
@@ -835,6 +910,14 @@ impl Daemon {
         let mut first: Result<(), DaemonError> = Ok(());
         if let Some(Err(e)) = self.health.take().map(health::stopped) {
             first = Err(e);
+        }
+        if let Some(p) = self.portmap.take()
+            && p.join().is_err()
+            && first.is_ok()
+        {
+            first = Err(DaemonError::Thread(
+                "the port-mapping thread panicked".into(),
+            ));
         }
         for w in self.workers.drain(..) {
             let r = match w.join() {

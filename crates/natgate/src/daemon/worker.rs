@@ -17,6 +17,8 @@ use arrayvec::ArrayVec;
 use natgate_core::alloc::{ConfiguredAllocator, PortAllocator, PortRange};
 use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
+use natgate_core::portmap::wire::pcp;
+use natgate_core::portmap::{Answer, PortMapServer};
 use natgate_core::shard::{StaticSteer, Steering};
 use natgate_core::{Endpoint, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -99,6 +101,9 @@ pub struct Worker {
     /// The in-kernel fast path's flow table, when it runs: the engine's offload changes go
     /// there, and its timers ask it what it carried.
     pub fast_path: Option<FlowTable>,
+    /// The PCP and NAT-PMP server of this worker's subscribers, when `[port-mapping]` turns
+    /// one on.
+    pub portmap: Option<PortMapServer>,
 }
 
 /// Why a worker stopped with an error.
@@ -436,7 +441,7 @@ impl Worker {
                             _ => SessionList::default(),
                         },
                         mappings: match &detail {
-                            Detail::Mappings(q) => q.collect_mappings(e.mappings()),
+                            Detail::Mappings(q) => q.collect_mappings(e.mappings(), now),
                             _ => MappingList::default(),
                         },
                         pools: e.allocator().usage(),
@@ -447,6 +452,11 @@ impl Worker {
                         held_syns: e.held_syn_count(),
                         io: self.io,
                         now,
+                        portmap: self
+                            .portmap
+                            .as_ref()
+                            .map(|p| p.counters().clone())
+                            .unwrap_or_default(),
                     };
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(snap);
@@ -489,6 +499,35 @@ impl Worker {
                     let now = self.clock.now();
                     changed |= matches!(c, super::vservers::VsCommand::Change { .. });
                     super::vservers::serve(&mut self.engine, c, now, self.id == 0);
+                }
+                Ok(Command::PortMap {
+                    client,
+                    request,
+                    reply,
+                }) => {
+                    let answer = self.portmap.as_mut().and_then(|server| {
+                        let mut out = [0u8; pcp::MAX_MESSAGE];
+                        let now = self.clock.now();
+                        match server.handle(now, &mut self.engine, client, &request, &mut out) {
+                            Answer::Reply(n) => Some(out[..n].to_vec()),
+                            Answer::Drop(_) => None,
+                        }
+                    });
+                    let _ = reply.send(answer);
+                }
+                Ok(Command::Unmap {
+                    proto,
+                    internal,
+                    reply,
+                }) => {
+                    let now = self.clock.now();
+                    let found = self.engine.mappings().find(|m| {
+                        m.explicit.is_some() && m.proto == proto && m.internal == internal
+                    });
+                    if found.is_some() {
+                        self.engine.unmap_explicit(now, proto, internal);
+                    }
+                    let _ = reply.send(found);
                 }
                 Ok(Command::Whois {
                     external,

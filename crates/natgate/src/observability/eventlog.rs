@@ -451,6 +451,34 @@ impl Line {
                 Some(external.to_string()),
                 Some(remote),
             ),
+            Event::ExplicitMappingCreated {
+                at,
+                proto,
+                internal,
+                external,
+                origin: _,
+            } => (
+                at,
+                "explicit-mapping-created",
+                Some(proto),
+                internal.to_string(),
+                Some(external.to_string()),
+                None,
+            ),
+            Event::ExplicitMappingDeleted {
+                at,
+                proto,
+                internal,
+                external,
+                origin: _,
+            } => (
+                at,
+                "explicit-mapping-deleted",
+                Some(proto),
+                internal.to_string(),
+                Some(external.to_string()),
+                None,
+            ),
             Event::MappingFailed {
                 at,
                 proto,
@@ -510,6 +538,8 @@ impl Line {
                 Event::SessionCreated { origin, .. } | Event::SessionDeleted { origin, .. } => {
                     Some(origin.to_string())
                 }
+                Event::ExplicitMappingCreated { origin, .. }
+                | Event::ExplicitMappingDeleted { origin, .. } => Some(origin.to_string()),
                 _ => None,
             },
         }

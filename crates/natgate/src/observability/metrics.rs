@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use natgate_core::portmap::wire::{natpmp, pcp};
+use natgate_core::portmap::{PortMapCounters, PortMapDrop};
 use natgate_core::{Counters, DropReason, Protocol};
 
 use crate::control::protocol::{PerProtocol, PoolRow, PortSetRowKind, StatsInfo};
@@ -31,6 +33,8 @@ pub struct MetricsSnapshot {
     pub mappings: u64,
     /// Use of each external address (as `ctl pools` shows it).
     pub pools: Vec<PoolRow>,
+    /// The port-mapping servers' drops and answers.
+    pub portmap: PortMapCounters,
 }
 
 // By hand: `Default` is derived for arrays of at most 32 elements, and there are more drop
@@ -43,6 +47,7 @@ impl Default for MetricsSnapshot {
             sessions: PerProtocol::default(),
             mappings: 0,
             pools: Vec::new(),
+            portmap: PortMapCounters::default(),
         }
     }
 }
@@ -94,6 +99,28 @@ impl MetricsSnapshot {
                 &[("reason", r.name())],
                 self.drops[*r as usize],
             );
+        }
+        let pm = &self.portmap;
+        e.family(
+            "natgate_portmap_dropped_total",
+            "counter",
+            "PCP and NAT-PMP requests not answered, by reason.",
+        );
+        for (r, n) in PortMapDrop::ALL.iter().zip(pm.drops) {
+            e.sample("natgate_portmap_dropped_total", &[("reason", r.name())], n);
+        }
+        e.family(
+            "natgate_portmap_answers_total",
+            "counter",
+            "PCP and NAT-PMP answers, by protocol and result code.",
+        );
+        for (c, n) in pcp::ResultCode::ALL.iter().zip(pm.pcp_results) {
+            let labels = [("protocol", "pcp"), ("result", c.name())];
+            e.sample("natgate_portmap_answers_total", &labels, n);
+        }
+        for (c, n) in natpmp::ResultCode::ALL.iter().zip(pm.natpmp_results) {
+            let labels = [("protocol", "nat-pmp"), ("result", c.name())];
+            e.sample("natgate_portmap_answers_total", &labels, n);
         }
         for (name, help, v) in [
             (
@@ -797,6 +824,28 @@ mod tests {
                 .collect(),
         );
         *s.get(&key).unwrap_or_else(|| panic!("no {name}{labels:?}"))
+    }
+
+    #[test]
+    fn port_mapping_drops_and_answers_are_labelled() {
+        let mut snap = snapshot();
+        snap.portmap.drops[3] = 7;
+        snap.portmap.pcp_results[2] = 5;
+        snap.portmap.natpmp_results[0] = 9;
+        let s = parse(&snap.render());
+        let dropped = |r| get(&s, "natgate_portmap_dropped_total", &[("reason", r)]);
+        assert_eq!(dropped("rate_limited"), 7.0);
+        assert_eq!(dropped("not_served"), 0.0);
+        let answers = |p, r| {
+            get(
+                &s,
+                "natgate_portmap_answers_total",
+                &[("protocol", p), ("result", r)],
+            )
+        };
+        assert_eq!(answers("pcp", "not_authorized"), 5.0);
+        assert_eq!(answers("nat-pmp", "success"), 9.0);
+        assert_eq!(answers("pcp", "excessive_remote_peers"), 0.0);
     }
 
     #[test]

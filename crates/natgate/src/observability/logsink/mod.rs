@@ -283,7 +283,8 @@ pub struct Record {
     pub block: Option<PortRange>,
     /// Which quota, for [`NatEvent::QuotaExceeded`].
     pub quota: Option<QuotaLimit>,
-    /// What made the session, for session events. No RFC 8158 information element names a
+    /// What made the session, for session events, and who asked for an explicit mapping, for
+    /// its mapping events. No RFC 8158 information element names a
     /// static rule or a real server, so IPFIX leaves it out; the syslog and JSON sinks carry it.
     pub origin: Option<SessionOrigin>,
     /// Why the session or mapping ended, for delete events: an operator's delete and a timeout
@@ -329,6 +330,37 @@ impl Record {
                 quota: None,
                 origin: None,
                 ended: Some(reason),
+            },
+            Event::ExplicitMappingCreated {
+                at,
+                proto,
+                internal,
+                external,
+                origin,
+            }
+            | Event::ExplicitMappingDeleted {
+                at,
+                proto,
+                internal,
+                external,
+                origin,
+            } => Record {
+                at,
+                event: if matches!(ev, Event::ExplicitMappingCreated { .. }) {
+                    NatEvent::Nat44BibCreate
+                } else {
+                    NatEvent::Nat44BibDelete
+                },
+                proto: Some(proto),
+                internal,
+                external: Some(external),
+                remote: None,
+                block: None,
+                quota: None,
+                origin: Some(SessionOrigin::Explicit(origin)),
+                // An explicit mapping's end is its own record (the protocol's deletion or its
+                // lifetime), not a session's reason.
+                ended: None,
             },
             Event::SessionCreated {
                 at,

@@ -1,0 +1,374 @@
+//! Port mapping end to end, with clients nobody here wrote: `natpmpc` (libnatpmp, Debian
+//! package `natpmpc`) gets the public address and maps UDP and TCP ports, and a WAN host then
+//! reaches the subscriber's listening socket through the mapped address and port; after the
+//! deletion it no longer does. The `crab_nat` crate's PCP client maps a port the same way, and
+//! its request for another host's address is refused; the gateway's PCP ANNOUNCE reaches the
+//! subscribers when it starts; with two workers each subscriber's request reaches the worker
+//! that owns it. Real sockets in the standard topology's
+//! namespaces; needs root (and `natpmpc` for the NAT-PMP test), skips otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::num::NonZeroU16;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Gateway, T, config, ctl, ctl_json, in_pool, is_root, recv, topology, udp_socket};
+use natgate::lab::topology::{Topology, addr};
+use natgate::platform::netns::Netns;
+
+const PORT_MAPPING: &str = "[port-mapping]\npcp = true\nnat-pmp = true\nmin-lifetime = 30\n";
+
+/// Whether `natpmpc` is installed; says SKIP when not.
+#[allow(clippy::print_stderr)]
+fn have_natpmpc() -> bool {
+    let ok = Command::new("natpmpc").arg("-h").output().is_ok();
+    if !ok {
+        eprintln!("SKIP: natpmpc is not installed (apt-get install natpmpc)");
+    }
+    ok
+}
+
+/// Runs `natpmpc -g <gateway's inside address> ARGS` in `ns`; returns its output.
+fn natpmpc(ns: &Netns, args: &[&str]) -> String {
+    let gw = addr::GW_LAN.to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "natpmpc", "-g", &gw])
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "natpmpc {args:?} failed:\n{text}");
+    text
+}
+
+/// The value after `label` on the first line that has it.
+fn field<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.split_once(label).map(|(_, v)| v.trim()))
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{text}"))
+}
+
+/// The public port of natpmpc's "Mapped public port P protocol X to local port L liftime T".
+fn mapped_port(text: &str) -> (u16, u32) {
+    let rest = field(text, "Mapped public port");
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    (
+        words[0].parse().unwrap(),
+        words[words.len() - 1].parse().unwrap(),
+    )
+}
+
+/// Whether a datagram from wan1 to `to` reaches `sock` (bound in the subscriber's namespace).
+/// When it does, the subscriber's answer must come back from `to`: the mapping serves both
+/// directions (with several workers, only if the worker that owns the subscriber has it).
+fn udp_reaches(
+    topo: &Topology,
+    sock: &std::net::UdpSocket,
+    to: SocketAddrV4,
+    wait: Duration,
+) -> bool {
+    let sender = udp_socket(&topo.wan1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    sender.send_to(b"inbound", to).unwrap();
+    let Some((data, from)) = recv(sock, wait) else {
+        return false;
+    };
+    assert_eq!(data, b"inbound");
+    assert_eq!(
+        from.ip(),
+        IpAddr::V4(addr::WAN1),
+        "the remote is not rewritten"
+    );
+    sock.send_to(b"answer", from).unwrap();
+    let (data, back) = recv(&sender, T).unwrap_or_else(|| panic!("no answer through {to}"));
+    assert_eq!(data, b"answer");
+    assert_eq!(
+        back,
+        std::net::SocketAddr::V4(to),
+        "the answer leaves from the mapping"
+    );
+    true
+}
+
+/// A TCP connection from wan1 to `to`, accepted by `listener` in the subscriber's namespace,
+/// carrying a line each way.
+fn tcp_reaches(topo: &Topology, listener: &TcpListener, to: SocketAddrV4) {
+    let mut client = topo
+        .wan1
+        .run_in(|| TcpStream::connect_timeout(&to.into(), T))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+    client.write_all(b"hello").unwrap();
+    let (mut conn, from) = listener.accept().unwrap();
+    assert_eq!(from.ip(), IpAddr::V4(addr::WAN1));
+    let mut buf = [0u8; 5];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    conn.write_all(b"world").unwrap();
+    client.set_read_timeout(Some(T)).unwrap();
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"world");
+}
+
+/// The explicit mappings `ctl mappings` lists, as (proto, internal, external, origin, expires).
+fn explicit_rows(topo: &Topology) -> Vec<(String, String, String, String, u64)> {
+    ctl_json(topo, &["mappings"])["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m.get("origin").is_some())
+        .map(|m| {
+            (
+                m["proto"].as_str().unwrap().to_owned(),
+                m["internal"].as_str().unwrap().to_owned(),
+                m["external"].as_str().unwrap().to_owned(),
+                m["origin"].as_str().unwrap().to_owned(),
+                m["expires_in_secs"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A home gateway (the pool is the outside interface's own address), where NAT-PMP belongs:
+/// NAT-PMP tells a client one public address for all its mappings.
+fn home_config(topo: &Topology) -> String {
+    format!(
+        "[interfaces]\ninside = \"{}\"\noutside = \"{}\"\n\n[pool]\noutside-address = true\n\
+         nat-ports = \"20000-65535\"\n\n[control]\nsocket = \"{}\"\n\n{PORT_MAPPING}\n",
+        topo.ifaces.lan0,
+        topo.ifaces.wan0,
+        common::control_socket(topo).display()
+    )
+}
+
+#[test]
+fn natpmpc_maps_udp_and_tcp_and_a_deleted_mapping_lets_nothing_in() {
+    if !is_root() || !have_natpmpc() {
+        return;
+    }
+    let topo = topology();
+    let _gw = Gateway::start(&topo, &home_config(&topo));
+
+    // The public address request.
+    let out = natpmpc(&topo.sub1, &[]);
+    let public: Ipv4Addr = field(&out, "Public IP address :").parse().unwrap();
+    assert_eq!(public, addr::GW_WAN);
+
+    // UDP: the subscriber listens on 4000 and asks for it.
+    let listening = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 4000));
+    let out = natpmpc(&topo.sub1, &["-a", "4000", "4000", "udp", "60"]);
+    let (udp_port, lifetime) = mapped_port(&out);
+    assert_eq!(lifetime, 60);
+    let udp_ext = SocketAddrV4::new(public, udp_port);
+    assert!(
+        udp_reaches(&topo, &listening, udp_ext, T),
+        "nothing reached {udp_ext}"
+    );
+
+    // TCP likewise.
+    let listener = topo
+        .sub1
+        .run_in(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 2222)))
+        .unwrap()
+        .unwrap();
+    let out = natpmpc(&topo.sub1, &["-a", "2222", "2222", "tcp", "60"]);
+    let (tcp_port, _) = mapped_port(&out);
+    tcp_reaches(&topo, &listener, SocketAddrV4::new(public, tcp_port));
+
+    // `ctl mappings` lists both, with their origin and remaining lifetime.
+    let rows = explicit_rows(&topo);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (proto, internal, external, origin, expires) in &rows {
+        let (port, ext_port) = if proto == "udp" {
+            (4000, udp_port)
+        } else {
+            (2222, tcp_port)
+        };
+        assert_eq!(internal, &format!("{}:{port}", addr::SUB1));
+        assert_eq!(external, &SocketAddrV4::new(public, ext_port).to_string());
+        assert_eq!(origin, "nat-pmp");
+        assert!((1..=60).contains(expires), "{expires}");
+    }
+
+    // Deleted (lifetime 0): the mapped endpoint lets nothing in, not even the remote that
+    // used it.
+    natpmpc(&topo.sub1, &["-a", "4000", "4000", "udp", "0"]);
+    assert!(
+        !udp_reaches(&topo, &listening, udp_ext, Duration::from_secs(1)),
+        "{udp_ext} still reaches the subscriber after the deletion"
+    );
+    assert_eq!(explicit_rows(&topo).len(), 1);
+
+    // The operator deletes the TCP mapping: the port lets nothing in; a second delete finds
+    // nothing to delete.
+    let internal = format!("{}:2222", addr::SUB1);
+    let (code, out, err) = ctl(&topo, &["unmap", "tcp", &internal]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nat-pmp"), "{out}");
+    assert!(explicit_rows(&topo).is_empty());
+    let to = SocketAddrV4::new(public, tcp_port);
+    let refused = topo
+        .wan1
+        .run_in(|| TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)))
+        .unwrap();
+    assert!(refused.is_err(), "{to} still accepts connections");
+    let (code, _, err) = ctl(&topo, &["unmap", "tcp", &internal]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no explicit tcp mapping"), "{err}");
+}
+
+/// Maps `internal_port` with crab_nat's PCP client from `ns`, saying it is `client`.
+fn pcp_map(ns: &Netns, client: Ipv4Addr, internal_port: u16) -> Result<(IpAddr, u16), String> {
+    ns.run_in(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let base = crab_nat::pcp::BaseMapRequest::new(
+                addr::GW_LAN.into(),
+                IpAddr::V4(client),
+                crab_nat::InternetProtocol::Udp,
+                NonZeroU16::new(internal_port).unwrap(),
+            );
+            let options = crab_nat::PortMappingOptions {
+                lifetime_seconds: Some(120),
+                timeout_config: Some(crab_nat::TimeoutConfig {
+                    initial_timeout: Duration::from_millis(500),
+                    max_retries: 2,
+                    max_retry_timeout: None,
+                }),
+                ..Default::default()
+            };
+            crab_nat::pcp::port_mapping(base, None, None, options)
+                .await
+                .map(|m| {
+                    let ip = match m.mapping_type() {
+                        crab_nat::PortMappingType::Pcp { external_ip, .. } => external_ip,
+                        crab_nat::PortMappingType::NatPmp => panic!("PCP was asked for"),
+                    };
+                    (ip, m.external_port().get())
+                })
+                .map_err(|e| format!("{e:?}"))
+        })
+    })
+    .unwrap()
+}
+
+#[test]
+fn an_independent_pcp_client_maps_a_port_and_cannot_map_another_host() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    // PCP clients listen on 5350 for the ANNOUNCE a server multicasts when it starts.
+    let announce = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5350));
+    let _gw = Gateway::start(&topo, &config(&topo, PORT_MAPPING));
+    let (bytes, from) = recv(&announce, T).expect("no PCP ANNOUNCE at start");
+    assert_eq!(from.ip(), IpAddr::V4(addr::GW_LAN));
+    assert_eq!(bytes.len(), 24);
+    assert_eq!(
+        &bytes[..8],
+        &[2, 0x80, 0, 0, 0, 0, 0, 0],
+        "ANNOUNCE response, SUCCESS"
+    );
+    let listening = udp_socket(&topo.sub1, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5000));
+    let (ip, port) = pcp_map(&topo.sub1, addr::SUB1, 5000).expect("PCP MAP");
+    let IpAddr::V4(ip) = ip else {
+        panic!("an IPv4 external address, not {ip}");
+    };
+    assert!(in_pool(ip), "{ip}");
+    let ext = SocketAddrV4::new(ip, port);
+    assert!(
+        udp_reaches(&topo, &listening, ext, T),
+        "nothing reached {ext}"
+    );
+    let rows = explicit_rows(&topo);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].3.starts_with("pcp nonce "), "{rows:?}");
+
+    // sub1 asks for sub2's address: refused (ADDRESS_MISMATCH), and nothing is mapped.
+    let refused = pcp_map(&topo.sub1, addr::SUB2, 5001);
+    assert!(refused.is_err(), "mapped {refused:?} for another host");
+    assert_eq!(explicit_rows(&topo).len(), 1);
+}
+
+/// A PCP MAP for UDP `port` from `client`, built by hand (RFC 6887 figures 2 and 9), for
+/// `third_party` if given (figure 11), sent from a socket bound to `client` in `ns`; returns
+/// the assigned external endpoint.
+fn pcp_map_by_hand(
+    ns: &Netns,
+    client: Ipv4Addr,
+    port: u16,
+    third_party: Option<Ipv4Addr>,
+) -> SocketAddrV4 {
+    let mut req = vec![2, 1, 0, 0, 0, 0, 0, 120];
+    req.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+    req.extend_from_slice(&client.octets());
+    req.extend_from_slice(&[9; 12]);
+    req.extend_from_slice(&[17, 0, 0, 0]);
+    req.extend_from_slice(&port.to_be_bytes());
+    req.extend_from_slice(&[0; 18]);
+    if let Some(tp) = third_party {
+        req.extend_from_slice(&[1, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        req.extend_from_slice(&tp.octets());
+    }
+    let sock = udp_socket(ns, SocketAddrV4::new(client, 0));
+    sock.send_to(&req, SocketAddrV4::new(addr::GW_LAN, 5351))
+        .unwrap();
+    let (r, _) = recv(&sock, T).expect("no PCP answer");
+    assert_eq!(&r[..4], &[2, 0x81, 0, 0], "a MAP SUCCESS");
+    SocketAddrV4::new(
+        Ipv4Addr::new(r[56], r[57], r[58], r[59]),
+        u16::from_be_bytes([r[42], r[43]]),
+    )
+}
+
+#[test]
+fn with_two_workers_each_subscriber_is_served_by_the_worker_that_owns_its_ports() {
+    if !is_root() {
+        return;
+    }
+    // sub1 (100.64.0.10) and a second address of sub2 (100.64.0.12) belong to different
+    // workers, so each request must reach its own worker for the mapping to work.
+    let other = Ipv4Addr::new(100, 64, 0, 12);
+    assert_ne!(
+        natgate_core::shard::subscriber_owner(addr::SUB1, 2),
+        natgate_core::shard::subscriber_owner(other, 2)
+    );
+    let topo = topology();
+    topo.netlink(&topo.sub2)
+        .unwrap()
+        .add_addr_v4(&topo.ifaces.sub2, other, 16)
+        .unwrap();
+    // sub1 may map for other hosts (THIRD_PARTY).
+    let text = format!(
+        "[tun]\nqueues = 2\n\n{PORT_MAPPING}third-party = [\"{}/32\"]\n",
+        addr::SUB1
+    );
+    let _gw = Gateway::start(&topo, &config(&topo, &text));
+    let first = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 5000));
+    let (ip, port) = pcp_map(&topo.sub1, addr::SUB1, 5000).expect("PCP MAP from sub1");
+    let IpAddr::V4(ip) = ip else {
+        panic!("{ip}");
+    };
+    let second = udp_socket(&topo.sub2, SocketAddrV4::new(other, 6000));
+    let ext = pcp_map_by_hand(&topo.sub2, other, 6000, None);
+    // sub1 (worker 0) maps a port for 100.64.0.12 (worker 1): the mapping must be made where
+    // 100.64.0.12's packets go.
+    let third = udp_socket(&topo.sub2, SocketAddrV4::new(other, 7000));
+    let tp_ext = pcp_map_by_hand(&topo.sub1, addr::SUB1, 7000, Some(other));
+    for (sock, to) in [
+        (&first, SocketAddrV4::new(ip, port)),
+        (&second, ext),
+        (&third, tp_ext),
+    ] {
+        assert!(udp_reaches(&topo, sock, to, T), "nothing reached {to}");
+    }
+    assert_eq!(explicit_rows(&topo).len(), 3);
+}
