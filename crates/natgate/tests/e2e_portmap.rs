@@ -372,3 +372,100 @@ fn with_two_workers_each_subscriber_is_served_by_the_worker_that_owns_its_ports(
     }
     assert_eq!(explicit_rows(&topo).len(), 3);
 }
+
+/// Sends one UDP datagram from `src` to `dst` in `ns` through a raw socket, so `src` can be an
+/// address `ns` does not have (the kernel fills in the IP header's length and checksum; the UDP
+/// checksum is left out, which IPv4 allows).
+fn send_spoofed_udp(ns: &Netns, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
+    let len = 28 + payload.len();
+    let mut pkt = vec![0u8; len];
+    pkt[0] = 0x45;
+    pkt[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    pkt[8] = 64;
+    pkt[9] = 17;
+    pkt[12..16].copy_from_slice(&src.ip().octets());
+    pkt[16..20].copy_from_slice(&dst.ip().octets());
+    pkt[20..22].copy_from_slice(&src.port().to_be_bytes());
+    pkt[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    pkt[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    pkt[28..].copy_from_slice(payload);
+    ns.run_in(|| {
+        // SAFETY: a raw socket of our own, closed below; the address and packet outlive the
+        // calls that read them.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let mut to: libc::sockaddr_in = std::mem::zeroed();
+            to.sin_family = libc::AF_INET as libc::sa_family_t;
+            to.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
+            let n = libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&raw const to).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(n, pkt.len() as isize, "sendto: {err}");
+        }
+    })
+    .unwrap();
+}
+
+/// Requests are served only when they arrive on the inside interface: a host on the outside
+/// of a CGN (whose inside address the host would deliver locally from any interface) that
+/// sends a NAT-PMP mapping request to that address, claiming a subscriber's address as its
+/// source, gets no mapping made and no answer sent to the subscriber, while the subscriber's
+/// own request from the inside still works.
+#[test]
+fn a_request_from_outside_claiming_a_subscriber_s_address_maps_nothing() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let _gw = Gateway::start(&topo, &config(&topo, PORT_MAPPING));
+    // The upstream router can reach the gateway's inside address through its outside one.
+    topo.upstream
+        .run_in(|| {
+            natgate::platform::netlink::Netlink::new()
+                .unwrap()
+                .add_route_v4(&natgate::platform::netlink::RouteV4::via(
+                    addr::GW_LAN,
+                    32,
+                    addr::GW_WAN,
+                ))
+        })
+        .unwrap()
+        .unwrap();
+    let victim = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    let victim_at = common::v4(victim.local_addr().unwrap());
+    // NAT-PMP: version 0, map UDP, internal port 7000, any external port, 3600 s.
+    let mut request = vec![0u8, 1, 0, 0];
+    request.extend_from_slice(&7000u16.to_be_bytes());
+    request.extend_from_slice(&0u16.to_be_bytes());
+    request.extend_from_slice(&3600u32.to_be_bytes());
+    let server = SocketAddrV4::new(addr::GW_LAN, 5351);
+    for _ in 0..3 {
+        send_spoofed_udp(&topo.upstream, victim_at, server, &request);
+    }
+    assert!(
+        recv(&victim, Duration::from_millis(500)).is_none(),
+        "an answer reached the subscriber"
+    );
+    assert!(
+        explicit_rows(&topo).is_empty(),
+        "{:?}",
+        explicit_rows(&topo)
+    );
+    // The same request from the subscriber itself, on the inside, is served.
+    victim.send_to(&request, server).unwrap();
+    let (answer, _) = recv(&victim, T).expect("an answer on the inside");
+    assert_eq!(
+        &answer[..4],
+        &[0, 129, 0, 0],
+        "a successful UDP mapping answer"
+    );
+    assert_eq!(explicit_rows(&topo).len(), 1);
+}

@@ -853,6 +853,7 @@ impl Daemon {
         let portmap = if settings.port_mapping.enabled() {
             Some(portmap::spawn(
                 resolved.inside_address,
+                &settings.inside,
                 settings.port_mapping.pcp,
                 senders.clone(),
                 steering.clone(),

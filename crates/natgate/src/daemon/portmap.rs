@@ -32,6 +32,7 @@ pub const ANNOUNCE_TO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0,
 /// serves until `stop` is set.
 pub fn spawn(
     inside: Ipv4Addr,
+    inside_interface: &str,
     pcp_on: bool,
     workers: Vec<Sender<Command>>,
     steering: Arc<Steering>,
@@ -39,6 +40,10 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, DaemonError> {
     let bind = |e: std::io::Error| DaemonError::PortMap(format!("{inside}:{SERVER_PORT}: {e}"));
     let socket = UdpSocket::bind(SocketAddrV4::new(inside, SERVER_PORT)).map_err(bind)?;
+    // The host delivers a datagram for the inside address whichever interface it came in on,
+    // and a WAN host could claim a subscriber's source address: only what arrives on the
+    // inside interface is served.
+    bind_to_device(&socket, inside_interface).map_err(bind)?;
     socket.set_read_timeout(Some(MAX_WAIT)).map_err(bind)?;
     if pcp_on {
         announce(&socket, inside);
@@ -52,6 +57,26 @@ pub fn spawn(
 /// RFC 6887 section 14.1.3: a server that starts (a new epoch) tells the inside, so that
 /// clients whose mappings it lost renew them at once. A failure is logged, not fatal: clients
 /// still renew when their mappings' lifetimes run down.
+/// `SO_BINDTODEVICE`: the socket receives only what arrives on interface `name`.
+fn bind_to_device(socket: &UdpSocket, name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the name's bytes are read for their length only; the fd is the socket's own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn announce(socket: &UdpSocket, inside: Ipv4Addr) {
     let mut out = [0u8; pcp::MAX_MESSAGE];
     let n = PortMapServer::announcement(0, &mut out);
