@@ -260,11 +260,21 @@ impl PortMapServer {
         op: u8,
         result: natpmp::ResultCode,
     ) -> Answer {
-        self.counters.natpmp_results[result as usize] += 1;
         let mut buf = [0u8; natpmp::MAX_RESPONSE];
         let n = natpmp::write_header(&mut buf, op, result, self.epoch(now));
-        out[..n].copy_from_slice(&buf[..n]);
-        Answer::Reply(n)
+        self.natpmp_answer(out, &buf[..n], result)
+    }
+
+    /// Counts a NAT-PMP answer by its result and puts it in `out`.
+    fn natpmp_answer(
+        &mut self,
+        out: &mut [u8; pcp::MAX_MESSAGE],
+        answer: &[u8],
+        result: natpmp::ResultCode,
+    ) -> Answer {
+        self.counters.natpmp_results[result as usize] += 1;
+        out[..answer.len()].copy_from_slice(answer);
+        Answer::Reply(answer.len())
     }
 
     fn natpmp<A: PortAllocator>(
@@ -320,9 +330,7 @@ impl PortMapServer {
                 (n, result)
             }
         };
-        self.counters.natpmp_results[result as usize] += 1;
-        out[..n].copy_from_slice(&buf[..n]);
-        Answer::Reply(n)
+        self.natpmp_answer(out, &buf[..n], result)
     }
 
     /// A NAT-PMP map, renewal or deletion: the result, the external port and the lifetime to
