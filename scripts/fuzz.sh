@@ -8,6 +8,10 @@
 #
 #   scripts/fuzz.sh [SECONDS]        # default 3600; needs `cargo install cargo-fuzz` and a
 #                                    # nightly toolchain (`rustup toolchain install nightly`)
+#   SEED=/tmp/natgate-fuzz-XXXXXX scripts/fuzz.sh   # go on from an earlier run's corpora
+#
+# Runs that go on from an earlier run's corpora add up: libFuzzer's coverage and corpus carry
+# over, so two half-hour runs explore what one hour does (how continuous fuzzing works).
 #
 # Bounded: each target stops after SECONDS (libFuzzer's -max_total_time, and `timeout` 60 s
 # later); the work directory is kept for the corpora and artifacts, and its path printed.
@@ -27,6 +31,7 @@ run() {
   local t=$1 dir=$WORK/$1
   mkdir -p "$dir/corpus" "$dir/artifacts"
   [ -d "fuzz/corpus/$t" ] && cp fuzz/corpus/"$t"/* "$dir/corpus/"
+  [ -n "${SEED:-}" ] && [ -d "$SEED/$t/corpus" ] && cp "$SEED/$t/corpus"/* "$dir/corpus/"
   cp "$BIN/$t" "$dir/bin"
   # /usr/bin/time reports the CPU the target really had (the machine may be shared).
   (cd "$dir" && nice -n 19 /usr/bin/time -f "cpu %U %S" timeout -k 5 $((SECONDS_EACH + 60)) \
