@@ -7,15 +7,18 @@
 // own: it looks the flow up, rewrites it exactly as the engine's own fast lane would (addresses,
 // ports, one TTL decrement, incremental checksums: RFC 1624), stamps the entry's last-seen time
 // and counters for the engine to read back, and redirects the frame to the other interface with
-// the Ethernet header the kernel's FIB and neighbour tables give. Whatever it does not carry it
-// passes on (TC_ACT_OK) exactly as it arrived, and the kernel's policy routing takes it to the
-// slow path. What is punted, and why, mirrors the engine's `lane_head`/`flow_head` conditions;
-// a differential test runs both on the same packets (`BPF_PROG_TEST_RUN`).
+// the Ethernet header the kernel's FIB and neighbour tables give. Whatever it does not carry goes
+// to the engine (the slow path) exactly as it arrived: straight into this side's TUN when the
+// kernel's routing would send it there, so that the kernel routes it once (out of the engine)
+// and not twice, or on to the kernel (TC_ACT_OK) when it is the host's. What is punted, and why,
+// mirrors the engine's `lane_head`/`flow_head` conditions; a differential test runs both on the
+// same packets (`BPF_PROG_TEST_RUN`).
 //
 // Layouts shared with Rust (`crates/natgate/src/dataplane/fastpath/map.rs`): keep them in step.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
@@ -48,12 +51,14 @@ struct flow_action {
 };
 
 // One attached interface: which side it is, the interface its translated packets must leave
-// by, and the engine's MTU for that way out (a DF packet over it is the engine's to answer).
+// by, the engine's MTU for that way out (a DF packet over it is the engine's to answer), and the
+// TUN through which the engine reads this side's packets (0: none, every punt to the kernel).
 struct iface {
 	__u32 peer_ifindex;
 	__u16 mtu_out;
 	__u8 side;
 	__u8 pad;
+	__u32 tun_ifindex;
 };
 
 enum side { SIDE_INSIDE = 0, SIDE_OUTSIDE = 1 };
@@ -73,6 +78,8 @@ enum counter {
 	C_PUNT_TOO_BIG,
 	C_PUNT_NO_SESSION,
 	C_PUNT_NO_ROUTE,
+	C_PUNT_NOT_OURS,
+	C_TO_ENGINE,
 	C_COUNT,
 };
 
@@ -130,11 +137,50 @@ static __always_inline __u16 header_sum(const __u16 *h)
 
 #define ETH_LEN sizeof(struct ethhdr)
 #define IP_LEN sizeof(struct iphdr)
+#define AF_INET 2
 #define IP_CSUM_OFF (ETH_LEN + offsetof(struct iphdr, check))
 #define IP_TTL_OFF (ETH_LEN + offsetof(struct iphdr, ttl))
 #define IP_SRC_OFF (ETH_LEN + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF (ETH_LEN + offsetof(struct iphdr, daddr))
 #define L4_OFF (ETH_LEN + IP_LEN)
+
+// The addresses and the fields routing looks at, of a packet on its way to the engine.
+struct route_key {
+	__u32 src;
+	__u32 dst;
+	__u8 tos;
+	__u8 proto;
+};
+
+// Hands a packet the program does not carry to the engine, counted under `why`. The kernel's
+// own routing would take it there through a policy rule (or the pool's route) into this side's
+// TUN: that look-up is made here, with the same rules, ingress interface and forwarding switch,
+// and when it leads into the TUN the packet goes there directly. The kernel then routes it once,
+// out of the engine, where it took two passes before (so the engine keeps the TTL:
+// `TtlHandling::Keep`), and a flood that overflows the TUN's queue costs the kernel a look-up
+// per packet it loses, not a routing pass. What the look-up sends elsewhere (the host's own
+// addresses, broadcasts, no route) goes on to the kernel as it arrived.
+static __always_inline int to_engine(struct __sk_buff *skb, const struct iface *ifc,
+				     struct route_key rk, __u32 why)
+{
+	count(why, 1);
+	if (ifc->tun_ifindex == 0 || (FLAGS & F_NO_REDIRECT))
+		return TC_ACT_OK;
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.tos = rk.tos;
+	fib.l4_protocol = rk.proto;
+	fib.ipv4_src = rk.src;
+	fib.ipv4_dst = rk.dst;
+	fib.ifindex = skb->ingress_ifindex;
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	// A TUN has no neighbours to resolve: the look-up names the device before it asks for one.
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) ||
+	    fib.ifindex != ifc->tun_ifindex)
+		return TC_ACT_OK;
+	count(C_TO_ENGINE, 1);
+	return bpf_redirect(ifc->tun_ifindex, 0);
+}
 
 SEC("classifier")
 int natgate_tc(struct __sk_buff *skb)
@@ -144,6 +190,10 @@ int natgate_tc(struct __sk_buff *skb)
 	if (!ifc)
 		return TC_ACT_OK;
 	__u32 flags = FLAGS;
+	// Frames for other hosts (a switch flooding) the kernel drops; broadcast and multicast are
+	// the kernel's to handle.
+	if (skb->pkt_type != PACKET_HOST)
+		return punt(C_PUNT_NOT_OURS);
 
 	// The headers the look-up reads must be in the linear part.
 	if (skb->data + L4_OFF + sizeof(struct tcphdr) > skb->data_end)
@@ -156,11 +206,22 @@ int natgate_tc(struct __sk_buff *skb)
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end)
 		return punt(C_PUNT_HEADER);
+	// RFC 1812 5.3.1: a TTL that would reach zero is the router's (the kernel's) to answer,
+	// from the address of the interface the packet came in on, before it is routed anywhere.
+	__u8 ttl = ip->ttl;
+	if (ttl <= 1)
+		return punt(C_PUNT_TTL);
+	struct route_key rk = {
+		.src = ip->saddr,
+		.dst = ip->daddr,
+		.tos = ip->tos,
+		.proto = ip->protocol,
+	};
 	// The engine's flow_head: a plain 20-byte header, a whole datagram, TCP or UDP.
 	if (*(__u8 *)ip != 0x45)
-		return punt(C_PUNT_HEADER);
+		return to_engine(skb, ifc, rk, C_PUNT_HEADER);
 	if (ip->frag_off & bpf_htons(0x3fff))
-		return punt(C_PUNT_FRAGMENT);
+		return to_engine(skb, ifc, rk, C_PUNT_FRAGMENT);
 	__u8 proto = ip->protocol;
 	__u32 need;
 	if (proto == IPPROTO_TCP)
@@ -168,33 +229,29 @@ int natgate_tc(struct __sk_buff *skb)
 	else if (proto == IPPROTO_UDP)
 		need = IP_LEN + sizeof(struct udphdr);
 	else
-		return punt(C_PUNT_PROTOCOL);
+		return to_engine(skb, ifc, rk, C_PUNT_PROTOCOL);
 	__u32 len = bpf_ntohs(ip->tot_len);
 	if (len < need || ETH_LEN + len > skb->len)
-		return punt(C_PUNT_HEADER);
+		return to_engine(skb, ifc, rk, C_PUNT_HEADER);
 	if (header_sum((const __u16 *)ip) != 0)
-		return punt(C_PUNT_HEADER);
+		return to_engine(skb, ifc, rk, C_PUNT_HEADER);
 	// `need` bytes are inside the datagram; the linear part holds a TCP header's worth.
 	__u16 *ports = (void *)(ip + 1);
 	if ((void *)(ports + 2) > end)
-		return punt(C_PUNT_HEADER);
+		return to_engine(skb, ifc, rk, C_PUNT_HEADER);
 	if (ports[0] == 0 || ports[1] == 0)
-		return punt(C_PUNT_HEADER);
+		return to_engine(skb, ifc, rk, C_PUNT_HEADER);
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)(ip + 1);
 		if ((void *)(tcp + 1) > end)
-			return punt(C_PUNT_HEADER);
+			return to_engine(skb, ifc, rk, C_PUNT_HEADER);
 		// SYN, FIN and RST change the engine's TCP state: the engine must see them.
 		if (tcp->syn || tcp->fin || tcp->rst)
-			return punt(C_PUNT_TCP_FLAGS);
+			return to_engine(skb, ifc, rk, C_PUNT_TCP_FLAGS);
 	}
-	// RFC 1812 5.3.1: a TTL that would reach zero is the router's (the kernel's) to answer.
-	__u8 ttl = ip->ttl;
-	if (ttl <= 1)
-		return punt(C_PUNT_TTL);
 	// RFC 4787 REQ-13: DF and too big for the engine's MTU: the engine answers.
 	if ((ip->frag_off & bpf_htons(0x4000)) && len > ifc->mtu_out)
-		return punt(C_PUNT_TOO_BIG);
+		return to_engine(skb, ifc, rk, C_PUNT_TOO_BIG);
 
 	struct flow_key key = {
 		.src = ip->saddr,
@@ -206,7 +263,7 @@ int natgate_tc(struct __sk_buff *skb)
 	};
 	struct flow_action *act = bpf_map_lookup_elem(&SESSIONS, &key);
 	if (!act)
-		return punt(C_PUNT_NO_SESSION);
+		return to_engine(skb, ifc, rk, C_PUNT_NO_SESSION);
 
 	int outbound = ifc->side == SIDE_INSIDE;
 	__u32 old_addr = outbound ? key.src : key.dst;
@@ -227,9 +284,9 @@ int natgate_tc(struct __sk_buff *skb)
 		fib.ifindex = ifindex;
 		long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
 		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-			return punt(C_PUNT_TOO_BIG);
+			return to_engine(skb, ifc, rk, C_PUNT_TOO_BIG);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ifc->peer_ifindex)
-			return punt(C_PUNT_NO_ROUTE);
+			return to_engine(skb, ifc, rk, C_PUNT_NO_ROUTE);
 	}
 
 	// The rewrite, with the kernel's checksum helpers so that checksum offload states

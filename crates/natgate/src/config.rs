@@ -723,8 +723,9 @@ impl Settings {
             .map_err(|(key, why)| invalid(key, why))?;
         let mut behavior = file.behavior.resolve();
         // The kernel decrements the TTL routing into the TUN and again out of it, so the engine
-        // gives one back, unless the file asks otherwise (see `TtlHandling`).
-        if file.behavior.decrement_ttl.is_none() && file.behavior.ttl.is_none() {
+        // gives one back, unless the file asks otherwise (see `TtlHandling`). A fast path that
+        // hands packets to the engine itself saves the first pass: the daemon then keeps it.
+        if !file.behavior.sets_ttl() {
             behavior.ttl = TtlHandling::RestoreKernelHop;
         }
         let settings = Settings {

@@ -76,6 +76,9 @@ fn an_established_udp_flow_moves_into_the_fast_path() {
     // The first datagram makes the session (slow path); after that both ways are carried.
     assert!(counter(&p, "forwarded_out") >= 49, "{p}");
     assert!(counter(&p, "forwarded_in") >= 50, "{p}");
+    // The first datagram each way reached the engine straight from the program, not through
+    // the kernel's routing.
+    assert!(counter(&p, "to_engine") >= 2, "{p}");
     let stats = ctl_json(&topo, &["stats"]);
     assert!(
         stats["outbound"]["packets"].as_u64().unwrap() <= 2,

@@ -235,24 +235,34 @@ fn home_gateway_ttl_2_expires_at_the_router_behind_it() {
 
 /// RFC 5508 REQ-4 for errors the gateway host itself sends about a translated packet: their
 /// destination is the translated source, the outside address, which the `local` table would
-/// deliver to the host. Here the engine keeps the TTL (`decrement-ttl = false`), so a TTL-2
-/// probe runs out on the kernel's second routing, inside the gateway.
+/// deliver to the host. Here the gateway has an `unreachable` route for one WAN address, so the
+/// kernel's routing of the translated packet out of natgate answers it (on every data path:
+/// whether or not the kernel also routed the packet in).
 #[test]
 fn home_gateway_own_icmp_errors_reach_the_subscriber() {
     if !is_root() {
         return;
     }
     let topo = topology();
-    let _gw = Gateway::start(
-        &topo,
-        &home_config_with(&topo, "[behavior]\ndecrement-ttl = false\n"),
-    );
+    let _gw = Gateway::start(&topo, &home_config(&topo));
+    let nowhere = "203.0.113.99";
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            topo.gateway.name(),
+            "route",
+            "add",
+            "unreachable",
+            nowhere,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip route add unreachable");
     let s = subscriber_socket(&topo);
-    setsockopt_int(&s, libc::SOL_IP, libc::IP_TTL, 2);
-    let dst = SocketAddrV4::new(addr::WAN1, 33434);
+    let dst = SocketAddrV4::new(nowhere.parse().unwrap(), 33434);
     s.send_to(b"probe", dst).unwrap();
-    let e = recv_error(&s, T).expect("the gateway's time exceeded reached the subscriber");
-    assert_eq!((e.icmp_type, e.code), (11, 0));
+    let e = recv_error(&s, T).expect("the gateway's unreachable reached the subscriber");
+    assert_eq!((e.icmp_type, e.code), (3, 1), "host unreachable");
     assert!(
         [addr::GW_LAN, addr::GW_WAN].contains(&e.offender),
         "from the gateway: {e:?}"

@@ -42,6 +42,7 @@ fn rig() -> Rig {
         name: String::new(),
         ifindex,
         mtu: MTU,
+        tun_ifindex: 0,
     };
     fp.set_iface(&side(INSIDE_IF), &side(OUTSIDE_IF), SIDE_INSIDE)
         .unwrap();
@@ -186,7 +187,9 @@ fn fix_header(v: &mut [u8]) {
 }
 
 fn frame(ip: &[u8]) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    // Addressed to the test run's device (the namespace's loopback, whose MAC address is all
+    // zeros): the program leaves frames for other hosts to the kernel.
+    let mut f = vec![0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
     f.extend_from_slice(ip);
     f
 }
@@ -338,4 +341,48 @@ fn the_fast_path_gives_the_engines_bytes_or_punts() {
         "only {} packets carried",
         carried.get()
     );
+}
+
+/// A frame for another host's MAC address (a switch flooding it here) is the kernel's, which
+/// drops it, even when its flow is carried: the program must not forward a copy of it.
+#[test]
+fn frames_for_other_hosts_are_left_to_the_kernel() {
+    if !common::is_root() {
+        return;
+    }
+    let mut rig = rig();
+    let flow = OffloadedFlow {
+        proto: natgate_core::Protocol::Udp,
+        internal: Endpoint::new(SUBS[0], 5000),
+        external: Endpoint::new(POOL, 5000),
+        remote: Endpoint::new(WANS[0], 53),
+    };
+    let mut ops = vec![natgate_core::engine::OffloadOp::Insert(flow)].into_iter();
+    assert_eq!(rig.table.apply_all(|| ops.next()), 0);
+    let shape = Shape {
+        tcp: false,
+        sub: 0,
+        wan: 0,
+        sport: 5000,
+        dport: 53,
+        inbound: false,
+        flags: 0,
+        ttl: 64,
+        df: false,
+        payload: 8,
+        mangle: 0,
+    };
+    let ip = build(flow.internal, flow.remote, &shape);
+    let ours = sys::test_run(rig.prog, &frame(&ip), INSIDE_IF).expect("test run");
+    assert_eq!(
+        ours.retval, TC_ACT_REDIRECT,
+        "carried when it is addressed to us"
+    );
+    let mut other = frame(&ip);
+    other[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+    let run = sys::test_run(rig.prog, &other, INSIDE_IF).expect("test run");
+    assert_eq!(run.retval, TC_ACT_OK);
+    assert_eq!(run.frame, other, "untouched");
+    let c = rig.fp.counters().unwrap();
+    assert_eq!((c.punt_not_ours, c.forwarded_out), (1, 1), "{c:?}");
 }

@@ -113,6 +113,12 @@ pub struct TimersSpec {
 }
 
 impl BehaviorSpec {
+    /// Whether the file chose the TTL step (`ttl` or `decrement-ttl`); otherwise the data path
+    /// does, by how often its kernel routes a packet.
+    pub fn sets_ttl(&self) -> bool {
+        self.decrement_ttl.is_some() || self.ttl.is_some()
+    }
+
     /// The preset with the overrides applied.
     pub fn resolve(&self) -> Behavior {
         let mut b = self.preset.unwrap_or(Preset::Rfc6888Cgn).behavior();

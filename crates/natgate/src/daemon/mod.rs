@@ -28,7 +28,9 @@
 //! router, whose error natgate translates back. The engine decides this, not the shell: the
 //! same setting steps the batch's fast lane, the general path, hairpins (one step for the one
 //! crossing), fragments and translated ICMP errors alike. Packets the engine builds itself
-//! (ICMP errors, resets) start at 64 and lose the one routing out.
+//! (ICMP errors, resets) start at 64 and lose the one routing out. With the fast path attached,
+//! its program hands packets to the TUNs itself, the kernel routes them once (out), and the
+//! engine keeps the TTL ([`Resolved::routed_once`](plumbing::Resolved)).
 
 pub mod control;
 pub mod external;
@@ -765,7 +767,13 @@ impl Daemon {
         let clock = Clock::new();
         let logs = open_logs(settings, &clock)?;
         let n = queues.len();
-        let fast_path = start_fast_path(settings, bound_cfg.get())?;
+        let fast_path = start_fast_path(
+            settings,
+            bound_cfg.get(),
+            [&plumbing.tun_in, &plumbing.tun_out],
+        )?;
+        // Packets the fast path hands to the engine skip the kernel's first routing pass.
+        resolved.routed_once = fast_path.is_some();
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         let steering = Arc::new(shard::Steering::new(n, ownership));
@@ -975,10 +983,12 @@ impl Drop for Daemon {
 }
 
 /// Loads and attaches the fast path as `[dataplane] fast-path` asks, sized for the gateway's
-/// sessions. `auto` falls back to the slow path alone, saying why in one log line.
+/// sessions, handing what it does not carry to the TUNs `tuns` (inside, outside). `auto` falls
+/// back to the slow path alone, saying why in one log line.
 fn start_fast_path(
     settings: &Settings,
     cfg: &natgate_core::Config,
+    tuns: [&str; 2],
 ) -> Result<Option<FastPath>, DaemonError> {
     if settings.fast_path == FastPathMode::Off {
         tracing::info!("data path: slow path (TUN) only, as configured");
@@ -989,24 +999,27 @@ fn start_fast_path(
         tracing::info!("data path: slow path (TUN) only: clear-df (lab) needs every packet");
         return Ok(None);
     }
-    let side = |name: &str, mtu: u16| -> Result<fastpath::Side, DaemonError> {
-        let ifindex = crate::platform::netlink::Netlink::new()
+    let index = |name: &str| -> Result<u32, DaemonError> {
+        crate::platform::netlink::Netlink::new()
             .and_then(|mut nl| nl.link_index(name))
             .map_err(|e| {
                 DaemonError::FastPath(fastpath::FastPathError::Attach {
                     iface: name.to_owned(),
                     why: e.to_string(),
                 })
-            })?;
+            })
+    };
+    let side = |name: &str, mtu: u16, tun: &str| -> Result<fastpath::Side, DaemonError> {
         Ok(fastpath::Side {
             name: name.to_owned(),
-            ifindex,
+            ifindex: index(name)?,
             mtu,
+            tun_ifindex: index(tun)?,
         })
     };
     // The MTU a side's program checks is that of the way out: the other side's.
-    let inside = side(&settings.inside, cfg.behavior.outside_mtu)?;
-    let outside = side(&settings.outside, cfg.behavior.inside_mtu)?;
+    let inside = side(&settings.inside, cfg.behavior.outside_mtu, tuns[0])?;
+    let outside = side(&settings.outside, cfg.behavior.inside_mtu, tuns[1])?;
     // `max-sessions` is the gateway's, split across the workers: each session a flow at most.
     let flows = cfg.limits.max_sessions;
     match FastPath::attach(&inside, &outside, flows) {
@@ -1032,6 +1045,11 @@ pub fn engine_config(
     resolved: &Resolved,
 ) -> Result<natgate_core::ValidConfig, natgate_core::ConfigError> {
     let mut cfg = settings.clone();
+    if resolved.routed_once && !settings.file.behavior.sets_ttl() {
+        // The fast path hands the engine its packets without the kernel's first routing
+        // pass, so the kernel's one pass out is the crossing's one hop.
+        cfg.behavior.ttl = natgate_core::config::TtlHandling::Keep;
+    }
     if resolved.nat_ports.is_some() {
         // Home gateway: internal ports below 1024 cannot keep their range on a shared address
         // whose low ports belong to the host (RFC 4787 REQ-3a is a SHOULD).
@@ -1506,6 +1524,7 @@ mod tests {
                 inside_subnets: Vec::new(),
                 stale_removed: 0,
                 own_memory: 0,
+                routed_once: false,
             }),
             started: std::time::Instant::now(),
             logs: Arc::new(LogView {

@@ -8,6 +8,11 @@
 //!  the kernel routes them on by their new addresses (main table).
 //! ```
 //!
+//! With the fast path attached, its program makes the same routing decision at the interfaces'
+//! TC hook and puts what leads into a TUN there itself (`docs/dataplane.md`); the rules and
+//! routes below stay the one description of where a packet goes, for the host's own packets,
+//! and for whenever the program is not attached.
+//!
 //! - Two TUN devices tell natgate on which side a packet arrived without guessing from its
 //!   addresses. Their MTU is 65535 so the kernel never fragments into them: the engine checks
 //!   DF against the configured `outside-mtu`, and the kernel fragments DF=0 packets on the way
@@ -159,6 +164,10 @@ pub struct Resolved {
     /// Bytes natgate holds besides its engines, measured once it is set up: the part of
     /// `max-memory` the engines cannot have.
     pub own_memory: u64,
+    /// Whether the kernel routes a packet crossing the engine once (out of it: the fast path
+    /// hands packets to the TUNs itself) rather than twice (into the TUN and out). Decides the
+    /// engine's TTL step unless the file sets one.
+    pub routed_once: bool,
 }
 
 /// One thing to undo on exit.
@@ -372,6 +381,7 @@ impl Plumbing {
             inside_subnets,
             stale_removed: 0,
             own_memory: 0,
+            routed_once: false,
         })
     }
 

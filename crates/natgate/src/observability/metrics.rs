@@ -247,6 +247,12 @@ impl MetricsSnapshot {
                     e.sample("natgate_fast_path_punts_total", &[("reason", reason)], n);
                 }
             }
+            e.family(
+                "natgate_fast_path_to_engine_total",
+                "counter",
+                "Punted packets the fast path handed straight to the engine's TUN.",
+            );
+            e.sample("natgate_fast_path_to_engine_total", &[], p.to_engine);
             for (name, help, v) in [
                 (
                     "natgate_fast_path_flows",

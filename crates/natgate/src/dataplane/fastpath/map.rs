@@ -62,6 +62,9 @@ pub struct Iface {
     pub side: u8,
     /// Zero.
     pub pad: u8,
+    /// The TUN that the engine reads this side's packets from; 0: none (punts go to the
+    /// kernel's routing).
+    pub tun_ifindex: u32,
 }
 
 // SAFETY: plain `repr(C)` data without padding bytes (checked by the size assertions below),
@@ -74,7 +77,7 @@ unsafe impl aya::Pod for Iface {}
 
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowAction>() == 32);
-const _: () = assert!(size_of::<Iface>() == 8);
+const _: () = assert!(size_of::<Iface>() == 12);
 
 /// The two entries of a flow: the outbound one (keyed as packets arrive inside) and the
 /// inbound one (keyed as they arrive outside), each with the endpoint it writes.

@@ -72,13 +72,19 @@ pub struct FastPathCounters {
     pub punt_no_session: u64,
     /// Punted: no route, an unresolved neighbour, or another way out.
     pub punt_no_route: u64,
+    /// Punted: a frame not addressed to this host's MAC address (broadcast, multicast, another
+    /// host's), left to the kernel.
+    pub punt_not_ours: u64,
+    /// Punted packets handed straight to the engine (into the side's TUN) rather than routed
+    /// there by the kernel.
+    pub to_engine: u64,
     /// The table's size in entries (two per flow).
     pub capacity: u64,
 }
 
 impl FastPathCounters {
     /// The counters with their metric names, in order.
-    pub fn named(&self) -> [(&'static str, u64); 13] {
+    pub fn named(&self) -> [(&'static str, u64); 15] {
         [
             ("forwarded_out", self.forwarded_out),
             ("forwarded_in", self.forwarded_in),
@@ -93,6 +99,8 @@ impl FastPathCounters {
             ("punt_too_big", self.punt_too_big),
             ("punt_no_session", self.punt_no_session),
             ("punt_no_route", self.punt_no_route),
+            ("punt_not_ours", self.punt_not_ours),
+            ("to_engine", self.to_engine),
         ]
     }
 
@@ -111,6 +119,8 @@ impl FastPathCounters {
             10 => &mut self.punt_too_big,
             11 => &mut self.punt_no_session,
             12 => &mut self.punt_no_route,
+            13 => &mut self.punt_not_ours,
+            14 => &mut self.to_engine,
             _ => return,
         };
         *field = v;
@@ -118,7 +128,7 @@ impl FastPathCounters {
 }
 
 /// Number of counters the program keeps.
-const COUNTERS: u32 = 13;
+const COUNTERS: u32 = 15;
 
 /// Why the fast path could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +169,9 @@ pub struct Side {
     pub ifindex: u32,
     /// The engine's MTU for packets leaving by this interface.
     pub mtu: u16,
+    /// The TUN the engine reads this side's packets from (0: none; the kernel's routing takes
+    /// them there).
+    pub tun_ifindex: u32,
 }
 
 /// The loaded program and its maps; attached while it lives.
@@ -252,6 +265,7 @@ impl FastPath {
             mtu_out: peer.mtu,
             side,
             pad: 0,
+            tun_ifindex: this.tun_ifindex,
         };
         ifaces.insert(this.ifindex, iface, 0).map_err(map_err)
     }
