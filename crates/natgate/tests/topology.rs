@@ -159,6 +159,7 @@ fn gateway_forwarding_on_request() {
     let opts = TopologyOptions {
         gateway_forwarding: true,
         wan2_route_mtu: None,
+        ..TopologyOptions::default()
     };
     let t = Topology::build(&opts).unwrap();
     assert_eq!(

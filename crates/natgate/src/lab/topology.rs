@@ -95,6 +95,10 @@ pub struct TopologyOptions {
     pub gateway_forwarding: bool,
     /// MTU of upstream's route to wan2 (203.0.113.20/32); `None` for none.
     pub wan2_route_mtu: Option<u32>,
+    /// The far ends of the gateway's links (the switch port facing `lan0`, upstream's `down`)
+    /// take frames redirected at the XDP hook: GRO on, which gives a veth the NAPI receive
+    /// path that an XDP redirect into it needs (without it the kernel drops those frames).
+    pub xdp_peers: bool,
 }
 
 impl Default for TopologyOptions {
@@ -102,6 +106,7 @@ impl Default for TopologyOptions {
         Self {
             gateway_forwarding: false,
             wan2_route_mtu: Some(1280),
+            xdp_peers: false,
         }
     }
 }
@@ -307,6 +312,10 @@ impl Topology {
         gw.add_veth(&i.wan0, &i.upstream_down, Some(self.upstream.fd()))?;
         ethtool::disable_offloads(&self.gateway, &i.wan0)?;
         ethtool::disable_offloads(&self.upstream, &i.upstream_down)?;
+        if opts.xdp_peers {
+            ethtool::set_gro(&self.switch, &format!("gl-{sfx}"), true)?;
+            ethtool::set_gro(&self.upstream, &i.upstream_down, true)?;
+        }
 
         // Addresses, links up, routes.
         let host = |ns: &Netns, dev: &str, addrs: &[(Ipv4Addr, u8)], default: Option<Ipv4Addr>| {

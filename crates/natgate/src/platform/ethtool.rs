@@ -90,6 +90,14 @@ pub fn offloads(ns: &Netns, dev: &str) -> Result<Offloads, EthtoolError> {
     ns.run_in(|| offloads_here(dev))?
 }
 
+/// Turns generic receive offload on `dev` in `ns` on or off.
+pub fn set_gro(ns: &Netns, dev: &str, on: bool) -> Result<(), EthtoolError> {
+    ns.run_in(|| {
+        let sock = control_socket()?;
+        ethtool_value(&sock, dev, ETHTOOL_SGRO, u32::from(on), "SGRO").map(drop)
+    })?
+}
+
 /// [`disable_offloads`] in the calling thread's namespace (use inside
 /// [`Netns::run_in`]).
 pub fn disable_offloads_here(dev: &str) -> Result<(), EthtoolError> {

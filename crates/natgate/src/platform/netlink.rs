@@ -220,6 +220,11 @@ impl Netlink {
 
     /// The ifindex of interface `name`.
     pub fn link_index(&mut self, name: &str) -> Result<u32, NetlinkError> {
+        Ok(self.get_link(name)?.header.index)
+    }
+
+    /// The kernel's description of interface `name` (`RTM_GETLINK`).
+    fn get_link(&mut self, name: &str) -> Result<LinkMessage, NetlinkError> {
         check_ifname(name)?;
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
@@ -234,38 +239,40 @@ impl Netlink {
         replies
             .into_iter()
             .find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                RouteNetlinkMessage::NewLink(l) => Some(l),
                 _ => None,
             })
             .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
     }
 
+    /// One attribute of interface `name`, as `pick` finds it.
+    fn link_attribute<T>(
+        &mut self,
+        name: &str,
+        pick: impl Fn(LinkAttribute) -> Option<T>,
+    ) -> Result<T, NetlinkError> {
+        self.get_link(name)?
+            .attributes
+            .into_iter()
+            .find_map(pick)
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+    }
+
+    /// The hardware (MAC) address of Ethernet interface `name`.
+    pub fn link_mac(&mut self, name: &str) -> Result<[u8; 6], NetlinkError> {
+        self.link_attribute(name, |a| match a {
+            LinkAttribute::Address(a) => <[u8; 6]>::try_from(a.as_slice()).ok(),
+            _ => None,
+        })
+    }
+
     /// The packets the kernel dropped on their way out of interface `name` (its link
     /// statistics' `tx_dropped`; for a TUN device, packets its queues had no room for).
     pub fn link_tx_dropped(&mut self, name: &str) -> Result<u64, NetlinkError> {
-        check_ifname(name)?;
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, "get link") {
-            Err(NetlinkError::Kernel { source, .. })
-                if source.raw_os_error() == Some(libc::ENODEV) =>
-            {
-                return Err(NetlinkError::NoSuchLink(name.to_owned()));
-            }
-            r => r?,
-        };
-        replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l.attributes),
-                _ => None,
-            })
-            .flatten()
-            .find_map(|a| match a {
-                LinkAttribute::Stats64(s) => Some(s.tx_dropped),
-                _ => None,
-            })
-            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+        self.link_attribute(name, |a| match a {
+            LinkAttribute::Stats64(s) => Some(s.tx_dropped),
+            _ => None,
+        })
     }
 
     /// Whether interface `name` exists in this namespace.
@@ -598,27 +605,10 @@ impl Netlink {
 
     /// The MTU of interface `name`.
     pub fn link_mtu(&mut self, name: &str) -> Result<u32, NetlinkError> {
-        check_ifname(name)?;
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, "get link") {
-            Err(NetlinkError::Kernel { source, .. })
-                if source.raw_os_error() == Some(libc::ENODEV) =>
-            {
-                return Err(NetlinkError::NoSuchLink(name.to_owned()));
-            }
-            r => r?,
-        };
-        replies
-            .into_iter()
-            .find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
-                    LinkAttribute::Mtu(m) => Some(m),
-                    _ => None,
-                }),
-                _ => None,
-            })
-            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+        self.link_attribute(name, |a| match a {
+            LinkAttribute::Mtu(m) => Some(m),
+            _ => None,
+        })
     }
 
     fn set_link(
