@@ -156,6 +156,9 @@ pub enum FastPathMode {
     Auto,
     /// The TC fast path, or refuse to start.
     Tc,
+    /// Established flows carried at the XDP hook (native XDP in the interfaces' drivers), with
+    /// the TC program behind it; refuse to start without native XDP.
+    Xdp,
     /// Every packet through the slow path.
     Off,
 }

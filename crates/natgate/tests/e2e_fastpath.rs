@@ -12,7 +12,7 @@ use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::{Gateway, T, ctl_json, is_root, recv, topology, udp_socket};
-use natgate::lab::topology::{Topology, addr};
+use natgate::lab::topology::{Topology, TopologyOptions, addr};
 use serde_json::Value;
 
 fn fast_config(topo: &Topology, extra: &str) -> String {
@@ -85,6 +85,71 @@ fn an_established_udp_flow_moves_into_the_fast_path() {
         "the engine translated few packets itself: {stats}"
     );
     assert_eq!(stats["fast_path"]["flows"], 1, "{stats}");
+    gw.stop();
+}
+
+/// `fast-path = "xdp"`: established flows are carried at the XDP hook (native on veth), the rest
+/// still reaches the engine through the TC program behind it, and TCP works end to end. The
+/// gateway's neighbours take XDP frames ([`TopologyOptions::xdp_peers`]).
+#[test]
+fn established_flows_are_carried_at_the_xdp_hook() {
+    if !is_root() {
+        return;
+    }
+    let topo = Topology::build(&TopologyOptions {
+        xdp_peers: true,
+        ..TopologyOptions::default()
+    })
+    .unwrap();
+    let mut gw = Gateway::start(
+        &topo,
+        &common::config(&topo, "[dataplane]\nfast-path = \"xdp\"\n"),
+    );
+    assert!(
+        gw.lines.iter().any(|l| l.contains("fast path (XDP")),
+        "{}",
+        gw.lines.join("\n")
+    );
+    let to = SocketAddrV4::new(addr::WAN1, 4002);
+    let server = udp_socket(&topo.wan1, to);
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 0));
+    let first = exchange(&client, &server, to);
+    for _ in 0..50 {
+        assert_eq!(exchange(&client, &server, to), first);
+    }
+    let p = program(&topo);
+    assert!(counter(&p, "carried_at_xdp") >= 99, "{p}");
+    assert!(counter(&p, "to_engine") >= 2, "the first datagrams: {p}");
+    // TCP: the handshake through the engine, the data at XDP, the close through the engine.
+    let listen = SocketAddrV4::new(addr::WAN1, 8080);
+    let listener = topo
+        .wan1
+        .run_in(|| TcpListener::bind(listen))
+        .unwrap()
+        .unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 100_000];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(&buf).unwrap();
+    });
+    let mut c = topo
+        .sub1
+        .run_in(|| TcpStream::connect_timeout(&listen.into(), T))
+        .unwrap()
+        .unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    c.write_all(&data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+    peer.join().unwrap();
+    let after = counter(&program(&topo), "carried_at_xdp");
+    assert!(
+        after > counter(&p, "carried_at_xdp") + 20,
+        "TCP data carried at XDP"
+    );
     gw.stop();
 }
 

@@ -1,7 +1,8 @@
 //! The fast path against the engine: random sessions and packets through the Rust engine and
-//! through the loaded eBPF program (`BPF_PROG_TEST_RUN`, no network), which must give the very
-//! bytes the engine gives, or punt the packet untouched; and must carry every packet of a
-//! carried flow that changes no engine state. Needs root (loading BPF); prints SKIP otherwise.
+//! through the loaded eBPF programs, TC and XDP (`BPF_PROG_TEST_RUN`, no traffic), which must
+//! give the very bytes the engine gives, or punt the packet untouched; and must carry every
+//! packet of a carried flow that changes no engine state. Needs root (loading BPF); skips
+//! otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -11,17 +12,19 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use natgate::dataplane::fastpath::map::{SIDE_INSIDE, SIDE_OUTSIDE};
-use natgate::dataplane::fastpath::{self, FastPath, FlowTable, NO_REDIRECT, sys};
+use natgate::dataplane::fastpath::{self, FastPath, FlowTable, Hook, NO_REDIRECT, sys};
+use natgate::platform::netlink::Netlink;
+use natgate::platform::netns::Netns;
 use natgate_core::config::{Config, TtlHandling};
 use natgate_core::engine::{Engine, OffloadedFlow};
 use natgate_core::{Endpoint, Instant, Side, Verdict};
 use proptest::prelude::*;
 
-const INSIDE_IF: u32 = 1_000_001;
-const OUTSIDE_IF: u32 = 1_000_002;
 const MTU: u16 = 1400;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 
 const POOL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SUBS: [Ipv4Addr; 2] = [Ipv4Addr::new(100, 64, 0, 10), Ipv4Addr::new(100, 64, 0, 11)];
@@ -30,27 +33,81 @@ const WANS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(203, 0, 113, 20),
 ];
 
-struct Rig {
+/// Two interfaces for the programs to see packets arrive on. The XDP test run needs real ones
+/// (the kernel looks the index up in the caller's namespace), so they are a veth pair in a
+/// namespace of the test's own, deleted when this is dropped.
+struct Interfaces {
+    ns: Netns,
+    inside: u32,
+    outside: u32,
+}
+
+fn interfaces(tag: &str) -> Interfaces {
+    let ns = Netns::create(&format!("ng-fpd{tag}-{}", std::process::id())).expect("namespace");
+    let mut nl = Netlink::open_in(&ns).expect("netlink");
+    nl.add_veth("fpin", "fpout", None).expect("veth");
+    Interfaces {
+        inside: nl.link_index("fpin").unwrap(),
+        outside: nl.link_index("fpout").unwrap(),
+        ns,
+    }
+}
+
+struct Rig<'a> {
     fp: FastPath,
     table: FlowTable,
     prog: i32,
+    hook: Hook,
+    ifs: &'a Interfaces,
 }
 
-fn rig() -> Rig {
+impl Rig<'_> {
+    /// Runs the program on `frame` as if it arrived inside (or outside, `inbound`).
+    fn run(&self, frame: &[u8], inbound: bool) -> sys::TestRun {
+        let ifindex = if inbound {
+            self.ifs.outside
+        } else {
+            self.ifs.inside
+        };
+        self.ifs
+            .ns
+            .run_in(|| sys::test_run(self.prog, self.hook, frame, ifindex))
+            .expect("enter the namespace")
+            .expect("test run")
+    }
+
+    /// The program's return codes for a punt and for a carried packet.
+    fn codes(&self) -> (u32, u32) {
+        match self.hook {
+            Hook::Tc => (TC_ACT_OK, TC_ACT_REDIRECT),
+            Hook::Xdp => (XDP_PASS, XDP_REDIRECT),
+        }
+    }
+}
+
+fn rig(hook: Hook, ifs: &Interfaces) -> Rig<'_> {
     let mut fp = FastPath::load(4096, NO_REDIRECT).expect("load the fast path");
     let side = |ifindex| fastpath::Side {
         name: String::new(),
         ifindex,
         mtu: MTU,
         tun_ifindex: 0,
+        // What `frame` sends to.
+        mac: [0; 6],
     };
-    fp.set_iface(&side(INSIDE_IF), &side(OUTSIDE_IF), SIDE_INSIDE)
+    fp.set_iface(&side(ifs.inside), &side(ifs.outside), SIDE_INSIDE)
         .unwrap();
-    fp.set_iface(&side(OUTSIDE_IF), &side(INSIDE_IF), SIDE_OUTSIDE)
+    fp.set_iface(&side(ifs.outside), &side(ifs.inside), SIDE_OUTSIDE)
         .unwrap();
     let table = fp.table().unwrap();
-    let prog = fp.program_fd().unwrap();
-    Rig { fp, table, prog }
+    let prog = fp.program_fd(hook).unwrap();
+    Rig {
+        fp,
+        table,
+        prog,
+        hook,
+        ifs,
+    }
 }
 
 fn engine() -> Engine {
@@ -281,15 +338,16 @@ fn check(rig: &mut Rig, shapes: &[Shape]) -> Result<(), TestCaseError> {
         }
         let flow = session_of(&e, s, s.tcp);
         let external = flow.map_or(Endpoint::new(POOL, 2000), |f| f.external);
-        let (side, ifindex, ip) = if s.inbound {
-            (Side::Outside, OUTSIDE_IF, build(remote, external, s))
+        let (side, ip) = if s.inbound {
+            (Side::Outside, build(remote, external, s))
         } else {
-            (Side::Inside, INSIDE_IF, build(internal, remote, s))
+            (Side::Inside, build(internal, remote, s))
         };
-        let run = sys::test_run(rig.prog, &frame(&ip), ifindex).expect("test run");
+        let run = rig.run(&frame(&ip), s.inbound);
+        let (punt, carry) = rig.codes();
         match run.retval {
-            TC_ACT_OK => prop_assert_eq!(&run.frame[14..], &ip[..], "a punt is untouched"),
-            TC_ACT_REDIRECT => {
+            r if r == punt => prop_assert_eq!(&run.frame[14..], &ip[..], "a punt is untouched"),
+            r if r == carry => {
                 let (verdict, out) = through_engine(&mut e, &mut rig.table, now, side, &ip);
                 let exit = if s.inbound {
                     Side::Inside
@@ -314,11 +372,9 @@ fn check(rig: &mut Rig, shapes: &[Shape]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-#[test]
-fn the_fast_path_gives_the_engines_bytes_or_punts() {
-    if !common::is_root() {
-        return;
-    }
+/// Runs the random cases through the program at `hook`.
+fn differential(hook: Hook, tag: &str) {
+    let ifs = interfaces(tag);
     let carried = std::cell::Cell::new(0u64);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 128,
@@ -328,7 +384,7 @@ fn the_fast_path_gives_the_engines_bytes_or_punts() {
     runner
         .run(&prop::collection::vec(shape(), 1..24), |shapes| {
             // Each case starts from a fresh program and an empty table.
-            let mut rig = rig();
+            let mut rig = rig(hook, &ifs);
             let r = check(&mut rig, &shapes);
             let c = rig.fp.counters().expect("counters");
             carried.set(carried.get() + c.forwarded_out + c.forwarded_in);
@@ -343,46 +399,67 @@ fn the_fast_path_gives_the_engines_bytes_or_punts() {
     );
 }
 
+#[test]
+fn the_tc_fast_path_gives_the_engines_bytes_or_punts() {
+    if common::is_root() {
+        differential(Hook::Tc, "t");
+    }
+}
+
+#[test]
+fn the_xdp_fast_path_gives_the_engines_bytes_or_punts() {
+    if common::is_root() {
+        differential(Hook::Xdp, "x");
+    }
+}
+
 /// A frame for another host's MAC address (a switch flooding it here) is the kernel's, which
-/// drops it, even when its flow is carried: the program must not forward a copy of it.
+/// drops it, even when its flow is carried: neither program may forward a copy of it. The TC
+/// program counts it (the XDP one passes it to the TC one).
 #[test]
 fn frames_for_other_hosts_are_left_to_the_kernel() {
     if !common::is_root() {
         return;
     }
-    let mut rig = rig();
-    let flow = OffloadedFlow {
-        proto: natgate_core::Protocol::Udp,
-        internal: Endpoint::new(SUBS[0], 5000),
-        external: Endpoint::new(POOL, 5000),
-        remote: Endpoint::new(WANS[0], 53),
-    };
-    let mut ops = vec![natgate_core::engine::OffloadOp::Insert(flow)].into_iter();
-    assert_eq!(rig.table.apply_all(|| ops.next()), 0);
-    let shape = Shape {
-        tcp: false,
-        sub: 0,
-        wan: 0,
-        sport: 5000,
-        dport: 53,
-        inbound: false,
-        flags: 0,
-        ttl: 64,
-        df: false,
-        payload: 8,
-        mangle: 0,
-    };
-    let ip = build(flow.internal, flow.remote, &shape);
-    let ours = sys::test_run(rig.prog, &frame(&ip), INSIDE_IF).expect("test run");
-    assert_eq!(
-        ours.retval, TC_ACT_REDIRECT,
-        "carried when it is addressed to us"
-    );
-    let mut other = frame(&ip);
-    other[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-    let run = sys::test_run(rig.prog, &other, INSIDE_IF).expect("test run");
-    assert_eq!(run.retval, TC_ACT_OK);
-    assert_eq!(run.frame, other, "untouched");
-    let c = rig.fp.counters().unwrap();
-    assert_eq!((c.punt_not_ours, c.forwarded_out), (1, 1), "{c:?}");
+    let ifs = interfaces("o");
+    for hook in [Hook::Tc, Hook::Xdp] {
+        let mut rig = rig(hook, &ifs);
+        let (punt, carry) = rig.codes();
+        let flow = OffloadedFlow {
+            proto: natgate_core::Protocol::Udp,
+            internal: Endpoint::new(SUBS[0], 5000),
+            external: Endpoint::new(POOL, 5000),
+            remote: Endpoint::new(WANS[0], 53),
+        };
+        let mut ops = vec![natgate_core::engine::OffloadOp::Insert(flow)].into_iter();
+        assert_eq!(rig.table.apply_all(|| ops.next()), 0);
+        let shape = Shape {
+            tcp: false,
+            sub: 0,
+            wan: 0,
+            sport: 5000,
+            dport: 53,
+            inbound: false,
+            flags: 0,
+            ttl: 64,
+            df: false,
+            payload: 8,
+            mangle: 0,
+        };
+        let ip = build(flow.internal, flow.remote, &shape);
+        let ours = rig.run(&frame(&ip), false);
+        assert_eq!(ours.retval, carry, "{hook:?}: carried when addressed to us");
+        let mut other = frame(&ip);
+        other[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        let run = rig.run(&other, false);
+        assert_eq!(run.retval, punt, "{hook:?}");
+        assert_eq!(run.frame, other, "{hook:?}: untouched");
+        let c = rig.fp.counters().unwrap();
+        let counted = u64::from(hook == Hook::Tc);
+        assert_eq!(
+            (c.punt_not_ours, c.forwarded_out),
+            (counted, 1),
+            "{hook:?}: {c:?}"
+        );
+    }
 }

@@ -1009,12 +1009,30 @@ fn start_fast_path(
                 })
             })
     };
+    // `auto` means TC: on veth, where it can be measured here, XDP costs more (docs/dataplane.md).
+    let hook = match settings.fast_path {
+        FastPathMode::Xdp => fastpath::Hook::Xdp,
+        _ => fastpath::Hook::Tc,
+    };
     let side = |name: &str, mtu: u16, tun: &str| -> Result<fastpath::Side, DaemonError> {
+        // Only the XDP program reads it (the TC one has the kernel's verdict on the address).
+        let mac =
+            match crate::platform::netlink::Netlink::new().and_then(|mut nl| nl.link_mac(name)) {
+                Ok(mac) => mac,
+                Err(_) if hook == fastpath::Hook::Tc => [0; 6],
+                Err(e) => {
+                    return Err(DaemonError::FastPath(fastpath::FastPathError::Attach {
+                        iface: name.to_owned(),
+                        why: format!("no Ethernet address for XDP: {e}"),
+                    }));
+                }
+            };
         Ok(fastpath::Side {
             name: name.to_owned(),
             ifindex: index(name)?,
             mtu,
             tun_ifindex: index(tun)?,
+            mac,
         })
     };
     // The MTU a side's program checks is that of the way out: the other side's.
@@ -1022,10 +1040,14 @@ fn start_fast_path(
     let outside = side(&settings.outside, cfg.behavior.inside_mtu, tuns[1])?;
     // `max-sessions` is the gateway's, split across the workers: each session a flow at most.
     let flows = cfg.limits.max_sessions;
-    match FastPath::attach(&inside, &outside, flows) {
+    match FastPath::attach(&inside, &outside, flows, hook) {
         Ok(fp) => {
             tracing::info!(
-                "data path: in-kernel fast path (TC) on {} and {} for established flows, slow path (TUN) for the rest",
+                "data path: in-kernel fast path ({}) on {} and {} for established flows, slow path (TUN) for the rest",
+                match hook {
+                    fastpath::Hook::Tc => "TC",
+                    fastpath::Hook::Xdp => "XDP, TC behind it",
+                },
                 inside.name,
                 outside.name
             );

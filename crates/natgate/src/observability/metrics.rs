@@ -253,6 +253,12 @@ impl MetricsSnapshot {
                 "Punted packets the fast path handed straight to the engine's TUN.",
             );
             e.sample("natgate_fast_path_to_engine_total", &[], p.to_engine);
+            e.family(
+                "natgate_fast_path_xdp_packets_total",
+                "counter",
+                "Of the packets the fast path carried, those carried at the XDP hook.",
+            );
+            e.sample("natgate_fast_path_xdp_packets_total", &[], p.carried_at_xdp);
             for (name, help, v) in [
                 (
                     "natgate_fast_path_flows",

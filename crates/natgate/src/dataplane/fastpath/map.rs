@@ -65,6 +65,10 @@ pub struct Iface {
     /// The TUN that the engine reads this side's packets from; 0: none (punts go to the
     /// kernel's routing).
     pub tun_ifindex: u32,
+    /// The interface's MAC address: the XDP program carries only frames sent to it.
+    pub mac: [u8; 6],
+    /// Zero.
+    pub pad2: u16,
 }
 
 // SAFETY: plain `repr(C)` data without padding bytes (checked by the size assertions below),
@@ -77,7 +81,7 @@ unsafe impl aya::Pod for Iface {}
 
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<FlowAction>() == 32);
-const _: () = assert!(size_of::<Iface>() == 12);
+const _: () = assert!(size_of::<Iface>() == 20);
 
 /// The two entries of a flow: the outbound one (keyed as packets arrive inside) and the
 /// inbound one (keyed as they arrive outside), each with the endpoint it writes.

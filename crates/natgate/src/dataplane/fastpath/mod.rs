@@ -1,6 +1,8 @@
 //! The in-kernel fast path: an eBPF program at the TC ingress hook of the inside and outside
 //! interfaces that carries established TCP and UDP flows from a table the engine fills
-//! (`bpf/fastpath.bpf.c`, built from source by `build.rs`).
+//! (`bpf/fastpath.bpf.c`, built from source by `build.rs`), and hands the rest to the engine.
+//! Where asked ([`Hook::Xdp`]), a second program carries the same flows at the XDP hook, before
+//! the kernel builds a socket buffer, and passes the rest to the TC program.
 //!
 //! Loading and attaching use the `aya` crate: it reads the object's BTF maps, creates them,
 //! relocates and loads the program and attaches it through TCX links, all in Rust without
@@ -19,7 +21,7 @@ pub mod sys;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader};
 use natgate_core::Instant;
 use natgate_core::engine::{FastPathSeen, FastPathView, OffloadOp, OffloadedFlow};
@@ -37,8 +39,19 @@ struct Aligned<T: ?Sized>(T);
 /// Why the object is empty, if it is.
 const NOT_BUILT: &str = env!("NATGATE_FASTPATH_BUILD");
 
-/// The program's name in the object.
+/// The programs' names in the object.
 const PROGRAM: &str = "natgate_tc";
+const XDP_PROGRAM: &str = "natgate_xdp";
+
+/// Where established flows are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// At TC ingress: every interface has it.
+    Tc,
+    /// At XDP, in the driver (native XDP only: generic XDP costs more than TC), with TC behind
+    /// it for what it passes.
+    Xdp,
+}
 
 /// Load-time flag (the program's `FLAGS`): rewrite but do not route, for [`sys::test_run`].
 pub const NO_REDIRECT: u32 = 1;
@@ -78,13 +91,15 @@ pub struct FastPathCounters {
     /// Punted packets handed straight to the engine (into the side's TUN) rather than routed
     /// there by the kernel.
     pub to_engine: u64,
+    /// Of the packets carried, those carried at the XDP hook.
+    pub carried_at_xdp: u64,
     /// The table's size in entries (two per flow).
     pub capacity: u64,
 }
 
 impl FastPathCounters {
     /// The counters with their metric names, in order.
-    pub fn named(&self) -> [(&'static str, u64); 15] {
+    pub fn named(&self) -> [(&'static str, u64); 16] {
         [
             ("forwarded_out", self.forwarded_out),
             ("forwarded_in", self.forwarded_in),
@@ -101,6 +116,7 @@ impl FastPathCounters {
             ("punt_no_route", self.punt_no_route),
             ("punt_not_ours", self.punt_not_ours),
             ("to_engine", self.to_engine),
+            ("carried_at_xdp", self.carried_at_xdp),
         ]
     }
 
@@ -121,6 +137,7 @@ impl FastPathCounters {
             12 => &mut self.punt_no_route,
             13 => &mut self.punt_not_ours,
             14 => &mut self.to_engine,
+            15 => &mut self.carried_at_xdp,
             _ => return,
         };
         *field = v;
@@ -128,7 +145,7 @@ impl FastPathCounters {
 }
 
 /// Number of counters the program keeps.
-const COUNTERS: u32 = 15;
+const COUNTERS: u32 = 16;
 
 /// Why the fast path could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -172,12 +189,15 @@ pub struct Side {
     /// The TUN the engine reads this side's packets from (0: none; the kernel's routing takes
     /// them there).
     pub tun_ifindex: u32,
+    /// The interface's MAC address.
+    pub mac: [u8; 6],
 }
 
 /// The loaded program and its maps; attached while it lives.
 pub struct FastPath {
     ebpf: Ebpf,
     capacity: u32,
+    hook: Hook,
     /// The attached sides, inside then outside.
     sides: Option<[Side; 2]>,
 }
@@ -209,18 +229,37 @@ impl FastPath {
             .try_into()
             .map_err(load_err)?;
         prog.load().map_err(load_err)?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| load_err("no program natgate_xdp in the object"))?
+            .try_into()
+            .map_err(load_err)?;
+        xdp.load().map_err(load_err)?;
         Ok(FastPath {
             ebpf,
             capacity,
+            hook: Hook::Tc,
             sides: None,
         })
     }
 
-    /// Loads the program and attaches it to the ingress of both sides.
-    pub fn attach(inside: &Side, outside: &Side, flows: u32) -> Result<Self, FastPathError> {
+    /// Loads the programs and attaches them to both sides: the TC program to their ingress
+    /// always (it hands the engine what is not carried), the XDP one in their drivers first if
+    /// `hook` asks.
+    pub fn attach(
+        inside: &Side,
+        outside: &Side,
+        flows: u32,
+        hook: Hook,
+    ) -> Result<Self, FastPathError> {
         let mut fp = Self::load(flows, 0)?;
+        fp.hook = hook;
         fp.set_iface(inside, outside, SIDE_INSIDE)?;
         fp.set_iface(outside, inside, SIDE_OUTSIDE)?;
+        let attach_err = |s: &Side, e: aya::programs::ProgramError| FastPathError::Attach {
+            iface: s.name.clone(),
+            why: e.to_string(),
+        };
         for s in [inside, outside] {
             let prog: &mut SchedClassifier = fp
                 .ebpf
@@ -229,13 +268,27 @@ impl FastPath {
                 .try_into()
                 .map_err(load_err)?;
             prog.attach(&s.name, TcAttachType::Ingress)
-                .map_err(|e| FastPathError::Attach {
-                    iface: s.name.clone(),
-                    why: e.to_string(),
-                })?;
+                .map_err(|e| attach_err(s, e))?;
+        }
+        if hook == Hook::Xdp {
+            for s in [inside, outside] {
+                let prog: &mut Xdp = fp
+                    .ebpf
+                    .program_mut(XDP_PROGRAM)
+                    .ok_or_else(|| load_err("program gone"))?
+                    .try_into()
+                    .map_err(load_err)?;
+                prog.attach(&s.name, XdpFlags::DRV_MODE)
+                    .map_err(|e| attach_err(s, e))?;
+            }
         }
         fp.sides = Some([inside.clone(), outside.clone()]);
         Ok(fp)
+    }
+
+    /// Where established flows are carried.
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
     /// Takes the engine's MTUs after a reload: `outbound` for packets leaving by the outside
@@ -266,6 +319,8 @@ impl FastPath {
             side,
             pad: 0,
             tun_ifindex: this.tun_ifindex,
+            mac: this.mac,
+            pad2: 0,
         };
         ifaces.insert(this.ifindex, iface, 0).map_err(map_err)
     }
@@ -309,15 +364,26 @@ impl FastPath {
         Ok(c)
     }
 
-    /// The program's file descriptor, for [`sys::test_run`].
-    pub fn program_fd(&self) -> Result<i32, FastPathError> {
-        let prog: &SchedClassifier = self
+    /// The file descriptor of the program at `hook`, for [`sys::test_run`].
+    pub fn program_fd(&self, hook: Hook) -> Result<i32, FastPathError> {
+        let prog = self
             .ebpf
-            .program(PROGRAM)
-            .ok_or_else(|| load_err("program gone"))?
-            .try_into()
-            .map_err(load_err)?;
-        Ok(prog.fd().map_err(load_err)?.as_fd().as_raw_fd())
+            .program(match hook {
+                Hook::Tc => PROGRAM,
+                Hook::Xdp => XDP_PROGRAM,
+            })
+            .ok_or_else(|| load_err("program gone"))?;
+        let fd = match hook {
+            Hook::Tc => <&SchedClassifier>::try_from(prog)
+                .map_err(load_err)?
+                .fd()
+                .map_err(load_err)?,
+            Hook::Xdp => <&Xdp>::try_from(prog)
+                .map_err(load_err)?
+                .fd()
+                .map_err(load_err)?,
+        };
+        Ok(fd.as_fd().as_raw_fd())
     }
 }
 

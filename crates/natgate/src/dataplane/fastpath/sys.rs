@@ -6,6 +6,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use super::Hook;
+
 /// Commands of `enum bpf_cmd`.
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -117,22 +119,47 @@ struct TestRunAttr {
 /// Size of `struct __sk_buff` and the offset of its `ingress_ifindex` (UAPI, stable).
 const SK_BUFF_LEN: usize = 192;
 const INGRESS_IFINDEX_AT: usize = 36;
+/// Size of `struct xdp_md` and the offsets of its `data_end` and `ingress_ifindex`.
+const XDP_MD_LEN: usize = 24;
+const XDP_DATA_END_AT: usize = 4;
+const XDP_INGRESS_IFINDEX_AT: usize = 12;
 
 /// What one run gave: the program's return code and the frame as it left the program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRun {
-    /// `TC_ACT_*`.
+    /// `TC_ACT_*` or `XDP_*`.
     pub retval: u32,
     /// The frame after the program.
     pub frame: Vec<u8>,
 }
 
-/// Runs the TC program `prog_fd` once on `frame`, as if it arrived on `ingress_ifindex`.
-pub fn test_run(prog_fd: i32, frame: &[u8], ingress_ifindex: u32) -> io::Result<TestRun> {
+/// Runs the program `prog_fd` (attached at `hook`) once on `frame`, as if it arrived on
+/// `ingress_ifindex`. For XDP that must be an interface of the caller's network namespace; the
+/// kernel does not check it for TC.
+pub fn test_run(
+    prog_fd: i32,
+    hook: Hook,
+    frame: &[u8],
+    ingress_ifindex: u32,
+) -> io::Result<TestRun> {
     let mut out = vec![0u8; frame.len() + 256];
-    let mut ctx = [0u8; SK_BUFF_LEN];
-    ctx[INGRESS_IFINDEX_AT..INGRESS_IFINDEX_AT + 4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     let too_long = |_| io::Error::from(io::ErrorKind::InvalidInput);
+    let mut ctx = [0u8; SK_BUFF_LEN];
+    let ctx_len = match hook {
+        Hook::Tc => {
+            ctx[INGRESS_IFINDEX_AT..INGRESS_IFINDEX_AT + 4]
+                .copy_from_slice(&ingress_ifindex.to_ne_bytes());
+            SK_BUFF_LEN
+        }
+        Hook::Xdp => {
+            // The frame starts at offset 0 (no metadata) and ends at its length.
+            let end = u32::try_from(frame.len()).map_err(too_long)?;
+            ctx[XDP_DATA_END_AT..XDP_DATA_END_AT + 4].copy_from_slice(&end.to_ne_bytes());
+            ctx[XDP_INGRESS_IFINDEX_AT..XDP_INGRESS_IFINDEX_AT + 4]
+                .copy_from_slice(&ingress_ifindex.to_ne_bytes());
+            XDP_MD_LEN
+        }
+    };
     let mut attr = TestRunAttr {
         prog_fd: u32::try_from(prog_fd).map_err(too_long)?,
         data_size_in: u32::try_from(frame.len()).map_err(too_long)?,
@@ -140,7 +167,7 @@ pub fn test_run(prog_fd: i32, frame: &[u8], ingress_ifindex: u32) -> io::Result<
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat: 1,
-        ctx_size_in: SK_BUFF_LEN as u32,
+        ctx_size_in: ctx_len as u32,
         ctx_in: ctx.as_ptr() as u64,
         ..TestRunAttr::default()
     };
