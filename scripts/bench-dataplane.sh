@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Data planes side by side: natgate with the in-kernel fast path, natgate slow path only, the
-# kernel's nftables SNAT to the same pool, plain kernel forwarding. One run, one topology (the
+# Data planes side by side: natgate with the in-kernel fast path (at TC, and at XDP), natgate slow
+# path only, the kernel's nftables SNAT to the same pool, plain kernel forwarding. One run, one topology (the
 # standard one, docs: /work/shared/TOPOLOGY.md, built by the hold_topology example), one
 # Markdown table on stdout; progress on stderr.
 #
@@ -13,7 +13,8 @@
 # REPEATS (5), MEAS (s per spinner window, 1), LEAD (s of traffic before a window, 0.5),
 # SAT_WARM/SAT_MEAS (s, 2/3), TCP_SECS (4), PING_SECS (4), CT_TUNE (1: raise the host's
 # nf_conntrack_max for the run so the kernel can hold BIG_FLOWS; restored on exit; 0: leave it),
-# VARIANTS (which rows to run: "fast slow nat fwd"), FLOW_PORTS and DPORTS (the flow mix: a
+# VARIANTS (which rows to run: "fast xdp slow nat fwd"; the xdp row turns GRO on at the
+# gateway's neighbours for its own run, as a veth needs to take frames redirected at XDP), FLOW_PORTS and DPORTS (the flow mix: a
 # flow set is FLOWS / DPORTS subscriber endpoints, FLOW_PORTS per subscriber address, each
 # sending to DPORTS ports of wan1; 1000 and 10, so 1 000 000 flows are a million sessions over
 # 100 000 mappings on 100 addresses, which the /28 pool holds whichever way a NAT spreads
@@ -49,10 +50,10 @@ cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces)" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs" >&2; exit 1; }
-for tool in nft iperf3 ping conntrack jq; do
+for tool in nft iperf3 ping conntrack jq ethtool; do
   command -v "$tool" >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      nftables iperf3 iputils-ping conntrack jq >/dev/null
+      nftables iperf3 iputils-ping conntrack jq ethtool >/dev/null
     break
   }
 done
@@ -64,7 +65,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 : "${RATE:=40000}" "${FLOWS:=1000}" "${BIG_FLOWS:=1000000}" "${REPEATS:=5}" "${MEAS:=1}"
 : "${LEAD:=0.5}" "${SAT_WARM:=2}" "${SAT_MEAS:=3}" "${TCP_SECS:=4}" "${PING_SECS:=4}"
-: "${VALIDATE:=0}" "${CT_TUNE:=1}" "${VARIANTS:=fast slow nat fwd}" "${FLOW_PORTS:=1000}" "${DPORTS:=10}"
+: "${VALIDATE:=0}" "${CT_TUNE:=1}" "${VARIANTS:=fast xdp slow nat fwd}" "${FLOW_PORTS:=1000}" "${DPORTS:=10}"
 MIX="dports=$DPORTS"
 
 cargo build --release -q -p natgate --bin natgate --example udpgen --example hold_topology \
@@ -433,6 +434,18 @@ elif ng_accepts tc; then
 else
   ROWS+=("| natgate, fast path (tc) | n/a (not built) | | | | | | | | |")
   log "natgate, fast path: n/a (natgate check refuses [dataplane] fast-path = \"tc\")"
+fi
+# The gateway's neighbours take XDP-redirected frames only with GRO on (docs/dataplane.md);
+# on for this row alone, off again after it (as the topology builds them).
+xdp_peers() {
+  ip netns exec "$SW" ethtool -K "gl-$S" gro "$1"
+  ip netns exec "$UP" ethtool -K "down-$S" gro "$1"
+}
+if want xdp && ng_accepts xdp; then
+  NG_MODE=xdp
+  xdp_peers on
+  run_row "natgate, fast path (xdp)" "ng_start xdp" ng_reset ng_stop
+  xdp_peers off
 fi
 if ng_accepts off; then NG_MODE=off; SLOW="natgate, slow path (fast-path = \"off\")"
 else NG_MODE=""; SLOW="natgate, slow path (TUN, current default)"; fi
