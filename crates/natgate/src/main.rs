@@ -42,6 +42,30 @@ enum Command {
     /// Ask the running gateway (status, sessions, mappings, pools, stats, drops, flush,
     /// reload, log-level).
     Ctl(CtlArgs),
+    /// Write this program's manual pages, or a shell's completions, generated from the command
+    /// line's own definition (for packages).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    #[command(subcommand)]
+    what: Generated,
+}
+
+#[derive(Debug, Subcommand)]
+enum Generated {
+    /// The manual pages, natgate(8) and one per subcommand (natgate-run(8), ...), into `dir`.
+    Man {
+        /// The directory to write them to (it must exist).
+        dir: PathBuf,
+    },
+    /// Completions for `shell`, to stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +100,7 @@ fn main() -> ExitCode {
         Command::Check(a) => check(a),
         Command::Demo(a) => demo(a),
         Command::Ctl(a) => natgate::control::cli::run(&a),
+        Command::Generate(a) => generate(a),
     };
     match r {
         Ok(code) => code,
@@ -109,6 +134,43 @@ fn init_logging() -> LogLevelFn {
             .reload(EnvFilter::new(level.name()))
             .map_err(|e| e.to_string())
     })
+}
+
+fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    use clap_complete::Generator;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    match a.what {
+        Generated::Man { dir } => {
+            cmd.build();
+            let page = |cmd: clap::Command, name: String| -> anyhow::Result<()> {
+                let path = dir.join(format!("{name}.8"));
+                let mut out = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                // Section 8: system administration (it runs as root, or with capabilities).
+                clap_mangen::Man::new(cmd)
+                    .title(name)
+                    .section("8")
+                    .render(&mut out)
+                    .with_context(|| format!("writing {}", path.display()))
+            };
+            // Not `help`: clap's own, and the main page says what it says.
+            for sub in cmd
+                .get_subcommands()
+                .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+            {
+                page(sub.clone(), format!("natgate-{}", sub.get_name()))?;
+            }
+            page(cmd, "natgate".into())?;
+        }
+        Generated::Completions { shell } => {
+            cmd.set_bin_name("natgate");
+            cmd.build();
+            shell
+                .try_generate(&cmd, &mut std::io::stdout().lock())
+                .context("writing the completions")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(a: RunArgs, log_level: LogLevelFn) -> anyhow::Result<ExitCode> {

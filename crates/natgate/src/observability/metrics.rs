@@ -860,6 +860,62 @@ mod tests {
         assert_eq!(answers("pcp", "excessive_remote_peers"), 0.0);
     }
 
+    /// The Grafana dashboard shipped in the package asks only for metrics natgate exports, and
+    /// groups them only by labels those metrics have: a renamed metric or label breaks it here,
+    /// not silently on an operator's screen.
+    #[test]
+    fn the_grafana_dashboard_asks_for_what_natgate_exports() {
+        let mut snap = snapshot();
+        snap.stats.fast_path = Some(crate::control::protocol::FastPathStats {
+            program: crate::dataplane::fastpath::FastPathCounters::default(),
+            flows: 0,
+            offers_skipped: 0,
+            changes_failed: 0,
+        });
+        let mut labels: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for ((name, l), _) in parse(&snap.render()) {
+            labels
+                .entry(name)
+                .or_default()
+                .extend(l.into_iter().map(|(k, _)| k));
+        }
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../packaging/grafana/natgate.json"))
+                .expect("the dashboard is JSON");
+        let mut exprs = Vec::new();
+        for panel in dash["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                exprs.push(t["expr"].as_str().expect("expr").to_owned());
+            }
+        }
+        assert!(exprs.len() > 10, "{exprs:?}");
+        let word = |s: &str| -> String {
+            s.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        };
+        for expr in &exprs {
+            let used: Vec<String> = expr
+                .match_indices("natgate_")
+                .map(|(i, _)| word(&expr[i..]))
+                .collect();
+            assert!(!used.is_empty(), "{expr}");
+            for m in &used {
+                assert!(labels.contains_key(m), "{m} in {expr} is not exported");
+            }
+            for (i, _) in expr.match_indices(" by (") {
+                let inner = &expr[i + 5..];
+                let inner = &inner[..inner.find(')').expect("closing parenthesis")];
+                for l in inner.split(',').map(str::trim) {
+                    assert!(
+                        used.iter().any(|m| labels[m].contains(l)),
+                        "{expr} groups by {l}, which none of its metrics has"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn exposition_is_valid_and_has_every_metric() {
         let text = snapshot().render();
