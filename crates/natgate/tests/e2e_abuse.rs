@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -125,47 +125,11 @@ fn a_config_the_machine_cannot_hold_is_refused_at_run_and_leaves_nothing() {
     assert!(!has_link(&topo, "natgate-in") && !has_link(&topo, "natgate-out"));
 }
 
-/// An AF_PACKET socket in `ns` that sees every IPv4 packet arriving there, before any
-/// reverse-path check or socket look-up could hide it.
-fn capture(ns: &natgate::platform::netns::Netns) -> OwnedFd {
-    ns.run_in(|| {
-        let proto = i32::from((libc::ETH_P_IP as u16).to_be());
-        // SAFETY: plain socket(2); the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto,
-            )
-        };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let size: libc::c_int = 16 << 20;
-        // SAFETY: setsockopt with a c_int option of the right length.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                std::ptr::from_ref(&size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        fd
-    })
-    .unwrap()
-}
-
 /// Reads what `fd` captured: (packets from the pool, packets from an inside address).
 fn captured_sources(fd: &OwnedFd) -> (usize, usize) {
     let (mut translated, mut leaked) = (0, 0);
-    let mut buf = [0u8; 2048];
-    for _ in 0..1_000_000 {
-        // SAFETY: recv into a buffer of the given length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let Ok(n) = usize::try_from(n) else { break };
-        if n < 20 {
+    for buf in common::capture::captured(fd) {
+        if buf.len() < 20 {
             continue;
         }
         let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
@@ -221,7 +185,7 @@ fn nothing_leaks_when_natgate_stops(fast_path: &str, how: Stop) -> Topology {
             "the flow is carried in the kernel before the stop: {p}"
         );
     }
-    let cap = capture(&topo.wan1);
+    let cap = common::capture::capture(&topo.wan1);
     let stop = Arc::new(AtomicBool::new(false));
     let sent_after = Arc::new(AtomicUsize::new(0));
     let stopped = Arc::new(AtomicBool::new(false));

@@ -63,6 +63,11 @@ pub struct Behavior {
     /// instead of refusing it (lab only: it breaks path MTU discovery, RFC 1191, and RFC 4787
     /// REQ-13's answer to a DF packet too big for the way out).
     pub clear_df: bool,
+    /// Put the subscriber's internal address in a host identifier option (RFC 7974) on each
+    /// SYN it sends out, so that a server or a test tool can tell apart subscribers who share
+    /// an external address (lab only: it discloses internal addresses, and the option is an
+    /// experiment's).
+    pub insert_host_id: bool,
 }
 
 impl Default for Behavior {
@@ -94,6 +99,7 @@ pub struct BehaviorSpec {
     pub outside_mtu: Option<u16>,
     pub inside_mtu: Option<u16>,
     pub clear_df: Option<bool>,
+    pub insert_host_id: Option<bool>,
 }
 
 /// Timer overrides, in seconds; a missing one keeps the preset's value.
@@ -146,7 +152,8 @@ impl BehaviorSpec {
             ttl,
             outside_mtu,
             inside_mtu,
-            clear_df
+            clear_df,
+            insert_host_id
         );
         if let Some(t) = self.timers {
             let tm = &mut b.timers;
@@ -539,6 +546,13 @@ impl Config {
                 "clear-df",
                 "a NAT must leave DF as the sender set it",
                 "RFC 1191, RFC 4787 REQ-13",
+            )?;
+        }
+        if b.insert_host_id {
+            forbid(
+                "insert-host-id",
+                "it tells every server the subscriber's internal address",
+                "RFC 6967 section 5, RFC 7974 section 6",
             )?;
         }
         match b.hairpinning {

@@ -54,6 +54,7 @@ impl Preset {
             outside_mtu: 1500,
             inside_mtu: 1500,
             clear_df: false,
+            insert_host_id: false,
         };
         let cone = |filtering| Behavior {
             filtering,

@@ -16,6 +16,7 @@
 mod answer_limit;
 mod explicit;
 mod host;
+mod host_id;
 pub(crate) mod icmp_error;
 mod memory;
 mod offload;
@@ -76,7 +77,8 @@ pub const BATCH: usize = 32;
 pub struct PacketBuf<'a> {
     /// The bytes; the datagram is at the start.
     pub buf: &'a mut [u8],
-    /// Length of the datagram.
+    /// Length of the datagram. [`Engine::process_batch`] sets it to the length of the
+    /// datagram to send when the translation changed it (the lab's `insert-host-id`).
     pub len: usize,
 }
 
@@ -255,6 +257,27 @@ impl<A: PortAllocator> Engine<A> {
         verdict
     }
 
+    /// [`Self::process`] with the lab's rewrites that change a datagram's length: a host
+    /// identifier on a subscriber's SYN as it leaves ([`host_id`]); `pkt.len` follows.
+    fn process_lab(&mut self, now: Instant, side: Side, pkt: &mut PacketBuf<'_>) -> Verdict {
+        let len = pkt.len.min(pkt.buf.len());
+        let host = if self.behavior.insert_host_id && side == Side::Inside {
+            host_id::syn_source(&pkt.buf[..len])
+        } else {
+            None
+        };
+        let verdict = self.process(now, side, pkt.buf, len);
+        if let (Some(host), Verdict::Forward(Side::Outside)) = (host, verdict) {
+            let out = usize::from(packet::read16(pkt.buf, 2));
+            match host_id::insert(pkt.buf, out, host, self.behavior.outside_mtu) {
+                Some(grown) => pkt.len = grown,
+                // Best effort, like the test tools that do it: the SYN goes as it was.
+                None => pkt.len = out,
+            }
+        }
+        verdict
+    }
+
     /// [`Self::process`] without the accounting: the verdict, and the length to count it under.
     fn process_one(
         &mut self,
@@ -287,10 +310,10 @@ impl<A: PortAllocator> Engine<A> {
         verdicts: &mut [Verdict],
     ) {
         let n = packets.len().min(verdicts.len());
-        if self.behavior.clear_df {
-            // A lab setting: the lanes rewrite fixed offsets and would leave DF alone.
+        if self.behavior.clear_df || self.behavior.insert_host_id {
+            // Lab settings: the lanes rewrite fixed offsets in place and would do neither.
             for (pkt, v) in packets[..n].iter_mut().zip(&mut verdicts[..n]) {
-                *v = self.process(now, side, pkt.buf, pkt.len);
+                *v = self.process_lab(now, side, pkt);
             }
             return;
         }

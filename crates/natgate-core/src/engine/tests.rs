@@ -1672,6 +1672,59 @@ fn lab_clear_df_forwards_without_df_both_ways_and_never_answers_too_big() {
     assert_eq!(e.offload_stats(), None);
 }
 
+/// The lab's host identifier: a subscriber's SYN leaves with its internal address in an
+/// RFC 7974 option (8 bytes longer, checksums valid); the SYN-ACK and the rest of the
+/// connection are translated as always, and without the knob (or outside the lab) nothing
+/// changes.
+#[test]
+fn lab_host_id_rides_on_outbound_syns_only() {
+    let mut e = engine_with(|c| {
+        c.lab = true;
+        c.behavior.insert_host_id = true;
+    });
+    let send = |e: &mut Engine, side, mut p: Pkt| {
+        let mut bufs = [PacketBuf {
+            len: p.len,
+            buf: &mut p.buf,
+        }];
+        let mut v = [Verdict::Held];
+        e.process_batch(t(0), side, &mut bufs, &mut v);
+        let len = bufs[0].len;
+        p.len = len;
+        (v[0], p)
+    };
+    let syn = tcp(ep(SUB1, 40000), ep(WAN1, 80), "S");
+    let (v, out) = send(&mut e, Side::Inside, syn.clone());
+    assert_eq!(v, Verdict::Forward(Side::Outside));
+    assert_eq!(out.len, syn.len + 8);
+    assert_checksums(out.bytes());
+    let b = out.bytes();
+    assert_eq!(&b[40..48], &[253, 8, 0x03, 0x48, 100, 64, 0, 10]);
+    let x = endpoints(b).0;
+    let (v, back) = send(&mut e, Side::Outside, tcp(ep(WAN1, 80), x, "SA"));
+    assert_eq!(v, Verdict::Forward(Side::Inside));
+    assert_eq!(back.len, 40, "nothing added inbound");
+    let (_, ack) = send(
+        &mut e,
+        Side::Inside,
+        tcp(ep(SUB1, 40000), ep(WAN1, 80), "A"),
+    );
+    assert_eq!(ack.len, 40, "only the SYN carries it");
+
+    // Outside the lab it is refused; off, a SYN leaves as it came.
+    let c = config(|c| c.behavior.insert_host_id = true);
+    assert!(matches!(
+        c.validate(),
+        Err(crate::config::ConfigError::ForbiddenWithoutLab {
+            setting: "insert-host-id",
+            ..
+        })
+    ));
+    let mut plain = engine();
+    let (_, out) = send(&mut plain, Side::Inside, syn.clone());
+    assert_eq!(out.len, syn.len);
+}
+
 #[test]
 fn without_the_knob_df_is_left_as_sent() {
     let mut e = engine();

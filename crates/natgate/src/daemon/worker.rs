@@ -343,6 +343,9 @@ impl Worker {
             Side::Outside => &self.outside,
         };
         let now = self.clock.now();
+        // What to write of each slot: the engine may change a datagram's length (the lab's
+        // host identifier).
+        let mut out_lens = *lens;
         {
             // On the stack: the packet path allocates nothing.
             let mut packets: ArrayVec<PacketBuf<'_>, BATCH> = ArrayVec::new();
@@ -361,11 +364,14 @@ impl Worker {
             }
             self.engine
                 .process_batch(now, side, &mut packets, &mut verdicts[..n]);
+            for (pkt, &i) in packets.iter().zip(idx) {
+                out_lens[i] = pkt.len;
+            }
         }
         for (j, &i) in idx.iter().enumerate() {
             let slot = &bufs[i * SLOT..(i + 1) * SLOT];
             let out = match verdicts[j] {
-                Verdict::Forward(_) => Some(&slot[..lens[i]]),
+                Verdict::Forward(_) => Some(&slot[..out_lens[i].min(SLOT)]),
                 Verdict::Reply { len, .. } => Some(&slot[..len]),
                 // The host's own (a home gateway's address): back to the kernel, which
                 // delivers it locally.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
+pub mod capture;
 pub mod http;
 pub mod icmp;
 
