@@ -422,7 +422,9 @@ int natgate_xdp(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > end || !same_mac(eth->h_dest, ifc->mac))
 		return XDP_PASS;
 	struct parsed p = {};
-	if (classify(data, end, (__u32)(end - data), ifc, &p) != CARRY)
+	// The frame's length from the kernel: subtracting packet pointers is a privilege
+	// (CAP_PERFMON) that natgate's service does not have.
+	if (classify(data, end, (__u32)bpf_xdp_get_buff_len(ctx), ifc, &p) != CARRY)
 		return XDP_PASS;
 	struct flow_action *act = bpf_map_lookup_elem(&SESSIONS, &p.key);
 	if (!act)
