@@ -429,9 +429,24 @@ impl BlockAllocator {
         now: Instant,
         rng: &mut Rng,
     ) -> Option<u16> {
-        let a = self.addresses.get_mut(i)?;
+        let a = self.addresses.get(i)?;
         let n = u32::try_from(a.free.len()).ok().filter(|&n| n > 0)?;
-        let b = a.free.swap_remove(rng.below(n) as usize);
+        self.give_block(i, rng.below(n) as usize, subscriber, now)
+    }
+
+    /// Gives `subscriber` the free block at position `at` of address `i`'s free list.
+    fn give_block(
+        &mut self,
+        i: usize,
+        at: usize,
+        subscriber: SubscriberId,
+        now: Instant,
+    ) -> Option<u16> {
+        let a = self.addresses.get_mut(i)?;
+        if at >= a.free.len() {
+            return None;
+        }
+        let b = a.free.swap_remove(at);
         self.room.set(i, a.room());
         if let Some(block) = a.blocks.get_mut(usize::from(b)) {
             block.owner = Some(subscriber);
@@ -543,6 +558,51 @@ impl BlockAllocator {
 }
 
 impl PortAllocator for BlockAllocator {
+    /// The port must be in one of the subscriber's blocks, or in a free block of its address
+    /// (any address, for a subscriber without blocks) that it may still take.
+    fn allocate_at(&mut self, req: &AllocRequest, want: Endpoint) -> Result<Endpoint, AllocError> {
+        self.expire(req.now);
+        let i = self.index.get(want.addr).ok_or(AllocError::Unavailable)?;
+        let b = self
+            .settings
+            .block_of(want.port)
+            .ok_or(AllocError::Unavailable)?;
+        if self.reserved.contains(req.proto, want) {
+            return Err(AllocError::Unavailable);
+        }
+        let subscriber = SubscriberId::of(req.internal);
+        let held = match self.subscribers.get(&subscriber) {
+            Some(s) if s.address as usize != i => return Err(AllocError::PairedAddressFull),
+            Some(s) if s.blocks.contains(&b) => true,
+            Some(s) if s.blocks.len() >= usize::from(self.settings.max_blocks_per_subscriber) => {
+                return Err(AllocError::SubscriberPortLimit);
+            }
+            None if self.settings.max_blocks_per_subscriber == 0 => {
+                return Err(AllocError::SubscriberPortLimit);
+            }
+            _ => false,
+        };
+        let a = self.addresses.get(i).ok_or(AllocError::Unavailable)?;
+        if !held {
+            // A block that is free has every port free: taking it cannot fail below.
+            let at = a
+                .free
+                .iter()
+                .position(|&f| f == b)
+                .ok_or(AllocError::Unavailable)?;
+            self.give_block(i, at, subscriber, req.now)
+                .ok_or(AllocError::Unavailable)?;
+        }
+        let a = self.addresses.get_mut(i).ok_or(AllocError::Unavailable)?;
+        if !a.ports[req.proto.index()].take(want.port) {
+            return Err(AllocError::Unavailable);
+        }
+        if let Some(block) = a.blocks.get_mut(usize::from(b)) {
+            block.busy += 1;
+        }
+        Ok(want)
+    }
+
     fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         if self.reserved.is_empty() {
             return self.pick(req, rng);
@@ -713,6 +773,69 @@ mod tests {
                 last: first + (size - 1),
             },
         }
+    }
+
+    /// A suggested endpoint is a port of one of the subscriber's blocks, or of a free block of
+    /// its address that it may still take (which it then holds, and the log says so).
+    #[test]
+    fn allocate_at_takes_a_port_of_the_subscribers_block_or_a_free_block() {
+        let mut a = BlockAllocator::new(&[X1, X2], settings(512, 2));
+        let s = subscriber(1);
+        let at = |port| Endpoint::new(X1, port);
+        assert_eq!(a.allocate_at(&udp(s, 5000), at(2000)), Ok(at(2000)));
+        assert_eq!(
+            events(&mut a),
+            [AllocEvent::BlockAllocated(block(
+                Instant::ZERO,
+                s,
+                X1,
+                1536,
+                512
+            ))]
+        );
+        assert_eq!(a.allocate_at(&udp(s, 5001), at(2001)), Ok(at(2001)));
+        assert_eq!(events(&mut a), [], "its own block");
+        let unavailable = Err(AllocError::Unavailable);
+        assert_eq!(a.allocate_at(&udp(s, 5001), at(2001)), unavailable, "taken");
+        assert_eq!(
+            a.allocate_at(&udp(subscriber(2), 5000), at(2002)),
+            unavailable,
+            "another's block"
+        );
+        assert_eq!(
+            a.allocate_at(&udp(s, 5002), Endpoint::new(X2, 3000)),
+            Err(AllocError::PairedAddressFull)
+        );
+        assert_eq!(
+            a.allocate_at(&udp(s, 5002), at(3000)),
+            Ok(at(3000)),
+            "a second block"
+        );
+        assert_eq!(
+            a.allocate_at(&udp(s, 5003), at(4000)),
+            Err(AllocError::SubscriberPortLimit),
+            "two blocks at most"
+        );
+        assert_eq!(
+            a.allocate_at(&udp(subscriber(3), 5000), at(80)),
+            unavailable,
+            "in no block"
+        );
+        // Released like any other port: its block goes back after the hold-down.
+        for port in [2000, 2001] {
+            a.release(
+                Protocol::Udp,
+                Endpoint::new(s, 5000),
+                at(port),
+                Instant::ZERO,
+            );
+        }
+        let later = req(Protocol::Udp, subscriber(2), 5000, Instant::from_secs(121));
+        assert_eq!(
+            a.allocate_at(&later, Endpoint::new(X1, 2002)),
+            Ok(Endpoint::new(X1, 2002)),
+            "the block went back to the pool, and another subscriber may take it"
+        );
     }
 
     /// What `ctl pools` shows for port blocks: blocks in use, in hold-down (RFC 6888 REQ-8) and

@@ -75,6 +75,14 @@ impl PortAllocator for ConfiguredAllocator {
         each!(self, a => a.allocate(req, rng))
     }
 
+    fn allocate_at(
+        &mut self,
+        req: &AllocRequest,
+        external: Endpoint,
+    ) -> Result<Endpoint, AllocError> {
+        each!(self, a => a.allocate_at(req, external))
+    }
+
     fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
         each!(self, a => a.release(proto, internal, external, now))
     }

@@ -336,24 +336,65 @@ impl DeterministicAllocator {
             Parity::Any
         };
         if let Some((a, port)) = self.take_in_range(i, req.proto, parity, rng) {
-            let live = self.live.entry(i).or_insert(0);
-            if *live == 0
-                && let Some(s) = self.subscribers.get_mut(a as usize)
-            {
-                *s += 1;
-            }
-            *live += 1;
-            let addr = self.map.outside.nth(a).ok_or(AllocError::Exhausted)?;
-            return Ok(Endpoint::new(addr, port));
+            return self.count_live(i, a, port);
         }
         match self.overflow.as_mut() {
             Some(o) => o.allocate(req, rng),
             None => Err(AllocError::SubscriberPortLimit),
         }
     }
+
+    /// Counts a port subscriber `i` took on outside address offset `a`.
+    fn count_live(&mut self, i: u32, a: u32, port: u16) -> Result<Endpoint, AllocError> {
+        let live = self.live.entry(i).or_insert(0);
+        if *live == 0
+            && let Some(s) = self.subscribers.get_mut(a as usize)
+        {
+            *s += 1;
+        }
+        *live += 1;
+        let addr = self.map.outside.nth(a).ok_or(AllocError::Exhausted)?;
+        Ok(Endpoint::new(addr, port))
+    }
 }
 
 impl PortAllocator for DeterministicAllocator {
+    /// The port must be in the subscriber's own range (RFC 7422: the formula gives every port
+    /// to one subscriber), or in an overflow block the overflow allocator would give it.
+    fn allocate_at(&mut self, req: &AllocRequest, want: Endpoint) -> Result<Endpoint, AllocError> {
+        self.expire(req.now);
+        if let Some(o) = self.overflow.as_mut()
+            && o.owns(want.addr)
+        {
+            return o.allocate_at(req, want);
+        }
+        let i = self
+            .map
+            .inside
+            .offset_of(req.internal.addr)
+            .ok_or(AllocError::UnknownSubscriber)?;
+        if !self.settings.share.owns(i) {
+            return Err(AllocError::OtherShare);
+        }
+        if self.map.subscriber_of(want.addr, want.port) != Some(i)
+            || self.reserved.contains(req.proto, want)
+        {
+            return Err(AllocError::Unavailable);
+        }
+        let (a, _) = self.map.place(i);
+        let slot = self
+            .ports
+            .get_mut(a as usize)
+            .ok_or(AllocError::Unavailable)?;
+        let ports = &mut slot
+            .get_or_insert_with(|| Box::new([PortSet::new(), PortSet::new(), PortSet::new()]))
+            [req.proto.index()];
+        if !ports.take(want.port) {
+            return Err(AllocError::Unavailable);
+        }
+        self.count_live(i, a, want.port)
+    }
+
     fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         if self.reserved.is_empty() {
             return self.pick(req, rng);
@@ -657,6 +698,46 @@ mod tests {
             ),
             Err(AllocError::UnknownSubscriber)
         );
+    }
+
+    /// A suggested endpoint is a free port of the subscriber's own range (RFC 7422: the formula
+    /// gives each port to one subscriber).
+    #[test]
+    fn allocate_at_takes_only_ports_of_the_subscribers_range() {
+        let m = map("100.64.0.0/24", "198.51.100.0/28", Some(64));
+        let mut a = DeterministicAllocator::new(m, settings(), None);
+        let me = host(37);
+        let (x, range) = m.forward(me).expect("in");
+        let mine = Endpoint::new(x, *range.start() + 3);
+        let udp = |who, port| req(Protocol::Udp, who, port, Instant::ZERO);
+        assert_eq!(a.allocate_at(&udp(me, 5000), mine), Ok(mine));
+        assert_eq!(
+            a.usage()
+                .iter()
+                .find(|u| u.addr == x)
+                .map(|u| u.subscribers),
+            Some(1)
+        );
+        let unavailable = Err(AllocError::Unavailable);
+        assert_eq!(a.allocate_at(&udp(me, 5001), mine), unavailable, "taken");
+        assert_eq!(
+            a.allocate_at(&udp(host(38), 5000), mine),
+            unavailable,
+            "another's range"
+        );
+        let beyond = Endpoint::new(x, *range.end() + 1);
+        assert_eq!(
+            a.allocate_at(&udp(me, 5001), beyond),
+            unavailable,
+            "outside the range"
+        );
+        assert_eq!(
+            a.allocate_at(&udp(Ipv4Addr::new(10, 0, 0, 1), 1), mine),
+            Err(AllocError::UnknownSubscriber)
+        );
+        a.release(Protocol::Udp, Endpoint::new(me, 5000), mine, Instant::ZERO);
+        let later = req(Protocol::Udp, me, 5000, Instant::from_secs(121));
+        assert_eq!(a.allocate_at(&later, mine), Ok(mine), "after its hold-down");
     }
 
     /// What `ctl pools` shows for deterministic NAT: per address, the ranges the formula puts

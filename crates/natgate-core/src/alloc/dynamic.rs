@@ -501,11 +501,14 @@ impl DynamicAllocator {
         } else {
             self.take_anywhere(req, rng, None)?
         };
+        self.link(i, req.internal.addr, port)
+    }
+
+    /// Counts a new mapping of `subscriber` on address `i` (whose `port` it took): the link
+    /// that makes it one of the address's subscribers while it has live mappings there.
+    fn link(&mut self, i: usize, subscriber: Ipv4Addr, port: u16) -> Result<Endpoint, AllocError> {
         let a = self.addresses.get_mut(i).ok_or(AllocError::Exhausted)?;
-        let live = self
-            .links
-            .entry(link_key(req.internal.addr, i))
-            .or_insert(0);
+        let live = self.links.entry(link_key(subscriber, i)).or_insert(0);
         if *live == 0 {
             a.subscribers += 1;
             self.load.set(i, a.subscribers);
@@ -516,6 +519,42 @@ impl DynamicAllocator {
 }
 
 impl PortAllocator for DynamicAllocator {
+    /// The port must be in the range `allocate` would search for this internal port (the
+    /// well-known or the ephemeral range, RFC 4787 REQ-3a; the NAT's range on a home gateway);
+    /// parity is the requester's choice. Under paired pooling the address must be the
+    /// subscriber's (any, for a subscriber without mappings); under soft pairing any address.
+    fn allocate_at(&mut self, req: &AllocRequest, want: Endpoint) -> Result<Endpoint, AllocError> {
+        self.expire(req.now);
+        let i = self.index.get(want.addr).ok_or(AllocError::Unavailable)?;
+        let (lo, hi, _) = self.constraints(req.proto, req.internal.port);
+        if !(lo..=hi).contains(&want.port) || self.reserved.contains(req.proto, want) {
+            return Err(AllocError::Unavailable);
+        }
+        let key = u64::from(req.internal.addr.to_bits());
+        let paired = self.settings.pooling != Pooling::Arbitrary;
+        if paired
+            && self.settings.pooling == Pooling::Paired
+            && self.subscribers.get(&key).is_some_and(|s| s.paired != i)
+        {
+            return Err(AllocError::PairedAddressFull);
+        }
+        let ports = &mut self
+            .addresses
+            .get_mut(i)
+            .ok_or(AllocError::Unavailable)?
+            .ports;
+        if !ports[req.proto.index()].take(want.port) {
+            return Err(AllocError::Unavailable);
+        }
+        if paired {
+            self.subscribers
+                .entry(key)
+                .and_modify(|s| s.live = s.live.saturating_add(1))
+                .or_insert(Subscriber { paired: i, live: 1 });
+        }
+        self.link(i, req.internal.addr, want.port)
+    }
+
     fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         if self.reserved.is_empty() {
             return self.pick(req, rng);
@@ -690,6 +729,61 @@ mod tests {
             .into_iter()
             .find(|u| u.addr == addr)
             .expect("address in pool")
+    }
+
+    /// A suggested endpoint (PCP, NAT-PMP) is given when it is free, in range, not reserved and
+    /// on the subscriber's address; it is then in use and released like any other.
+    #[test]
+    fn allocate_at_gives_a_free_endpoint_of_the_subscribers_address() {
+        let mut a =
+            DynamicAllocator::new(&[X1, X2], settings(Pooling::Paired, PortAssignment::Random));
+        let s = subscriber(1);
+        let want = Endpoint::new(X1, 40000);
+        assert_eq!(a.allocate_at(&udp(s, 5000), want), Ok(want));
+        assert_eq!(a.paired_address(s), Some(X1));
+        assert_eq!(usage_of(&a, X1).in_use[Protocol::Udp.index()], 1);
+        assert_eq!(usage_of(&a, X1).subscribers, 1);
+        let unavailable = Err(AllocError::Unavailable);
+        assert_eq!(
+            a.allocate_at(&udp(subscriber(2), 5000), want),
+            unavailable,
+            "taken"
+        );
+        assert_eq!(
+            a.allocate_at(&udp(s, 5001), Endpoint::new(X2, 40001)),
+            Err(AllocError::PairedAddressFull),
+            "RFC 4787 REQ-2"
+        );
+        assert_eq!(
+            a.allocate_at(&udp(s, 5001), Endpoint::new(X1, 80)),
+            unavailable,
+            "REQ-3a"
+        );
+        let elsewhere = Endpoint::new(Ipv4Addr::new(192, 0, 2, 9), 40001);
+        assert_eq!(
+            a.allocate_at(&udp(s, 5001), elsewhere),
+            unavailable,
+            "not ours"
+        );
+        let range = PortRange {
+            first: 41000,
+            last: 41000,
+        };
+        a.set_reserved(&[(X1, Protocol::Udp, range)], Instant::ZERO);
+        assert_eq!(
+            a.allocate_at(&udp(s, 5001), Endpoint::new(X1, 41000)),
+            unavailable,
+            "reserved"
+        );
+        a.release(Protocol::Udp, Endpoint::new(s, 5000), want, Instant::ZERO);
+        assert_eq!(a.paired_address(s), None);
+        assert_eq!(
+            a.allocate_at(&udp(subscriber(2), 5000), want),
+            unavailable,
+            "held down"
+        );
+        let later = req(Protocol::Udp, subscriber(2), 5000, Instant::from_secs(121));
+        assert_eq!(a.allocate_at(&later, want), Ok(want));
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub enum AllocError {
     /// wrong worker.
     #[error("the subscriber belongs to another worker's share")]
     OtherShare,
+    /// [`PortAllocator::allocate_at`]: that endpoint is not one this allocator could give this
+    /// subscriber now (in use or held down, reserved, outside its ranges, or another's).
+    #[error("that external endpoint is not available to this subscriber")]
+    Unavailable,
 }
 
 /// The allocator interface: the only way the engine gets or gives back an external endpoint.
@@ -133,6 +137,17 @@ pub enum AllocError {
 pub trait PortAllocator {
     /// Picks and reserves an external endpoint for a new mapping of `req.internal`.
     fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError>;
+
+    /// Reserves exactly `external` for a new mapping of `req.internal`, if this allocator could
+    /// have handed it out itself: an address and port it hands out (in range, not reserved or
+    /// withheld), free, and the subscriber's to have (its paired address, its port block or a
+    /// free block it may take, its deterministic range). For port-mapping requests that suggest
+    /// an endpoint (PCP, NAT-PMP). Released like any other endpoint. Not for the packet path.
+    fn allocate_at(
+        &mut self,
+        req: &AllocRequest,
+        external: Endpoint,
+    ) -> Result<Endpoint, AllocError>;
 
     /// Returns an external endpoint whose mapping ended at `now`; it is not handed out again before
     /// the hold-down passes (RFC 6888 REQ-8). An endpoint that is not allocated is ignored.

@@ -9,7 +9,9 @@
 //! inbound ports than it could open outbound flows.
 
 use super::Engine;
-use crate::alloc::{AllocError, AllocRequest, PortAllocator};
+use std::net::Ipv4Addr;
+
+use crate::alloc::{AllocRequest, PortAllocator};
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::event::Event;
@@ -30,6 +32,22 @@ pub struct MapRequest {
     pub origin: MappingOrigin,
     /// The only remote peers to let in; empty: every remote.
     pub peers: Vec<RemotePeer>,
+    /// The external endpoint the requester would like, if any (a new mapping only: a mapping
+    /// that exists keeps its endpoint).
+    pub suggested: Option<Suggestion>,
+}
+
+/// An external endpoint a port-mapping client suggests (PCP's suggested address and port,
+/// NAT-PMP's requested public port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suggestion {
+    /// The address, or `None` for whichever the subscriber's mappings are on.
+    pub addr: Option<Ipv4Addr>,
+    /// The port (not 0).
+    pub port: u16,
+    /// That endpoint or no mapping (PCP's PREFER_FAILURE, RFC 6887 section 13.2); otherwise
+    /// another endpoint when it is not available.
+    pub required: bool,
 }
 
 /// Why an explicit mapping could not be made.
@@ -54,6 +72,9 @@ pub enum MapError {
     /// counter a packet refused for the same cause would be counted under.
     #[error("no external port: {}", .0.name())]
     NoResources(DropReason),
+    /// The suggested endpoint was required and is not available.
+    #[error("the suggested external endpoint is not available")]
+    SuggestionUnavailable,
 }
 
 impl<A: PortAllocator> Engine<A> {
@@ -99,20 +120,23 @@ impl<A: PortAllocator> Engine<A> {
             internal: req.internal,
             now,
         };
-        let allocated = self.alloc.allocate(&alloc_req, &mut self.rng);
+        let suggested = req
+            .suggested
+            .and_then(|s| self.allocate_suggested(&alloc_req, s));
+        let allocated = match (suggested, req.suggested) {
+            (Some(e), _) => Ok(e),
+            (None, Some(s)) if s.required => {
+                self.unadmit(req.internal.addr, req.proto);
+                return Err(MapError::SuggestionUnavailable);
+            }
+            (None, _) => self.alloc.allocate(&alloc_req, &mut self.rng),
+        };
         self.drain_alloc_events();
         let external = match allocated {
             Ok(e) => e,
             Err(e) => {
                 self.unadmit(req.internal.addr, req.proto);
-                return Err(MapError::NoResources(match e {
-                    AllocError::Exhausted | AllocError::PairedAddressFull => {
-                        DropReason::MappingFailed
-                    }
-                    AllocError::SubscriberPortLimit => DropReason::SubscriberPortLimit,
-                    AllocError::UnknownSubscriber => DropReason::UnknownSubscriber,
-                    AllocError::OtherShare => DropReason::WrongShard,
-                }));
+                return Err(MapError::NoResources(super::translate::drop_reason(e)));
             }
         };
         let m = ExplicitMapping {
@@ -132,6 +156,22 @@ impl<A: PortAllocator> Engine<A> {
             origin: m.origin,
         });
         Ok(m)
+    }
+
+    /// Takes the suggested endpoint for `req` if the allocator can give it: on the suggested
+    /// address, or else on the subscriber's own (paired or computed), or else on the first
+    /// address of the pool where it is free. `None` if on none.
+    fn allocate_suggested(&mut self, req: &AllocRequest, s: Suggestion) -> Option<Endpoint> {
+        let candidates: Vec<Ipv4Addr> = match s.addr {
+            Some(a) => vec![a],
+            None => match self.alloc.paired_address(req.internal.addr) {
+                Some(a) => vec![a],
+                None => self.alloc.usage().iter().map(|u| u.addr).collect(),
+            },
+        };
+        candidates
+            .into_iter()
+            .find_map(|a| self.alloc.allocate_at(req, Endpoint::new(a, s.port)).ok())
     }
 
     /// Deletes the explicit mapping of `internal` for `proto` and the flows it let through

@@ -49,7 +49,7 @@ use std::net::Ipv4Addr;
 use subscriber::SubscriberTable;
 
 pub use crate::event::{EndReason, SessionOrigin};
-pub use explicit::{MapError, MapRequest};
+pub use explicit::{MapError, MapRequest, Suggestion};
 pub use memory::{MemoryModel, MemoryUsage};
 pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStats, OffloadedFlow};
 pub use operator::{Ended, NoSuchSession};

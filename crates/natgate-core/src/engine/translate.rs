@@ -274,12 +274,7 @@ impl<A: PortAllocator> Engine<A> {
             self.sessions.prefetch_external(proto, external);
         }
         self.drain_alloc_events();
-        let external = allocated.map_err(|e| match e {
-            AllocError::Exhausted | AllocError::PairedAddressFull => DropReason::MappingFailed,
-            AllocError::SubscriberPortLimit => DropReason::SubscriberPortLimit,
-            AllocError::UnknownSubscriber => DropReason::UnknownSubscriber,
-            AllocError::OtherShare => DropReason::WrongShard,
-        })?;
+        let external = allocated.map_err(drop_reason)?;
         if self.sessions.mappings_full() {
             self.alloc.release(proto, internal, external, now);
             return Err(DropReason::MappingTableFull);
@@ -593,4 +588,16 @@ enum Refused {
     Drop(DropReason),
     /// An unsolicited SYN, to be held (RFC 5382 REQ-4).
     UnsolicitedSyn,
+}
+
+/// What a packet refused for lack of an external endpoint is counted under.
+pub(super) fn drop_reason(e: AllocError) -> DropReason {
+    match e {
+        AllocError::Exhausted | AllocError::PairedAddressFull | AllocError::Unavailable => {
+            DropReason::MappingFailed
+        }
+        AllocError::SubscriberPortLimit => DropReason::SubscriberPortLimit,
+        AllocError::UnknownSubscriber => DropReason::UnknownSubscriber,
+        AllocError::OtherShare => DropReason::WrongShard,
+    }
 }

@@ -12,7 +12,7 @@ use super::wire::natpmp::{self, MapProto};
 use super::wire::pcp::{self, Body, Payload, Refusal, ResultCode};
 use crate::alloc::PortAllocator;
 use crate::endpoint::{Endpoint, Ipv4Prefix, Protocol};
-use crate::engine::{Engine, MapError, MapRequest};
+use crate::engine::{Engine, MapError, MapRequest, Suggestion};
 use crate::table::{ExplicitMapping, MappingOrigin, RemotePeer};
 use crate::time::Instant;
 use core::time::Duration;
@@ -313,11 +313,12 @@ impl PortMapServer {
             natpmp::Request::Map {
                 proto,
                 internal_port,
-                suggested_port: _,
+                suggested_port,
                 lifetime,
             } => {
+                let internal = Endpoint::new(client.addr, internal_port);
                 let (result, external_port, lifetime) =
-                    self.natpmp_map(now, engine, client.addr, proto, internal_port, lifetime);
+                    self.natpmp_map(now, engine, internal, suggested_port, proto, lifetime);
                 let n = natpmp::write_map(
                     &mut buf,
                     proto,
@@ -333,15 +334,17 @@ impl PortMapServer {
         self.natpmp_answer(out, &buf[..n], result)
     }
 
-    /// A NAT-PMP map, renewal or deletion: the result, the external port and the lifetime to
-    /// answer with (RFC 6886 sections 3.3, 3.4).
+    /// A NAT-PMP map, renewal or deletion of `internal` (port 0: all of the client's): the
+    /// result, the external port and the lifetime to answer with (RFC 6886 sections 3.3, 3.4).
+    /// The suggested external port is given when it is free (RFC 6886 section 3.3: "if
+    /// possible"), another otherwise.
     fn natpmp_map<A: PortAllocator>(
         &mut self,
         now: Instant,
         engine: &mut Engine<A>,
-        client: Ipv4Addr,
+        internal: Endpoint,
+        suggested_port: u16,
         proto: MapProto,
-        internal_port: u16,
         lifetime: u32,
     ) -> (natpmp::ResultCode, u16, u32) {
         use natpmp::ResultCode as R;
@@ -349,7 +352,7 @@ impl PortMapServer {
             MapProto::Udp => Protocol::Udp,
             MapProto::Tcp => Protocol::Tcp,
         };
-        let internal = Endpoint::new(client, internal_port);
+        let (client, internal_port) = (internal.addr, internal.port);
         if lifetime == 0 {
             // RFC 6886 section 3.4: port 0 deletes every mapping of the client for the protocol.
             let ports: Vec<Endpoint> = if internal_port == 0 {
@@ -394,6 +397,11 @@ impl PortMapServer {
             lifetime: Duration::from_secs(u64::from(granted)),
             origin: MappingOrigin::NatPmp,
             peers: Vec::new(),
+            suggested: (suggested_port != 0).then_some(Suggestion {
+                addr: None,
+                port: suggested_port,
+                required: false,
+            }),
         };
         match engine.map_explicit(now, req, self.cfg.max_mappings_per_subscriber as usize) {
             Ok(m) => (R::Success, m.external.port, granted),
@@ -403,7 +411,9 @@ impl PortMapServer {
                 | MapError::UnsupportedProtocol
                 | MapError::ZeroPort,
             ) => (R::NotAuthorized, 0, 0),
-            Err(MapError::MappingLimit | MapError::NoResources(_)) => (R::OutOfResources, 0, 0),
+            Err(
+                MapError::MappingLimit | MapError::NoResources(_) | MapError::SuggestionUnavailable,
+            ) => (R::OutOfResources, 0, 0),
         }
     }
 
@@ -565,13 +575,13 @@ impl PortMapServer {
             (body.external_port == 0 || body.external_port == m.external.port)
                 && suggested_addr.is_none_or(|a| a == m.external.addr)
         };
-        if opts.prefer_failure {
-            // RFC 6887 section 13.2: the suggested endpoint or nothing. The allocators pick
-            // ports themselves, so only a mapping that already has it can be given.
-            match &existing {
-                Some(m) if honoured(m) => {}
-                _ => return Err(ResultCode::CannotProvideExternal),
-            }
+        if opts.prefer_failure
+            && let Some(m) = &existing
+            && !honoured(m)
+        {
+            // RFC 6887 section 13.2: the suggested endpoint or nothing, and a mapping keeps
+            // the endpoint it has.
+            return Err(ResultCode::CannotProvideExternal);
         }
         let granted = self.clamp(request.lifetime);
         let req = MapRequest {
@@ -580,6 +590,13 @@ impl PortMapServer {
             lifetime: Duration::from_secs(u64::from(granted)),
             origin,
             peers,
+            // RFC 6887 section 11.3: the suggested endpoint if it can be had; with
+            // PREFER_FAILURE (section 13.2) that or nothing.
+            suggested: (body.external_port != 0).then_some(Suggestion {
+                addr: suggested_addr,
+                port: body.external_port,
+                required: opts.prefer_failure,
+            }),
         };
         match engine.map_explicit(now, req, self.cfg.max_mappings_per_subscriber as usize) {
             Ok(m) => Ok(answer(&m, granted)),
@@ -589,6 +606,7 @@ impl PortMapServer {
                 Err(ResultCode::UnsuppProtocol)
             }
             Err(MapError::MappingLimit) => Err(ResultCode::UserExQuota),
+            Err(MapError::SuggestionUnavailable) => Err(ResultCode::CannotProvideExternal),
             Err(MapError::NoResources(reason)) => Err(match reason {
                 crate::DropReason::SubscriberPortLimit
                 | crate::DropReason::SubscriberSessionLimit

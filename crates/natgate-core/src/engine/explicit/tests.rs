@@ -51,6 +51,7 @@ fn request(proto: Protocol, port: u16, secs: u64) -> MapRequest {
         lifetime: Duration::from_secs(secs),
         origin: MappingOrigin::NatPmp,
         peers: Vec::new(),
+        suggested: None,
     }
 }
 

@@ -446,13 +446,24 @@ fn pcp_filter_and_prefer_failure() {
         None
     );
 
-    // PREFER_FAILURE with a suggested port: a new mapping cannot promise it.
+    // PREFER_FAILURE (RFC 6887 section 13.2): the suggested port when it is free...
     let pf = pcp_option(option::PREFER_FAILURE, &[]);
     let mut req = pcp_map(SUB, NONCE, 17, 6001, 600, &pf);
     req[42..44].copy_from_slice(&7777u16.to_be_bytes());
     let r = ask(&mut s, &mut e, t(1001), client, &req);
+    assert_eq!((r[3], pcp_external(&r).port), (0, 7777));
+    // ...and nothing when it is not (here: the first mapping's port).
+    let mut req = pcp_map(SUB, NONCE, 17, 6002, 600, &pf);
+    req[42..44].copy_from_slice(&external.port.to_be_bytes());
+    let r = ask(&mut s, &mut e, t(1001), client, &req);
     assert_eq!(r[3], ResultCode::CannotProvideExternal as u8);
     assert_eq!(u32_at(&r, 4), SHORT_ERROR_LIFETIME);
+    // Without it, another port (RFC 6887 section 11.3: the suggestion is a hint).
+    let mut req = pcp_map(SUB, NONCE, 17, 6002, 600, &[]);
+    req[42..44].copy_from_slice(&external.port.to_be_bytes());
+    let r = ask(&mut s, &mut e, t(1001), client, &req);
+    assert_eq!(r[3], 0);
+    assert_ne!(pcp_external(&r).port, external.port);
     // ...but a renewal that suggests the port it has keeps it.
     let mut req = pcp_map(SUB, NONCE, 17, 6000, 600, &[f, pf].concat());
     req[42..44].copy_from_slice(&external.port.to_be_bytes());
