@@ -46,6 +46,13 @@ pub struct Behavior {
     pub refresh: Refresh,
     /// Hairpinning.
     pub hairpinning: Hairpinning,
+    /// Port overlapping (RFC 7857 section 3): a new mapping keeps the internal port on the
+    /// subscriber's paired external address even when other mappings use that endpoint (a
+    /// subscriber's first mapping, made before it has that address, excepted), as long as
+    /// none of them has the new mapping's remote key (what Linux conntrack does: only the
+    /// 5-tuple must be unique). Needs a dependent mapping, filtering at least as strict, and
+    /// port preservation.
+    pub port_overlapping: bool,
     /// Idle timers.
     pub timers: Timers,
     /// What to do with an unsolicited inbound SYN once its hold time passes.
@@ -63,6 +70,36 @@ pub struct Behavior {
     /// instead of refusing it (lab only: it breaks path MTU discovery, RFC 1191, and RFC 4787
     /// REQ-13's answer to a DF packet too big for the way out).
     pub clear_df: bool,
+}
+
+impl Behavior {
+    /// The settings port overlapping depends on (RFC 7857 section 3).
+    fn check_port_overlapping(&self) -> Result<(), ConfigError> {
+        let refuse = |why: &str| {
+            Err(ConfigError::OutOfRange {
+                setting: "port-overlapping",
+                why: why.to_string(),
+            })
+        };
+        if self.mapping == MappingBehavior::EndpointIndependent {
+            return refuse(
+                "needs a dependent mapping: under endpoint-independent mapping an external \
+                 endpoint belongs to one internal endpoint whatever the remote",
+            );
+        }
+        if self.filtering.specificity() < self.mapping.specificity() {
+            return refuse(
+                "needs filtering at least as strict as the mapping: an inbound packet from a \
+                 remote none of the mappings on a shared port was made for could belong to any",
+            );
+        }
+        if self.port_assignment != PortAssignment::Preserve {
+            return refuse(
+                "shares the preserved internal port, so it needs port-assignment = preserve",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for Behavior {
@@ -85,6 +122,7 @@ pub struct BehaviorSpec {
     pub port_range_preservation: Option<bool>,
     pub refresh: Option<Refresh>,
     pub hairpinning: Option<Hairpinning>,
+    pub port_overlapping: Option<bool>,
     pub timers: Option<TimersSpec>,
     pub unsolicited_syn: Option<UnsolicitedSyn>,
     pub mapping_failure_reply: Option<MappingFailureReply>,
@@ -135,6 +173,7 @@ impl BehaviorSpec {
             port_range_preservation,
             refresh,
             hairpinning,
+            port_overlapping,
             unsolicited_syn,
             mapping_failure_reply,
             ttl,
@@ -568,6 +607,9 @@ impl Config {
                     why: format!("{v} s is more than 30 days"),
                 });
             }
+        }
+        if b.port_overlapping {
+            b.check_port_overlapping()?;
         }
         for (setting, mtu) in [("outside-mtu", b.outside_mtu), ("inside-mtu", b.inside_mtu)] {
             if mtu < 576 {

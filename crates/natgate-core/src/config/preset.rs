@@ -20,8 +20,12 @@ pub enum Preset {
     PortRestrictedCone,
     /// "Symmetric": a mapping per destination endpoint, APDF (breaks RFC 4787 REQ-1: lab only).
     Symmetric,
-    /// What Linux `MASQUERADE` does: a mapping per connection with the source port kept when free,
-    /// APDF, conntrack's short timers (breaks REQ-1 and REQ-5: lab only).
+    /// What Linux `MASQUERADE` does: a mapping per connection (conntrack) with the source port
+    /// kept and shared between connections to different remotes (port overlapping, RFC 7857
+    /// section 3: conntrack needs only the 5-tuple to be unique), so that a peer sees one
+    /// external endpoint per socket; APDF; no hairpinning (a packet to the gateway's own
+    /// address is the gateway's); conntrack's short timers (breaks REQ-1, REQ-5 and REQ-9:
+    /// lab only).
     LinuxMasquerade,
 }
 
@@ -47,6 +51,7 @@ impl Preset {
             port_range_preservation: true,
             refresh: Refresh::Outbound,
             hairpinning: Hairpinning::ExternalSource,
+            port_overlapping: false,
             timers: Timers::default(),
             unsolicited_syn: UnsolicitedSyn::IcmpPortUnreachable,
             mapping_failure_reply: MappingFailureReply::HostUnreachable,
@@ -78,8 +83,10 @@ impl Preset {
                 filtering: FilteringBehavior::AddressAndPortDependent,
                 pooling: Pooling::Paired,
                 port_assignment: PortAssignment::Preserve,
+                port_overlapping: true,
                 port_parity: false,
                 refresh: Refresh::Both,
+                hairpinning: Hairpinning::Off,
                 unsolicited_syn: UnsolicitedSyn::Drop,
                 timers: Timers {
                     udp: 30,

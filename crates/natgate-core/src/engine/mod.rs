@@ -37,7 +37,10 @@ use crate::fragment::{
     ClaimError, FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation,
 };
 use crate::rng::Rng;
-use crate::table::{AddressFilter, ExplicitTable, FlowKey, Mapping, NatTable, Session, SessionId};
+use crate::table::{
+    AddressFilter, ExplicitTable, FlowKey, Mapping, MappingKeys, NatTable, PortUsers, Session,
+    SessionId,
+};
 use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -143,6 +146,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     sessions: NatTable,
     /// Present only under address-dependent filtering, the one mode that needs it.
     address_filter: Option<AddressFilter>,
+    /// Under port overlapping, how many mappings share each external endpoint.
+    port_users: Option<PortUsers>,
     /// Present only when a per-subscriber limit is configured.
     subscribers: Option<SubscriberTable>,
     alloc: A,
@@ -209,7 +214,10 @@ impl<A: PortAllocator> Engine<A> {
         let sessions = NatTable::try_new(
             max_sessions,
             limits.max_mappings as usize,
-            behavior.mapping,
+            MappingKeys {
+                mapping: behavior.mapping,
+                port_overlapping: behavior.port_overlapping,
+            },
             rng.next_u64(),
             rng.next_u64(),
         )
@@ -225,6 +233,9 @@ impl<A: PortAllocator> Engine<A> {
             subscribers: SubscriberTable::new(limits.subscriber),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
+            port_users: behavior
+                .port_overlapping
+                .then(|| PortUsers::new(limits.max_mappings as usize, rng.next_u64())),
             alloc,
             fragments: FragmentTracker::new(fragment_limits(&limits, &behavior)),
             held_syns: SynHold::new(limits.max_held_syns as usize),
@@ -662,6 +673,7 @@ impl<A: PortAllocator> Engine<A> {
         let behavior = self.behavior;
         let mut gone = Gone {
             address_filter: &mut self.address_filter,
+            port_users: &mut self.port_users,
             subscribers: &mut self.subscribers,
             alloc: &mut self.alloc,
             events: &mut self.events,
@@ -920,6 +932,7 @@ fn session_due(b: &Behavior, s: &Session) -> u32 {
 /// only the parts of the engine it touches, so it can run inside the session table's expiry.
 struct Gone<'a, A: PortAllocator> {
     address_filter: &'a mut Option<AddressFilter>,
+    port_users: &'a mut Option<PortUsers>,
     subscribers: &'a mut Option<SubscriberTable>,
     alloc: &'a mut A,
     events: &'a mut EventQueue,
@@ -951,8 +964,14 @@ impl<A: PortAllocator> Gone<'_, A> {
             subs.release(s.internal.addr, s.proto);
         }
         if let Some(m) = mapping {
-            self.alloc
-                .release(m.proto, m.internal, m.external, self.now);
+            // Under port overlapping the endpoint goes back with the last mapping sharing it.
+            let owner = match self.port_users.as_mut() {
+                Some(u) => u.remove(m.proto, m.external),
+                None => Some(m.internal),
+            };
+            if let Some(owner) = owner {
+                self.alloc.release(m.proto, owner, m.external, self.now);
+            }
             self.counters.mappings_deleted += 1;
             self.event(Event::MappingDeleted {
                 at: self.now,
@@ -978,6 +997,8 @@ impl<A: PortAllocator> Gone<'_, A> {
 mod abuse_tests;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod overlap_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

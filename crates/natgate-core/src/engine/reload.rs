@@ -36,8 +36,12 @@ pub enum ReloadError {
 
 /// Whether `new` can replace `old` in a running engine; the first setting that cannot.
 pub fn check_reload(old: &Behavior, new: &Behavior) -> Result<(), ReloadError> {
-    let fixed: [(&'static str, bool); 8] = [
+    let fixed: [(&'static str, bool); 9] = [
         ("mapping", old.mapping == new.mapping),
+        (
+            "port-overlapping",
+            old.port_overlapping == new.port_overlapping,
+        ),
         ("filtering", old.filtering == new.filtering),
         ("pooling", old.pooling == new.pooling),
         (
