@@ -9,10 +9,9 @@
 pub mod report;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use natgate_core::config::Hairpinning;
 use natgate_core::rng::Rng;
 use natgate_core::stun::wire::{Attribute, Class, Message, TransactionId};
 
@@ -93,9 +92,11 @@ struct Client {
 }
 
 impl Client {
-    fn new() -> Result<Client, DiscoveryError> {
-        let sock =
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(io_err("binding a socket"))?;
+    /// A socket on `host`, the address this host reaches the server from, so that its local
+    /// address is the one a NAT sees (and a hairpinned packet with an internal source is
+    /// recognised).
+    fn new(host: IpAddr) -> Result<Client, DiscoveryError> {
+        let sock = UdpSocket::bind((host, 0)).map_err(io_err("binding a socket"))?;
         let local = sock
             .local_addr()
             .map_err(io_err("reading the local address"))?;
@@ -197,6 +198,18 @@ fn recv_until(
     }
 }
 
+/// The address this host sends to `server` from (the routing table's choice).
+fn source_address(server: SocketAddr) -> Result<IpAddr, DiscoveryError> {
+    let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(io_err("binding a socket"))?;
+    probe
+        .connect(server)
+        .map_err(io_err("finding the route to the server"))?;
+    Ok(probe
+        .local_addr()
+        .map_err(io_err("reading the local address"))?
+        .ip())
+}
+
 /// Runs every test against `opts.server` from the current network namespace.
 pub fn discover(opts: &ProbeOptions) -> Result<Report, DiscoveryError> {
     let seed = u64::from(std::process::id())
@@ -206,10 +219,11 @@ pub fn discover(opts: &ProbeOptions) -> Result<Report, DiscoveryError> {
     let mut rng = Rng::new(seed);
     let rng = &mut rng;
     let primary = opts.server;
+    let host = source_address(primary)?;
     let mut samples = Vec::new();
 
     // Mapping, RFC 5780 section 4.3: one socket to (A1, P1), (A2, P1), (A2, P2).
-    let s = Client::new()?;
+    let s = Client::new(host)?;
     let t1 = s
         .binding(rng, opts, primary, vec![])?
         .ok_or(DiscoveryError::NoAnswer(primary))?;
@@ -232,7 +246,7 @@ pub fn discover(opts: &ProbeOptions) -> Result<Report, DiscoveryError> {
 
     // Filtering, RFC 5780 section 4.4: a fresh socket asks (A1, P1) to answer from the other
     // address and port, then from the other port only.
-    let f = Client::new()?;
+    let f = Client::new(host)?;
     let change = |ip, port| vec![Attribute::ChangeRequest { ip, port }];
     let other_address_came = f.binding(rng, opts, primary, change(true, true))?.is_some();
     let other_port_came = other_address_came
@@ -242,8 +256,8 @@ pub fn discover(opts: &ProbeOptions) -> Result<Report, DiscoveryError> {
 
     // Hairpinning, RFC 5780 section 4.5: two fresh sockets learn their mapped addresses and
     // send to each other's; sending both ways lets the probe through any filtering.
-    let h1 = Client::new()?;
-    let h2 = Client::new()?;
+    let h1 = Client::new(host)?;
+    let h2 = Client::new(host)?;
     let m1 = h1
         .binding(rng, opts, primary, vec![])?
         .ok_or(DiscoveryError::NoAnswer(primary))?
@@ -260,12 +274,13 @@ pub fn discover(opts: &ProbeOptions) -> Result<Report, DiscoveryError> {
         local: h2.local,
         mapped: m2,
     });
-    let hairpinning = hairpin(&h1, &h2, m1, m2, opts)?;
+    let seen = hairpin(&h1, &h2, m1, m2, opts)?;
+    let hairpinning = report::hairpinning(seen, h1.local, mapping, filtering);
 
     // Port delta: fresh mappings back to back.
     let mut delta_ports = Vec::new();
     for _ in 0..DELTA_SOCKETS {
-        let c = Client::new()?;
+        let c = Client::new(host)?;
         let m = c
             .binding(rng, opts, primary, vec![])?
             .ok_or(DiscoveryError::NoAnswer(primary))?
@@ -278,7 +293,7 @@ pub fn discover(opts: &ProbeOptions) -> Result<Report, DiscoveryError> {
     }
 
     let lifetime = match opts.lifetime {
-        Some(l) => Some(measure_lifetime(rng, opts, l)?),
+        Some(l) => Some(measure_lifetime(rng, host, opts, l)?),
         None => None,
     };
 
@@ -298,33 +313,34 @@ pub fn discover(opts: &ProbeOptions) -> Result<Report, DiscoveryError> {
 }
 
 /// Sends [`HAIRPIN_PAYLOAD`] from `h1` to `m2` and from `h2` to `m1`, `opts.tries` rounds at
-/// most, and judges by the first that arrives.
+/// most; the source the first to arrive came from, as if `h1`'s had arrived at `h2` (a
+/// packet from `h2` with `h2`'s internal source stands for `h1`'s internal address).
 fn hairpin(
     h1: &Client,
     h2: &Client,
     m1: SocketAddr,
     m2: SocketAddr,
     opts: &ProbeOptions,
-) -> Result<Hairpinning, DiscoveryError> {
+) -> Result<Option<SocketAddr>, DiscoveryError> {
     let mut buf = [0u8; 1500];
     for _ in 0..opts.tries.max(1) {
         // A send may fail with what a NAT without hairpinning caused (an ICMP error queued
         // from an earlier round); the probe goes on.
         let _ = h1.sock.send_to(HAIRPIN_PAYLOAD, m2);
         let _ = h2.sock.send_to(HAIRPIN_PAYLOAD, m1);
-        for (receiver, sender_mapped) in [(h2, m1), (h1, m2)] {
+        for (receiver, sender) in [(h2, h1), (h1, h2)] {
             let deadline = Instant::now() + opts.timeout / 2;
             for _ in 0..MAX_READS {
                 let Some((n, from)) = recv_until(&receiver.sock, &mut buf, deadline)? else {
                     break;
                 };
                 if &buf[..n] == HAIRPIN_PAYLOAD {
-                    return Ok(report::hairpinning(Some(from), sender_mapped));
+                    return Ok(Some(if from == sender.local { h1.local } else { from }));
                 }
             }
         }
     }
-    Ok(Hairpinning::Off)
+    Ok(None)
 }
 
 /// RFC 5780 section 4.6: fresh mappings, all made now, each checked once after its own idle
@@ -332,6 +348,7 @@ fn hairpin(
 /// that no check refreshes the mapping it checks before its time.
 fn measure_lifetime(
     rng: &mut Rng,
+    host: IpAddr,
     opts: &ProbeOptions,
     l: LifetimeOptions,
 ) -> Result<Lifetime, DiscoveryError> {
@@ -344,13 +361,13 @@ fn measure_lifetime(
     let start = Instant::now();
     let mut watched = Vec::new();
     for k in 1..=max / step {
-        let c = Client::new()?;
+        let c = Client::new(host)?;
         let Some(a) = c.binding(rng, opts, opts.server, vec![])? else {
             continue;
         };
         watched.push((k * step, c, a.mapped));
     }
-    let asker = Client::new()?;
+    let asker = Client::new(host)?;
     let mut checks = Vec::new();
     let mut buf = [0u8; 1500];
     for (idle, c, mapped) in &watched {

@@ -72,8 +72,10 @@ pub struct Report {
     pub mapping: MappingBehavior,
     /// Filtering behaviour (RFC 5780 section 4.4).
     pub filtering: FilteringBehavior,
-    /// Hairpinning (RFC 5780 section 4.5), with the source the hairpinned packet carried.
-    pub hairpinning: Hairpinning,
+    /// Hairpinning (RFC 5780 section 4.5), with the source the hairpinned packet carried;
+    /// `None` when nothing arrived but the mapping and filtering seen would have stopped a
+    /// hairpinned probe anyway (see [`hairpinning`]).
+    pub hairpinning: Option<Hairpinning>,
     /// Port preservation.
     pub port_preservation: Preservation,
     /// Whether every mapping kept its port's parity (RFC 4787 REQ-4).
@@ -114,13 +116,29 @@ pub fn filtering(other_address_came: bool, other_port_came: bool) -> FilteringBe
     }
 }
 
-/// Hairpinning from where a packet sent to another socket's mapped address came from: `None`
-/// if it never arrived.
-pub fn hairpinning(seen_source: Option<SocketAddr>, sender_mapped: SocketAddr) -> Hairpinning {
+/// Hairpinning from where a packet one socket sent to another's mapped address came from
+/// (`None` if none arrived), the sender's internal address, and the mapping and filtering
+/// seen. The probe is a packet each way, so it passes any filtering whose state the sender's
+/// packet opens; but under a dependent mapping that packet gets a new mapping, whose external
+/// endpoint the other side never sent to, so dependent filtering stops it whether the NAT
+/// hairpins or not: then a probe that did not arrive tells nothing. Internal-source
+/// hairpinning between two sockets of one host looks like none: the host's kernel drops a
+/// packet that arrives with its own address as source.
+pub fn hairpinning(
+    seen_source: Option<SocketAddr>,
+    sender_internal: SocketAddr,
+    mapping: MappingBehavior,
+    filtering: FilteringBehavior,
+) -> Option<Hairpinning> {
     match seen_source {
-        None => Hairpinning::Off,
-        Some(s) if s == sender_mapped => Hairpinning::ExternalSource,
-        Some(_) => Hairpinning::InternalSource,
+        Some(s) if s == sender_internal => Some(Hairpinning::InternalSource),
+        Some(_) => Some(Hairpinning::ExternalSource),
+        None if mapping == MappingBehavior::EndpointIndependent
+            || filtering == FilteringBehavior::EndpointIndependent =>
+        {
+            Some(Hairpinning::Off)
+        }
+        None => None,
     }
 }
 
@@ -204,7 +222,15 @@ impl fmt::Display for Report {
         let mut rows: Vec<(&str, String)> = vec![
             ("mapping", name(&self.mapping)),
             ("filtering", name(&self.filtering)),
-            ("hairpinning", name(&self.hairpinning)),
+            (
+                "hairpinning",
+                match &self.hairpinning {
+                    Some(h) => name(h),
+                    None => {
+                        "undetermined (dependent mapping and filtering stop the probe)".to_string()
+                    }
+                },
+            ),
             (
                 "port preservation",
                 format!(
@@ -295,13 +321,47 @@ mod tests {
     }
 
     #[test]
-    fn hairpinning_by_source() {
-        let m = sa("198.51.100.1:4000");
-        assert_eq!(hairpinning(None, m), Hairpinning::Off);
-        assert_eq!(hairpinning(Some(m), m), Hairpinning::ExternalSource);
+    fn hairpinning_by_source_and_what_could_be_seen() {
+        use FilteringBehavior as F;
+        use MappingBehavior as M;
+        let inside = sa("100.64.0.10:4000");
+        let outside = Some(sa("198.51.100.1:4000"));
+        let ext = Some(Hairpinning::ExternalSource);
         assert_eq!(
-            hairpinning(Some(sa("100.64.0.10:4000")), m),
-            Hairpinning::InternalSource
+            hairpinning(outside, inside, M::AddressDependent, F::AddressDependent),
+            ext
+        );
+        assert_eq!(
+            hairpinning(
+                Some(inside),
+                inside,
+                M::EndpointIndependent,
+                F::EndpointIndependent
+            ),
+            Some(Hairpinning::InternalSource)
+        );
+        let off = Some(Hairpinning::Off);
+        assert_eq!(
+            hairpinning(
+                None,
+                inside,
+                M::EndpointIndependent,
+                F::AddressAndPortDependent
+            ),
+            off
+        );
+        assert_eq!(
+            hairpinning(
+                None,
+                inside,
+                M::AddressAndPortDependent,
+                F::EndpointIndependent
+            ),
+            off
+        );
+        assert_eq!(
+            hairpinning(None, inside, M::AddressDependent, F::AddressDependent),
+            None
         );
     }
 
@@ -335,7 +395,7 @@ mod tests {
             other: sa("203.0.113.11:3479"),
             mapping: MappingBehavior::AddressAndPortDependent,
             filtering: FilteringBehavior::AddressDependent,
-            hairpinning: Hairpinning::ExternalSource,
+            hairpinning: Some(Hairpinning::ExternalSource),
             port_preservation: Preservation::Always,
             port_parity: true,
             port_delta: PortDelta::Constant(1),
