@@ -181,3 +181,89 @@ fn port_overlapping_needs_what_keeps_the_5_tuple_unique() {
         b.filtering = FilteringBehavior::AddressDependent;
     }));
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    const SUBS: [Ipv4Addr; 3] = [SUB1, SUB2, Ipv4Addr::new(100, 64, 0, 12)];
+    const PORTS: [u16; 2] = [40_000, 40_001];
+    const REMOTES: [Endpoint; 4] = [
+        Endpoint::new(WAN1, 53),
+        Endpoint::new(WAN1, 54),
+        Endpoint::new(WAN1B, 53),
+        Endpoint::new(WAN2, 53),
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Out(usize, usize, usize),
+        In(usize, u16),
+        Expire,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..SUBS.len(), 0..PORTS.len(), 0..REMOTES.len()).prop_map(|(s, p, r)| Op::Out(s, p, r)),
+            3 => (0..REMOTES.len(), prop_oneof![Just(40_000u16), Just(40_001), 1024u16..]).prop_map(|(r, x)| Op::In(r, x)),
+            1 => Just(Op::Expire),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of flows: a flow keeps its external endpoint, no two live flows
+        /// share an (external, remote) pair, an inbound packet reaches exactly the flow its
+        /// 5-tuple names (or nobody), and the allocator holds exactly the external endpoints
+        /// in use, as flows come, overlap and expire.
+        #[test]
+        fn rfc7857_port_overlapping_keeps_every_5_tuple_unique(ops in prop::collection::vec(op(), 1..80)) {
+            let mut e = masquerade(|_| {});
+            // (internal, remote) -> external
+            let mut flows: HashMap<(Endpoint, Endpoint), Endpoint> = HashMap::new();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Out(s, p, r) => {
+                        let (internal, remote) = (ep(SUBS[s], PORTS[p]), REMOTES[r]);
+                        let x = out(&mut e, t(now), udp(internal, remote, b"x"));
+                        prop_assert_eq!(x.addr, POOL);
+                        if let Some(&had) = flows.get(&(internal, remote)) {
+                            prop_assert_eq!(x, had, "a flow keeps its endpoint");
+                        }
+                        let clash = flows
+                            .iter()
+                            .any(|(&(i, rm), &ext)| rm == remote && ext == x && i != internal);
+                        prop_assert!(!clash, "{} shared with another flow to {}", x, remote);
+                        flows.insert((internal, remote), x);
+                    }
+                    Op::In(r, port) => {
+                        let remote = REMOTES[r];
+                        let x = ep(POOL, port);
+                        let (v, p) = inb(&mut e, t(now), udp(remote, x, b"in"));
+                        let want = flows
+                            .iter()
+                            .find(|&(&(_, rm), &ext)| rm == remote && ext == x)
+                            .map(|(&(i, _), _)| i);
+                        match want {
+                            Some(i) => {
+                                prop_assert_eq!(v, Verdict::Forward(Side::Inside));
+                                prop_assert_eq!(endpoints(p.bytes()), (remote, i));
+                            }
+                            None => prop_assert!(matches!(v, Verdict::Drop(_)), "{:?}", v),
+                        }
+                    }
+                    Op::Expire => {
+                        // Past every timer (UDP 30 s, no hold-down in the preset).
+                        now += 100;
+                        e.handle_timeout(t(now));
+                        flows.clear();
+                    }
+                }
+                let externals: HashSet<Endpoint> = flows.values().copied().collect();
+                prop_assert_eq!(in_use(&e) as usize, externals.len());
+                prop_assert_eq!(e.mapping_count(), flows.len());
+            }
+        }
+    }
+}
