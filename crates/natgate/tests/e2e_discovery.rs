@@ -182,6 +182,32 @@ fn rfc5780_probe_measures_the_mapping_lifetime() {
     assert!(alive >= 4 && gone <= 7 && alive < gone, "{r:#}");
 }
 
+/// Ports as the allocator gives them: preserved ones are seen as preserved, and sequential
+/// ones with a step of 7 as a constant port delta of +7.
+#[test]
+fn probe_sees_port_preservation_and_the_sequential_step() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let _stun = stun_server(&topo);
+    let cfg = lab_config(
+        &topo,
+        "[behavior]\nport-assignment = \"sequential\"\nsequential-step = 7\n",
+    );
+    let gw = Gateway::start(&topo, &cfg);
+    let r = probe(&topo, &[]);
+    drop(gw);
+    assert_eq!(r["port_delta"]["kind"], "constant", "{r:#}");
+    assert_eq!(r["port_delta"]["step"], 7, "{r:#}");
+    assert_eq!(r["port_preservation"], "never", "{r:#}");
+    let cfg = lab_config(&topo, "[behavior]\npreset = \"full-cone\"\n");
+    let _gw = Gateway::start(&topo, &cfg);
+    let r = probe(&topo, &[]);
+    assert_eq!(r["port_preservation"], "always", "{r:#}");
+    assert_eq!(r["port_parity"], true, "{r:#}");
+}
+
 /// RFC 7857 section 3: natgate's `linux-masquerade` preset (port overlapping) is classified as
 /// the kernel's nftables `masquerade` is, on the same topology: endpoint-independent mapping,
 /// address-and-port-dependent filtering, no hairpinning, ports preserved.

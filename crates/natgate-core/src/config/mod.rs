@@ -21,6 +21,7 @@ use crate::rules::{RuleChain, RuleId};
 use crate::vserver::{VirtualServerError, VirtualServerSpec};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
+use std::num::NonZeroU16;
 
 /// The most sessions (or mappings) a table may hold: ids are u32 slot numbers with the top
 /// values reserved.
@@ -38,6 +39,10 @@ pub struct Behavior {
     pub pooling: Pooling,
     /// Port assignment.
     pub port_assignment: PortAssignment,
+    /// Under sequential port assignment, how far a new port is from the last one given out
+    /// (searching on from there when it is taken): a lab NAT whose port delta between
+    /// consecutive mappings is this step. Only with sequential assignment.
+    pub sequential_step: NonZeroU16,
     /// Keep the parity of the internal port (RFC 4787 REQ-4).
     pub port_parity: bool,
     /// Keep ports 0-1023 below 1024 and the rest above (RFC 4787 REQ-3a).
@@ -118,6 +123,7 @@ pub struct BehaviorSpec {
     pub filtering: Option<FilteringBehavior>,
     pub pooling: Option<Pooling>,
     pub port_assignment: Option<PortAssignment>,
+    pub sequential_step: Option<NonZeroU16>,
     pub port_parity: Option<bool>,
     pub port_range_preservation: Option<bool>,
     pub refresh: Option<Refresh>,
@@ -169,6 +175,7 @@ impl BehaviorSpec {
             filtering,
             pooling,
             port_assignment,
+            sequential_step,
             port_parity,
             port_range_preservation,
             refresh,
@@ -611,6 +618,12 @@ impl Config {
         if b.port_overlapping {
             b.check_port_overlapping()?;
         }
+        if b.sequential_step.get() != 1 && b.port_assignment != PortAssignment::Sequential {
+            return Err(ConfigError::OutOfRange {
+                setting: "sequential-step",
+                why: "is the step of port-assignment = \"sequential\", which is not set".into(),
+            });
+        }
         for (setting, mtu) in [("outside-mtu", b.outside_mtu), ("inside-mtu", b.inside_mtu)] {
             if mtu < 576 {
                 // RFC 791: every host must accept 576-byte datagrams; an ICMP error of that size
@@ -769,6 +782,26 @@ mod tests {
             c.lab = true;
             assert!(c.validate().is_ok(), "{p:?} valid in lab");
         }
+    }
+
+    #[test]
+    fn sequential_step_needs_sequential_assignment() {
+        let mut c = cfg();
+        c.behavior.sequential_step = NonZeroU16::new(7).expect("not 0");
+        assert!(matches!(
+            c.clone().validate(),
+            Err(ConfigError::OutOfRange {
+                setting: "sequential-step",
+                ..
+            })
+        ));
+        c.behavior.port_assignment = PortAssignment::Sequential;
+        assert!(c.validate().is_ok());
+        let spec: BehaviorSpec =
+            toml::from_str("port-assignment = \"sequential\"\nsequential-step = 7")
+                .expect("parses");
+        assert_eq!(spec.resolve().sequential_step.get(), 7);
+        assert!(toml::from_str::<BehaviorSpec>("sequential-step = 0").is_err());
     }
 
     #[test]

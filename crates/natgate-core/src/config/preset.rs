@@ -4,6 +4,7 @@ use super::Behavior;
 use super::behavior::*;
 use super::timers::Timers;
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU16;
 
 /// A named set of behaviours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,6 +48,7 @@ impl Preset {
             filtering: FilteringBehavior::EndpointIndependent,
             pooling: Pooling::Paired,
             port_assignment: PortAssignment::Random,
+            sequential_step: NonZeroU16::MIN,
             port_parity: false,
             port_range_preservation: true,
             refresh: Refresh::Outbound,

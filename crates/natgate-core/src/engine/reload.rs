@@ -36,7 +36,7 @@ pub enum ReloadError {
 
 /// Whether `new` can replace `old` in a running engine; the first setting that cannot.
 pub fn check_reload(old: &Behavior, new: &Behavior) -> Result<(), ReloadError> {
-    let fixed: [(&'static str, bool); 9] = [
+    let fixed: [(&'static str, bool); 10] = [
         ("mapping", old.mapping == new.mapping),
         (
             "port-overlapping",
@@ -47,6 +47,10 @@ pub fn check_reload(old: &Behavior, new: &Behavior) -> Result<(), ReloadError> {
         (
             "port-assignment",
             old.port_assignment == new.port_assignment,
+        ),
+        (
+            "sequential-step",
+            old.sequential_step == new.sequential_step,
         ),
         ("port-parity", old.port_parity == new.port_parity),
         (
