@@ -71,6 +71,10 @@ pub struct Behavior {
     pub outside_mtu: u16,
     /// MTU of the inside link, for inbound packets.
     pub inside_mtu: u16,
+    /// Translate and forward ICMP errors about sessions, both ways (RFC 4787 REQ-12, RFC 5508
+    /// REQ-4, REQ-5). Off drops them all, as some NATs do (lab only): applications then learn
+    /// of unreachable peers and path MTUs only by timeouts.
+    pub forward_icmp_errors: bool,
     /// Clear DF on every forwarded packet, so that a path with a smaller MTU fragments it
     /// instead of refusing it (lab only: it breaks path MTU discovery, RFC 1191, and RFC 4787
     /// REQ-13's answer to a DF packet too big for the way out).
@@ -137,6 +141,7 @@ pub struct BehaviorSpec {
     pub ttl: Option<TtlHandling>,
     pub outside_mtu: Option<u16>,
     pub inside_mtu: Option<u16>,
+    pub forward_icmp_errors: Option<bool>,
     pub clear_df: Option<bool>,
 }
 
@@ -186,6 +191,7 @@ impl BehaviorSpec {
             ttl,
             outside_mtu,
             inside_mtu,
+            forward_icmp_errors,
             clear_df
         );
         if let Some(t) = self.timers {
@@ -572,6 +578,13 @@ impl Config {
                 "refresh",
                 "outbound packets must refresh mappings",
                 "RFC 4787 REQ-6",
+            )?;
+        }
+        if !b.forward_icmp_errors {
+            forbid(
+                "forward-icmp-errors",
+                "ICMP errors about sessions must be translated and forwarded",
+                "RFC 4787 REQ-12, RFC 5508 REQ-4, REQ-5",
             )?;
         }
         if b.clear_df {

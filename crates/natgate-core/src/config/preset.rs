@@ -60,6 +60,7 @@ impl Preset {
             ttl: TtlHandling::Decrement,
             outside_mtu: 1500,
             inside_mtu: 1500,
+            forward_icmp_errors: true,
             clear_df: false,
         };
         let cone = |filtering| Behavior {

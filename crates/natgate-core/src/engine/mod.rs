@@ -533,6 +533,9 @@ impl<A: PortAllocator> Engine<A> {
             return self.later_fragment(now, buf, &p, frag_key, claimed);
         }
         let verdict = match (p.kind, side) {
+            (Kind::IcmpError, _) if !self.behavior.forward_icmp_errors => {
+                Verdict::Drop(DropReason::IcmpErrorsOff)
+            }
             (Kind::IcmpError, Side::Inside) => self.icmp_error_outbound(buf, &mut p),
             (Kind::IcmpError, Side::Outside) => self.icmp_error_inbound(buf, &mut p),
             (Kind::Flow, Side::Inside) => self.outbound(now, buf, &mut p, hint, hairpin),
@@ -995,6 +998,8 @@ impl<A: PortAllocator> Gone<'_, A> {
 
 #[cfg(test)]
 mod abuse_tests;
+#[cfg(test)]
+mod lab_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]

@@ -107,7 +107,13 @@ pub(crate) fn echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, request: bool) -> Pkt 
 }
 
 /// An ICMP error from `from` to `to` quoting `quoted` (cut to IP header + 8 bytes + 4 more).
-fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, msg_type: u8, code: u8, quoted: &[u8]) -> Pkt {
+pub(super) fn icmp_error(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    msg_type: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Pkt {
     let cut = quoted.len().min(40);
     let b = PacketBuilder::ipv4(from.octets(), to.octets(), 64).icmpv4_raw(msg_type, code, [0; 4]);
     let mut v = Vec::new();
