@@ -14,7 +14,7 @@ mod timers;
 pub use allocation::{Allocation, DeterministicSpec, Ipv4Prefix, PortBlockSpec};
 pub use behavior::*;
 pub use preset::Preset;
-pub use timers::Timers;
+pub use timers::{PortTimers, PortTimersError, Timers};
 
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rules::{RuleChain, RuleId};
@@ -151,6 +151,7 @@ pub struct BehaviorSpec {
 #[allow(missing_docs)] // each field overrides the `Timers` field of the same name
 pub struct TimersSpec {
     pub udp: Option<u32>,
+    pub udp_ports: Option<PortTimers>,
     pub tcp_established: Option<u32>,
     pub tcp_transitory_open: Option<u32>,
     pub tcp_transitory_close: Option<u32>,
@@ -201,6 +202,7 @@ impl BehaviorSpec {
             }
             apply_t!(
                 udp,
+                udp_ports,
                 tcp_established,
                 tcp_transitory_open,
                 tcp_transitory_close,
@@ -636,6 +638,22 @@ impl Config {
                 setting: "sequential-step",
                 why: "is the step of port-assignment = \"sequential\", which is not set".into(),
             });
+        }
+        for (port, secs) in b.timers.udp_ports.iter() {
+            if secs == 0 || secs > 30 * 24 * 3600 {
+                return Err(ConfigError::OutOfRange {
+                    setting: "timers.udp-ports",
+                    why: format!("port {port}: {secs} s is not between 1 s and 30 days"),
+                });
+            }
+            // RFC 4787 REQ-5a: well-known ports may have shorter timers.
+            if secs < 120 && port >= 1024 {
+                forbid(
+                    "timers.udp-ports",
+                    &format!("port {port}: {secs} s is below 120 s and the port is not well-known"),
+                    "RFC 4787 REQ-5, REQ-5a",
+                )?;
+            }
         }
         for (setting, mtu) in [("outside-mtu", b.outside_mtu), ("inside-mtu", b.inside_mtu)] {
             if mtu < 576 {

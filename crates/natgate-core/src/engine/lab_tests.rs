@@ -1,5 +1,5 @@
-//! Lab-only behaviours that break a requirement on purpose, so that applications can be tested
-//! against NATs that do: each is refused without `lab = true`, and does what it says with it.
+//! Knobs for testing applications against NATs that behave unlike the RFC defaults: those that
+//! break a requirement are refused without `lab = true`, and each does what it says.
 
 use super::tests::{config, endpoints, ep, icmp_error, inb, out, run, t, udp};
 use super::*;
@@ -41,4 +41,47 @@ fn rfc4787_req12_icmp_errors_not_forwarded_in_the_lab() {
     // Flows themselves pass as before, and the session is untouched (REQ-12's first part).
     assert_eq!(out(&mut e, t(3), udp(ep(SUB1, 5000), ep(WAN1, 9), b"x")), x);
     assert_eq!(e.session_count(), 1);
+}
+
+#[test]
+fn rfc4787_req5a_udp_port_timers() {
+    use crate::config::PortTimers;
+    let timers = PortTimers::new(&[(53, 30), (5000, 30)]).expect("two ports");
+    let refused = config(|c| c.behavior.timers.udp_ports = timers).validate();
+    assert!(
+        matches!(
+            refused,
+            Err(ConfigError::ForbiddenWithoutLab {
+                setting: "timers.udp-ports",
+                ..
+            })
+        ),
+        "5000 is not well-known: {refused:?}"
+    );
+    let dns_only = PortTimers::new(&[(53, 30)]).expect("one port");
+    assert!(
+        config(|c| c.behavior.timers.udp_ports = dns_only)
+            .validate()
+            .is_ok()
+    );
+    let c = config(|c| {
+        c.behavior.timers.udp_ports = timers;
+        c.lab = true;
+    });
+    let mut e = Engine::new(c.validate().expect("valid in the lab"), 7);
+    let dns = out(&mut e, t(0), udp(ep(SUB1, 5000), ep(WAN1, 53), b"q"));
+    out(&mut e, t(0), udp(ep(SUB1, 5001), ep(WAN1, 5000), b"x"));
+    out(&mut e, t(0), udp(ep(SUB1, 5002), ep(WAN1, 54), b"x"));
+    e.handle_timeout(t(29));
+    assert_eq!(e.session_count(), 3);
+    e.handle_timeout(t(32));
+    assert_eq!(
+        e.session_count(),
+        1,
+        "the two 30 s ports went, port 54 keeps 300 s"
+    );
+    let (v, _) = inb(&mut e, t(32), udp(ep(WAN1, 53), dns, b"late answer"));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    e.handle_timeout(t(302));
+    assert_eq!(e.session_count(), 0);
 }

@@ -913,7 +913,7 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 /// A session's idle timeout in seconds, by protocol and TCP phase.
 fn idle_timeout(b: &Behavior, s: &Session) -> u32 {
     match s.proto {
-        Protocol::Udp => b.timers.udp,
+        Protocol::Udp => b.timers.udp_for(s.remote.port),
         Protocol::Icmp => b.timers.icmp_query,
         Protocol::Tcp => TcpState::from_byte(s.tcp).timeout(&b.timers),
     }
