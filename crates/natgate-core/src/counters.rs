@@ -88,6 +88,8 @@ drop_reasons! {
     SharedMappingReserveFull => "shared_mapping_reserve_full",
     /// Hairpinning is switched off and the packet was addressed to the external pool.
     HairpinDisabled => "hairpin_disabled",
+    /// An ICMP error, with forwarding of ICMP errors switched off (lab only).
+    IcmpErrorsOff => "icmp_errors_off",
     /// TTL would reach zero; answered with ICMP time exceeded (RFC 5508 REQ-10).
     TtlExceeded => "ttl_exceeded",
     /// DF set and larger than the MTU of the way out; answered with fragmentation needed.

@@ -25,6 +25,7 @@ pub mod portmap;
 pub mod rng;
 pub mod rules;
 pub mod shard;
+pub mod stun;
 pub mod table;
 pub mod tcp_state;
 pub mod time;

@@ -1,4 +1,5 @@
-//! The `natgate` program: `run` the gateway, `check` a config, `demo` it in namespaces.
+//! The `natgate` program: `run` the gateway, `check` a config, `demo` it in namespaces, `lab`
+//! tools.
 //!
 //! Subcommands live in [`Command`]; each has its own args struct and function, so adding one
 //! (e.g. `ctl`) is one variant, one struct and one match arm.
@@ -42,6 +43,8 @@ enum Command {
     /// Ask the running gateway (status, sessions, mappings, pools, stats, drops, flush,
     /// reload, log-level).
     Ctl(CtlArgs),
+    /// The NAT lab's tools: a STUN server for WAN hosts, a NAT behaviour probe.
+    Lab(natgate::lab::cli::LabArgs),
     /// Write this program's manual pages, or a shell's completions, generated from the command
     /// line's own definition (for packages).
     #[command(hide = true)]
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo(a),
         Command::Ctl(a) => natgate::control::cli::run(&a),
         Command::Generate(a) => generate(a),
+        Command::Lab(a) => natgate::lab::cli::run(&a),
     };
     match r {
         Ok(code) => code,

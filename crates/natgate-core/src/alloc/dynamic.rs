@@ -16,6 +16,7 @@ use crate::rng::Rng;
 use crate::time::Instant;
 use core::fmt;
 use core::hash::{BuildHasherDefault, Hasher};
+use core::num::NonZeroU16;
 use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -27,6 +28,9 @@ pub struct AllocSettings {
     pub pooling: Pooling,
     /// How an external port is chosen (RFC 4787 section 4.2, RFC 6056, RFC 7857 section 3).
     pub port_assignment: PortAssignment,
+    /// Under sequential assignment, the distance from the last port given out to where the
+    /// next search starts.
+    pub sequential_step: NonZeroU16,
     /// Keep the parity of the internal port (RFC 4787 REQ-4). Not applied to ICMP identifiers.
     pub port_parity: bool,
     /// Keep internal ports 0-1023 on external 1-1023 and the rest on 1024-65535 (RFC 4787
@@ -48,6 +52,7 @@ impl AllocSettings {
         AllocSettings {
             pooling: b.pooling,
             port_assignment: b.port_assignment,
+            sequential_step: b.sequential_step,
             port_parity: b.port_parity,
             port_range_preservation: b.port_range_preservation,
             hold_down: Duration::from_secs(u64::from(b.timers.port_hold_down)),
@@ -335,6 +340,7 @@ impl DynamicAllocator {
     /// Picks and takes a port on address `i` for `req`, if one is free.
     fn take_port(&mut self, i: usize, req: &AllocRequest, rng: &mut Rng) -> Option<u16> {
         let assignment = self.settings.port_assignment;
+        let step = self.settings.sequential_step.get();
         // RFC 7857 section 3: keep the port; randomise only on collision.
         if assignment == PortAssignment::Preserve
             && let Some(port) = self.take_preserved(i, req)
@@ -377,7 +383,7 @@ impl DynamicAllocator {
             PortAssignment::Sequential => {
                 let next = &mut a.next[p][usize::from(lo >= 1024)];
                 let port = ports.find_free(*next, lo, hi, parity)?;
-                *next = port.wrapping_add(1);
+                *next = port.wrapping_add(step);
                 port
             }
         };
@@ -701,6 +707,7 @@ mod tests {
         AllocSettings {
             pooling,
             port_assignment,
+            sequential_step: NonZeroU16::MIN,
             port_parity: false,
             port_range_preservation: true,
             hold_down: Duration::from_secs(120),
@@ -1296,6 +1303,24 @@ mod tests {
     }
 
     #[test]
+    fn sequential_step_sets_the_port_delta() {
+        let mut s = settings(Pooling::Paired, PortAssignment::Sequential);
+        s.sequential_step = NonZeroU16::new(7).expect("not 0");
+        let mut a = DynamicAllocator::new(&[X1], s);
+        a.withhold_ports(|_, port| port != 1052);
+        let mut rng = Rng::new(15);
+        let me = subscriber(0);
+        let ports: Vec<u16> = (0..4)
+            .map(|i| a.allocate(&udp(me, 9000 + i), &mut rng).expect("ok").port)
+            .collect();
+        assert_eq!(ports, [1024, 1031, 1038, 1045]);
+        // A taken port is skipped to the next free one, and the step goes on from there.
+        let next = a.allocate(&udp(me, 9004), &mut rng).expect("ok").port;
+        assert_eq!(next, 1053);
+        assert_eq!(a.allocate(&udp(me, 9005), &mut rng).expect("ok").port, 1060);
+    }
+
+    #[test]
     fn sequential_wraps_at_the_top_of_the_range() {
         let mut a =
             DynamicAllocator::new(&[X1], settings(Pooling::Paired, PortAssignment::Sequential));
@@ -1542,6 +1567,7 @@ mod tests {
         let mut cfg = Config::new(vec![X1], Ipv4Addr::new(100, 64, 0, 1));
         cfg.behavior.pooling = Pooling::SoftPaired;
         cfg.behavior.port_assignment = PortAssignment::Sequential;
+        cfg.behavior.sequential_step = NonZeroU16::new(7).expect("not 0");
         cfg.behavior.port_parity = true;
         cfg.behavior.port_range_preservation = false;
         cfg.behavior.timers.port_hold_down = 90;
@@ -1552,6 +1578,7 @@ mod tests {
             AllocSettings {
                 pooling: Pooling::SoftPaired,
                 port_assignment: PortAssignment::Sequential,
+                sequential_step: NonZeroU16::new(7).expect("not 0"),
                 port_parity: true,
                 port_range_preservation: false,
                 hold_down: Duration::from_secs(90),
@@ -1721,6 +1748,7 @@ mod tests {
                 |(pooling, port_assignment, port_parity, range, hold, max)| AllocSettings {
                     pooling,
                     port_assignment,
+                    sequential_step: NonZeroU16::MIN,
                     port_parity,
                     port_range_preservation: range,
                     hold_down: Duration::from_millis(hold),

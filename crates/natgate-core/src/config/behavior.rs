@@ -14,6 +14,18 @@ pub enum MappingBehavior {
     AddressAndPortDependent,
 }
 
+impl MappingBehavior {
+    /// How much of the remote endpoint keys a mapping: 0 none, 1 the address, 2 address and
+    /// port.
+    pub const fn specificity(self) -> u8 {
+        match self {
+            MappingBehavior::EndpointIndependent => 0,
+            MappingBehavior::AddressDependent => 1,
+            MappingBehavior::AddressAndPortDependent => 2,
+        }
+    }
+}
+
 /// Which inbound packets a mapping lets through (RFC 4787 section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -24,6 +36,18 @@ pub enum FilteringBehavior {
     AddressDependent,
     /// Only remote address-and-port pairs the internal endpoint has sent to.
     AddressAndPortDependent,
+}
+
+impl FilteringBehavior {
+    /// How much of a remote endpoint must have been sent to for it to get in: 0 nothing, 1 the
+    /// address, 2 address and port (comparable with [`MappingBehavior::specificity`]).
+    pub const fn specificity(self) -> u8 {
+        match self {
+            FilteringBehavior::EndpointIndependent => 0,
+            FilteringBehavior::AddressDependent => 1,
+            FilteringBehavior::AddressAndPortDependent => 2,
+        }
+    }
 }
 
 /// How an external address is chosen for a subscriber (RFC 4787 section 4.1, REQ-2).

@@ -14,13 +14,14 @@ mod timers;
 pub use allocation::{Allocation, DeterministicSpec, Ipv4Prefix, PortBlockSpec};
 pub use behavior::*;
 pub use preset::Preset;
-pub use timers::Timers;
+pub use timers::{PortTimers, PortTimersError, Timers};
 
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rules::{RuleChain, RuleId};
 use crate::vserver::{VirtualServerError, VirtualServerSpec};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
+use std::num::NonZeroU16;
 
 /// The most sessions (or mappings) a table may hold: ids are u32 slot numbers with the top
 /// values reserved.
@@ -38,6 +39,10 @@ pub struct Behavior {
     pub pooling: Pooling,
     /// Port assignment.
     pub port_assignment: PortAssignment,
+    /// Under sequential port assignment, how far a new port is from the last one given out
+    /// (searching on from there when it is taken): a lab NAT whose port delta between
+    /// consecutive mappings is this step. Only with sequential assignment.
+    pub sequential_step: NonZeroU16,
     /// Keep the parity of the internal port (RFC 4787 REQ-4).
     pub port_parity: bool,
     /// Keep ports 0-1023 below 1024 and the rest above (RFC 4787 REQ-3a).
@@ -46,6 +51,13 @@ pub struct Behavior {
     pub refresh: Refresh,
     /// Hairpinning.
     pub hairpinning: Hairpinning,
+    /// Port overlapping (RFC 7857 section 3): a new mapping keeps the internal port on the
+    /// subscriber's paired external address even when other mappings use that endpoint (a
+    /// subscriber's first mapping, made before it has that address, excepted), as long as
+    /// none of them has the new mapping's remote key (what Linux conntrack does: only the
+    /// 5-tuple must be unique). Needs a dependent mapping, filtering at least as strict, and
+    /// port preservation.
+    pub port_overlapping: bool,
     /// Idle timers.
     pub timers: Timers,
     /// What to do with an unsolicited inbound SYN once its hold time passes.
@@ -59,6 +71,10 @@ pub struct Behavior {
     pub outside_mtu: u16,
     /// MTU of the inside link, for inbound packets.
     pub inside_mtu: u16,
+    /// Translate and forward ICMP errors about sessions, both ways (RFC 4787 REQ-12, RFC 5508
+    /// REQ-4, REQ-5). Off drops them all, as some NATs do (lab only): applications then learn
+    /// of unreachable peers and path MTUs only by timeouts.
+    pub forward_icmp_errors: bool,
     /// Clear DF on every forwarded packet, so that a path with a smaller MTU fragments it
     /// instead of refusing it (lab only: it breaks path MTU discovery, RFC 1191, and RFC 4787
     /// REQ-13's answer to a DF packet too big for the way out).
@@ -68,6 +84,36 @@ pub struct Behavior {
     /// an external address (lab only: it discloses internal addresses, and the option is an
     /// experiment's).
     pub insert_host_id: bool,
+}
+
+impl Behavior {
+    /// The settings port overlapping depends on (RFC 7857 section 3).
+    fn check_port_overlapping(&self) -> Result<(), ConfigError> {
+        let refuse = |why: &str| {
+            Err(ConfigError::OutOfRange {
+                setting: "port-overlapping",
+                why: why.to_string(),
+            })
+        };
+        if self.mapping == MappingBehavior::EndpointIndependent {
+            return refuse(
+                "needs a dependent mapping: under endpoint-independent mapping an external \
+                 endpoint belongs to one internal endpoint whatever the remote",
+            );
+        }
+        if self.filtering.specificity() < self.mapping.specificity() {
+            return refuse(
+                "needs filtering at least as strict as the mapping: an inbound packet from a \
+                 remote none of the mappings on a shared port was made for could belong to any",
+            );
+        }
+        if self.port_assignment != PortAssignment::Preserve {
+            return refuse(
+                "shares the preserved internal port, so it needs port-assignment = preserve",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for Behavior {
@@ -86,10 +132,12 @@ pub struct BehaviorSpec {
     pub filtering: Option<FilteringBehavior>,
     pub pooling: Option<Pooling>,
     pub port_assignment: Option<PortAssignment>,
+    pub sequential_step: Option<NonZeroU16>,
     pub port_parity: Option<bool>,
     pub port_range_preservation: Option<bool>,
     pub refresh: Option<Refresh>,
     pub hairpinning: Option<Hairpinning>,
+    pub port_overlapping: Option<bool>,
     pub timers: Option<TimersSpec>,
     pub unsolicited_syn: Option<UnsolicitedSyn>,
     pub mapping_failure_reply: Option<MappingFailureReply>,
@@ -98,6 +146,7 @@ pub struct BehaviorSpec {
     pub ttl: Option<TtlHandling>,
     pub outside_mtu: Option<u16>,
     pub inside_mtu: Option<u16>,
+    pub forward_icmp_errors: Option<bool>,
     pub clear_df: Option<bool>,
     pub insert_host_id: Option<bool>,
 }
@@ -108,6 +157,7 @@ pub struct BehaviorSpec {
 #[allow(missing_docs)] // each field overrides the `Timers` field of the same name
 pub struct TimersSpec {
     pub udp: Option<u32>,
+    pub udp_ports: Option<PortTimers>,
     pub tcp_established: Option<u32>,
     pub tcp_transitory_open: Option<u32>,
     pub tcp_transitory_close: Option<u32>,
@@ -143,15 +193,18 @@ impl BehaviorSpec {
             filtering,
             pooling,
             port_assignment,
+            sequential_step,
             port_parity,
             port_range_preservation,
             refresh,
             hairpinning,
+            port_overlapping,
             unsolicited_syn,
             mapping_failure_reply,
             ttl,
             outside_mtu,
             inside_mtu,
+            forward_icmp_errors,
             clear_df,
             insert_host_id
         );
@@ -162,6 +215,7 @@ impl BehaviorSpec {
             }
             apply_t!(
                 udp,
+                udp_ports,
                 tcp_established,
                 tcp_transitory_open,
                 tcp_transitory_close,
@@ -541,6 +595,13 @@ impl Config {
                 "RFC 4787 REQ-6",
             )?;
         }
+        if !b.forward_icmp_errors {
+            forbid(
+                "forward-icmp-errors",
+                "ICMP errors about sessions must be translated and forwarded",
+                "RFC 4787 REQ-12, RFC 5508 REQ-4, REQ-5",
+            )?;
+        }
         if b.clear_df {
             forbid(
                 "clear-df",
@@ -587,6 +648,31 @@ impl Config {
                     setting: name,
                     why: format!("{v} s is more than 30 days"),
                 });
+            }
+        }
+        if b.port_overlapping {
+            b.check_port_overlapping()?;
+        }
+        if b.sequential_step.get() != 1 && b.port_assignment != PortAssignment::Sequential {
+            return Err(ConfigError::OutOfRange {
+                setting: "sequential-step",
+                why: "is the step of port-assignment = \"sequential\", which is not set".into(),
+            });
+        }
+        for (port, secs) in b.timers.udp_ports.iter() {
+            if secs == 0 || secs > 30 * 24 * 3600 {
+                return Err(ConfigError::OutOfRange {
+                    setting: "timers.udp-ports",
+                    why: format!("port {port}: {secs} s is not between 1 s and 30 days"),
+                });
+            }
+            // RFC 4787 REQ-5a: well-known ports may have shorter timers.
+            if secs < 120 && port >= 1024 {
+                forbid(
+                    "timers.udp-ports",
+                    &format!("port {port}: {secs} s is below 120 s and the port is not well-known"),
+                    "RFC 4787 REQ-5, REQ-5a",
+                )?;
             }
         }
         for (setting, mtu) in [("outside-mtu", b.outside_mtu), ("inside-mtu", b.inside_mtu)] {
@@ -747,6 +833,26 @@ mod tests {
             c.lab = true;
             assert!(c.validate().is_ok(), "{p:?} valid in lab");
         }
+    }
+
+    #[test]
+    fn sequential_step_needs_sequential_assignment() {
+        let mut c = cfg();
+        c.behavior.sequential_step = NonZeroU16::new(7).expect("not 0");
+        assert!(matches!(
+            c.clone().validate(),
+            Err(ConfigError::OutOfRange {
+                setting: "sequential-step",
+                ..
+            })
+        ));
+        c.behavior.port_assignment = PortAssignment::Sequential;
+        assert!(c.validate().is_ok());
+        let spec: BehaviorSpec =
+            toml::from_str("port-assignment = \"sequential\"\nsequential-step = 7")
+                .expect("parses");
+        assert_eq!(spec.resolve().sequential_step.get(), 7);
+        assert!(toml::from_str::<BehaviorSpec>("sequential-step = 0").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use super::Behavior;
 use super::behavior::*;
 use super::timers::Timers;
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU16;
 
 /// A named set of behaviours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,8 +21,12 @@ pub enum Preset {
     PortRestrictedCone,
     /// "Symmetric": a mapping per destination endpoint, APDF (breaks RFC 4787 REQ-1: lab only).
     Symmetric,
-    /// What Linux `MASQUERADE` does: a mapping per connection with the source port kept when free,
-    /// APDF, conntrack's short timers (breaks REQ-1 and REQ-5: lab only).
+    /// What Linux `MASQUERADE` does: a mapping per connection (conntrack) with the source port
+    /// kept and shared between connections to different remotes (port overlapping, RFC 7857
+    /// section 3: conntrack needs only the 5-tuple to be unique), so that a peer sees one
+    /// external endpoint per socket; APDF; no hairpinning (a packet to the gateway's own
+    /// address is the gateway's); conntrack's short timers (breaks REQ-1, REQ-5 and REQ-9:
+    /// lab only).
     LinuxMasquerade,
 }
 
@@ -43,16 +48,19 @@ impl Preset {
             filtering: FilteringBehavior::EndpointIndependent,
             pooling: Pooling::Paired,
             port_assignment: PortAssignment::Random,
+            sequential_step: NonZeroU16::MIN,
             port_parity: false,
             port_range_preservation: true,
             refresh: Refresh::Outbound,
             hairpinning: Hairpinning::ExternalSource,
+            port_overlapping: false,
             timers: Timers::default(),
             unsolicited_syn: UnsolicitedSyn::IcmpPortUnreachable,
             mapping_failure_reply: MappingFailureReply::HostUnreachable,
             ttl: TtlHandling::Decrement,
             outside_mtu: 1500,
             inside_mtu: 1500,
+            forward_icmp_errors: true,
             clear_df: false,
             insert_host_id: false,
         };
@@ -79,8 +87,10 @@ impl Preset {
                 filtering: FilteringBehavior::AddressAndPortDependent,
                 pooling: Pooling::Paired,
                 port_assignment: PortAssignment::Preserve,
+                port_overlapping: true,
                 port_parity: false,
                 refresh: Refresh::Both,
+                hairpinning: Hairpinning::Off,
                 unsolicited_syn: UnsolicitedSyn::Drop,
                 timers: Timers {
                     udp: 30,

@@ -20,7 +20,7 @@ use super::{Engine, TRANSMIT_SLOT, fragment_limits, transmit_slots};
 use crate::alloc::PortAllocator;
 use crate::config::{Config, FilteringBehavior};
 use crate::fragment::FragmentTracker;
-use crate::table::{AddressFilter, NatTable, StaticSessionTable};
+use crate::table::{AddressFilter, NatTable, PortUsers, StaticSessionTable};
 use core::fmt;
 
 /// Bytes of an engine's state, by part.
@@ -31,6 +31,8 @@ pub struct MemoryUsage {
     pub sessions: usize,
     /// The address filter (address-dependent filtering only).
     pub address_filter: usize,
+    /// How many mappings share each external endpoint (port overlapping only).
+    pub port_users: usize,
     /// Fragment state and held fragments.
     pub fragments: usize,
     /// Per-subscriber limit state (only when a per-subscriber limit is set).
@@ -48,6 +50,7 @@ impl MemoryUsage {
         [
             self.sessions,
             self.address_filter,
+            self.port_users,
             self.fragments,
             self.subscribers,
             self.queues,
@@ -62,11 +65,12 @@ impl fmt::Display for MemoryUsage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} bytes: sessions and mappings {}, address filter {}, fragments {}, subscribers {}, \
-             queues {}, static sessions {}",
+            "{} bytes: sessions and mappings {}, address filter {}, port users {}, fragments {}, \
+             subscribers {}, queues {}, static sessions {}",
             self.total(),
             self.sessions,
             self.address_filter,
+            self.port_users,
             self.fragments,
             self.subscribers,
             self.queues,
@@ -110,6 +114,8 @@ impl Linear {
 pub struct MemoryModel {
     /// Present under address-dependent filtering; sized like the session table.
     address_filter: Option<Linear>,
+    /// Present under port overlapping; sized like the mapping limit.
+    port_users: Option<Linear>,
     fragments: usize,
     subscribers: usize,
     queues: usize,
@@ -126,6 +132,10 @@ impl MemoryModel {
         MemoryModel {
             address_filter: dependent
                 .then(|| Linear::measure(|n| AddressFilter::new(n, 0).memory_bytes())),
+            port_users: cfg
+                .behavior
+                .port_overlapping
+                .then(|| Linear::measure(|n| PortUsers::new(n, 0).memory_bytes())),
             fragments: FragmentTracker::new(fragment_limits(l, &cfg.behavior)).memory_bytes(),
             subscribers: SubscriberTable::new(l.subscriber).map_or(0, |s| s.memory_bytes()),
             queues: EventQueue::new(l.event_queue as usize).memory_bytes()
@@ -167,6 +177,7 @@ impl MemoryModel {
         MemoryUsage {
             sessions: NatTable::memory_for(max_sessions as usize, max_mappings as usize),
             address_filter: self.address_filter.map_or(0, |f| f.at(max_sessions)),
+            port_users: self.port_users.map_or(0, |u| u.at(max_mappings)),
             fragments: self.fragments,
             subscribers: self.subscribers,
             queues: self.queues,
@@ -182,6 +193,7 @@ impl<A: PortAllocator> Engine<A> {
         MemoryUsage {
             sessions: self.sessions.memory_bytes(),
             address_filter: self.address_filter.as_ref().map_or(0, |f| f.memory_bytes()),
+            port_users: self.port_users.as_ref().map_or(0, |u| u.memory_bytes()),
             fragments: self.fragments.memory_bytes(),
             subscribers: self.subscribers.as_ref().map_or(0, |s| s.memory_bytes()),
             queues: self.events.memory_bytes()

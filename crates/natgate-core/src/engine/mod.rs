@@ -38,7 +38,10 @@ use crate::fragment::{
     ClaimError, FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation,
 };
 use crate::rng::Rng;
-use crate::table::{AddressFilter, ExplicitTable, FlowKey, Mapping, NatTable, Session, SessionId};
+use crate::table::{
+    AddressFilter, ExplicitTable, FlowKey, Mapping, MappingKeys, NatTable, PortUsers, Session,
+    SessionId,
+};
 use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -145,6 +148,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     sessions: NatTable,
     /// Present only under address-dependent filtering, the one mode that needs it.
     address_filter: Option<AddressFilter>,
+    /// Under port overlapping, how many mappings share each external endpoint.
+    port_users: Option<PortUsers>,
     /// Present only when a per-subscriber limit is configured.
     subscribers: Option<SubscriberTable>,
     alloc: A,
@@ -211,7 +216,10 @@ impl<A: PortAllocator> Engine<A> {
         let sessions = NatTable::try_new(
             max_sessions,
             limits.max_mappings as usize,
-            behavior.mapping,
+            MappingKeys {
+                mapping: behavior.mapping,
+                port_overlapping: behavior.port_overlapping,
+            },
             rng.next_u64(),
             rng.next_u64(),
         )
@@ -227,6 +235,9 @@ impl<A: PortAllocator> Engine<A> {
             subscribers: SubscriberTable::new(limits.subscriber),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
+            port_users: behavior
+                .port_overlapping
+                .then(|| PortUsers::new(limits.max_mappings as usize, rng.next_u64())),
             alloc,
             fragments: FragmentTracker::new(fragment_limits(&limits, &behavior)),
             held_syns: SynHold::new(limits.max_held_syns as usize),
@@ -545,6 +556,9 @@ impl<A: PortAllocator> Engine<A> {
             return self.later_fragment(now, buf, &p, frag_key, claimed);
         }
         let verdict = match (p.kind, side) {
+            (Kind::IcmpError, _) if !self.behavior.forward_icmp_errors => {
+                Verdict::Drop(DropReason::IcmpErrorsOff)
+            }
             (Kind::IcmpError, Side::Inside) => self.icmp_error_outbound(buf, &mut p),
             (Kind::IcmpError, Side::Outside) => self.icmp_error_inbound(buf, &mut p),
             (Kind::Flow, Side::Inside) => self.outbound(now, buf, &mut p, hint, hairpin),
@@ -685,6 +699,7 @@ impl<A: PortAllocator> Engine<A> {
         let behavior = self.behavior;
         let mut gone = Gone {
             address_filter: &mut self.address_filter,
+            port_users: &mut self.port_users,
             subscribers: &mut self.subscribers,
             alloc: &mut self.alloc,
             events: &mut self.events,
@@ -921,7 +936,7 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 /// A session's idle timeout in seconds, by protocol and TCP phase.
 fn idle_timeout(b: &Behavior, s: &Session) -> u32 {
     match s.proto {
-        Protocol::Udp => b.timers.udp,
+        Protocol::Udp => b.timers.udp_for(s.remote.port),
         Protocol::Icmp => b.timers.icmp_query,
         Protocol::Tcp => TcpState::from_byte(s.tcp).timeout(&b.timers),
     }
@@ -943,6 +958,7 @@ fn session_due(b: &Behavior, s: &Session) -> u32 {
 /// only the parts of the engine it touches, so it can run inside the session table's expiry.
 struct Gone<'a, A: PortAllocator> {
     address_filter: &'a mut Option<AddressFilter>,
+    port_users: &'a mut Option<PortUsers>,
     subscribers: &'a mut Option<SubscriberTable>,
     alloc: &'a mut A,
     events: &'a mut EventQueue,
@@ -974,8 +990,14 @@ impl<A: PortAllocator> Gone<'_, A> {
             subs.release(s.internal.addr, s.proto);
         }
         if let Some(m) = mapping {
-            self.alloc
-                .release(m.proto, m.internal, m.external, self.now);
+            // Under port overlapping the endpoint goes back with the last mapping sharing it.
+            let owner = match self.port_users.as_mut() {
+                Some(u) => u.remove(m.proto, m.external),
+                None => Some(m.internal),
+            };
+            if let Some(owner) = owner {
+                self.alloc.release(m.proto, owner, m.external, self.now);
+            }
             self.counters.mappings_deleted += 1;
             self.event(Event::MappingDeleted {
                 at: self.now,
@@ -1000,7 +1022,11 @@ impl<A: PortAllocator> Gone<'_, A> {
 #[cfg(test)]
 mod abuse_tests;
 #[cfg(test)]
+mod lab_tests;
+#[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod overlap_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -104,6 +104,7 @@ impl<A: PortAllocator> Engine<A> {
     fn end_sessions(&mut self, ids: impl IntoIterator<Item = SessionId>, now: Instant) -> Ended {
         let mut gone = Gone {
             address_filter: &mut self.address_filter,
+            port_users: &mut self.port_users,
             subscribers: &mut self.subscribers,
             alloc: &mut self.alloc,
             events: &mut self.events,

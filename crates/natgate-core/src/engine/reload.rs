@@ -36,13 +36,21 @@ pub enum ReloadError {
 
 /// Whether `new` can replace `old` in a running engine; the first setting that cannot.
 pub fn check_reload(old: &Behavior, new: &Behavior) -> Result<(), ReloadError> {
-    let fixed: [(&'static str, bool); 8] = [
+    let fixed: [(&'static str, bool); 10] = [
         ("mapping", old.mapping == new.mapping),
+        (
+            "port-overlapping",
+            old.port_overlapping == new.port_overlapping,
+        ),
         ("filtering", old.filtering == new.filtering),
         ("pooling", old.pooling == new.pooling),
         (
             "port-assignment",
             old.port_assignment == new.port_assignment,
+        ),
+        (
+            "sequential-step",
+            old.sequential_step == new.sequential_step,
         ),
         ("port-parity", old.port_parity == new.port_parity),
         (

@@ -216,7 +216,7 @@ const TABLE_SEED_SALT: u64 = 0x7374_6174_6963_5f74;
 /// as dynamic sessions (RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2).
 fn idle_timeout(b: &Behavior, s: &StaticSession) -> u32 {
     match s.proto {
-        Protocol::Udp => b.timers.udp,
+        Protocol::Udp => b.timers.udp_for(s.outside_remote.port),
         Protocol::Icmp => b.timers.icmp_query,
         Protocol::Tcp => TcpState::from_byte(s.tcp).timeout(&b.timers),
     }

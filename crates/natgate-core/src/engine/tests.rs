@@ -26,7 +26,7 @@ pub(crate) fn ep(addr: Ipv4Addr, port: u16) -> Endpoint {
     Endpoint::new(addr, port)
 }
 
-fn config(f: impl FnOnce(&mut Config)) -> Config {
+pub(super) fn config(f: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config::new(POOL.to_vec(), INSIDE);
     c.limits.max_sessions = 1024;
     c.limits.max_mappings = 1024;
@@ -107,7 +107,13 @@ pub(crate) fn echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, request: bool) -> Pkt 
 }
 
 /// An ICMP error from `from` to `to` quoting `quoted` (cut to IP header + 8 bytes + 4 more).
-fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, msg_type: u8, code: u8, quoted: &[u8]) -> Pkt {
+pub(super) fn icmp_error(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    msg_type: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Pkt {
     let cut = quoted.len().min(40);
     let b = PacketBuilder::ipv4(from.octets(), to.octets(), 64).icmpv4_raw(msg_type, code, [0; 4]);
     let mut v = Vec::new();
@@ -121,7 +127,12 @@ fn fix_ip_checksum(p: &mut Pkt) {
     p.buf[10..12].copy_from_slice(&ip.calc_header_checksum().to_be_bytes());
 }
 
-fn run<A: PortAllocator>(e: &mut Engine<A>, now: Instant, side: Side, p: &mut Pkt) -> Verdict {
+pub(super) fn run<A: PortAllocator>(
+    e: &mut Engine<A>,
+    now: Instant,
+    side: Side,
+    p: &mut Pkt,
+) -> Verdict {
     let v = e.process(now, side, &mut p.buf, p.len);
     if let Verdict::Reply { len, .. } = v {
         p.len = len;
@@ -129,7 +140,7 @@ fn run<A: PortAllocator>(e: &mut Engine<A>, now: Instant, side: Side, p: &mut Pk
     v
 }
 
-fn t(secs: u64) -> Instant {
+pub(super) fn t(secs: u64) -> Instant {
     Instant::from_secs(secs)
 }
 
@@ -195,7 +206,7 @@ pub(crate) fn assert_checksums(bytes: &[u8]) {
 }
 
 /// Sends `p` out from the inside and returns the external source endpoint it got.
-fn out<A: PortAllocator>(e: &mut Engine<A>, now: Instant, mut p: Pkt) -> Endpoint {
+pub(super) fn out<A: PortAllocator>(e: &mut Engine<A>, now: Instant, mut p: Pkt) -> Endpoint {
     let v = run(e, now, Side::Inside, &mut p);
     assert_eq!(v, Verdict::Forward(Side::Outside), "outbound forwarded");
     assert_checksums(p.bytes());
@@ -203,7 +214,7 @@ fn out<A: PortAllocator>(e: &mut Engine<A>, now: Instant, mut p: Pkt) -> Endpoin
 }
 
 /// Sends `p` in from the outside; returns the verdict and the translated packet.
-fn inb<A: PortAllocator>(e: &mut Engine<A>, now: Instant, mut p: Pkt) -> (Verdict, Pkt) {
+pub(super) fn inb<A: PortAllocator>(e: &mut Engine<A>, now: Instant, mut p: Pkt) -> (Verdict, Pkt) {
     let v = run(e, now, Side::Outside, &mut p);
     if v == Verdict::Forward(Side::Inside) {
         assert_checksums(p.bytes());

@@ -262,21 +262,18 @@ impl<A: PortAllocator> Engine<A> {
         tcp_flags: u8,
     ) -> Result<SessionId, DropReason> {
         let (proto, internal, remote) = (key.proto, key.local, key.remote);
-        let req = AllocRequest {
-            proto,
-            internal,
-            now,
+        let external = match self.overlapping_endpoint(proto, internal, remote) {
+            Some(shared) => shared,
+            None => self.allocate(proto, internal, now)?,
         };
-        let allocated = self.alloc.allocate(&req, &mut self.rng);
-        // The inbound bucket of the allocator's guess at its next endpoint: a miss of the next
-        // new mapping's, taken now while this one is being made.
-        if let Some((proto, external)) = self.alloc.likely_next() {
-            self.sessions.prefetch_external(proto, external);
-        }
-        self.drain_alloc_events();
-        let external = allocated.map_err(drop_reason)?;
-        if self.sessions.mappings_full() {
+        if let Some(users) = self.port_users.as_mut()
+            && users.add(proto, external, internal).is_err()
+        {
             self.alloc.release(proto, internal, external, now);
+            return Err(DropReason::MappingTableFull);
+        }
+        if self.sessions.mappings_full() {
+            self.give_back(proto, internal, external, now);
             return Err(DropReason::MappingTableFull);
         }
         self.counters.mappings_created += 1;
@@ -304,9 +301,68 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
+    /// A fresh external endpoint from the allocator for a new mapping of `internal`.
+    fn allocate(
+        &mut self,
+        proto: Protocol,
+        internal: Endpoint,
+        now: Instant,
+    ) -> Result<Endpoint, DropReason> {
+        let req = AllocRequest {
+            proto,
+            internal,
+            now,
+        };
+        let allocated = self.alloc.allocate(&req, &mut self.rng);
+        // The inbound bucket of the allocator's guess at its next endpoint: a miss of the next
+        // new mapping's, taken now while this one is being made.
+        if let Some((proto, external)) = self.alloc.likely_next() {
+            self.sessions.prefetch_external(proto, external);
+        }
+        self.drain_alloc_events();
+        allocated.map_err(drop_reason)
+    }
+
+    /// Under port overlapping (RFC 7857 section 3), the endpoint a new mapping of `internal` to
+    /// `remote` shares: the internal port on the subscriber's paired external address, when
+    /// other mappings hold it and none of them has this mapping's remote key, so that every
+    /// (external, remote) pair, and with it every inbound 5-tuple, stays unique. Otherwise
+    /// `None`, and the allocator decides (it keeps the port if nobody holds it). A subscriber
+    /// without a mapping has no paired address yet (the allocator picks it with the first),
+    /// so its first mapping takes a port of its own.
+    fn overlapping_endpoint(
+        &self,
+        proto: Protocol,
+        internal: Endpoint,
+        remote: Endpoint,
+    ) -> Option<Endpoint> {
+        let users = self.port_users.as_ref()?;
+        let address = self.alloc.paired_address(internal.addr)?;
+        let candidate = Endpoint::new(address, internal.port);
+        let free_for_remote = users.count(proto, candidate) > 0
+            && self
+                .sessions
+                .find_by_external(proto, candidate, remote)
+                .is_none();
+        free_for_remote.then_some(candidate)
+    }
+
+    /// Gives `external` back for a mapping of `internal` that is gone: to the allocator, unless
+    /// other mappings still share it (port overlapping; the last gives it back in the name of
+    /// the mapping it was allocated for).
+    fn give_back(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
+        let owner = match self.port_users.as_mut() {
+            Some(u) => u.remove(proto, external),
+            None => Some(internal),
+        };
+        if let Some(owner) = owner {
+            self.alloc.release(proto, owner, external, now);
+        }
+    }
+
     /// Removes a mapping made for a session that could not be made after all.
     fn delete_unused_mapping(&mut self, now: Instant, m: Mapping) {
-        self.alloc.release(m.proto, m.internal, m.external, now);
+        self.give_back(m.proto, m.internal, m.external, now);
         self.drain_alloc_events();
         // Counted as made and deleted, like its two events, so counters and logs agree.
         self.counters.mappings_deleted += 1;
@@ -405,16 +461,22 @@ impl<A: PortAllocator> Engine<A> {
     fn new_inbound_session(&mut self, now: Instant, p: &Parsed) -> Result<SessionId, Refused> {
         let syn =
             p.proto == Protocol::Tcp && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
-        let mid = self.sessions.find_by_external(p.proto, p.dst);
+        let mid = self.sessions.find_by_external(p.proto, p.dst, p.src);
         let allowed = mid.is_some_and(|mid| self.filter_allows(mid, p.src));
         let Some(mid) = mid.filter(|_| allowed) else {
             if syn {
                 return Err(Refused::UnsolicitedSyn);
             }
-            let reason = if mid.is_none() {
-                DropReason::NoMapping
-            } else {
+            // Under port overlapping, mappings on the port made for other remotes filter it.
+            let mapped = mid.is_some()
+                || self
+                    .port_users
+                    .as_ref()
+                    .is_some_and(|u| u.count(p.proto, p.dst) > 0);
+            let reason = if mapped {
                 DropReason::Filtered
+            } else {
+                DropReason::NoMapping
             };
             return Err(Refused::Drop(reason));
         };

@@ -16,7 +16,8 @@ pub struct Mapping {
     /// The subscriber's endpoint.
     pub internal: Endpoint,
     /// The endpoint it is translated to; unique per protocol (no port overloading, RFC 4787
-    /// REQ-3), so it identifies the mapping from outside.
+    /// REQ-3), so it identifies the mapping from outside; under port overlapping (RFC 7857
+    /// section 3) unique per protocol and remote key, which identify it together.
     pub external: Endpoint,
     /// What of the remote side the mapping is specific to (RFC 4787 REQ-1):
     /// [`Endpoint::UNSPECIFIED`] for endpoint-independent mapping, `(remote addr, 0)` for
@@ -152,6 +153,115 @@ impl AddressFilter {
     }
 }
 
+/// One (proto, external endpoint), the internal endpoint the allocator gave it to, and how
+/// many mappings share it.
+#[derive(Debug, Clone, Copy)]
+struct UsersEntry {
+    external: Endpoint,
+    owner: Endpoint,
+    proto: Protocol,
+    count: u32,
+}
+
+/// How many mappings share each external endpoint under port overlapping (RFC 7857 section 3),
+/// so that the endpoint goes back to the allocator only with the last of them: the allocator
+/// hands an endpoint out once, and the mappings that overlap on it borrow that one allocation,
+/// which goes back in the name of the internal endpoint it was made for (the allocator counts
+/// its ports per subscriber).
+#[derive(Debug, Clone)]
+pub struct PortUsers {
+    slab: Slab<UsersEntry>,
+    index: HashIndex,
+    hasher: FlowHasher,
+}
+
+impl PortUsers {
+    /// Counts for up to `max_endpoints` distinct (proto, external) pairs, allocated now.
+    ///
+    /// # Panics
+    /// If `max_endpoints` does not fit in a `u32`.
+    pub fn new(max_endpoints: usize, hasher_seed: u64) -> Self {
+        PortUsers {
+            slab: Slab::new(max_endpoints),
+            index: HashIndex::with_capacity(max_endpoints),
+            hasher: FlowHasher::new(hasher_seed),
+        }
+    }
+
+    fn hash(&self, proto: Protocol, external: Endpoint) -> u64 {
+        let (a, b) = words(proto, external, 0);
+        self.hasher.hash2(a, b)
+    }
+
+    fn find(&self, hash: u64, proto: Protocol, external: Endpoint) -> Option<u32> {
+        self.index.find(hash, |v| {
+            self.slab
+                .get(v)
+                .is_some_and(|e| e.external == external && e.proto == proto)
+        })
+    }
+
+    /// How many mappings use `external`.
+    pub fn count(&self, proto: Protocol, external: Endpoint) -> u32 {
+        let h = self.hash(proto, external);
+        self.find(h, proto, external)
+            .and_then(|v| self.slab.get(v))
+            .map_or(0, |e| e.count)
+    }
+
+    /// Counts one more mapping on `external`; `owner` is the internal endpoint of the first,
+    /// which the allocator gave the endpoint to.
+    pub fn add(
+        &mut self,
+        proto: Protocol,
+        external: Endpoint,
+        owner: Endpoint,
+    ) -> Result<(), TableFull> {
+        let h = self.hash(proto, external);
+        if let Some(e) = self
+            .find(h, proto, external)
+            .and_then(|v| self.slab.get_mut(v))
+        {
+            e.count += 1;
+            return Ok(());
+        }
+        let entry = UsersEntry {
+            external,
+            owner,
+            proto,
+            count: 1,
+        };
+        let id = self.slab.insert(entry).ok_or(TableFull)?;
+        if self.index.insert(h, id).is_err() {
+            self.slab.remove(id);
+            return Err(TableFull);
+        }
+        Ok(())
+    }
+
+    /// Counts one mapping fewer on `external`. When that was the last, the endpoint is free
+    /// to go back to the allocator, in the name of the owner returned; `None` while others
+    /// share it, or if it was never counted.
+    pub fn remove(&mut self, proto: Protocol, external: Endpoint) -> Option<Endpoint> {
+        let h = self.hash(proto, external);
+        let id = self.find(h, proto, external)?;
+        let e = self.slab.get_mut(id)?;
+        e.count -= 1;
+        if e.count > 0 {
+            return None;
+        }
+        let owner = e.owner;
+        self.slab.remove(id);
+        self.index.remove(h, id);
+        Some(owner)
+    }
+
+    /// Bytes allocated.
+    pub fn memory_bytes(&self) -> usize {
+        self.slab.memory_bytes() + self.index.memory_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +296,33 @@ mod tests {
         f.clear();
         assert!(!f.contains(Protocol::Udp, ext, r2));
         assert!(f.memory_bytes() > 0);
+    }
+
+    #[test]
+    fn port_users_free_the_endpoint_with_the_last_mapping() {
+        let mut u = PortUsers::new(2, 5);
+        let (x, y) = (ep(1, 40_000), ep(1, 40_001));
+        let (first, second) = (
+            Endpoint::new(Ipv4Addr::new(100, 64, 0, 1), 40_000),
+            Endpoint::new(Ipv4Addr::new(100, 64, 0, 2), 40_000),
+        );
+        u.add(Protocol::Udp, x, first).unwrap();
+        u.add(Protocol::Udp, x, second).unwrap();
+        u.add(Protocol::Tcp, x, second).unwrap();
+        assert_eq!(u.add(Protocol::Udp, y, first), Err(TableFull));
+        assert_eq!(
+            (u.count(Protocol::Udp, x), u.count(Protocol::Tcp, x)),
+            (2, 1)
+        );
+        assert_eq!(u.remove(Protocol::Udp, x), None, "one mapping left");
+        assert_eq!(
+            u.remove(Protocol::Udp, x),
+            Some(first),
+            "the owner's to release"
+        );
+        assert_eq!(u.count(Protocol::Udp, x), 0);
+        assert_eq!(u.remove(Protocol::Udp, y), None, "never counted");
+        u.add(Protocol::Udp, y, first).unwrap();
+        assert!(u.memory_bytes() > 0);
     }
 }

@@ -8,7 +8,9 @@
 //! the session is indexed only under the mapping's two keys:
 //!
 //! - outbound index: (proto, internal, remote key), RFC 4787 section 4.1's mapping key;
-//! - inbound index: (proto, external), which is unique per protocol (RFC 4787 REQ-3).
+//! - inbound index: (proto, external), which is unique per protocol (RFC 4787 REQ-3); under
+//!   port overlapping (RFC 7857 section 3) (proto, external, remote key), since an external
+//!   endpoint then serves one mapping per remote key.
 //!
 //! A packet's session is then found by its mapping key: one bucket and one record, as with a
 //! per-session index, and the same probe answers "is there a mapping?" for a new flow.
@@ -94,9 +96,31 @@ struct Tables {
     flow_hasher: FlowHasher,
     /// Keys the mapping-key hashes (a separate key, so the two kinds never share a hash).
     mapping_hasher: FlowHasher,
-    behavior: MappingBehavior,
+    keys: MappingKeys,
     max_mappings: usize,
     mappings: usize,
+}
+
+/// What keys a mapping in a [`NatTable`]: the mapping behaviour (the remote key of its internal
+/// side) and whether its external endpoint is keyed with the remote key too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappingKeys {
+    /// The mapping behaviour (RFC 4787 section 4.1).
+    pub mapping: MappingBehavior,
+    /// Port overlapping (RFC 7857 section 3): mappings with different remote keys may share an
+    /// external endpoint, because only (external, remote) has to be unique for inbound packets
+    /// to find their session. Meaningful only under a dependent mapping behaviour (under
+    /// endpoint-independent mapping the remote key is always unspecified).
+    pub port_overlapping: bool,
+}
+
+impl From<MappingBehavior> for MappingKeys {
+    fn from(mapping: MappingBehavior) -> Self {
+        MappingKeys {
+            mapping,
+            port_overlapping: false,
+        }
+    }
 }
 
 impl NatTable {
@@ -132,8 +156,8 @@ impl NatTable {
             + TimerWheel::memory_for(max_sessions)
     }
 
-    /// A table for up to `max_sessions` sessions and `max_mappings` mappings under the mapping
-    /// behaviour `behavior`, everything allocated now. The seeds key the flow-key and
+    /// A table for up to `max_sessions` sessions and `max_mappings` mappings keyed by `keys`
+    /// (a mapping behaviour alone means no port overlapping), everything allocated now. The seeds key the flow-key and
     /// mapping-key hashes (keep them secret: outside tuples are attacker-chosen).
     ///
     /// # Panics
@@ -141,17 +165,11 @@ impl NatTable {
     pub fn new(
         max_sessions: usize,
         max_mappings: usize,
-        behavior: MappingBehavior,
+        keys: impl Into<MappingKeys>,
         flow_seed: u64,
         mapping_seed: u64,
     ) -> Self {
-        match Self::try_new(
-            max_sessions,
-            max_mappings,
-            behavior,
-            flow_seed,
-            mapping_seed,
-        ) {
+        match Self::try_new(max_sessions, max_mappings, keys, flow_seed, mapping_seed) {
             Ok(t) => t,
             Err(e) => panic!("session table of {max_sessions}: {e}"),
         }
@@ -165,7 +183,7 @@ impl NatTable {
     pub fn try_new(
         max_sessions: usize,
         max_mappings: usize,
-        behavior: MappingBehavior,
+        keys: impl Into<MappingKeys>,
         flow_seed: u64,
         mapping_seed: u64,
     ) -> Result<Self, std::collections::TryReserveError> {
@@ -178,7 +196,7 @@ impl NatTable {
                 in_index: HashIndex::try_with_capacity_sized_for(entries, design)?,
                 flow_hasher: FlowHasher::new(flow_seed),
                 mapping_hasher: FlowHasher::new(mapping_seed),
-                behavior,
+                keys: keys.into(),
                 max_mappings,
                 mappings: 0,
             },
@@ -191,7 +209,7 @@ impl Tables {
     /// The mapping key's remote part under the mapping behaviour (RFC 4787 section 4.1).
     #[inline(always)]
     fn remote_key(&self, remote: Endpoint) -> Endpoint {
-        match self.behavior {
+        match self.keys.mapping {
             MappingBehavior::EndpointIndependent => Endpoint::UNSPECIFIED,
             MappingBehavior::AddressDependent => Endpoint::new(remote.addr, 0),
             MappingBehavior::AddressAndPortDependent => remote,
@@ -210,10 +228,29 @@ impl Tables {
         self.mapping_hasher.hash2(a, remote_key.to_u64())
     }
 
+    /// The part of a mapping's remote key that its external key holds: all of it under port
+    /// overlapping, none otherwise (the external endpoint alone is unique).
     #[inline(always)]
-    fn external_hash(&self, proto: Protocol, external: Endpoint) -> u64 {
+    fn external_remote(&self, remote_key: Endpoint) -> Endpoint {
+        if self.keys.port_overlapping {
+            remote_key
+        } else {
+            Endpoint::UNSPECIFIED
+        }
+    }
+
+    /// The hash of a mapping's external key, `external_remote` from [`Self::external_remote`].
+    #[inline(always)]
+    fn external_hash(&self, proto: Protocol, external: Endpoint, external_remote: Endpoint) -> u64 {
         let a = (u64::from(proto.ip_number()) << 48) | external.to_u64();
-        self.mapping_hasher.hash2(a, 0)
+        self.mapping_hasher.hash2(a, external_remote.to_u64())
+    }
+
+    /// The external key's hash of the mapping folded into `s`.
+    #[inline(always)]
+    fn folded_external_hash(&self, s: &Session) -> u64 {
+        let xr = self.external_remote(self.remote_key(s.remote));
+        self.external_hash(s.proto, s.external, xr)
     }
 
     /// Whether the session in slot `v` is folded: its mapping is itself.
@@ -245,17 +282,29 @@ impl Tables {
         }
     }
 
-    /// Whether index value `v` is the mapping that owns (proto, external).
+    /// Whether index value `v` is the mapping that owns (proto, external), for remotes whose
+    /// [`Self::external_remote`] is `xr`.
     #[inline(always)]
-    fn is_external_mapping(&self, v: u32, proto: Protocol, external: Endpoint) -> bool {
+    fn is_external_mapping(
+        &self,
+        v: u32,
+        proto: Protocol,
+        external: Endpoint,
+        xr: Endpoint,
+    ) -> bool {
         if v & SHARED != 0 {
-            self.shared
-                .get(v & !SHARED)
-                .is_some_and(|m| m.external == external && m.proto == proto)
+            self.shared.get(v & !SHARED).is_some_and(|m| {
+                m.external == external
+                    && m.proto == proto
+                    && self.external_remote(m.remote_key) == xr
+            })
         } else {
-            self.sessions
-                .get(v)
-                .is_some_and(|s| Self::folded(s, v) && s.external == external && s.proto == proto)
+            self.sessions.get(v).is_some_and(|s| {
+                Self::folded(s, v)
+                    && s.external == external
+                    && s.proto == proto
+                    && self.external_remote(self.remote_key(s.remote)) == xr
+            })
         }
     }
 
@@ -265,7 +314,8 @@ impl Tables {
     #[inline(always)]
     fn lookup_hash(&self, inbound: bool, key: &FlowKey) -> u64 {
         if inbound {
-            self.external_hash(key.proto, key.local)
+            let xr = self.external_remote(self.remote_key(key.remote));
+            self.external_hash(key.proto, key.local, xr)
         } else {
             self.internal_hash(key.proto, key.local, self.remote_key(key.remote))
         }
@@ -292,7 +342,7 @@ impl Tables {
         } else {
             (
                 &self.out_index,
-                self.behavior != MappingBehavior::EndpointIndependent,
+                self.keys.mapping != MappingBehavior::EndpointIndependent,
             )
         };
         match index.prefetch_candidate(hash) {
@@ -373,7 +423,7 @@ impl Tables {
             }
             self.sessions.get(v).is_some_and(|s| matches(s, key))
         });
-        let definite = INBOUND || self.behavior == MappingBehavior::EndpointIndependent;
+        let definite = INBOUND || self.keys.mapping == MappingBehavior::EndpointIndependent;
         if hit.is_some() || (definite && !maybe_shared) {
             return hit.map(SessionId);
         }
@@ -412,11 +462,17 @@ impl Tables {
             .map(MappingId)
     }
 
-    /// The mapping that owns the external endpoint.
-    fn find_by_external(&self, proto: Protocol, external: Endpoint) -> Option<MappingId> {
-        let h = self.external_hash(proto, external);
+    /// The mapping that owns the external endpoint for packets from `remote`.
+    fn find_by_external(
+        &self,
+        proto: Protocol,
+        external: Endpoint,
+        remote: Endpoint,
+    ) -> Option<MappingId> {
+        let xr = self.external_remote(self.remote_key(remote));
+        let h = self.external_hash(proto, external, xr);
         self.in_index
-            .find(h, |v| self.is_external_mapping(v, proto, external))
+            .find(h, |v| self.is_external_mapping(v, proto, external, xr))
             .map(MappingId)
     }
 
@@ -465,12 +521,15 @@ impl Tables {
             h_int,
             self.internal_hash(s.proto, s.internal, self.remote_key(s.remote))
         );
-        let h_ext = self.external_hash(s.proto, s.external);
+        let h_ext = self.folded_external_hash(&s);
         debug_assert!(
             self.find_by_internal(s.proto, s.internal, self.remote_key(s.remote))
                 .is_none()
         );
-        debug_assert!(self.find_by_external(s.proto, s.external).is_none());
+        debug_assert!(
+            self.find_by_external(s.proto, s.external, s.remote)
+                .is_none()
+        );
         if self.mappings_full() {
             return Err(TableFull);
         }
@@ -559,7 +618,7 @@ impl Tables {
             return Err(TableFull);
         }
         let h_int = self.internal_hash(s.proto, s.internal, self.remote_key(s.remote));
-        let h_ext = self.external_hash(s.proto, s.external);
+        let h_ext = self.folded_external_hash(&s);
         let repointed =
             self.out_index.replace(h_int, id, shared) && self.in_index.replace(h_ext, id, shared);
         debug_assert!(
@@ -578,7 +637,7 @@ impl Tables {
         let s = self.sessions.remove(id)?;
         if Self::folded(&s, id) {
             let h_int = self.internal_hash(s.proto, s.internal, self.remote_key(s.remote));
-            let h_ext = self.external_hash(s.proto, s.external);
+            let h_ext = self.folded_external_hash(&s);
             self.out_index.prefetch(h_int);
             self.in_index.prefetch(h_ext);
             self.out_index.remove(h_int, id);
@@ -602,7 +661,7 @@ impl Tables {
         }
         let m = self.shared.remove(slot)?;
         let h_int = self.internal_hash(m.proto, m.internal, m.remote_key);
-        let h_ext = self.external_hash(m.proto, m.external);
+        let h_ext = self.external_hash(m.proto, m.external, self.external_remote(m.remote_key));
         self.out_index.remove(h_int, s.mapping.0);
         self.in_index.remove(h_ext, s.mapping.0);
         self.mappings -= 1;
@@ -687,9 +746,16 @@ impl NatTable {
             .find_by_internal_hashed(hash, key.proto, key.local, rk)
     }
 
-    /// The mapping that owns the external endpoint.
-    pub fn find_by_external(&self, proto: Protocol, external: Endpoint) -> Option<MappingId> {
-        self.t.find_by_external(proto, external)
+    /// The mapping that owns the external endpoint for packets from `remote`: the one mapping
+    /// on it, whatever `remote`, without port overlapping; under it, the one whose remote key
+    /// `remote` has.
+    pub fn find_by_external(
+        &self,
+        proto: Protocol,
+        external: Endpoint,
+        remote: Endpoint,
+    ) -> Option<MappingId> {
+        self.t.find_by_external(proto, external, remote)
     }
 
     /// The mapping `id`, with its live session count.
@@ -706,12 +772,14 @@ impl NatTable {
     }
 
     /// Starts loading the inbound index bucket that a new mapping on `(proto, external)` will
-    /// be inserted into, for a caller that knows the endpoint ahead of the insert.
+    /// be inserted into, for a caller that knows the endpoint ahead of the insert (under port
+    /// overlapping the bucket depends on the remote too, which the caller does not know: the
+    /// hint loads the wrong one, harmlessly).
     #[inline(always)]
     pub fn prefetch_external(&self, proto: Protocol, external: Endpoint) {
         self.t
             .in_index
-            .prefetch(self.t.external_hash(proto, external));
+            .prefetch(self.t.external_hash(proto, external, Endpoint::UNSPECIFIED));
     }
 
     /// Adds the first session of a new mapping, folded into it, and schedules its first expiry
@@ -974,8 +1042,11 @@ mod tests {
         assert_eq!(found_both_ways(&t, &s), Some(id));
         let mid = t.find_by_internal(Protocol::Udp, s.internal, Endpoint::UNSPECIFIED);
         assert_eq!(mid, Some(MappingId(id.0)));
-        assert_eq!(t.find_by_external(Protocol::Udp, s.external), mid);
-        assert_eq!(t.find_by_external(Protocol::Tcp, s.external), None);
+        assert_eq!(t.find_by_external(Protocol::Udp, s.external, s.remote), mid);
+        assert_eq!(
+            t.find_by_external(Protocol::Tcp, s.external, s.remote),
+            None
+        );
         let m = t.mapping(MappingId(id.0));
         assert_eq!(
             (m.internal, m.external, m.sessions),
@@ -990,7 +1061,10 @@ mod tests {
         assert_eq!(gone.internal, s.internal);
         assert_eq!(m.map(|m| (m.external, m.sessions)), Some((s.external, 0)));
         assert_eq!(found_both_ways(&t, &s), None);
-        assert_eq!(t.find_by_external(Protocol::Udp, s.external), None);
+        assert_eq!(
+            t.find_by_external(Protocol::Udp, s.external, s.remote),
+            None
+        );
         assert_eq!((t.len(), t.mapping_count(), t.next_due()), (0, 0, None));
     }
 
@@ -1008,7 +1082,10 @@ mod tests {
         assert_eq!(found_both_ways(&t, &a), Some(ia));
         assert_eq!(found_both_ways(&t, &b), Some(ib));
         assert_eq!(found_both_ways(&t, &session(1, 40_000, 3)), None);
-        assert_eq!(t.find_by_external(Protocol::Udp, a.external), Some(shared));
+        assert_eq!(
+            t.find_by_external(Protocol::Udp, a.external, a.remote),
+            Some(shared)
+        );
         assert_eq!(
             t.find_by_internal(Protocol::Udp, a.internal, Endpoint::UNSPECIFIED),
             Some(shared)
@@ -1033,7 +1110,10 @@ mod tests {
             (last.internal, last.external, last.sessions),
             (a.internal, a.external, 0)
         );
-        assert_eq!(t.find_by_external(Protocol::Udp, a.external), None);
+        assert_eq!(
+            t.find_by_external(Protocol::Udp, a.external, a.remote),
+            None
+        );
         assert_eq!((t.len(), t.mapping_count()), (0, 0));
     }
 
@@ -1178,6 +1258,59 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn rfc7857_port_overlapping_shares_an_external_endpoint_between_remotes() {
+        let keys = MappingKeys {
+            mapping: APDM,
+            port_overlapping: true,
+        };
+        let mut t = NatTable::new(16, 16, keys, 1, 2);
+        // Two internal endpoints on one external endpoint, each with its own remote, and a
+        // third mapping of the first internal endpoint to another remote, on the same port too.
+        let a = session(1, 40_000, 1);
+        let b = session(2, 40_000, 2);
+        let c = session(1, 40_000, 3);
+        let ids: Vec<_> = [a, b, c]
+            .iter()
+            .map(|&s| t.insert_with_new_mapping(s, 30).unwrap())
+            .collect();
+        for (s, id) in [a, b, c].iter().zip(&ids) {
+            assert_eq!(found_both_ways(&t, s), Some(*id));
+            assert_eq!(
+                t.find_by_external(Protocol::Udp, s.external, s.remote),
+                Some(MappingId(id.0))
+            );
+            let hash = t.lookup_hash(true, &s.in_key());
+            assert_eq!(t.find_hashed(true, hash, &s.in_key(), None), Some(*id));
+        }
+        assert_eq!(t.mapping_count(), 3);
+        // A remote none of them talks to finds no mapping on the port.
+        let stranger = session(1, 40_000, 4);
+        assert_eq!(t.find_in(&stranger.in_key()), None);
+        assert_eq!(
+            t.find_by_external(Protocol::Udp, stranger.external, stranger.remote),
+            None
+        );
+        // One goes; the others keep the port.
+        assert!(t.remove(ids[0]).unwrap().1.is_some());
+        assert_eq!(found_both_ways(&t, &a), None);
+        assert_eq!(found_both_ways(&t, &b), Some(ids[1]));
+        assert_eq!(found_both_ways(&t, &c), Some(ids[2]));
+    }
+
+    #[test]
+    fn without_overlapping_the_external_endpoint_alone_finds_the_mapping() {
+        let mut t = NatTable::new(16, 16, APDM, 1, 2);
+        let a = session(1, 40_000, 1);
+        let id = t.insert_with_new_mapping(a, 30).unwrap();
+        // Any remote names the one mapping on the port (filtering then decides).
+        let other = session(1, 40_000, 9);
+        assert_eq!(
+            t.find_by_external(Protocol::Udp, a.external, other.remote),
+            Some(MappingId(id.0))
+        );
+    }
+
     fn behavior() -> impl Strategy<Value = MappingBehavior> {
         prop_oneof![
             Just(EIM),
@@ -1258,7 +1391,7 @@ mod tests {
                 for (&(i, rk), &(x, ref remotes)) in &mappings {
                     let mid = t.find_by_internal(Protocol::Udp, ep(10, i, 5000), rk);
                     prop_assert!(mid.is_some());
-                    prop_assert_eq!(mid, t.find_by_external(Protocol::Udp, ep(198, 1, x)));
+                    prop_assert_eq!(mid, t.find_by_external(Protocol::Udp, ep(198, 1, x), rk));
                     let m = t.mapping(mid.unwrap());
                     prop_assert_eq!(m.sessions as usize, remotes.len());
                 }
