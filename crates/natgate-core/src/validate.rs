@@ -29,6 +29,9 @@ impl Config {
         self.allocation.check(&self.pool)?;
         self.check_memory()?;
         self.check_virtual_servers()?;
+        if let Some(d) = &self.ds_lite {
+            d.check()?;
+        }
         Ok(ValidConfig::checked(self))
     }
 
