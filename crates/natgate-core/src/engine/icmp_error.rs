@@ -11,7 +11,7 @@ use crate::alloc::PortAllocator;
 use crate::config::Hairpinning;
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
-use crate::table::FlowKey;
+use crate::table::{FlowKey, SoftwireTag};
 use crate::verdict::Verdict;
 use crate::wire::checksum::{self, Delta};
 use crate::wire::icmp::{self, IcmpKind};
@@ -173,6 +173,7 @@ impl<A: PortAllocator> Engine<A> {
         );
         let key = FlowKey {
             proto: inner.proto,
+            softwire: SoftwireTag::NONE,
             local: inner.src,
             remote,
         };
@@ -219,6 +220,7 @@ impl<A: PortAllocator> Engine<A> {
         );
         let key = FlowKey {
             proto: inner.proto,
+            softwire: SoftwireTag::NONE,
             local: inner.dst,
             remote,
         };

@@ -37,7 +37,9 @@ use crate::fragment::{
     ClaimError, FragmentKey, FragmentLimits, FragmentTracker, FragmentTranslation,
 };
 use crate::rng::Rng;
-use crate::table::{AddressFilter, ExplicitTable, FlowKey, Mapping, NatTable, Session, SessionId};
+use crate::table::{
+    AddressFilter, ExplicitTable, FlowKey, Mapping, NatTable, Session, SessionId, SoftwireTag,
+};
 use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -864,11 +866,13 @@ fn lane_key(side: Side, head: &FlowHead) -> FlowKey {
     match side {
         Side::Inside => FlowKey {
             proto: head.proto,
+            softwire: SoftwireTag::NONE,
             local: head.src,
             remote: head.dst,
         },
         Side::Outside => FlowKey {
             proto: head.proto,
+            softwire: SoftwireTag::NONE,
             local: head.dst,
             remote: head.src,
         },

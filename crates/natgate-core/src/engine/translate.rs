@@ -9,7 +9,7 @@ use crate::config::{FailureAnswer, FilteringBehavior, Hairpinning, MappingBehavi
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::{EndReason, Event};
-use crate::table::{FlowKey, Mapping, MappingId, Session, SessionId};
+use crate::table::{FlowKey, Mapping, MappingId, Session, SessionId, SoftwireTag};
 use crate::tcp_state::TcpState;
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -42,6 +42,7 @@ impl<A: PortAllocator> Engine<A> {
         }
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.src,
             remote: p.dst,
         };
@@ -87,6 +88,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Verdict {
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.dst,
             remote: p.src,
         };
@@ -133,6 +135,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Verdict {
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.dst,
             remote: p.src,
         };
@@ -219,6 +222,7 @@ impl<A: PortAllocator> Engine<A> {
         // The look-up that just missed read this bucket: the mapping probe hits the cache.
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.src,
             remote: p.dst,
         };
@@ -297,6 +301,7 @@ impl<A: PortAllocator> Engine<A> {
             remote_key: self.sessions.remote_key(remote),
             proto,
             sessions: 0,
+            softwire: key.softwire,
         };
         let s = self.session_record(now, &mapping, remote, Direction::Outbound, tcp_flags);
         let due = session_due(&self.behavior, &s);
@@ -374,6 +379,7 @@ impl<A: PortAllocator> Engine<A> {
             flags: 0,
             last_seen: now.as_secs(),
             mapping: MappingId(u32::MAX),
+            softwire: m.softwire,
         }
     }
 
@@ -432,6 +438,7 @@ impl<A: PortAllocator> Engine<A> {
         if self.behavior.mapping != MappingBehavior::EndpointIndependent {
             let pair = FlowKey {
                 proto: p.proto,
+                softwire: SoftwireTag::NONE,
                 local: self.sessions.mapping(mid).internal,
                 remote: p.src,
             };
