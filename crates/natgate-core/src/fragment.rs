@@ -47,6 +47,9 @@ pub struct FragmentTranslation {
     pub new_dst: Ipv4Addr,
     /// The side the fragments leave from (the arrival side's opposite, or the same for hairpin).
     pub out_side: Side,
+    /// The softwire (DS-Lite) of the subscriber the fragments go to, when they leave on the
+    /// inside in an IPv6 header to its B4.
+    pub softwire: crate::table::SoftwireTag,
 }
 
 /// Bounds on fragment state, all reserved up front by [`FragmentTracker::new`].
@@ -499,6 +502,7 @@ mod tests {
             new_src: Ipv4Addr::new(198, 51, 100, 7),
             new_dst: Ipv4Addr::new(10, 0, 0, 2),
             out_side: Side::Inside,
+            softwire: crate::table::SoftwireTag::NONE,
         }
     }
 

@@ -13,7 +13,7 @@ use crate::alloc::{AllocError, AllocRequest, PortAllocator};
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::event::Event;
-use crate::table::{ExplicitMapping, MappingOrigin, RemotePeer, StaticOrigin};
+use crate::table::{ExplicitMapping, MappingOrigin, RemotePeer, SoftwireTag, StaticOrigin};
 use crate::time::Instant;
 use core::time::Duration;
 
@@ -104,7 +104,7 @@ impl<A: PortAllocator> Engine<A> {
         let external = match allocated {
             Ok(e) => e,
             Err(e) => {
-                self.unadmit(req.internal.addr, req.proto);
+                self.unadmit(SoftwireTag::NONE, req.internal.addr, req.proto);
                 return Err(MapError::NoResources(match e {
                     AllocError::Exhausted | AllocError::PairedAddressFull => {
                         DropReason::MappingFailed
@@ -231,7 +231,7 @@ impl<A: PortAllocator> Engine<A> {
         });
         self.alloc.release(proto, internal, m.external, now);
         self.drain_alloc_events();
-        self.unadmit(internal.addr, proto);
+        self.unadmit(SoftwireTag::NONE, internal.addr, proto);
         self.emit(Event::ExplicitMappingDeleted {
             at: now,
             proto,

@@ -14,6 +14,7 @@
 //! (property-tested); BENCHMARKS.md has the figures.
 
 mod answer_limit;
+mod ds_lite;
 mod explicit;
 mod host;
 pub(crate) mod icmp_error;
@@ -24,6 +25,7 @@ pub(crate) mod packet;
 mod queues;
 mod reload;
 mod report_limit;
+mod softwire;
 mod static_nat;
 mod subscriber;
 mod translate;
@@ -56,6 +58,7 @@ pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStat
 pub use operator::{Ended, NoSuchSession};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
+pub use softwire::SoftwireInfo;
 
 /// The engine's tables could not be allocated: the machine cannot give the memory the config
 /// asks for.
@@ -147,6 +150,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     address_filter: Option<AddressFilter>,
     /// Present only when a per-subscriber limit is configured.
     subscribers: Option<SubscriberTable>,
+    /// Present only when DS-Lite is configured: the softwires, which are subscribers too.
+    softwires: Option<softwire::Softwires>,
     alloc: A,
     rng: Rng,
     fragments: FragmentTracker,
@@ -225,6 +230,10 @@ impl<A: PortAllocator> Engine<A> {
             inside_address: cfg.inside_address,
             sessions,
             subscribers: SubscriberTable::new(limits.subscriber),
+            softwires: cfg
+                .ds_lite
+                .as_ref()
+                .map(|d| softwire::Softwires::new(d, Instant::ZERO)),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
             alloc,
@@ -353,7 +362,10 @@ impl<A: PortAllocator> Engine<A> {
                     let found = self
                         .sessions
                         .find_hashed(inbound, hash, &key, candidates[i]);
-                    if let Some(sid) = found {
+                    // A session behind a softwire leaves encapsulated: not the lane's rewrite.
+                    if let Some(sid) = found
+                        && !self.sessions.get(sid).softwire.is_some()
+                    {
                         // The established-flow fast path: what `process_parsed` does for
                         // this packet, without the checks that cannot apply to it.
                         let s = self.sessions.get(sid);
@@ -407,6 +419,9 @@ impl<A: PortAllocator> Engine<A> {
     fn account(&mut self, side: Side, len: usize, verdict: Verdict) {
         match verdict {
             Verdict::Forward(_) => self.counters.count_forward(side.arrival_direction(), len),
+            Verdict::ForwardAt { len, .. } => {
+                self.counters.count_forward(side.arrival_direction(), len);
+            }
             Verdict::Drop(reason) => self.counters.count_drop(reason),
             // The answer itself (ICMP error or TCP reset) was counted where it was built.
             Verdict::Reply { reason, .. } => self.counters.count_drop(reason),
@@ -451,7 +466,8 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Verdict {
         // A source outside the subscriber networks is dropped before anything else: no state,
         // no answer (an answer would go to an address that is not there).
-        if side == Side::Inside && !self.source_is_inside(p.src.addr) {
+        // (A softwire's inner sources were checked against its own prefixes.)
+        if side == Side::Inside && !p.softwire.is_some() && !self.source_is_inside(p.src.addr) {
             return Verdict::Drop(DropReason::SourceNotInside);
         }
         // Static rules and virtual servers may own addresses outside the pool.
@@ -536,6 +552,7 @@ impl<A: PortAllocator> Engine<A> {
                 new_src: p.src.addr,
                 new_dst: p.dst.addr,
                 out_side,
+                softwire: p.softwire,
             };
             self.fragments.record_first(frag_key, tr, now);
             if !claimed {
@@ -545,7 +562,10 @@ impl<A: PortAllocator> Engine<A> {
             }
             self.release_held_fragments(&frag_key, tr);
         }
-        verdict
+        match verdict {
+            Verdict::Forward(Side::Inside) if p.softwire.is_some() => self.send_to_b4(buf, &p),
+            v => v,
+        }
     }
 
     /// Whether `src` may be translated from the inside: it is in an inside network, or none
@@ -568,6 +588,9 @@ impl<A: PortAllocator> Engine<A> {
             packet::rewrite_addr(buf, Which::Src, tr.new_src);
             packet::rewrite_addr(buf, Which::Dst, tr.new_dst);
             packet::step_ttl(buf, self.behavior.ttl);
+            if tr.out_side == Side::Inside && tr.softwire.is_some() {
+                return self.encapsulate_to(buf, p.len, tr.softwire);
+            }
             return Verdict::Forward(tr.out_side);
         }
         match self.fragments.hold(key, &buf[..p.len], now) {
@@ -588,6 +611,11 @@ impl<A: PortAllocator> Engine<A> {
         let clear_df = self.behavior.clear_df;
         let transmit = &mut self.transmit;
         let counters = &mut self.counters;
+        // Fragments for a subscriber behind a softwire leave in an IPv6 header to its B4.
+        let outer = match (tr.out_side, self.softwires.as_ref()) {
+            (Side::Inside, Some(t)) => t.outer_for(tr.softwire),
+            _ => None,
+        };
         self.fragments.release_held(key, |frag| {
             if frag.len() < 20 || ttl.expires(frag[8]) {
                 counters.count_drop(DropReason::TtlExceeded);
@@ -599,7 +627,11 @@ impl<A: PortAllocator> Engine<A> {
             if clear_df {
                 packet::clear_df(frag);
             }
-            if !transmit.push(tr.out_side, frag) {
+            let sent = match &outer {
+                None => transmit.push(tr.out_side, frag),
+                Some(o) => ds_lite::push_encapsulated(transmit, o, frag),
+            };
+            if !sent {
                 counters.count_drop(DropReason::FragmentLimit);
             }
         });
@@ -665,6 +697,7 @@ impl<A: PortAllocator> Engine<A> {
         let mut gone = Gone {
             address_filter: &mut self.address_filter,
             subscribers: &mut self.subscribers,
+            softwires: &mut self.softwires,
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,
@@ -925,6 +958,7 @@ fn session_due(b: &Behavior, s: &Session) -> u32 {
 struct Gone<'a, A: PortAllocator> {
     address_filter: &'a mut Option<AddressFilter>,
     subscribers: &'a mut Option<SubscriberTable>,
+    softwires: &'a mut Option<softwire::Softwires>,
     alloc: &'a mut A,
     events: &'a mut EventQueue,
     counters: &'a mut Counters,
@@ -951,8 +985,14 @@ impl<A: PortAllocator> Gone<'_, A> {
         if let Some(f) = self.address_filter.as_mut() {
             f.remove(s.proto, s.external, s.remote.addr);
         }
-        if let Some(subs) = self.subscribers.as_mut() {
-            subs.release(s.internal.addr, s.proto);
+        match (s.softwire.get(), self.softwires.as_mut()) {
+            (Some(id), Some(t)) => t.release(id, s.proto),
+            (Some(_), None) => {}
+            (None, _) => {
+                if let Some(subs) = self.subscribers.as_mut() {
+                    subs.release(s.internal.addr, s.proto);
+                }
+            }
         }
         if let Some(m) = mapping {
             self.alloc

@@ -106,6 +106,7 @@ impl<A: PortAllocator> Engine<A> {
         let mut gone = Gone {
             address_filter: &mut self.address_filter,
             subscribers: &mut self.subscribers,
+            softwires: &mut self.softwires,
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,

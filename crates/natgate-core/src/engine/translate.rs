@@ -42,7 +42,7 @@ impl<A: PortAllocator> Engine<A> {
         }
         let key = FlowKey {
             proto: p.proto,
-            softwire: SoftwireTag::NONE,
+            softwire: p.softwire,
             local: p.src,
             remote: p.dst,
         };
@@ -58,8 +58,12 @@ impl<A: PortAllocator> Engine<A> {
                 sid
             }
             None => {
-                // Static rules win over dynamic NAPT for new flows (issue 4).
-                if let Some(v) = self.static_outbound(now, buf, p, hairpin) {
+                // Static rules win over dynamic NAPT for new flows. They name inside addresses,
+                // which behind softwires are private space every home reuses: a softwire's
+                // flows are dynamic only.
+                if !p.softwire.is_some()
+                    && let Some(v) = self.static_outbound(now, buf, p, hairpin)
+                {
                     return v;
                 }
                 match self.new_outbound_session(now, p) {
@@ -118,7 +122,14 @@ impl<A: PortAllocator> Engine<A> {
                 }
             }
         };
-        let internal = self.sessions.get(sid).internal;
+        let s = self.sessions.get(sid);
+        let internal = s.internal;
+        p.softwire = s.softwire;
+        if p.softwire.is_some()
+            && let Some(v) = self.softwire_refuses_too_big(now, buf, p, p.softwire)
+        {
+            return v;
+        }
         packet::translate(buf, p, Which::Dst, internal, self.behavior.ttl);
         Verdict::Forward(Side::Inside)
     }
@@ -161,9 +172,18 @@ impl<A: PortAllocator> Engine<A> {
                 }
             }
         };
-        let target = self.sessions.get(sid).internal;
+        let s = self.sessions.get(sid);
+        let target = s.internal;
+        let sender_softwire = p.softwire;
+        p.softwire = s.softwire;
         packet::rewrite(buf, p, Which::Dst, target);
-        if self.behavior.hairpinning == Hairpinning::InternalSource {
+        // An internal source is only meaningful where both ends share one private address
+        // space; a softwire's private space is its home's alone, so to or from a softwire the
+        // source stays external (RFC 4787 REQ-9a).
+        if self.behavior.hairpinning == Hairpinning::InternalSource
+            && !sender_softwire.is_some()
+            && !p.softwire.is_some()
+        {
             packet::rewrite(buf, p, Which::Src, sender_internal);
         }
         self.counters.hairpinned_packets += 1;
@@ -204,7 +224,8 @@ impl<A: PortAllocator> Engine<A> {
             }
         }
         // A packet the fast path could have carried came here: it may not carry the flow yet.
-        if self.offload.is_some() && s.flags & OFFLOADED == 0 {
+        // A softwire's flows leave encapsulated, which a fast path for NAPT44 cannot do.
+        if self.offload.is_some() && s.flags & OFFLOADED == 0 && !s.softwire.is_some() {
             self.update_offload(sid);
         }
     }
@@ -216,13 +237,11 @@ impl<A: PortAllocator> Engine<A> {
             return Err(DropReason::TcpNoSession);
         }
         // Limits first (RFC 6888 REQ-4, REQ-5), so a refused flow costs no port.
-        if let Some(subs) = self.subscribers.as_mut() {
-            subs.admit(p.src.addr, p.proto, now, true)?;
-        }
+        self.admit(p.softwire, p.src.addr, p.proto, now, true)?;
         // The look-up that just missed read this bucket: the mapping probe hits the cache.
         let key = FlowKey {
             proto: p.proto,
-            softwire: SoftwireTag::NONE,
+            softwire: p.softwire,
             local: p.src,
             remote: p.dst,
         };
@@ -242,16 +261,47 @@ impl<A: PortAllocator> Engine<A> {
                 Ok(sid)
             }
             Err(reason) => {
-                self.unadmit(p.src.addr, p.proto);
+                self.unadmit(p.softwire, p.src.addr, p.proto);
                 Err(reason)
             }
         }
     }
 
+    /// Charges a new `proto` session to its subscriber's limits: those of the softwire its
+    /// internal side is behind, else those of the IPv4 subscriber `addr`.
+    pub(super) fn admit(
+        &mut self,
+        softwire: SoftwireTag,
+        addr: std::net::Ipv4Addr,
+        proto: Protocol,
+        now: Instant,
+        opened_by_subscriber: bool,
+    ) -> Result<(), DropReason> {
+        match (softwire.get(), self.softwires.as_mut()) {
+            (Some(id), Some(t)) => t.admit(id, proto, now, opened_by_subscriber),
+            (Some(_), None) => Err(DropReason::DsLiteOff),
+            (None, _) => match self.subscribers.as_mut() {
+                Some(subs) => subs.admit(addr, proto, now, opened_by_subscriber),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Gives back the charge of a session `admit`ted but never made.
-    pub(super) fn unadmit(&mut self, subscriber: std::net::Ipv4Addr, proto: Protocol) {
-        if let Some(subs) = self.subscribers.as_mut() {
-            subs.release(subscriber, proto);
+    pub(super) fn unadmit(
+        &mut self,
+        softwire: SoftwireTag,
+        addr: std::net::Ipv4Addr,
+        proto: Protocol,
+    ) {
+        match (softwire.get(), self.softwires.as_mut()) {
+            (Some(id), Some(t)) => t.release(id, proto),
+            (Some(_), None) => {}
+            (None, _) => {
+                if let Some(subs) = self.subscribers.as_mut() {
+                    subs.release(addr, proto);
+                }
+            }
         }
     }
 
@@ -436,10 +486,11 @@ impl<A: PortAllocator> Engine<A> {
         // through another of its mappings; a second session for the pair would make its
         // outbound key ambiguous, so the packet is refused.
         if self.behavior.mapping != MappingBehavior::EndpointIndependent {
+            let m = self.sessions.mapping(mid);
             let pair = FlowKey {
                 proto: p.proto,
-                softwire: SoftwireTag::NONE,
-                local: self.sessions.mapping(mid).internal,
+                softwire: m.softwire,
+                local: m.internal,
                 remote: p.src,
             };
             if self.sessions.find_out(&pair).is_some() {
@@ -448,16 +499,15 @@ impl<A: PortAllocator> Engine<A> {
         }
         // Sessions that inbound packets open count against the subscriber's quota too (state
         // memory, RFC 6888 REQ-5), but not against its creation rate.
-        let internal = self.sessions.mapping(mid).internal;
-        if let Some(subs) = self.subscribers.as_mut()
-            && let Err(reason) = subs.admit(internal.addr, p.proto, now, false)
-        {
+        let m = self.sessions.mapping(mid);
+        let internal = m.internal;
+        if let Err(reason) = self.admit(m.softwire, internal.addr, p.proto, now, false) {
             return Err(self.inbound_refused(now, p, internal, reason));
         }
         match self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags) {
             Ok(sid) => Ok(sid),
             Err(reason) => {
-                self.unadmit(internal.addr, p.proto);
+                self.unadmit(m.softwire, internal.addr, p.proto);
                 Err(self.inbound_refused(now, p, internal, reason))
             }
         }

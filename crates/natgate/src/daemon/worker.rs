@@ -367,6 +367,8 @@ impl Worker {
             let out = match verdicts[j] {
                 Verdict::Forward(_) => Some(&slot[..lens[i]]),
                 Verdict::Reply { len, .. } => Some(&slot[..len]),
+                // A packet that entered or left a DS-Lite softwire.
+                Verdict::ForwardAt { start, len, .. } => slot.get(start..start + len),
                 // The host's own (a home gateway's address): back to the kernel, which
                 // delivers it locally.
                 Verdict::ToHost => Some(&slot[..lens[i]]),
