@@ -9,6 +9,7 @@
 //! inbound ports than it could open outbound flows.
 
 use super::Engine;
+use crate::alloc::SubscriberId;
 use crate::alloc::{AllocError, AllocRequest, PortAllocator};
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol};
@@ -97,6 +98,7 @@ impl<A: PortAllocator> Engine<A> {
         let alloc_req = AllocRequest {
             proto: req.proto,
             internal: req.internal,
+            subscriber: SubscriberId::of(req.internal),
             now,
         };
         let allocated = self.alloc.allocate(&alloc_req, &mut self.rng);
@@ -229,7 +231,8 @@ impl<A: PortAllocator> Engine<A> {
                 && s.proto == proto
                 && s.inside_local == internal
         });
-        self.alloc.release(proto, internal, m.external, now);
+        self.alloc
+            .release(proto, SubscriberId::of(internal), m.external, now);
         self.drain_alloc_events();
         self.unadmit(SoftwireTag::NONE, internal.addr, proto);
         self.emit(Event::ExplicitMappingDeleted {

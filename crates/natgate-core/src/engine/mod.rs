@@ -985,6 +985,9 @@ impl<A: PortAllocator> Gone<'_, A> {
         if let Some(f) = self.address_filter.as_mut() {
             f.remove(s.proto, s.external, s.remote.addr);
         }
+        // Named before the softwire's last session is released, which forgets the softwire.
+        let subscriber =
+            mapping.map(|m| softwire::subscriber_of(self.softwires, m.softwire, m.internal));
         match (s.softwire.get(), self.softwires.as_mut()) {
             (Some(id), Some(t)) => t.release(id, s.proto),
             (Some(_), None) => {}
@@ -994,9 +997,9 @@ impl<A: PortAllocator> Gone<'_, A> {
                 }
             }
         }
-        if let Some(m) = mapping {
+        if let (Some(m), Some(subscriber)) = (mapping, subscriber) {
             self.alloc
-                .release(m.proto, m.internal, m.external, self.now);
+                .release(m.proto, subscriber, m.external, self.now);
             self.counters.mappings_deleted += 1;
             self.event(Event::MappingDeleted {
                 at: self.now,

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::alloc::SubscriberId;
 use crate::config::{DsLite, MIN_SOFTWIRE_MTU, SoftwireLimits, TooBig};
 use crate::counters::DropReason;
-use crate::endpoint::{Ipv4Prefix, Ipv6Prefix, Protocol};
+use crate::endpoint::{Endpoint, Ipv4Prefix, Ipv6Prefix, Protocol};
 use crate::table::{SoftwireId, SoftwireTag};
 use crate::time::Instant;
 use crate::wire::tunnel::Outer;
@@ -297,6 +298,23 @@ impl Softwires {
             + core::mem::size_of::<(Ipv6Addr, SoftwireId)>()
             + 1
             + core::mem::size_of::<SoftwireId>())
+    }
+}
+
+/// Who a mapping of `internal` behind softwire `tag` is charged to: the softwire, named by its
+/// B4, or the plain IPv4 subscriber. A live session keeps its softwire in the table, so a
+/// tagged mapping always finds its B4; the IPv4 fallback is never taken while that holds.
+pub(crate) fn subscriber_of(
+    softwires: &Option<Softwires>,
+    tag: SoftwireTag,
+    internal: Endpoint,
+) -> SubscriberId {
+    match (tag.get(), softwires.as_ref()) {
+        (Some(id), Some(t)) => match t.slot(id) {
+            Some(s) => SubscriberId::Softwire { b4: s.b4, id },
+            None => SubscriberId::of(internal),
+        },
+        _ => SubscriberId::of(internal),
     }
 }
 

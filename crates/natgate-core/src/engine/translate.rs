@@ -316,9 +316,11 @@ impl<A: PortAllocator> Engine<A> {
         tcp_flags: u8,
     ) -> Result<SessionId, DropReason> {
         let (proto, internal, remote) = (key.proto, key.local, key.remote);
+        let subscriber = super::softwire::subscriber_of(&self.softwires, key.softwire, internal);
         let req = AllocRequest {
             proto,
             internal,
+            subscriber,
             now,
         };
         let allocated = self.alloc.allocate(&req, &mut self.rng);
@@ -335,7 +337,7 @@ impl<A: PortAllocator> Engine<A> {
             AllocError::OtherShare => DropReason::WrongShard,
         })?;
         if self.sessions.mappings_full() {
-            self.alloc.release(proto, internal, external, now);
+            self.alloc.release(proto, subscriber, external, now);
             return Err(DropReason::MappingTableFull);
         }
         self.counters.mappings_created += 1;
@@ -366,7 +368,8 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Removes a mapping made for a session that could not be made after all.
     fn delete_unused_mapping(&mut self, now: Instant, m: Mapping) {
-        self.alloc.release(m.proto, m.internal, m.external, now);
+        let subscriber = super::softwire::subscriber_of(&self.softwires, m.softwire, m.internal);
+        self.alloc.release(m.proto, subscriber, m.external, now);
         self.drain_alloc_events();
         // Counted as made and deleted, like its two events, so counters and logs agree.
         self.counters.mappings_deleted += 1;

@@ -583,7 +583,11 @@ fn live_holders(
     let Some(owner) = blocks.owner_of(at) else {
         return Vec::new();
     };
-    let natgate_core::alloc::SubscriberId::Ipv4(subscriber) = owner;
+    // Port blocks of softwires are named by their B4, which a holder record has no room for
+    // until the daemon serves DS-Lite.
+    let natgate_core::alloc::SubscriberId::Ipv4(subscriber) = owner else {
+        return Vec::new();
+    };
     blocks
         .blocks_of(owner)
         .into_iter()

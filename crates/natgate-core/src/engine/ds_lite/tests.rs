@@ -4,8 +4,8 @@
 
 use super::super::tests::{Pkt, assert_checksums, endpoints, ep, tcp, udp};
 use super::*;
-use crate::alloc::DynamicAllocator;
-use crate::config::{Config, DsLite, SoftwireLimits, SoftwireSpec};
+use crate::alloc::{ConfiguredAllocator, DynamicAllocator, Share, SubscriberId};
+use crate::config::{Allocation, Config, DsLite, PortBlockSpec, SoftwireLimits, SoftwireSpec};
 use crate::endpoint::{Endpoint, Ipv4Prefix};
 use crate::wire::ipv6::Ipv6Packet;
 use etherparse::{Ipv4Header, PacketBuilder, TcpHeader, TcpOptionElement};
@@ -72,8 +72,8 @@ fn unwrap(bytes: &[u8]) -> (Ipv6Addr, &[u8]) {
 
 /// Sends `inner` from `b4` through its softwire; returns the verdict and, when forwarded, the
 /// translated packet's bytes.
-fn from_b4(
-    e: &mut Engine<DynamicAllocator>,
+fn from_b4<A: PortAllocator>(
+    e: &mut Engine<A>,
     now: Instant,
     b4: Ipv6Addr,
     inner: &Pkt,
@@ -154,6 +154,53 @@ fn rfc6333_two_homes_with_one_private_address_are_two_subscribers() {
     let again = open(&mut e, B4A, 5000);
     assert_eq!(again, xa);
     assert_eq!(e.counters().forwarded_packets, [3, 2]);
+}
+
+/// RFC 6888 REQ-2 and REQ-4 with the softwire as the subscriber: each home gets port blocks
+/// of its own, logged under its B4, and its block limit is its own.
+#[test]
+fn port_blocks_are_per_softwire_and_logged_under_the_b4() {
+    let mut c = Config::new(vec![POOL], INSIDE);
+    c.limits.max_sessions = 256;
+    c.limits.max_mappings = 256;
+    c.allocation = Allocation::PortBlock(PortBlockSpec {
+        block_size: 2,
+        max_blocks_per_subscriber: 1,
+    });
+    c.ds_lite = Some(DsLite::new(
+        AFTR,
+        vec!["2001:db8:1::/48".parse().expect("prefix")],
+    ));
+    let cfg = c.validate().expect("valid");
+    let alloc = ConfiguredAllocator::from_config(&cfg, Share::WHOLE).expect("allocator");
+    let mut e = Engine::with_allocator(cfg, alloc, 7);
+    let q = |port| udp(ep(HOME, port), ep(WAN, 53), b"q");
+    let mut blocks = Vec::new();
+    for b4 in [B4A, B4B] {
+        let (v, out) = from_b4(&mut e, t(1), b4, &q(1));
+        assert!(matches!(v, Verdict::ForwardAt { .. }), "{v:?}");
+        blocks.push(endpoints(&out).0.port / 2);
+        let (v, _) = from_b4(&mut e, t(1), b4, &q(2));
+        assert!(matches!(v, Verdict::ForwardAt { .. }), "{v:?}");
+        // The block holds two ports; the third flow of this home is over its limit.
+        let (v, _) = from_b4(&mut e, t(1), b4, &q(3));
+        assert_eq!(v.drop_reason(), Some(DropReason::SubscriberPortLimit));
+    }
+    assert_ne!(blocks[0], blocks[1], "a block each");
+    let owners: Vec<_> = std::iter::from_fn(|| e.poll_event())
+        .filter_map(|ev| match ev {
+            crate::event::Event::PortBlockAllocated { subscriber, .. } => Some(subscriber),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(owners.len(), 2);
+    for (owner, b4) in owners.iter().zip([B4A, B4B]) {
+        assert!(
+            matches!(owner, SubscriberId::Softwire { b4: x, .. } if *x == b4),
+            "{owner:?}"
+        );
+        assert_eq!(owner.to_string(), b4.to_string());
+    }
 }
 
 /// The batch path's fast lane rewrites in place; a reply to a softwire must leave it and come
