@@ -35,6 +35,9 @@ pub struct FragmentKey {
     pub proto: u8,
     /// The IPv4 identification field.
     pub ident: u16,
+    /// The softwire the fragments came through: homes behind two B4s may send datagrams with
+    /// the same addresses and identification at once.
+    pub softwire: crate::table::SoftwireTag,
 }
 
 /// What the first fragment's translation did to the IP addresses; later fragments get the same
@@ -494,6 +497,7 @@ mod tests {
             dst: Ipv4Addr::new(203, 0, 113, 1),
             proto: 17,
             ident,
+            softwire: crate::table::SoftwireTag::NONE,
         }
     }
 

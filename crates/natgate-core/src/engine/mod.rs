@@ -520,6 +520,7 @@ impl<A: PortAllocator> Engine<A> {
             dst: p.dst.addr,
             proto: p.ip_proto(),
             ident: p.ident,
+            softwire: p.softwire,
         };
         // RFC 1858 section 3.2, RFC 3128: a fragment overlapping bytes an earlier one carried is
         // dropped, so no fragment can rewrite a transport header already translated.

@@ -203,6 +203,66 @@ fn port_blocks_are_per_softwire_and_logged_under_the_b4() {
     }
 }
 
+/// Splits a UDP datagram of `Pkt` after its first 24 payload bytes of IPv4 into two fragments
+/// with identification `ident`.
+fn split(p: &Pkt, ident: u16) -> (Pkt, Pkt) {
+    let (mut ip, rest) = Ipv4Header::from_slice(p.bytes()).expect("ipv4");
+    ip.identification = ident;
+    ip.dont_fragment = false;
+    let mut piece = |more: bool, offset: u16, data: &[u8]| {
+        ip.more_fragments = more;
+        ip.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
+        ip.set_payload_len(data.len()).expect("len");
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut v = Vec::new();
+        ip.write(&mut v).expect("write");
+        v.extend_from_slice(data);
+        Pkt::new(&v)
+    };
+    (piece(true, 0, &rest[..24]), piece(false, 3, &rest[24..]))
+}
+
+/// Inner IPv4 fragments from two homes with the same addresses and identification are two
+/// datagrams: each later fragment follows its own first one out, from its own external
+/// address and port's address.
+#[test]
+fn inner_fragments_of_two_homes_stay_apart() {
+    let mut e = engine();
+    let q = udp(ep(HOME, 5000), ep(WAN, 53), &[1u8; 40]);
+    let mut firsts = Vec::new();
+    for b4 in [B4A, B4B] {
+        let (first, _) = split(&q, 7);
+        let (v, out) = from_b4(&mut e, t(1), b4, &first);
+        assert!(
+            matches!(
+                v,
+                Verdict::ForwardAt {
+                    side: Side::Outside,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        firsts.push(out);
+    }
+    for (b4, first) in [B4A, B4B].into_iter().zip(&firsts) {
+        let (_, later) = split(&q, 7);
+        let (v, out) = from_b4(&mut e, t(1), b4, &later);
+        assert!(
+            matches!(
+                v,
+                Verdict::ForwardAt {
+                    side: Side::Outside,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        assert_eq!(out[12..16], first[12..16], "the first fragment's source");
+    }
+    assert_eq!(e.counters().drops(DropReason::FragmentOverlap), 0);
+}
+
 /// The batch path's fast lane rewrites in place; a reply to a softwire must leave it and come
 /// out encapsulated like one `process` handles.
 #[test]
