@@ -278,6 +278,11 @@ impl<A: PortAllocator> Engine<A> {
         Verdict::Drop(DropReason::Icmpv6ToAftr)
     }
 
+    /// The B4 of the softwire a session's tag names.
+    pub(super) fn b4_of(&self, tag: SoftwireTag) -> Option<std::net::Ipv6Addr> {
+        Some(self.softwires.as_ref()?.endpoint_of(tag)?.0)
+    }
+
     /// Softwires tracked now (configured ones, and automatic ones with sessions).
     pub fn softwire_count(&self) -> usize {
         self.softwires.as_ref().map_or(0, |t| t.len())

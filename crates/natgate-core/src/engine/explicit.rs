@@ -208,6 +208,7 @@ impl<A: PortAllocator> Engine<A> {
                 origin: m.origin,
                 expires: m.expires,
             }),
+            softwire: None,
         })
     }
 

@@ -113,6 +113,9 @@ pub struct SessionInfo {
     pub expires: Instant,
     /// What made it.
     pub origin: SessionOrigin,
+    /// The B4 whose softwire the subscriber is behind (DS-Lite); `None` for a plain IPv4
+    /// subscriber. `internal` is then private space of that home.
+    pub softwire: Option<std::net::Ipv6Addr>,
 }
 
 /// A mapping as shown to operators.
@@ -129,6 +132,9 @@ pub struct MappingInfo {
     /// For an explicit mapping (PCP, NAT-PMP): who asked for it and when it ends; `None` for
     /// a mapping that outbound packets made.
     pub explicit: Option<ExplicitInfo>,
+    /// The B4 whose softwire the subscriber is behind (DS-Lite); `None` for a plain IPv4
+    /// subscriber.
+    pub softwire: Option<std::net::Ipv6Addr>,
 }
 
 /// What an explicit mapping adds to a [`MappingInfo`].
@@ -824,6 +830,7 @@ impl<A: PortAllocator> Engine<A> {
             last_seen: Instant::from_secs(u64::from(s.last_seen)),
             expires: Instant::from_secs(u64::from(s.last_seen) + u64::from(idle_timeout(&b, s))),
             origin: SessionOrigin::Dynamic,
+            softwire: self.b4_of(s.softwire),
         });
         dynamic.chain(self.static_sessions())
     }
@@ -838,6 +845,7 @@ impl<A: PortAllocator> Engine<A> {
                 external: m.external,
                 sessions: m.sessions,
                 explicit: None,
+                softwire: self.b4_of(m.softwire),
             })
             .chain(self.explicit_infos())
     }

@@ -894,6 +894,7 @@ impl<A: PortAllocator> Engine<A> {
                     u64::from(s.last_seen) + u64::from(idle_timeout(&b, s)),
                 ),
                 origin: s.origin.into(),
+                softwire: None,
             })
     }
 

@@ -135,6 +135,13 @@ fn rfc6333_two_homes_with_one_private_address_are_two_subscribers() {
     let xb = open(&mut e, B4B, 5000);
     assert_ne!(xa, xb, "separate mappings");
     assert_eq!(e.mapping_count(), 2);
+    // Operators see whose softwire each is behind.
+    let mut seen: Vec<_> = e.sessions().map(|s| (s.external, s.softwire)).collect();
+    seen.sort();
+    let mut want = vec![(xa, Some(B4A)), (xb, Some(B4B))];
+    want.sort();
+    assert_eq!(seen, want);
+    assert!(e.mappings().all(|m| m.softwire.is_some()));
     assert_eq!(e.softwire_count(), 2);
     for (x, b4) in [(xa, B4A), (xb, B4B)] {
         let (v, out) = plain(&mut e, t(2), Side::Outside, udp(ep(WAN, 53), x, b"answer"));
