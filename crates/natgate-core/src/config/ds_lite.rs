@@ -19,7 +19,7 @@ use crate::wire::ipv6::HEADER_LEN as IPV6_HEADER_LEN;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DsLite {
     /// The AFTR's endpoint address: B4s send their softwire packets to it, and packets to B4s
-    /// leave from it (RFC 6333 section 5.1).
+    /// leave from it (RFC 6333 section 5.2).
     pub endpoint: Ipv6Addr,
     /// B4 addresses that may make softwires on their own (the AFTR's `acl6`). A packet from
     /// any other B4 is dropped and counted, unless the B4 has a configured softwire.

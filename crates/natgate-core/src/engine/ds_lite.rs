@@ -89,7 +89,8 @@ impl<A: PortAllocator> Engine<A> {
         let Some(sw) = self.softwires.as_ref() else {
             return Verdict::Drop(DropReason::DsLiteOff);
         };
-        // RFC 6333 section 5.7 lets a B4 use private space only; anything else is spoofed.
+        // A home behind a B4 uses private space (the ISC AFTR's `private`); anything else is
+        // spoofed or misconfigured, and makes no state.
         if !sw.allows_inner_source(p.src.addr) {
             return Verdict::Drop(DropReason::SoftwireSourceNotPrivate);
         }

@@ -969,7 +969,7 @@ mod tests {
         }
     }
 
-    /// RFC 6333 section 6.1: two homes behind different B4s with the same private endpoint
+    /// RFC 6333 section 6.6 (the extended binding table): two homes behind different B4s with the same private endpoint
     /// and remote are two flows, with two mappings; each is found only under its softwire.
     #[test]
     fn the_softwire_separates_equal_internal_endpoints() {

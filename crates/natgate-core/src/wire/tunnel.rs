@@ -1,4 +1,4 @@
-//! IPv4-in-IPv6 tunnelling (RFC 2473) as DS-Lite softwires use it (RFC 6333 section 5.1):
+//! IPv4-in-IPv6 tunnelling (RFC 2473) as DS-Lite softwires use it (RFC 6333 section 5.2):
 //! what an IPv6 packet from a B4 carries, an IPv6 header put in front of an IPv4 packet for a
 //! B4, and the IPv6 fragments of a tunnel packet that does not fit the path (RFC 6333 section
 //! 5.3 prefers fragmenting the tunnel packet to dropping the IPv4 one).

@@ -126,7 +126,7 @@ fn open(e: &mut Engine<DynamicAllocator>, b4: Ipv6Addr, port: u16) -> Endpoint {
     src
 }
 
-/// RFC 6333 section 6.1: two homes behind different B4s, both using 192.168.1.10:5000, get
+/// RFC 6333 section 6.6 (the extended binding table): two homes behind different B4s, both using 192.168.1.10:5000, get
 /// two mappings; each reply returns to its own B4, from the AFTR, with valid checksums.
 #[test]
 fn rfc6333_two_homes_with_one_private_address_are_two_subscribers() {
