@@ -35,8 +35,9 @@ pub enum Verdict {
     },
     /// The packet was dropped and counted under this reason.
     Drop(DropReason),
-    /// The engine kept a copy (an early fragment, or an unsolicited SYN held per RFC 5382 REQ-4).
-    /// It, or an answer to it, may leave later through
+    /// The engine kept a copy (an early fragment, or an unsolicited SYN held per RFC 5382 REQ-4),
+    /// or queued the packet as IPv6 fragments for a B4 (too big for its softwire). It, or an
+    /// answer to it, may leave later through
     /// [`Engine::poll_transmit`](crate::Engine::poll_transmit).
     Held,
     /// Not the NAT's: the packet is for the host the NAT shares its external address with (a

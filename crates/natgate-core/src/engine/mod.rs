@@ -262,7 +262,10 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Translates one packet in place. `buf[..len]` holds an IPv4 datagram that arrived on
-    /// `side`; room after it lets the engine answer in place. See [`Verdict`].
+    /// `side`; room after it lets the engine answer in place, and with DS-Lite put an IPv6
+    /// header in front of a packet for a subscriber behind a softwire (40 bytes; without them
+    /// it is dropped, `no_room_to_encapsulate`). Packets from B4s go to
+    /// [`Self::process_softwire`]. See [`Verdict`].
     pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
         let (verdict, len) = self.process_one(now, side, buf, len);
         if self.behavior.clear_df && matches!(verdict, Verdict::Forward(_)) {
