@@ -11,13 +11,21 @@
 //! When the top bit of `preset` is set the engine also runs static NAT rules and a virtual
 //! server over the same addresses ([`STATIC_RULES`]), so that packets reach the static session
 //! table, exemptions and real-server selection too.
+//!
+//! When bit 6 of `preset` is set the engine is also a DS-Lite AFTR, and packets from the inside
+//! arrive from B4s instead: wrapped in IPv6 from one of [`B4S`] (one outside `acl6`), shaped
+//! ones as softwire packets (sometimes behind a Destination Options header), raw ones behind an
+//! IPv6 header whose next header they choose, so that the IPv6 parser and its extension-header
+//! walk get any bytes. The subscriber addresses behind the B4s are the plain subscribers' own,
+//! so softwire and plain flows share private endpoints. Packets to B4s must be IPv6 from the
+//! AFTR carrying valid IPv4.
 
 use arbitrary::{Arbitrary, Unstructured};
 use natgate_core::config::{Config, Preset};
 use natgate_core::engine::{Engine, PacketBuf, TRANSMIT_SLOT};
 use natgate_core::wire::checksum;
 use natgate_core::{Counters, Direction, Instant, Side, Verdict};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const POOL: [Ipv4Addr; 2] = [
     Ipv4Addr::new(198, 51, 100, 1),
@@ -34,6 +42,13 @@ const REMOTES: [Ipv4Addr; 3] = [
     Ipv4Addr::new(192, 0, 2, 254),
 ];
 const PORTS: [u16; 4] = [5000, 5001, 40000, 53];
+const AFTR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// Two B4s in `acl6`, one outside it.
+const B4S: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 2),
+    Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 2),
+];
 /// Packets the engine forwarded, kept to answer or complain about.
 const HISTORY: usize = 16;
 const MAX_BATCH: usize = 40;
@@ -230,10 +245,16 @@ pub struct Reached {
     pub held: u64,
     /// Packets the engine sent on its own (`poll_transmit`).
     pub transmits: u64,
+    /// Packets that left in IPv6 to a B4.
+    pub to_b4: u64,
 }
 
 struct Harness {
     engine: Engine,
+    /// Inside packets come from B4s ([`B4S`]).
+    ds_lite: bool,
+    /// Counts packets from B4s, to vary how they are wrapped.
+    wrapped: usize,
     now: Instant,
     recent: Vec<Vec<u8>>,
     reached: Reached,
@@ -269,11 +290,29 @@ pub fn run(data: &[u8]) -> Reached {
         c.rules = statics.rule;
         c.virtual_servers = statics.virtual_server;
     }
+    let ds_lite = input.preset & 0x40 != 0;
+    if ds_lite {
+        let mut d = natgate_core::config::DsLite::new(
+            AFTR,
+            vec!["2001:db8:1::/48".parse().expect("prefix")],
+        );
+        d.private.push(
+            natgate_core::endpoint::Ipv4Prefix::new(Ipv4Addr::new(100, 64, 0, 0), 10)
+                .expect("prefix"),
+        );
+        d.max_softwires = 2;
+        d.mtu = 1300;
+        d.limits.max_udp_sessions = 4;
+        d.limits.tcp_rate = 3;
+        c.ds_lite = Some(d);
+    }
     let Ok(config) = c.validate() else {
         panic!("the fuzz config is valid");
     };
     let mut h = Harness {
         engine: Engine::new(config, 1),
+        ds_lite,
+        wrapped: 0,
         now: Instant::ZERO,
         recent: Vec::new(),
         reached: Reached::default(),
@@ -288,6 +327,10 @@ pub fn run(data: &[u8]) -> Reached {
 impl Harness {
     fn step(&mut self, op: &Op) {
         match op {
+            Op::Process {
+                outside: false,
+                packet,
+            } if self.ds_lite => self.from_b4(packet),
             Op::Process { outside, packet } => {
                 let side = side(*outside);
                 let mut buf = self.bytes(packet);
@@ -336,7 +379,12 @@ impl Harness {
             Op::Drain => {
                 let mut buf = [0u8; TRANSMIT_SLOT];
                 while let Some(t) = self.engine.poll_transmit(&mut buf) {
-                    assert_ipv4(&buf[..t.len]);
+                    // IPv6 fragments of a tunnel packet to a B4, or IPv4.
+                    if buf[0] >> 4 == 6 {
+                        let _ = assert_ipv6_to_b4(&buf[..t.len]);
+                    } else {
+                        assert_ipv4(&buf[..t.len]);
+                    }
                     self.reached.transmits += 1;
                 }
                 while self.engine.poll_event().is_some() {}
@@ -377,6 +425,42 @@ impl Harness {
         }
     }
 
+    /// A packet from a B4: wrapped as its kind says, through `process_softwire`.
+    fn from_b4(&mut self, packet: &Packet) {
+        let inner = self.bytes(packet);
+        self.wrapped += 1;
+        let b4 = B4S[self.wrapped % B4S.len()];
+        let mut buf = match packet {
+            // Any bytes behind a fixed header: the next header is the first byte.
+            Packet::Raw { .. } => {
+                let next = inner.first().copied().unwrap_or(4);
+                ipv6(b4, AFTR, next, inner.get(1..).unwrap_or(&[]))
+            }
+            // Every fourth shaped one behind a Destination Options header (PadN).
+            _ if self.wrapped % 4 == 0 => {
+                let mut opts = vec![4, 0, 1, 4, 0, 0, 0, 0];
+                opts.extend_from_slice(&inner);
+                ipv6(b4, AFTR, 60, &opts)
+            }
+            _ => ipv6(b4, AFTR, 4, &inner),
+        };
+        let len = buf.len();
+        buf.resize(len.max(TRANSMIT_SLOT) + 40, 0);
+        let before = self.engine.counters().clone();
+        let v = self.engine.process_softwire(self.now, &mut buf, len);
+        check_counted(&before, self.engine.counters(), Side::Inside, v, len);
+        self.check_verdict(
+            Side::Inside,
+            v,
+            &buf,
+            len,
+            Arrived {
+                ip_len: len,
+                l4_ok: None,
+            },
+        );
+    }
+
     fn pick(&self, i: u8) -> Option<&Vec<u8>> {
         (!self.recent.is_empty()).then(|| &self.recent[usize::from(i) % self.recent.len()])
     }
@@ -407,6 +491,13 @@ impl Harness {
                 self.recent.push(out.to_vec());
             }
             Verdict::Reply { len, .. } => {
+                // An answer to a B4's host goes back in its softwire.
+                let (buf, len) = if buf[0] >> 4 == 6 {
+                    let _ = assert_ipv6_to_b4(&buf[..len]);
+                    (&buf[40..], len - 40)
+                } else {
+                    (buf, len)
+                };
                 assert!(
                     len <= 576,
                     "RFC 1812 4.3.2.3: an ICMP error is at most 576 bytes"
@@ -417,6 +508,41 @@ impl Harness {
                 assert_eq!(out[9], 1, "an answer is ICMP");
                 assert_eq!(checksum::checksum(&out[ihl..]), 0, "ICMP checksum");
                 self.reached.replies += 1;
+            }
+            Verdict::ForwardAt {
+                side: out,
+                start,
+                len,
+            } => {
+                let out_bytes = &buf[start..start + len];
+                match out {
+                    // To a B4: IPv6 from the AFTR around valid IPv4.
+                    Side::Inside if out_bytes[0] >> 4 == 6 => {
+                        let inner = assert_ipv6_to_b4(out_bytes);
+                        self.reached.to_b4 += 1;
+                        if arrived.l4_ok == Some(true) {
+                            assert_eq!(
+                                inner.and_then(l4_checksum_ok),
+                                Some(true),
+                                "inner checksum"
+                            );
+                        }
+                    }
+                    // The IPv4 packet a B4 sent, translated (out, or hairpinned to a plain
+                    // subscriber): kept to answer.
+                    _ => {
+                        assert_ipv4(out_bytes);
+                        if self.recent.len() == HISTORY {
+                            self.recent.remove(0);
+                        }
+                        self.recent.push(out_bytes.to_vec());
+                    }
+                }
+                let dir = match side.arrival_direction() {
+                    Direction::Outbound => 0,
+                    Direction::Inbound => 1,
+                };
+                self.reached.forwarded[dir] += 1;
             }
             Verdict::Held => self.reached.held += 1,
             Verdict::Drop(_) | Verdict::ToHost => {}
@@ -464,8 +590,59 @@ fn check_counted(before: &Counters, after: &Counters, side: Side, v: Verdict, ip
         Verdict::Drop(r) | Verdict::Reply { reason: r, .. } => {
             assert_eq!(after.drops(r), before.drops(r) + 1);
         }
+        Verdict::ForwardAt { len, .. } => {
+            let dir = match side.arrival_direction() {
+                Direction::Outbound => 0,
+                Direction::Inbound => 1,
+            };
+            let packets = after.forwarded_packets[dir] - before.forwarded_packets[dir];
+            let bytes = after.forwarded_bytes[dir] - before.forwarded_bytes[dir];
+            assert_eq!((packets, bytes), (1, len as u64), "counted as what leaves");
+        }
         Verdict::Held => assert_eq!(after.held_packets, before.held_packets + 1),
         Verdict::ToHost => assert_eq!(after.to_host_packets, before.to_host_packets + 1),
+    }
+}
+
+/// An IPv6 packet with a fixed header from `src` to `dst`, next header `next`, and `payload`.
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x60, 0, 0, 0];
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.extend_from_slice(&[next, 64]);
+    v.extend_from_slice(&src.octets());
+    v.extend_from_slice(&dst.octets());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A packet to a B4: IPv6 from the AFTR with a payload length that is the packet's; a whole
+/// tunnel packet carries IPv4 with a valid header (returned), a fragment (next header 44) a
+/// share of one.
+fn assert_ipv6_to_b4(p: &[u8]) -> Option<&[u8]> {
+    assert!(p.len() >= 40 && p[0] >> 4 == 6, "IPv6");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([p[4], p[5]])) + 40,
+        p.len(),
+        "payload length"
+    );
+    assert_eq!(p[8..24], AFTR.octets(), "from the AFTR");
+    assert!(B4S.iter().any(|b| p[24..40] == b.octets()), "to a B4");
+    match p[6] {
+        4 => {
+            let inner = &p[40..];
+            assert_ipv4(inner);
+            assert_eq!(
+                ip_total_len(inner),
+                inner.len(),
+                "the tunnel carries the IPv4 packet"
+            );
+            Some(inner)
+        }
+        44 => {
+            assert!(p.len() > 48, "a fragment carries data");
+            None
+        }
+        n => panic!("a packet to a B4 carries next header {n}"),
     }
 }
 

@@ -89,3 +89,20 @@ fn mutated_seeds_and_random_inputs() {
         run(&v);
     }
 }
+
+/// The seeds again with the DS-Lite bit of `preset` (the input's first byte) set: their inside
+/// packets come from B4s, and between them they get through the softwires both ways.
+#[test]
+fn seeds_through_softwires_get_deep() {
+    let mut all = Reached::default();
+    for mut s in corpus() {
+        if let Some(preset) = s.first_mut() {
+            *preset |= 0x40;
+        }
+        let r = run(&s);
+        all.forwarded[0] += r.forwarded[0];
+        all.forwarded[1] += r.forwarded[1];
+        all.to_b4 += r.to_b4;
+    }
+    assert!(all.forwarded[0] > 0 && all.to_b4 > 0, "{all:?}");
+}

@@ -24,7 +24,7 @@ use std::time::Duration;
 use common::{CpuTime, PKT, TCP_SYN, Template};
 use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use natgate_core::alloc::{AllocRequest, ConfiguredAllocator, PortAllocator, Share};
+use natgate_core::alloc::{AllocRequest, ConfiguredAllocator, PortAllocator, Share, SubscriberId};
 use natgate_core::config::{
     Allocation, DeterministicSpec, PortBlockSpec, SubscriberLimits, ValidConfig,
 };
@@ -242,6 +242,10 @@ fn memory_per_subscriber() {
                 let req = AllocRequest {
                     proto: Protocol::Udp,
                     internal: Endpoint::new(Ipv4Addr::from_bits(SUBSCRIBER_BASE + s), 1024 + p),
+                    subscriber: SubscriberId::of(Endpoint::new(
+                        Ipv4Addr::from_bits(SUBSCRIBER_BASE + s),
+                        1024 + p,
+                    )),
                     now: now(),
                 };
                 a.allocate(&req, &mut rng)

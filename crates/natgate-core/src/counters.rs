@@ -115,6 +115,39 @@ drop_reasons! {
     /// live static session (two virtual servers sharing a real server, reached from one client
     /// port): one key must name one flow.
     StaticSessionClash => "static_session_clash",
+    /// From the B4 side, and DS-Lite is not configured.
+    DsLiteOff => "ds_lite_off",
+    /// From the B4 side, not a well-formed IPv6 packet (or an extension-header chain the
+    /// AFTR refuses to walk).
+    Ipv6Malformed => "ipv6_malformed",
+    /// From the B4 side, to an IPv6 address that is not the AFTR's endpoint.
+    NotAftrEndpoint => "not_aftr_endpoint",
+    /// From a B4 that may not make a softwire: outside `acl6`, or automatic softwires are
+    /// off and it has no configured one.
+    SoftwireNotAllowed => "softwire_not_allowed",
+    /// A new B4, and the softwire table (`max-softwires`) is full; no softwire is evicted.
+    SoftwireTableFull => "softwire_table_full",
+    /// A softwire packet that carries something other than IPv4 (or whose routing header
+    /// still has segments to visit).
+    SoftwireNotIpv4 => "softwire_not_ipv4",
+    /// A softwire packet whose inner source is not in the allowed (`private`) prefixes.
+    SoftwireSourceNotPrivate => "softwire_source_not_private",
+    /// A fragment of a softwire's IPv6 packet: the AFTR does not reassemble tunnel packets,
+    /// so B4s must keep theirs within the IPv6 path MTU.
+    SoftwireFragment => "softwire_fragment",
+    /// The softwire holds its most sessions of this protocol (RFC 6888 REQ-4).
+    SoftwireSessionLimit => "softwire_session_limit",
+    /// The softwire opens sessions of this protocol faster than its rate (RFC 6888 REQ-5).
+    SoftwireRateLimit => "softwire_rate_limit",
+    /// The tunnel packet's outer header was marked congestion experienced and the inner
+    /// packet is not ECN-capable (RFC 6040 section 4.2).
+    SoftwireEcnNotCapable => "softwire_ecn_not_capable",
+    /// A packet for a B4, and the buffer has no room for the IPv6 header in front of it (the
+    /// driver must leave 40 bytes after the datagram).
+    NoRoomToEncapsulate => "no_room_to_encapsulate",
+    /// An ICMPv6 message to the AFTR: read (packet too big lowers the softwire's MTU), not
+    /// forwarded.
+    Icmpv6ToAftr => "icmpv6_to_aftr",
 }
 
 /// Plain-value counters of one engine, readable at any time.
@@ -129,6 +162,11 @@ pub struct Counters {
     pub hairpinned_packets: u64,
     /// ICMP errors the engine generated.
     pub icmp_generated: u64,
+    /// Packets for a B4 sent as IPv6 fragments: larger than their softwire's MTU (RFC 6333
+    /// section 5.3).
+    pub softwire_fragmented: u64,
+    /// ICMPv6 packet too big messages that lowered a softwire's MTU.
+    pub softwire_mtu_lowered: u64,
     /// TCP resets the engine generated (the `tcp-reset` answer to a refused SYN).
     pub tcp_resets_generated: u64,
     /// Packets held (early fragments, unsolicited SYNs).
@@ -172,6 +210,8 @@ impl Default for Counters {
             forwarded_bytes: [0; 2],
             hairpinned_packets: 0,
             icmp_generated: 0,
+            softwire_fragmented: 0,
+            softwire_mtu_lowered: 0,
             tcp_resets_generated: 0,
             held_packets: 0,
             sessions_created: 0,
@@ -242,6 +282,8 @@ impl Counters {
         }
         self.hairpinned_packets += other.hairpinned_packets;
         self.icmp_generated += other.icmp_generated;
+        self.softwire_fragmented += other.softwire_fragmented;
+        self.softwire_mtu_lowered += other.softwire_mtu_lowered;
         self.tcp_resets_generated += other.tcp_resets_generated;
         self.held_packets += other.held_packets;
         self.sessions_created += other.sessions_created;

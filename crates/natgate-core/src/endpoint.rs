@@ -2,7 +2,7 @@
 
 use core::fmt;
 use core::str::FromStr;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A transport protocol the engine translates. For ICMP, the "port" of an endpoint is the query
 /// identifier (RFC 5508 section 3.1).
@@ -232,6 +232,81 @@ impl From<Ipv4Prefix> for String {
     }
 }
 
+/// An IPv6 prefix, written `addr/len` with no host bits set: B4 address ranges of DS-Lite
+/// (the AFTR's `acl6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv6Prefix {
+    addr: Ipv6Addr,
+    len: u8,
+}
+
+impl Ipv6Prefix {
+    /// The prefix `addr/len`; `None` if `len > 128` or `addr` has host bits set.
+    pub const fn new(addr: Ipv6Addr, len: u8) -> Option<Self> {
+        if len > 128 || addr.to_bits() & !Ipv6Prefix::mask(len) != 0 {
+            return None;
+        }
+        Some(Ipv6Prefix { addr, len })
+    }
+
+    const fn mask(len: u8) -> u128 {
+        if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len as u32)
+        }
+    }
+
+    /// The first address.
+    pub const fn addr(self) -> Ipv6Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub const fn prefix_len(self) -> u8 {
+        self.len
+    }
+
+    /// Whether `a` is in the prefix.
+    pub const fn contains(self, a: Ipv6Addr) -> bool {
+        a.to_bits() & Ipv6Prefix::mask(self.len) == self.addr.to_bits()
+    }
+}
+
+impl fmt::Display for Ipv6Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Ipv6Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+        let addr: Ipv6Addr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+        let len: u8 = l.parse().map_err(|e| format!("{l:?}: {e}"))?;
+        Ipv6Prefix::new(addr, len).ok_or_else(|| {
+            format!("{s}: the length must be at most 128 and the host bits must be zero")
+        })
+    }
+}
+
+impl TryFrom<String> for Ipv6Prefix {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Ipv6Prefix> for String {
+    fn from(p: Ipv6Prefix) -> String {
+        p.to_string()
+    }
+}
+
 /// A range of ports `first..=last` (`first <= last`), as port blocks are logged (RFC 8158's
 /// portRangeStart / portRangeEnd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -282,6 +357,23 @@ mod tests {
         let e = Endpoint::new(Ipv4Addr::new(1, 2, 3, 4), 0x5678);
         assert_eq!(e.to_u64(), 0x0102_0304_5678);
         assert_eq!(e.to_string(), "1.2.3.4:22136");
+    }
+
+    #[test]
+    fn ipv6_prefixes_parse_contain_and_refuse_host_bits() {
+        let p: Ipv6Prefix = "2001:db8:1::/48".parse().expect("ok");
+        assert_eq!(p.prefix_len(), 48);
+        assert_eq!(p.to_string(), "2001:db8:1::/48");
+        assert!(p.contains("2001:db8:1:ffff::2".parse().expect("ok")));
+        assert!(!p.contains("2001:db8:2::2".parse().expect("ok")));
+        let all: Ipv6Prefix = "::/0".parse().expect("ok");
+        assert!(all.contains(Ipv6Addr::LOCALHOST));
+        let one: Ipv6Prefix = "2001:db8::1/128".parse().expect("ok");
+        assert!(one.contains("2001:db8::1".parse().expect("ok")));
+        assert!(!one.contains("2001:db8::2".parse().expect("ok")));
+        assert!("2001:db8:1::1/48".parse::<Ipv6Prefix>().is_err());
+        assert!("2001:db8::/129".parse::<Ipv6Prefix>().is_err());
+        assert!("2001:db8::".parse::<Ipv6Prefix>().is_err());
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct FragmentKey {
     pub proto: u8,
     /// The IPv4 identification field.
     pub ident: u16,
+    /// The softwire the fragments came through: homes behind two B4s may send datagrams with
+    /// the same addresses and identification at once.
+    pub softwire: crate::table::SoftwireTag,
 }
 
 /// What the first fragment's translation did to the IP addresses; later fragments get the same
@@ -47,6 +50,9 @@ pub struct FragmentTranslation {
     pub new_dst: Ipv4Addr,
     /// The side the fragments leave from (the arrival side's opposite, or the same for hairpin).
     pub out_side: Side,
+    /// The softwire (DS-Lite) of the subscriber the fragments go to, when they leave on the
+    /// inside in an IPv6 header to its B4.
+    pub softwire: crate::table::SoftwireTag,
 }
 
 /// Bounds on fragment state, all reserved up front by [`FragmentTracker::new`].
@@ -491,6 +497,7 @@ mod tests {
             dst: Ipv4Addr::new(203, 0, 113, 1),
             proto: 17,
             ident,
+            softwire: crate::table::SoftwireTag::NONE,
         }
     }
 
@@ -499,6 +506,7 @@ mod tests {
             new_src: Ipv4Addr::new(198, 51, 100, 7),
             new_dst: Ipv4Addr::new(10, 0, 0, 2),
             out_side: Side::Inside,
+            softwire: crate::table::SoftwireTag::NONE,
         }
     }
 

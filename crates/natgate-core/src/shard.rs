@@ -422,6 +422,7 @@ impl Steering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alloc::SubscriberId;
 
     const TCP: u8 = 6;
     const UDP: u8 = 17;
@@ -708,6 +709,7 @@ mod tests {
                 let req = AllocRequest {
                     proto: Protocol::Udp,
                     internal: Endpoint::new(sub, 5000 + port),
+                    subscriber: SubscriberId::of(Endpoint::new(sub, 5000 + port)),
                     now: Instant::ZERO,
                 };
                 let Ok(ext) = allocs[w].allocate(&req, &mut rng) else {

@@ -29,6 +29,17 @@ impl Config {
         self.allocation.check(&self.pool)?;
         self.check_memory()?;
         self.check_virtual_servers()?;
+        if let Some(d) = &self.ds_lite {
+            d.check()?;
+            if self.behavior.port_overlapping {
+                // A shared port goes back to the allocator in the name of the inside host it
+                // was allocated for, which a softwire's hosts cannot be named by.
+                return Err(ConfigError::OutOfRange {
+                    setting: "port-overlapping",
+                    why: "not with [ds-lite]: a softwire's ports are not shared".into(),
+                });
+            }
+        }
         Ok(ValidConfig::checked(self))
     }
 

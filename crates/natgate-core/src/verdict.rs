@@ -12,6 +12,17 @@ use crate::endpoint::Side;
 pub enum Verdict {
     /// Send the translated packet out on `Side`.
     Forward(Side),
+    /// Send `buf[start..start + len]` out on `side`. The packet crossed the end of a DS-Lite
+    /// softwire, so it is no longer where or as long as it arrived: an IPv6 packet to a B4 (on
+    /// the inside), or the IPv4 packet inside a B4's packet, translated.
+    ForwardAt {
+        /// Where it goes.
+        side: Side,
+        /// Where it starts in the buffer.
+        start: usize,
+        /// Its length.
+        len: usize,
+    },
     /// The packet was dropped for `reason`, and the first `len` bytes of the buffer now hold an
     /// answer (ICMP error, or TCP reset) to send out on `side`.
     Reply {
@@ -24,8 +35,9 @@ pub enum Verdict {
     },
     /// The packet was dropped and counted under this reason.
     Drop(DropReason),
-    /// The engine kept a copy (an early fragment, or an unsolicited SYN held per RFC 5382 REQ-4).
-    /// It, or an answer to it, may leave later through
+    /// The engine kept a copy (an early fragment, or an unsolicited SYN held per RFC 5382 REQ-4),
+    /// or queued the packet as IPv6 fragments for a B4 (too big for its softwire). It, or an
+    /// answer to it, may leave later through
     /// [`Engine::poll_transmit`](crate::Engine::poll_transmit).
     Held,
     /// Not the NAT's: the packet is for the host the NAT shares its external address with (a
@@ -39,7 +51,9 @@ impl Verdict {
     pub fn drop_reason(&self) -> Option<DropReason> {
         match *self {
             Verdict::Drop(r) | Verdict::Reply { reason: r, .. } => Some(r),
-            Verdict::Forward(_) | Verdict::Held | Verdict::ToHost => None,
+            Verdict::Forward(_) | Verdict::ForwardAt { .. } | Verdict::Held | Verdict::ToHost => {
+                None
+            }
         }
     }
 }

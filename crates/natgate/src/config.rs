@@ -807,6 +807,8 @@ impl Settings {
                 PoolSource::Addresses(_) => None,
             },
             explicit_mappings: self.port_mapping.enabled(),
+            // The daemon has no B4-facing IPv6 side yet, so no `[ds-lite]` section.
+            ds_lite: None,
         };
         let n = self.queues.max(1);
         if let Some(limit) = config.limits.max_memory {

@@ -513,7 +513,7 @@ impl BlockAllocator {
     /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
     fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
-        let subscriber = SubscriberId::of(req.internal);
+        let subscriber = req.subscriber;
         let parity = if self.settings.port_parity && req.proto != Protocol::Icmp {
             Parity::of(req.internal.port)
         } else {
@@ -570,7 +570,7 @@ impl PortAllocator for BlockAllocator {
         if self.reserved.contains(req.proto, want) {
             return Err(AllocError::Unavailable);
         }
-        let subscriber = SubscriberId::of(req.internal);
+        let subscriber = req.subscriber;
         let held = match self.subscribers.get(&subscriber) {
             Some(s) if s.address as usize != i => return Err(AllocError::PairedAddressFull),
             Some(s) if s.blocks.contains(&b) => true,
@@ -618,11 +618,17 @@ impl PortAllocator for BlockAllocator {
         let freed = reserved.set(list, |a| self.owns(a));
         self.reserved = reserved;
         for p in freed {
-            self.release(p.proto, p.internal, p.external, now);
+            self.release(p.proto, SubscriberId::of(p.internal), p.external, now);
         }
     }
 
-    fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
+    fn release(
+        &mut self,
+        proto: Protocol,
+        subscriber: SubscriberId,
+        external: Endpoint,
+        now: Instant,
+    ) {
         self.expire(now);
         let Some(i) = self.index.get(external.addr) else {
             return;
@@ -636,7 +642,7 @@ impl PortAllocator for BlockAllocator {
         };
         // Only the block's owner can give one of its ports back.
         let owner = a.blocks.get(usize::from(b)).and_then(|s| s.owner);
-        if owner != Some(SubscriberId::of(internal)) {
+        if owner != Some(subscriber) {
             return;
         }
         let ports = &mut a.ports[proto.index()];
@@ -751,6 +757,7 @@ mod tests {
         AllocRequest {
             proto,
             internal: Endpoint::new(internal, port),
+            subscriber: SubscriberId::of(Endpoint::new(internal, port)),
             now,
         }
     }
@@ -825,7 +832,7 @@ mod tests {
         for port in [2000, 2001] {
             a.release(
                 Protocol::Udp,
-                Endpoint::new(s, 5000),
+                SubscriberId::Ipv4(s),
                 at(port),
                 Instant::ZERO,
             );
@@ -864,9 +871,19 @@ mod tests {
         assert_eq!(sets(&a, e.addr), (1, 0, 125));
         assert_eq!(sets(&a, other), (0, 0, 126));
         let released = Instant::from_secs(10);
-        a.release(Protocol::Tcp, Endpoint::new(me, 5000), t, released);
+        a.release(
+            Protocol::Tcp,
+            SubscriberId::of(Endpoint::new(me, 5000)),
+            t,
+            released,
+        );
         assert_eq!(sets(&a, e.addr), (1, 0, 125), "a UDP port is still in use");
-        a.release(Protocol::Udp, Endpoint::new(me, 5000), e, released);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(Endpoint::new(me, 5000)),
+            e,
+            released,
+        );
         assert_eq!(sets(&a, e.addr), (0, 1, 125), "only held ports left");
         a.handle_timeout(released + Duration::from_secs(120));
         assert_eq!(sets(&a, e.addr), (0, 0, 126), "back in the pool");
@@ -932,7 +949,12 @@ mod tests {
             AllocEvent::BlockAllocated(block(Instant::ZERO, s1, X1, first, 32256))
         );
         let released = Instant::from_secs(10);
-        a.release(Protocol::Udp, Endpoint::new(s1, 5000), e1, released);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(Endpoint::new(s1, 5000)),
+            e1,
+            released,
+        );
         assert_eq!(a.usage()[0].held_down, [0, 0, 1]);
         let edge = released + Duration::from_secs(120);
 
@@ -972,7 +994,7 @@ mod tests {
         events(&mut a);
         a.release(
             Protocol::Udp,
-            Endpoint::new(me, 7),
+            SubscriberId::of(Endpoint::new(me, 7)),
             e,
             Instant::from_secs(1),
         );
@@ -1000,7 +1022,12 @@ mod tests {
         let even = a.allocate(&udp(me, 10), &mut rng).expect("even");
         let odd = a.allocate(&udp(me, 11), &mut rng).expect("odd");
         assert_eq!((even.port % 2, odd.port % 2), (0, 1));
-        a.release(Protocol::Udp, Endpoint::new(me, 10), even, Instant::ZERO);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(Endpoint::new(me, 10)),
+            even,
+            Instant::ZERO,
+        );
         let at = |ms| req(Protocol::Udp, me, 12, Instant::from_millis(ms));
         assert_eq!(
             a.allocate(&at(119_999), &mut rng),
@@ -1026,13 +1053,13 @@ mod tests {
         events(&mut a);
         a.release(
             Protocol::Udp,
-            Endpoint::new(s1, 1),
+            SubscriberId::of(Endpoint::new(s1, 1)),
             e1,
             Instant::from_secs(1),
         );
         a.release(
             Protocol::Udp,
-            Endpoint::new(s2, 1),
+            SubscriberId::of(Endpoint::new(s2, 1)),
             e2,
             Instant::from_secs(2),
         );
@@ -1203,14 +1230,24 @@ mod tests {
         let e = a.allocate(&udp(me.addr, me.port), &mut rng).expect("ok");
         let before = a.usage();
         let stranger = Endpoint::new(subscriber(2), 5000);
-        a.release(Protocol::Udp, stranger, e, Instant::ZERO);
-        a.release(Protocol::Udp, me, Endpoint::new(X2, e.port), Instant::ZERO);
-        a.release(Protocol::Tcp, me, e, Instant::ZERO);
-        a.release(Protocol::Udp, me, Endpoint::new(X1, 80), Instant::ZERO);
+        a.release(Protocol::Udp, SubscriberId::of(stranger), e, Instant::ZERO);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(me),
+            Endpoint::new(X2, e.port),
+            Instant::ZERO,
+        );
+        a.release(Protocol::Tcp, SubscriberId::of(me), e, Instant::ZERO);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(me),
+            Endpoint::new(X1, 80),
+            Instant::ZERO,
+        );
         assert_eq!(a.usage(), before);
         assert_eq!(a.owner_of(e), Some(SubscriberId::Ipv4(me.addr)));
-        a.release(Protocol::Udp, me, e, Instant::ZERO);
-        a.release(Protocol::Udp, me, e, Instant::ZERO);
+        a.release(Protocol::Udp, SubscriberId::of(me), e, Instant::ZERO);
+        a.release(Protocol::Udp, SubscriberId::of(me), e, Instant::ZERO);
         assert_eq!(
             a.usage()[0].held_down,
             [0, 0, 1],
@@ -1227,7 +1264,12 @@ mod tests {
         let mut rng = Rng::new(12);
         let me = Endpoint::new(subscriber(1), 1);
         let e = a.allocate(&udp(me.addr, 1), &mut rng).expect("ok");
-        a.release(Protocol::Udp, me, e, Instant::from_secs(3));
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(me),
+            e,
+            Instant::from_secs(3),
+        );
         let ev = events(&mut a);
         assert!(
             matches!(ev[..], [AllocEvent::BlockAllocated(_), AllocEvent::BlockReleased(b)] if b.at == Instant::from_secs(3))
@@ -1350,7 +1392,7 @@ mod tests {
                             continue;
                         }
                         let (proto, internal, e) = live.swap_remove(pick % live.len());
-                        a.release(proto, internal, e, now);
+                        a.release(proto, SubscriberId::of(internal), e, now);
                         held.retain(|h| now < h.2 + s.hold_down);
                         if hold {
                             held.push((proto, e, now));
@@ -1366,7 +1408,7 @@ mod tests {
                         if live.iter().any(|l| l.0 == proto && l.2 == e) {
                             continue;
                         }
-                        a.release(proto, internal, e, now);
+                        a.release(proto, SubscriberId::of(internal), e, now);
                         held.retain(|h| now < h.2 + s.hold_down);
                     }
                     Op::Advance { millis } => now = now + Duration::from_millis(millis),
@@ -1464,7 +1506,7 @@ mod tests {
                     Op::Release { pick } => {
                         if !live.is_empty() {
                             let (proto, internal, e) = live.swap_remove(pick % live.len());
-                            a.release(proto, internal, e, now);
+                            a.release(proto, SubscriberId::of(internal), e, now);
                         }
                     }
                     Op::Bogus { .. } => {}
@@ -1525,7 +1567,7 @@ mod tests {
             );
             let e = a.allocate(&r, &mut rng).expect("ok");
             let (internal, old) = live.pop_front().expect("live");
-            a.release(Protocol::Udp, internal, old, now);
+            a.release(Protocol::Udp, SubscriberId::of(internal), old, now);
             live.push_back((r.internal, e));
             while a.poll_event().is_some() {
                 evs += 1;
@@ -1562,7 +1604,7 @@ mod tests {
         let new_sub = t0.elapsed().as_nanos() / u128::from(subs);
         let allocated = core::iter::from_fn(|| a.poll_event()).count();
         for (internal, e) in firsts {
-            a.release(Protocol::Udp, internal, e, Instant::ZERO);
+            a.release(Protocol::Udp, SubscriberId::of(internal), e, Instant::ZERO);
         }
         let t0 = Clock::now();
         a.handle_timeout(Instant::from_secs(120));

@@ -6,6 +6,7 @@ use super::{
     BlockSettings, DeterministicAllocator, DynamicAllocator, PortAllocator, PortRange,
     PortSetUsage, Share,
 };
+use crate::alloc::SubscriberId;
 use crate::config::{Allocation, ValidConfig};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
@@ -83,8 +84,14 @@ impl PortAllocator for ConfiguredAllocator {
         each!(self, a => a.allocate_at(req, external))
     }
 
-    fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
-        each!(self, a => a.release(proto, internal, external, now))
+    fn release(
+        &mut self,
+        proto: Protocol,
+        subscriber: SubscriberId,
+        external: Endpoint,
+        now: Instant,
+    ) {
+        each!(self, a => a.release(proto, subscriber, external, now))
     }
 
     fn owns(&self, addr: Ipv4Addr) -> bool {
@@ -156,6 +163,7 @@ mod tests {
         let req = AllocRequest {
             proto: Protocol::Udp,
             internal: Endpoint::new(Ipv4Addr::new(100, 64, 0, 1), 5000),
+            subscriber: SubscriberId::of(Endpoint::new(Ipv4Addr::new(100, 64, 0, 1), 5000)),
             now: Instant::ZERO,
         };
         let e = a.allocate(&req, &mut Rng::new(1)).expect("ok");
@@ -168,7 +176,12 @@ mod tests {
         };
         assert_eq!(inner.settings().worker_of(e.port, 2), Some(1));
         assert!(a.owns(e.addr));
-        a.release(Protocol::Udp, req.internal, e, Instant::ZERO);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(req.internal),
+            e,
+            Instant::ZERO,
+        );
         a.handle_timeout(Instant::from_secs(120));
         assert!(matches!(a.poll_event(), Some(AllocEvent::BlockReleased(_))));
         assert_eq!(a.usage().len(), 1);
@@ -194,6 +207,7 @@ mod tests {
         let req = |n: u32| AllocRequest {
             proto: Protocol::Udp,
             internal: Endpoint::new(Ipv4Addr::from_bits(0x6440_0000 + n), 5000),
+            subscriber: SubscriberId::of(Endpoint::new(Ipv4Addr::from_bits(0x6440_0000 + n), 5000)),
             now: Instant::ZERO,
         };
         let blocks = cfg(

@@ -3,6 +3,7 @@
 //! "who used this address and port" is answered by computation, and nothing is logged per
 //! session; only the optional overflow to port blocks is logged.
 
+use super::SubscriberId;
 use super::block::{BLOCK_PORTS, BlockAllocator, BlockSettings, FIRST_BLOCK_PORT, random_in};
 use super::hold::{Held, HoldQueue};
 use super::ports::{Parity, PortSet};
@@ -322,10 +323,14 @@ impl DeterministicAllocator {
     /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
     fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
         self.expire(req.now);
+        // The formula is over inside IPv4 addresses (RFC 7422); a softwire has none of its own.
+        let SubscriberId::Ipv4(internal) = req.subscriber else {
+            return Err(AllocError::UnknownSubscriber);
+        };
         let i = self
             .map
             .inside
-            .offset_of(req.internal.addr)
+            .offset_of(internal)
             .ok_or(AllocError::UnknownSubscriber)?;
         if !self.settings.share.owns(i) {
             return Err(AllocError::OtherShare);
@@ -368,10 +373,13 @@ impl PortAllocator for DeterministicAllocator {
         {
             return o.allocate_at(req, want);
         }
+        let SubscriberId::Ipv4(internal) = req.subscriber else {
+            return Err(AllocError::UnknownSubscriber);
+        };
         let i = self
             .map
             .inside
-            .offset_of(req.internal.addr)
+            .offset_of(internal)
             .ok_or(AllocError::UnknownSubscriber)?;
         if !self.settings.share.owns(i) {
             return Err(AllocError::OtherShare);
@@ -410,26 +418,35 @@ impl PortAllocator for DeterministicAllocator {
         let freed = reserved.set(list, |a| self.owns(a));
         self.reserved = reserved;
         for p in freed {
-            self.release(p.proto, p.internal, p.external, now);
+            self.release(p.proto, p.subscriber, p.external, now);
         }
         if let Some(o) = self.overflow.as_mut() {
             o.set_reserved(list, now);
         }
     }
 
-    fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
+    fn release(
+        &mut self,
+        proto: Protocol,
+        subscriber: SubscriberId,
+        external: Endpoint,
+        now: Instant,
+    ) {
         self.expire(now);
         if let Some(o) = self.overflow.as_mut()
             && o.owns(external.addr)
         {
-            o.release(proto, internal, external, now);
+            o.release(proto, subscriber, external, now);
             return;
         }
         // Only the subscriber the formula gives the port to can release it.
         let Some(i) = self.map.subscriber_of(external.addr, external.port) else {
             return;
         };
-        if self.map.inside.offset_of(internal.addr) != Some(i) {
+        let SubscriberId::Ipv4(internal) = subscriber else {
+            return;
+        };
+        if self.map.inside.offset_of(internal) != Some(i) {
             return;
         }
         let (a, _) = self.map.place(i);
@@ -574,6 +591,7 @@ mod tests {
         AllocRequest {
             proto,
             internal: Endpoint::new(internal, port),
+            subscriber: SubscriberId::of(Endpoint::new(internal, port)),
             now,
         }
     }
@@ -735,7 +753,7 @@ mod tests {
             a.allocate_at(&udp(Ipv4Addr::new(10, 0, 0, 1), 1), mine),
             Err(AllocError::UnknownSubscriber)
         );
-        a.release(Protocol::Udp, Endpoint::new(me, 5000), mine, Instant::ZERO);
+        a.release(Protocol::Udp, SubscriberId::Ipv4(me), mine, Instant::ZERO);
         let later = req(Protocol::Udp, me, 5000, Instant::from_secs(121));
         assert_eq!(a.allocate_at(&later, mine), Ok(mine), "after its hold-down");
     }
@@ -796,11 +814,16 @@ mod tests {
             .allocate(&req(Protocol::Tcp, me.addr, 40, Instant::ZERO), &mut rng)
             .expect("ok");
         assert_eq!(even.port % 2, 0);
-        a.release(Protocol::Tcp, me, even, Instant::from_secs(1));
+        a.release(
+            Protocol::Tcp,
+            SubscriberId::of(me),
+            even,
+            Instant::from_secs(1),
+        );
         // A stranger cannot release what is not theirs.
         a.release(
             Protocol::Tcp,
-            Endpoint::new(host(6), 40),
+            SubscriberId::of(Endpoint::new(host(6), 40)),
             even,
             Instant::from_secs(1),
         );
@@ -863,7 +886,12 @@ mod tests {
         assert!(a.owns(extra));
         assert_eq!(a.usage().len(), 17);
         // Releasing the overflow port returns its block after the hold-down.
-        a.release(Protocol::Udp, Endpoint::new(me, 9), over, Instant::ZERO);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(Endpoint::new(me, 9)),
+            over,
+            Instant::ZERO,
+        );
         a.handle_timeout(Instant::from_secs(120));
         assert!(
             matches!(a.poll_event(), Some(AllocEvent::BlockReleased(b)) if b.at == Instant::from_secs(120))
@@ -935,7 +963,7 @@ mod tests {
             );
             let e = a.allocate(&r, &mut rng).expect("ok");
             let (internal, old) = live.pop_front().expect("live");
-            a.release(Protocol::Udp, internal, old, now);
+            a.release(Protocol::Udp, SubscriberId::of(internal), old, now);
             live.push_back((r.internal, e));
         }
         let pair = t0.elapsed().as_nanos() / u128::from(n);

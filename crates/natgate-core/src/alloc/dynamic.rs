@@ -10,6 +10,7 @@ use super::pool_index::PoolIndex;
 use super::ports::{Parity, PortSet};
 use super::reserved::Reserved;
 use super::{AddressUsage, AllocError, AllocRequest, PortAllocator, PortRange};
+use crate::alloc::SubscriberId;
 use crate::config::{Config, Pooling, PortAssignment};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
@@ -151,8 +152,9 @@ impl Hasher for KeyHasher {
 type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
 /// The key of a subscriber's live-mapping count on one external address.
-fn link_key(internal: Ipv4Addr, address: usize) -> u64 {
-    (u64::from(internal.to_bits()) << 32) | (address as u64 & 0xffff_ffff)
+fn link_key(subscriber: SubscriberId, address: usize) -> u64 {
+    // The subscriber's 33-bit key, and 31 bits of address index (pools are far smaller).
+    (subscriber.key() << 31) | (address as u64 & 0x7fff_ffff)
 }
 
 /// The value in `lo..=hi` (`lo <= hi`) that 32 random bits `r` pick, as [`Rng::below`] scales
@@ -445,7 +447,7 @@ impl DynamicAllocator {
         req: &AllocRequest,
         rng: &mut Rng,
     ) -> Result<(usize, u16), AllocError> {
-        let key = u64::from(req.internal.addr.to_bits());
+        let key = req.subscriber.key();
         let soft = self.settings.pooling == Pooling::SoftPaired;
         if let Some(s) = self.subscribers.get_mut(&key) {
             // The new mapping is counted before it is made, so that the common case looks the
@@ -507,12 +509,17 @@ impl DynamicAllocator {
         } else {
             self.take_anywhere(req, rng, None)?
         };
-        self.link(i, req.internal.addr, port)
+        self.link(i, req.subscriber, port)
     }
 
     /// Counts a new mapping of `subscriber` on address `i` (whose `port` it took): the link
     /// that makes it one of the address's subscribers while it has live mappings there.
-    fn link(&mut self, i: usize, subscriber: Ipv4Addr, port: u16) -> Result<Endpoint, AllocError> {
+    fn link(
+        &mut self,
+        i: usize,
+        subscriber: SubscriberId,
+        port: u16,
+    ) -> Result<Endpoint, AllocError> {
         let a = self.addresses.get_mut(i).ok_or(AllocError::Exhausted)?;
         let live = self.links.entry(link_key(subscriber, i)).or_insert(0);
         if *live == 0 {
@@ -536,7 +543,7 @@ impl PortAllocator for DynamicAllocator {
         if !(lo..=hi).contains(&want.port) || self.reserved.contains(req.proto, want) {
             return Err(AllocError::Unavailable);
         }
-        let key = u64::from(req.internal.addr.to_bits());
+        let key = req.subscriber.key();
         let paired = self.settings.pooling != Pooling::Arbitrary;
         if paired
             && self.settings.pooling == Pooling::Paired
@@ -558,7 +565,7 @@ impl PortAllocator for DynamicAllocator {
                 .and_modify(|s| s.live = s.live.saturating_add(1))
                 .or_insert(Subscriber { paired: i, live: 1 });
         }
-        self.link(i, req.internal.addr, want.port)
+        self.link(i, req.subscriber, want.port)
     }
 
     fn allocate(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
@@ -598,16 +605,22 @@ impl PortAllocator for DynamicAllocator {
         let freed = reserved.set(list, |a| self.owns(a));
         self.reserved = reserved;
         for p in freed {
-            self.release(p.proto, p.internal, p.external, now);
+            self.release(p.proto, p.subscriber, p.external, now);
         }
     }
 
-    fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
+    fn release(
+        &mut self,
+        proto: Protocol,
+        subscriber: SubscriberId,
+        external: Endpoint,
+        now: Instant,
+    ) {
         self.expire(now);
         let Some(i) = self.index.get(external.addr) else {
             return;
         };
-        let key = link_key(internal.addr, i);
+        let key = link_key(subscriber, i);
         // Only a subscriber with a live mapping on that address can give a port of it back.
         let (Some(live), Some(a)) = (self.links.get_mut(&key), self.addresses.get_mut(i)) else {
             return;
@@ -629,7 +642,7 @@ impl PortAllocator for DynamicAllocator {
             a.subscribers -= 1;
             self.load.set(i, a.subscribers);
         }
-        let sub = u64::from(internal.addr.to_bits());
+        let sub = subscriber.key();
         if let Some(s) = self.subscribers.get_mut(&sub) {
             s.live = s.live.saturating_sub(1);
             if s.live == 0 {
@@ -723,6 +736,7 @@ mod tests {
         AllocRequest {
             proto,
             internal: Endpoint::new(internal, port),
+            subscriber: SubscriberId::of(Endpoint::new(internal, port)),
             now,
         }
     }
@@ -782,7 +796,7 @@ mod tests {
             unavailable,
             "reserved"
         );
-        a.release(Protocol::Udp, Endpoint::new(s, 5000), want, Instant::ZERO);
+        a.release(Protocol::Udp, SubscriberId::Ipv4(s), want, Instant::ZERO);
         assert_eq!(a.paired_address(s), None);
         assert_eq!(
             a.allocate_at(&udp(subscriber(2), 5000), want),
@@ -820,7 +834,12 @@ mod tests {
         let s = subscriber(1);
         let e1 = a.allocate(&udp(s, 1000), &mut rng).expect("ok");
         let e2 = a.allocate(&udp(s, 1001), &mut rng).expect("ok");
-        a.release(Protocol::Udp, Endpoint::new(s, 1000), e1, Instant::ZERO);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(Endpoint::new(s, 1000)),
+            e1,
+            Instant::ZERO,
+        );
         // Other subscribers arrive and load the other addresses; s keeps its address.
         for n in 2..20 {
             a.allocate(&udp(subscriber(n), 1000), &mut rng).expect("ok");
@@ -886,7 +905,7 @@ mod tests {
             }
             // X1's ten subscribers leave: the next ten new ones all go there, the least loaded.
             for (internal, e) in on_x1 {
-                a.release(Protocol::Udp, internal, e, Instant::ZERO);
+                a.release(Protocol::Udp, SubscriberId::of(internal), e, Instant::ZERO);
             }
             assert_eq!(usage_of(&a, X1).subscribers, 0);
             for n in 40..50 {
@@ -1028,7 +1047,7 @@ mod tests {
         let released = Instant::from_secs(10);
         a.release(
             Protocol::Tcp,
-            Endpoint::new(subscriber(0), 4242),
+            SubscriberId::of(Endpoint::new(subscriber(0), 4242)),
             victim,
             released,
         );
@@ -1059,7 +1078,7 @@ mod tests {
         assert_eq!(e, Endpoint::new(X1, 5000));
         a.release(
             Protocol::Udp,
-            Endpoint::new(subscriber(0), 5000),
+            SubscriberId::of(Endpoint::new(subscriber(0), 5000)),
             e,
             Instant::ZERO,
         );
@@ -1080,7 +1099,7 @@ mod tests {
             let e = a.allocate(&udp(me, p), &mut rng).expect("ok");
             a.release(
                 Protocol::Udp,
-                Endpoint::new(me, p),
+                SubscriberId::of(Endpoint::new(me, p)),
                 e,
                 Instant::from_secs(t),
             );
@@ -1107,7 +1126,7 @@ mod tests {
             let e = a.allocate(&udp(subscriber(0), 6000), &mut rng).expect("ok");
             a.release(
                 Protocol::Udp,
-                Endpoint::new(subscriber(0), 6000),
+                SubscriberId::of(Endpoint::new(subscriber(0), 6000)),
                 e,
                 Instant::ZERO,
             );
@@ -1295,7 +1314,7 @@ mod tests {
         // The sequence goes on after a release; it does not step back into the gap.
         a.release(
             Protocol::Udp,
-            Endpoint::new(me, 9001),
+            SubscriberId::of(Endpoint::new(me, 9001)),
             Endpoint::new(X1, 1025),
             Instant::ZERO,
         );
@@ -1336,7 +1355,7 @@ mod tests {
         assert_eq!(last, 65535);
         a.release(
             Protocol::Udp,
-            Endpoint::new(me, 1),
+            SubscriberId::of(Endpoint::new(me, 1)),
             Endpoint::new(X1, 3000),
             Instant::ZERO,
         );
@@ -1387,7 +1406,7 @@ mod tests {
         // all released, its pairing ends and its home address has no subscriber left.
         for (i, e) in (0u16..).zip(&all) {
             let internal = Endpoint::new(subscriber(0), 1024 + i);
-            a.release(Protocol::Tcp, internal, *e, Instant::ZERO);
+            a.release(Protocol::Tcp, SubscriberId::of(internal), *e, Instant::ZERO);
         }
         assert_eq!(usage_of(&a, home).subscribers, 0);
         let key = u64::from(subscriber(0).to_bits());
@@ -1519,14 +1538,29 @@ mod tests {
         let before = a.usage();
         let now = Instant::ZERO;
         // Not a pool address; a port never handed out; the wrong protocol; a stranger.
-        a.release(Protocol::Udp, me, Endpoint::new(X2, 5000), now);
-        a.release(Protocol::Udp, me, Endpoint::new(X1, 5001), now);
-        a.release(Protocol::Tcp, me, e, now);
-        a.release(Protocol::Udp, Endpoint::new(subscriber(9), 5000), e, now);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(me),
+            Endpoint::new(X2, 5000),
+            now,
+        );
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(me),
+            Endpoint::new(X1, 5001),
+            now,
+        );
+        a.release(Protocol::Tcp, SubscriberId::of(me), e, now);
+        a.release(
+            Protocol::Udp,
+            SubscriberId::of(Endpoint::new(subscriber(9), 5000)),
+            e,
+            now,
+        );
         assert_eq!(a.usage(), before);
         // Released twice: counted once.
-        a.release(Protocol::Udp, me, e, now);
-        a.release(Protocol::Udp, me, e, now);
+        a.release(Protocol::Udp, SubscriberId::of(me), e, now);
+        a.release(Protocol::Udp, SubscriberId::of(me), e, now);
         assert_eq!(usage_of(&a, X1).held_down, [0, 0, 1]);
         assert_eq!(usage_of(&a, X1).in_use, [0, 0, 0]);
         assert_eq!(usage_of(&a, X1).subscribers, 0);
@@ -1541,7 +1575,7 @@ mod tests {
         let e = a.allocate(&udp(me, 5000), &mut rng).expect("ok");
         a.release(
             Protocol::Udp,
-            Endpoint::new(me, 5000),
+            SubscriberId::of(Endpoint::new(me, 5000)),
             e,
             Instant::from_secs(1000),
         );
@@ -1634,7 +1668,7 @@ mod tests {
             );
             let e = a.allocate(&r, &mut rng).expect("ok");
             let (internal, old) = live.pop_front().expect("live");
-            a.release(Protocol::Udp, internal, old, now);
+            a.release(Protocol::Udp, SubscriberId::of(internal), old, now);
             live.push_back((r.internal, e));
         }
         let pair = t0.elapsed().as_nanos() / u128::from(n);
@@ -1669,13 +1703,18 @@ mod tests {
         let all = fill_high_ports(&mut a, &mut rng);
         let me = Endpoint::new(subscriber(0), 1);
         for e in all.iter().step_by(1008) {
-            a.release(Protocol::Tcp, me, *e, Instant::ZERO);
+            a.release(Protocol::Tcp, SubscriberId::of(me), *e, Instant::ZERO);
         }
         let n = 1_000_000u32;
         let t0 = Clock::now();
         for _ in 0..n {
             let e = a.allocate(&req(Protocol::Tcp, me.addr, 7000, Instant::ZERO), &mut rng);
-            a.release(Protocol::Tcp, me, e.expect("one of 64 free"), Instant::ZERO);
+            a.release(
+                Protocol::Tcp,
+                SubscriberId::of(me),
+                e.expect("one of 64 free"),
+                Instant::ZERO,
+            );
         }
         let near_full = t0.elapsed().as_nanos() / u128::from(n);
         eprintln!("64 of 64512 free: {near_full} ns per allocate + release");
@@ -1840,7 +1879,7 @@ mod tests {
                             continue;
                         }
                         let (proto, internal, e) = m.live.swap_remove(pick % m.live.len());
-                        a.release(proto, internal, e, now);
+                        a.release(proto, SubscriberId::of(internal), e, now);
                         m.expire(now, s.hold_down);
                         if hold {
                             m.held.push_back((proto, e, now));
@@ -1857,7 +1896,7 @@ mod tests {
                         if m.live.iter().any(|l| l.0 == proto && l.2 == e) {
                             continue;
                         }
-                        a.release(proto, internal, e, now);
+                        a.release(proto, SubscriberId::of(internal), e, now);
                         m.expire(now, s.hold_down);
                     }
                     Op::Advance { millis } => now = now + Duration::from_millis(millis),

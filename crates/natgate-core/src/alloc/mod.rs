@@ -31,29 +31,46 @@ pub use crate::endpoint::PortRange;
 
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
+use crate::table::SoftwireId;
 use crate::time::Instant;
 use core::fmt;
 use core::hash::BuildHasher;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Who a port allocation is charged to: the unit of pairing (RFC 6888 REQ-2) and of port limits
 /// (RFC 6888 REQ-4), and the "subscriber id" of translation logs.
 ///
-/// Today a subscriber is an internal IPv4 address. DS-Lite (RFC 6333) will add a variant for the
-/// softwire (the B4's IPv6 address), since there private IPv4 space overlaps across subscribers
-/// and RFC 6888 REQ-2 makes the softwire the subscriber; code that matches on this enum is meant
-/// to fail to compile until it handles that case.
+/// A plain subscriber is an internal IPv4 address. Behind DS-Lite (RFC 6333) private IPv4
+/// space overlaps across homes and RFC 6888 REQ-2 makes the softwire the subscriber, named by
+/// its B4's IPv6 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SubscriberId {
     /// A subscriber known by its internal IPv4 address.
     Ipv4(Ipv4Addr),
+    /// A DS-Lite softwire.
+    Softwire {
+        /// The B4's IPv6 address: what logs and `whois` name.
+        b4: Ipv6Addr,
+        /// Its number in the engine, unique among live softwires: what allocators key compact
+        /// per-subscriber state by.
+        id: SoftwireId,
+    },
 }
 
 impl SubscriberId {
-    /// The subscriber a request is charged to.
+    /// The plain IPv4 subscriber at `internal`'s address.
     pub const fn of(internal: Endpoint) -> Self {
         SubscriberId::Ipv4(internal.addr)
+    }
+
+    /// A number unique among an engine's live subscribers, in 33 bits: the IPv4 address, or
+    /// 2^32 plus the softwire's number. Allocators key per-subscriber state by it.
+    pub const fn key(self) -> u64 {
+        match self {
+            SubscriberId::Ipv4(a) => a.to_bits() as u64,
+            SubscriberId::Softwire { id, .. } => (1 << 32) | id.get() as u64,
+        }
     }
 }
 
@@ -61,6 +78,7 @@ impl fmt::Display for SubscriberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SubscriberId::Ipv4(a) => a.fmt(f),
+            SubscriberId::Softwire { b4, .. } => b4.fmt(f),
         }
     }
 }
@@ -95,8 +113,11 @@ pub enum AllocEvent {
 pub struct AllocRequest {
     /// The protocol: ports are allocated per protocol, ICMP identifiers separately.
     pub proto: Protocol,
-    /// The internal endpoint being mapped; its address is the subscriber (RFC 6888 REQ-2).
+    /// The internal endpoint being mapped.
     pub internal: Endpoint,
+    /// Who the mapping is charged to: the unit of pairing and port limits (RFC 6888 REQ-2,
+    /// REQ-4).
+    pub subscriber: SubscriberId,
     /// The current time, so that ports leave hold-down lazily, without a timer of their own.
     pub now: Instant,
 }
@@ -149,9 +170,16 @@ pub trait PortAllocator {
         external: Endpoint,
     ) -> Result<Endpoint, AllocError>;
 
-    /// Returns an external endpoint whose mapping ended at `now`; it is not handed out again before
-    /// the hold-down passes (RFC 6888 REQ-8). An endpoint that is not allocated is ignored.
-    fn release(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant);
+    /// Returns an external endpoint of `subscriber` whose mapping ended at `now`; it is not
+    /// handed out again before the hold-down passes (RFC 6888 REQ-8). An endpoint that is not
+    /// allocated, or not to `subscriber`, is ignored.
+    fn release(
+        &mut self,
+        proto: Protocol,
+        subscriber: SubscriberId,
+        external: Endpoint,
+        now: Instant,
+    );
 
     /// Whether `addr` is an external address this allocator hands out. Inbound packets and hairpin
     /// detection ask this on the fast path, so it is O(1).

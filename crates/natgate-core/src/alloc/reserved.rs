@@ -10,6 +10,7 @@
 //! (hold-down, port blocks, pairing) stays its own.
 
 use super::{AllocError, AllocRequest, PortRange};
+use crate::alloc::SubscriberId;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rng::Rng;
 use std::net::Ipv4Addr;
@@ -30,6 +31,8 @@ pub struct Parked {
     pub proto: Protocol,
     /// The internal endpoint it was allocated for.
     pub internal: Endpoint,
+    /// The subscriber it was allocated to.
+    pub subscriber: SubscriberId,
     /// The reserved external endpoint.
     pub external: Endpoint,
 }
@@ -111,6 +114,7 @@ impl Reserved {
             inner.parked.push(Parked {
                 proto: req.proto,
                 internal: req.internal,
+                subscriber: req.subscriber,
                 external: e,
             });
         }
@@ -187,6 +191,7 @@ mod tests {
         let req = AllocRequest {
             proto: Protocol::Udp,
             internal: Endpoint::new(Ipv4Addr::new(100, 64, 0, 1), 1000),
+            subscriber: SubscriberId::of(Endpoint::new(Ipv4Addr::new(100, 64, 0, 1), 1000)),
             now: Instant::ZERO,
         };
         let mut next = 1000u16;

@@ -8,11 +8,16 @@
 
 mod allocation;
 mod behavior;
+mod ds_lite;
 mod preset;
 mod timers;
 
 pub use allocation::{Allocation, DeterministicSpec, Ipv4Prefix, PortBlockSpec};
 pub use behavior::*;
+pub use ds_lite::{
+    DsLite, MAX_SOFTWIRE_MTU, MAX_SOFTWIRES, MIN_SOFTWIRE_MTU, SoftwireLimits, SoftwireSpec,
+    TooBig, default_private,
+};
 pub use preset::Preset;
 pub use timers::{PortTimers, PortTimersError, Timers};
 
@@ -427,6 +432,10 @@ pub struct Config {
     /// memory model), never on the control path of a running engine.
     #[serde(default)]
     pub explicit_mappings: bool,
+    /// DS-Lite (RFC 6333): the engine is also an AFTR, and IPv4-in-IPv6 softwires from B4s
+    /// are its subscribers (`[ds-lite]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ds_lite: Option<DsLite>,
 }
 
 /// A config that passed [`Config::validate`]; it cannot be built any other way. Boxed, so
@@ -539,6 +548,7 @@ impl Config {
             inside_networks: Vec::new(),
             host_ports: None,
             explicit_mappings: false,
+            ds_lite: None,
         }
     }
 

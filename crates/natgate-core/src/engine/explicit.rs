@@ -11,11 +11,12 @@
 use super::Engine;
 use std::net::Ipv4Addr;
 
+use crate::alloc::SubscriberId;
 use crate::alloc::{AllocRequest, PortAllocator};
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::event::Event;
-use crate::table::{ExplicitMapping, MappingOrigin, RemotePeer, StaticOrigin};
+use crate::table::{ExplicitMapping, MappingOrigin, RemotePeer, SoftwireTag, StaticOrigin};
 use crate::time::Instant;
 use core::time::Duration;
 
@@ -118,6 +119,7 @@ impl<A: PortAllocator> Engine<A> {
         let alloc_req = AllocRequest {
             proto: req.proto,
             internal: req.internal,
+            subscriber: SubscriberId::of(req.internal),
             now,
         };
         let suggested = req
@@ -126,7 +128,7 @@ impl<A: PortAllocator> Engine<A> {
         let allocated = match (suggested, req.suggested) {
             (Some(e), _) => Ok(e),
             (None, Some(s)) if s.required => {
-                self.unadmit(req.internal.addr, req.proto);
+                self.unadmit(SoftwireTag::NONE, req.internal.addr, req.proto);
                 return Err(MapError::SuggestionUnavailable);
             }
             (None, _) => self.alloc.allocate(&alloc_req, &mut self.rng),
@@ -135,7 +137,7 @@ impl<A: PortAllocator> Engine<A> {
         let external = match allocated {
             Ok(e) => e,
             Err(e) => {
-                self.unadmit(req.internal.addr, req.proto);
+                self.unadmit(SoftwireTag::NONE, req.internal.addr, req.proto);
                 return Err(MapError::NoResources(super::translate::drop_reason(e)));
             }
         };
@@ -246,6 +248,7 @@ impl<A: PortAllocator> Engine<A> {
                 origin: m.origin,
                 expires: m.expires,
             }),
+            softwire: None,
         })
     }
 
@@ -269,9 +272,10 @@ impl<A: PortAllocator> Engine<A> {
                 && s.proto == proto
                 && s.inside_local == internal
         });
-        self.alloc.release(proto, internal, m.external, now);
+        self.alloc
+            .release(proto, SubscriberId::of(internal), m.external, now);
         self.drain_alloc_events();
-        self.unadmit(internal.addr, proto);
+        self.unadmit(SoftwireTag::NONE, internal.addr, proto);
         self.emit(Event::ExplicitMappingDeleted {
             at: now,
             proto,

@@ -11,7 +11,7 @@ use crate::alloc::PortAllocator;
 use crate::config::Hairpinning;
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
-use crate::table::FlowKey;
+use crate::table::{FlowKey, SoftwireTag};
 use crate::verdict::Verdict;
 use crate::wire::checksum::{self, Delta};
 use crate::wire::icmp::{self, IcmpKind};
@@ -173,11 +173,16 @@ impl<A: PortAllocator> Engine<A> {
         );
         let key = FlowKey {
             proto: inner.proto,
+            softwire: SoftwireTag::NONE,
             local: inner.src,
             remote,
         };
         let (internal, peer) = match self.sessions.find_in(&key) {
-            Some(sid) => (self.sessions.get(sid).internal, None),
+            Some(sid) => {
+                // An error about a softwire's flow goes to its B4.
+                p.softwire = self.sessions.get(sid).softwire;
+                (self.sessions.get(sid).internal, None)
+            }
             // A flow of a rule or virtual server: its inside view may name the peer
             // differently too (twice-NAT).
             None => match self.static_error_inbound(inner.proto, inner.src, remote) {
@@ -219,10 +224,14 @@ impl<A: PortAllocator> Engine<A> {
         );
         let key = FlowKey {
             proto: inner.proto,
+            softwire: p.softwire,
             local: inner.dst,
             remote,
         };
         let Some(sid) = self.sessions.find_out(&key) else {
+            if p.softwire.is_some() {
+                return Verdict::Drop(DropReason::IcmpErrorNoSession);
+            }
             return self.static_icmp_error_outbound(buf, p, inner, remote);
         };
         let external = self.sessions.get(sid).external;

@@ -14,6 +14,7 @@
 //! (property-tested); BENCHMARKS.md has the figures.
 
 mod answer_limit;
+mod ds_lite;
 mod explicit;
 mod host;
 mod host_id;
@@ -25,6 +26,7 @@ pub(crate) mod packet;
 mod queues;
 mod reload;
 mod report_limit;
+mod softwire;
 mod static_nat;
 mod subscriber;
 mod translate;
@@ -40,7 +42,7 @@ use crate::fragment::{
 use crate::rng::Rng;
 use crate::table::{
     AddressFilter, ExplicitTable, FlowKey, Mapping, MappingKeys, NatTable, PortUsers, Session,
-    SessionId,
+    SessionId, SoftwireTag,
 };
 use crate::tcp_state::{TcpPhase, TcpState};
 use crate::time::Instant;
@@ -58,6 +60,7 @@ pub use offload::{FastPathSeen, FastPathView, NoFastPath, OffloadOp, OffloadStat
 pub use operator::{Ended, NoSuchSession};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
+pub use softwire::SoftwireInfo;
 
 /// The engine's tables could not be allocated: the machine cannot give the memory the config
 /// asks for.
@@ -113,6 +116,9 @@ pub struct SessionInfo {
     pub expires: Instant,
     /// What made it.
     pub origin: SessionOrigin,
+    /// The B4 whose softwire the subscriber is behind (DS-Lite); `None` for a plain IPv4
+    /// subscriber. `internal` is then private space of that home.
+    pub softwire: Option<std::net::Ipv6Addr>,
 }
 
 /// A mapping as shown to operators.
@@ -129,6 +135,9 @@ pub struct MappingInfo {
     /// For an explicit mapping (PCP, NAT-PMP): who asked for it and when it ends; `None` for
     /// a mapping that outbound packets made.
     pub explicit: Option<ExplicitInfo>,
+    /// The B4 whose softwire the subscriber is behind (DS-Lite); `None` for a plain IPv4
+    /// subscriber.
+    pub softwire: Option<std::net::Ipv6Addr>,
 }
 
 /// What an explicit mapping adds to a [`MappingInfo`].
@@ -152,6 +161,8 @@ pub struct Engine<A: PortAllocator = DynamicAllocator> {
     port_users: Option<PortUsers>,
     /// Present only when a per-subscriber limit is configured.
     subscribers: Option<SubscriberTable>,
+    /// Present only when DS-Lite is configured: the softwires, which are subscribers too.
+    softwires: Option<softwire::Softwires>,
     alloc: A,
     rng: Rng,
     fragments: FragmentTracker,
@@ -233,6 +244,10 @@ impl<A: PortAllocator> Engine<A> {
             inside_address: cfg.inside_address,
             sessions,
             subscribers: SubscriberTable::new(limits.subscriber),
+            softwires: cfg
+                .ds_lite
+                .as_ref()
+                .map(|d| softwire::Softwires::new(d, Instant::ZERO)),
             address_filter: (behavior.filtering == FilteringBehavior::AddressDependent)
                 .then(|| AddressFilter::new(max_sessions, rng.next_u64())),
             port_users: behavior
@@ -258,7 +273,10 @@ impl<A: PortAllocator> Engine<A> {
     }
 
     /// Translates one packet in place. `buf[..len]` holds an IPv4 datagram that arrived on
-    /// `side`; room after it lets the engine answer in place. See [`Verdict`].
+    /// `side`; room after it lets the engine answer in place, and with DS-Lite put an IPv6
+    /// header in front of a packet for a subscriber behind a softwire (40 bytes; without them
+    /// it is dropped, `no_room_to_encapsulate`). Packets from B4s go to
+    /// [`Self::process_softwire`]. See [`Verdict`].
     pub fn process(&mut self, now: Instant, side: Side, buf: &mut [u8], len: usize) -> Verdict {
         let (verdict, len) = self.process_one(now, side, buf, len);
         if self.behavior.clear_df && matches!(verdict, Verdict::Forward(_)) {
@@ -385,7 +403,10 @@ impl<A: PortAllocator> Engine<A> {
                     let found = self
                         .sessions
                         .find_hashed(inbound, hash, &key, candidates[i]);
-                    if let Some(sid) = found {
+                    // A session behind a softwire leaves encapsulated: not the lane's rewrite.
+                    if let Some(sid) = found
+                        && !self.sessions.get(sid).softwire.is_some()
+                    {
                         // The established-flow fast path: what `process_parsed` does for
                         // this packet, without the checks that cannot apply to it.
                         let s = self.sessions.get(sid);
@@ -439,6 +460,9 @@ impl<A: PortAllocator> Engine<A> {
     fn account(&mut self, side: Side, len: usize, verdict: Verdict) {
         match verdict {
             Verdict::Forward(_) => self.counters.count_forward(side.arrival_direction(), len),
+            Verdict::ForwardAt { len, .. } => {
+                self.counters.count_forward(side.arrival_direction(), len);
+            }
             Verdict::Drop(reason) => self.counters.count_drop(reason),
             // The answer itself (ICMP error or TCP reset) was counted where it was built.
             Verdict::Reply { reason, .. } => self.counters.count_drop(reason),
@@ -483,7 +507,8 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Verdict {
         // A source outside the subscriber networks is dropped before anything else: no state,
         // no answer (an answer would go to an address that is not there).
-        if side == Side::Inside && !self.source_is_inside(p.src.addr) {
+        // (A softwire's inner sources were checked against its own prefixes.)
+        if side == Side::Inside && !p.softwire.is_some() && !self.source_is_inside(p.src.addr) {
             return Verdict::Drop(DropReason::SourceNotInside);
         }
         // Static rules and virtual servers may own addresses outside the pool.
@@ -536,6 +561,7 @@ impl<A: PortAllocator> Engine<A> {
             dst: p.dst.addr,
             proto: p.ip_proto(),
             ident: p.ident,
+            softwire: p.softwire,
         };
         // RFC 1858 section 3.2, RFC 3128: a fragment overlapping bytes an earlier one carried is
         // dropped, so no fragment can rewrite a transport header already translated.
@@ -571,6 +597,7 @@ impl<A: PortAllocator> Engine<A> {
                 new_src: p.src.addr,
                 new_dst: p.dst.addr,
                 out_side,
+                softwire: p.softwire,
             };
             self.fragments.record_first(frag_key, tr, now);
             if !claimed {
@@ -580,7 +607,10 @@ impl<A: PortAllocator> Engine<A> {
             }
             self.release_held_fragments(&frag_key, tr);
         }
-        verdict
+        match verdict {
+            Verdict::Forward(Side::Inside) if p.softwire.is_some() => self.send_to_b4(buf, &p),
+            v => v,
+        }
     }
 
     /// Whether `src` may be translated from the inside: it is in an inside network, or none
@@ -603,6 +633,9 @@ impl<A: PortAllocator> Engine<A> {
             packet::rewrite_addr(buf, Which::Src, tr.new_src);
             packet::rewrite_addr(buf, Which::Dst, tr.new_dst);
             packet::step_ttl(buf, self.behavior.ttl);
+            if tr.out_side == Side::Inside && tr.softwire.is_some() {
+                return self.encapsulate_to(buf, p.len, tr.softwire);
+            }
             return Verdict::Forward(tr.out_side);
         }
         match self.fragments.hold(key, &buf[..p.len], now) {
@@ -623,6 +656,11 @@ impl<A: PortAllocator> Engine<A> {
         let clear_df = self.behavior.clear_df;
         let transmit = &mut self.transmit;
         let counters = &mut self.counters;
+        // Fragments for a subscriber behind a softwire leave in an IPv6 header to its B4.
+        let outer = match (tr.out_side, self.softwires.as_ref()) {
+            (Side::Inside, Some(t)) => t.outer_for(tr.softwire),
+            _ => None,
+        };
         self.fragments.release_held(key, |frag| {
             if frag.len() < 20 || ttl.expires(frag[8]) {
                 counters.count_drop(DropReason::TtlExceeded);
@@ -634,7 +672,11 @@ impl<A: PortAllocator> Engine<A> {
             if clear_df {
                 packet::clear_df(frag);
             }
-            if !transmit.push(tr.out_side, frag) {
+            let sent = match &outer {
+                None => transmit.push(tr.out_side, frag),
+                Some(o) => ds_lite::push_encapsulated(transmit, o, frag),
+            };
+            if !sent {
                 counters.count_drop(DropReason::FragmentLimit);
             }
         });
@@ -701,6 +743,7 @@ impl<A: PortAllocator> Engine<A> {
             address_filter: &mut self.address_filter,
             port_users: &mut self.port_users,
             subscribers: &mut self.subscribers,
+            softwires: &mut self.softwires,
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,
@@ -826,6 +869,7 @@ impl<A: PortAllocator> Engine<A> {
             last_seen: Instant::from_secs(u64::from(s.last_seen)),
             expires: Instant::from_secs(u64::from(s.last_seen) + u64::from(idle_timeout(&b, s))),
             origin: SessionOrigin::Dynamic,
+            softwire: self.b4_of(s.softwire),
         });
         dynamic.chain(self.static_sessions())
     }
@@ -840,6 +884,7 @@ impl<A: PortAllocator> Engine<A> {
                 external: m.external,
                 sessions: m.sessions,
                 explicit: None,
+                softwire: self.b4_of(m.softwire),
             })
             .chain(self.explicit_infos())
     }
@@ -902,11 +947,13 @@ fn lane_key(side: Side, head: &FlowHead) -> FlowKey {
     match side {
         Side::Inside => FlowKey {
             proto: head.proto,
+            softwire: SoftwireTag::NONE,
             local: head.src,
             remote: head.dst,
         },
         Side::Outside => FlowKey {
             proto: head.proto,
+            softwire: SoftwireTag::NONE,
             local: head.dst,
             remote: head.src,
         },
@@ -960,6 +1007,7 @@ struct Gone<'a, A: PortAllocator> {
     address_filter: &'a mut Option<AddressFilter>,
     port_users: &'a mut Option<PortUsers>,
     subscribers: &'a mut Option<SubscriberTable>,
+    softwires: &'a mut Option<softwire::Softwires>,
     alloc: &'a mut A,
     events: &'a mut EventQueue,
     counters: &'a mut Counters,
@@ -986,14 +1034,27 @@ impl<A: PortAllocator> Gone<'_, A> {
         if let Some(f) = self.address_filter.as_mut() {
             f.remove(s.proto, s.external, s.remote.addr);
         }
-        if let Some(subs) = self.subscribers.as_mut() {
-            subs.release(s.internal.addr, s.proto);
+        // Named before the softwire's last session is released, which forgets the softwire.
+        let subscriber =
+            mapping.map(|m| softwire::subscriber_of(self.softwires, m.softwire, m.internal));
+        match (s.softwire.get(), self.softwires.as_mut()) {
+            (Some(id), Some(t)) => t.release(id, s.proto),
+            (Some(_), None) => {}
+            (None, _) => {
+                if let Some(subs) = self.subscribers.as_mut() {
+                    subs.release(s.internal.addr, s.proto);
+                }
+            }
         }
-        if let Some(m) = mapping {
-            // Under port overlapping the endpoint goes back with the last mapping sharing it.
+        if let (Some(m), Some(subscriber)) = (mapping, subscriber) {
+            // Under port overlapping the endpoint goes back with the last mapping sharing it,
+            // in the name of the mapping it was allocated for (never a softwire's: the config
+            // refuses port overlapping with DS-Lite).
             let owner = match self.port_users.as_mut() {
-                Some(u) => u.remove(m.proto, m.external),
-                None => Some(m.internal),
+                Some(u) => u
+                    .remove(m.proto, m.external)
+                    .map(crate::alloc::SubscriberId::of),
+                None => Some(subscriber),
             };
             if let Some(owner) = owner {
                 self.alloc.release(m.proto, owner, m.external, self.now);

@@ -196,7 +196,7 @@ impl<A: PortAllocator> Engine<A> {
     /// offloadable state ([`offloadable_state`]) whose remote is not one of our own external
     /// addresses (a hairpinned flow is translated twice, which only the engine does).
     fn offloadable(&self, s: &Session) -> bool {
-        offloadable_state(s) && !self.alloc.owns(s.remote.addr)
+        offloadable_state(s) && !self.alloc.owns(s.remote.addr) && !s.softwire.is_some()
     }
 
     /// Offers session `sid` to the fast path if offloading is on and it qualifies, or takes it

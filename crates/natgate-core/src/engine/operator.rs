@@ -7,7 +7,7 @@ use super::{Engine, Gone};
 use crate::alloc::PortAllocator;
 use crate::endpoint::{Endpoint, Protocol};
 use crate::event::EndReason;
-use crate::table::{FlowKey, SessionId};
+use crate::table::{FlowKey, SessionId, SoftwireTag};
 use crate::time::Instant;
 use std::net::Ipv4Addr;
 
@@ -76,6 +76,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Result<Ended, NoSuchSession> {
         let key = FlowKey {
             proto,
+            softwire: SoftwireTag::NONE,
             local: internal,
             remote,
         };
@@ -106,6 +107,7 @@ impl<A: PortAllocator> Engine<A> {
             address_filter: &mut self.address_filter,
             port_users: &mut self.port_users,
             subscribers: &mut self.subscribers,
+            softwires: &mut self.softwires,
             alloc: &mut self.alloc,
             events: &mut self.events,
             counters: &mut self.counters,

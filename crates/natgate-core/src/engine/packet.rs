@@ -4,6 +4,7 @@
 use crate::config::TtlHandling;
 use crate::counters::DropReason;
 use crate::endpoint::{Endpoint, Protocol, Side};
+use crate::table::SoftwireTag;
 use crate::wire::WireError;
 use crate::wire::checksum::{self, Delta};
 use crate::wire::icmp::{self, IcmpKind};
@@ -66,6 +67,10 @@ pub(crate) struct Parsed {
     pub ident: u16,
     /// Fragment offset in bytes (0 for whole datagrams and first fragments).
     pub frag_offset: u32,
+    /// The softwire (DS-Lite) of the packet's subscriber side: the sender's, for a packet a
+    /// B4 sent; the receiver's, once translation found a session behind a softwire for a
+    /// packet on its way to a subscriber. [`SoftwireTag::NONE`] for a plain IPv4 subscriber.
+    pub softwire: SoftwireTag,
 }
 
 impl Parsed {
@@ -127,6 +132,7 @@ pub(crate) fn parse(buf: &[u8], side: Side) -> Result<Parsed, DropReason> {
         ttl: h[8],
         ident: u16::from_be_bytes([h[4], h[5]]),
         frag_offset: u32::from(flags & OFFSET_MASK) * 8,
+        softwire: SoftwireTag::NONE,
     };
     if frag == Fragment::Later {
         return Ok(p);
@@ -227,6 +233,7 @@ impl FlowHead {
             ttl: self.ttl,
             ident: self.ident,
             frag_offset: 0,
+            softwire: SoftwireTag::NONE,
         }
     }
 }
@@ -508,6 +515,21 @@ pub(crate) fn clear_df(buf: &mut [u8]) {
         return;
     }
     write16(header, IP_FLAGS, new);
+    let check = read16(header, IP_CHECKSUM);
+    write16(header, IP_CHECKSUM, checksum::update16(check, old, new));
+}
+
+/// Marks the IPv4 packet at the start of `buf` Congestion Experienced (ECN field 11, RFC 3168),
+/// updating the header checksum: what a tunnel exit does to an ECN-capable packet whose outer
+/// header was marked (RFC 6040 section 4.2).
+pub(crate) fn mark_ce(buf: &mut [u8]) {
+    let header = &mut buf[..20];
+    let old = read16(header, 0);
+    let new = old | 0b11;
+    if new == old {
+        return;
+    }
+    write16(header, 0, new);
     let check = read16(header, IP_CHECKSUM);
     write16(header, IP_CHECKSUM, checksum::update16(check, old, new));
 }

@@ -35,7 +35,9 @@ use crate::event::SessionOrigin;
 use crate::event::{EndReason, Event};
 use crate::rng::Rng;
 use crate::rules::{CompiledRules, Rewrite, RuleChain, RuleId};
-use crate::table::{FlowKey, StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};
+use crate::table::{
+    FlowKey, SoftwireTag, StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable,
+};
 use crate::tcp_state::TcpState;
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -162,6 +164,7 @@ impl StaticNat {
         }
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.dst,
             remote: p.src,
         };
@@ -390,6 +393,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Option<Verdict> {
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.src,
             remote: p.dst,
         };
@@ -494,6 +498,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Option<Verdict> {
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.dst,
             remote: p.src,
         };
@@ -763,6 +768,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Option<(Endpoint, Endpoint)> {
         let key = FlowKey {
             proto,
+            softwire: SoftwireTag::NONE,
             local: quoted_src,
             remote: quoted_dst,
         };
@@ -782,6 +788,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Option<(Endpoint, Endpoint)> {
         let key = FlowKey {
             proto,
+            softwire: SoftwireTag::NONE,
             local: quoted_dst,
             remote: quoted_src,
         };
@@ -887,6 +894,7 @@ impl<A: PortAllocator> Engine<A> {
                     u64::from(s.last_seen) + u64::from(idle_timeout(&b, s)),
                 ),
                 origin: s.origin.into(),
+                softwire: None,
             })
     }
 

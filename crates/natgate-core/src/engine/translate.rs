@@ -4,12 +4,12 @@
 use super::offload::OFFLOADED;
 use super::packet::{self, Fragment, Parsed, Which};
 use super::{Engine, ICMP_DEST_UNREACHABLE, SessionOrigin, session_due};
-use crate::alloc::{AllocError, AllocRequest, PortAllocator};
+use crate::alloc::{AllocError, AllocRequest, PortAllocator, SubscriberId};
 use crate::config::{FailureAnswer, FilteringBehavior, Hairpinning, MappingBehavior};
 use crate::counters::DropReason;
 use crate::endpoint::{Direction, Endpoint, Protocol, Side};
 use crate::event::{EndReason, Event};
-use crate::table::{FlowKey, Mapping, MappingId, Session, SessionId};
+use crate::table::{FlowKey, Mapping, MappingId, Session, SessionId, SoftwireTag};
 use crate::tcp_state::TcpState;
 use crate::time::Instant;
 use crate::verdict::Verdict;
@@ -42,6 +42,7 @@ impl<A: PortAllocator> Engine<A> {
         }
         let key = FlowKey {
             proto: p.proto,
+            softwire: p.softwire,
             local: p.src,
             remote: p.dst,
         };
@@ -57,8 +58,12 @@ impl<A: PortAllocator> Engine<A> {
                 sid
             }
             None => {
-                // Static rules win over dynamic NAPT for new flows (issue 4).
-                if let Some(v) = self.static_outbound(now, buf, p, hairpin) {
+                // Static rules win over dynamic NAPT for new flows. They name inside addresses,
+                // which behind softwires are private space every home reuses: a softwire's
+                // flows are dynamic only.
+                if !p.softwire.is_some()
+                    && let Some(v) = self.static_outbound(now, buf, p, hairpin)
+                {
                     return v;
                 }
                 match self.new_outbound_session(now, p) {
@@ -87,6 +92,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Verdict {
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.dst,
             remote: p.src,
         };
@@ -116,7 +122,14 @@ impl<A: PortAllocator> Engine<A> {
                 }
             }
         };
-        let internal = self.sessions.get(sid).internal;
+        let s = self.sessions.get(sid);
+        let internal = s.internal;
+        p.softwire = s.softwire;
+        if p.softwire.is_some()
+            && let Some(v) = self.softwire_refuses_too_big(now, buf, p, p.softwire)
+        {
+            return v;
+        }
         packet::translate(buf, p, Which::Dst, internal, self.behavior.ttl);
         Verdict::Forward(Side::Inside)
     }
@@ -133,6 +146,7 @@ impl<A: PortAllocator> Engine<A> {
     ) -> Verdict {
         let key = FlowKey {
             proto: p.proto,
+            softwire: SoftwireTag::NONE,
             local: p.dst,
             remote: p.src,
         };
@@ -158,9 +172,18 @@ impl<A: PortAllocator> Engine<A> {
                 }
             }
         };
-        let target = self.sessions.get(sid).internal;
+        let s = self.sessions.get(sid);
+        let target = s.internal;
+        let sender_softwire = p.softwire;
+        p.softwire = s.softwire;
         packet::rewrite(buf, p, Which::Dst, target);
-        if self.behavior.hairpinning == Hairpinning::InternalSource {
+        // An internal source is only meaningful where both ends share one private address
+        // space; a softwire's private space is its home's alone, so to or from a softwire the
+        // source stays external (RFC 4787 REQ-9a).
+        if self.behavior.hairpinning == Hairpinning::InternalSource
+            && !sender_softwire.is_some()
+            && !p.softwire.is_some()
+        {
             packet::rewrite(buf, p, Which::Src, sender_internal);
         }
         self.counters.hairpinned_packets += 1;
@@ -201,7 +224,8 @@ impl<A: PortAllocator> Engine<A> {
             }
         }
         // A packet the fast path could have carried came here: it may not carry the flow yet.
-        if self.offload.is_some() && s.flags & OFFLOADED == 0 {
+        // A softwire's flows leave encapsulated, which a fast path for NAPT44 cannot do.
+        if self.offload.is_some() && s.flags & OFFLOADED == 0 && !s.softwire.is_some() {
             self.update_offload(sid);
         }
     }
@@ -213,12 +237,11 @@ impl<A: PortAllocator> Engine<A> {
             return Err(DropReason::TcpNoSession);
         }
         // Limits first (RFC 6888 REQ-4, REQ-5), so a refused flow costs no port.
-        if let Some(subs) = self.subscribers.as_mut() {
-            subs.admit(p.src.addr, p.proto, now, true)?;
-        }
+        self.admit(p.softwire, p.src.addr, p.proto, now, true)?;
         // The look-up that just missed read this bucket: the mapping probe hits the cache.
         let key = FlowKey {
             proto: p.proto,
+            softwire: p.softwire,
             local: p.src,
             remote: p.dst,
         };
@@ -238,16 +261,47 @@ impl<A: PortAllocator> Engine<A> {
                 Ok(sid)
             }
             Err(reason) => {
-                self.unadmit(p.src.addr, p.proto);
+                self.unadmit(p.softwire, p.src.addr, p.proto);
                 Err(reason)
             }
         }
     }
 
+    /// Charges a new `proto` session to its subscriber's limits: those of the softwire its
+    /// internal side is behind, else those of the IPv4 subscriber `addr`.
+    pub(super) fn admit(
+        &mut self,
+        softwire: SoftwireTag,
+        addr: std::net::Ipv4Addr,
+        proto: Protocol,
+        now: Instant,
+        opened_by_subscriber: bool,
+    ) -> Result<(), DropReason> {
+        match (softwire.get(), self.softwires.as_mut()) {
+            (Some(id), Some(t)) => t.admit(id, proto, now, opened_by_subscriber),
+            (Some(_), None) => Err(DropReason::DsLiteOff),
+            (None, _) => match self.subscribers.as_mut() {
+                Some(subs) => subs.admit(addr, proto, now, opened_by_subscriber),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Gives back the charge of a session `admit`ted but never made.
-    pub(super) fn unadmit(&mut self, subscriber: std::net::Ipv4Addr, proto: Protocol) {
-        if let Some(subs) = self.subscribers.as_mut() {
-            subs.release(subscriber, proto);
+    pub(super) fn unadmit(
+        &mut self,
+        softwire: SoftwireTag,
+        addr: std::net::Ipv4Addr,
+        proto: Protocol,
+    ) {
+        match (softwire.get(), self.softwires.as_mut()) {
+            (Some(id), Some(t)) => t.release(id, proto),
+            (Some(_), None) => {}
+            (None, _) => {
+                if let Some(subs) = self.subscribers.as_mut() {
+                    subs.release(addr, proto);
+                }
+            }
         }
     }
 
@@ -262,18 +316,19 @@ impl<A: PortAllocator> Engine<A> {
         tcp_flags: u8,
     ) -> Result<SessionId, DropReason> {
         let (proto, internal, remote) = (key.proto, key.local, key.remote);
+        let subscriber = super::softwire::subscriber_of(&self.softwires, key.softwire, internal);
         let external = match self.overlapping_endpoint(proto, internal, remote) {
             Some(shared) => shared,
-            None => self.allocate(proto, internal, now)?,
+            None => self.allocate(proto, internal, subscriber, now)?,
         };
         if let Some(users) = self.port_users.as_mut()
             && users.add(proto, external, internal).is_err()
         {
-            self.alloc.release(proto, internal, external, now);
+            self.alloc.release(proto, subscriber, external, now);
             return Err(DropReason::MappingTableFull);
         }
         if self.sessions.mappings_full() {
-            self.give_back(proto, internal, external, now);
+            self.give_back(proto, subscriber, external, now);
             return Err(DropReason::MappingTableFull);
         }
         self.counters.mappings_created += 1;
@@ -289,6 +344,7 @@ impl<A: PortAllocator> Engine<A> {
             remote_key: self.sessions.remote_key(remote),
             proto,
             sessions: 0,
+            softwire: key.softwire,
         };
         let s = self.session_record(now, &mapping, remote, Direction::Outbound, tcp_flags);
         let due = session_due(&self.behavior, &s);
@@ -301,16 +357,19 @@ impl<A: PortAllocator> Engine<A> {
         }
     }
 
-    /// A fresh external endpoint from the allocator for a new mapping of `internal`.
+    /// A fresh external endpoint from the allocator for a new mapping of `internal`, charged
+    /// to `subscriber`.
     fn allocate(
         &mut self,
         proto: Protocol,
         internal: Endpoint,
+        subscriber: SubscriberId,
         now: Instant,
     ) -> Result<Endpoint, DropReason> {
         let req = AllocRequest {
             proto,
             internal,
+            subscriber,
             now,
         };
         let allocated = self.alloc.allocate(&req, &mut self.rng);
@@ -347,13 +406,20 @@ impl<A: PortAllocator> Engine<A> {
         free_for_remote.then_some(candidate)
     }
 
-    /// Gives `external` back for a mapping of `internal` that is gone: to the allocator, unless
-    /// other mappings still share it (port overlapping; the last gives it back in the name of
-    /// the mapping it was allocated for).
-    fn give_back(&mut self, proto: Protocol, internal: Endpoint, external: Endpoint, now: Instant) {
+    /// Gives `external` back for a mapping of `subscriber` that is gone: to the allocator,
+    /// unless other mappings still share it (port overlapping; the last gives it back in the
+    /// name of the mapping it was allocated for, never a softwire's: the config refuses port
+    /// overlapping with DS-Lite).
+    fn give_back(
+        &mut self,
+        proto: Protocol,
+        subscriber: SubscriberId,
+        external: Endpoint,
+        now: Instant,
+    ) {
         let owner = match self.port_users.as_mut() {
-            Some(u) => u.remove(proto, external),
-            None => Some(internal),
+            Some(u) => u.remove(proto, external).map(SubscriberId::of),
+            None => Some(subscriber),
         };
         if let Some(owner) = owner {
             self.alloc.release(proto, owner, external, now);
@@ -362,7 +428,8 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Removes a mapping made for a session that could not be made after all.
     fn delete_unused_mapping(&mut self, now: Instant, m: Mapping) {
-        self.give_back(m.proto, m.internal, m.external, now);
+        let subscriber = super::softwire::subscriber_of(&self.softwires, m.softwire, m.internal);
+        self.give_back(m.proto, subscriber, m.external, now);
         self.drain_alloc_events();
         // Counted as made and deleted, like its two events, so counters and logs agree.
         self.counters.mappings_deleted += 1;
@@ -425,6 +492,7 @@ impl<A: PortAllocator> Engine<A> {
             flags: 0,
             last_seen: now.as_secs(),
             mapping: MappingId(u32::MAX),
+            softwire: m.softwire,
         }
     }
 
@@ -487,9 +555,11 @@ impl<A: PortAllocator> Engine<A> {
         // through another of its mappings; a second session for the pair would make its
         // outbound key ambiguous, so the packet is refused.
         if self.behavior.mapping != MappingBehavior::EndpointIndependent {
+            let m = self.sessions.mapping(mid);
             let pair = FlowKey {
                 proto: p.proto,
-                local: self.sessions.mapping(mid).internal,
+                softwire: m.softwire,
+                local: m.internal,
                 remote: p.src,
             };
             if self.sessions.find_out(&pair).is_some() {
@@ -498,16 +568,15 @@ impl<A: PortAllocator> Engine<A> {
         }
         // Sessions that inbound packets open count against the subscriber's quota too (state
         // memory, RFC 6888 REQ-5), but not against its creation rate.
-        let internal = self.sessions.mapping(mid).internal;
-        if let Some(subs) = self.subscribers.as_mut()
-            && let Err(reason) = subs.admit(internal.addr, p.proto, now, false)
-        {
+        let m = self.sessions.mapping(mid);
+        let internal = m.internal;
+        if let Err(reason) = self.admit(m.softwire, internal.addr, p.proto, now, false) {
             return Err(self.inbound_refused(now, p, internal, reason));
         }
         match self.new_session(now, mid, p.src, Direction::Inbound, p.tcp_flags) {
             Ok(sid) => Ok(sid),
             Err(reason) => {
-                self.unadmit(internal.addr, p.proto);
+                self.unadmit(m.softwire, internal.addr, p.proto);
                 Err(self.inbound_refused(now, p, internal, reason))
             }
         }

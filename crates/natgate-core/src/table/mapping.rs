@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use super::SoftwireTag;
 use super::{FlowHasher, HashIndex, Slab, TableFull};
 use crate::endpoint::{Endpoint, Protocol};
 
@@ -27,6 +28,8 @@ pub struct Mapping {
     pub proto: Protocol,
     /// How many live sessions use the mapping; it can go when this reaches zero.
     pub sessions: u32,
+    /// The softwire the internal endpoint is behind, if any: part of the internal identity.
+    pub softwire: SoftwireTag,
 }
 
 /// The two hash words of a (proto, endpoint, second word) key.

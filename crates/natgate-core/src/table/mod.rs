@@ -33,7 +33,7 @@ pub use explicit::{ExplicitMapping, ExplicitTable, MappingOrigin, RemotePeer};
 pub use index::{HashIndex, IndexFull};
 pub use mapping::{AddressFilter, Mapping, MappingId, PortUsers};
 pub use nat::{MappingKeys, NatTable};
-pub use session::{FlowKey, Session, SessionId, TableFull};
+pub use session::{FlowKey, Session, SessionId, SoftwireId, SoftwireTag, TableFull};
 pub use slab::Slab;
 pub use static_session::{StaticOrigin, StaticSession, StaticSessionId, StaticSessionTable};
 pub use wheel::TimerWheel;

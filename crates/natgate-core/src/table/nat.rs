@@ -39,16 +39,19 @@
 //! # Memory
 //! Per session: 32 (record; the slab's free list lives in vacant records) + 8 (wheel links) +
 //! one entry in each index (buckets sized for the sessions plus a ninth of the reserve's
-//! entries: about 17.8 bytes). Shared mappings take a 24-byte record each from a reserve of
-//! [`NatTable::shared_reserve`] records (a quarter of the sessions: 6 bytes per session) and
+//! entries: about 17.8 bytes). Shared mappings take a 28-byte record each from a reserve of
+//! [`NatTable::shared_reserve`] records (a quarter of the sessions: 7 bytes per session) and
 //! one more entry in each index, which raises the index load from 0.72 to at most 0.9 when the
-//! reserve is full. With one mapping per session that is 63.8 bytes per session at capacity
-//! (the test `memory_per_session_with_a_mapping_each` checks it is at most 64), against 104
-//! with a mapping record and index entries per mapping.
+//! reserve is full. With one mapping per session that is 64.8 bytes per session at capacity
+//! (the test `memory_per_session_with_a_mapping_each` checks it is at most 65), against 104
+//! with a mapping record and index entries per mapping. A session record keeps its softwire
+//! tag in bytes it had spare; a shared mapping's record had one spare byte and needs three,
+//! which is the 1 byte per session DS-Lite costs every table.
 
+use super::session::split_tag;
 use super::{
-    FlowHasher, FlowKey, HashIndex, Mapping, MappingId, Session, SessionId, Slab, TableFull,
-    TimerWheel,
+    FlowHasher, FlowKey, HashIndex, Mapping, MappingId, Session, SessionId, Slab, SoftwireTag,
+    TableFull, TimerWheel,
 };
 use crate::config::MappingBehavior;
 use crate::endpoint::{Endpoint, Protocol};
@@ -66,7 +69,10 @@ fn vacant(what: &str, id: u32) -> ! {
 
 #[inline(always)]
 fn out_matches(s: &Session, key: &FlowKey) -> bool {
-    s.internal == key.local && s.remote == key.remote && s.proto == key.proto
+    s.internal == key.local
+        && s.remote == key.remote
+        && s.proto == key.proto
+        && s.softwire == key.softwire
 }
 
 #[inline(always)]
@@ -223,9 +229,17 @@ impl Tables {
     }
 
     #[inline(always)]
-    fn internal_hash(&self, proto: Protocol, internal: Endpoint, remote_key: Endpoint) -> u64 {
-        let a = (u64::from(proto.ip_number()) << 48) | internal.to_u64();
-        self.mapping_hasher.hash2(a, remote_key.to_u64())
+    fn internal_hash(
+        &self,
+        proto: Protocol,
+        softwire: SoftwireTag,
+        internal: Endpoint,
+        remote_key: Endpoint,
+    ) -> u64 {
+        let (lo, hi) = split_tag(softwire);
+        let a = (lo << 56) | (u64::from(proto.ip_number()) << 48) | internal.to_u64();
+        self.mapping_hasher
+            .hash2(a, (hi << 48) | remote_key.to_u64())
     }
 
     /// The part of a mapping's remote key that its external key holds: all of it under port
@@ -265,17 +279,22 @@ impl Tables {
         &self,
         v: u32,
         proto: Protocol,
+        softwire: SoftwireTag,
         internal: Endpoint,
         rk: Endpoint,
     ) -> bool {
         if v & SHARED != 0 {
-            self.shared
-                .get(v & !SHARED)
-                .is_some_and(|m| m.internal == internal && m.remote_key == rk && m.proto == proto)
+            self.shared.get(v & !SHARED).is_some_and(|m| {
+                m.internal == internal
+                    && m.remote_key == rk
+                    && m.proto == proto
+                    && m.softwire == softwire
+            })
         } else {
             self.sessions.get(v).is_some_and(|s| {
                 Self::folded(s, v)
                     && s.internal == internal
+                    && s.softwire == softwire
                     && s.proto == proto
                     && self.remote_key(s.remote) == rk
             })
@@ -317,7 +336,12 @@ impl Tables {
             let xr = self.external_remote(self.remote_key(key.remote));
             self.external_hash(key.proto, key.local, xr)
         } else {
-            self.internal_hash(key.proto, key.local, self.remote_key(key.remote))
+            self.internal_hash(
+                key.proto,
+                key.softwire,
+                key.local,
+                self.remote_key(key.remote),
+            )
         }
     }
 
@@ -438,11 +462,12 @@ impl Tables {
     fn find_by_internal(
         &self,
         proto: Protocol,
+        softwire: SoftwireTag,
         internal: Endpoint,
         remote_key: Endpoint,
     ) -> Option<MappingId> {
-        let h = self.internal_hash(proto, internal, remote_key);
-        self.find_by_internal_hashed(h, proto, internal, remote_key)
+        let h = self.internal_hash(proto, softwire, internal, remote_key);
+        self.find_by_internal_hashed(h, proto, softwire, internal, remote_key)
     }
 
     /// [`Self::find_by_internal`] with `h`, the mapping key's hash.
@@ -451,13 +476,14 @@ impl Tables {
         &self,
         h: u64,
         proto: Protocol,
+        softwire: SoftwireTag,
         internal: Endpoint,
         remote_key: Endpoint,
     ) -> Option<MappingId> {
-        debug_assert_eq!(h, self.internal_hash(proto, internal, remote_key));
+        debug_assert_eq!(h, self.internal_hash(proto, softwire, internal, remote_key));
         self.out_index
             .find(h, |v| {
-                self.is_internal_mapping(v, proto, internal, remote_key)
+                self.is_internal_mapping(v, proto, softwire, internal, remote_key)
             })
             .map(MappingId)
     }
@@ -500,6 +526,7 @@ impl Tables {
             remote_key: self.remote_key(s.remote),
             proto: s.proto,
             sessions,
+            softwire: s.softwire,
         }
     }
 
@@ -519,11 +546,11 @@ impl Tables {
     ) -> Result<SessionId, TableFull> {
         debug_assert_eq!(
             h_int,
-            self.internal_hash(s.proto, s.internal, self.remote_key(s.remote))
+            self.internal_hash(s.proto, s.softwire, s.internal, self.remote_key(s.remote))
         );
         let h_ext = self.folded_external_hash(&s);
         debug_assert!(
-            self.find_by_internal(s.proto, s.internal, self.remote_key(s.remote))
+            self.find_by_internal(s.proto, s.softwire, s.internal, self.remote_key(s.remote))
                 .is_none()
         );
         debug_assert!(
@@ -617,7 +644,7 @@ impl Tables {
             self.shared.remove(slot);
             return Err(TableFull);
         }
-        let h_int = self.internal_hash(s.proto, s.internal, self.remote_key(s.remote));
+        let h_int = self.internal_hash(s.proto, s.softwire, s.internal, self.remote_key(s.remote));
         let h_ext = self.folded_external_hash(&s);
         let repointed =
             self.out_index.replace(h_int, id, shared) && self.in_index.replace(h_ext, id, shared);
@@ -636,7 +663,8 @@ impl Tables {
     fn unlink(&mut self, id: u32) -> Option<(Session, Option<Mapping>)> {
         let s = self.sessions.remove(id)?;
         if Self::folded(&s, id) {
-            let h_int = self.internal_hash(s.proto, s.internal, self.remote_key(s.remote));
+            let h_int =
+                self.internal_hash(s.proto, s.softwire, s.internal, self.remote_key(s.remote));
             let h_ext = self.folded_external_hash(&s);
             self.out_index.prefetch(h_int);
             self.in_index.prefetch(h_ext);
@@ -660,7 +688,7 @@ impl Tables {
             return Some((s, None));
         }
         let m = self.shared.remove(slot)?;
-        let h_int = self.internal_hash(m.proto, m.internal, m.remote_key);
+        let h_int = self.internal_hash(m.proto, m.softwire, m.internal, m.remote_key);
         let h_ext = self.external_hash(m.proto, m.external, self.external_remote(m.remote_key));
         self.out_index.remove(h_int, s.mapping.0);
         self.in_index.remove(h_ext, s.mapping.0);
@@ -729,10 +757,12 @@ impl NatTable {
     pub fn find_by_internal(
         &self,
         proto: Protocol,
+        softwire: SoftwireTag,
         internal: Endpoint,
         remote_key: Endpoint,
     ) -> Option<MappingId> {
-        self.t.find_by_internal(proto, internal, remote_key)
+        self.t
+            .find_by_internal(proto, softwire, internal, remote_key)
     }
 
     /// [`Self::find_by_internal`] for the mapping of a packet's out key `key` (its
@@ -743,7 +773,7 @@ impl NatTable {
     pub fn find_by_internal_hashed(&self, hash: u64, key: &FlowKey) -> Option<MappingId> {
         let rk = self.t.remote_key(key.remote);
         self.t
-            .find_by_internal_hashed(hash, key.proto, key.local, rk)
+            .find_by_internal_hashed(hash, key.proto, key.softwire, key.local, rk)
     }
 
     /// The mapping that owns the external endpoint for packets from `remote`: the one mapping
@@ -995,6 +1025,44 @@ mod tests {
             flags: 0,
             last_seen: 0,
             mapping: MappingId(u32::MAX),
+            softwire: SoftwireTag::NONE,
+        }
+    }
+
+    /// [`session`] behind softwire `n`.
+    fn behind(n: u32, s: Session) -> Session {
+        Session {
+            softwire: SoftwireTag::of(crate::table::SoftwireId::new(n).unwrap()),
+            ..s
+        }
+    }
+
+    /// RFC 6333 section 6.6 (the extended binding table): two homes behind different B4s with the same private endpoint
+    /// and remote are two flows, with two mappings; each is found only under its softwire.
+    #[test]
+    fn the_softwire_separates_equal_internal_endpoints() {
+        for behavior in [EIM, APDM] {
+            let mut t = NatTable::new(8, 8, behavior, 1, 2);
+            let plain = session(1, 40_000, 1);
+            let a = behind(1, session(1, 40_001, 1));
+            let b = behind(0x1_0001, session(1, 40_002, 1));
+            for s in [plain, a, b] {
+                assert_eq!(found_both_ways(&t, &s), None);
+                let rk = t.remote_key(s.remote);
+                assert_eq!(
+                    t.find_by_internal(s.proto, s.softwire, s.internal, rk),
+                    None
+                );
+                t.insert_with_new_mapping(s, 0).unwrap();
+            }
+            assert_eq!(t.mapping_count(), 3);
+            for s in [plain, a, b] {
+                let id = found_both_ways(&t, &s).unwrap();
+                assert_eq!(t.get(id).softwire, s.softwire);
+                assert_eq!(t.get(id).external, s.external);
+                let m = t.mapping(t.get(id).mapping);
+                assert_eq!(m.softwire, s.softwire);
+            }
         }
     }
 
@@ -1040,7 +1108,12 @@ mod tests {
         let s = session(1, 40_000, 1);
         let id = t.insert_with_new_mapping(s, 30).unwrap();
         assert_eq!(found_both_ways(&t, &s), Some(id));
-        let mid = t.find_by_internal(Protocol::Udp, s.internal, Endpoint::UNSPECIFIED);
+        let mid = t.find_by_internal(
+            Protocol::Udp,
+            SoftwireTag::NONE,
+            s.internal,
+            Endpoint::UNSPECIFIED,
+        );
         assert_eq!(mid, Some(MappingId(id.0)));
         assert_eq!(t.find_by_external(Protocol::Udp, s.external, s.remote), mid);
         assert_eq!(
@@ -1087,7 +1160,12 @@ mod tests {
             Some(shared)
         );
         assert_eq!(
-            t.find_by_internal(Protocol::Udp, a.internal, Endpoint::UNSPECIFIED),
+            t.find_by_internal(
+                Protocol::Udp,
+                SoftwireTag::NONE,
+                a.internal,
+                Endpoint::UNSPECIFIED
+            ),
             Some(shared)
         );
         assert_eq!(t.mapping(shared).sessions, 2);
@@ -1132,7 +1210,7 @@ mod tests {
         assert_eq!(found_both_ways(&t, &s2), Some(i2));
         assert_eq!(found_both_ways(&t, &s3), Some(i3));
         assert_eq!(
-            t.find_by_internal(Protocol::Udp, s3.internal, s3.remote),
+            t.find_by_internal(Protocol::Udp, SoftwireTag::NONE, s3.internal, s3.remote),
             None
         );
         assert_eq!(t.mapping_count(), 2);
@@ -1199,6 +1277,7 @@ mod tests {
         assert!(reserve < n / 2, "a big table's reserve is not exact");
         let mut t = NatTable::new(n, n, EIM, 1, 2);
         let s = |i: u32, r: u8| Session {
+            softwire: SoftwireTag::NONE,
             internal: Endpoint::new(Ipv4Addr::from_bits(0x0a00_0000 + i), 5000),
             external: Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 1024 + i as u16),
             ..session(0, 0, r)
@@ -1240,7 +1319,7 @@ mod tests {
         let t = NatTable::new(n, n, EIM, 1, 2);
         let per_session = t.memory_bytes() as f64 / n as f64;
         eprintln!("{per_session:.1} bytes per session, mappings included");
-        assert!(per_session <= 64.0, "{per_session} bytes per session");
+        assert!(per_session <= 65.0, "{per_session} bytes per session");
     }
 
     #[derive(Debug, Clone)]
@@ -1339,13 +1418,13 @@ mod tests {
                         }
                         let res = match mappings.get(&(i, rk)) {
                             Some(&(x, _)) => {
-                                let mid = t.find_by_internal(Protocol::Udp, ep(10, i, 5000), rk);
+                                let mid = t.find_by_internal(Protocol::Udp, SoftwireTag::NONE, ep(10, i, 5000), rk);
                                 prop_assert!(mid.is_some());
                                 t.insert_with_mapping(session(i, x, r), mid.unwrap(), 100)
                                     .map(|id| (id, x))
                             }
                             None => {
-                                prop_assert_eq!(t.find_by_internal(Protocol::Udp, ep(10, i, 5000), rk), None);
+                                prop_assert_eq!(t.find_by_internal(Protocol::Udp, SoftwireTag::NONE, ep(10, i, 5000), rk), None);
                                 next_port += 1;
                                 t.insert_with_new_mapping(session(i, next_port, r), 100)
                                     .map(|id| (id, next_port))
@@ -1389,7 +1468,7 @@ mod tests {
                     }
                 }
                 for (&(i, rk), &(x, ref remotes)) in &mappings {
-                    let mid = t.find_by_internal(Protocol::Udp, ep(10, i, 5000), rk);
+                    let mid = t.find_by_internal(Protocol::Udp, SoftwireTag::NONE, ep(10, i, 5000), rk);
                     prop_assert!(mid.is_some());
                     prop_assert_eq!(mid, t.find_by_external(Protocol::Udp, ep(198, 1, x), rk));
                     let m = t.mapping(mid.unwrap());

@@ -202,7 +202,7 @@ mod tests {
     fn table_records_keep_the_free_list_in_their_niche() {
         use crate::table::{Mapping, Session};
         assert_eq!(core::mem::size_of::<Slot<Session>>(), 32);
-        assert_eq!(core::mem::size_of::<Slot<Mapping>>(), 24);
+        assert_eq!(core::mem::size_of::<Slot<Mapping>>(), 28);
         let s: Slab<Session> = Slab::new(100);
         assert_eq!(s.memory_bytes(), 100 * 32);
     }

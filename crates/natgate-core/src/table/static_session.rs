@@ -10,6 +10,7 @@
 //! [`TimerWheel`], like dynamic sessions; everything is allocated when the table is built.
 
 use super::MappingOrigin;
+use super::SoftwireTag;
 use super::{FlowHasher, FlowKey, HashIndex, Slab, TableFull, TimerWheel};
 use crate::endpoint::{Endpoint, Protocol};
 use crate::rules::RuleId;
@@ -62,6 +63,7 @@ impl StaticSession {
     pub fn inside_key(&self) -> FlowKey {
         FlowKey {
             proto: self.proto,
+            softwire: SoftwireTag::NONE,
             local: self.inside_local,
             remote: self.inside_remote,
         }
@@ -72,6 +74,7 @@ impl StaticSession {
     pub fn outside_key(&self) -> FlowKey {
         FlowKey {
             proto: self.proto,
+            softwire: SoftwireTag::NONE,
             local: self.outside_local,
             remote: self.outside_remote,
         }

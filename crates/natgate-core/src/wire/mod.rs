@@ -1,4 +1,5 @@
-//! Wire formats: zero-copy views of IPv4, UDP, TCP and ICMP, and checksums.
+//! Wire formats: zero-copy views of IPv4, IPv6, UDP, TCP and ICMP, checksums, and the
+//! IPv4-in-IPv6 tunnel of DS-Lite softwires.
 //!
 //! Modelled on smoltcp's `wire`: each protocol has a `Packet<T: AsRef<[u8]>>`-style view over a
 //! borrowed or owned buffer, with getters, and setters when `T: AsMut<[u8]>`. Nothing here
@@ -14,8 +15,11 @@
 
 pub mod checksum;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
+pub mod tunnel;
 pub mod udp;
 
 #[cfg(test)]
@@ -36,6 +40,17 @@ pub enum WireError {
     /// The IPv4 total length is smaller than the header it must contain.
     #[error("IPv4 total length shorter than its header")]
     BadTotalLen,
+    /// The IPv6 version field is not 6.
+    #[error("IP version is not 6")]
+    NotIpv6,
+    /// An IPv6 extension header where RFC 8200 section 4.1 allows none (Hop-by-Hop after the
+    /// first header, a second fragment header).
+    #[error("IPv6 extension header out of place")]
+    BadExtensionHeader,
+    /// More IPv6 extension headers than a legitimate packet has
+    /// ([`ipv6::MAX_EXTENSION_HEADERS`]).
+    #[error("too many IPv6 extension headers")]
+    TooManyExtensionHeaders,
 }
 
 /// Reads the big-endian `u16` at `at`. Callers guarantee `at + 2 <= b.len()` through `check_len`.

@@ -1365,6 +1365,7 @@ mod tests {
             last_seen: Instant::from_secs(100),
             expires: Instant::from_secs(400),
             origin: natgate_core::SessionOrigin::Dynamic,
+            softwire: None,
         }
     }
 

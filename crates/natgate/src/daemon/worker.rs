@@ -373,6 +373,8 @@ impl Worker {
             let out = match verdicts[j] {
                 Verdict::Forward(_) => Some(&slot[..out_lens[i].min(SLOT)]),
                 Verdict::Reply { len, .. } => Some(&slot[..len]),
+                // A packet that entered or left a DS-Lite softwire.
+                Verdict::ForwardAt { start, len, .. } => slot.get(start..start + len),
                 // The host's own (a home gateway's address): back to the kernel, which
                 // delivers it locally.
                 Verdict::ToHost => Some(&slot[..lens[i]]),
@@ -587,7 +589,11 @@ fn live_holders(
     let Some(owner) = blocks.owner_of(at) else {
         return Vec::new();
     };
-    let natgate_core::alloc::SubscriberId::Ipv4(subscriber) = owner;
+    // Port blocks of softwires are named by their B4, which a holder record has no room for
+    // until the daemon serves DS-Lite.
+    let natgate_core::alloc::SubscriberId::Ipv4(subscriber) = owner else {
+        return Vec::new();
+    };
     blocks
         .blocks_of(owner)
         .into_iter()

@@ -448,6 +448,11 @@ impl Record {
                 proto: None,
                 internal: match subscriber {
                     natgate_core::alloc::SubscriberId::Ipv4(addr) => Endpoint::new(addr, 0),
+                    // A softwire's block has no IPv4 subscriber: a record has no field for the
+                    // B4's IPv6 address yet, so it names none rather than a wrong one.
+                    natgate_core::alloc::SubscriberId::Softwire { .. } => {
+                        Endpoint::new(std::net::Ipv4Addr::UNSPECIFIED, 0)
+                    }
                 },
                 external: Some(Endpoint::new(external, ports.first)),
                 remote: None,
