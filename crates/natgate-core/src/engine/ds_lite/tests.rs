@@ -365,6 +365,27 @@ fn b4s_outside_acl6_and_wrong_packets_are_refused_and_counted() {
     );
 }
 
+/// The softwire table is counted where `limits.max-memory` looks, the same by the model and
+/// on the built engine.
+#[test]
+fn the_softwire_table_is_in_the_memory_model() {
+    let e = engine();
+    let mut c = Config::new(vec![POOL], INSIDE);
+    c.limits.max_sessions = 4096;
+    c.limits.max_mappings = 4096;
+    let plain = crate::engine::MemoryModel::of(&c).usage(4096, 4096);
+    c.ds_lite = Some(DsLite::new(
+        AFTR,
+        vec!["2001:db8:1::/48".parse().expect("prefix")],
+    ));
+    let model = crate::engine::MemoryModel::of(&c).usage(4096, 4096);
+    assert_eq!(model.subscribers, e.memory_usage().subscribers);
+    assert!(
+        model.subscribers >= plain.subscribers + 65_536 * 64,
+        "{model}"
+    );
+}
+
 #[test]
 fn without_ds_lite_softwire_packets_are_dropped() {
     let mut c = Config::new(vec![POOL], INSIDE);
