@@ -279,6 +279,11 @@ impl<A: PortAllocator> Engine<A> {
         Verdict::Drop(DropReason::Icmpv6ToAftr)
     }
 
+    /// The tag the sessions of B4 `b4`'s softwire carry, if it has one now.
+    pub(super) fn softwire_tag(&self, b4: std::net::Ipv6Addr) -> Option<SoftwireTag> {
+        Some(SoftwireTag::of(self.softwires.as_ref()?.find(b4)?))
+    }
+
     /// The B4 of the softwire a session's tag names.
     pub(super) fn b4_of(&self, tag: SoftwireTag) -> Option<std::net::Ipv6Addr> {
         Some(self.softwires.as_ref()?.endpoint_of(tag)?.0)

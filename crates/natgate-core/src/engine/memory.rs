@@ -15,6 +15,7 @@
 use super::answer_limit::AnswerLimiter;
 use super::queues::{EventQueue, SynHold, TransmitQueue};
 use super::report_limit::RefusalReports;
+use super::softwire::Softwires;
 use super::subscriber::SubscriberTable;
 use super::{Engine, TRANSMIT_SLOT, fragment_limits, transmit_slots};
 use crate::alloc::PortAllocator;
@@ -35,7 +36,8 @@ pub struct MemoryUsage {
     pub port_users: usize,
     /// Fragment state and held fragments.
     pub fragments: usize,
-    /// Per-subscriber limit state (only when a per-subscriber limit is set).
+    /// Per-subscriber limit state (only when a per-subscriber limit is set), and the softwire
+    /// table (DS-Lite: softwires are subscribers too).
     pub subscribers: usize,
     /// The event, transmit and held-SYN queues, and the refusal-report table.
     pub queues: usize,
@@ -137,7 +139,10 @@ impl MemoryModel {
                 .port_overlapping
                 .then(|| Linear::measure(|n| PortUsers::new(n, 0).memory_bytes())),
             fragments: FragmentTracker::new(fragment_limits(l, &cfg.behavior)).memory_bytes(),
-            subscribers: SubscriberTable::new(l.subscriber).map_or(0, |s| s.memory_bytes()),
+            subscribers: SubscriberTable::new(l.subscriber).map_or(0, |s| s.memory_bytes())
+                + cfg.ds_lite.as_ref().map_or(0, |d| {
+                    Softwires::new(d, crate::time::Instant::ZERO).memory_bytes()
+                }),
             queues: EventQueue::new(l.event_queue as usize).memory_bytes()
                 + TransmitQueue::new(transmit_slots(l)).memory_bytes()
                 + SynHold::new(l.max_held_syns as usize).memory_bytes()
@@ -195,7 +200,8 @@ impl<A: PortAllocator> Engine<A> {
             address_filter: self.address_filter.as_ref().map_or(0, |f| f.memory_bytes()),
             port_users: self.port_users.as_ref().map_or(0, |u| u.memory_bytes()),
             fragments: self.fragments.memory_bytes(),
-            subscribers: self.subscribers.as_ref().map_or(0, |s| s.memory_bytes()),
+            subscribers: self.subscribers.as_ref().map_or(0, |s| s.memory_bytes())
+                + self.softwires.as_ref().map_or(0, |s| s.memory_bytes()),
             queues: self.events.memory_bytes()
                 + self.transmit.memory_bytes()
                 + self.held_syns.memory_bytes()

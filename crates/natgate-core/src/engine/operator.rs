@@ -52,12 +52,13 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Ends every session of `subscriber` (the internal address, as `sessions()` shows it),
     /// dynamic and static, and the mappings that go with them. Other subscribers' state is
-    /// not touched.
+    /// not touched, nor that of homes behind softwires that use the same private address
+    /// (see [`Self::flush_softwire`]).
     pub fn flush_subscriber(&mut self, subscriber: Ipv4Addr, now: Instant) -> Ended {
         let ids: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.internal.addr == subscriber)
+            .filter(|(_, s)| s.internal.addr == subscriber && !s.softwire.is_some())
             .map(|(id, _)| id)
             .collect();
         let mut ended = self.end_sessions(ids, now);
@@ -65,8 +66,50 @@ impl<A: PortAllocator> Engine<A> {
         ended
     }
 
-    /// Ends the one session that `sessions()` shows as (`proto`, `internal`, `remote`), and
-    /// its mapping if it was the mapping's last session. Nothing changes if there is none.
+    /// Ends every session of the softwire of B4 `b4` and the mappings that go with them, with
+    /// their log records; an automatic softwire goes with them, a configured one stays.
+    pub fn flush_softwire(&mut self, b4: std::net::Ipv6Addr, now: Instant) -> Ended {
+        let Some(tag) = self.softwire_tag(b4) else {
+            return Ended::default();
+        };
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.softwire == tag)
+            .map(|(id, _)| id)
+            .collect();
+        self.end_sessions(ids, now)
+    }
+
+    /// [`Self::delete_session`] for a session behind the softwire of B4 `b4` (as `sessions()`
+    /// shows it, with its `softwire`).
+    pub fn delete_softwire_session(
+        &mut self,
+        b4: std::net::Ipv6Addr,
+        proto: Protocol,
+        internal: Endpoint,
+        remote: Endpoint,
+        now: Instant,
+    ) -> Result<Ended, NoSuchSession> {
+        let missing = NoSuchSession {
+            proto,
+            internal,
+            remote,
+        };
+        let tag = self.softwire_tag(b4).ok_or(missing)?;
+        let key = FlowKey {
+            proto,
+            softwire: tag,
+            local: internal,
+            remote,
+        };
+        let id = self.sessions.find_out(&key).ok_or(missing)?;
+        Ok(self.end_sessions([id], now))
+    }
+
+    /// Ends the one session that `sessions()` shows as (`proto`, `internal`, `remote`) of a
+    /// plain IPv4 subscriber, and its mapping if it was the mapping's last session. Nothing
+    /// changes if there is none.
     pub fn delete_session(
         &mut self,
         proto: Protocol,

@@ -290,8 +290,16 @@ impl Softwires {
         self.by_b4.len()
     }
 
-    /// Bytes a table of `max` softwires reserves: slots, the B4 index (an entry and a control
-    /// byte each), the free list.
+    /// Bytes the table reserves: slots, the B4 index (an entry and a control byte each), the
+    /// free list. Fixed at `max-softwires`: it never grows.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * core::mem::size_of::<Option<Softwire>>()
+            + self.by_b4.capacity() * (core::mem::size_of::<(Ipv6Addr, SoftwireId)>() + 1)
+            + self.free.capacity() * core::mem::size_of::<SoftwireId>()
+    }
+
+    /// [`Self::memory_bytes`] per softwire, before the hash table's rounding up of its
+    /// capacity.
     #[cfg(test)]
     pub const fn memory_for(max: usize) -> usize {
         max * (core::mem::size_of::<Option<Softwire>>()
@@ -485,5 +493,8 @@ mod tests {
     fn an_idle_softwire_costs_at_most_128_bytes() {
         let per = Softwires::memory_for(1);
         assert!(per <= 128, "{per} bytes per softwire");
+        let t = Softwires::new(&section(), T0);
+        let per = t.memory_bytes() / section().max_softwires as usize;
+        assert!(per <= 128, "{per} bytes per softwire, as reserved");
     }
 }

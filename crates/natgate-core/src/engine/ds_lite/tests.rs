@@ -365,6 +365,27 @@ fn b4s_outside_acl6_and_wrong_packets_are_refused_and_counted() {
     );
 }
 
+/// The softwire table is counted where `limits.max-memory` looks, the same by the model and
+/// on the built engine.
+#[test]
+fn the_softwire_table_is_in_the_memory_model() {
+    let e = engine();
+    let mut c = Config::new(vec![POOL], INSIDE);
+    c.limits.max_sessions = 4096;
+    c.limits.max_mappings = 4096;
+    let plain = crate::engine::MemoryModel::of(&c).usage(4096, 4096);
+    c.ds_lite = Some(DsLite::new(
+        AFTR,
+        vec!["2001:db8:1::/48".parse().expect("prefix")],
+    ));
+    let model = crate::engine::MemoryModel::of(&c).usage(4096, 4096);
+    assert_eq!(model.subscribers, e.memory_usage().subscribers);
+    assert!(
+        model.subscribers >= plain.subscribers + 65_536 * 64,
+        "{model}"
+    );
+}
+
 #[test]
 fn without_ds_lite_softwire_packets_are_dropped() {
     let mut c = Config::new(vec![POOL], INSIDE);
@@ -400,6 +421,43 @@ fn configured_softwires_work_with_auto_off() {
             ..
         }
     ));
+}
+
+/// An operator ends one home's sessions, or one session of it, by its B4; the other home with
+/// the same private address, and a plain subscriber, keep theirs.
+#[test]
+fn operators_end_a_softwire_s_sessions_by_its_b4() {
+    let mut e = engine();
+    open(&mut e, B4A, 5000);
+    open(&mut e, B4A, 5001);
+    open(&mut e, B4B, 5000);
+    let (v, _) = plain(
+        &mut e,
+        t(1),
+        Side::Inside,
+        udp(ep(PLAIN, 5000), ep(WAN, 53), b"q"),
+    );
+    assert!(matches!(v, Verdict::Forward(Side::Outside)));
+    assert_eq!(
+        e.flush_subscriber(HOME, t(2)).sessions,
+        0,
+        "a softwire's private address is not a plain subscriber"
+    );
+    let one = e.delete_softwire_session(B4A, Protocol::Udp, ep(HOME, 5001), ep(WAN, 53), t(2));
+    assert_eq!(one.map(|x| x.sessions), Ok(1));
+    assert!(
+        e.delete_softwire_session(STRANGER, Protocol::Udp, ep(HOME, 5000), ep(WAN, 53), t(2))
+            .is_err()
+    );
+    assert_eq!(e.flush_softwire(B4A, t(2)).sessions, 1);
+    assert_eq!(
+        e.softwire_count(),
+        1,
+        "B4A's automatic softwire went with its sessions"
+    );
+    let left: Vec<_> = e.sessions().map(|s| s.softwire).collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&Some(B4B)) && left.contains(&None));
 }
 
 /// `q` from B4A is refused for `reason` and answered as RFC 6888 REQ-11 asks (host
