@@ -436,7 +436,9 @@ else
   log "natgate, fast path: n/a (natgate check refuses [dataplane] fast-path = \"tc\")"
 fi
 # The gateway's neighbours take XDP-redirected frames only with GRO on (docs/dataplane.md);
-# on for this row alone, off again after it (as the topology builds them).
+# on for this row alone, off again after it (as the topology builds them). On veth the XDP
+# program runs in the receiving veth's NAPI on the sender's CPU (CPU 0), before RPS could move
+# it, so this row's CPU columns see nothing of it on CPU 1: only its rates mean anything here.
 xdp_peers() {
   ip netns exec "$SW" ethtool -K "gl-$S" gro "$1"
   ip netns exec "$UP" ethtool -K "down-$S" gro "$1"
