@@ -320,9 +320,9 @@ impl DeterministicAllocator {
 }
 
 impl DeterministicAllocator {
-    /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
-    fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
-        self.expire(req.now);
+    /// The offset of `req`'s subscriber in the inside prefix, if the formula covers it and it
+    /// is this allocator's share's.
+    fn subscriber_offset(&self, req: &AllocRequest) -> Result<u32, AllocError> {
         // The formula is over inside IPv4 addresses (RFC 7422); a softwire has none of its own.
         let SubscriberId::Ipv4(internal) = req.subscriber else {
             return Err(AllocError::UnknownSubscriber);
@@ -335,6 +335,13 @@ impl DeterministicAllocator {
         if !self.settings.share.owns(i) {
             return Err(AllocError::OtherShare);
         }
+        Ok(i)
+    }
+
+    /// Picks and takes an endpoint for `req`, reserved or not ([`Reserved`] filters).
+    fn pick(&mut self, req: &AllocRequest, rng: &mut Rng) -> Result<Endpoint, AllocError> {
+        self.expire(req.now);
+        let i = self.subscriber_offset(req)?;
         let parity = if self.settings.port_parity && req.proto != Protocol::Icmp {
             Parity::of(req.internal.port)
         } else {
@@ -373,17 +380,7 @@ impl PortAllocator for DeterministicAllocator {
         {
             return o.allocate_at(req, want);
         }
-        let SubscriberId::Ipv4(internal) = req.subscriber else {
-            return Err(AllocError::UnknownSubscriber);
-        };
-        let i = self
-            .map
-            .inside
-            .offset_of(internal)
-            .ok_or(AllocError::UnknownSubscriber)?;
-        if !self.settings.share.owns(i) {
-            return Err(AllocError::OtherShare);
-        }
+        let i = self.subscriber_offset(req)?;
         if self.map.subscriber_of(want.addr, want.port) != Some(i)
             || self.reserved.contains(req.proto, want)
         {
