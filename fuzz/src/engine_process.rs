@@ -330,7 +330,7 @@ impl Harness {
             Op::Process {
                 outside: false,
                 packet,
-            } if self.ds_lite => self.from_b4(packet),
+            } if self.ds_lite => self.send_from_b4(packet),
             Op::Process { outside, packet } => {
                 let side = side(*outside);
                 let mut buf = self.bytes(packet);
@@ -426,7 +426,7 @@ impl Harness {
     }
 
     /// A packet from a B4: wrapped as its kind says, through `process_softwire`.
-    fn from_b4(&mut self, packet: &Packet) {
+    fn send_from_b4(&mut self, packet: &Packet) {
         let inner = self.bytes(packet);
         self.wrapped += 1;
         let b4 = B4S[self.wrapped % B4S.len()];
@@ -437,7 +437,7 @@ impl Harness {
                 ipv6(b4, AFTR, next, inner.get(1..).unwrap_or(&[]))
             }
             // Every fourth shaped one behind a Destination Options header (PadN).
-            _ if self.wrapped % 4 == 0 => {
+            _ if self.wrapped.is_multiple_of(4) => {
                 let mut opts = vec![4, 0, 1, 4, 0, 0, 0, 0];
                 opts.extend_from_slice(&inner);
                 ipv6(b4, AFTR, 60, &opts)
