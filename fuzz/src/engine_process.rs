@@ -292,6 +292,9 @@ pub fn run(data: &[u8]) -> Reached {
     }
     let ds_lite = input.preset & 0x40 != 0;
     if ds_lite {
+        // Port overlapping shares ports between inside hosts, which softwires do not allow
+        // (the config refuses the two together): the preset's mapping stays, its sharing goes.
+        c.behavior.port_overlapping = false;
         let mut d = natgate_core::config::DsLite::new(
             AFTR,
             vec!["2001:db8:1::/48".parse().expect("prefix")],
