@@ -13,6 +13,26 @@
 //! read, constant-offset rewrite) that gives the same bytes, verdicts and state as `process`
 //! (property-tested); BENCHMARKS.md has the figures.
 
+/// A [`Gone`] over `engine`'s parts (field by field, so that its session table stays free to
+/// be borrowed beside it): one list of what ending a session touches, for expiry and for the
+/// operator alike.
+macro_rules! gone {
+    ($engine:expr, $now:expr, $reason:expr) => {
+        Gone {
+            address_filter: &mut $engine.address_filter,
+            port_users: &mut $engine.port_users,
+            subscribers: &mut $engine.subscribers,
+            softwires: &mut $engine.softwires,
+            alloc: &mut $engine.alloc,
+            events: &mut $engine.events,
+            counters: &mut $engine.counters,
+            offload: &mut $engine.offload,
+            now: $now,
+            reason: $reason,
+        }
+    };
+}
+
 mod answer_limit;
 mod ds_lite;
 mod explicit;
@@ -739,18 +759,7 @@ impl<A: PortAllocator> Engine<A> {
         self.expire_statics(now);
         let now_s = now.as_secs();
         let behavior = self.behavior;
-        let mut gone = Gone {
-            address_filter: &mut self.address_filter,
-            port_users: &mut self.port_users,
-            subscribers: &mut self.subscribers,
-            softwires: &mut self.softwires,
-            alloc: &mut self.alloc,
-            events: &mut self.events,
-            counters: &mut self.counters,
-            offload: &mut self.offload,
-            now,
-            reason: EndReason::Expired,
-        };
+        let mut gone = gone!(self, now, EndReason::Expired);
         self.sessions.expire(
             now_s,
             |s| {

@@ -146,18 +146,7 @@ impl<A: PortAllocator> Engine<A> {
 
     /// Ends the dynamic sessions `ids`, as their expiry would.
     fn end_sessions(&mut self, ids: impl IntoIterator<Item = SessionId>, now: Instant) -> Ended {
-        let mut gone = Gone {
-            address_filter: &mut self.address_filter,
-            port_users: &mut self.port_users,
-            subscribers: &mut self.subscribers,
-            softwires: &mut self.softwires,
-            alloc: &mut self.alloc,
-            events: &mut self.events,
-            counters: &mut self.counters,
-            offload: &mut self.offload,
-            now,
-            reason: EndReason::Operator,
-        };
+        let mut gone = gone!(self, now, EndReason::Operator);
         let mut ended = Ended::default();
         for id in ids {
             if let Some((s, m)) = self.sessions.remove(id) {
