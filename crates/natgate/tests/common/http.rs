@@ -32,7 +32,7 @@ pub struct HttpServer {
 impl HttpServer {
     /// Listens on `bind` in `ns`; answers `name PEER`.
     pub fn start(ns: &Netns, bind: SocketAddrV4, name: &str) -> Self {
-        let listener = ns.run_in(|| TcpListener::bind(bind)).unwrap().unwrap();
+        let listener = super::bind_in(ns, || TcpListener::bind(bind));
         listener.set_nonblocking(true).unwrap();
         let listening = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));

@@ -256,9 +256,27 @@ impl Drop for Gateway {
     }
 }
 
+/// Binds a socket in `ns` with `bind`, waiting out a short `AddrInUse`.
+///
+/// A test that binds a fixed port twice can find it still taken after closing the first socket:
+/// when a test running beside it spawns a process in that moment, the child holds a copy of
+/// every descriptor until it execs, and so keeps the closed socket's port bound for a few
+/// milliseconds.
+pub fn bind_in<S: Send>(ns: &Netns, bind: impl Fn() -> std::io::Result<S> + Sync) -> S {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match ns.run_in(&bind).unwrap() {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 /// A UDP socket bound in `ns` (to `bind`), with a read timeout.
 pub fn udp_socket(ns: &Netns, bind: SocketAddrV4) -> UdpSocket {
-    let s = ns.run_in(|| UdpSocket::bind(bind)).unwrap().unwrap();
+    let s = bind_in(ns, || UdpSocket::bind(bind));
     s.set_read_timeout(Some(T)).unwrap();
     s
 }
