@@ -9,6 +9,7 @@
 #   scripts/fuzz.sh [SECONDS]        # default 3600; needs `cargo install cargo-fuzz` and a
 #                                    # nightly toolchain (`rustup toolchain install nightly`)
 #   SEED=/tmp/natgate-fuzz-XXXXXX scripts/fuzz.sh   # go on from an earlier run's corpora
+#   TARGETS="stun_message wire_parse" scripts/fuzz.sh   # only these targets
 #
 # Runs that go on from an earlier run's corpora add up: libFuzzer's coverage and corpus carry
 # over, so two half-hour runs explore what one hour does (how continuous fuzzing works).
@@ -24,7 +25,11 @@ command -v cargo-fuzz >/dev/null || { echo "needs cargo-fuzz: cargo install carg
 (cd fuzz && cargo +nightly fuzz build -O)
 BIN=fuzz/target/x86_64-unknown-linux-gnu/release
 WORK=$(mktemp -d /tmp/natgate-fuzz-XXXXXX)
-mapfile -t TARGETS < <(cd fuzz && cargo +nightly fuzz list)
+if [ -n "${TARGETS:-}" ]; then
+  read -ra TARGETS <<<"$TARGETS"
+else
+  mapfile -t TARGETS < <(cd fuzz && cargo +nightly fuzz list)
+fi
 echo "fuzzing ${TARGETS[*]} for $SECONDS_EACH s each, $JOBS at a time, in $WORK" >&2
 
 run() {
