@@ -24,6 +24,7 @@ pub mod huge_pages;
 pub mod portmap;
 pub mod rng;
 pub mod rules;
+pub mod saved;
 pub mod shard;
 pub mod stun;
 pub mod table;

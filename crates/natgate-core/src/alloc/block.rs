@@ -29,6 +29,7 @@
 //!   when the hold-down of its last released port has passed. The cap on held ports frees the
 //!   oldest early, as in [`DynamicAllocator`](super::DynamicAllocator).
 
+use super::HeldPort;
 use super::hold::{Held, HoldQueue};
 use super::pool_choice::{Extreme, PoolChoice};
 use super::pool_index::PoolIndex;
@@ -558,6 +559,25 @@ impl BlockAllocator {
 }
 
 impl PortAllocator for BlockAllocator {
+    fn held_down(&self) -> Vec<HeldPort> {
+        self.held
+            .iter()
+            .filter_map(|h| {
+                let external = Endpoint::new(self.addresses.get(h.address as usize)?.addr, h.port);
+                let subscriber = match self.owner_of(external) {
+                    Some(SubscriberId::Ipv4(a)) => Some(a),
+                    _ => None,
+                };
+                Some(HeldPort {
+                    proto: h.proto,
+                    external,
+                    released_at: h.released_at,
+                    subscriber,
+                })
+            })
+            .collect()
+    }
+
     /// The port must be in one of the subscriber's blocks, or in a free block of its address
     /// (any address, for a subscriber without blocks) that it may still take.
     fn allocate_at(&mut self, req: &AllocRequest, want: Endpoint) -> Result<Endpoint, AllocError> {

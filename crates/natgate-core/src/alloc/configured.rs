@@ -1,6 +1,7 @@
 //! [`ConfiguredAllocator`]: the allocator a config's `[allocation]` section chooses, behind one
 //! type, so that an engine can be built from a config alone.
 
+use super::HeldPort;
 use super::{
     AddressUsage, AllocError, AllocEvent, AllocRequest, AllocSettings, BlockAllocator,
     BlockSettings, DeterministicAllocator, DynamicAllocator, PortAllocator, PortRange,
@@ -92,6 +93,10 @@ impl PortAllocator for ConfiguredAllocator {
         now: Instant,
     ) {
         each!(self, a => a.release(proto, subscriber, external, now))
+    }
+
+    fn held_down(&self) -> Vec<HeldPort> {
+        each!(self, a => a.held_down())
     }
 
     fn owns(&self, addr: Ipv4Addr) -> bool {

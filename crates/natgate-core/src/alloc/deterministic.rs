@@ -3,6 +3,7 @@
 //! "who used this address and port" is answered by computation, and nothing is logged per
 //! session; only the optional overflow to port blocks is logged.
 
+use super::HeldPort;
 use super::SubscriberId;
 use super::block::{BLOCK_PORTS, BlockAllocator, BlockSettings, FIRST_BLOCK_PORT, random_in};
 use super::hold::{Held, HoldQueue};
@@ -371,6 +372,27 @@ impl DeterministicAllocator {
 }
 
 impl PortAllocator for DeterministicAllocator {
+    fn held_down(&self) -> Vec<HeldPort> {
+        let mut held: Vec<HeldPort> = self
+            .held
+            .iter()
+            .filter_map(|h| {
+                let addr = self.map.outside.nth(h.address)?;
+                Some(HeldPort {
+                    proto: h.proto,
+                    external: Endpoint::new(addr, h.port),
+                    released_at: h.released_at,
+                    subscriber: self.map.reverse(addr, h.port),
+                })
+            })
+            .collect();
+        if let Some(o) = &self.overflow {
+            held.extend(o.held_down());
+            held.sort_by_key(|h| h.released_at);
+        }
+        held
+    }
+
     /// The port must be in the subscriber's own range (RFC 7422: the formula gives every port
     /// to one subscriber), or in an overflow block the overflow allocator would give it.
     fn allocate_at(&mut self, req: &AllocRequest, want: Endpoint) -> Result<Endpoint, AllocError> {

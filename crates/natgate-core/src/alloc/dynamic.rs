@@ -5,6 +5,7 @@
 //! for their hold-down (RFC 6888 REQ-8) and leave it lazily, on the next `allocate` or `release`,
 //! so the allocator needs no timer of its own.
 
+use super::HeldPort;
 use super::pool_choice::{Extreme, PoolChoice};
 use super::pool_index::PoolIndex;
 use super::ports::{Parity, PortSet};
@@ -665,6 +666,20 @@ impl PortAllocator for DynamicAllocator {
 
     fn likely_next(&self) -> Option<(Protocol, Endpoint)> {
         self.likely
+    }
+
+    fn held_down(&self) -> Vec<HeldPort> {
+        self.held
+            .iter()
+            .filter_map(|h| {
+                Some(HeldPort {
+                    proto: h.proto,
+                    external: Endpoint::new(self.addresses.get(h.address as usize)?.addr, h.port),
+                    released_at: h.released_at,
+                    subscriber: None,
+                })
+            })
+            .collect()
     }
 
     /// Inlined: the batch path asks this of every packet before its look-up.

@@ -54,6 +54,11 @@ impl HoldQueue {
         !self.hold_down.is_zero() && self.cap > 0
     }
 
+    /// The held ports, oldest release first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Held> {
+        self.queue.iter()
+    }
+
     /// Queues a released port; returns the oldest held port if the cap pushed it out.
     pub(super) fn push(&mut self, held: Held) -> Option<Held> {
         self.queue.push_back(held);

@@ -108,6 +108,21 @@ pub enum AllocEvent {
     BlockReleased(PortBlock),
 }
 
+/// A port in hold-down, as [`PortAllocator::held_down`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldPort {
+    /// The protocol whose port space it is in.
+    pub proto: Protocol,
+    /// The held endpoint.
+    pub external: Endpoint,
+    /// When it was released.
+    pub released_at: Instant,
+    /// Whose port it stays until the hold-down ends, where the allocator keeps that (a port
+    /// block's owner, a deterministic range's subscriber); `None` where the port is simply
+    /// withheld from everyone.
+    pub subscriber: Option<Ipv4Addr>,
+}
+
 /// What the engine asks for: an external endpoint for a new mapping of `internal`.
 #[derive(Debug, Clone, Copy)]
 pub struct AllocRequest {
@@ -170,6 +185,10 @@ pub trait PortAllocator {
         external: Endpoint,
     ) -> Result<Endpoint, AllocError>;
 
+    /// The ports in hold-down, oldest release first: what a warm restart carries over, each
+    /// held again by [`allocate_at`](Self::allocate_at) and [`release`](Self::release) at its
+    /// original release time. Not for the packet path.
+    fn held_down(&self) -> Vec<HeldPort>;
     /// Returns an external endpoint of `subscriber` whose mapping ended at `now`; it is not
     /// handed out again before the hold-down passes (RFC 6888 REQ-8). An endpoint that is not
     /// allocated, or not to `subscriber`, is ignored.

@@ -50,6 +50,7 @@ mod softwire;
 mod static_nat;
 mod subscriber;
 mod translate;
+mod warm_restart;
 
 use crate::alloc::{AllocSettings, DynamicAllocator, PortAllocator};
 use crate::config::{Behavior, FilteringBehavior, Ipv4Prefix, ValidConfig};
@@ -81,6 +82,7 @@ pub use operator::{Ended, NoSuchSession};
 pub use queues::TRANSMIT_SLOT;
 pub use reload::{ReloadError, check_reload};
 pub use softwire::SoftwireInfo;
+pub use warm_restart::{RestoreError, Restored};
 
 /// The engine's tables could not be allocated: the machine cannot give the memory the config
 /// asks for.

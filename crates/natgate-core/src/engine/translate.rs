@@ -321,6 +321,21 @@ impl<A: PortAllocator> Engine<A> {
             Some(shared) => shared,
             None => self.allocate(proto, internal, subscriber, now)?,
         };
+        self.new_mapping_at(now, key, hash, tcp_flags, external)
+    }
+
+    /// [`Self::new_mapping`] on `external`, which the allocator has just given the key's
+    /// subscriber (or which other mappings share, under port overlapping).
+    pub(super) fn new_mapping_at(
+        &mut self,
+        now: Instant,
+        key: &FlowKey,
+        hash: u64,
+        tcp_flags: u8,
+        external: Endpoint,
+    ) -> Result<SessionId, DropReason> {
+        let (proto, internal, remote) = (key.proto, key.local, key.remote);
+        let subscriber = super::softwire::subscriber_of(&self.softwires, key.softwire, internal);
         if let Some(users) = self.port_users.as_mut()
             && users.add(proto, external, internal).is_err()
         {
@@ -444,7 +459,7 @@ impl<A: PortAllocator> Engine<A> {
 
     /// A session through the existing mapping `mid` with `remote`, opened by a packet going
     /// `dir`.
-    fn new_session(
+    pub(super) fn new_session(
         &mut self,
         now: Instant,
         mid: MappingId,
