@@ -76,6 +76,9 @@ pub struct FileConfig {
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// What is kept across a restart.
+    #[serde(default)]
+    pub state: StateSection,
     /// How external ports are handed out: `mode = "dynamic"` (default), `"port-block"` or
     /// `"deterministic"`, with the core's parameters in kebab-case.
     #[serde(default)]
@@ -299,6 +302,18 @@ pub struct MetricsSection {
     /// Address of the Prometheus text endpoint; none means off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+}
+
+/// `[state]`: warm restart. natgate writes its sessions, mappings and held ports to the
+/// snapshot file when it stops (and on `ctl save`), and at start restores them if they fit the
+/// config, so that a restart or an upgrade breaks no subscriber's connections
+/// (docs/operations.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateSection {
+    /// The snapshot file; none means every start is a cold one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
 }
 
 /// `[log]`: translation logs (RFC 6888 REQ-12). Events leave the workers through one bounded
@@ -529,6 +544,8 @@ pub struct Settings {
     pub control_socket: Option<PathBuf>,
     /// Metrics listen address.
     pub metrics_listen: Option<SocketAddr>,
+    /// The warm-restart snapshot file, if any.
+    pub snapshot: Option<PathBuf>,
     /// Where established flows are carried.
     pub fast_path: FastPathMode,
     /// How external ports are handed out.
@@ -746,6 +763,7 @@ impl Settings {
             lab: file.lab,
             control_socket: file.control.enabled.then(|| file.control.socket.clone()),
             metrics_listen: file.metrics.listen,
+            snapshot: file.state.snapshot.clone(),
             fast_path: file.dataplane.fast_path,
             allocation: file.allocation,
             log: log_settings(&file, &invalid)?,

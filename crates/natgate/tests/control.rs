@@ -99,7 +99,8 @@ impl ControlHandler for Fake {
             | Request::Rule(_)
             | Request::VirtualServers
             | Request::VirtualServer(_)
-            | Request::Unmap(_) => Ok(Response::Pools(PoolList::default())),
+            | Request::Unmap(_)
+            | Request::Save => Ok(Response::Pools(PoolList::default())),
         }
     }
 }

@@ -78,6 +78,25 @@ pub struct SavedState {
 }
 
 impl SavedState {
+    /// The state divided among `n` engines: each record goes to `owner` of its subscriber
+    /// (clamped to the last engine). A held port whose subscriber is not known goes to the
+    /// first: only the dynamic allocator keeps none, and it runs as one engine.
+    pub fn split(self, n: usize, owner: impl Fn(Ipv4Addr) -> usize) -> Vec<SavedState> {
+        let n = n.max(1);
+        let of = |a: Ipv4Addr| owner(a).min(n - 1);
+        let mut parts = vec![SavedState::default(); n];
+        for r in self.sessions {
+            parts[of(r.internal.addr)].sessions.push(r);
+        }
+        for r in self.explicit {
+            parts[of(r.internal.addr)].explicit.push(r);
+        }
+        for h in self.held {
+            parts[h.subscriber.map_or(0, of)].held.push(h);
+        }
+        parts
+    }
+
     /// Adds another engine's state to this one.
     pub fn merge(&mut self, other: SavedState) {
         self.sessions.extend(other.sessions);

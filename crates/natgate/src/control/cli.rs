@@ -73,6 +73,8 @@ pub enum CtlCommand {
     Session(SessionCommand),
     /// Re-read the config file; a bad one is refused and nothing changes.
     Reload,
+    /// Write the warm-restart snapshot now (`[state] snapshot`); natgate writes it on stop too.
+    Save,
     /// Set the diagnostics level.
     LogLevel {
         /// The new level.
@@ -532,6 +534,7 @@ impl TryFrom<&CtlCommand> for Request {
                 remote: *remote,
             }),
             CtlCommand::Reload => Request::Reload,
+            CtlCommand::Save => Request::Save,
             CtlCommand::LogLevel { level } => Request::LogLevel(LogLevelArgs { level: *level }),
             CtlCommand::Whois {
                 address,

@@ -51,6 +51,8 @@ pub enum Command {
     Session,
     /// `reload`.
     Reload,
+    /// `save`.
+    Save,
     /// `log-level`.
     LogLevel,
     /// `whois`.
@@ -69,7 +71,7 @@ pub enum Command {
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 16] = [
+    pub const ALL: [Command; 17] = [
         Command::Status,
         Command::Sessions,
         Command::Mappings,
@@ -79,6 +81,7 @@ impl Command {
         Command::Flush,
         Command::Session,
         Command::Reload,
+        Command::Save,
         Command::LogLevel,
         Command::Whois,
         Command::Rules,
@@ -100,6 +103,7 @@ impl Command {
             Command::Flush => "flush",
             Command::Session => "session",
             Command::Reload => "reload",
+            Command::Save => "save",
             Command::LogLevel => "log-level",
             Command::Whois => "whois",
             Command::Rules => "rules",
@@ -143,6 +147,8 @@ pub enum Request {
     Session(SessionChange),
     /// Re-read the config file; a bad one is refused and nothing changes.
     Reload,
+    /// Write the warm-restart snapshot now (`[state] snapshot`), the state staying live.
+    Save,
     /// Set the diagnostics level.
     LogLevel(LogLevelArgs),
     /// Who held an external address and port (at a time): from live state, the deterministic
@@ -183,6 +189,7 @@ impl Request {
             Request::Flush(_) => Command::Flush,
             Request::Session(_) => Command::Session,
             Request::Reload => Command::Reload,
+            Request::Save => Command::Save,
             Request::LogLevel(_) => Command::LogLevel,
             Request::Whois(_) => Command::Whois,
             Request::Rules => Command::Rules,
@@ -446,6 +453,8 @@ pub enum Response {
     SessionChanged(FlushResult),
     /// For `reload`.
     Reloaded(ReloadResult),
+    /// For `save`.
+    Saved(SaveResult),
     /// For `log-level`.
     LogLevel(LogLevelArgs),
     /// For `whois`.
@@ -475,6 +484,7 @@ impl Response {
             Response::Flushed(_) => Command::Flush,
             Response::SessionChanged(_) => Command::Session,
             Response::Reloaded(_) => Command::Reload,
+            Response::Saved(_) => Command::Save,
             Response::LogLevel(_) => Command::LogLevel,
             Response::Whois(_) => Command::Whois,
             Response::Rules(_) => Command::Rules,
@@ -496,6 +506,7 @@ impl Response {
             Response::Drops(r) => serde_json::to_value(r),
             Response::Flushed(r) | Response::SessionChanged(r) => serde_json::to_value(r),
             Response::Reloaded(r) => serde_json::to_value(r),
+            Response::Saved(r) => serde_json::to_value(r),
             Response::LogLevel(r) => serde_json::to_value(r),
             Response::Whois(r) => serde_json::to_value(r),
             Response::Rules(r) | Response::RuleChanged(r) => serde_json::to_value(r),
@@ -519,6 +530,7 @@ impl Response {
             Command::Flush => Response::Flushed(from(v)?),
             Command::Session => Response::SessionChanged(from(v)?),
             Command::Reload => Response::Reloaded(from(v)?),
+            Command::Save => Response::Saved(from(v)?),
             Command::LogLevel => Response::LogLevel(from(v)?),
             Command::Whois => Response::Whois(from(v)?),
             Command::Rules => Response::Rules(from(v)?),
@@ -1173,6 +1185,21 @@ pub struct ReloadResult {
     pub config_path: PathBuf,
 }
 
+/// Answer to `save`: what the snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveResult {
+    /// The snapshot file.
+    pub path: PathBuf,
+    /// Sessions saved.
+    pub sessions: usize,
+    /// Explicit mappings saved.
+    pub explicit_mappings: usize,
+    /// Ports in hold-down saved.
+    pub held_ports: usize,
+    /// The file's size.
+    pub bytes: usize,
+}
+
 /// A request line's envelope.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1209,6 +1236,7 @@ pub fn encode_request(id: u64, req: &Request) -> Result<String, serde_json::Erro
         | Request::Pools
         | Request::Stats
         | Request::Reload
+        | Request::Save
         | Request::Rules
         | Request::VirtualServers => None,
         Request::Sessions(q) | Request::Mappings(q) => Some(serde_json::to_value(q)?),
@@ -1253,6 +1281,7 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
         | Command::Pools
         | Command::Stats
         | Command::Reload
+        | Command::Save
         | Command::Rules
         | Command::VirtualServers => {
             if args.as_object().is_none_or(|o| !o.is_empty()) {
@@ -1266,6 +1295,7 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
                 Command::Stats => Request::Stats,
                 Command::Rules => Request::Rules,
                 Command::VirtualServers => Request::VirtualServers,
+                Command::Save => Request::Save,
                 _ => Request::Reload,
             }
         }
@@ -1394,6 +1424,7 @@ mod tests {
                 remote: "203.0.113.10:443".parse().expect("remote"),
             }),
             Request::Reload,
+            Request::Save,
             Request::LogLevel(LogLevelArgs {
                 level: LogLevel::Debug,
             }),

@@ -345,6 +345,17 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
         Response::Reloaded(r) => {
             let _ = writeln!(out, "reloaded {}", r.config_path.display());
         }
+        Response::Saved(s) => {
+            let _ = writeln!(
+                out,
+                "saved {} sessions, {} explicit mappings and {} held ports to {} ({} bytes)",
+                s.sessions,
+                s.explicit_mappings,
+                s.held_ports,
+                s.path.display(),
+                s.bytes
+            );
+        }
         Response::LogLevel(l) => {
             let _ = writeln!(out, "log level is now {}", l.level);
         }

@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::control::protocol::{
     DataplaneDrop, DropList, FastPathStats, FlushQuery, FlushResult, LogLevel, LogLevelArgs,
     LogSinkLoss, MappingRow, PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult,
-    RuleChange, RuleList, SessionChange, StatsInfo, StatusInfo, VirtualServerChange,
+    RuleChange, RuleList, SaveResult, SessionChange, StatsInfo, StatusInfo, VirtualServerChange,
     VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
@@ -457,6 +457,22 @@ impl ControlHandler for ControlService {
                 }
             }
             Request::Reload => self.reload(),
+            Request::Save => {
+                let path = self.settings().snapshot.clone().ok_or_else(|| {
+                    ControlError::Rejected(
+                        "the config names no snapshot file ([state] snapshot)".into(),
+                    )
+                })?;
+                let s = self.handle.save(&path).map_err(unavailable)?;
+                tracing::info!(path = %path.display(), sessions = s.sessions, "snapshot saved by the operator");
+                Ok(Response::Saved(SaveResult {
+                    path,
+                    sessions: s.sessions,
+                    explicit_mappings: s.explicit,
+                    held_ports: s.held,
+                    bytes: s.bytes,
+                }))
+            }
             Request::Whois(q) => self.whois(q),
             Request::Rules => Ok(Response::Rules(Self::rule_list(&self.settings(), None))),
             Request::Rule(change) => self.change_rule(change),

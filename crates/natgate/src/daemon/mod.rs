@@ -40,6 +40,7 @@ pub mod mailbox;
 pub mod plumbing;
 pub mod portmap;
 pub mod vservers;
+pub mod warm_restart;
 pub mod worker;
 
 use std::sync::Arc;
@@ -57,8 +58,10 @@ use natgate_core::alloc::{
 use natgate_core::config::Allocation;
 use natgate_core::engine::Engine;
 use natgate_core::engine::{Ended, MappingInfo, NoSuchSession, OffloadStats};
+use natgate_core::saved::SavedState;
 use natgate_core::shard;
 use natgate_core::{Counters, Endpoint, Event, Protocol};
+use std::path::PathBuf;
 
 use crate::config::{FastPathMode, Settings};
 use crate::control::protocol::{MappingList, SessionList, TableQuery};
@@ -72,20 +75,24 @@ use crate::observability::logsink::{
 pub use plumbing::{Plumbing, PlumbingError, Resolved};
 pub use worker::{Discard, EventOutput, EventSink, Worker, WorkerError};
 
-/// The engine's clock: milliseconds since a monotonic origin shared by all workers.
+/// The engine's clock: milliseconds on a monotonic clock shared by all workers.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock(std::time::Instant);
 
+/// The engine instant a [`Clock`] starts at. Not zero: a warm restart puts back sessions last
+/// seen, and ports released, before this process started, and their instants must fit before
+/// its start (longer back than any timer lets state live).
+pub const CLOCK_START: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl Clock {
-    /// A clock whose origin is now.
+    /// A clock that reads [`CLOCK_START`] now.
     pub fn new() -> Self {
         Clock(std::time::Instant::now())
     }
 
     /// The current engine instant.
     pub fn now(&self) -> natgate_core::Instant {
-        let ms = u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX);
-        natgate_core::Instant::from_millis(ms)
+        natgate_core::Instant::ZERO + CLOCK_START + self.0.elapsed()
     }
 }
 
@@ -182,6 +189,11 @@ pub enum Command {
     },
     /// List, change or health-check the virtual servers.
     VirtualServers(vservers::VsCommand),
+    /// The engine's state, for a snapshot (`ctl save`).
+    Save {
+        /// Where to answer.
+        reply: SyncSender<SavedState>,
+    },
     /// A PCP or NAT-PMP request from `client`, for the worker that owns the client.
     PortMap {
         /// The sender.
@@ -328,6 +340,15 @@ pub enum DaemonError {
     /// A worker did not answer a request in time.
     #[error("the workers did not answer within {0:?}")]
     Timeout(Duration),
+    /// The warm-restart snapshot could not be written.
+    #[error("writing the snapshot {}: {source}", path.display())]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A worker's mailbox could not be made.
     #[error("worker mailbox: {0}")]
     Mailbox(#[source] std::io::Error),
@@ -442,6 +463,28 @@ impl DaemonHandle {
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Writes every worker's state to the warm-restart snapshot at `path`, while they go on.
+    pub fn save(&self, path: &std::path::Path) -> Result<warm_restart::Saved, DaemonError> {
+        let mut waiting = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::sync_channel(1);
+            if w.send(Command::Save { reply }).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        let mut state = SavedState::default();
+        for rx in waiting {
+            state.merge(
+                rx.recv_timeout(REQUEST_TIMEOUT)
+                    .map_err(|_| DaemonError::Timeout(REQUEST_TIMEOUT))?,
+            );
+        }
+        warm_restart::write(path, state).map_err(|source| DaemonError::Snapshot {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// The gateway's state, in `detail`.
@@ -707,6 +750,8 @@ fn merge_port_sets(total: &mut Vec<PortSetUsage>, more: Vec<PortSetUsage>) {
 pub struct Daemon {
     handle: DaemonHandle,
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
+    /// Where the workers' states arrive when they stop, and the file they go to.
+    save_on_stop: Option<(PathBuf, Receiver<SavedState>)>,
     plumbing: Option<Plumbing>,
     health: Option<JoinHandle<()>>,
     /// The PCP and NAT-PMP socket's thread, when `[port-mapping]` turns one on.
@@ -796,15 +841,41 @@ impl Daemon {
         }
         // Every engine before any worker starts: running out of memory is an error, and the
         // plumbing goes with `plumbing` when it is returned.
-        let mut engines = Vec::with_capacity(n);
-        for id in 0..n {
-            let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
-            engines.push(Engine::try_with_allocator(
-                crate::config::worker_config(&engine_cfg, id, n)?,
-                alloc,
-                os_seed(),
-            )?);
+        let new_engines = || -> Result<Vec<Engine<ConfiguredAllocator>>, DaemonError> {
+            let mut engines = Vec::with_capacity(n);
+            for id in 0..n {
+                let alloc = worker_allocator(&engine_cfg, id, n, resolved.nat_ports)?;
+                engines.push(Engine::try_with_allocator(
+                    crate::config::worker_config(&engine_cfg, id, n)?,
+                    alloc,
+                    os_seed(),
+                )?);
+            }
+            Ok(engines)
+        };
+        let mut engines = new_engines()?;
+        if let Some(path) = &settings.snapshot {
+            match warm_restart::restore(path, &mut engines, &steering, clock.now()) {
+                Ok(None) => tracing::info!(path = %path.display(), "no snapshot: a cold start"),
+                Ok(Some((r, down))) => tracing::info!(
+                    path = %path.display(),
+                    sessions = r.sessions,
+                    explicit_mappings = r.explicit,
+                    held_ports = r.held,
+                    held_ports_not_held = r.held_skipped,
+                    down_ms = down.as_millis() as u64,
+                    "warm restart: restored the snapshot"
+                ),
+                Err(why) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "snapshot refused, starting empty: {why}"
+                    );
+                    engines = new_engines()?;
+                }
+            }
         }
+        let (save_tx, save_rx) = mpsc::channel();
         for (id, ((inside, outside), mut engine)) in queues.into_iter().zip(engines).enumerate() {
             let table = match &fast_path {
                 Some(fp) => {
@@ -824,6 +895,7 @@ impl Daemon {
             };
             let w = Worker {
                 id,
+                save_on_stop: settings.snapshot.is_some().then(|| save_tx.clone()),
                 engine,
                 inside,
                 outside,
@@ -883,6 +955,7 @@ impl Daemon {
         let mut daemon = Daemon {
             handle: handle.clone(),
             workers,
+            save_on_stop: settings.snapshot.clone().map(|p| (p, save_rx)),
             plumbing: Some(plumbing),
             logs,
             health: None,
@@ -935,6 +1008,28 @@ impl Daemon {
             };
             if let (Err(e), true) = (r, first.is_ok()) {
                 first = Err(e);
+            }
+        }
+        if let Some((path, states)) = self.save_on_stop.take() {
+            let mut state = SavedState::default();
+            for s in states.try_iter() {
+                state.merge(s);
+            }
+            match warm_restart::write(&path, state) {
+                Ok(s) => tracing::info!(
+                    path = %path.display(),
+                    sessions = s.sessions,
+                    explicit_mappings = s.explicit,
+                    held_ports = s.held,
+                    bytes = s.bytes,
+                    ms = s.took.as_millis() as u64,
+                    "saved the snapshot for a warm restart"
+                ),
+                Err(source) => {
+                    if first.is_ok() {
+                        first = Err(DaemonError::Snapshot { path, source });
+                    }
+                }
             }
         }
         // Detach the fast path before the plumbing goes: from here every packet takes the

@@ -10,7 +10,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
@@ -19,6 +19,7 @@ use natgate_core::engine::Engine;
 use natgate_core::engine::{BATCH, PacketBuf};
 use natgate_core::portmap::wire::pcp;
 use natgate_core::portmap::{Answer, PortMapServer};
+use natgate_core::saved::SavedState;
 use natgate_core::shard::{StaticSteer, Steering};
 use natgate_core::{Endpoint, Event, Protocol, Side, Verdict};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -78,6 +79,8 @@ impl EventOutput for Discard {
 pub struct Worker {
     /// Worker number (for logs).
     pub id: usize,
+    /// Where the engine's state goes when the worker stops, for a warm restart.
+    pub save_on_stop: Option<Sender<SavedState>>,
     /// The engine, with the allocator `[allocation]` chose for this worker's share.
     pub engine: Engine<ConfiguredAllocator>,
     /// Inside TUN queue.
@@ -125,6 +128,16 @@ pub enum WorkerError {
 impl Worker {
     /// Runs until the stop flag is set or a queue fails.
     pub fn run(mut self) -> Result<(), WorkerError> {
+        let r = self.translate();
+        // Stopped, or failed: either way no packet changes the state any more.
+        if let Some(tx) = self.save_on_stop.take() {
+            let _ = tx.send(self.engine.save(self.clock.now()));
+        }
+        r
+    }
+
+    /// The loop, until the stop flag is set or a queue fails.
+    fn translate(&mut self) -> Result<(), WorkerError> {
         let mut bufs = vec![0u8; SLOT * BATCH];
         let mut lens = [0usize; BATCH];
         let mut verdicts = [Verdict::Held; BATCH];
@@ -468,6 +481,9 @@ impl Worker {
                     };
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(snap);
+                }
+                Ok(Command::Save { reply }) => {
+                    let _ = reply.send(self.engine.save(self.clock.now()));
                 }
                 Ok(Command::Reload { config, reply }) => {
                     let r = self.engine.reconfigure(&config).map_err(|e| e.to_string());
