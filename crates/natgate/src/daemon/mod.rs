@@ -855,6 +855,7 @@ impl Daemon {
         };
         let mut engines = new_engines()?;
         if let Some(path) = &settings.snapshot {
+            let started = std::time::Instant::now();
             match warm_restart::restore(path, &mut engines, &steering, clock.now()) {
                 Ok(None) => tracing::info!(path = %path.display(), "no snapshot: a cold start"),
                 Ok(Some((r, down))) => tracing::info!(
@@ -864,6 +865,7 @@ impl Daemon {
                     held_ports = r.held,
                     held_ports_not_held = r.held_skipped,
                     down_ms = down.as_millis() as u64,
+                    ms = started.elapsed().as_millis() as u64,
                     "warm restart: restored the snapshot"
                 ),
                 Err(why) => {
