@@ -112,7 +112,7 @@ impl ControlService {
         })?;
         let new = Settings::load(&path).map_err(|e| ControlError::Rejected(e.to_string()))?;
         let mut cur = self.settings();
-        let fixed: [(&str, bool); 11] = [
+        let fixed: [(&str, bool); 12] = [
             (
                 "interfaces",
                 new.inside == cur.inside
@@ -136,6 +136,8 @@ impl ControlService {
             // The server socket and each worker's server are set up at start; the mappings
             // themselves live in the engines and are kept across a reload.
             ("port-mapping", new.port_mapping == cur.port_mapping),
+            // The file the state goes to on stop was fixed at start, with the one it came from.
+            ("state", new.snapshot == cur.snapshot),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ControlError::Rejected(format!(
