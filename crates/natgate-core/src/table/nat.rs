@@ -355,6 +355,19 @@ impl Tables {
         }
     }
 
+    /// Starts loading the bucket of `key`'s full flow key, whatever the mapping bucket holds:
+    /// for a caller that will insert a session whose mapping may only be made, or shared, just
+    /// before.
+    #[inline(always)]
+    fn prefetch_flow(&self, inbound: bool, key: &FlowKey) {
+        let index = if inbound {
+            &self.in_index
+        } else {
+            &self.out_index
+        };
+        index.prefetch(self.flow_hash(key));
+    }
+
     /// The second stage, once the bucket of `hash` is in cache: starts loading what the look-up
     /// reads next, the candidate session's record, or the bucket of `key`'s full flow key when
     /// the mapping is shared (or may not be the session's, under a dependent mapping). Returns
@@ -716,6 +729,17 @@ impl NatTable {
     #[inline(always)]
     pub fn prefetch(&self, inbound: bool, hash: u64) {
         self.t.prefetch(inbound, hash);
+    }
+
+    /// Starts loading every bucket a session with out key `out` and in key `inb` is found or
+    /// indexed in: both mapping keys' and both full flow keys'. For restoring many sessions at
+    /// once, where a session's mapping may be made, or become shared, by the one just before.
+    #[inline(always)]
+    pub fn prefetch_session(&self, out: &FlowKey, inb: &FlowKey) {
+        self.t.prefetch(false, self.t.lookup_hash(false, out));
+        self.t.prefetch(true, self.t.lookup_hash(true, inb));
+        self.t.prefetch_flow(false, out);
+        self.t.prefetch_flow(true, inb);
     }
 
     /// The second stage, once the bucket of `hash` is in cache: starts loading what the look-up
