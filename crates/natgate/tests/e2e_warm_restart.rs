@@ -1,7 +1,8 @@
 //! Warm restart end to end: natgate stopped with SIGTERM and started again keeps a UDP
 //! mapping's external endpoint and an established TCP connection, with the gap in traffic
-//! measured; a snapshot that does not fit is refused and natgate starts empty; `ctl save`
-//! writes one while it runs.
+//! measured; with port blocks, a subscriber's block and its explicit (NAT-PMP) mapping come
+//! back and the mapping still lets a WAN host in; a snapshot that does not fit is refused and
+//! natgate starts empty; `ctl save` writes one while it runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -242,4 +243,97 @@ fn a_snapshot_that_does_not_fit_is_refused_and_natgate_starts_empty() {
         .expect("refused");
     assert!(why.contains("not a natgate snapshot"), "{why}");
     gw.stop();
+}
+
+#[test]
+fn port_blocks_and_explicit_mappings_come_back() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("natgate.snapshot");
+    let cfg = config_with_snapshot(&topo, &snapshot, None)
+        + "[allocation]\nmode = \"port-block\"\nblock-size = 256\nmax-blocks-per-subscriber = 4\n\n\
+           [port-mapping]\nnat-pmp = true\npcp = true\n";
+    let mut gw = Gateway::start(&topo, &cfg);
+    // An outbound flow, and an explicit mapping made over NAT-PMP, of one subscriber.
+    let listener = topo
+        .sub1
+        .run_in(|| TcpListener::bind(SocketAddrV4::new(addr::SUB1, 2222)))
+        .unwrap()
+        .unwrap();
+    let server = udp_socket(&topo.wan1, SocketAddrV4::new(addr::WAN1, 3478));
+    let client = udp_socket(&topo.sub1, SocketAddrV4::new(addr::SUB1, 40000));
+    let flow = seen(&client, &server);
+    let mapped = map_tcp(&topo);
+    // Who holds the flow's port: the subscriber's block, from live state.
+    let block = |topo: &Topology| {
+        let w = ctl_json(
+            topo,
+            &["whois", &flow.ip().to_string(), &flow.port().to_string()],
+        );
+        let r = &w["answers"][0];
+        (
+            r["subscriber"].clone(),
+            r["port_start"].clone(),
+            r["port_end"].clone(),
+        )
+    };
+    let before = block(&topo);
+    assert_eq!(before.0, addr::SUB1.to_string(), "{before:?}");
+    gw.stop();
+
+    let mut gw = Gateway::start(&topo, &cfg);
+    gw.wait_for("warm restart: restored", Duration::from_secs(1))
+        .expect("restored");
+    assert_eq!(
+        block(&topo),
+        before,
+        "the same block, held by the same subscriber"
+    );
+    assert_eq!(explicit_tcp(&topo), Some(mapped));
+    // A WAN host comes in through the restored explicit mapping.
+    let mut c = topo
+        .wan1
+        .run_in(|| TcpStream::connect_timeout(&mapped.into(), T))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("connecting to {mapped}: {e}"));
+    c.write_all(b"hello").unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 5];
+    conn.set_read_timeout(Some(T)).unwrap();
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    // The subscriber's outbound flow keeps its endpoint, inside its block.
+    assert_eq!(seen(&client, &server), flow);
+    gw.stop();
+}
+
+/// The external endpoint of the explicit TCP mapping `ctl mappings` shows, if any.
+fn explicit_tcp(topo: &Topology) -> Option<SocketAddrV4> {
+    let rows = ctl_json(topo, &["mappings", "--proto", "tcp"]);
+    rows["mappings"]
+        .as_array()?
+        .iter()
+        .find(|m| m.get("origin").is_some())?["external"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// Maps TCP 2222 of sub1 over NAT-PMP with `natpmpc`; its external endpoint.
+fn map_tcp(topo: &Topology) -> SocketAddrV4 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", topo.sub1.name(), "natpmpc", "-g"])
+        .arg(addr::GW_LAN.to_string())
+        .args(["-a", "2222", "2222", "tcp", "3600"])
+        .output()
+        .expect("natpmpc runs (apt-get install natpmpc)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    explicit_tcp(topo).expect("natpmpc made an explicit mapping")
 }
