@@ -468,19 +468,135 @@ impl PortMapServer {
             let code = ResultCode::AddressMismatch;
             return self.pcp_reply(out, now, opcode, code, 0, echo);
         }
-        match self.pcp_map(now, engine, client.addr, &request) {
-            Ok((body, lifetime)) => {
+        let mapped = self.pcp_map(now, engine, client.addr, &request);
+        let mapped = match (mapped, request.options.port_set) {
+            (Ok((body, lifetime)), Some(set)) => self
+                .pcp_port_set(now, engine, client.addr, &request, body, lifetime, set)
+                .map(|(body, granted)| (body, lifetime, Some(granted))),
+            (r, _) => r.map(|(body, lifetime)| (body, lifetime, None)),
+        };
+        match mapped {
+            Ok((body, lifetime, granted)) => {
+                let mut options = std::borrow::Cow::Borrowed(&request.options);
+                if let Some(granted) = granted {
+                    options.to_mut().port_set = granted;
+                }
                 let payload = match request.body {
                     Body::Peer(mut p) => {
                         p.map = body;
-                        Payload::Peer(p, &request.options)
+                        Payload::Peer(p, &options)
                     }
-                    _ => Payload::Map(body, &request.options),
+                    _ => Payload::Map(body, &options),
                 };
                 self.pcp_reply(out, now, opcode, ResultCode::Success, lifetime, payload)
             }
             Err(code) => self.pcp_reply(out, now, opcode, code, 0, echo),
         }
+    }
+
+    /// A MAP with PORT_SET (RFC 7753) after `pcp_map` mapped, renewed or deleted its first
+    /// port: the rest of the run, port by port, internal `first + i` on external `first + i`,
+    /// each an explicit mapping of its own with the request's nonce, lifetime and peers, so
+    /// that renewing, deleting, expiring and listing need nothing new. The run stops at the
+    /// first port that cannot be had (in use, outside the subscriber's block or range, past
+    /// its mapping cap): fewer ports than asked is an answer RFC 7753 allows, and the
+    /// response's PORT_SET says how many. With the P bit the first external port keeps the
+    /// first internal port's parity: a new first port that does not is moved one up, or
+    /// the request fails. Returns the first port's payload (moved, perhaps) and
+    /// the PORT_SET to answer with: `None` when only one port was granted, which is a plain
+    /// MAP's answer.
+    #[allow(clippy::too_many_arguments)]
+    fn pcp_port_set<A: PortAllocator>(
+        &mut self,
+        now: Instant,
+        engine: &mut Engine<A>,
+        client: Ipv4Addr,
+        request: &pcp::Request,
+        mut first: pcp::MapBody,
+        lifetime: u32,
+        set: pcp::PortSet,
+    ) -> Result<(pcp::MapBody, Option<pcp::PortSet>), ResultCode> {
+        let proto = match first.protocol {
+            6 => Protocol::Tcp,
+            _ => Protocol::Udp,
+        };
+        let addr = request
+            .options
+            .third_party
+            .as_ref()
+            .and_then(pcp::unmapped)
+            .unwrap_or(client);
+        let origin = MappingOrigin::Pcp { nonce: first.nonce };
+        let ports = u32::from(set.size).min(65_536 - u32::from(first.internal_port));
+        let internal = |i: u32| Endpoint::new(addr, (u32::from(first.internal_port) + i) as u16);
+        if lifetime == 0 {
+            for i in 1..ports {
+                let own = engine
+                    .explicit_mapping(proto, internal(i))
+                    .is_some_and(|m| m.origin == origin);
+                if own {
+                    engine.unmap_explicit(now, proto, internal(i));
+                }
+            }
+            return Ok((first, Some(set)));
+        }
+        let request_for = |i: u32, port: u16, peers: Vec<RemotePeer>| MapRequest {
+            proto,
+            internal: internal(i),
+            lifetime: Duration::from_secs(u64::from(lifetime)),
+            origin,
+            peers,
+            suggested: Some(Suggestion {
+                addr: pcp::unmapped(&first.external_addr),
+                port,
+                required: true,
+            }),
+        };
+        let peers = engine
+            .explicit_mapping(proto, internal(0))
+            .map(|m| m.peers.clone())
+            .unwrap_or_default();
+        let cap = self.cfg.max_mappings_per_subscriber as usize;
+        if set.parity && first.external_port % 2 != first.internal_port % 2 {
+            let fresh = (1..ports).all(|i| engine.explicit_mapping(proto, internal(i)).is_none());
+            if !fresh {
+                return Err(ResultCode::CannotProvideExternal);
+            }
+            engine.unmap_explicit(now, proto, internal(0));
+            // Up, so the run does not meet the port just given back (held down now).
+            let moved = first
+                .external_port
+                .checked_add(1)
+                .ok_or(ResultCode::CannotProvideExternal)?;
+            let m = engine
+                .map_explicit(now, request_for(0, moved, peers.clone()), cap)
+                .map_err(|_| ResultCode::CannotProvideExternal)?;
+            first.external_port = m.external.port;
+        }
+        let mut granted = 1;
+        for i in 1..ports {
+            let Some(port) = first.external_port.checked_add(i as u16) else {
+                break;
+            };
+            let fits = match engine.explicit_mapping(proto, internal(i)) {
+                // A member already: renewed if it is this run's.
+                Some(m) => m.origin == origin && m.external.port == port,
+                None => true,
+            };
+            if !fits
+                || engine
+                    .map_explicit(now, request_for(i, port, peers.clone()), cap)
+                    .is_err()
+            {
+                break;
+            }
+            granted += 1;
+        }
+        let answer = (granted > 1).then_some(pcp::PortSet {
+            size: granted as u16,
+            ..set
+        });
+        Ok((first, answer))
     }
 
     /// A PCP MAP or PEER: the response's payload (assigned endpoint) and lifetime.
@@ -592,11 +708,22 @@ impl PortMapServer {
             peers,
             // RFC 6887 section 11.3: the suggested endpoint if it can be had; with
             // PREFER_FAILURE (section 13.2) that or nothing.
-            suggested: (body.external_port != 0).then_some(Suggestion {
-                addr: suggested_addr,
-                port: body.external_port,
-                required: opts.prefer_failure,
-            }),
+            suggested: if body.external_port != 0 {
+                Some(Suggestion {
+                    addr: suggested_addr,
+                    port: body.external_port,
+                    required: opts.prefer_failure,
+                })
+            } else if opts.port_set.is_some_and(|s| s.parity) {
+                // RFC 7753's P bit: the internal port itself has the parity asked for.
+                Some(Suggestion {
+                    addr: suggested_addr,
+                    port: body.internal_port,
+                    required: false,
+                })
+            } else {
+                None
+            },
         };
         match engine.map_explicit(now, req, self.cfg.max_mappings_per_subscriber as usize) {
             Ok(m) => Ok(answer(&m, granted)),

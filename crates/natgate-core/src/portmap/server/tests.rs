@@ -588,3 +588,122 @@ fn drop_reasons_are_named_once() {
     sorted.dedup();
     assert_eq!(sorted.len(), names.len());
 }
+
+// ------------------------------------------------------------------ PORT_SET (RFC 7753)
+
+/// A PORT_SET option asking for `size` ports from `first`, with the P bit if `parity`.
+fn port_set(size: u16, first: u16, parity: bool) -> Vec<u8> {
+    let mut v = vec![option::PORT_SET, 0, 0, 5];
+    v.extend_from_slice(&size.to_be_bytes());
+    v.extend_from_slice(&first.to_be_bytes());
+    v.extend_from_slice(&[u8::from(parity), 0, 0, 0]);
+    v
+}
+
+/// The PORT_SET of a MAP response (size, first internal port, P), if it has one, and the
+/// assigned external port.
+fn granted_set(answer: &[u8]) -> (Option<(u16, u16, bool)>, u16) {
+    let external = u16::from_be_bytes([answer[42], answer[43]]);
+    let mut opts = &answer[pcp::HEADER + 36..];
+    while let Some(&[code, _, l0, l1]) = opts.first_chunk::<4>() {
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if code == option::PORT_SET {
+            let d = &opts[4..4 + len];
+            let set = (
+                u16::from_be_bytes([d[0], d[1]]),
+                u16::from_be_bytes([d[2], d[3]]),
+                d[4] & 1 != 0,
+            );
+            return (Some(set), external);
+        }
+        opts = &opts[4 + len.div_ceil(4) * 4..];
+    }
+    (None, external)
+}
+
+#[test]
+fn rfc7753_a_port_set_maps_consecutive_ports_and_each_lets_a_peer_in() {
+    let mut e = engine();
+    let mut s = server(|_| {});
+    let req = pcp_map(SUB, NONCE, 17, 6000, 600, &port_set(4, 6000, false));
+    let answer = ask(&mut s, &mut e, t(1), ep(SUB, 5350), &req);
+    assert_eq!(answer[3], ResultCode::Success as u8);
+    let (set, first) = granted_set(&answer);
+    assert_eq!(set, Some((4, 6000, false)));
+    for i in 0..4u16 {
+        let to = ep(POOL, first + i);
+        assert_eq!(
+            reaches(&mut e, t(2), false, ep(WAN, 9000), to),
+            Some(ep(SUB, 6000 + i)),
+            "port {i} of the run"
+        );
+    }
+    // Renewed as a whole: the same run.
+    let again = ask(&mut s, &mut e, t(3), ep(SUB, 5350), &req);
+    assert_eq!(granted_set(&again), (Some((4, 6000, false)), first));
+    assert_eq!(e.explicit_mappings().count(), 4);
+    // Deleted as a whole.
+    let delete = pcp_map(SUB, NONCE, 17, 6000, 0, &port_set(4, 6000, false));
+    let gone = ask(&mut s, &mut e, t(4), ep(SUB, 5350), &delete);
+    assert_eq!(gone[3], ResultCode::Success as u8);
+    assert_eq!(e.explicit_mappings().count(), 0);
+    assert_eq!(
+        reaches(&mut e, t(5), false, ep(WAN, 9000), ep(POOL, first + 1)),
+        None
+    );
+}
+
+#[test]
+fn rfc7753_fewer_ports_than_asked_are_granted_and_said() {
+    let mut e = engine();
+    // The subscriber may hold three explicit mappings: a run of 8 gets 3.
+    let mut s = server(|c| c.max_mappings_per_subscriber = 3);
+    let req = pcp_map(SUB, NONCE, 6, 7000, 600, &port_set(8, 7000, false));
+    let answer = ask(&mut s, &mut e, t(1), ep(SUB, 5350), &req);
+    assert_eq!(answer[3], ResultCode::Success as u8);
+    assert_eq!(granted_set(&answer).0, Some((3, 7000, false)));
+    // Only one port to be had: a plain MAP's answer, without PORT_SET.
+    let mut e = engine();
+    let mut s = server(|c| c.max_mappings_per_subscriber = 1);
+    let answer = ask(&mut s, &mut e, t(1), ep(SUB, 5350), &req);
+    assert_eq!(answer[3], ResultCode::Success as u8);
+    assert_eq!(granted_set(&answer).0, None);
+}
+
+#[test]
+fn rfc7753_the_p_bit_keeps_the_first_ports_parity() {
+    let mut e = engine();
+    let mut s = server(|_| {});
+    // Even internal port, odd suggestion: the run starts one port up.
+    let mut req = pcp_map(SUB, NONCE, 17, 8000, 600, &port_set(2, 8000, true));
+    req[42..44].copy_from_slice(&9001u16.to_be_bytes());
+    let answer = ask(&mut s, &mut e, t(1), ep(SUB, 5350), &req);
+    assert_eq!(answer[3], ResultCode::Success as u8);
+    let (set, first) = granted_set(&answer);
+    assert_eq!(set, Some((2, 8000, true)));
+    assert_eq!(first, 9002);
+}
+
+#[test]
+fn rfc7753_malformed_port_sets_are_refused() {
+    let mut e = engine();
+    let mut s = server(|_| {});
+    let prefer_failure = [option::PREFER_FAILURE, 0, 0, 0];
+    for (why, options) in [
+        ("size 0", port_set(0, 6000, false)),
+        ("another first port", port_set(4, 6001, false)),
+        (
+            "twice",
+            [port_set(2, 6000, false), port_set(2, 6000, false)].concat(),
+        ),
+        (
+            "with PREFER_FAILURE",
+            [port_set(2, 6000, false), prefer_failure.to_vec()].concat(),
+        ),
+    ] {
+        let req = pcp_map(SUB, NONCE, 17, 6000, 600, &options);
+        let answer = ask(&mut s, &mut e, t(1), ep(SUB, 5350), &req);
+        assert_eq!(answer[3], ResultCode::MalformedOption as u8, "{why}");
+    }
+    assert_eq!(e.explicit_mappings().count(), 0);
+}

@@ -128,6 +128,8 @@ pub mod option {
     pub const PREFER_FAILURE: u8 = 2;
     /// FILTER: only these remote peers get in.
     pub const FILTER: u8 = 3;
+    /// PORT_SET (RFC 7753): map a run of consecutive ports as one.
+    pub const PORT_SET: u8 = 130;
     /// Codes from here on are optional to process: unknown ones are ignored.
     pub const OPTIONAL: u8 = 128;
 }
@@ -232,6 +234,17 @@ pub struct Filter {
     pub addr: [u8; 16],
 }
 
+/// A PORT_SET option (RFC 7753 section 4): a run of consecutive ports mapped as one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSet {
+    /// How many ports: requested, or (in a response) granted. Never 0.
+    pub size: u16,
+    /// The run's first internal port, which is the MAP's internal port.
+    pub first_internal: u16,
+    /// The P bit: the first external port keeps the first internal port's parity.
+    pub parity: bool,
+}
+
 /// The options of a request that this server processes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
@@ -241,6 +254,8 @@ pub struct Options {
     pub prefer_failure: bool,
     /// The FILTER options, in order.
     pub filters: Vec<Filter>,
+    /// PORT_SET, in a MAP.
+    pub port_set: Option<PortSet>,
 }
 
 /// A well-formed PCP request.
@@ -312,6 +327,13 @@ pub fn parse(b: &[u8]) -> Result<Request, Refusal> {
         _ => return Err(Refusal::Answer(ResultCode::UnsuppOpcode)),
     };
     let options = parse_options(body.opcode(), &rest[used..])?;
+    if let (Some(set), Body::Map(m)) = (options.port_set, &body) {
+        // RFC 7753 section 4: the run starts at the MAP's internal port; and a run cannot
+        // be "exactly these ports or nothing" (PREFER_FAILURE) when fewer may be granted.
+        if set.first_internal != m.internal_port || options.prefer_failure {
+            return Err(Refusal::Answer(ResultCode::MalformedOption));
+        }
+    }
     Ok(Request {
         lifetime,
         client,
@@ -338,7 +360,7 @@ fn parse_options(opcode: Opcode, mut b: &[u8]) -> Result<Options, Refusal> {
         // Which opcodes each option belongs to (RFC 6887 sections 13.1-13.3).
         let allowed = match code {
             option::THIRD_PARTY => opcode != Opcode::Announce,
-            option::PREFER_FAILURE | option::FILTER => opcode == Opcode::Map,
+            option::PREFER_FAILURE | option::FILTER | option::PORT_SET => opcode == Opcode::Map,
             c if c >= option::OPTIONAL => true,
             _ => return Err(Refusal::Answer(ResultCode::UnsuppOption)),
         };
@@ -371,6 +393,18 @@ fn parse_options(opcode: Opcode, mut b: &[u8]) -> Result<Options, Refusal> {
                     port: u16::from_be_bytes([f[2], f[3]]),
                     addr,
                 });
+            }
+            option::PORT_SET => {
+                let d = <[u8; 5]>::try_from(data).map_err(|_| malformed)?;
+                let size = u16::from_be_bytes([d[0], d[1]]);
+                let set = PortSet {
+                    size,
+                    first_internal: u16::from_be_bytes([d[2], d[3]]),
+                    parity: d[4] & 1 != 0,
+                };
+                if size == 0 || o.port_set.replace(set).is_some() {
+                    return Err(malformed);
+                }
             }
             // An optional option this server does not process: skipped.
             _ => {}
@@ -453,12 +487,14 @@ pub fn write_response(out: &mut [u8], r: &Response<'_>) -> usize {
 fn write_options(out: &mut [u8], o: &Options) -> usize {
     let mut n = 0;
     let mut put = |code: u8, data: &[u8]| {
-        let end = n + 4 + data.len();
+        // The data is padded to a multiple of four bytes; the length says what is data.
+        let end = n + 4 + data.len().div_ceil(4) * 4;
         if let Some(dst) = out.get_mut(n..end) {
             dst[0] = code;
             dst[1] = 0;
             dst[2..4].copy_from_slice(&(data.len() as u16).to_be_bytes());
-            dst[4..].copy_from_slice(data);
+            dst[4..4 + data.len()].copy_from_slice(data);
+            dst[4 + data.len()..].fill(0);
             n = end;
         }
     };
@@ -474,6 +510,13 @@ fn write_options(out: &mut [u8], o: &Options) -> usize {
         d[2..4].copy_from_slice(&f.port.to_be_bytes());
         d[4..].copy_from_slice(&f.addr);
         put(option::FILTER, &d);
+    }
+    if let Some(s) = o.port_set {
+        let mut d = [0u8; 5];
+        d[..2].copy_from_slice(&s.size.to_be_bytes());
+        d[2..4].copy_from_slice(&s.first_internal.to_be_bytes());
+        d[4] = u8::from(s.parity);
+        put(option::PORT_SET, &d);
     }
     n
 }

@@ -203,6 +203,11 @@ fn writes_the_response_header_and_a_map_response() {
             port: 0,
             addr: mapped(Ipv4Addr::new(203, 0, 113, 10)),
         }],
+        port_set: Some(PortSet {
+            size: 4,
+            first_internal: 5000,
+            parity: true,
+        }),
     };
     let body = MapBody {
         nonce: NONCE,
@@ -221,7 +226,7 @@ fn writes_the_response_header_and_a_map_response() {
             payload: Payload::Map(body, &opts),
         },
     );
-    assert_eq!(n, 24 + 36 + 24);
+    assert_eq!(n, 24 + 36 + 24 + 12);
     assert_eq!(
         out[..24],
         [
@@ -234,6 +239,8 @@ fn writes_the_response_header_and_a_map_response() {
     assert_eq!(out[44..60], mapped(Ipv4Addr::new(198, 51, 100, 1)));
     assert_eq!(out[60..64], [option::FILTER, 0, 0, 20]);
     assert_eq!(out[65], 128);
+    // PORT_SET (RFC 7753 section 4): length 5, padded to 8.
+    assert_eq!(out[84..96], [130, 0, 0, 5, 0, 4, 0x13, 0x88, 1, 0, 0, 0]);
     // The response parses back to the same payload (with the R bit cleared).
     let mut back = out[..n].to_vec();
     back[1] = 1;
