@@ -47,6 +47,7 @@
 # rate where CPU 1 is the limit (a check on the real, mostly softirq, load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/topology.sh
 
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces)" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs" >&2; exit 1; }
@@ -83,8 +84,6 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (
 group() { awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); o = ""; while (length(s) > 3) { o = " " substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) } print s o }'; }
 
 WORK=$(mktemp -d /tmp/natgate-bench-XXXXXX)
-FIFO=$WORK/fifo
-mkfifo "$FIFO"
 CT_OLD=""
 CLEANED=0
 cleanup() {
@@ -95,10 +94,7 @@ cleanup() {
   for p in $(jobs -p); do
     [ "$p" = "${TOPO_PID:-}" ] || [ "$p" = "${HOLD_PID:-}" ] || stop_pid "$p"
   done
-  # hold_topology deletes the namespaces when the FIFO's only writer is gone. The holder cannot
-  # have ended before us (tail --pid waits for this script), so its PID is still ours.
-  if [ -n "${HOLD_PID:-}" ]; then kill "$HOLD_PID" 2>/dev/null || true; wait "$HOLD_PID" 2>/dev/null || true; fi
-  [ -z "${TOPO_PID:-}" ] || wait "$TOPO_PID" 2>/dev/null || true
+  topology_down
   rm -rf "$WORK"
 }
 # stop_pid PID: end a background process of this shell by its PID, only while it is still our
@@ -111,18 +107,7 @@ trap cleanup EXIT
 trap 'log "interrupted"; cleanup; exit 130' INT
 trap 'log "terminated"; cleanup; exit 143' TERM
 
-# The topology lives as long as the FIFO has a writer. The one writer is a tail that also ends
-# when this script does, even by SIGKILL (--pid); the script itself never opens the FIFO, so no
-# other process can inherit a write end and keep the topology alive. hold_topology is never
-# signalled: it must see its stdin close to delete what it built. (Background processes started
-# without job control ignore SIGINT, so a Ctrl-C does not reach it either.)
-tail -f --pid="$$" /dev/null >"$FIFO" &
-HOLD_PID=$!
-"$EX/hold_topology" 1800 <"$FIFO" >"$WORK/suffix" &
-TOPO_PID=$!
-for _ in $(seq 100); do [ -s "$WORK/suffix" ] && break; sleep 0.1; done
-[ -s "$WORK/suffix" ] || { echo "topology not built" >&2; exit 1; }
-S=$(cat "$WORK/suffix")
+topology_up "$EX" 1800 "$WORK"
 GW=ng-gw-$S; SUB=ng-sub1-$S; SUB2=ng-sub2-$S; UP=ng-up-$S; WAN=ng-wan1-$S; SW=ng-sw-$S
 WAN1=203.0.113.10; SUB2_ADDR=100.64.0.11
 log "topology $S built"

@@ -12,6 +12,7 @@
 # ended by its PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/topology.sh
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces)" >&2; exit 1; }
 MAX_MEMORY=${1:-100663296}
 FLOWS=${2:-1250000}
@@ -22,22 +23,14 @@ WORK=$(mktemp -d /tmp/natgate-memory-XXXXXX)
 NG_PID=""
 cleanup() {
   if [ -n "$NG_PID" ]; then kill "$NG_PID" 2>/dev/null || true; wait "$NG_PID" 2>/dev/null || true; fi
-  # hold_topology deletes the namespaces when its stdin closes: the writer below ends with us.
-  [ -z "${HOLD_PID:-}" ] || { kill "$HOLD_PID" 2>/dev/null || true; wait "${TOPO_PID:-}" 2>/dev/null || true; }
+  topology_down
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-mkfifo "$WORK/fifo"
-tail -f --pid="$$" /dev/null >"$WORK/fifo" &
-HOLD_PID=$!
-"$BIN/examples/hold_topology" 300 <"$WORK/fifo" >"$WORK/suffix" &
-TOPO_PID=$!
-for _ in $(seq 100); do [ -s "$WORK/suffix" ] && break; sleep 0.1; done
-[ -s "$WORK/suffix" ] || { echo "topology not built" >&2; exit 1; }
-S=$(cat "$WORK/suffix")
+topology_up "$BIN/examples" 300 "$WORK"
 GW=ng-gw-$S; SUB=ng-sub1-$S
 
 cat >"$WORK/natgate.toml" <<TOML

@@ -13,6 +13,7 @@
 # ended by its PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/topology.sh
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces)" >&2; exit 1; }
 SESSIONS=${1:-1000000}
 
@@ -28,21 +29,14 @@ stop_natgate() {
 cleanup() {
   stop_natgate
   for p in "${PROBE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  [ -z "${HOLD_PID:-}" ] || { kill "$HOLD_PID" 2>/dev/null || true; wait "${TOPO_PID:-}" 2>/dev/null || true; }
+  topology_down
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-mkfifo "$WORK/fifo"
-tail -f --pid="$$" /dev/null >"$WORK/fifo" &
-HOLD_PID=$!
-"$BIN/examples/hold_topology" 300 <"$WORK/fifo" >"$WORK/suffix" &
-TOPO_PID=$!
-for _ in $(seq 100); do [ -s "$WORK/suffix" ] && break; sleep 0.1; done
-[ -s "$WORK/suffix" ] || { echo "topology not built" >&2; exit 1; }
-S=$(cat "$WORK/suffix")
+topology_up "$BIN/examples" 300 "$WORK"
 GW=ng-gw-$S; SUB=ng-sub1-$S; WAN=ng-wan1-$S
 
 cat >"$WORK/natgate.toml" <<TOML
