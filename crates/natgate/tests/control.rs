@@ -100,7 +100,9 @@ impl ControlHandler for Fake {
             | Request::VirtualServers
             | Request::VirtualServer(_)
             | Request::Unmap(_)
-            | Request::Save => Ok(Response::Pools(PoolList::default())),
+            | Request::Save
+            | Request::VirtualServerCreate(_)
+            | Request::VirtualServerDelete(_) => Ok(Response::Pools(PoolList::default())),
         }
     }
 }

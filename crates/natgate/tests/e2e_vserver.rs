@@ -251,3 +251,65 @@ fn virtual_web_server_splits_drains_removes_and_health_checks() {
         "the change is logged"
     );
 }
+
+#[test]
+fn a_virtual_server_created_and_deleted_at_run_time() {
+    if !is_root() {
+        return;
+    }
+    let topo = topology();
+    topo.netlink(&topo.upstream)
+        .unwrap()
+        .add_route_v4(&RouteV4::via(
+            Ipv4Addr::new(198, 18, 0, 0),
+            16,
+            addr::GW_WAN,
+        ))
+        .unwrap();
+    let _a = HttpServer::start(&topo.sub1, SocketAddrV4::new(addr::SUB1, 8080), "a");
+    let mut gw = Gateway::start(&topo, &config(&topo, ""));
+    assert!(
+        get_once(&topo.wan1, vip(), Duration::from_secs(1)).is_err(),
+        "nothing there yet"
+    );
+
+    let spec = r#"address = "198.18.3.80"
+port = 80
+protocol = "tcp"
+scheduler = "round-robin"
+real-servers = [{ address = "100.64.0.10", port = 8080 }]"#;
+    let created = ctl_json(&topo, &["vserver", "create", spec]);
+    assert_eq!(
+        created["virtual_servers"][0]["address"], "198.18.3.80:80",
+        "{created}"
+    );
+    let body = get_once(&topo.wan1, vip(), T).expect("served once created");
+    assert!(body.starts_with("a "), "{body}");
+    // Written back with the rules, ready for the config file.
+    let (code, toml, err) = ctl(&topo, &["rules", "--toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        toml.contains("[[virtual-server]]") && toml.contains("198.18.3.80"),
+        "{toml}"
+    );
+    // A second one at the same address and port is refused, and changes nothing.
+    let (code, _, err) = ctl(&topo, &["vserver", "create", spec]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists"), "{err}");
+
+    let (code, out, err) = ctl(&topo, &["vserver", "delete", VIP]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted 198.18.3.80:80/tcp"), "{out}");
+    assert!(
+        get_once(&topo.wan1, vip(), Duration::from_secs(1)).is_err(),
+        "gone"
+    );
+    assert_eq!(
+        ctl_json(&topo, &["vservers"])["virtual_servers"],
+        serde_json::json!([])
+    );
+    let (code, _, err) = ctl(&topo, &["vserver", "delete", VIP]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no virtual server"), "{err}");
+    gw.stop();
+}

@@ -17,7 +17,7 @@ use super::protocol::{
     DropsQuery, FlushQuery, LogLevel, LogLevelArgs, RealServerOp, RealServerRef, RuleChange,
     SessionChange, TableQuery, UnmapArgs, VirtualServerChange, VirtualServerRef, WhoisQuery,
 };
-use super::static_nat::parse_rule_toml;
+use super::static_nat::{parse_rule_toml, parse_virtual_server_toml};
 use super::{Client, DEFAULT_SOCKET, Request, Response, render};
 
 /// Exit status: the request succeeded.
@@ -343,18 +343,43 @@ pub enum VserverCommand {
         /// The new weight, 1..=1000000.
         weight: u32,
     },
+    /// Create a virtual server (applied like `reload`: all workers or none).
+    Create {
+        /// One `[[virtual-server]]` table as in the config file, or its keys, e.g.
+        /// 'address = "203.0.113.80" port = 80 protocol = "tcp" scheduler = "round-robin"
+        /// real-servers = [{ address = "10.0.0.2" }]'.
+        #[arg(value_name = "TOML")]
+        spec: String,
+    },
+    /// Delete a virtual server (applied like `reload`).
+    Delete {
+        /// The virtual server.
+        #[arg(value_name = "VIRTUAL")]
+        virtual_server: VirtualServerRef,
+    },
 }
 
-impl From<&VserverCommand> for VirtualServerChange {
-    fn from(c: &VserverCommand) -> Self {
-        let change = |virtual_server, real_server, op, weight, force| VirtualServerChange {
-            virtual_server,
-            real_server,
-            op,
-            weight,
-            force,
+impl TryFrom<&VserverCommand> for Request {
+    type Error = String;
+
+    /// Fails only for a virtual server given as TOML that cannot be read.
+    fn try_from(c: &VserverCommand) -> Result<Self, String> {
+        let change = |virtual_server, real_server, op, weight, force| {
+            Request::VirtualServer(VirtualServerChange {
+                virtual_server,
+                real_server,
+                op,
+                weight,
+                force,
+            })
         };
-        match *c {
+        Ok(match *c {
+            VserverCommand::Create { ref spec } => {
+                Request::VirtualServerCreate(parse_virtual_server_toml(spec)?)
+            }
+            VserverCommand::Delete { virtual_server } => {
+                Request::VirtualServerDelete(virtual_server)
+            }
             VserverCommand::Add {
                 virtual_server,
                 real_server,
@@ -408,7 +433,7 @@ impl From<&VserverCommand> for VirtualServerChange {
                 Some(weight),
                 false,
             ),
-        }
+        })
     }
 }
 
@@ -568,7 +593,7 @@ impl TryFrom<&CtlCommand> for Request {
                 proto: *proto,
                 internal: *internal,
             }),
-            CtlCommand::Vserver(v) => Request::VirtualServer(v.into()),
+            CtlCommand::Vserver(v) => Request::try_from(v)?,
         })
     }
 }

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use natgate_core::alloc::{AddressUsage, PortSetKind, PortSetUsage};
 use natgate_core::engine::{MappingInfo, SessionInfo};
 use natgate_core::tcp_state::TcpPhase;
+use natgate_core::vserver::VirtualServerSpec;
 use natgate_core::{Counters, DropReason, Endpoint, Instant, Protocol};
 use serde::{Deserialize, Serialize};
 
@@ -65,13 +66,17 @@ pub enum Command {
     VirtualServers,
     /// `vserver`.
     VirtualServer,
+    /// `vserver-create`.
+    VirtualServerCreate,
+    /// `vserver-delete`.
+    VirtualServerDelete,
     /// `unmap`.
     Unmap,
 }
 
 impl Command {
     /// Every command.
-    pub const ALL: [Command; 17] = [
+    pub const ALL: [Command; 19] = [
         Command::Status,
         Command::Sessions,
         Command::Mappings,
@@ -88,6 +93,8 @@ impl Command {
         Command::Rule,
         Command::VirtualServers,
         Command::VirtualServer,
+        Command::VirtualServerCreate,
+        Command::VirtualServerDelete,
         Command::Unmap,
     ];
 
@@ -110,6 +117,8 @@ impl Command {
             Command::Rule => "rule",
             Command::VirtualServers => "vservers",
             Command::VirtualServer => "vserver",
+            Command::VirtualServerCreate => "vserver-create",
+            Command::VirtualServerDelete => "vserver-delete",
             Command::Unmap => "unmap",
         }
     }
@@ -162,6 +171,10 @@ pub enum Request {
     VirtualServers,
     /// Add, drain, undrain, remove or reweigh a real server (all workers or none).
     VirtualServer(VirtualServerChange),
+    /// Add a virtual server to the running ones (applied like `reload`: all workers or none).
+    VirtualServerCreate(VirtualServerSpec),
+    /// Delete a running virtual server; its connections end as the rules' do on a reload.
+    VirtualServerDelete(VirtualServerRef),
     /// Delete an explicit mapping (PCP, NAT-PMP) and the flows it let in.
     Unmap(UnmapArgs),
 }
@@ -196,6 +209,8 @@ impl Request {
             Request::Rule(_) => Command::Rule,
             Request::VirtualServers => Command::VirtualServers,
             Request::VirtualServer(_) => Command::VirtualServer,
+            Request::VirtualServerCreate(_) => Command::VirtualServerCreate,
+            Request::VirtualServerDelete(_) => Command::VirtualServerDelete,
             Request::Unmap(_) => Command::Unmap,
         }
     }
@@ -467,6 +482,10 @@ pub enum Response {
     VirtualServers(VirtualServerList),
     /// For `vserver`: the changed virtual server after the change.
     VirtualServerChanged(VirtualServerList),
+    /// For `vserver-create`: the new virtual server.
+    VirtualServerCreated(VirtualServerList),
+    /// For `vserver-delete`: the virtual server as it was just before.
+    VirtualServerDeleted(VirtualServerList),
     /// For `unmap`: the mapping deleted.
     Unmapped(MappingRow),
 }
@@ -491,6 +510,8 @@ impl Response {
             Response::RuleChanged(_) => Command::Rule,
             Response::VirtualServers(_) => Command::VirtualServers,
             Response::VirtualServerChanged(_) => Command::VirtualServer,
+            Response::VirtualServerCreated(_) => Command::VirtualServerCreate,
+            Response::VirtualServerDeleted(_) => Command::VirtualServerDelete,
             Response::Unmapped(_) => Command::Unmap,
         }
     }
@@ -510,9 +531,10 @@ impl Response {
             Response::LogLevel(r) => serde_json::to_value(r),
             Response::Whois(r) => serde_json::to_value(r),
             Response::Rules(r) | Response::RuleChanged(r) => serde_json::to_value(r),
-            Response::VirtualServers(r) | Response::VirtualServerChanged(r) => {
-                serde_json::to_value(r)
-            }
+            Response::VirtualServers(r)
+            | Response::VirtualServerChanged(r)
+            | Response::VirtualServerCreated(r)
+            | Response::VirtualServerDeleted(r) => serde_json::to_value(r),
             Response::Unmapped(r) => serde_json::to_value(r),
         }
     }
@@ -537,6 +559,8 @@ impl Response {
             Command::Rule => Response::RuleChanged(from(v)?),
             Command::VirtualServers => Response::VirtualServers(from(v)?),
             Command::VirtualServer => Response::VirtualServerChanged(from(v)?),
+            Command::VirtualServerCreate => Response::VirtualServerCreated(from(v)?),
+            Command::VirtualServerDelete => Response::VirtualServerDeleted(from(v)?),
             Command::Unmap => Response::Unmapped(from(v)?),
         })
     }
@@ -1247,6 +1271,8 @@ pub fn encode_request(id: u64, req: &Request) -> Result<String, serde_json::Erro
         Request::Whois(q) => Some(serde_json::to_value(q)?),
         Request::Rule(c) => Some(serde_json::to_value(c)?),
         Request::VirtualServer(c) => Some(serde_json::to_value(c)?),
+        Request::VirtualServerCreate(s) => Some(serde_json::to_value(s)?),
+        Request::VirtualServerDelete(r) => Some(serde_json::to_value(r)?),
         Request::Unmap(a) => Some(serde_json::to_value(a)?),
     };
     serde_json::to_string(&WireRequest {
@@ -1309,6 +1335,12 @@ fn request_with_args(cmd: Command, args: Option<Value>) -> Result<Request, Contr
         Command::Rule => Request::Rule(serde_json::from_value(args).map_err(bad)?),
         Command::VirtualServer => {
             Request::VirtualServer(serde_json::from_value(args).map_err(bad)?)
+        }
+        Command::VirtualServerCreate => {
+            Request::VirtualServerCreate(serde_json::from_value(args).map_err(bad)?)
+        }
+        Command::VirtualServerDelete => {
+            Request::VirtualServerDelete(serde_json::from_value(args).map_err(bad)?)
         }
         Command::Unmap => Request::Unmap(serde_json::from_value(args).map_err(bad)?),
     })
@@ -1458,6 +1490,15 @@ mod tests {
                 flush: true,
             }),
             Request::VirtualServers,
+            Request::VirtualServerCreate(
+                super::super::static_nat::parse_virtual_server_toml(
+                    "[[virtual-server]]\naddress = \"203.0.113.80\"\nport = 80\n\
+                     protocol = \"tcp\"\nscheduler = \"round-robin\"\n\
+                     real-servers = [{ address = \"10.0.0.2\", weight = 3 }]",
+                )
+                .expect("virtual server"),
+            ),
+            Request::VirtualServerDelete("203.0.113.80:80/tcp".parse().expect("vip")),
             Request::VirtualServer(VirtualServerChange {
                 virtual_server: "203.0.113.80:80/tcp".parse().expect("vip"),
                 real_server: "100.64.0.10:8080".parse().expect("real"),

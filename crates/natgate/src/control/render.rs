@@ -361,8 +361,15 @@ pub(crate) fn human(req: &Request, resp: &Response) -> String {
         }
         Response::Whois(w) => whois(req, w, &mut out),
         Response::Rules(l) | Response::RuleChanged(l) => rules(l, &mut out),
-        Response::VirtualServers(l) | Response::VirtualServerChanged(l) => {
+        Response::VirtualServers(l)
+        | Response::VirtualServerChanged(l)
+        | Response::VirtualServerCreated(l) => {
             virtual_servers(l, &mut out);
+        }
+        Response::VirtualServerDeleted(l) => {
+            for v in &l.virtual_servers {
+                let _ = writeln!(out, "deleted {}/{}", v.address, v.protocol);
+            }
         }
     }
     out

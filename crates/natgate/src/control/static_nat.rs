@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
 use natgate_core::rules::{Rule, RuleId};
-use natgate_core::vserver::{Health, ServerState};
+use natgate_core::vserver::{Health, ServerState, VirtualServerSpec};
 use natgate_core::{Endpoint, Protocol};
 use serde::{Deserialize, Serialize};
 
@@ -25,16 +25,48 @@ pub struct RuleList {
     /// Sessions ended by `rule delete` with `flush` (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flushed: Option<u64>,
+    /// The running virtual servers, so that `ctl rules --toml` writes back those made at run
+    /// time too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<VirtualServerSpec>,
 }
 
 impl RuleList {
-    /// The chain as config-file text: `[[rule]]` tables, ready to paste into the file.
+    /// The chain and the virtual servers as config-file text: `[[rule]]` and
+    /// `[[virtual-server]]` tables, ready to paste into the file.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         #[derive(Serialize)]
+        #[serde(rename_all = "kebab-case")]
         struct File<'a> {
             rule: &'a [Rule],
+            #[serde(skip_serializing_if = "<[VirtualServerSpec]>::is_empty")]
+            virtual_server: &'a [VirtualServerSpec],
         }
-        toml::to_string(&File { rule: &self.rules })
+        toml::to_string(&File {
+            rule: &self.rules,
+            virtual_server: &self.virtual_servers,
+        })
+    }
+}
+
+/// A virtual server given as config-file text: one `[[virtual-server]]` table (or its body),
+/// as `ctl vserver create` takes it.
+pub fn parse_virtual_server_toml(text: &str) -> Result<VirtualServerSpec, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    struct File {
+        virtual_server: Vec<VirtualServerSpec>,
+    }
+    let text = text.trim();
+    if text.starts_with("[[") {
+        let f: File =
+            toml::from_str(text).map_err(|e| format!("not a virtual server: {}", e.message()))?;
+        match <[VirtualServerSpec; 1]>::try_from(f.virtual_server) {
+            Ok([one]) => Ok(one),
+            Err(_) => Err("give exactly one [[virtual-server]] table".into()),
+        }
+    } else {
+        toml::from_str(text).map_err(|e| format!("not a virtual server: {}", e.message()))
     }
 }
 

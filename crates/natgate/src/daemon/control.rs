@@ -6,8 +6,10 @@
 //! ([`check_reload`]) must pass, all before any worker is touched; a refused reload changes
 //! nothing and its error names the key. Rule changes (`ctl rule ...`) take the same path with
 //! the running chain changed; virtual-server changes (`ctl vserver ...`) are checked against
-//! the running specs and then reach every worker's copy ([`super::vservers`]).
+//! the running specs and then reach every worker's copy ([`super::vservers`]); creating or
+//! deleting a whole virtual server takes the reload path, as rule changes do.
 
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
@@ -15,6 +17,7 @@ use natgate_core::engine::{Ended, NoSuchSession, check_reload};
 use natgate_core::{Endpoint, Protocol};
 
 use natgate_core::rules::RuleId;
+use natgate_core::vserver::VirtualServerSpec;
 
 use super::vservers::check_change;
 use super::{DaemonHandle, Detail, Snapshot, engine_config};
@@ -23,7 +26,7 @@ use crate::control::protocol::{
     DataplaneDrop, DropList, FastPathStats, FlushQuery, FlushResult, LogLevel, LogLevelArgs,
     LogSinkLoss, MappingRow, PerProtocol, PoolList, PoolRow, RealServerOp, ReloadResult,
     RuleChange, RuleList, SaveResult, SessionChange, StatsInfo, StatusInfo, VirtualServerChange,
-    VirtualServerList, WhoisList, WhoisQuery, WhoisRow,
+    VirtualServerList, VirtualServerRef, WhoisList, WhoisQuery, WhoisRow,
 };
 use crate::control::{ControlError, ControlHandler, Request, Response};
 use crate::observability::logsink::whois::WhoisSource;
@@ -176,6 +179,7 @@ impl ControlService {
             changed,
             rules: cur.rules.iter().copied().collect(),
             flushed: None,
+            virtual_servers: cur.virtual_servers.clone(),
         }
     }
 
@@ -251,6 +255,68 @@ impl ControlService {
         );
         let list = only(self.handle.virtual_servers().map_err(unavailable)?);
         Ok(Response::VirtualServerChanged(list))
+    }
+
+    /// `vserver-create`: the running virtual servers and one more, applied like a reload (the
+    /// whole config is checked first: a clash with a rule, another virtual server or the
+    /// pool's ports is refused and changes nothing).
+    fn create_virtual_server(&self, spec: VirtualServerSpec) -> Result<Response, ControlError> {
+        let which = VirtualServerRef {
+            protocol: spec.protocol,
+            address: SocketAddrV4::new(spec.address, spec.port),
+        };
+        let mut cur = self.settings();
+        if cur
+            .virtual_servers
+            .iter()
+            .any(|v| same_virtual_server(v, &which))
+        {
+            return Err(ControlError::Rejected(format!(
+                "virtual server {which} exists"
+            )));
+        }
+        let mut new = cur.clone();
+        new.virtual_servers.push(spec);
+        self.apply(&mut cur, new)?;
+        tracing::info!(virtual_server = %which, "virtual server created");
+        Ok(Response::VirtualServerCreated(
+            self.virtual_server_row(&which)?,
+        ))
+    }
+
+    /// `vserver-delete`: the running virtual servers but one, applied like a reload. Its
+    /// connections go the way a reload that drops it from the file sends them.
+    fn delete_virtual_server(&self, which: VirtualServerRef) -> Result<Response, ControlError> {
+        let mut cur = self.settings();
+        if !cur
+            .virtual_servers
+            .iter()
+            .any(|v| same_virtual_server(v, &which))
+        {
+            return Err(ControlError::Rejected(format!("no virtual server {which}")));
+        }
+        let last = self.virtual_server_row(&which)?;
+        let mut new = cur.clone();
+        new.virtual_servers
+            .retain(|v| !same_virtual_server(v, &which));
+        self.apply(&mut cur, new)?;
+        tracing::info!(virtual_server = %which, "virtual server deleted");
+        Ok(Response::VirtualServerDeleted(last))
+    }
+
+    /// The running state of one virtual server, as `vservers` shows it.
+    fn virtual_server_row(
+        &self,
+        which: &VirtualServerRef,
+    ) -> Result<VirtualServerList, ControlError> {
+        let all = self.handle.virtual_servers().map_err(unavailable)?;
+        Ok(VirtualServerList {
+            virtual_servers: all
+                .virtual_servers
+                .into_iter()
+                .filter(|v| v.protocol == which.protocol && v.address == which.address)
+                .collect(),
+        })
     }
 
     /// `whois`: the engines' live state (only when asked about now), then the deterministic
@@ -482,6 +548,8 @@ impl ControlHandler for ControlService {
                 self.handle.virtual_servers().map_err(unavailable)?,
             )),
             Request::VirtualServer(change) => self.change_virtual_server(change),
+            Request::VirtualServerCreate(spec) => self.create_virtual_server(spec),
+            Request::VirtualServerDelete(which) => self.delete_virtual_server(which),
             Request::LogLevel(LogLevelArgs { level }) => {
                 let set = self.log_level.as_ref().ok_or_else(|| {
                     ControlError::Unavailable("this daemon cannot change its log level".into())
@@ -512,4 +580,9 @@ fn fast_path_stats(snap: &super::Snapshot) -> Option<FastPathStats> {
         offers_skipped: offload.skipped,
         changes_failed: snap.io.offload_failed,
     })
+}
+
+/// Whether `spec` is the virtual server `which` names.
+fn same_virtual_server(spec: &VirtualServerSpec, which: &VirtualServerRef) -> bool {
+    spec.protocol == which.protocol && SocketAddrV4::new(spec.address, spec.port) == which.address
 }
