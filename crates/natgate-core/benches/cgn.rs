@@ -1,4 +1,4 @@
-//! Carrier-grade NAT benchmarks (issue 5): session creation with port blocks and with
+//! Carrier-grade NAT benchmarks: session creation with port blocks and with
 //! deterministic NAT next to dynamic allocation, in one run; and the memory each active
 //! subscriber costs the allocator and the per-subscriber limits, printed before the timings.
 //!

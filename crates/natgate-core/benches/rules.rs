@@ -5,7 +5,7 @@
 //!   for a new flow. `miss`: no rule matches (a new dynamic flow, the common case); `hit`:
 //!   every packet matches some rule.
 //! - `engine_rules_N/batch/{out,in}`: the engine's fast path for established *dynamic* flows
-//!   (64 Ki sessions, batches of 32, both directions) with the chain configured: issue 4's
+//!   (64 Ki sessions, batches of 32, both directions) with the chain configured: the
 //!   proof that the number of rules does not slow established traffic.
 //! - `first_packet_N/{rule,dynamic}`: the first packet of a new flow, matched by a rule (a
 //!   static session is made) or by none (dynamic NAPT after a rule miss).

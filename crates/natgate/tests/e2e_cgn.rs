@@ -1,4 +1,4 @@
-//! Carrier-grade NAT end to end through `natgate run` (issue 5): port-block allocation with a
+//! Carrier-grade NAT end to end through `natgate run`: port-block allocation with a
 //! per-subscriber session quota, the IPFIX stream decoded by an independent parser
 //! (`netflow_parser`), the syslog lines parsed, and `ctl whois` answering from live state, from
 //! the deterministic formula and from the block log. Needs root; skips otherwise.

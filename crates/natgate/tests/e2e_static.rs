@@ -1,4 +1,4 @@
-//! Static NAT rules end to end (issue 4): 1:1 host NAT both ways and run-time rule changes, a
+//! Static NAT rules end to end: 1:1 host NAT both ways and run-time rule changes, a
 //! network renumbered by one bidirectional rule, port forwarding of a web server (80 to a real
 //! 8888, also on a home gateway's own address, one-way), and two networks that use the same
 //! address space joined by twice-NAT. Real sockets

@@ -1,4 +1,4 @@
-//! A virtual web server end to end (issue 4): two real HTTP servers of weight 1 and 2 behind
+//! A virtual web server end to end: two real HTTP servers of weight 1 and 2 behind
 //! one virtual address, real requests split about 1:2, a third server added at run time with
 //! `natgate ctl vserver add` taking its weight's share, one server drained and removed while a
 //! long-lived connection to it keeps working, and a health check taking a dead server out.

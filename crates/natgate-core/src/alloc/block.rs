@@ -235,7 +235,7 @@ pub struct BlockAllocator {
     events: VecDeque<AllocEvent>,
     max_events: usize,
     events_lost: u64,
-    /// Ports static rules and virtual servers hold (issue 4).
+    /// Ports static rules and virtual servers hold.
     reserved: Reserved,
 }
 

@@ -186,7 +186,7 @@ pub struct DeterministicAllocator {
     live: HashMap<u32, u32>,
     held: HoldQueue,
     overflow: Option<BlockAllocator>,
-    /// Ports static rules and virtual servers hold (issue 4).
+    /// Ports static rules and virtual servers hold.
     reserved: Reserved,
 }
 

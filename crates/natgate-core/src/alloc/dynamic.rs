@@ -192,7 +192,7 @@ pub struct DynamicAllocator {
     /// The TCP and UDP ports searches run over ([`DynamicAllocator::limit_ports`]): all of them
     /// unless the driver shares the address with the host's own sockets.
     ports: PortRange,
-    /// Ports static rules and virtual servers hold (issue 4).
+    /// Ports static rules and virtual servers hold.
     reserved: Reserved,
     /// The reserved ports `set_reserved` took out of use: (address index, protocol, port).
     /// `usage` does not count them.

@@ -249,7 +249,7 @@ pub trait PortAllocator {
     }
 
     /// Withholds these external ports (address, protocol, ports) from new allocations from now
-    /// on: static NAT rules and virtual servers hold them (issue 4: static rules win over
+    /// on: static NAT rules and virtual servers hold them (static rules win over
     /// dynamic NAPT). Replaces the previous list; addresses the allocator does not own are
     /// ignored. Live mappings keep their ports. Not for the packet path: it rebuilds a list.
     /// Allocators that hand out no ports of their own (a test double) may keep the default,

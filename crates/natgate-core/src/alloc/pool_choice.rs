@@ -3,8 +3,8 @@
 //! RFC 6888 REQ-2 wants subscribers spread evenly over the pool, so a new subscriber goes to the
 //! address with the most room (port blocks: the most free blocks) or the least load (dynamic
 //! allocation: the fewest subscribers), ties broken by a random start. Scanning every address
-//! for that cost O(pool) per new subscriber, which dominated session creation with large pools
-//! (issue 5). A tournament tree over the addresses keeps each subtree's extreme key, so a key
+//! for that cost O(pool) per new subscriber, which dominated session creation with large
+//! pools. A tournament tree over the addresses keeps each subtree's extreme key, so a key
 //! changes in O(log n) and the choice is found in O(log n), with exactly the scan's answer.
 
 /// Which key wins the choice.

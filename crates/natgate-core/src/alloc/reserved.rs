@@ -1,5 +1,5 @@
 //! External ports that static NAT rules and virtual servers hold, withheld from dynamic
-//! allocation (issue 4: static rules win over dynamic NAPT).
+//! allocation: static rules win over dynamic NAPT.
 //!
 //! Every allocator keeps a [`Reserved`] and routes its `allocate` through
 //! [`Reserved::allocate`]: the allocator picks as usual, and a pick that falls on a reserved

@@ -1,4 +1,4 @@
-//! Property tests of the engine (issue 2, "Proof"): checksums stay valid after every rewrite, a
+//! Property tests of the engine: checksums stay valid after every rewrite, a
 //! translated packet translated back is the original, the mapping and filtering behaviours match
 //! a small reference model, the batch path equals the one-by-one path, and every packet is
 //! counted exactly once. Packets are built and checked with `etherparse`, an independent

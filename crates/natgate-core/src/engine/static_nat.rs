@@ -1,4 +1,4 @@
-//! Static NAT rules and virtual servers inside the engine (issue 4).
+//! Static NAT rules and virtual servers inside the engine.
 //!
 //! The engine keeps the running [`RuleChain`] with its [`CompiledRules`], and the
 //! [`VirtualServer`]s with their per-server state. Both come from the config and change only

@@ -117,7 +117,7 @@ impl RuleChain {
     }
 
     /// The external endpoints static rules hold, per address and protocol, so that the dynamic
-    /// allocator never hands them out (issue 4: static rules win over dynamic NAPT). These are
+    /// allocator never hands them out: static rules win over dynamic NAPT. These are
     /// the targets of outbound source rewrites and the matched destinations of inbound
     /// destination rewrites; a rule without ports holds the whole range 0-65535.
     ///

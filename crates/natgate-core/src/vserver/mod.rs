@@ -1,4 +1,4 @@
-//! Virtual servers (issue 4): one virtual address and port spread over real servers.
+//! Virtual servers: one virtual address and port spread over real servers.
 //!
 //! A [`VirtualServer`] is built from a validated [`VirtualServerSpec`] and is sans-IO like the
 //! rest of the core: it picks a real server for each new connection ([`VirtualServer::select`]),

@@ -1,4 +1,4 @@
-//! Unit tests of virtual servers (issue 4, "Proof": selection algorithms with the weight split
+//! Unit tests of virtual servers (selection algorithms with the weight split
 //! over many connections within a stated tolerance, drain and re-add).
 
 use super::*;

@@ -1,4 +1,4 @@
-//! Engine tests for static NAT rules and virtual servers (issue 4): packets built with
+//! Engine tests for static NAT rules and virtual servers: packets built with
 //! `etherparse`, translated by the engine, and checked field by field and checksum by checksum
 //! (every forwarded packet goes through `assert_checksums`).
 

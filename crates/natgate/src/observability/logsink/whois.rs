@@ -81,7 +81,7 @@ pub struct BlockLogConfig {
     /// Closed intervals kept in memory; older ones are looked up in the file.
     pub max_intervals: usize,
     /// Also log single-port mappings (dynamic NAPT without port blocks). With port blocks this
-    /// is off: one record per block is the point (issue 5, "Volume").
+    /// is off: one record per block is the point.
     pub mappings: bool,
     /// fsync after every batch.
     pub durable: bool,
