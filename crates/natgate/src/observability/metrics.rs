@@ -1,10 +1,11 @@
 //! Prometheus metrics: a snapshot of the gateway's counters and gauges, its text exposition
-//! (format 0.0.4), and a tiny HTTP/1.0 server that serves it at `GET /metrics`.
+//! (format 0.0.4, written by the `prometheus-client` crate's encoder), and a tiny HTTP/1.0
+//! server that serves it at `GET /metrics`.
 //!
 //! The daemon builds a [`MetricsSnapshot`] on each scrape (from every engine's counters, table
 //! sizes and pool usage) through the closure it gives [`MetricsServer::bind`].
 
-use std::fmt::{Display, Write as _};
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
@@ -16,6 +17,13 @@ use std::time::Duration;
 use natgate_core::portmap::wire::{natpmp, pcp};
 use natgate_core::portmap::{PortMapCounters, PortMapDrop};
 use natgate_core::{Counters, DropReason, Protocol};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, MetricEncoder,
+    NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::control::protocol::{PerProtocol, PoolRow, PortSetRowKind, StatsInfo};
 
@@ -66,67 +74,69 @@ impl MetricsSnapshot {
         s
     }
 
-    /// The Prometheus text exposition (format 0.0.4). Every drop reason is listed, zero ones
-    /// too, so that rates exist from the first scrape.
-    pub fn render(&self) -> String {
-        let mut e = Exposition::default();
-        let st = &self.stats;
+    /// The Prometheus text exposition (format 0.0.4), written by `prometheus-client`'s encoder.
+    /// Every drop reason is listed, zero ones too, so that rates exist from the first scrape.
+    /// It takes the snapshot because the encoder reads a registry, whose collectors own what
+    /// they encode.
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition(self)));
+        let mut out = String::new();
+        // Only the writer can fail, and writing to a String does not.
+        let _ = prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// A snapshot as the encoder reads it: the registry built for a scrape holds only this
+/// collector, which writes the snapshot's families.
+#[derive(Debug)]
+struct Exposition(MetricsSnapshot);
+
+impl Collector for Exposition {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let mut e = Families(encoder);
+        let st = &s.stats;
         let directions = [("outbound", st.outbound), ("inbound", st.inbound)];
-        e.family(
-            "natgate_packets_total",
-            "counter",
-            "Packets forwarded, by direction.",
-        );
+        let mut f = e.counter("natgate_packets_total", "Packets forwarded, by direction.")?;
         for (dir, t) in directions {
-            e.sample("natgate_packets_total", &[("direction", dir)], t.packets);
+            f.sample(&[("direction", dir)], t.packets)?;
         }
-        e.family(
+        let mut f = e.counter(
             "natgate_bytes_total",
-            "counter",
             "Bytes forwarded (IP total length), by direction.",
-        );
+        )?;
         for (dir, t) in directions {
-            e.sample("natgate_bytes_total", &[("direction", dir)], t.bytes);
+            f.sample(&[("direction", dir)], t.bytes)?;
         }
-        e.family(
-            "natgate_drops_total",
-            "counter",
-            "Packets dropped, by reason.",
-        );
+        let mut f = e.counter("natgate_drops_total", "Packets dropped, by reason.")?;
         for r in DropReason::ALL {
-            e.sample(
-                "natgate_drops_total",
-                &[("reason", r.name())],
-                self.drops[*r as usize],
-            );
+            f.sample(&[("reason", r.name())], s.drops[*r as usize])?;
         }
-        let pm = &self.portmap;
-        e.family(
+        let pm = &s.portmap;
+        let mut f = e.counter(
             "natgate_portmap_dropped_total",
-            "counter",
             "PCP and NAT-PMP requests not answered, by reason.",
-        );
+        )?;
         for (r, n) in PortMapDrop::ALL.iter().zip(pm.drops) {
-            e.sample("natgate_portmap_dropped_total", &[("reason", r.name())], n);
+            f.sample(&[("reason", r.name())], n)?;
         }
-        e.family(
+        let mut f = e.counter(
             "natgate_portmap_answers_total",
-            "counter",
             "PCP and NAT-PMP answers, by protocol and result code.",
-        );
+        )?;
         for (c, n) in pcp::ResultCode::ALL.iter().zip(pm.pcp_results) {
-            let labels = [("protocol", "pcp"), ("result", c.name())];
-            e.sample("natgate_portmap_answers_total", &labels, n);
+            f.sample(&[("protocol", "pcp"), ("result", c.name())], n)?;
         }
         for (c, n) in natpmp::ResultCode::ALL.iter().zip(pm.natpmp_results) {
-            let labels = [("protocol", "nat-pmp"), ("result", c.name())];
-            e.sample("natgate_portmap_answers_total", &labels, n);
+            f.sample(&[("protocol", "nat-pmp"), ("result", c.name())], n)?;
         }
         for (name, help, v) in [
             (
                 "natgate_mapping_failures_total",
                 "New mappings refused because no external port was free (RFC 6888 REQ-11).",
-                self.drops[DropReason::MappingFailed as usize],
+                s.drops[DropReason::MappingFailed as usize],
             ),
             (
                 "natgate_hairpinned_packets_total",
@@ -216,106 +226,84 @@ impl MetricsSnapshot {
                 st.log_events_lost,
             ),
         ] {
-            e.family(name, "counter", help);
-            e.sample(name, &[], v);
+            e.counter(name, help)?.value(v)?;
         }
-        if let Some(f) = &st.fast_path {
-            let p = &f.program;
-            e.family(
+        if let Some(fp) = &st.fast_path {
+            let p = &fp.program;
+            let mut f = e.counter(
                 "natgate_fast_path_packets_total",
-                "counter",
                 "Packets the in-kernel fast path carried, by direction.",
-            );
+            )?;
             for (dir, n) in [("outbound", p.forwarded_out), ("inbound", p.forwarded_in)] {
-                e.sample("natgate_fast_path_packets_total", &[("direction", dir)], n);
+                f.sample(&[("direction", dir)], n)?;
             }
-            e.family(
+            let mut f = e.counter(
                 "natgate_fast_path_bytes_total",
-                "counter",
                 "Bytes the in-kernel fast path carried, by direction.",
-            );
+            )?;
             for (dir, n) in [("outbound", p.bytes_out), ("inbound", p.bytes_in)] {
-                e.sample("natgate_fast_path_bytes_total", &[("direction", dir)], n);
+                f.sample(&[("direction", dir)], n)?;
             }
-            e.family(
+            let mut f = e.counter(
                 "natgate_fast_path_punts_total",
-                "counter",
                 "Packets the fast path handed to the engine, by reason.",
-            );
+            )?;
             for (name, n) in p.named() {
                 if let Some(reason) = name.strip_prefix("punt_") {
-                    e.sample("natgate_fast_path_punts_total", &[("reason", reason)], n);
+                    f.sample(&[("reason", reason)], n)?;
                 }
             }
-            e.family(
+            e.counter(
                 "natgate_fast_path_to_engine_total",
-                "counter",
                 "Punted packets the fast path handed straight to the engine's TUN.",
-            );
-            e.sample("natgate_fast_path_to_engine_total", &[], p.to_engine);
-            e.family(
+            )?
+            .value(p.to_engine)?;
+            e.counter(
                 "natgate_fast_path_xdp_packets_total",
-                "counter",
                 "Of the packets the fast path carried, those carried at the XDP hook.",
-            );
-            e.sample("natgate_fast_path_xdp_packets_total", &[], p.carried_at_xdp);
-            for (name, help, v) in [
-                (
-                    "natgate_fast_path_flows",
-                    "Flows the engines handed to the fast path.",
-                    f.flows,
-                ),
-                (
-                    "natgate_fast_path_table_capacity",
-                    "Entries the fast path's table holds at most (two per flow).",
-                    p.capacity,
-                ),
-            ] {
-                e.family(name, "gauge", help);
-                e.sample(name, &[], v);
-            }
+            )?
+            .value(p.carried_at_xdp)?;
+            e.gauge(
+                "natgate_fast_path_flows",
+                "Flows the engines handed to the fast path.",
+            )?
+            .value(fp.flows)?;
+            e.gauge(
+                "natgate_fast_path_table_capacity",
+                "Entries the fast path's table holds at most (two per flow).",
+            )?
+            .value(p.capacity)?;
         }
         if !st.log_sink_losses.is_empty() {
-            e.family(
+            let mut f = e.counter(
                 "natgate_log_sink_events_lost_total",
-                "counter",
                 "Translation events a log sink took and could not write or send, by sink and \
                  reason.",
-            );
+            )?;
             for l in &st.log_sink_losses {
-                e.sample(
-                    "natgate_log_sink_events_lost_total",
-                    &[("sink", &l.sink), ("reason", &l.reason)],
+                f.sample(
+                    &[("sink", l.sink.as_str()), ("reason", l.reason.as_str())],
                     l.events,
-                );
+                )?;
             }
         }
         if !st.dataplane_drops.is_empty() {
-            e.family(
+            let mut f = e.counter(
                 "natgate_dataplane_drops_total",
-                "counter",
                 "Packets the data plane lost outside the engines, by reason.",
-            );
+            )?;
             for d in &st.dataplane_drops {
-                e.sample(
-                    "natgate_dataplane_drops_total",
-                    &[("reason", &d.reason)],
-                    d.packets,
-                );
+                f.sample(&[("reason", d.reason.as_str())], d.packets)?;
             }
         }
-        e.family("natgate_sessions", "gauge", "Live sessions, by protocol.");
+        let mut f = e.gauge("natgate_sessions", "Live sessions, by protocol.")?;
         for p in Protocol::ALL {
-            e.sample(
-                "natgate_sessions",
-                &[("protocol", p.name())],
-                self.sessions.get(p),
-            );
+            f.sample(&[("protocol", p.name())], s.sessions.get(p))?;
         }
-        e.family("natgate_mappings", "gauge", "Live mappings.");
-        e.sample("natgate_mappings", &[], self.mappings);
+        e.gauge("natgate_mappings", "Live mappings.")?
+            .value(s.mappings)?;
 
-        let per_proto: [(&str, &str, PoolField); 3] = [
+        let per_proto: [(&'static str, &str, PoolField); 3] = [
             (
                 "natgate_pool_ports_in_use",
                 "External ports held by live mappings.",
@@ -333,36 +321,32 @@ impl MetricsSnapshot {
             ),
         ];
         for (name, help, get) in per_proto {
-            e.family(name, "gauge", help);
-            for row in &self.pools {
+            let mut f = e.gauge(name, help)?;
+            for row in &s.pools {
                 let addr = row.address.to_string();
                 for p in Protocol::ALL {
-                    e.sample(
-                        name,
-                        &[("address", &addr), ("protocol", p.name())],
+                    f.sample(
+                        &[("address", addr.as_str()), ("protocol", p.name())],
                         get(row).get(p),
-                    );
+                    )?;
                 }
             }
         }
-        e.family(
+        let mut f = e.gauge(
             "natgate_pool_subscribers",
-            "gauge",
             "Subscribers with a mapping on an external address.",
-        );
-        for row in &self.pools {
-            e.sample(
-                "natgate_pool_subscribers",
-                &[("address", &row.address.to_string())],
+        )?;
+        for row in &s.pools {
+            f.sample(
+                &[("address", row.address.to_string().as_str())],
                 row.subscribers,
-            );
+            )?;
         }
-        e.family(
+        let mut f = e.gauge(
             "natgate_pool_port_sets",
-            "gauge",
             "Port blocks or deterministic ranges of an external address, by state (in use, held down per RFC 6888 REQ-8, free).",
-        );
-        for row in &self.pools {
+        )?;
+        for row in &s.pools {
             let Some(sets) = &row.port_sets else {
                 continue;
             };
@@ -376,62 +360,84 @@ impl MetricsSnapshot {
                 ("held-down", sets.held_down),
                 ("free", sets.free),
             ] {
-                e.sample(
-                    "natgate_pool_port_sets",
-                    &[("address", &addr), ("kind", kind), ("state", state)],
+                f.sample(
+                    &[("address", addr.as_str()), ("kind", kind), ("state", state)],
                     n,
-                );
+                )?;
             }
         }
-        e.family(
+        let mut f = e.gauge(
             "natgate_pool_utilisation_ratio",
-            "gauge",
             "Share of the busiest protocol's ports in use or held down on an external address.",
-        );
-        for row in &self.pools {
-            e.sample(
-                "natgate_pool_utilisation_ratio",
-                &[("address", &row.address.to_string())],
+        )?;
+        for row in &s.pools {
+            f.sample(
+                &[("address", row.address.to_string().as_str())],
                 row.utilisation_percent / 100.0,
-            );
+            )?;
         }
-        e.out
+        Ok(())
     }
 }
 
 /// Picks one per-protocol figure of a pool row.
 type PoolField = fn(&PoolRow) -> &PerProtocol;
 
-/// Text exposition being written.
-#[derive(Default)]
-struct Exposition {
-    out: String,
-}
+/// The families being encoded, one after another.
+struct Families<'a>(DescriptorEncoder<'a>);
 
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        // HELP text escapes only backslash and newline (exposition format 0.0.4).
-        let help = help.replace('\\', r"\\").replace('\n', r"\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Families<'_> {
+    /// Starts a counter family. `name` is the name exported; the encoder appends the `_total`
+    /// that ends every counter's name itself, so it is taken off here.
+    fn counter(&mut self, name: &'static str, help: &str) -> Result<Family<'_>, fmt::Error> {
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        self.family(name, help, MetricType::Counter)
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let v = v
-                    .replace('\\', r"\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', r"\n");
-                let _ = write!(self.out, "{k}=\"{v}\"");
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
+    /// Starts a gauge family.
+    fn gauge(&mut self, name: &'static str, help: &str) -> Result<Family<'_>, fmt::Error> {
+        self.family(name, help, MetricType::Gauge)
+    }
+
+    fn family(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        kind: MetricType,
+    ) -> Result<Family<'_>, fmt::Error> {
+        let encoder = self.0.encode_descriptor(name, help, None, kind)?;
+        Ok(Family { encoder, kind })
+    }
+}
+
+/// The samples of one family, written right after its `HELP` and `TYPE` lines.
+struct Family<'a> {
+    encoder: MetricEncoder<'a>,
+    kind: MetricType,
+}
+
+/// A sample's value: integers and ratios, for counters and gauges alike.
+trait Value: EncodeCounterValue + EncodeGaugeValue {}
+impl<V: EncodeCounterValue + EncodeGaugeValue> Value for V {}
+
+impl Family<'_> {
+    /// A sample with labels.
+    fn sample(&mut self, labels: &impl EncodeLabelSet, v: impl Value) -> fmt::Result {
+        let kind = self.kind;
+        encode_value(&mut self.encoder.encode_family(labels)?, kind, &v)
+    }
+
+    /// The family's only sample, without labels.
+    fn value(mut self, v: impl Value) -> fmt::Result {
+        encode_value(&mut self.encoder, self.kind, &v)
+    }
+}
+
+/// Writes `v` as a counter's or a gauge's value.
+fn encode_value(m: &mut MetricEncoder, kind: MetricType, v: &impl Value) -> fmt::Result {
+    match kind {
+        MetricType::Counter => m.encode_counter::<NoLabelSet, _, u64>(v, None),
+        _ => m.encode_gauge(v),
     }
 }
 
@@ -651,13 +657,7 @@ fn respond(head: &[u8], snapshot: &SnapshotFn) -> Vec<u8> {
     let Ok(body) = panic::catch_unwind(AssertUnwindSafe(|| snapshot().render())) else {
         return reply(500, "Internal Server Error", "snapshot failed\n", None);
     };
-    let mut r = reply_head(
-        200,
-        "OK",
-        "text/plain; version=0.0.4; charset=utf-8",
-        body.len(),
-        None,
-    );
+    let mut r = reply_head(200, "OK", prometheus_text::CONTENT_TYPE, body.len(), None);
     if !head_only {
         r.extend_from_slice(body.as_bytes());
     }
@@ -1017,15 +1017,24 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let mut e = Exposition::default();
-        e.family("natgate_x", "gauge", "back\\slash\nnewline");
-        e.sample("natgate_x", &[("l", "a\"b\\c\nd")], 1);
+        let mut snap = MetricsSnapshot::default();
+        snap.stats.log_sink_losses = vec![crate::control::protocol::LogSinkLoss {
+            sink: "a\"b\\c\nd".into(),
+            reason: "no_space".into(),
+            events: 1,
+        }];
+        let text = snap.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("natgate_log_sink_events_lost_total{"))
+            .expect("the sink's sample");
         assert_eq!(
-            e.out,
-            "# HELP natgate_x back\\\\slash\\nnewline\n# TYPE natgate_x gauge\nnatgate_x{l=\"a\\\"b\\\\c\\nd\"} 1\n"
+            line,
+            "natgate_log_sink_events_lost_total{sink=\"a\\\"b\\\\c\\nd\",reason=\"no_space\"} 1"
         );
-        let (_, labels, _) = parse_sample(e.out.lines().nth(2).expect("sample"));
-        assert_eq!(labels["l"], "a\"b\\c\nd");
+        let (_, labels, _) = parse_sample(line);
+        assert_eq!(labels["sink"], "a\"b\\c\nd");
+        parse(&text);
     }
 
     fn http(addr: SocketAddr, request: &[u8]) -> String {
