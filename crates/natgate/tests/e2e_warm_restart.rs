@@ -205,7 +205,11 @@ fn a_snapshot_that_does_not_fit_is_refused_and_natgate_starts_empty() {
     assert!(out.starts_with("saved 1 sessions"), "{out}");
     assert!(snapshot.exists());
     // The file the state goes to on stop is fixed at start.
-    gw.rewrite_config(&config_with_snapshot(&topo, &dir.path().join("elsewhere"), None));
+    gw.rewrite_config(&config_with_snapshot(
+        &topo,
+        &dir.path().join("elsewhere"),
+        None,
+    ));
     let (code, out, err) = ctl(&topo, &["reload"]);
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("state cannot change while running"), "{err}");
