@@ -320,7 +320,7 @@ impl PortMapServer {
                 return Err(UpnpError::Conflict);
             }
         }
-        // WANIPConnection:2 section 2.3.16: a lease of 0 asks for the longest there is.
+        // WANIPConnection:2's AddPortMapping: a lease of 0 asks for the longest there is.
         let lease = if m.lease == 0 {
             self.cfg.max_lifetime
         } else {

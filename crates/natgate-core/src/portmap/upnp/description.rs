@@ -17,7 +17,7 @@ pub const IP_CONTROL_PATH: &str = "/ctl/IPConn";
 pub const CIF_SCPD_PATH: &str = "/WANCfg.xml";
 /// WANCommonInterfaceConfig's control URL.
 pub const CIF_CONTROL_PATH: &str = "/ctl/CmnIfCfg";
-/// SSDP's SERVER and HTTP's Server (UDA 1.1 section 1.1.3: OS, UPnP version, product).
+/// SSDP's SERVER and HTTP's Server (UDA 1.1: the OS, UPnP/1.1, the product and its version).
 pub const SERVER: &str = concat!("Linux UPnP/1.1 natgate/", env!("CARGO_PKG_VERSION"));
 /// The content type of descriptions and SOAP bodies.
 pub const XML: &str = "text/xml; charset=\"utf-8\"";

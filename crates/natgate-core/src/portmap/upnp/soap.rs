@@ -41,7 +41,7 @@ impl Service {
     }
 }
 
-/// A UPnP error (UDA 1.1 section 3.2.2; WANIPConnection:2 section 2.4).
+/// A UPnP error (UDA 1.1 section 3.2.2, and WANIPConnection:2's own codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UpnpError {
     /// 401: no such action on the service.
@@ -465,7 +465,7 @@ pub fn write_fault(e: UpnpError) -> String {
     )
 }
 
-/// The mapping list of GetListOfPortMappings (WANIPConnection:2 section 2.6.4): an XML
+/// The mapping list of GetListOfPortMappings (WANIPConnection:2's PortMappingList): an XML
 /// document sent escaped as the NewPortListing string.
 pub fn write_port_listing(entries: &[PortListingEntry<'_>]) -> String {
     let mut s = String::from(

@@ -7,7 +7,7 @@ use super::Device;
 use core::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-/// SSDP's multicast group and port (UDA 1.1 section 1.1.2).
+/// SSDP's multicast group and port (UDA 1.1 section 1).
 pub const MULTICAST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 255, 250), 1900);
 /// The longest search read; searches are a few hundred bytes.
 pub const MAX_MESSAGE: usize = 2048;
