@@ -101,10 +101,10 @@ impl PortMapServer {
         }
         let (outcome, status, body) = self.http(now, engine, client, request, device);
         self.count_upnp(outcome);
-        let content_type = if body.starts_with("<?xml") {
-            XML
-        } else {
-            "text/plain"
+        // Descriptions, answers and faults are XML; only the HTTP errors are text.
+        let content_type = match outcome {
+            Outcome::BadRequest | Outcome::NotFound | Outcome::MethodNotAllowed => "text/plain",
+            _ => XML,
         };
         Ok(http::write_response(status, content_type, body.as_bytes()))
     }
