@@ -469,6 +469,22 @@ mod tests {
                 ..
             })
         ));
+        // The UPnP mapping's description: its length byte, then its text.
+        let upnp = HEADER + SESSION + EXPLICIT + PEER + EXPLICIT + 14;
+        for (change, why) in [
+            ((upnp, 32), "description too long"),
+            ((upnp + 1, 0xff), "description not UTF-8"),
+        ] {
+            let bad = resealed(bytes.clone(), |b| b[change.0] = change.1);
+            assert!(
+                matches!(
+                    decode(&bad),
+                    Err(DecodeError::BadRecord { what: "explicit mapping", why: w, .. }) if w == why
+                ),
+                "{why}: {:?}",
+                decode(&bad)
+            );
+        }
         let trailing = resealed(bytes, |b| b.push(0));
         assert_eq!(decode(&trailing), Err(DecodeError::Trailing(1)));
     }
