@@ -6,7 +6,8 @@
 //! subscribers when it starts; with two workers each subscriber's request reaches the worker
 //! that owns it. `upnpc` (miniupnpc, Debian package `miniupnpc`) finds the gateway's UPnP IGD
 //! by SSDP, reads the external address, maps a TCP port a WAN host then connects through, and
-//! deletes it; its request for another host's address is refused. Real sockets in the
+//! deletes it; its request for another host's address is refused; with three workers a
+//! subscriber of another worker than the first gets a mapping that works. Real sockets in the
 //! standard topology's namespaces; needs root (and `natpmpc` and `upnpc` for their tests),
 //! skips otherwise.
 
@@ -584,4 +585,48 @@ fn upnpc_finds_the_igd_maps_tcp_and_a_deleted_mapping_lets_nothing_in() {
         .run_in(|| TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)))
         .unwrap();
     assert!(refused.is_err(), "{to} still accepts connections");
+}
+
+#[test]
+fn with_three_workers_a_upnp_mapping_is_made_by_the_worker_that_owns_the_client() {
+    if !is_root() || !have_upnpc() {
+        return;
+    }
+    let topo = topology();
+    // A subscriber another worker than the first owns (with two workers, both are the first's):
+    // were its requests answered by worker 0, the mapping would be where its packets do not
+    // go, and the WAN host's connection would not get through.
+    let (ns, client, iface) = [
+        (&topo.sub1, addr::SUB1, &topo.ifaces.sub1),
+        (&topo.sub2, addr::SUB2, &topo.ifaces.sub2),
+    ]
+    .into_iter()
+    .find(|(_, a, _)| natgate_core::shard::subscriber_owner(*a, 3) != 0)
+    .expect("a subscriber of another worker");
+    let text = "[tun]\nqueues = 3\n\n[port-mapping]\nupnp = true\n\
+                requests-per-second = 100\nrequest-burst = 200\n";
+    let _gw = Gateway::start(&topo, &config(&topo, text));
+    let listener = ns
+        .run_in(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 6000)))
+        .unwrap()
+        .unwrap();
+    let client = client.to_string();
+    // Discovery too: the search is answered by the same worker. AddAnyPortMapping (`-n`):
+    // each worker's allocator has its own share of the pool's ports, so the port asked for
+    // may be another worker's, and then another one is given.
+    let out = upnpc(
+        ns,
+        &[
+            "-i", "-m", iface, "-n", &client, "6000", "26000", "TCP", "60",
+        ],
+    );
+    assert!(
+        out.contains(&format!("TCP is redirected to internal {client}:6000")),
+        "{out}"
+    );
+    let rows = explicit_rows(&topo);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let external: SocketAddrV4 = rows[0].2.parse().unwrap();
+    assert!(out.contains(&format!(":{} TCP", external.port())), "{out}");
+    tcp_reaches(&topo, &listener, external);
 }
