@@ -964,14 +964,20 @@ impl Daemon {
             None
         };
         let upnp = if pm.upnp {
-            upnp::spawn(
+            let started = upnp::spawn(
                 resolved.inside_address,
                 &settings.inside,
                 pm.upnp_port,
                 senders.clone(),
                 steering.clone(),
                 stop.clone(),
-            )?
+            );
+            // A port in use is an operator's error, not a reason to leave the workers and the
+            // PCP thread running behind the error.
+            if started.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            started?
         } else {
             Vec::new()
         };
