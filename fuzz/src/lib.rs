@@ -5,3 +5,4 @@ pub mod engine_process;
 pub mod portmap_request;
 pub mod shard_owner;
 pub mod stun_message;
+pub mod upnp_request;

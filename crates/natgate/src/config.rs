@@ -1406,7 +1406,12 @@ addresses = ["198.51.100.0/28", "203.0.113.7"]
         let text = format!("{base}[port-mapping]\npcp = true\nthird-party = [\"10.0.0.1/8\"]\n");
         let e = Settings::parse(&text).unwrap_err().to_string();
         assert!(e.contains("third-party"), "{e}");
-        let text = format!("{base}[port-mapping]\nupnp = true\n");
+        assert!(home.port_mapping.upnp && !cgn.port_mapping.upnp);
+        assert_eq!(home.port_mapping.upnp_port, 5000);
+        let text = format!("{base}[port-mapping]\nupnp = true\nupnp-port = 0\n");
+        let e = Settings::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("port-mapping.upnp-port"), "{e}");
+        let text = format!("{base}[port-mapping]\nupnp = \"yes\"\n");
         let e = Settings::parse(&text).unwrap_err().to_string();
         assert!(e.contains("upnp"), "{e}");
     }

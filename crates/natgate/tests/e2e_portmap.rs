@@ -4,8 +4,12 @@
 //! deletion it no longer does. The `crab_nat` crate's PCP client maps a port the same way, and
 //! its request for another host's address is refused; the gateway's PCP ANNOUNCE reaches the
 //! subscribers when it starts; with two workers each subscriber's request reaches the worker
-//! that owns it. Real sockets in the standard topology's
-//! namespaces; needs root (and `natpmpc` for the NAT-PMP test), skips otherwise.
+//! that owns it. `upnpc` (miniupnpc, Debian package `miniupnpc`) finds the gateway's UPnP IGD
+//! by SSDP, reads the external address, maps a TCP port a WAN host then connects through, and
+//! deletes it; its request for another host's address is refused; with three workers a
+//! subscriber of another worker than the first gets a mapping that works. Real sockets in the
+//! standard topology's namespaces; needs root (and `natpmpc` and `upnpc` for their tests),
+//! skips otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -468,4 +472,161 @@ fn a_request_from_outside_claiming_a_subscriber_s_address_maps_nothing() {
         "a successful UDP mapping answer"
     );
     assert_eq!(explicit_rows(&topo).len(), 1);
+}
+
+/// Whether `upnpc` is installed; says SKIP when not.
+#[allow(clippy::print_stderr)]
+fn have_upnpc() -> bool {
+    // upnpc prints its usage and fails without arguments: found is what matters.
+    let ok = Command::new("upnpc").output().is_ok();
+    if !ok {
+        eprintln!("SKIP: upnpc is not installed (apt-get install miniupnpc)");
+    }
+    ok
+}
+
+/// Runs `upnpc ARGS` in `ns`, killed after 20 seconds; returns its output, stdout and stderr.
+fn upnpc(ns: &Netns, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", ns.name(), "upnpc"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "upnpc {args:?} timed out:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn upnpc_finds_the_igd_maps_tcp_and_a_deleted_mapping_lets_nothing_in() {
+    if !is_root() || !have_upnpc() {
+        return;
+    }
+    let topo = topology();
+    let config = format!(
+        "{}upnp = true\nrequests-per-second = 100\nrequest-burst = 200\n",
+        home_config(&topo)
+    );
+    let _gw = Gateway::start(&topo, &config);
+
+    // Discovery by SSDP on the subscriber's interface, then the status and address. `-i`:
+    // miniupnpc calls an IGD whose external address is private or reserved "not connected",
+    // and the topology's (192.0.2.1, TEST-NET-1) is reserved.
+    let out = upnpc(&topo.sub1, &["-i", "-m", &topo.ifaces.sub1, "-s"]);
+    assert!(
+        out.contains("IGD : http://100.64.0.1:5000/ctl/IPConn"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("Local LAN ip address : {}", addr::SUB1)),
+        "{out}"
+    );
+    assert!(out.contains("Connection Type : IP_Routed"), "{out}");
+    assert!(out.contains("Status : Connected"), "{out}");
+    let public: Ipv4Addr = field(&out, "ExternalIPAddress =").parse().unwrap();
+    assert_eq!(public, addr::GW_WAN);
+
+    // The rest straight to the description found. The external port is in the pool's port
+    // range (nat-ports), where the allocator can give it.
+    let location = "http://100.64.0.1:5000/rootDesc.xml";
+    let listener = topo
+        .sub1
+        .run_in(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 6000)))
+        .unwrap()
+        .unwrap();
+    let sub1 = addr::SUB1.to_string();
+    let out = upnpc(
+        &topo.sub1,
+        &[
+            "-u", location, "-e", "e2e game", "-a", &sub1, "6000", "26000", "TCP", "60",
+        ],
+    );
+    assert!(
+        out.contains(&format!(
+            "external {public}:26000 TCP is redirected to internal {sub1}:6000"
+        )),
+        "{out}"
+    );
+    tcp_reaches(&topo, &listener, SocketAddrV4::new(public, 26000));
+    let rows = explicit_rows(&topo);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].3, "upnp \"e2e game\"");
+    assert!((1..=60).contains(&rows[0].4), "{rows:?}");
+    let out = upnpc(&topo.sub1, &["-i", "-u", location, "-l"]);
+    assert!(out.contains(&format!("TCP 26000->{sub1}:6000")), "{out}");
+    assert!(out.contains("'e2e game'"), "{out}");
+
+    // For another host's address: refused, nothing mapped.
+    let sub2 = addr::SUB2.to_string();
+    let out = upnpc(
+        &topo.sub1,
+        &[
+            "-i", "-u", location, "-a", &sub2, "6001", "26001", "TCP", "60",
+        ],
+    );
+    assert!(out.contains("606"), "{out}");
+    assert_eq!(explicit_rows(&topo).len(), 1);
+
+    // Deleted: the port lets nothing in.
+    let out = upnpc(&topo.sub1, &["-i", "-u", location, "-d", "26000", "TCP"]);
+    assert!(
+        out.contains("UPNP_DeletePortMapping() returned : 0"),
+        "{out}"
+    );
+    assert!(explicit_rows(&topo).is_empty());
+    let to = SocketAddrV4::new(public, 26000);
+    let refused = topo
+        .wan1
+        .run_in(|| TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)))
+        .unwrap();
+    assert!(refused.is_err(), "{to} still accepts connections");
+}
+
+#[test]
+fn with_three_workers_a_upnp_mapping_is_made_by_the_worker_that_owns_the_client() {
+    if !is_root() || !have_upnpc() {
+        return;
+    }
+    let topo = topology();
+    // A subscriber another worker than the first owns (with two workers, both are the first's):
+    // were its requests answered by worker 0, the mapping would be where its packets do not
+    // go, and the WAN host's connection would not get through.
+    let (ns, client, iface) = [
+        (&topo.sub1, addr::SUB1, &topo.ifaces.sub1),
+        (&topo.sub2, addr::SUB2, &topo.ifaces.sub2),
+    ]
+    .into_iter()
+    .find(|(_, a, _)| natgate_core::shard::subscriber_owner(*a, 3) != 0)
+    .expect("a subscriber of another worker");
+    let text = "[tun]\nqueues = 3\n\n[port-mapping]\nupnp = true\n\
+                requests-per-second = 100\nrequest-burst = 200\n";
+    let _gw = Gateway::start(&topo, &config(&topo, text));
+    let listener = ns
+        .run_in(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 6000)))
+        .unwrap()
+        .unwrap();
+    let client = client.to_string();
+    // Discovery too: the search is answered by the same worker. AddAnyPortMapping (`-n`):
+    // each worker's allocator has its own share of the pool's ports, so the port asked for
+    // may be another worker's, and then another one is given.
+    let out = upnpc(
+        ns,
+        &[
+            "-i", "-m", iface, "-n", &client, "6000", "26000", "TCP", "60",
+        ],
+    );
+    assert!(
+        out.contains(&format!("TCP is redirected to internal {client}:6000")),
+        "{out}"
+    );
+    let rows = explicit_rows(&topo);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let external: SocketAddrV4 = rows[0].2.parse().unwrap();
+    assert!(out.contains(&format!(":{} TCP", external.port())), "{out}");
+    tcp_reaches(&topo, &listener, external);
 }

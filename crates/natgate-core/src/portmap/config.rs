@@ -12,6 +12,10 @@ pub struct PortMapConfig {
     pub pcp: bool,
     /// Answer NAT-PMP (RFC 6886).
     pub nat_pmp: bool,
+    /// Answer UPnP IGD (SSDP search on the inside, WANIPConnection over HTTP).
+    pub upnp: bool,
+    /// The TCP port of the UPnP description and control URLs on the inside address.
+    pub upnp_port: u16,
     /// Shortest lifetime granted, seconds: shorter requests get this (RFC 6887 section 15
     /// lets the server raise a lifetime, and a very short one only costs renewals).
     pub min_lifetime: u32,
@@ -20,7 +24,7 @@ pub struct PortMapConfig {
     /// Clients in these prefixes may map for other hosts with PCP's THIRD_PARTY option
     /// (RFC 6887 section 13.1); nobody may when empty.
     pub third_party: Vec<Ipv4Prefix>,
-    /// Most explicit mappings one internal address may hold (both protocols).
+    /// Most explicit mappings one internal address may hold (all protocols).
     pub max_mappings_per_subscriber: u32,
     /// Requests per second one client address may make, sustained; past it requests are
     /// dropped and counted (`rate_limited`).
@@ -36,6 +40,8 @@ impl Default for PortMapConfig {
         PortMapConfig {
             pcp: false,
             nat_pmp: false,
+            upnp: false,
+            upnp_port: 5000,
             min_lifetime: 120,
             max_lifetime: 86_400,
             third_party: Vec::new(),
@@ -50,7 +56,7 @@ impl Default for PortMapConfig {
 impl PortMapConfig {
     /// Whether any protocol is answered.
     pub const fn enabled(&self) -> bool {
-        self.pcp || self.nat_pmp
+        self.pcp || self.nat_pmp || self.upnp
     }
 
     /// What is wrong with the settings, as `(setting, why)`.
@@ -69,6 +75,9 @@ impl PortMapConfig {
                     self.max_lifetime, self.min_lifetime
                 ),
             ));
+        }
+        if self.upnp_port == 0 {
+            return Err(("port-mapping.upnp-port", "must not be 0".into()));
         }
         if self.max_mappings_per_subscriber == 0 {
             return Err((

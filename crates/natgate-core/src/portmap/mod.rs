@@ -8,6 +8,7 @@
 
 mod config;
 mod server;
+pub mod upnp;
 pub mod wire;
 
 pub use config::PortMapConfig;

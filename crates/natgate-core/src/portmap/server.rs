@@ -8,6 +8,7 @@
 //! [`PortMapDrop`].
 
 use super::PortMapConfig;
+use super::upnp;
 use super::wire::natpmp::{self, MapProto};
 use super::wire::pcp::{self, Body, Payload, Refusal, ResultCode};
 use crate::alloc::PortAllocator;
@@ -59,17 +60,28 @@ portmap_drops! {
     RateLimited => "rate_limited",
     /// A new client while the rate limiter tracks as many as it may.
     ClientTableFull => "client_table_full",
+    /// A UPnP request while UPnP is off (a reload turned it off).
+    UpnpOff => "upnp_off",
+    /// A datagram to the SSDP port that is not an SSDP message.
+    SsdpMalformed => "ssdp_malformed",
+    /// Another device's SSDP advertisement or answer: only searches are answered.
+    SsdpNotSearch => "ssdp_not_search",
+    /// An SSDP search for devices or services the gateway does not have (UDA 1.1 section
+    /// 1.3.2: those are not answered).
+    SsdpOtherTarget => "ssdp_other_target",
 }
 
 /// What the server did with the request and what it answered, counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortMapCounters {
     /// Requests dropped, by [`PortMapDrop`] (in [`PortMapDrop::ALL`] order).
-    pub drops: [u64; 5],
+    pub drops: [u64; PortMapDrop::ALL.len()],
     /// PCP answers by result code (in [`pcp::ResultCode::ALL`] order).
     pub pcp_results: [u64; 14],
     /// NAT-PMP answers by result code (in [`natpmp::ResultCode::ALL`] order).
     pub natpmp_results: [u64; 6],
+    /// UPnP answers by outcome (in [`upnp::Outcome::ALL`] order).
+    pub upnp_results: [u64; upnp::Outcome::ALL.len()],
 }
 
 impl PortMapCounters {
@@ -79,6 +91,7 @@ impl PortMapCounters {
         add(&mut self.drops, &other.drops);
         add(&mut self.pcp_results, &other.pcp_results);
         add(&mut self.natpmp_results, &other.natpmp_results);
+        add(&mut self.upnp_results, &other.upnp_results);
     }
 }
 
@@ -170,12 +183,16 @@ impl PortMapServer {
         out: &mut [u8; pcp::MAX_MESSAGE],
     ) -> Answer {
         let answer = self.answer(now, engine, client, req, out);
-        if let Answer::Drop(why) = answer
-            && let Some(i) = PortMapDrop::ALL.iter().position(|d| *d == why)
-        {
-            self.counters.drops[i] += 1;
+        if let Answer::Drop(why) = answer {
+            self.count_drop(why);
         }
         answer
+    }
+
+    fn count_drop(&mut self, why: PortMapDrop) {
+        if let Some(i) = PortMapDrop::ALL.iter().position(|d| *d == why) {
+            self.counters.drops[i] += 1;
+        }
     }
 
     fn answer<A: PortAllocator>(
@@ -758,6 +775,8 @@ fn remote_peer(f: &pcp::Filter) -> Option<RemotePeer> {
         port: (f.port != 0).then_some(f.port),
     })
 }
+
+mod igd;
 
 #[cfg(test)]
 mod tests;

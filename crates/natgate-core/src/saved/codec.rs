@@ -8,8 +8,9 @@
 //! counts              3x4 sessions, explicit mappings, held ports
 //! sessions            24 each: proto, TCP state, internal, external, remote (address, port),
 //!                          idle seconds
-//! explicit mappings   31 + 8 per peer: proto, origin (0 NAT-PMP, 1 PCP), PCP nonce,
-//!                          internal, external, lifetime left (ms), peer count,
+//! explicit mappings   31 + 8 per peer: proto, origin (0 NAT-PMP, 1 PCP, 2 UPnP), PCP nonce
+//!                          (zero for the others), for UPnP only the description (a length
+//!                          byte of at most 31 and UTF-8), internal, external, lifetime left (ms), peer count,
 //!                          peers (prefix address, length, has port, port)
 //! held ports          16 each: proto, external, age (ms), has subscriber, subscriber
 //! checksum            4   CRC-32 (IEEE) of everything before it
@@ -21,7 +22,7 @@
 
 use super::{SavedExplicit, SavedHold, SavedSession, SavedState};
 use crate::endpoint::{Endpoint, Ipv4Prefix, Protocol};
-use crate::table::{MappingOrigin, RemotePeer};
+use crate::table::{Description, MappingOrigin, RemotePeer};
 use core::time::Duration;
 use std::net::Ipv4Addr;
 
@@ -114,6 +115,13 @@ pub fn encode(snap: &Snapshot) -> Vec<u8> {
                 out.push(1);
                 out.extend_from_slice(&nonce);
             }
+            MappingOrigin::Upnp { description } => {
+                out.push(2);
+                out.extend_from_slice(&[0; 12]);
+                let text = description.as_str().as_bytes();
+                out.push(text.len() as u8);
+                out.extend_from_slice(text);
+            }
         }
         put_endpoint(&mut out, r.internal);
         put_endpoint(&mut out, r.external);
@@ -194,6 +202,17 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         let origin = match origin {
             0 => MappingOrigin::NatPmp,
             1 => MappingOrigin::Pcp { nonce },
+            2 => {
+                let len = usize::from(r.u8(what)?);
+                if len > Description::MAX {
+                    return Err(bad("description too long"));
+                }
+                let text = core::str::from_utf8(r.bytes(len, what)?)
+                    .map_err(|_| bad("description not UTF-8"))?;
+                MappingOrigin::Upnp {
+                    description: Description::new(text),
+                }
+            }
             _ => return Err(bad("unknown origin")),
         };
         let (internal, external) = (r.endpoint(what)?, r.endpoint(what)?);
@@ -303,6 +322,15 @@ impl Reader<'_> {
         Ok(u64::from_be_bytes(self.take(what)?))
     }
 
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&[u8], DecodeError> {
+        let b = self
+            .bytes
+            .get(self.at..self.at + n)
+            .ok_or(DecodeError::Truncated(what))?;
+        self.at += n;
+        Ok(b)
+    }
+
     fn nonce(&mut self, what: &'static str) -> Result<[u8; 12], DecodeError> {
         self.take(what)
     }
@@ -366,6 +394,16 @@ mod tests {
                         origin: MappingOrigin::NatPmp,
                         peers: vec![],
                     },
+                    SavedExplicit {
+                        proto: Protocol::Tcp,
+                        internal: ep(1, 8080),
+                        external: ep(2, 8080),
+                        remaining: Duration::from_secs(600),
+                        origin: MappingOrigin::Upnp {
+                            description: Description::new("libminiupnpc"),
+                        },
+                        peers: vec![],
+                    },
                 ],
                 held: vec![SavedHold {
                     proto: Protocol::Icmp,
@@ -383,7 +421,8 @@ mod tests {
         let bytes = encode(&s);
         assert_eq!(
             bytes.len(),
-            HEADER + SESSION + 2 * EXPLICIT + PEER + HELD + CHECKSUM
+            // The UPnP mapping's description: its length and "libminiupnpc".
+            HEADER + SESSION + 3 * EXPLICIT + PEER + 1 + 12 + HELD + CHECKSUM
         );
         assert_eq!(decode(&bytes), Ok(s));
         let empty = Snapshot::default();
@@ -430,6 +469,22 @@ mod tests {
                 ..
             })
         ));
+        // The UPnP mapping's description: its length byte, then its text.
+        let upnp = HEADER + SESSION + EXPLICIT + PEER + EXPLICIT + 14;
+        for (change, why) in [
+            ((upnp, 32), "description too long"),
+            ((upnp + 1, 0xff), "description not UTF-8"),
+        ] {
+            let bad = resealed(bytes.clone(), |b| b[change.0] = change.1);
+            assert!(
+                matches!(
+                    decode(&bad),
+                    Err(DecodeError::BadRecord { what: "explicit mapping", why: w, .. }) if w == why
+                ),
+                "{why}: {:?}",
+                decode(&bad)
+            );
+        }
         let trailing = resealed(bytes, |b| b.push(0));
         assert_eq!(decode(&trailing), Err(DecodeError::Trailing(1)));
     }

@@ -26,9 +26,56 @@ pub enum MappingOrigin {
     },
     /// A NAT-PMP mapping request (RFC 6886 section 3.3).
     NatPmp,
+    /// A UPnP IGD AddPortMapping or AddAnyPortMapping (WANIPConnection), with the
+    /// description the client gave, which its GetSpecificPortMappingEntry shows back.
+    Upnp {
+        /// The client's NewPortMappingDescription, cut to fit.
+        description: Description,
+    },
 }
 
-/// `pcp nonce HEX` or `nat-pmp`: how logs and `ctl mappings` name an origin. A `Display`, so a
+/// A short text kept inline, so that a mapping's origin stays `Copy` and small (it rides in
+/// every mapping event): a UPnP client's description of its mapping, cut at a character
+/// boundary to [`Description::MAX`] bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Description {
+    len: u8,
+    bytes: [u8; Description::MAX],
+}
+
+impl Description {
+    /// The most bytes kept: room for the names clients use ("libminiupnpc", an application's
+    /// name and port) without growing every event by much.
+    pub const MAX: usize = 31;
+
+    /// `text`, cut to [`Self::MAX`] bytes at a character boundary.
+    pub fn new(text: &str) -> Self {
+        let mut end = text.len().min(Self::MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; Self::MAX];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        Description {
+            len: end as u8,
+            bytes,
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Made from a `&str` cut at a character boundary, so always UTF-8.
+        core::str::from_utf8(&self.bytes[..usize::from(self.len).min(Self::MAX)]).unwrap_or("")
+    }
+}
+
+impl core::fmt::Debug for Description {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// `pcp nonce HEX`, `nat-pmp` or `upnp "DESCRIPTION"`: how logs and `ctl mappings` name an origin. A `Display`, so a
 /// log sink writes it without allocating.
 impl core::fmt::Display for MappingOrigin {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -41,6 +88,8 @@ impl core::fmt::Display for MappingOrigin {
                 Ok(())
             }
             MappingOrigin::NatPmp => f.write_str("nat-pmp"),
+            // Quoted and escaped: the text is the client's, and must not forge a log line.
+            MappingOrigin::Upnp { description } => write!(f, "upnp {description:?}"),
         }
     }
 }
@@ -255,5 +304,18 @@ mod tests {
             MappingOrigin::Pcp { nonce }.to_string(),
             "pcp nonce 0000000000000000000000ab"
         );
+        let description = Description::new("game\nfake log line");
+        assert_eq!(
+            MappingOrigin::Upnp { description }.to_string(),
+            "upnp \"game\\nfake log line\""
+        );
+    }
+
+    #[test]
+    fn descriptions_are_cut_at_a_character_boundary() {
+        assert_eq!(Description::new("libminiupnpc").as_str(), "libminiupnpc");
+        let d = Description::new(&"é".repeat(20));
+        assert_eq!(d.as_str(), "é".repeat(15));
+        assert_eq!(Description::new("").as_str(), "");
     }
 }

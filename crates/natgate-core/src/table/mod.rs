@@ -29,7 +29,7 @@ mod static_session;
 mod wheel;
 
 pub use crate::hash::FlowHasher;
-pub use explicit::{ExplicitMapping, ExplicitTable, MappingOrigin, RemotePeer};
+pub use explicit::{Description, ExplicitMapping, ExplicitTable, MappingOrigin, RemotePeer};
 pub use index::{HashIndex, IndexFull};
 pub use mapping::{AddressFilter, Mapping, MappingId, PortUsers};
 pub use nat::{MappingKeys, NatTable};

@@ -716,7 +716,8 @@ pub struct MappingRow {
     pub external: SocketAddrV4,
     /// Live sessions using it.
     pub sessions: u32,
-    /// An explicit mapping's origin (`pcp nonce HEX`, `nat-pmp`); absent for the mappings
+    /// An explicit mapping's origin (`pcp nonce HEX`, `nat-pmp`, `upnp "DESCRIPTION"`); absent
+    /// for the mappings
     /// outbound packets make.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,

@@ -39,6 +39,7 @@ pub mod machine;
 pub mod mailbox;
 pub mod plumbing;
 pub mod portmap;
+pub mod upnp;
 pub mod vservers;
 pub mod warm_restart;
 pub mod worker;
@@ -202,6 +203,21 @@ pub enum Command {
         request: Vec<u8>,
         /// The answer to send back; `None` when the request gets none.
         reply: SyncSender<Option<Vec<u8>>>,
+    },
+    /// A UPnP request from `client` (an SSDP datagram or a whole HTTP request), for the
+    /// worker that owns the client.
+    Upnp {
+        /// The sender.
+        client: natgate_core::Endpoint,
+        /// Which of the two it is.
+        kind: upnp::Kind,
+        /// The bytes.
+        request: Vec<u8>,
+        /// The gateway as UPnP names it.
+        device: natgate_core::portmap::upnp::Device,
+        /// What to send back: SSDP answers (one datagram each) or one HTTP answer; empty
+        /// when the request gets none.
+        reply: SyncSender<Vec<Vec<u8>>>,
     },
     /// Delete an explicit mapping (`ctl unmap`).
     Unmap {
@@ -756,6 +772,8 @@ pub struct Daemon {
     health: Option<JoinHandle<()>>,
     /// The PCP and NAT-PMP socket's thread, when `[port-mapping]` turns one on.
     portmap: Option<JoinHandle<()>>,
+    /// The UPnP SSDP and HTTP threads.
+    upnp: Vec<JoinHandle<()>>,
     logs: Option<LogPipelineHandle>,
 }
 
@@ -932,7 +950,8 @@ impl Daemon {
             ),
             None => (LogView::default(), None),
         };
-        let portmap = if settings.port_mapping.enabled() {
+        let pm = &settings.port_mapping;
+        let portmap = if pm.pcp || pm.nat_pmp {
             Some(portmap::spawn(
                 resolved.inside_address,
                 &settings.inside,
@@ -943,6 +962,24 @@ impl Daemon {
             )?)
         } else {
             None
+        };
+        let upnp = if pm.upnp {
+            let started = upnp::spawn(
+                resolved.inside_address,
+                &settings.inside,
+                pm.upnp_port,
+                senders.clone(),
+                steering.clone(),
+                stop.clone(),
+            );
+            // A port in use is an operator's error, not a reason to leave the workers and the
+            // PCP thread running behind the error.
+            if started.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            started?
+        } else {
+            Vec::new()
         };
         let handle = DaemonHandle {
             workers: senders,
@@ -962,6 +999,7 @@ impl Daemon {
             logs,
             health: None,
             portmap,
+            upnp,
         };
         // On failure, dropping `daemon` stops the workers and removes the plumbing.
         daemon.health = Some(health::spawn(handle, clock, stop)?);
@@ -1002,6 +1040,11 @@ impl Daemon {
             first = Err(DaemonError::Thread(
                 "the port-mapping thread panicked".into(),
             ));
+        }
+        for u in self.upnp.drain(..) {
+            if u.join().is_err() && first.is_ok() {
+                first = Err(DaemonError::Thread("a UPnP thread panicked".into()));
+            }
         }
         for w in self.workers.drain(..) {
             let r = match w.join() {

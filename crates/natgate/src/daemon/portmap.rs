@@ -58,8 +58,10 @@ pub fn spawn(
 /// clients whose mappings it lost renew them at once. A failure is logged, not fatal: clients
 /// still renew when their mappings' lifetimes run down.
 /// `SO_BINDTODEVICE`: the socket receives only what arrives on interface `name`.
-fn bind_to_device(socket: &UdpSocket, name: &str) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+pub(super) fn bind_to_device(
+    socket: &impl std::os::fd::AsRawFd,
+    name: &str,
+) -> std::io::Result<()> {
     // SAFETY: the name's bytes are read for their length only; the fd is the socket's own.
     let rc = unsafe {
         libc::setsockopt(

@@ -104,7 +104,7 @@ pub struct Worker {
     /// The in-kernel fast path's flow table, when it runs: the engine's offload changes go
     /// there, and its timers ask it what it carried.
     pub fast_path: Option<FlowTable>,
-    /// The PCP and NAT-PMP server of this worker's subscribers, when `[port-mapping]` turns
+    /// The PCP, NAT-PMP and UPnP server of this worker's subscribers, when `[port-mapping]` turns
     /// one on.
     pub portmap: Option<PortMapServer>,
 }
@@ -537,6 +537,29 @@ impl Worker {
                             Answer::Drop(_) => None,
                         }
                     });
+                    let _ = reply.send(answer);
+                }
+                Ok(Command::Upnp {
+                    client,
+                    kind,
+                    request,
+                    device,
+                    reply,
+                }) => {
+                    let now = self.clock.now();
+                    let engine = &mut self.engine;
+                    let answer = match self.portmap.as_mut() {
+                        None => Vec::new(),
+                        Some(server) => match kind {
+                            super::upnp::Kind::Ssdp => server
+                                .handle_ssdp(now, engine, client, &request, &device)
+                                .unwrap_or_default(),
+                            super::upnp::Kind::Http => server
+                                .handle_http(now, engine, client.addr, &request, &device)
+                                .map(|a| vec![a])
+                                .unwrap_or_default(),
+                        },
+                    };
                     let _ = reply.send(answer);
                 }
                 Ok(Command::Unmap {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use natgate_core::portmap::upnp;
 use natgate_core::portmap::wire::{natpmp, pcp};
 use natgate_core::portmap::{PortMapCounters, PortMapDrop};
 use natgate_core::{Counters, DropReason, Protocol};
@@ -117,20 +118,23 @@ impl Collector for Exposition {
         let pm = &s.portmap;
         let mut f = e.counter(
             "natgate_portmap_dropped_total",
-            "PCP and NAT-PMP requests not answered, by reason.",
+            "PCP, NAT-PMP and UPnP requests not answered, by reason.",
         )?;
         for (r, n) in PortMapDrop::ALL.iter().zip(pm.drops) {
             f.sample(&[("reason", r.name())], n)?;
         }
         let mut f = e.counter(
             "natgate_portmap_answers_total",
-            "PCP and NAT-PMP answers, by protocol and result code.",
+            "PCP, NAT-PMP and UPnP answers, by protocol and result code.",
         )?;
         for (c, n) in pcp::ResultCode::ALL.iter().zip(pm.pcp_results) {
             f.sample(&[("protocol", "pcp"), ("result", c.name())], n)?;
         }
         for (c, n) in natpmp::ResultCode::ALL.iter().zip(pm.natpmp_results) {
             f.sample(&[("protocol", "nat-pmp"), ("result", c.name())], n)?;
+        }
+        for (c, n) in upnp::Outcome::ALL.iter().zip(pm.upnp_results) {
+            f.sample(&[("protocol", "upnp"), ("result", c.name())], n)?;
         }
         for (name, help, v) in [
             (
@@ -844,6 +848,7 @@ mod tests {
         snap.portmap.drops[3] = 7;
         snap.portmap.pcp_results[2] = 5;
         snap.portmap.natpmp_results[0] = 9;
+        snap.portmap.upnp_results[2] = 4;
         let s = parse(&snap.render());
         let dropped = |r| get(&s, "natgate_portmap_dropped_total", &[("reason", r)]);
         assert_eq!(dropped("rate_limited"), 7.0);
@@ -858,6 +863,9 @@ mod tests {
         assert_eq!(answers("pcp", "not_authorized"), 5.0);
         assert_eq!(answers("nat-pmp", "success"), 9.0);
         assert_eq!(answers("pcp", "excessive_remote_peers"), 0.0);
+        assert_eq!(answers("upnp", "success"), 4.0);
+        assert_eq!(answers("upnp", "conflict"), 0.0);
+        assert_eq!(dropped("ssdp_not_search"), 0.0);
     }
 
     /// The Grafana dashboard shipped in the package asks only for metrics natgate exports, and

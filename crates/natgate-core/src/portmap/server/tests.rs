@@ -8,22 +8,22 @@ use crate::portmap::wire::pcp::{mapped, option};
 use crate::verdict::Verdict;
 use etherparse::PacketBuilder;
 
-const POOL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const INSIDE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
-const SUB: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
-const OTHER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 20);
-const WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const NONCE: [u8; 12] = [7; 12];
+pub(super) const POOL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub(super) const INSIDE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+pub(super) const SUB: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
+pub(super) const OTHER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 20);
+pub(super) const WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub(super) const NONCE: [u8; 12] = [7; 12];
 
-fn t(secs: u64) -> Instant {
+pub(super) fn t(secs: u64) -> Instant {
     Instant::from_secs(secs)
 }
 
-fn ep(a: Ipv4Addr, port: u16) -> Endpoint {
+pub(super) fn ep(a: Ipv4Addr, port: u16) -> Endpoint {
     Endpoint::new(a, port)
 }
 
-fn engine() -> Engine {
+pub(super) fn engine() -> Engine {
     let mut c = Config::new(vec![POOL], INSIDE);
     c.limits.max_sessions = 256;
     c.limits.max_mappings = 256;
@@ -33,7 +33,7 @@ fn engine() -> Engine {
     Engine::new(c.validate().expect("valid"), 5)
 }
 
-fn server(f: impl FnOnce(&mut PortMapConfig)) -> PortMapServer {
+pub(super) fn server(f: impl FnOnce(&mut PortMapConfig)) -> PortMapServer {
     let mut cfg = PortMapConfig {
         pcp: true,
         nat_pmp: true,
@@ -45,7 +45,7 @@ fn server(f: impl FnOnce(&mut PortMapConfig)) -> PortMapServer {
 }
 
 /// Sends `req` from `client`; returns the answer's bytes (empty when dropped).
-fn ask(
+pub(super) fn ask(
     s: &mut PortMapServer,
     e: &mut Engine,
     now: Instant,
@@ -60,7 +60,7 @@ fn ask(
 }
 
 /// Whether a UDP or TCP SYN from `from` to `to` gets in, and to whom.
-fn reaches(
+pub(super) fn reaches(
     e: &mut Engine,
     now: Instant,
     tcp: bool,
@@ -98,7 +98,7 @@ fn natpmp_map(op: u8, internal: u16, suggested: u16, lifetime: u32) -> Vec<u8> {
     v
 }
 
-fn pcp_map(
+pub(super) fn pcp_map(
     client: Ipv4Addr,
     nonce: [u8; 12],
     protocol: u8,
