@@ -490,7 +490,10 @@ fn max_memory_holds_for_the_whole_process_with_the_table_full() {
         .nth(1)
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .unwrap_or_else(|| panic!("the derived max-sessions in {line:?}"));
-    assert!(max_sessions > 100_000, "{line}");
+    // Enough sessions that the table is most of what the limit holds. The derived size moves
+    // with what natgate holds itself, which changes from build to build (debug builds: 166 000
+    // sessions at 29 MB, 97 000 at 31 MB), so the bar is well below the sizes seen.
+    assert!(max_sessions > 50_000, "{line}");
     // Each socket is one mapping with a session per remote endpoint (two addresses, 60 000
     // ports each): enough sockets to fill the table, sent in paced rounds (refreshing what
     // exists) until it is full.
