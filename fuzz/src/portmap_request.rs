@@ -3,10 +3,9 @@
 //! fit a PCP message and start with a version the server speaks; a request from outside the
 //! inside networks must get no answer and change nothing.
 
-use natgate_core::config::{Config, Ipv4Prefix};
 use natgate_core::portmap::wire::{natpmp, pcp};
 use natgate_core::portmap::{Answer, PortMapConfig, PortMapServer};
-use natgate_core::{Endpoint, Engine, Instant};
+use natgate_core::{Endpoint, Instant};
 use std::net::Ipv4Addr;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
@@ -17,22 +16,7 @@ pub fn run(data: &[u8]) {
     let Some((&first, mut rest)) = data.split_first() else {
         return;
     };
-    let mut c = Config::new(
-        vec![Ipv4Addr::new(198, 51, 100, 1)],
-        Ipv4Addr::new(100, 64, 0, 1),
-    );
-    c.limits.max_sessions = 64;
-    c.limits.max_mappings = 64;
-    c.limits.max_static_sessions = 64;
-    let Some(inside) = Ipv4Prefix::new(Ipv4Addr::new(100, 64, 0, 0), 10) else {
-        return;
-    };
-    c.inside_networks = vec![inside];
-    c.explicit_mappings = first & 8 == 0;
-    let Ok(cfg) = c.validate() else {
-        panic!("the fixed config is valid");
-    };
-    let mut engine = Engine::new(cfg, 1);
+    let (mut engine, inside) = crate::port_mapping_engine(first & 8 == 0);
     let settings = PortMapConfig {
         pcp: first & 1 == 0,
         nat_pmp: first & 2 == 0,

@@ -4,10 +4,9 @@
 //! a request from outside the inside networks must get none and change nothing; every
 //! mapping made must be the requester's own.
 
-use natgate_core::config::{Config, Ipv4Prefix};
 use natgate_core::portmap::upnp::{Device, http, soap, ssdp};
 use natgate_core::portmap::{PortMapConfig, PortMapDrop, PortMapServer};
-use natgate_core::{Endpoint, Engine, Instant};
+use natgate_core::{Endpoint, Instant};
 use std::net::Ipv4Addr;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
@@ -22,22 +21,7 @@ pub fn run(data: &[u8]) {
     let Some((&first, mut rest)) = data.split_first() else {
         return;
     };
-    let mut c = Config::new(
-        vec![Ipv4Addr::new(198, 51, 100, 1)],
-        Ipv4Addr::new(100, 64, 0, 1),
-    );
-    c.limits.max_sessions = 64;
-    c.limits.max_mappings = 64;
-    c.limits.max_static_sessions = 64;
-    let Some(inside) = Ipv4Prefix::new(Ipv4Addr::new(100, 64, 0, 0), 10) else {
-        return;
-    };
-    c.inside_networks = vec![inside];
-    c.explicit_mappings = first & 2 == 0;
-    let Ok(cfg) = c.validate() else {
-        panic!("the fixed config is valid");
-    };
-    let mut engine = Engine::new(cfg, 1);
+    let (mut engine, _) = crate::port_mapping_engine(first & 2 == 0);
     let settings = PortMapConfig {
         upnp: first & 1 == 0,
         min_lifetime: 1,

@@ -80,11 +80,9 @@ fn server(topo: &Topology, target: &str) -> Option<serde_json::Value> {
     servers(topo).into_iter().find(|r| r["target"] == target)
 }
 
-#[test]
-fn virtual_web_server_splits_drains_removes_and_health_checks() {
-    if !is_root() {
-        return;
-    }
+/// The standard topology with the upstream routing 198.18.0.0/16 (the virtual addresses) to
+/// the gateway.
+fn routed_topology() -> Topology {
     let topo = topology();
     topo.netlink(&topo.upstream)
         .unwrap()
@@ -94,6 +92,15 @@ fn virtual_web_server_splits_drains_removes_and_health_checks() {
             addr::GW_WAN,
         ))
         .unwrap();
+    topo
+}
+
+#[test]
+fn virtual_web_server_splits_drains_removes_and_health_checks() {
+    if !is_root() {
+        return;
+    }
+    let topo = routed_topology();
     let a = HttpServer::start(&topo.sub1, SocketAddrV4::new(addr::SUB1, 8080), "a");
     let b = HttpServer::start(&topo.sub2, SocketAddrV4::new(addr::SUB2, 8080), "b");
     let mut gw = Gateway::start(&topo, &config(&topo, VSERVER));
@@ -257,15 +264,7 @@ fn a_virtual_server_created_and_deleted_at_run_time() {
     if !is_root() {
         return;
     }
-    let topo = topology();
-    topo.netlink(&topo.upstream)
-        .unwrap()
-        .add_route_v4(&RouteV4::via(
-            Ipv4Addr::new(198, 18, 0, 0),
-            16,
-            addr::GW_WAN,
-        ))
-        .unwrap();
+    let topo = routed_topology();
     let _a = HttpServer::start(&topo.sub1, SocketAddrV4::new(addr::SUB1, 8080), "a");
     let mut gw = Gateway::start(&topo, &config(&topo, ""));
     assert!(
