@@ -219,19 +219,12 @@ impl ControlService {
     fn change_virtual_server(&self, change: VirtualServerChange) -> Result<Response, ControlError> {
         let mut cur = self.settings();
         let vs = change.virtual_server;
-        let only = |list: VirtualServerList| VirtualServerList {
-            virtual_servers: list
-                .virtual_servers
-                .into_iter()
-                .filter(|v| v.protocol == vs.protocol && v.address == vs.address)
-                .collect(),
-        };
         let connections = if change.op == RealServerOp::Remove {
             let target = std::net::SocketAddrV4::new(
                 change.real_server.address,
                 change.real_server.port_or(vs.address.port()),
             );
-            let list = only(self.handle.virtual_servers().map_err(unavailable)?);
+            let list = self.virtual_server_row(&vs)?;
             list.virtual_servers
                 .iter()
                 .flat_map(|v| &v.real_servers)
@@ -253,7 +246,7 @@ impl ControlService {
             op = change.op.name(),
             "virtual server changed"
         );
-        let list = only(self.handle.virtual_servers().map_err(unavailable)?);
+        let list = self.virtual_server_row(&vs)?;
         Ok(Response::VirtualServerChanged(list))
     }
 
